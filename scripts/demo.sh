@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set everything up and run the bundled offline demo (toy model, synthetic faces).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CLIPFAIR_CACHE=${CLIPFAIR_CACHE:-$PWD/results/.cache}
+.venv/bin/clipfair run hydra.run.dir=results/demo "$@"
+echo
+echo "Demo results: results/demo/summary.md (tables), results/demo/*.png (plots), results/demo/metrics.csv"

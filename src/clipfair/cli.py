@@ -1,0 +1,138 @@
+"""Command line: `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`.
+
+Hydra and `instantiate` live here only; the core takes typed objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("clipfair")
+
+CONFIG_PATH = "pkg://clipfair.configs"
+
+
+def demo_dir() -> Path:
+    return Path(__file__).resolve().parent / "demo"
+
+
+def _demo_resolver(part: str) -> str:
+    return str(demo_dir() / part)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("clipfair_demo"):
+        OmegaConf.register_new_resolver("clipfair_demo", _demo_resolver)
+
+
+def _slices(raw: Any) -> list[Any]:
+    return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in raw]
+
+
+def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Path:
+    """Run one configured experiment and write every output into ``out_dir``."""
+    from hydra.utils import instantiate
+
+    from .pipeline import evaluate, write_outputs
+    from .record import build_record
+    from .taxonomy import load_taxonomies
+
+    taxonomies = load_taxonomies(list(cfg.taxonomies))  # validate before the slow parts
+    dataset = instantiate(cfg.dataset, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    cache_dir = cfg.cache.dir if cfg.cache.enabled else None
+    log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies", dataset.name, len(dataset),
+             model.name_or_path, model.device, str(model.dtype).replace("torch.", ""), len(taxonomies))
+    ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=_slices(cfg.slices),
+                  confidence=float(cfg.confidence), num_workers=int(cfg.embed.num_workers),
+                  chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
+                  progress=bool(cfg.progress))
+    demo = Path(model.name_or_path).resolve() == (demo_dir() / "model").resolve()
+    record = build_record(
+        config=OmegaConf.to_container(cfg, resolve=True), overrides=list(overrides),
+        model=model.describe(),
+        dataset={"name": dataset.name, "source": dataset.source, "n_images": len(dataset),
+                 "fingerprint": dataset.fingerprint(), "label_hash": dataset.label_hash(),
+                 "skipped_at_load": dataset.skipped},
+        taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
+        demo=demo)
+    write_outputs(ev, out_dir, record, demo=demo)
+    log.info("wrote results to %s", out_dir)
+    return out_dir
+
+
+def _hydra_run(argv: list[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+    def app(cfg: DictConfig) -> None:
+        hc = HydraConfig.get()
+        run_from_config(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+
+    sys.argv = ["clipfair run", *argv]
+    app()
+
+
+def _cache_cmd(argv: list[str]) -> int:
+    from .cache import clear, default_cache_dir, list_entries
+
+    p = argparse.ArgumentParser(prog="clipfair cache", description="List or clear cached embeddings.")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--dir", default=None, help="cache folder (default $CLIPFAIR_CACHE or ~/.cache/clipfair)")
+    p.add_argument("--match", default=None, help="with clear: only entries whose metadata contains this text")
+    a = p.parse_args(argv)
+    root = Path(a.dir).expanduser() if a.dir else default_cache_dir()
+    if a.action == "list":
+        entries = list_entries(root)
+        print(f"cache {root}: {len(entries)} entries")
+        for e in entries:
+            m = e.meta
+            print(f"  {e.kind:5s} {e.path.name}  {e.size_bytes / 1e6:8.2f} MB  {e.n_chunks:4d} chunks  "
+                  f"model={m.get('model_name', '?')} ({m.get('model', '?')}) dtype={m.get('dtype', '?')}")
+        return 0
+    n = clear(root, a.match)
+    print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} from {root}")
+    return 0
+
+
+USAGE = """usage: clipfair <command> [args]
+
+commands:
+  run [hydra overrides]   run an experiment (no overrides: the offline demo); --help lists config groups
+  cache list|clear        list or clear cached embeddings
+  compare RUN_DIR...      compare taxonomy variants across runs
+
+Not for surveillance, face recognition or identifying people. English prompts only.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "run":
+        _hydra_run(rest)
+        return 0
+    if cmd == "cache":
+        return _cache_cmd(rest)
+    if cmd == "compare":
+        from .compare import main as compare_main
+
+        return compare_main(rest)
+    print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The one place that wires the stages together.
+
+dataset -> image embeddings (cached) -> taxonomy class embeddings -> logits -> predictions
+-> per-group metrics -> tables/plots. Everything here takes typed objects; Hydra lives in
+:mod:`clipfair.cli`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+from .data.base import FaceDataset
+from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
+from .models import ClipModel
+from .record import write_json
+from .taxonomy import Taxonomy
+from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = ("clipfair measures how a model's outputs differ across demographic groups of a face "
+              "dataset. It is not for surveillance, face recognition or identifying people; prompts "
+              "are English only.")
+
+
+@dataclass
+class Evaluation:
+    predictions: pd.DataFrame
+    metrics: pd.DataFrame
+    disparities: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t0, 4)
+
+
+def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy],
+                       encode_texts: TextEmbedder, logit_scale: float,
+                       attributes: Sequence[str]) -> pd.DataFrame:
+    """Zero-shot predictions for every taxonomy on the same (cached) image embeddings."""
+    frames = [zero_shot_predictions(table, image_embeddings, class_embeddings(t, encode_texts),
+                                    logit_scale, attributes) for t in taxonomies]
+    return pd.concat(frames, ignore_index=True)
+
+
+def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = M.DEFAULT_SLICES,
+          confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cats = {t.name: t.categories for t in taxonomies}
+    met = M.group_metrics(predictions, cats, slices=slices, confidence=confidence)
+    return met, M.disparities(met)
+
+
+def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxonomy], *,
+             cache_dir: Path | str | None = None, slices: Sequence[Any] = M.DEFAULT_SLICES,
+             confidence: float = 0.95, batch_size: int | None = None, num_workers: int = 0,
+             chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
+             stats: EmbedStats | None = None) -> Evaluation:
+    """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once)."""
+    timings: dict[str, float] = {}
+    for t in taxonomies:  # fail fast, before any image is encoded
+        check_prompt_lengths(t, model.token_count, model.context_length)
+    image_store, text_store = open_stores(model, cache_dir)
+    with timed(timings, "embed_images"):
+        emb: ImageEmbeddings = embed_images(dataset, model, image_store, batch_size=batch_size,
+                                            num_workers=num_workers, chunk_size=chunk_size,
+                                            on_error=on_error, progress=progress, stats=stats)
+    table = dataset.table.iloc[emb.indices].reset_index(drop=True)
+    texts = TextEmbedder(model, text_store, stats)
+    with timed(timings, "zero_shot"):
+        preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.logit_scale,
+                                   dataset.attributes)
+    with timed(timings, "metrics"):
+        met, disp = score(preds, taxonomies, slices, confidence)
+    skipped = {**dataset.skipped}
+    for k, v in emb.skipped.items():
+        skipped[k] = skipped.get(k, 0) + v
+    counts = {"images_in_dataset": len(dataset), "images_evaluated": len(emb.indices),
+              "images_encoded": emb.encoded, "images_from_cache": emb.cached,
+              "taxonomies": len(taxonomies)}
+    return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors)
+
+
+def header_lines(ev: Evaluation, demo: bool = False) -> list[str]:
+    lines = [f"> {DISCLAIMER}"]
+    if demo:
+        lines.append("> **Demo run: a toy model trained on synthetic images with planted biases. "
+                     "These numbers say nothing about any real model.**")
+    if ev.skipped:
+        what = ", ".join(f"{k}: {v}" for k, v in sorted(ev.skipped.items()))
+        lines.append(f"> **Skipped {sum(ev.skipped.values())} item(s)** ({what}); details in run.json.")
+    else:
+        lines.append("> No items were skipped.")
+    return lines
+
+
+def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False) -> list[Path]:
+    """predictions.parquet, metrics.csv, disparities.csv, summary.md + plots, run.json."""
+    from .report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    p = out / "predictions.parquet"
+    ev.predictions.to_parquet(p, index=False)
+    written.append(p)
+    for name, df in (("metrics.csv", ev.metrics), ("disparities.csv", ev.disparities)):
+        df.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
+        written.append(out / name)
+    t0 = time.perf_counter()
+    written += write_report(ev.metrics, ev.disparities, out, header_lines=header_lines(ev, demo))
+    ev.timings["report"] = round(time.perf_counter() - t0, 4)
+    rec = {**record, "timings_s": ev.timings, "counts": ev.counts, "skipped": ev.skipped,
+           "skipped_items": ev.errors[:1000]}
+    write_json(out / "run.json", rec)
+    written.append(out / "run.json")
+    return written

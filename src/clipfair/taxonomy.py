@@ -1,0 +1,282 @@
+"""Class taxonomies: label sets with prompt templates, loaded from data-only YAML.
+
+File format (see README)::
+
+    name: fairface_race              # unique; appears in every output
+    templates: ["a photo of a {} person."]
+    target: race                     # optional: the dataset attribute the classes predict
+    classes:
+      - label: East Asian            # for a target taxonomy, a canonical value of the attribute
+        prompts: [East Asian]        # optional, default [label]
+        category: race               # optional reporting category
+
+A variant reuses a base file instead of copying it::
+
+    include: clip_denigration        # a built-in name or a path relative to this file
+    name: clip_denigration_child
+    add_classes: [{label: child, prompts: [a child], category: child}]
+    remove_classes: [gorilla]        # optional
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from .data.attributes import CANONICAL
+from .registry import Registry, RegistryError
+
+TOP_KEYS = {"name", "description", "templates", "target", "classes", "include",
+            "add_classes", "remove_classes"}
+CLASS_KEYS = {"label", "prompts", "category"}
+DEFAULT_CATEGORY = "class"
+
+
+class TaxonomyError(ValueError):
+    """A malformed taxonomy; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class TaxonomyClass:
+    label: str
+    prompts: tuple[str, ...]
+    category: str
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    name: str
+    templates: tuple[str, ...]
+    classes: tuple[TaxonomyClass, ...]
+    target: str | None = None
+    description: str = ""
+    source: str = "<python>"
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c in self.classes]
+
+    @property
+    def categories(self) -> list[str]:
+        """Distinct categories in class order."""
+        return list(dict.fromkeys(c.category for c in self.classes))
+
+    def class_texts(self) -> list[list[str]]:
+        """For each class, every template x prompt text (ensembled at zero-shot time)."""
+        return [[t.format(p) for t in self.templates for p in c.prompts] for c in self.classes]
+
+    def all_texts(self) -> list[str]:
+        return list(dict.fromkeys(t for texts in self.class_texts() for t in texts))
+
+    def with_templates(self, templates: Sequence[str], name: str | None = None) -> "Taxonomy":
+        tax = replace(self, templates=tuple(templates), name=name or self.name)
+        validate(tax)
+        return tax
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "templates": list(self.templates)}
+        if self.target:
+            d["target"] = self.target
+        d["classes"] = [{"label": c.label, "prompts": list(c.prompts), "category": c.category}
+                        for c in self.classes]
+        return d
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def builtin_dir() -> Path:
+    return Path(str(importlib.resources.files("clipfair.configs") / "taxonomies"))
+
+
+def _builtin_registry() -> Registry[Path]:
+    reg: Registry[Path] = Registry("taxonomy")
+    for p in sorted(builtin_dir().glob("*.yaml")):
+        reg.add(p.stem, p)
+    return reg
+
+
+BUILTINS = _builtin_registry()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise TaxonomyError(f"{path}: taxonomy file not found") from None
+    try:
+        data = yaml.safe_load(text)  # data only: no Python object tags
+    except yaml.YAMLError as e:
+        raise TaxonomyError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise TaxonomyError(f"{path}: a taxonomy file must be a mapping with name, templates, classes")
+    return data
+
+
+def _locate(spec: str, relative_to: Path | None = None) -> Path:
+    """A path (absolute, or relative to the including file / cwd) or a built-in name."""
+    cands = []
+    if relative_to is not None:
+        cands += [relative_to / spec, relative_to / f"{spec}.yaml"]
+    cands += [Path(spec)]
+    for c in cands:
+        if c.is_file():
+            return c.resolve()
+    if spec in BUILTINS:
+        return BUILTINS.get(spec)
+    if spec.endswith((".yaml", ".yml")) or "/" in spec:
+        raise TaxonomyError(f"taxonomy file {spec!r} not found")
+    raise TaxonomyError(str(RegistryError(
+        f"unknown taxonomy {spec!r}; available built-ins: {', '.join(BUILTINS.names())} "
+        "(or give a path to a YAML file)")))
+
+
+def _parse_classes(raw: Any, path: Path, key: str) -> list[TaxonomyClass]:
+    if not isinstance(raw, list) or not raw:
+        raise TaxonomyError(f"{path}: '{key}' must be a non-empty list of classes")
+    out = []
+    for i, c in enumerate(raw):
+        where = f"{path}: {key}[{i}]"
+        if isinstance(c, str):
+            c = {"label": c}
+        if not isinstance(c, dict):
+            raise TaxonomyError(f"{where}: a class must be a mapping with 'label' (and optional prompts, category)")
+        unknown = set(c) - CLASS_KEYS
+        if unknown:
+            raise TaxonomyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(CLASS_KEYS)}")
+        label = c.get("label")
+        if not isinstance(label, (str, int, float)) or str(label).strip() == "":
+            raise TaxonomyError(f"{where}: 'label' is required and must be a non-empty string")
+        label = str(label)
+        prompts = c.get("prompts", [label])
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, (str, int, float)) for p in prompts):
+            raise TaxonomyError(f"{where} ({label}): 'prompts' must be a non-empty list of strings")
+        category = str(c.get("category", DEFAULT_CATEGORY))
+        out.append(TaxonomyClass(label, tuple(str(p) for p in prompts), category))
+    return out
+
+
+def _load_dict(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a file and resolve its include chain into one flat dict."""
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise TaxonomyError(f"include cycle: {chain}")
+    data = _read_yaml(path)
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise TaxonomyError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    if "include" in data:
+        inc = data["include"]
+        if not isinstance(inc, str):
+            raise TaxonomyError(f"{path}: 'include' must be one taxonomy name or path")
+        base = _load_dict(_locate(inc, path.parent), (*stack, path))
+        merged = {k: v for k, v in base.items() if k not in ("name", "description")}
+        for k in ("name", "description", "templates", "target"):
+            if k in data:
+                merged[k] = data[k]
+        if "classes" in data:
+            merged["classes"] = _parse_classes(data["classes"], path, "classes")
+        classes = list(merged["classes"])
+        if "remove_classes" in data:
+            rm = data["remove_classes"]
+            if not isinstance(rm, list):
+                raise TaxonomyError(f"{path}: 'remove_classes' must be a list of labels")
+            have = [c.label for c in classes]
+            missing = [str(r) for r in rm if str(r) not in have]
+            if missing:
+                raise TaxonomyError(f"{path}: remove_classes: {missing} not in {inc!r} (labels: {have})")
+            classes = [c for c in classes if c.label not in {str(r) for r in rm}]
+        if "add_classes" in data:
+            classes += _parse_classes(data["add_classes"], path, "add_classes")
+        merged["classes"] = classes
+        merged["source"] = f"{path} (includes {base['source']})"
+        return merged
+    for k in ("add_classes", "remove_classes"):
+        if k in data:
+            raise TaxonomyError(f"{path}: '{k}' needs 'include' (a base taxonomy to modify)")
+    if "classes" not in data:
+        raise TaxonomyError(f"{path}: 'classes' is required")
+    out = dict(data)
+    out["classes"] = _parse_classes(data["classes"], path, "classes")
+    out["source"] = str(path)
+    return out
+
+
+def validate(tax: Taxonomy) -> Taxonomy:
+    where = tax.source
+    if not isinstance(tax.name, str) or not tax.name.strip():
+        raise TaxonomyError(f"{where}: 'name' is required and must be a non-empty string")
+    if not tax.templates:
+        raise TaxonomyError(f"{where} ({tax.name}): 'templates' must be a non-empty list")
+    for t in tax.templates:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise TaxonomyError(
+                f"{where} ({tax.name}): template {t!r} must contain '{{}}' exactly once "
+                "(it receives each prompt), e.g. 'a photo of a {} person.'")
+        rest = t.replace("{}", "")
+        if "{" in rest or "}" in rest:
+            raise TaxonomyError(f"{where} ({tax.name}): template {t!r} has braces other than one '{{}}'")
+    seen: set[str] = set()
+    for c in tax.classes:
+        if c.label in seen:
+            raise TaxonomyError(f"{where} ({tax.name}): duplicate class label {c.label!r}; labels must be unique")
+        seen.add(c.label)
+    if tax.target is not None:
+        if tax.target not in CANONICAL:
+            raise TaxonomyError(
+                f"{where} ({tax.name}): target {tax.target!r} is not a dataset attribute; "
+                f"choose one of {', '.join(CANONICAL)} or leave it out")
+        allowed = CANONICAL[tax.target]
+        for c in tax.classes:
+            if c.label not in allowed:
+                raise TaxonomyError(
+                    f"{where} ({tax.name}): class {c.label!r} is not a value of target "
+                    f"{tax.target!r}; allowed values: {', '.join(allowed)}")
+    return tax
+
+
+def load_taxonomy(spec: str | Path) -> Taxonomy:
+    """Load a built-in taxonomy by name, or a user's YAML file by path."""
+    path = _locate(str(spec)) if not isinstance(spec, Path) else spec.resolve()
+    d = _load_dict(path)
+    if "name" not in d:
+        raise TaxonomyError(f"{path}: 'name' is required")
+    templates = d.get("templates")
+    if isinstance(templates, str):
+        templates = [templates]
+    if not isinstance(templates, list):
+        raise TaxonomyError(f"{path} ({d['name']}): 'templates' must be a list of strings containing '{{}}'")
+    target = d.get("target")
+    tax = Taxonomy(
+        name=str(d["name"]),
+        templates=tuple(templates),
+        classes=tuple(d["classes"]),
+        target=None if target is None else str(target),
+        description=str(d.get("description", "")),
+        source=d["source"],
+    )
+    return validate(tax)
+
+
+def load_taxonomies(specs: Iterable[str | Path]) -> list[Taxonomy]:
+    """Load several taxonomies; duplicate names are an error (never silently overwritten)."""
+    out: list[Taxonomy] = []
+    names: dict[str, str] = {}
+    for s in specs:
+        t = load_taxonomy(s)
+        if t.name in names:
+            raise TaxonomyError(
+                f"two taxonomies are named {t.name!r}: {names[t.name]} and {t.source}; names must be unique")
+        names[t.name] = t.source
+        out.append(t)
+    if not out:
+        raise TaxonomyError("no taxonomies given; list at least one, e.g. taxonomies=[fairface_race]")
+    return out

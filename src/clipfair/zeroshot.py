@@ -1,0 +1,98 @@
+"""Zero-shot classification: class embeddings (prompt ensembling), logits, predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .taxonomy import Taxonomy, TaxonomyError
+
+TextEncoder = Callable[[Sequence[str]], np.ndarray]
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+@dataclass(frozen=True)
+class ClassEmbeddings:
+    """One unit vector per class of a taxonomy (rows in class order)."""
+
+    taxonomy: Taxonomy
+    weights: np.ndarray  # (n_classes, dim), L2-normalised
+
+
+def check_prompt_lengths(taxonomy: Taxonomy, token_count: Callable[[str], int], context_length: int) -> None:
+    """Refuse prompts the text encoder would silently truncate; name file, class and text."""
+    for cls, texts in zip(taxonomy.classes, taxonomy.class_texts()):
+        for t in texts:
+            n = token_count(t)
+            if n > context_length:
+                raise TaxonomyError(
+                    f"{taxonomy.source} ({taxonomy.name}): class {cls.label!r}: prompt {t!r} is {n} tokens, "
+                    f"longer than the text encoder's context of {context_length}; shorten the prompt or template")
+
+
+def class_embeddings(taxonomy: Taxonomy, encode: TextEncoder) -> ClassEmbeddings:
+    """CLIP's prompt ensembling: for each class encode every template x prompt text,
+    L2-normalise each, average, and re-normalise."""
+    class_texts = taxonomy.class_texts()
+    unique = list(dict.fromkeys(t for texts in class_texts for t in texts))
+    emb = l2_normalize(encode(unique))
+    row = {t: i for i, t in enumerate(unique)}
+    weights = np.stack([emb[[row[t] for t in texts]].mean(axis=0) for texts in class_texts])
+    return ClassEmbeddings(taxonomy, l2_normalize(weights))
+
+
+def zero_shot_logits(image_embeddings: np.ndarray, classes: ClassEmbeddings, logit_scale: float) -> np.ndarray:
+    """logit_scale x cosine similarity between each image and each class embedding."""
+    return float(logit_scale) * (l2_normalize(image_embeddings) @ classes.weights.T)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray,
+                      method: str, attributes: Sequence[str]) -> pd.DataFrame:
+    """Per-image predictions in the tidy schema shared by every method.
+
+    Columns: image_id, taxonomy, method, predicted_label, predicted_category, score,
+    true_label, correct, then the attribute columns.
+    """
+    labels = np.array(taxonomy.labels, dtype=object)
+    cats = np.array([c.category for c in taxonomy.classes], dtype=object)
+    idx = probs.argmax(axis=1)
+    df = pd.DataFrame({
+        "image_id": table["image_id"].astype(str).to_numpy(),
+        "taxonomy": taxonomy.name,
+        "method": method,
+        "predicted_label": labels[idx],
+        "predicted_category": cats[idx],
+        "score": probs[np.arange(len(idx)), idx].astype(np.float64),
+    })
+    if taxonomy.target and taxonomy.target in table.columns:
+        truth = table[taxonomy.target].to_numpy(dtype=object)
+        df["true_label"] = truth
+        df["correct"] = pd.array([None if t is None or t != t else bool(t == p)
+                                  for t, p in zip(truth, df["predicted_label"])], dtype="boolean")
+    else:
+        df["true_label"] = pd.array([None] * len(df), dtype="object")
+        df["correct"] = pd.array([None] * len(df), dtype="boolean")
+    for a in attributes:
+        if a in table.columns:
+            df[a] = table[a].to_numpy()
+    return df
+
+
+def zero_shot_predictions(table: pd.DataFrame, image_embeddings: np.ndarray, classes: ClassEmbeddings,
+                          logit_scale: float, attributes: Sequence[str]) -> pd.DataFrame:
+    probs = softmax(zero_shot_logits(image_embeddings, classes, logit_scale))
+    return predictions_frame(table, classes.taxonomy, probs, "zero_shot", attributes)
