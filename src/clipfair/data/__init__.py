@@ -1,0 +1,39 @@
+"""Face datasets: adapters (``load_dataset``), the FaceDataset object and label constants."""
+
+from .adapters import DATASETS, ON_ERROR, UTKFACE_RACES, HFReader, load_dataset
+from .attributes import (
+    AGE_BINS,
+    ATTRIBUTES,
+    CANONICAL,
+    GENDERS,
+    RACE_BINARY,
+    RACES,
+    LabelError,
+    age_to_bin,
+    normalize_value,
+    race_binary,
+)
+from .base import DatasetError, FaceDataset, FileReader
+from .images import ImageError
+
+__all__ = [
+    "AGE_BINS",
+    "ATTRIBUTES",
+    "CANONICAL",
+    "DATASETS",
+    "GENDERS",
+    "ON_ERROR",
+    "RACES",
+    "RACE_BINARY",
+    "UTKFACE_RACES",
+    "DatasetError",
+    "FaceDataset",
+    "FileReader",
+    "HFReader",
+    "ImageError",
+    "LabelError",
+    "age_to_bin",
+    "load_dataset",
+    "normalize_value",
+    "race_binary",
+]
