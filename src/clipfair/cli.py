@@ -43,7 +43,11 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     from .record import build_record
     from .taxonomy import load_taxonomies
 
-    taxonomies = load_taxonomies(list(cfg.taxonomies))  # validate before the slow parts
+    from .sensitivity import expand_template_sets
+
+    template_sets = OmegaConf.to_container(cfg.get("template_sets") or {}, resolve=True)
+    # validate before the slow parts
+    taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
     dataset = instantiate(cfg.dataset, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     cache_dir = cfg.cache.dir if cfg.cache.enabled else None
@@ -62,7 +66,9 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                  "skipped_at_load": dataset.skipped},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
-    write_outputs(ev, out_dir, record, demo=demo)
+    compare = OmegaConf.to_container(cfg.compare, resolve=True) if cfg.get("compare") else None
+    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare,
+                  slices=_slices(cfg.slices))
     log.info("wrote results to %s", out_dir)
     return out_dir
 

@@ -111,8 +111,41 @@ def header_lines(ev: Evaluation, demo: bool = False) -> list[str]:
     return lines
 
 
-def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False) -> list[Path]:
-    """predictions.parquet, metrics.csv, disparities.csv, summary.md + plots, run.json."""
+def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Path,
+                     compare: dict[str, Any] | None = None,
+                     slices: Sequence[Any] = M.DEFAULT_SLICES) -> tuple[list[Path], str]:
+    """Comparison of taxonomy variants (when ``compare`` is given) and prompt sensitivity
+    (when taxonomies were expanded over template sets). Returns paths and Markdown."""
+    from .compare import compare_paired, comparison_markdown, write_comparison
+    from .sensitivity import write_sensitivity
+
+    written, md = [], []
+    if compare:
+        names = [t.name for t in taxonomies]
+        baseline = compare.get("baseline") or names[0]
+        variants = compare.get("variants") or [n for n in names if n != baseline]
+        for n in [baseline, *variants]:
+            if n not in names:
+                raise ValueError(f"compare: taxonomy {n!r} is not in this run; taxonomies: {', '.join(names)}")
+        correction, alpha = compare.get("correction", "holm"), float(compare.get("alpha", 0.05))
+        with timed(ev.timings, "compare"):
+            cmp = compare_paired(ev.predictions, baseline, variants, {t.name: t.categories for t in taxonomies},
+                                 slices, correction=correction, alpha=alpha)
+            written += write_comparison(cmp, out_dir, correction, alpha)
+        md.append(comparison_markdown(cmp, correction, alpha, max_rows=15).replace("# Taxonomy", "## Taxonomy", 1))
+    with timed(ev.timings, "sensitivity"):
+        paths, smd = write_sensitivity(ev.metrics, ev.disparities, out_dir)
+    written += paths
+    if smd:
+        md.append(smd)
+    return written, "\n".join(md)
+
+
+def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False,
+                  taxonomies: Sequence[Taxonomy] = (), compare: dict[str, Any] | None = None,
+                  slices: Sequence[Any] = M.DEFAULT_SLICES) -> list[Path]:
+    """predictions.parquet, metrics.csv, disparities.csv, summary.md + plots, run.json,
+    and, for variant runs, comparison.* and sensitivity.* files."""
     from .report import write_report
 
     out = Path(out_dir)
@@ -127,6 +160,11 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     t0 = time.perf_counter()
     written += write_report(ev.metrics, ev.disparities, out, header_lines=header_lines(ev, demo))
     ev.timings["report"] = round(time.perf_counter() - t0, 4)
+    extra, md = variant_analyses(ev, taxonomies, out, compare, slices)
+    if md:
+        with open(out / "summary.md", "a") as f:
+            f.write("\n" + md)
+    written += extra
     rec = {**record, "timings_s": ev.timings, "counts": ev.counts, "skipped": ev.skipped,
            "skipped_items": ev.errors[:1000]}
     write_json(out / "run.json", rec)

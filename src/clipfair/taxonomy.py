@@ -34,7 +34,7 @@ from .registry import Registry, RegistryError
 
 TOP_KEYS = {"name", "description", "templates", "target", "classes", "include",
             "add_classes", "remove_classes"}
-CLASS_KEYS = {"label", "prompts", "category"}
+CLASS_KEYS = {"label", "prompts", "category", "matches"}
 DEFAULT_CATEGORY = "class"
 
 
@@ -47,6 +47,13 @@ class TaxonomyClass:
     label: str
     prompts: tuple[str, ...]
     category: str
+    #: target values for which predicting this class is correct (default: the label itself);
+    #: e.g. a 4-way race class "Asian" matches [East Asian, Southeast Asian]
+    matches: tuple[str, ...] = ()
+
+    @property
+    def correct_for(self) -> tuple[str, ...]:
+        return self.matches or (self.label,)
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,8 @@ class Taxonomy:
         d: dict[str, Any] = {"name": self.name, "templates": list(self.templates)}
         if self.target:
             d["target"] = self.target
-        d["classes"] = [{"label": c.label, "prompts": list(c.prompts), "category": c.category}
-                        for c in self.classes]
+        d["classes"] = [{"label": c.label, "prompts": list(c.prompts), "category": c.category,
+                         **({"matches": list(c.matches)} if c.matches else {})} for c in self.classes]
         return d
 
     def fingerprint(self) -> str:
@@ -160,7 +167,13 @@ def _parse_classes(raw: Any, path: Path, key: str) -> list[TaxonomyClass]:
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, (str, int, float)) for p in prompts):
             raise TaxonomyError(f"{where} ({label}): 'prompts' must be a non-empty list of strings")
         category = str(c.get("category", DEFAULT_CATEGORY))
-        out.append(TaxonomyClass(label, tuple(str(p) for p in prompts), category))
+        matches = c.get("matches", [])
+        if isinstance(matches, str):
+            matches = [matches]
+        if not isinstance(matches, list):
+            raise TaxonomyError(f"{where} ({label}): 'matches' must be a list of target values")
+        out.append(TaxonomyClass(label, tuple(str(p) for p in prompts), category,
+                                 tuple(str(m) for m in matches)))
     return out
 
 
@@ -235,11 +248,21 @@ def validate(tax: Taxonomy) -> Taxonomy:
                 f"{where} ({tax.name}): target {tax.target!r} is not a dataset attribute; "
                 f"choose one of {', '.join(CANONICAL)} or leave it out")
         allowed = CANONICAL[tax.target]
+        claimed: dict[str, str] = {}
         for c in tax.classes:
-            if c.label not in allowed:
-                raise TaxonomyError(
-                    f"{where} ({tax.name}): class {c.label!r} is not a value of target "
-                    f"{tax.target!r}; allowed values: {', '.join(allowed)}")
+            for v in c.correct_for:
+                if v not in allowed:
+                    what = f"class {c.label!r}" if not c.matches else f"class {c.label!r}: matches value {v!r}"
+                    raise TaxonomyError(
+                        f"{where} ({tax.name}): {what} is not a value of target "
+                        f"{tax.target!r}; allowed values: {', '.join(allowed)} "
+                        "(use 'matches' to map a class onto several values)")
+                if v in claimed:
+                    raise TaxonomyError(f"{where} ({tax.name}): target value {v!r} is matched by both "
+                                        f"{claimed[v]!r} and {c.label!r}")
+                claimed[v] = c.label
+    elif any(c.matches for c in tax.classes):
+        raise TaxonomyError(f"{where} ({tax.name}): 'matches' needs a 'target'")
     return tax
 
 

@@ -80,8 +80,11 @@ def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray
     })
     if taxonomy.target and taxonomy.target in table.columns:
         truth = table[taxonomy.target].to_numpy(dtype=object)
+        # which class is right for each target value (a class may match several values);
+        # an image whose value no class matches has no correct answer: correct is NA
+        right = {v: c.label for c in taxonomy.classes for v in c.correct_for}
         df["true_label"] = truth
-        df["correct"] = pd.array([None if t is None or t != t else bool(t == p)
+        df["correct"] = pd.array([None if right.get(t) is None else bool(right[t] == p)
                                   for t, p in zip(truth, df["predicted_label"])], dtype="boolean")
     else:
         df["true_label"] = pd.array([None] * len(df), dtype="object")
