@@ -53,10 +53,20 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     cache_dir = cfg.cache.dir if cfg.cache.enabled else None
     log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies", dataset.name, len(dataset),
              model.name_or_path, model.device, str(model.dtype).replace("torch.", ""), len(taxonomies))
+    probe_train, probe_options = None, None
+    if cfg.probe.enabled:
+        if cfg.probe.get("train_dataset"):
+            probe_train = instantiate(cfg.probe.train_dataset, _convert_="all")
+        else:
+            probe_train = instantiate(cfg.dataset, split=cfg.probe.train_split, limit=cfg.probe.train_limit,
+                                      _convert_="all")
+        probe_options = {"Cs": list(cfg.probe.Cs), "holdout": float(cfg.probe.holdout),
+                         "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
+                         "sweep_max_train": cfg.probe.sweep_max_train}
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=_slices(cfg.slices),
                   confidence=float(cfg.confidence), num_workers=int(cfg.embed.num_workers),
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
-                  progress=bool(cfg.progress))
+                  progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options)
     demo = Path(model.name_or_path).resolve() == (demo_dir() / "model").resolve()
     record = build_record(
         config=OmegaConf.to_container(cfg, resolve=True), overrides=list(overrides),

@@ -41,6 +41,7 @@ class Evaluation:
     skipped: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -72,8 +73,10 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
              cache_dir: Path | str | None = None, slices: Sequence[Any] = M.DEFAULT_SLICES,
              confidence: float = 0.95, batch_size: int | None = None, num_workers: int = 0,
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
-             stats: EmbedStats | None = None) -> Evaluation:
-    """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once)."""
+             stats: EmbedStats | None = None, probe_train: FaceDataset | None = None,
+             probe_options: dict[str, Any] | None = None) -> Evaluation:
+    """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
+    linear probes for every target taxonomy when a ``probe_train`` split is given."""
     timings: dict[str, float] = {}
     for t in taxonomies:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
@@ -87,15 +90,50 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     with timed(timings, "zero_shot"):
         preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.logit_scale,
                                    dataset.attributes)
+    embed_kw = dict(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
+                    on_error=on_error, progress=progress, stats=stats)
+    info: dict[str, Any] = {}
+    skipped = {**dataset.skipped}
+    if probe_train is not None:
+        probe_preds, info["linear_probe"], train_emb = linear_probes(
+            probe_train, model, image_store, table, emb.embeddings, taxonomies, dataset.attributes,
+            timings, embed_kw, probe_options or {})
+        preds = pd.concat([preds, probe_preds], ignore_index=True)
+        for k, v in {**probe_train.skipped, **train_emb.skipped}.items():
+            skipped[f"train_{k}"] = skipped.get(f"train_{k}", 0) + v
     with timed(timings, "metrics"):
         met, disp = score(preds, taxonomies, slices, confidence)
-    skipped = {**dataset.skipped}
     for k, v in emb.skipped.items():
         skipped[k] = skipped.get(k, 0) + v
     counts = {"images_in_dataset": len(dataset), "images_evaluated": len(emb.indices),
               "images_encoded": emb.encoded, "images_from_cache": emb.cached,
               "taxonomies": len(taxonomies)}
-    return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors)
+    return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info)
+
+
+def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: pd.DataFrame,
+                  eval_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy], attributes: Sequence[str],
+                  timings: dict[str, float], embed_kw: dict[str, Any],
+                  options: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], ImageEmbeddings]:
+    """Fit a probe per target taxonomy on ``train``'s (cached) embeddings; predict eval."""
+    from .linear_probe import fit_probe, probe_predictions
+
+    targets = [t for t in taxonomies if t.target]
+    if not targets:
+        raise ValueError("linear probe requested but no taxonomy has a target (e.g. fairface_race)")
+    with timed(timings, "embed_train"):
+        temb = embed_images(train, model, store, **embed_kw)
+    ttable = train.table.iloc[temb.indices].reset_index(drop=True)
+    frames, info = [], {"n_train_images": int(len(temb.indices))}
+    with timed(timings, "linear_probe"):
+        for t in targets:
+            if t.target not in ttable.columns:
+                raise ValueError(f"linear probe for {t.name}: the train split has no {t.target!r} column")
+            fit = fit_probe(t, temb.embeddings, ttable[t.target].tolist(), **options)
+            frames.append(probe_predictions(fit, eval_table, eval_embeddings, attributes))
+            info[t.name] = {"C": fit.C, "holdout_accuracy": fit.holdout_accuracy, "n_train": fit.n_train,
+                            "fit_seconds": round(fit.fit_seconds, 3), **fit.info}
+    return pd.concat(frames, ignore_index=True), info, temb
 
 
 def header_lines(ev: Evaluation, demo: bool = False) -> list[str]:
@@ -165,7 +203,7 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
         with open(out / "summary.md", "a") as f:
             f.write("\n" + md)
     written += extra
-    rec = {**record, "timings_s": ev.timings, "counts": ev.counts, "skipped": ev.skipped,
+    rec = {**record, "timings_s": ev.timings, "counts": ev.counts, "skipped": ev.skipped, **ev.info,
            "skipped_items": ev.errors[:1000]}
     write_json(out / "run.json", rec)
     written.append(out / "run.json")
