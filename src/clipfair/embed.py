@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .cache import EmbeddingStore, sha256_hex
 from .data.base import FaceDataset
-from .data.images import ImageError, decode_image
+from .data.images import ImageError
 from .models import ClipModel
 
 log = logging.getLogger(__name__)

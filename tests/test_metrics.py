@@ -1,0 +1,518 @@
+"""Tests of clipfair.metrics: per-group metrics, Wilson intervals, disparities."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import MetricFrame, count, selection_rate
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import accuracy_score
+
+from clipfair.data.attributes import AGE_BINS, GENDERS, RACES
+from clipfair.metrics import (
+    DEFAULT_SLICES,
+    DISPARITY_COLUMNS,
+    METRIC_COLUMNS,
+    disparities,
+    group_metrics,
+    slice_name,
+    wilson_interval,
+)
+
+CATEGORIES = {
+    "race_cls": ["race", "non_human", "crime_related"],  # crime_related: never predicted
+    "denig": ["human", "non_human", "crime_related", "child"],  # child: never predicted
+}
+
+
+def make_predictions(seed: int = 0, n: int = 300) -> pd.DataFrame:
+    """Synthetic long predictions: race_cls (target: race; zero_shot and linear_probe)
+    and denig (no target; zero_shot). No Indian women (an empty intersection); a few
+    images have no age."""
+    rng = np.random.default_rng(seed)
+    race = rng.choice(np.array(RACES, dtype=object), n)
+    gender = rng.choice(np.array(GENDERS, dtype=object), n)
+    gender[race == "Indian"] = "Male"
+    age = rng.choice(np.array(AGE_BINS[:5], dtype=object), n)
+    age[rng.random(n) < 0.05] = None
+    attrs = pd.DataFrame({
+        "image_id": [f"img{i:04d}" for i in range(n)],
+        "race": race,
+        "gender": gender,
+        "age": age,
+        "race_binary": np.where(race == "White", "White", "Non-White").astype(object),
+    })
+    frames = []
+    for method, p_right in (("zero_shot", 0.6), ("linear_probe", 0.8)):
+        right = rng.random(n) < p_right
+        other = rng.choice(np.array(list(RACES) + ["gorilla"], dtype=object), n)
+        label = np.where(right, race, other)
+        frames.append(attrs.assign(
+            taxonomy="race_cls", method=method, predicted_label=label,
+            predicted_category=np.where(label == "gorilla", "non_human", "race"),
+            score=rng.random(n), true_label=race, correct=label == race,
+        ))
+    label = rng.choice(np.array(["person", "animal", "thief"], dtype=object), n, p=[0.6, 0.25, 0.15])
+    frames.append(attrs.assign(
+        taxonomy="denig", method="zero_shot", predicted_label=label,
+        predicted_category=pd.Series(label).map(
+            {"person": "human", "animal": "non_human", "thief": "crime_related"}).to_numpy(),
+        score=rng.random(n), true_label=None, correct=np.nan,
+    ))
+    cols = ["image_id", "taxonomy", "method", "predicted_label", "predicted_category", "score",
+            "true_label", "correct", "race", "gender", "age", "race_binary"]
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+@pytest.fixture(scope="module")
+def preds() -> pd.DataFrame:
+    return make_predictions()
+
+
+@pytest.fixture(scope="module")
+def metrics(preds) -> pd.DataFrame:
+    return group_metrics(preds, CATEGORIES)
+
+
+def _lookup(metrics, **eq):
+    m = metrics
+    for k, v in eq.items():
+        m = m[m[k] == v]
+    return m
+
+
+# --------------------------------------------------------------------------- shape
+
+def test_columns_and_dtypes(metrics):
+    assert list(metrics.columns) == list(METRIC_COLUMNS)
+    assert metrics["n"].dtype == np.int64 and metrics["count"].dtype == np.int64
+    assert (metrics["n"] > 0).all()
+    assert metrics[["value", "ci_low", "ci_high"]].notna().all().all()
+    assert ((metrics["ci_low"] <= metrics["value"]) & (metrics["value"] <= metrics["ci_high"])).all()
+    np.testing.assert_allclose(metrics["value"], metrics["count"] / metrics["n"])
+
+
+def test_slice_names():
+    assert slice_name("overall") == "overall"
+    assert slice_name("race") == "race"
+    assert slice_name(("race", "gender")) == "race+gender"
+    assert [slice_name(s) for s in DEFAULT_SLICES] == [
+        "overall", "race", "gender", "age", "race_binary", "race+gender",
+        "race_binary+gender", "age+gender"]
+    with pytest.raises(ValueError):
+        slice_name(())
+
+
+def test_accuracy_only_where_target(metrics, preds):
+    acc = metrics[metrics["metric"] == "accuracy"]
+    assert set(acc["taxonomy"]) == {"race_cls"}
+    assert (acc["category"] == "").all()
+    overall = _lookup(acc, method="zero_shot", slice="overall")
+    assert list(overall["group"]) == ["all"]
+    sub = preds[(preds.taxonomy == "race_cls") & (preds.method == "zero_shot")]
+    assert int(overall["n"].iloc[0]) == len(sub)
+    assert int(overall["count"].iloc[0]) == int(sub["correct"].sum())
+
+
+# --------------------------------------------------------------------------- vs fairlearn
+
+@pytest.mark.parametrize("features", [["race"], ["gender"], ["race", "gender"]])
+@pytest.mark.parametrize("method", ["zero_shot", "linear_probe"])
+def test_accuracy_matches_fairlearn(preds, metrics, features, method):
+    sub = preds[(preds.taxonomy == "race_cls") & (preds.method == method)]
+    mf = MetricFrame(metrics={"acc": accuracy_score, "n": count},
+                     y_true=sub["true_label"], y_pred=sub["predicted_label"],
+                     sensitive_features=sub[features])
+    expected = mf.by_group.dropna()
+    got = _lookup(metrics, taxonomy="race_cls", method=method, metric="accuracy",
+                  slice="+".join(features))
+    got = got.set_index("group")
+    exp_groups = ["+".join(k) if isinstance(k, tuple) else k for k in expected.index]
+    assert sorted(got.index) == sorted(exp_groups)
+    for key, g in zip(expected.index, exp_groups):
+        assert got.at[g, "value"] == pytest.approx(expected.loc[key, "acc"], abs=1e-12)
+        assert got.at[g, "n"] == expected.loc[key, "n"]
+
+
+@pytest.mark.parametrize("features", [["race"], ["gender"], ["race", "gender"]])
+@pytest.mark.parametrize("taxonomy,method", [("race_cls", "zero_shot"), ("race_cls", "linear_probe"),
+                                             ("denig", "zero_shot")])
+def test_rates_match_fairlearn(preds, metrics, features, taxonomy, method):
+    sub = preds[(preds.taxonomy == taxonomy) & (preds.method == method)]
+    for cat in CATEGORIES[taxonomy]:
+        indicator = (sub["predicted_category"] == cat).astype(int)
+        mf = MetricFrame(metrics=lambda yt, yp: selection_rate(yt, yp, pos_label=1),
+                         y_true=indicator, y_pred=indicator, sensitive_features=sub[features])
+        expected = mf.by_group.dropna()
+        got = _lookup(metrics, taxonomy=taxonomy, method=method, metric="rate", category=cat,
+                      slice="+".join(features)).set_index("group")["value"]
+        exp = {("+".join(k) if isinstance(k, tuple) else k): v for k, v in expected.items()}
+        assert set(got.index) == set(exp)
+        for g, v in exp.items():
+            assert got[g] == pytest.approx(v, abs=1e-12), (cat, g)
+
+
+# --------------------------------------------------------------------------- vs pandas
+
+def _independent(preds: pd.DataFrame, slices) -> dict:
+    """(taxonomy, method, metric, category, slice, group) -> (n, count), by plain groupby."""
+    out = {}
+    for (tax, meth), sub in preds.groupby(["taxonomy", "method"], sort=False):
+        for s in slices:
+            attrs = [] if s == "overall" else ([s] if isinstance(s, str) else list(s))
+            name = "overall" if not attrs else "+".join(attrs)
+            if attrs:
+                d = sub.dropna(subset=attrs)
+                grouped = [("+".join(k if isinstance(k, tuple) else (k,)), g)
+                           for k, g in d.groupby(attrs if len(attrs) > 1 else attrs[0])]
+            else:
+                grouped = [("all", sub)]
+            for gname, g in grouped:
+                if len(g) == 0:
+                    continue
+                tgt = g[g["true_label"].notna()]
+                if len(tgt):
+                    out[(tax, meth, "accuracy", "", name, gname)] = (
+                        len(tgt), int((tgt["predicted_label"] == tgt["true_label"]).sum()))
+                for cat in CATEGORIES[tax]:
+                    out[(tax, meth, "rate", cat, name, gname)] = (
+                        len(g), int((g["predicted_category"] == cat).sum()))
+    return out
+
+
+def test_matches_independent_groupby(preds, metrics):
+    expected = _independent(preds, DEFAULT_SLICES)
+    got = {
+        tuple(r[:6]): (int(r[6]), int(r[7]))
+        for r in metrics[list(METRIC_COLUMNS[:8])].itertuples(index=False, name=None)
+    }
+    assert len(got) == len(metrics)  # no duplicate keys
+    assert got == expected
+
+
+def test_never_predicted_category_has_zero_rows(metrics):
+    for tax, cat in (("race_cls", "crime_related"), ("denig", "child")):
+        rows = _lookup(metrics, taxonomy=tax, metric="rate", category=cat)
+        assert len(rows) > 0
+        assert (rows["count"] == 0).all() and (rows["value"] == 0).all()
+        assert (rows["ci_low"] == 0).all() and (rows["ci_high"] > 0).all()
+        # as many rows as the category that is predicted
+        other = _lookup(metrics, taxonomy=tax, metric="rate", category=CATEGORIES[tax][0])
+        assert len(rows) == len(other)
+
+
+def test_rates_of_a_group_sum_to_one(metrics):
+    rate = metrics[metrics["metric"] == "rate"]
+    sums = rate.groupby(["taxonomy", "method", "slice", "group"])["value"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0)
+
+
+# --------------------------------------------------------------------------- edge cases
+
+def test_empty_intersection_gives_no_row(metrics, preds):
+    assert not ((preds.race == "Indian") & (preds.gender == "Female")).any()
+    rg = metrics[metrics["slice"] == "race+gender"]
+    assert "Indian+Male" in set(rg["group"])
+    assert "Indian+Female" not in set(rg["group"])
+    assert np.isfinite(metrics["value"]).all()
+
+
+def test_slice_with_one_image_and_all_null_attribute():
+    preds = make_predictions(n=40)
+    preds["age"] = None  # an attribute with no known value: no age groups at all
+    m = group_metrics(preds, CATEGORIES)
+    assert not m["slice"].isin(["age", "age+gender"]).any()
+    assert (m["n"] > 0).all()
+    tiny = make_predictions(n=1)
+    m1 = group_metrics(tiny, CATEGORIES)
+    assert (m1["n"] == 1).all()
+
+
+def test_missing_attribute_column_is_skipped(preds, metrics):
+    no_age = group_metrics(preds.drop(columns=["age"]), CATEGORIES)
+    assert not no_age["slice"].isin(["age", "age+gender"]).any()
+    kept = metrics[~metrics["slice"].isin(["age", "age+gender"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(no_age, kept)
+
+
+def test_null_attribute_rows_are_left_out_of_that_slice(preds, metrics):
+    n_age = preds.loc[(preds.taxonomy == "denig"), "age"].notna().sum()
+    assert 0 < n_age < (preds.taxonomy == "denig").sum()
+    rows = _lookup(metrics, taxonomy="denig", metric="rate", category="human", slice="age")
+    assert rows["n"].sum() == n_age
+    rows = _lookup(metrics, taxonomy="denig", metric="rate", category="human", slice="race")
+    assert rows["n"].sum() == (preds.taxonomy == "denig").sum()
+
+
+def test_group_and_category_order(metrics):
+    m = metrics
+    assert list(pd.unique(m["taxonomy"])) == ["race_cls", "denig"]
+    assert list(pd.unique(m.loc[m.taxonomy == "race_cls", "method"])) == ["zero_shot", "linear_probe"]
+    sub = m[(m.taxonomy == "race_cls") & (m.method == "zero_shot")]
+    assert list(pd.unique(sub["metric"])) == ["accuracy", "rate"]
+    assert list(pd.unique(sub.loc[sub.metric == "rate", "category"])) == CATEGORIES["race_cls"]
+    race_groups = list(_lookup(sub, metric="accuracy", slice="race")["group"])
+    assert race_groups == [r for r in RACES if r in race_groups] and len(race_groups) == 7
+    assert list(_lookup(sub, metric="accuracy", slice="age")["group"]) == list(AGE_BINS[:5])
+    rg = list(_lookup(sub, metric="accuracy", slice="race+gender")["group"])
+    assert rg[:3] == ["White+Male", "White+Female", "Black+Male"]
+    assert list(pd.unique(sub.loc[sub.metric == "rate", "slice"])) == [
+        slice_name(s) for s in DEFAULT_SLICES]
+
+
+def test_unknown_attribute_values_after_canonical_sorted():
+    preds = make_predictions(n=60)
+    preds.loc[preds.index[:3], "race"] = "Zeta"
+    preds.loc[preds.index[3:6], "race"] = "Alpha"
+    m = group_metrics(preds, CATEGORIES, slices=["race"])
+    groups = list(_lookup(m, taxonomy="race_cls", method="zero_shot", metric="accuracy")["group"])
+    known = [g for g in groups if g in RACES]
+    assert groups == known + ["Alpha", "Zeta"]
+    assert known == [r for r in RACES if r in known]
+
+
+def test_undeclared_category_is_kept_with_warning():
+    preds = make_predictions(n=50)
+    preds.loc[preds.index[-1], "predicted_category"] = "mystery"  # a denig row
+    with pytest.warns(UserWarning, match="mystery"):
+        m = group_metrics(preds, CATEGORIES, slices=["overall"])
+    cats = list(_lookup(m, taxonomy="denig", metric="rate")["category"])
+    assert cats == CATEGORIES["denig"] + ["mystery"]
+    assert _lookup(m, taxonomy="denig", metric="rate", category="mystery")["count"].tolist() == [1]
+
+
+def test_correct_column_is_used_and_null_falls_back_to_labels():
+    preds = make_predictions(n=50)
+    base = group_metrics(preds, CATEGORIES, slices=["overall"])
+    p2 = preds.copy()
+    p2["correct"] = p2["correct"].astype(object)
+    idx = p2.index[(p2.taxonomy == "race_cls")][:10]
+    p2.loc[idx, "correct"] = None  # derived from predicted_label == true_label
+    pd.testing.assert_frame_equal(group_metrics(p2, CATEGORIES, slices=["overall"]), base)
+    p3 = preds.copy()
+    flip = p3.index[(p3.taxonomy == "race_cls") & (p3.method == "zero_shot")][:1]
+    p3.loc[flip, "correct"] = ~p3.loc[flip, "correct"].astype(bool)
+    m3 = group_metrics(p3, CATEGORIES, slices=["overall"])
+    a0 = _lookup(base, metric="accuracy", method="zero_shot")["count"].iloc[0]
+    a3 = _lookup(m3, metric="accuracy", method="zero_shot")["count"].iloc[0]
+    assert abs(int(a3) - int(a0)) == 1
+
+
+def test_duplicate_rows_raise(preds):
+    with pytest.raises(ValueError, match="duplicate"):
+        group_metrics(pd.concat([preds, preds.iloc[:1]]), CATEGORIES)
+
+
+def test_empty_predictions_give_empty_frame(preds):
+    m = group_metrics(preds.iloc[:0], CATEGORIES)
+    assert list(m.columns) == list(METRIC_COLUMNS) and len(m) == 0
+
+
+# --------------------------------------------------------------------------- determinism
+
+def test_deterministic_csv(preds):
+    a = group_metrics(preds, CATEGORIES).to_csv(index=False)
+    b = group_metrics(preds.copy(), CATEGORIES).to_csv(index=False)
+    assert a == b
+    # row order within a taxonomy x method does not matter
+    rng = np.random.default_rng(1)
+    shuffled = preds.iloc[rng.permutation(len(preds))]
+    key = shuffled["taxonomy"].map({"race_cls": 0, "denig": 1}) * 2 + \
+        shuffled["method"].map({"zero_shot": 0, "linear_probe": 1})
+    shuffled = shuffled.iloc[np.argsort(key.to_numpy(), kind="stable")]
+    assert list(pd.unique(shuffled["taxonomy"])) == ["race_cls", "denig"]
+    assert not shuffled["image_id"].equals(preds["image_id"])
+    assert group_metrics(shuffled, CATEGORIES).to_csv(index=False) == a
+
+
+@pytest.mark.slow
+def test_large_input_shape_and_spot_check():
+    """100 taxonomies x 11,000 images (the variant-comparison scale); speed is measured in
+    scripts/bench_variants.py, not asserted here."""
+    n_img, n_tax = 11_000, 100
+    rng = np.random.default_rng(0)
+    race = rng.choice(np.array(RACES, dtype=object), n_img)
+    gender = rng.choice(np.array(GENDERS, dtype=object), n_img)
+    age = rng.choice(np.array(AGE_BINS, dtype=object), n_img)
+    cats = np.array(["human", "non_human", "crime_related"], dtype=object)
+    preds = pd.DataFrame({
+        "image_id": np.tile(np.arange(n_img).astype(str).astype(object), n_tax),
+        "taxonomy": np.repeat(np.array([f"t{i:03d}" for i in range(n_tax)], dtype=object), n_img),
+        "method": "zero_shot",
+        "predicted_category": cats[rng.integers(0, 3, n_img * n_tax)],
+        "true_label": np.tile(race, n_tax),
+        "correct": rng.random(n_img * n_tax) < 0.5,
+        "race": np.tile(race, n_tax), "gender": np.tile(gender, n_tax), "age": np.tile(age, n_tax),
+        "race_binary": np.tile(np.where(race == "White", "White", "Non-White").astype(object), n_tax),
+    })
+    m = group_metrics(preds, {f"t{i:03d}": list(cats) for i in range(n_tax)})
+    # 1 + 7 + 2 + 9 + 2 + 14 + 4 + 18 = 57 groups, x (1 accuracy + 3 categories)
+    assert len(m) == n_tax * 57 * 4
+    part = preds[preds["taxonomy"] == "t042"]
+    sel = part[(part["race"] == "Indian") & (part["gender"] == "Female")]
+    row = m.query("taxonomy == 't042' and metric == 'rate' and category == 'non_human' "
+                  "and slice == 'race+gender' and group == 'Indian+Female'")
+    assert row["count"].item() == int((sel["predicted_category"] == "non_human").sum())
+    assert row["n"].item() == len(sel)
+
+
+# --------------------------------------------------------------------------- Wilson
+
+def _wilson_quadratic(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """Independent: the Wilson bounds are the roots p of (phat - p)^2 = z^2 p (1-p) / n."""
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    phat = k / n
+    a = 1 + z * z / n
+    b = -(2 * phat + z * z / n)
+    c = phat * phat
+    disc = math.sqrt(b * b - 4 * a * c)
+    return (-b - disc) / (2 * a), (-b + disc) / (2 * a)
+
+
+@pytest.mark.parametrize("k,n,low,high", [
+    (0, 10, 0.0, 0.2775),
+    (5, 10, 0.2366, 0.7634),
+    (81, 263, 0.2553, 0.3662),   # Newcombe (1998), example (c)
+    (10, 10, 0.7225, 1.0),
+])
+def test_wilson_published_values(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert isinstance(lo, float) and isinstance(hi, float)
+    assert lo == pytest.approx(low, abs=5e-5) and hi == pytest.approx(high, abs=5e-5)
+    qlo, qhi = _wilson_quadratic(k, n, 0.95)
+    assert lo == pytest.approx(qlo, abs=1e-9) and hi == pytest.approx(qhi, abs=1e-9)
+
+
+def test_wilson_n_zero_is_nan_and_vectorised():
+    lo, hi = wilson_interval(0, 0)
+    assert math.isnan(lo) and math.isnan(hi)
+    k = np.array([0, 5, 81, 0])
+    n = np.array([10, 10, 263, 0])
+    lo, hi = wilson_interval(k, n)
+    assert lo.shape == (4,) and hi.shape == (4,)
+    for i in range(3):
+        qlo, qhi = _wilson_quadratic(int(k[i]), int(n[i]), 0.95)
+        assert lo[i] == pytest.approx(qlo, abs=1e-9) and hi[i] == pytest.approx(qhi, abs=1e-9)
+    assert math.isnan(lo[3]) and math.isnan(hi[3])
+
+
+def test_wilson_confidence_sets_z():
+    for conf in (0.5, 0.9, 0.99):
+        lo, hi = wilson_interval(30, 100, confidence=conf)
+        qlo, qhi = _wilson_quadratic(30, 100, conf)
+        assert lo == pytest.approx(qlo, abs=1e-9) and hi == pytest.approx(qhi, abs=1e-9)
+    assert wilson_interval(30, 100, 0.99)[1] > wilson_interval(30, 100, 0.95)[1]
+    with pytest.raises(ValueError):
+        wilson_interval(3, 10, confidence=1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5000), frac=st.floats(0, 1), conf=st.floats(0.5, 0.999))
+def test_wilson_property(n, frac, conf):
+    k = int(round(frac * n))
+    lo, hi = wilson_interval(k, n, conf)
+    qlo, qhi = _wilson_quadratic(k, n, conf)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+    assert lo == pytest.approx(max(qlo, 0.0), abs=1e-9)
+    assert hi == pytest.approx(min(qhi, 1.0), abs=1e-9)
+
+
+def test_group_metrics_ci_uses_confidence(preds):
+    m99 = group_metrics(preds, CATEGORIES, slices=["race"], confidence=0.99)
+    r = m99.iloc[0]
+    lo, hi = _wilson_quadratic(int(r["count"]), int(r["n"]), 0.99)
+    assert r["ci_low"] == pytest.approx(max(lo, 0), abs=1e-9)
+    assert r["ci_high"] == pytest.approx(min(hi, 1), abs=1e-9)
+
+
+# --------------------------------------------------------------------------- disparities
+
+def _m(metric, category, slice_, group, n, value):
+    return {"taxonomy": "T", "method": "zs", "metric": metric, "category": category,
+            "slice": slice_, "group": group, "n": n, "count": round(n * value), "value": value,
+            "ci_low": np.nan, "ci_high": np.nan}
+
+
+@pytest.fixture()
+def hand_metrics() -> pd.DataFrame:
+    return pd.DataFrame([
+        _m("accuracy", "", "overall", "all", 32, 0.7),
+        _m("accuracy", "", "race", "A", 10, 0.8),
+        _m("accuracy", "", "race", "B", 10, 0.6),
+        _m("accuracy", "", "race", "C", 10, 0.8),   # ties with A: A comes first
+        _m("accuracy", "", "race", "D", 2, 0.1),    # small group
+        _m("accuracy", "", "gender", "M", 3, 0.5),  # every group below min_n=5
+        _m("accuracy", "", "gender", "F", 2, 0.9),
+        _m("rate", "x", "overall", "all", 30, 0.0),
+        _m("rate", "x", "race", "A", 10, 0.0),
+        _m("rate", "x", "race", "B", 10, 0.0),
+        _m("rate", "x", "race", "C", 10, 0.0),      # max == 0
+        _m("rate", "y", "race", "A", 10, 0.2),
+        _m("rate", "y", "race", "B", 10, 0.5),
+        _m("rate", "y", "race", "C", 10, 0.5),      # ties with B for worst
+    ])
+
+
+def test_disparities_known_answers(hand_metrics):
+    d = disparities(hand_metrics)
+    assert list(d.columns) == list(DISPARITY_COLUMNS)
+    assert "overall" not in set(d["slice"])
+    rows = {(r.metric, r.category, r.slice): r for r in d.itertuples(index=False)}
+    assert list(rows) == [("accuracy", "", "race"), ("accuracy", "", "gender"),
+                          ("rate", "x", "race"), ("rate", "y", "race")]
+    a = rows[("accuracy", "", "race")]
+    assert (a.n_groups, a.best_group, a.worst_group) == (4, "A", "D")
+    assert a.best_value == 0.8 and a.worst_value == 0.1
+    assert a.gap == pytest.approx(0.7) and a.ratio == pytest.approx(0.125)
+    g = rows[("accuracy", "", "gender")]
+    assert (g.best_group, g.worst_group, g.gap) == ("F", "M", pytest.approx(0.4))
+    x = rows[("rate", "x", "race")]
+    assert (x.n_groups, x.best_group, x.worst_group, x.gap) == (3, "A", "A", 0.0)
+    assert math.isnan(x.ratio)
+    y = rows[("rate", "y", "race")]  # rate: lowest is best
+    assert (y.best_group, y.best_value, y.worst_group, y.worst_value) == ("A", 0.2, "B", 0.5)
+    assert y.gap == pytest.approx(0.3) and y.ratio == pytest.approx(0.4)
+    assert (d["gap"] >= 0).all()
+
+
+def test_disparities_min_n(hand_metrics):
+    d = disparities(hand_metrics, min_n=5)
+    a = d[(d.metric == "accuracy") & (d.slice == "race")].iloc[0]
+    assert (a.n_groups, a.best_group, a.worst_group) == (3, "A", "B")
+    assert a.gap == pytest.approx(0.2) and a.ratio == pytest.approx(0.75)
+    assert not ((d.metric == "accuracy") & (d.slice == "gender")).any()  # all groups too small
+
+
+def test_disparities_after_csv_round_trip(hand_metrics, tmp_path):
+    path = tmp_path / "m.csv"
+    hand_metrics.to_csv(path, index=False)
+    back = pd.read_csv(path)
+    assert back["category"].isna().any()  # "" became NaN
+    pd.testing.assert_frame_equal(disparities(back), disparities(hand_metrics))
+
+
+def test_disparities_unknown_metric_and_empty(hand_metrics):
+    bad = hand_metrics.assign(metric="f1")
+    with pytest.raises(ValueError, match="f1"):
+        disparities(bad)
+    empty = disparities(hand_metrics[hand_metrics["slice"] == "overall"])
+    assert list(empty.columns) == list(DISPARITY_COLUMNS) and len(empty) == 0
+
+
+def test_disparities_on_real_metrics_are_consistent(metrics):
+    d = disparities(metrics)
+    for r in d.sample(20, random_state=0).itertuples(index=False):
+        grp = _lookup(metrics, taxonomy=r.taxonomy, method=r.method, metric=r.metric,
+                      category=r.category, slice=r.slice)
+        assert r.n_groups == len(grp)
+        assert r.gap == pytest.approx(grp["value"].max() - grp["value"].min())
+        best = grp["value"].max() if r.metric == "accuracy" else grp["value"].min()
+        assert r.best_value == best
+    assert group_metrics(make_predictions(), CATEGORIES).pipe(disparities).to_csv() == d.to_csv()
