@@ -31,6 +31,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("clipfair_demo", _demo_resolver)
 
 
+def _plain(node: Any) -> Any:
+    """A resolved plain-Python copy of a config node (None stays None)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
 def _slices(raw: Any) -> list[Any]:
     return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in raw]
 
@@ -45,7 +50,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
 
     from .sensitivity import expand_template_sets
 
-    template_sets = OmegaConf.to_container(cfg.get("template_sets") or {}, resolve=True)
+    template_sets = _plain(cfg.get("template_sets")) or {}
     # validate before the slow parts
     taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
     dataset = instantiate(cfg.dataset, _convert_="all")
@@ -76,7 +81,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                  "skipped_at_load": dataset.skipped},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
-    compare = OmegaConf.to_container(cfg.compare, resolve=True) if cfg.get("compare") else None
+    compare = _plain(cfg.get("compare")) or None
     write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare,
                   slices=_slices(cfg.slices))
     log.info("wrote results to %s", out_dir)

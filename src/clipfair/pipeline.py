@@ -108,6 +108,9 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     counts = {"images_in_dataset": len(dataset), "images_evaluated": len(emb.indices),
               "images_encoded": emb.encoded, "images_from_cache": emb.cached,
               "taxonomies": len(taxonomies)}
+    if probe_train is not None:
+        counts.update(train_images=len(probe_train), train_images_encoded=train_emb.encoded,
+                      train_images_from_cache=train_emb.cached)
     return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info)
 
 

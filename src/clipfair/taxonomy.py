@@ -99,7 +99,9 @@ class Taxonomy:
 
 
 def builtin_dir() -> Path:
-    return Path(str(importlib.resources.files("clipfair.configs") / "taxonomies"))
+    """Built-in taxonomy files (package data; kept out of configs/ so Hydra does not read
+    them as a config group)."""
+    return Path(str(importlib.resources.files("clipfair") / "taxonomies"))
 
 
 def _builtin_registry() -> Registry[Path]:

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny CLIP saved with save_pretrained and a synthetic FairFace layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Never touch the user's ~/.cache/clipfair from tests."""
+    monkeypatch.setenv("CLIPFAIR_CACHE", str(tmp_path / "clipfair-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from clipfair.toy import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def fairface_root(tmp_path_factory) -> Path:
+    """A synthetic dataset in FairFace's official layout (train 120, val 80 images)."""
+    from clipfair.synthetic import write_fairface_layout
+
+    root = tmp_path_factory.mktemp("fairface")
+    write_fairface_layout(root, n_train=120, n_val=80, seed=1, size=32)
+    return root

@@ -1,0 +1,158 @@
+"""The CLI end to end, as a user runs it, and every config file composing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from clipfair.cli import main, register_resolvers
+from clipfair.metrics import METRIC_COLUMNS
+import clipfair.configs
+
+CONFIGS = Path(clipfair.configs.__file__).parent
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`clipfair ...` in a fresh process, exactly as a user types it."""
+    cmd = [sys.executable, "-c", "import sys; from clipfair.cli import main; sys.exit(main())", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if check and res.returncode != 0:
+        raise AssertionError(f"clipfair {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def group_files(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def hydra_compose():
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="clipfair.configs", version_base="1.3"):
+        yield lambda overrides=(): compose("config", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+
+
+FAKE_ROOTS = ["dataset.root=/data/x"]
+
+
+@pytest.mark.parametrize("option", group_files("dataset"))
+def test_every_dataset_config_composes(hydra_compose, option):
+    extra = {"fairface": FAKE_ROOTS, "utkface": FAKE_ROOTS, "csv": ["dataset.path=/data/x.csv"]}.get(option, [])
+    cfg = hydra_compose([f"dataset={option}", *extra])
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["dataset"]["_target_"] == "clipfair.data.load_dataset"
+    from clipfair.data import DATASETS
+
+    assert resolved["dataset"]["name"] in DATASETS
+
+
+@pytest.mark.parametrize("option", group_files("model"))
+def test_every_model_config_composes(hydra_compose, option):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(hydra_compose([f"model={option}"]), resolve=True)
+    assert cfg["model"]["_target_"] == "clipfair.models.load_model"
+    assert cfg["model"]["trust_remote_code"] is False and cfg["model"]["allow_pickle"] is False
+    assert cfg["model"]["name_or_path"]
+
+
+@pytest.mark.parametrize("option", group_files("experiment"))
+def test_every_experiment_composes_and_names_valid_taxonomies(hydra_compose, option):
+    from omegaconf import OmegaConf
+
+    from clipfair.sensitivity import expand_template_sets
+    from clipfair.taxonomy import load_taxonomies
+
+    cfg = OmegaConf.to_container(hydra_compose([f"experiment={option}", *FAKE_ROOTS]), resolve=False)
+    taxa = expand_template_sets(load_taxonomies(cfg["taxonomies"]), cfg.get("template_sets") or {})
+    assert len(taxa) >= 1
+
+
+def test_help_lists_config_groups():
+    out = run_cli("run", "--help").stdout
+    for group in ("dataset:", "model:", "experiment:"):
+        assert group in out
+    assert "fairface_hf" in out and "clip_vit_l14" in out
+
+
+def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, tiny_model_dir, fairface_root):
+    out = tmp_path / "run"
+    run_cli("run", f"model.name_or_path={tiny_model_dir}", f"dataset.root={fairface_root}",
+            f"hydra.run.dir={out}", "progress=false", "probe.enabled=true",
+            "taxonomies=[fairface_gender,fairface_race,clip_denigration]")
+    pred = pd.read_parquet(out / "predictions.parquet")
+    val = pd.read_csv(fairface_root / "fairface_label_val.csv")
+    # 80 images x 3 taxonomies zero-shot + 2 target taxonomies linear probe
+    assert len(pred) == 80 * 3 + 80 * 2
+    assert set(pred["method"]) == {"zero_shot", "linear_probe"}
+    gender = pred[(pred["taxonomy"] == "fairface_gender") & (pred["method"] == "zero_shot")]
+    merged = gender.merge(val, left_on="image_id", right_on="file", suffixes=("", "_csv"))
+    assert (merged["true_label"] == merged["gender_csv"]).all()
+    met = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    assert tuple(met.columns) == METRIC_COLUMNS
+    # metrics.csv equals a direct groupby over predictions.parquet
+    direct = gender.groupby("race")["correct"].agg(["sum", "size"])
+    rows = met[(met["taxonomy"] == "fairface_gender") & (met["method"] == "zero_shot")
+               & (met["metric"] == "accuracy") & (met["slice"] == "race")].set_index("group")
+    for race, r in direct.iterrows():
+        assert rows.loc[race, "count"] == r["sum"] and rows.loc[race, "n"] == r["size"]
+    denig = pred[pred["taxonomy"] == "clip_denigration"]
+    nh = met[(met["taxonomy"] == "clip_denigration") & (met["category"] == "non_human")
+             & (met["slice"] == "overall")]
+    assert nh["count"].item() == int((denig["predicted_category"] == "non_human").sum())
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["name_or_path"] == str(tiny_model_dir)
+    assert run["model"]["logit_scale"] == pytest.approx(np.exp(2.6592), rel=1e-3)
+    assert len(run["dataset"]["fingerprint"]) == 16 and run["dataset"]["n_images"] == 80
+    assert run["packages"]["torch"]
+    assert (run["counts"]["images_encoded"], run["counts"]["train_images_encoded"]) == (80, 120)
+    assert f"dataset.root={fairface_root}" in run["overrides"]
+    assert set(run["linear_probe"]) >= {"fairface_gender", "fairface_race"}
+    summary = (out / "summary.md").read_text()
+    overall = met[(met["taxonomy"] == "fairface_gender") & (met["method"] == "zero_shot")
+                  & (met["metric"] == "accuracy") & (met["slice"] == "overall")]["value"].item()
+    assert f"{100 * overall:.1f}%" in summary
+    assert "not for surveillance" in summary.lower() or "Not for surveillance" in summary
+    pngs = sorted(out.glob("*.png"))
+    assert any("accuracy_fairface_gender" in p.name for p in pngs)
+    assert any("rates_clip_denigration" in p.name for p in pngs)
+    for p in pngs:
+        with Image.open(p) as im:
+            assert im.size[0] > 200 and im.size[1] > 150
+    disp = pd.read_csv(out / "disparities.csv", keep_default_na=False)
+    assert {"best_group", "worst_group", "gap", "ratio"} <= set(disp.columns)
+
+    # a rerun with the same model and data encodes no image (the cache is shared)
+    out2 = tmp_path / "run2"
+    run_cli("run", f"model.name_or_path={tiny_model_dir}", f"dataset.root={fairface_root}",
+            f"hydra.run.dir={out2}", "progress=false", "taxonomies=[fairface_gender]")
+    assert json.loads((out2 / "run.json").read_text())["counts"]["images_encoded"] == 0
+
+
+def test_multirun_sweeps_taxonomies(tmp_path, tiny_model_dir, fairface_root):
+    sweep = tmp_path / "sweep"
+    run_cli("run", "-m", f"model.name_or_path={tiny_model_dir}", f"dataset.root={fairface_root}",
+            f"hydra.sweep.dir={sweep}", "progress=false", "dataset.limit=20",
+            "taxonomies=[fairface_gender],[fairface_age]")
+    got = {json.loads((d / "run.json").read_text())["taxonomies"][0]["name"] for d in sweep.iterdir()
+           if (d / "run.json").exists()}
+    assert got == {"fairface_gender", "fairface_age"}
+
+
+def test_usage_and_unknown_command(capsys):
+    assert main([]) == 0
+    assert "clipfair <command>" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
