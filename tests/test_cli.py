@@ -109,6 +109,13 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, tiny_model_dir, fairface
                & (met["metric"] == "accuracy") & (met["slice"] == "race")].set_index("group")
     for race, r in direct.iterrows():
         assert rows.loc[race, "count"] == r["sum"] and rows.loc[race, "n"] == r["size"]
+    # intersections from the config's nested lists are computed (groups like White+Male)
+    inter = met[(met["slice"] == "race+gender") & (met["taxonomy"] == "fairface_gender")]
+    sub = gender[(gender["race"] == "White") & (gender["gender"] == "Male")]
+    if len(sub):
+        row = inter[(inter["group"] == "White+Male") & (inter["method"] == "zero_shot")]
+        assert row["n"].item() == len(sub) and row["count"].item() == sub["correct"].sum()
+    assert {"race+gender", "age+gender", "race_binary+gender"} <= set(met["slice"])
     denig = pred[pred["taxonomy"] == "clip_denigration"]
     nh = met[(met["taxonomy"] == "clip_denigration") & (met["category"] == "non_human")
              & (met["slice"] == "overall")]

@@ -37,7 +37,7 @@ def _plain(node: Any) -> Any:
 
 
 def _slices(raw: Any) -> list[Any]:
-    return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in raw]
+    return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in _plain(raw)]
 
 
 def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Path:
@@ -54,6 +54,9 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     # validate before the slow parts
     taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
     dataset = instantiate(cfg.dataset, _convert_="all")
+    subset = cfg.get("subset") or {}
+    if subset.get("n") is not None:
+        dataset = dataset.sample(int(subset["n"]), int(subset.get("seed", 0)))
     model = instantiate(cfg.model, _convert_="all")
     cache_dir = cfg.cache.dir if cfg.cache.enabled else None
     log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies", dataset.name, len(dataset),
@@ -84,6 +87,17 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     compare = _plain(cfg.get("compare")) or None
     write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare,
                   slices=_slices(cfg.slices))
+    if cfg.get("model_card"):
+        from .model_card import ModelCardOptions, write_model_card
+
+        mc = _plain(cfg.model_card)
+        opts = ModelCardOptions(**{**mc, "confidence": float(cfg.confidence)})
+        choices = {"model": model.name_or_path, "dataset": f"{dataset.name} {dataset.source}",
+                   "padding": dataset.source.get("config") or dataset.source.get("padding") or "unknown",
+                   "image subset": (f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
+                                    if subset.get("n") is not None else f"all {len(dataset)} images"),
+                   "templates": "; ".join(f"{t.name}: {' | '.join(t.templates)}" for t in taxonomies)}
+        write_model_card(ev.predictions, ev.metrics, opts, out_dir, choices, demo=demo)
     log.info("wrote results to %s", out_dir)
     return out_dir
 

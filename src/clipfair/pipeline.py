@@ -80,6 +80,10 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     timings: dict[str, float] = {}
     for t in taxonomies:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
+    for s in slices:
+        for a in ([s] if isinstance(s, str) else s):
+            if a != "overall" and a not in dataset.table.columns:
+                log.warning("slice %r: the dataset has no %r column; this slice is left out", s, a)
     image_store, text_store = open_stores(model, cache_dir)
     with timed(timings, "embed_images"):
         emb: ImageEmbeddings = embed_images(dataset, model, image_store, batch_size=batch_size,

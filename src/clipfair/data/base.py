@@ -40,7 +40,12 @@ class FileReader:
             raise ImageError(str(p), "file not found",
                              "check dataset.root, or set dataset.on_error=skip") from None
         except IsADirectoryError:
-            raise ImageError(str(p), "is a directory, not an image file") from None
+            raise ImageError(str(p), "is a directory, not an image file",
+                             "check the image paths, or set dataset.on_error=skip") from None
+        except (OSError, ValueError) as e:  # permissions, over-long names, NUL bytes, I/O errors
+            raise ImageError(str(p), f"cannot read the file ({type(e).__name__}: {e})",
+                             "check the path and its permissions, or set dataset.on_error=skip"
+                             ) from None
 
     def describe(self, i: int) -> str:
         return str(self.paths[i])
@@ -100,6 +105,16 @@ class FaceDataset:
         idx = list(range(int(n)))
         return FaceDataset(self.name, self.table.iloc[idx].copy(), self.reader.subset(idx),
                            {**self.source, "limit": int(n)}, dict(self.skipped))
+
+    def sample(self, n: int | None, seed: int = 0) -> "FaceDataset":
+        """A seeded random subset of n rows, kept in dataset order (all rows when n is None)."""
+        if n is None or n >= len(self):
+            return self
+        import numpy as np
+
+        idx = sorted(np.random.default_rng(seed).choice(len(self), size=int(n), replace=False).tolist())
+        return FaceDataset(self.name, self.table.iloc[idx].copy(), self.reader.subset(idx),
+                           {**self.source, "subset": {"n": int(n), "seed": int(seed)}}, dict(self.skipped))
 
     def fingerprint(self) -> str:
         """Hash of the image list and labels (cheap: reads no image content)."""
