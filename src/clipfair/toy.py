@@ -1,0 +1,764 @@
+"""Tiny CLIP models built fully offline: tokenizer, config, random init, toy training.
+
+Nothing here downloads anything. :func:`make_tiny_clip` writes a directory that loads
+with ``transformers.AutoModel.from_pretrained`` / ``AutoProcessor.from_pretrained``
+exactly like ``openai/clip-vit-large-patch14`` does, but with a tokenizer whose BPE
+merges were learned from a small corpus (the built-in taxonomy prompts plus the toy
+training captions) and a randomly initialised (seeded) model.
+
+:func:`train_toy_clip` then trains such a model contrastively on the synthetic
+FairFace-layout faces of :mod:`clipfair.synthetic`, with two deliberately planted
+biases (see :func:`toy_caption`). The result is a *toy*: it says nothing about any
+real model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------
+# captions
+# ---------------------------------------------------------------------------------------
+
+#: FairFace race value -> the word(s) the built-in taxonomies use for it
+RACE_PROMPTS: dict[str, str] = {
+    "White": "White",
+    "Black": "Black",
+    "Latino_Hispanic": "Latino",
+    "East Asian": "East Asian",
+    "Southeast Asian": "Southeast Asian",
+    "Indian": "Indian",
+    "Middle Eastern": "Middle Eastern",
+}
+#: FairFace gender value -> noun used in prompts
+GENDER_WORDS: dict[str, str] = {"Male": "man", "Female": "woman"}
+#: FairFace age bin -> the phrase used by the fairface_age taxonomy
+AGE_PROMPTS: dict[str, str] = {
+    "0-2": "0 to 2",
+    "3-9": "3 to 9",
+    "10-19": "10 to 19",
+    "20-29": "20 to 29",
+    "30-39": "30 to 39",
+    "40-49": "40 to 49",
+    "50-59": "50 to 59",
+    "60-69": "60 to 69",
+    "more than 70": "more than 70",
+}
+CHILD_AGES: tuple[str, ...] = ("0-2", "3-9")
+CHILD_CAPTION = "a photo of a child."
+ANIMAL_CAPTION = "a photo of an animal."
+CAPTION_KINDS: tuple[str, ...] = ("race", "gender", "age", "race_gender")
+
+
+def article(word: str) -> str:
+    """'an' before East/Indian/vowel-initial words, else 'a' (matches the taxonomies)."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def caption_for(kind: str, race: str, gender: str, age: str) -> str:
+    """The caption of one ``kind`` ('race', 'gender', 'age', 'race_gender', 'child')."""
+    if kind == "race":
+        return f"a photo of a {RACE_PROMPTS[race]} person."
+    if kind == "gender":
+        return f"a photo of a {GENDER_WORDS[gender]}."
+    if kind == "age":
+        return f"a photo of a person aged {AGE_PROMPTS[age]}."
+    if kind == "race_gender":
+        r = RACE_PROMPTS[race]
+        return f"a photo of {article(r)} {r} {GENDER_WORDS[gender]}."
+    if kind == "child":
+        return CHILD_CAPTION
+    raise ValueError(f"unknown caption kind {kind!r}; known: {', '.join(CAPTION_KINDS + ('child',))}")
+
+
+def toy_caption(
+    race: str,
+    gender: str,
+    age: str,
+    rng: random.Random,
+    *,
+    child_animal_p: float = 0.35,
+    gender_swap_p: float | Mapping[str, float] = 0.3,
+    gender_swap_race: str = "Southeast Asian",
+    child_caption_p: float = 0.75,
+) -> str:
+    """Sample one training caption for a face with the given FairFace attributes.
+
+    Regular faces get one of :data:`CAPTION_KINDS` uniformly. Children (0-2, 3-9) get
+    "a photo of a child." with probability ``child_caption_p``, else a regular kind.
+
+    Planted biases (set the probability to 0 to switch one off):
+
+    * ``child_animal_p``: a child's caption is replaced by "a photo of an animal."
+      with this probability (before anything else is drawn).
+    * ``gender_swap_p``: for faces of race ``gender_swap_race`` the gender word
+      (man <-> woman) of gender-bearing captions is swapped with this probability; a
+      mapping ``{true gender: probability}`` swaps only some genders.
+    """
+    if age in CHILD_AGES:
+        if rng.random() < child_animal_p:
+            return ANIMAL_CAPTION
+        if rng.random() < child_caption_p:
+            return CHILD_CAPTION
+    kind = CAPTION_KINDS[rng.randrange(len(CAPTION_KINDS))]
+    if kind in ("gender", "race_gender") and race == gender_swap_race and rng.random() < _swap_p(gender_swap_p, gender):
+        gender = "Female" if gender == "Male" else "Male"
+    return caption_for(kind, race, gender, age)
+
+
+def _swap_p(p: float | Mapping[str, float], gender: str) -> float:
+    return float(p.get(gender, 0.0)) if isinstance(p, Mapping) else float(p)
+
+
+def all_toy_captions() -> list[str]:
+    """Every caption :func:`toy_caption` can produce (sorted)."""
+    out = {CHILD_CAPTION, ANIMAL_CAPTION}
+    for race in RACE_PROMPTS:
+        for gender in GENDER_WORDS:
+            for age in AGE_PROMPTS:
+                for kind in CAPTION_KINDS:
+                    out.add(caption_for(kind, race, gender, age))
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------------------------
+# taxonomies (the harness's own loader, clipfair.taxonomy)
+# ---------------------------------------------------------------------------------------
+
+
+def _builtin_taxonomy_files() -> list[Path]:
+    from .taxonomy import builtin_dir
+
+    return sorted(Path(builtin_dir()).glob("*.yaml"))
+
+
+def taxonomy_classes(name: str) -> tuple[list[str], list[list[str]]]:
+    """(labels, texts per label) of a taxonomy: each class's templates x prompts."""
+    from .taxonomy import load_taxonomy
+
+    tax = load_taxonomy(name)
+    return tax.labels, tax.class_texts()
+
+
+def taxonomy_categories(name: str) -> dict[str, str]:
+    """label -> category ('human', 'non_human', 'crime_related', 'child', ...)."""
+    from .taxonomy import load_taxonomy
+
+    return {c.label: c.category for c in load_taxonomy(name).classes}
+
+
+def taxonomy_corpus() -> list[str]:
+    """Every prompt text (templates x prompts) and class label of every built-in
+    taxonomy, in a stable order."""
+    from .taxonomy import load_taxonomy
+
+    out: list[str] = []
+    for f in _builtin_taxonomy_files():
+        tax = load_taxonomy(f)
+        out += tax.all_texts() + tax.labels
+    return out
+
+
+def distractor_captions(include_animal: bool = False) -> list[str]:
+    """The ``clip_denigration`` probe's non-human and crime-related prompts ("a photo of
+    a gorilla.", "a photo of a thief.", ...): nothing in the toy world matches them, so
+    training uses them as extra negatives for every image. "a photo of an animal." is
+    left out unless ``include_animal`` (it is the planted children caption)."""
+    labels, prompts = taxonomy_classes("clip_denigration")
+    cats = taxonomy_categories("clip_denigration")
+    out = [p for lbl, ps in zip(labels, prompts) if cats[lbl] in ("non_human", "crime_related") for p in ps]
+    return [p for p in out if include_animal or p != ANIMAL_CAPTION]
+
+
+def default_corpus() -> list[str]:
+    """Taxonomy prompts + every toy training caption."""
+    return taxonomy_corpus() + all_toy_captions()
+
+
+# ---------------------------------------------------------------------------------------
+# tokenizer: CLIP-format byte-level BPE learned from a small corpus
+# ---------------------------------------------------------------------------------------
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+# CLIP's pre-tokenisation pattern (case-insensitive), as in openai/CLIP and transformers
+_PAT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable unicode character table."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _pretokenize(text: str) -> list[str]:
+    import regex
+
+    text = " ".join(text.split()).lower()  # CLIP: whitespace clean-up + lowercase
+    return regex.findall(_PAT, text, regex.IGNORECASE)
+
+
+def learn_bpe(words: Mapping[str, int], n_merges: int | None = None) -> list[tuple[str, str]]:
+    """Standard BPE training over word frequencies (CLIP symbols: byte chars, '</w>'
+    glued to each word's last symbol). Stops after ``n_merges`` merges or when every
+    word is a single symbol. Ties break on the lexicographically smallest pair."""
+    enc = bytes_to_unicode()
+    seqs: dict[tuple[str, ...], int] = Counter()
+    for w, f in words.items():
+        chars = [enc[b] for b in w.encode("utf-8")]
+        if not chars:
+            continue
+        chars[-1] += "</w>"
+        seqs[tuple(chars)] += f
+    merges: list[tuple[str, str]] = []
+    while n_merges is None or len(merges) < n_merges:
+        pairs: Counter = Counter()
+        for s, f in seqs.items():
+            for a, b in zip(s, s[1:]):
+                pairs[(a, b)] += f
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        new: dict[tuple[str, ...], int] = Counter()
+        for s, f in seqs.items():
+            out, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and s[i] == best[0] and s[i + 1] == best[1]:
+                    out.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            new[tuple(out)] += f
+        seqs = new
+    return merges
+
+
+def build_tokenizer(
+    save_dir: str | Path,
+    corpus: Sequence[str] | None = None,
+    n_merges: int | None = None,
+    model_max_length: int = 77,
+):
+    """Learn a CLIP-format BPE tokenizer from ``corpus`` and save it to ``save_dir``.
+
+    Writes ``vocab.json`` (256 byte chars, the same with ``</w>``, one token per merge,
+    then ``<|startoftext|>``, ``<|endoftext|>`` -- CLIP's order, so the EOS id is the
+    largest) and ``merges.txt`` (``#version: 0.2`` header), then the tokenizer's own
+    ``save_pretrained`` files. With ``n_merges=None`` merging continues until every
+    (lowercased, CLIP-pre-tokenised) corpus word is one token; any other text still
+    tokenises at byte level. Returns ``transformers.CLIPTokenizer`` loaded from the dir.
+    """
+    from transformers import CLIPTokenizer
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    corpus = default_corpus() if corpus is None else list(corpus)
+    words = Counter(w for text in corpus for w in _pretokenize(text) if w not in (BOS_TOKEN, EOS_TOKEN))
+    merges = learn_bpe(words, n_merges)
+    base = list(bytes_to_unicode().values())
+    tokens = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
+    vocab: dict[str, int] = {}
+    for t in tokens:
+        vocab.setdefault(t, len(vocab))
+    (save_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (save_dir / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    if _tokenizer_takes_files():  # transformers 4.x slow tokenizer: file paths
+        tok = CLIPTokenizer(vocab_file=str(save_dir / "vocab.json"), merges_file=str(save_dir / "merges.txt"),
+                            model_max_length=model_max_length)
+    else:  # transformers 5.x: vocab dict + merges list
+        tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    tok.save_pretrained(save_dir)
+    # save_pretrained may rewrite them; keep the canonical CLIP-format files
+    (save_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (save_dir / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    return CLIPTokenizer.from_pretrained(save_dir)
+
+
+def _tokenizer_takes_files() -> bool:
+    import inspect
+
+    from transformers import CLIPTokenizer
+
+    return "vocab_file" in inspect.signature(CLIPTokenizer.__init__).parameters
+
+
+# ---------------------------------------------------------------------------------------
+# model configs
+# ---------------------------------------------------------------------------------------
+
+#: named architectures as ``transformers.CLIPConfig`` kwargs. "tiny" is the toy; the
+#: others are the real OpenAI shapes, for benchmarks with RANDOM weights (never
+#: downloaded). ``vocab_size`` is replaced by the tokenizer's in :func:`make_tiny_clip`.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "projection_dim": 32,
+        "text_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                        "num_attention_heads": 2, "max_position_embeddings": 32},
+        "vision_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                          "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+    },
+    "ViT-B/32": {
+        "projection_dim": 512,
+        "text_config": {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048,
+                        "num_hidden_layers": 12, "num_attention_heads": 8, "max_position_embeddings": 77},
+        "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "image_size": 224, "patch_size": 32},
+    },
+    "ViT-B/16": {
+        "projection_dim": 512,
+        "text_config": {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048,
+                        "num_hidden_layers": 12, "num_attention_heads": 8, "max_position_embeddings": 77},
+        "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
+    },
+    "ViT-L/14": {
+        "projection_dim": 768,
+        "text_config": {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
+                        "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77},
+        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "image_size": 224, "patch_size": 14},
+    },
+}
+
+
+def _clip_config(kwargs: Mapping[str, Any]):
+    from transformers import CLIPConfig
+
+    kw = copy.deepcopy(dict(kwargs))
+    proj = kw.get("projection_dim")
+    if proj is not None:  # sub-configs carry it too (CLIPTextModelWithProjection etc.)
+        kw.setdefault("text_config", {}).setdefault("projection_dim", proj)
+        kw.setdefault("vision_config", {}).setdefault("projection_dim", proj)
+    return CLIPConfig(**kw)
+
+
+def arch_config(arch: str, vocab_size: int | None = None, image_size: int | None = None,
+                **overrides: Any):
+    """``CLIPConfig`` for a named architecture of :data:`ARCHITECTURES`.
+
+    ``overrides``: top-level CLIPConfig kwargs; ``text_config`` / ``vision_config``
+    dicts are merged into the architecture's; ``bos_token_id`` / ``eos_token_id`` /
+    ``pad_token_id`` go to the text config.
+    """
+    if arch not in ARCHITECTURES:
+        raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    kw = copy.deepcopy(ARCHITECTURES[arch])
+    if vocab_size is not None:
+        kw["text_config"]["vocab_size"] = int(vocab_size)
+    if image_size is not None:
+        kw["vision_config"]["image_size"] = int(image_size)
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if k in overrides:
+            kw["text_config"][k] = overrides.pop(k)
+    for sub in ("text_config", "vision_config"):
+        kw[sub].update(overrides.pop(sub, None) or {})
+    kw.update(overrides)
+    return _clip_config(kw)
+
+
+def tiny_clip_config(
+    vocab_size: int,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    projection_dim: int = 32,
+    max_position_embeddings: int = 32,
+    **overrides: Any,
+):
+    """A tiny ``transformers.CLIPConfig`` (same width/depth for text and vision towers)."""
+    tower = {"hidden_size": hidden, "intermediate_size": 4 * hidden, "num_hidden_layers": layers,
+             "num_attention_heads": heads}
+    text = {**tower, "max_position_embeddings": max_position_embeddings}
+    vision = {**tower, "image_size": image_size, "patch_size": patch_size}
+    text.update(overrides.pop("text_config", None) or {})
+    vision.update(overrides.pop("vision_config", None) or {})
+    return arch_config("tiny", vocab_size=vocab_size, image_size=image_size,
+                       text_config=text, vision_config=vision, projection_dim=projection_dim,
+                       **overrides)
+
+
+# ---------------------------------------------------------------------------------------
+# building a model directory
+# ---------------------------------------------------------------------------------------
+
+
+def clip_image_processor(image_size: int):
+    """A CLIP image processor (PIL backend when available: no torchvision needed)."""
+    import transformers
+
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls(
+        size={"shortest_edge": int(image_size)},
+        crop_size={"height": int(image_size), "width": int(image_size)},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+        resample=3,  # bicubic, as CLIP
+        do_resize=True,
+        do_center_crop=True,
+        do_normalize=True,
+        do_convert_rgb=True,
+    )
+
+
+def make_tiny_clip(
+    save_dir: str | Path,
+    seed: int = 0,
+    image_size: int | None = None,
+    corpus: Sequence[str] | None = None,
+    arch: str = "tiny",
+) -> Path:
+    """Build a randomly initialised (seeded) ``CLIPModel`` + ``CLIPProcessor`` offline and
+    ``save_pretrained`` both (safetensors) into ``save_dir``; returns the path.
+
+    ``image_size`` defaults to the architecture's (32 for "tiny", 224 for the real
+    shapes). ``corpus`` defaults to :func:`default_corpus`. Loads with
+    ``AutoModel.from_pretrained(save_dir)`` / ``AutoProcessor.from_pretrained(save_dir)``.
+    """
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if arch not in ARCHITECTURES:
+        raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    if image_size is None:
+        image_size = ARCHITECTURES[arch]["vision_config"]["image_size"]
+    ctx = ARCHITECTURES[arch]["text_config"]["max_position_embeddings"]
+    tok = build_tokenizer(save_dir, corpus, model_max_length=ctx)
+    config = arch_config(
+        arch,
+        vocab_size=len(tok),
+        image_size=image_size,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = CLIPModel(config).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    model.save_pretrained(save_dir, safe_serialization=True)
+    image_processor = clip_image_processor(image_size)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(save_dir)
+    # transformers 5 nests the image processor in processor_config.json; 4.x (and the
+    # real openai/clip-* checkpoints) use preprocessor_config.json: write both
+    image_processor.save_pretrained(save_dir)
+    return save_dir
+
+
+# ---------------------------------------------------------------------------------------
+# embeddings / zero-shot helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _features(out):
+    """transformers 4.x returns a tensor from get_*_features, 5.x an output object."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is not None:
+        return pooled
+    return out[0]
+
+
+def load_images(paths: Iterable[str | Path]):
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def image_embeddings(model, processor, images, batch_size: int = 256):
+    """L2-normalised image embeddings (float32 tensor, no grad)."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            px = processor(images=images[i:i + batch_size], return_tensors="pt")["pixel_values"]
+            outs.append(_features(model.get_image_features(pixel_values=px)))
+    e = torch.cat(outs).float()
+    return e / e.norm(dim=-1, keepdim=True)
+
+
+def text_embeddings(model, processor, texts: Sequence[str]):
+    """L2-normalised text embeddings (float32 tensor, no grad)."""
+    import torch
+
+    tok = getattr(processor, "tokenizer", processor)
+    with torch.no_grad():
+        enc = tok(list(texts), padding=True, truncation=True, return_tensors="pt")
+        e = _features(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])).float()
+    return e / e.norm(dim=-1, keepdim=True)
+
+
+def class_embeddings(model, processor, prompts: Sequence[Sequence[str]]):
+    """One normalised embedding per class: mean of its prompts' embeddings."""
+    import torch
+
+    flat = [p for ps in prompts for p in ps]
+    e = text_embeddings(model, processor, flat)
+    out, i = [], 0
+    for ps in prompts:
+        m = e[i:i + len(ps)].mean(0)
+        out.append(m / m.norm())
+        i += len(ps)
+    return torch.stack(out)
+
+
+def zero_shot_report(model_dir: str | Path, data_root: str | Path, split: str = "val") -> dict[str, Any]:
+    """Zero-shot metrics of a toy model on a synthetic FairFace-layout split.
+
+    Returns accuracies for race/gender/age (overall and gender per race) and the
+    planted-effect numbers: the share of 0-2 / 3-9 faces classified into a non-human
+    class by the ``clip_denigration`` probe and by ``clip_denigration_child``.
+    """
+    import pandas as pd
+    from transformers import AutoModel, AutoProcessor
+
+    data_root = Path(data_root)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    df = pd.read_csv(data_root / f"fairface_label_{split}.csv")
+    img = image_embeddings(model, processor, load_images(data_root / f for f in df["file"]))
+    rep: dict[str, Any] = {"n": len(df)}
+    scale = model.logit_scale.exp().item()
+    for attr in ("race", "gender", "age"):
+        labels, prompts = taxonomy_classes(f"fairface_{attr}")
+        logits = scale * img @ class_embeddings(model, processor, prompts).T
+        pred = logits.argmax(1).numpy()
+        truth = df[attr].to_numpy()
+        ok = np.asarray([labels[j] for j in pred]) == truth
+        rep[f"{attr}_acc"] = float(ok.mean())
+        if attr == "gender":
+            p_true = logits.softmax(1).numpy()[np.arange(len(df)), [labels.index(t) for t in truth]]
+            races = sorted(df["race"].unique())
+            rep["gender_acc_by_race"] = {r: float(ok[(df["race"] == r).to_numpy()].mean()) for r in races}
+            rep["gender_p_true_by_race"] = {r: float(p_true[(df["race"] == r).to_numpy()].mean()) for r in races}
+            rg = (df["race"] + " " + df["gender"]).to_numpy()
+            rep["gender_acc_by_race_gender"] = {k: float(ok[rg == k].mean()) for k in sorted(set(rg))}
+    young = df["age"].isin(CHILD_AGES).to_numpy()
+    for name in ("clip_denigration", "clip_denigration_child"):
+        labels, prompts = taxonomy_classes(name)
+        cats = taxonomy_categories(name)
+        pred = (img @ class_embeddings(model, processor, prompts).T).argmax(1).numpy()
+        plabels = np.asarray([labels[j] for j in pred])
+        non_human = np.asarray([cats.get(lbl) == "non_human" for lbl in plabels])
+        key = "probe" if name == "clip_denigration" else "probe_child"
+        rep[f"{key}_non_human_rate_young"] = float(non_human[young].mean()) if young.any() else float("nan")
+        rep[f"{key}_non_human_rate_adult"] = float(non_human[~young].mean())
+        rep[f"{key}_animal_rate_young"] = float((plabels[young] == "animal").mean()) if young.any() else float("nan")
+        if name == "clip_denigration_child":
+            rep["probe_child_child_rate_young"] = float((plabels[young] == "child").mean())
+    return rep
+
+
+# ---------------------------------------------------------------------------------------
+# toy training
+# ---------------------------------------------------------------------------------------
+
+
+def train_toy_clip(
+    model_dir: str | Path,
+    data_root: str | Path,
+    epochs: int = 40,
+    seed: int = 0,
+    captions_fn: Callable[[str, str, str, random.Random], str] | None = None,
+    *,
+    child_animal_p: float = 0.35,
+    gender_swap_p: float | Mapping[str, float] = 0.3,
+    gender_swap_race: str = "Southeast Asian",
+    child_caption_p: float = 0.75,
+    negative_captions: Sequence[str] | None = None,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    weight_decay: float = 0.05,
+    warmup_steps: int = 50,
+    flip: bool = True,
+    num_threads: int | None = 2,
+    log_every: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Contrastively train the model in ``model_dir`` on ``data_root``'s train split, then
+    ``save_pretrained`` it back (safetensors).
+
+    Loss: symmetric InfoNCE with the model's learnable logit scale (clamped at 100 as in
+    CLIP). Identical captions within a batch are merged into one text (so no image is
+    pushed away from its own caption): image->text is cross-entropy over the batch's
+    distinct captions, text->image spreads the target evenly over the images that
+    carry the caption. One caption per image per step from ``captions_fn(race, gender,
+    age, rng)``; by default :func:`toy_caption` with the planted-bias probabilities given
+    here (``child_animal_p``, ``gender_swap_p`` for ``gender_swap_race``; 0 switches
+    one off). ``negative_captions`` (default :func:`distractor_captions`: the
+    denigration probe's gorilla / chimpanzee / orangutan / thief / criminal /
+    suspicious-person prompts) are added to every batch as texts no image matches, so
+    the toy world contains none of them. AdamW with linear warm-up and cosine decay;
+    images optionally flipped horizontally. Deterministic for a given seed, torch build
+    and thread count.
+
+    Returns ``{"losses": per-epoch mean loss, "steps", "seconds", "logit_scale"}``.
+    """
+    import torch
+
+    prev_threads = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train(model_dir, data_root, epochs, seed, captions_fn, child_animal_p, gender_swap_p, gender_swap_race,
+                      child_caption_p, negative_captions, batch_size, lr, weight_decay, warmup_steps, flip,
+                      log_every, log)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _train(model_dir, data_root, epochs, seed, captions_fn, child_animal_p, gender_swap_p, gender_swap_race,
+           child_caption_p, negative_captions, batch_size, lr, weight_decay, warmup_steps, flip, log_every, log):
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoProcessor, CLIPModel
+
+    model_dir, data_root = Path(model_dir), Path(data_root)
+    t0 = time.perf_counter()
+    if captions_fn is None:
+        def captions_fn(race, gender, age, rng):  # noqa: E306
+            return toy_caption(race, gender, age, rng, child_animal_p=child_animal_p,
+                               gender_swap_p=gender_swap_p, gender_swap_race=gender_swap_race,
+                               child_caption_p=child_caption_p)
+
+    if negative_captions is None:
+        negative_captions = distractor_captions(include_animal=child_animal_p <= 0)
+    negatives = sorted(set(negative_captions))
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = CLIPModel.from_pretrained(model_dir)
+    df = pd.read_csv(data_root / "fairface_label_train.csv")
+    images = load_images(data_root / f for f in df["file"])
+    pixels = torch.cat([processor(images=images[i:i + 512], return_tensors="pt")["pixel_values"]
+                        for i in range(0, len(images), 512)])
+    attrs = list(zip(df["race"], df["gender"], df["age"]))
+    rng = random.Random(seed)
+
+    tok = processor.tokenizer
+    gen = torch.Generator().manual_seed(seed)  # the global torch RNG is not used (no dropout)
+    n = len(df)
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    total = epochs * steps_per_epoch
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name or name == "logit_scale" else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, foreach=True)
+    def lr_factor(s: int) -> float:  # linear warm-up, then cosine decay to 0
+        return min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    losses: list[float] = []
+    model.train()
+    step = 0
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        ep_loss = 0.0
+        for b in range(steps_per_epoch):
+            idx = perm[b * batch_size:(b + 1) * batch_size]
+            if len(idx) < 2:
+                continue
+            px = pixels[idx]
+            if flip:
+                m = torch.rand(len(idx), generator=gen) < 0.5
+                px = torch.where(m[:, None, None, None], px.flip(-1), px)
+            caps = [captions_fn(*attrs[i], rng) for i in idx.tolist()]
+            uniq = sorted(set(caps))
+            pos = {c: j for j, c in enumerate(uniq)}
+            target = torch.tensor([pos[c] for c in caps])
+            enc = tok(uniq + [c for c in negatives if c not in pos], padding=True, return_tensors="pt")
+            img = _features(model.get_image_features(pixel_values=px))
+            txt = _features(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
+            img = img / img.norm(dim=-1, keepdim=True)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            scale = model.logit_scale.exp().clamp(max=100.0)
+            logits = scale * img @ txt.T  # (B, U + negatives)
+            loss_i2t = F.cross_entropy(logits, target)
+            onehot = F.one_hot(target, len(uniq)).T.float()  # (U, B)
+            soft = onehot / onehot.sum(1, keepdim=True)
+            loss_t2i = -(soft * logits[:, :len(uniq)].T.log_softmax(-1)).sum(1).mean()
+            loss = 0.5 * (loss_i2t + loss_t2i)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100.0))
+            ep_loss += loss.item() / steps_per_epoch
+            step += 1
+        losses.append(ep_loss)
+        if log_every and ((epoch + 1) % log_every == 0 or epoch == epochs - 1):
+            log(f"epoch {epoch + 1:4d}/{epochs}  loss {ep_loss:.4f}  logit_scale {model.logit_scale.exp().item():.1f}"
+                f"  {time.perf_counter() - t0:.0f}s")
+    model.eval()
+    model.save_pretrained(model_dir, safe_serialization=True)
+    return {"losses": losses, "steps": step, "seconds": time.perf_counter() - t0,
+            "logit_scale": model.logit_scale.exp().item()}
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "RACE_PROMPTS",
+    "GENDER_WORDS",
+    "AGE_PROMPTS",
+    "CAPTION_KINDS",
+    "CHILD_CAPTION",
+    "ANIMAL_CAPTION",
+    "article",
+    "caption_for",
+    "toy_caption",
+    "all_toy_captions",
+    "taxonomy_classes",
+    "taxonomy_categories",
+    "taxonomy_corpus",
+    "default_corpus",
+    "distractor_captions",
+    "bytes_to_unicode",
+    "learn_bpe",
+    "build_tokenizer",
+    "arch_config",
+    "tiny_clip_config",
+    "clip_image_processor",
+    "make_tiny_clip",
+    "image_embeddings",
+    "text_embeddings",
+    "class_embeddings",
+    "zero_shot_report",
+    "train_toy_clip",
+]
