@@ -23,8 +23,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
-
 # ---------------------------------------------------------------------------------------
 # captions
 # ---------------------------------------------------------------------------------------
@@ -477,19 +475,7 @@ def make_tiny_clip(
 # ---------------------------------------------------------------------------------------
 
 
-def _features(out):
-    """transformers 4.x returns a tensor from get_*_features, 5.x an output object."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return out
-    pooled = getattr(out, "pooler_output", None)
-    if pooled is not None:
-        return pooled
-    return out[0]
-
-
-def load_images(paths: Iterable[str | Path]):
+def _load_images(paths: Iterable[str | Path]) -> list:
     from PIL import Image
 
     out = []
@@ -499,88 +485,46 @@ def load_images(paths: Iterable[str | Path]):
     return out
 
 
-def image_embeddings(model, processor, images, batch_size: int = 256):
-    """L2-normalised image embeddings (float32 tensor, no grad)."""
-    import torch
-
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            px = processor(images=images[i:i + batch_size], return_tensors="pt")["pixel_values"]
-            outs.append(_features(model.get_image_features(pixel_values=px)))
-    e = torch.cat(outs).float()
-    return e / e.norm(dim=-1, keepdim=True)
-
-
-def text_embeddings(model, processor, texts: Sequence[str]):
-    """L2-normalised text embeddings (float32 tensor, no grad)."""
-    import torch
-
-    tok = getattr(processor, "tokenizer", processor)
-    with torch.no_grad():
-        enc = tok(list(texts), padding=True, truncation=True, return_tensors="pt")
-        e = _features(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])).float()
-    return e / e.norm(dim=-1, keepdim=True)
-
-
-def class_embeddings(model, processor, prompts: Sequence[Sequence[str]]):
-    """One normalised embedding per class: mean of its prompts' embeddings."""
-    import torch
-
-    flat = [p for ps in prompts for p in ps]
-    e = text_embeddings(model, processor, flat)
-    out, i = [], 0
-    for ps in prompts:
-        m = e[i:i + len(ps)].mean(0)
-        out.append(m / m.norm())
-        i += len(ps)
-    return torch.stack(out)
-
-
 def zero_shot_report(model_dir: str | Path, data_root: str | Path, split: str = "val") -> dict[str, Any]:
-    """Zero-shot metrics of a toy model on a synthetic FairFace-layout split.
+    """Zero-shot metrics of a toy model on a synthetic FairFace-layout split, computed by
+    clipfair's own pipeline (loader, zero-shot, metrics).
 
     Returns accuracies for race/gender/age (overall and gender per race) and the
     planted-effect numbers: the share of 0-2 / 3-9 faces classified into a non-human
     class by the ``clip_denigration`` probe and by ``clip_denigration_child``.
     """
-    import pandas as pd
-    from transformers import AutoModel, AutoProcessor
+    from .data import load_dataset
+    from .models import load_model
+    from .pipeline import evaluate
+    from .taxonomy import load_taxonomies
 
-    data_root = Path(data_root)
-    model = AutoModel.from_pretrained(model_dir).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    df = pd.read_csv(data_root / f"fairface_label_{split}.csv")
-    img = image_embeddings(model, processor, load_images(data_root / f for f in df["file"]))
-    rep: dict[str, Any] = {"n": len(df)}
-    scale = model.logit_scale.exp().item()
+    names = ["fairface_race", "fairface_gender", "fairface_age", "clip_denigration", "clip_denigration_child"]
+    ds = load_dataset("fairface", root=str(data_root), split=split)
+    model = load_model(name_or_path=str(model_dir), device="cpu", dtype="float32")
+    pred = evaluate(ds, model, load_taxonomies(names), cache_dir=None, progress=False).predictions
+    rep: dict[str, Any] = {"n": len(ds)}
     for attr in ("race", "gender", "age"):
-        labels, prompts = taxonomy_classes(f"fairface_{attr}")
-        logits = scale * img @ class_embeddings(model, processor, prompts).T
-        pred = logits.argmax(1).numpy()
-        truth = df[attr].to_numpy()
-        ok = np.asarray([labels[j] for j in pred]) == truth
+        p = pred[pred["taxonomy"] == f"fairface_{attr}"]
+        ok = p["correct"].astype(bool)
         rep[f"{attr}_acc"] = float(ok.mean())
         if attr == "gender":
-            p_true = logits.softmax(1).numpy()[np.arange(len(df)), [labels.index(t) for t in truth]]
-            races = sorted(df["race"].unique())
-            rep["gender_acc_by_race"] = {r: float(ok[(df["race"] == r).to_numpy()].mean()) for r in races}
-            rep["gender_p_true_by_race"] = {r: float(p_true[(df["race"] == r).to_numpy()].mean()) for r in races}
-            rg = (df["race"] + " " + df["gender"]).to_numpy()
+            # two classes: the probability of the true class is the score when right, else 1 - score
+            p_true = p["score"].where(ok, 1.0 - p["score"])
+            races = sorted(p["race"].unique())
+            rep["gender_acc_by_race"] = {r: float(ok[p["race"] == r].mean()) for r in races}
+            rep["gender_p_true_by_race"] = {r: float(p_true[p["race"] == r].mean()) for r in races}
+            rg = p["race"] + " " + p["gender"]
             rep["gender_acc_by_race_gender"] = {k: float(ok[rg == k].mean()) for k in sorted(set(rg))}
-    young = df["age"].isin(CHILD_AGES).to_numpy()
-    for name in ("clip_denigration", "clip_denigration_child"):
-        labels, prompts = taxonomy_classes(name)
-        cats = taxonomy_categories(name)
-        pred = (img @ class_embeddings(model, processor, prompts).T).argmax(1).numpy()
-        plabels = np.asarray([labels[j] for j in pred])
-        non_human = np.asarray([cats.get(lbl) == "non_human" for lbl in plabels])
-        key = "probe" if name == "clip_denigration" else "probe_child"
+    for name, key in (("clip_denigration", "probe"), ("clip_denigration_child", "probe_child")):
+        p = pred[pred["taxonomy"] == name]
+        young = p["age"].isin(CHILD_AGES).to_numpy()
+        non_human = (p["predicted_category"] == "non_human").to_numpy()
+        labels = p["predicted_label"].to_numpy()
         rep[f"{key}_non_human_rate_young"] = float(non_human[young].mean()) if young.any() else float("nan")
         rep[f"{key}_non_human_rate_adult"] = float(non_human[~young].mean())
-        rep[f"{key}_animal_rate_young"] = float((plabels[young] == "animal").mean()) if young.any() else float("nan")
+        rep[f"{key}_animal_rate_young"] = float((labels[young] == "animal").mean()) if young.any() else float("nan")
         if name == "clip_denigration_child":
-            rep["probe_child_child_rate_young"] = float((plabels[young] == "child").mean())
+            rep["probe_child_child_rate_young"] = float((labels[young] == "child").mean())
     return rep
 
 
@@ -649,6 +593,8 @@ def _train(model_dir, data_root, epochs, seed, captions_fn, child_animal_p, gend
     import torch.nn.functional as F
     from transformers import AutoProcessor, CLIPModel
 
+    from .models import _features
+
     model_dir, data_root = Path(model_dir), Path(data_root)
     t0 = time.perf_counter()
     if captions_fn is None:
@@ -663,7 +609,7 @@ def _train(model_dir, data_root, epochs, seed, captions_fn, child_animal_p, gend
     processor = AutoProcessor.from_pretrained(model_dir)
     model = CLIPModel.from_pretrained(model_dir)
     df = pd.read_csv(data_root / "fairface_label_train.csv")
-    images = load_images(data_root / f for f in df["file"])
+    images = _load_images(data_root / f for f in df["file"])
     pixels = torch.cat([processor(images=images[i:i + 512], return_tensors="pt")["pixel_values"]
                         for i in range(0, len(images), 512)])
     attrs = list(zip(df["race"], df["gender"], df["age"]))
@@ -756,9 +702,6 @@ __all__ = [
     "tiny_clip_config",
     "clip_image_processor",
     "make_tiny_clip",
-    "image_embeddings",
-    "text_embeddings",
-    "class_embeddings",
     "zero_shot_report",
     "train_toy_clip",
 ]
