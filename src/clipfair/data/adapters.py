@@ -259,6 +259,15 @@ def _check_unique(ids: Sequence[str], where: Callable[[int], str], what: str) ->
         )
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False (not an exception) for names the OS rejects
+    (too long, NUL bytes) or cannot stat."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _image_paths(values: Sequence[str], root: Path, allow_outside_root: bool,
                  where: Callable[[int], str], issues: _RowIssues) -> list[Path]:
     """Paths of image files given relative to ``root``.
@@ -286,9 +295,9 @@ def _image_paths(values: Sequence[str], root: Path, allow_outside_root: bool,
     if empty:
         issues.flag(empty, "missing_image", f"{where(empty[0])}: empty image path")
     no_path = set(empty)
-    missing = [i for i, p in enumerate(paths) if i not in no_path and not p.exists()]
+    missing = [i for i, p in enumerate(paths) if i not in no_path and not _is_file(p)]
     issues.flag(missing, "missing_image",
-                f"image files not found under {base}: "
+                f"image files not found (or not files) under {base}: "
                 f"{_examples([str(paths[i]) for i in missing])}; check dataset.root")
     return paths
 
