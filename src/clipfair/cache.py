@@ -4,9 +4,10 @@ Layout: ``<root>/<kind>/<namespace-hash>/`` holds ``meta.json`` (what the namesp
 model fingerprint, preprocessing, dtype, ...) and ``chunk-*.npz`` files, each mapping keys
 (sha256 of an image's bytes, or of a prompt string) to float32 embeddings.
 
-- Writes are atomic (temporary file + ``os.replace``) and every chunk is uniquely named, so
-  an interrupted run leaves only whole chunks and two runs sharing a cache never write the
-  same file; a lock serialises namespace creation and clearing.
+- Writes are atomic (temporary file + fsync + ``os.replace``) and every chunk is uniquely
+  named, so an interrupted (even SIGKILLed) run leaves only whole chunks and two runs sharing
+  a cache never write the same file; a per-namespace file lock serialises namespace
+  creation, chunk writes and clearing.
 - Each chunk carries a sha256 of its payload, verified on read; a damaged chunk is
   moved aside with a warning and its entries are simply recomputed.
 """
@@ -69,21 +70,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 class EmbeddingStore:
     """Embeddings of one namespace (e.g. one model + preprocessing + dtype), keyed by content."""
 
-    def __init__(self, root: Path | str, kind: str, namespace: dict[str, Any]) -> None:
+    def __init__(self, root: Path | str, kind: str, namespace: dict[str, Any],
+                 info: dict[str, Any] | None = None) -> None:
+        """``namespace`` decides what the embeddings are (it is hashed into the folder name);
+        ``info`` only describes them in meta.json (e.g. the model's path or hub id)."""
         self.root = Path(root).expanduser()
         self.kind = kind
         self.namespace = {"cache_version": CACHE_VERSION, "kind": kind, **namespace}
         ns_hash = sha256_hex(json.dumps(self.namespace, sort_keys=True, default=str))[:20]
+        self.info = dict(info or {})
         self.dir = self.root / kind / ns_hash
         self._index: dict[str, tuple[Path, int]] | None = None
         self._arrays: dict[Path, np.ndarray] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "meta.json").exists():
+            with self._lock():
+                self._ensure_meta()
+
+    def _lock(self) -> FileLock:
+        """The namespace's lock: held to create it, to add a chunk and to clear it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.dir / ".lock"))
+
+    def _ensure_meta(self) -> None:
         meta = self.dir / "meta.json"
         if not meta.exists():
-            with FileLock(str(self.dir / ".lock")):
-                if not meta.exists():
-                    atomic_write_bytes(meta, json.dumps(self.namespace, indent=2, sort_keys=True,
-                                                        default=str).encode())
+            atomic_write_bytes(meta, json.dumps({**self.info, **self.namespace}, indent=2, sort_keys=True,
+                                                default=str).encode())
 
     # -- reading -------------------------------------------------------------------------
     def _chunks(self) -> list[Path]:
@@ -95,7 +108,11 @@ class EmbeddingStore:
                 keys, emb, digest = z["keys"], z["emb"], str(z["digest"])
             if _digest(keys, emb) != digest:
                 raise ValueError("checksum mismatch")
+            if emb.ndim != 2 or len(keys) != len(emb):
+                raise ValueError(f"keys {keys.shape} and embeddings {emb.shape} do not match")
             return keys, emb
+        except FileNotFoundError:  # set aside or cleared by another process meanwhile
+            return None
         except Exception as e:  # damaged: set aside, recompute its entries
             log.warning("cache chunk %s is damaged (%s); its embeddings will be recomputed", path, e)
             try:
@@ -138,7 +155,16 @@ class EmbeddingStore:
         rows = [idx[k] for k in keys]
         if not rows:
             return np.zeros((0, 0), np.float32)
-        return np.stack([self._arrays[p][i] for p, i in rows]).astype(np.float32, copy=False)
+        return np.stack([self._array(p)[i] for p, i in rows]).astype(np.float32, copy=False)
+
+    def _array(self, path: Path) -> np.ndarray:
+        arr = self._arrays.get(path)
+        if arr is None:  # a chunk put() by this process: read it back
+            loaded = self._load_chunk(path)
+            if loaded is None:
+                raise KeyError(f"cache chunk {path} disappeared or is damaged; run again to recompute it")
+            arr = self._arrays[path] = loaded[1]
+        return arr
 
     # -- writing -------------------------------------------------------------------------
     def put(self, keys: Sequence[str], emb: np.ndarray) -> Path | None:
@@ -154,9 +180,11 @@ class EmbeddingStore:
         buf = io.BytesIO()
         np.savez(buf, keys=karr, emb=earr, digest=np.asarray(_digest(karr, earr)))
         path = self.dir / f"chunk-{uuid.uuid4().hex}.npz"
-        atomic_write_bytes(path, buf.getvalue())
-        if self._index is not None:
-            self._arrays[path] = earr
+        with self._lock():  # never races `clear`; a cleared namespace is re-created whole
+            self._ensure_meta()
+            atomic_write_bytes(path, buf.getvalue())
+        if self._index is not None:  # indexed, but not kept in memory: a long run writing many
+            # chunks stays flat; get() reads the chunk back if it is ever asked for
             for i, k in enumerate(karr.tolist()):
                 self._index.setdefault(k, (path, i))
         return path

@@ -72,9 +72,13 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
                          "sweep_max_train": cfg.probe.sweep_max_train}
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=_slices(cfg.slices),
-                  confidence=float(cfg.confidence), num_workers=int(cfg.embed.num_workers),
+                  confidence=float(cfg.confidence), num_workers=cfg.embed.get("num_workers", "auto"),
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
-                  progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options)
+                  progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
+                  embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
+                                 "fast_decode": cfg.embed.get("fast_decode", "auto"),
+                                 "gpu_decode": cfg.embed.get("gpu_decode", False),
+                                 "compile": bool(cfg.embed.get("compile", False))})
     demo = Path(model.name_or_path).resolve() == (demo_dir() / "model").resolve()
     record = build_record(
         config=OmegaConf.to_container(cfg, resolve=True), overrides=list(overrides),

@@ -27,6 +27,8 @@ MODELS: Registry[Callable[..., "ClipModel"]] = Registry("model loader")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_TOKENIZER_FILES = frozenset({"tokenizer.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model",
+                              "tokenizer.model", "sentencepiece.bpe.model"})
 
 
 class ModelError(RuntimeError):
@@ -83,6 +85,7 @@ class ClipModel:
     batch_size: int = 64
     fingerprint: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    _image_features: Any = field(default=None, repr=False, compare=False)  # torch.compile'd tower
 
     @property
     def tokenizer(self) -> Any:
@@ -134,7 +137,13 @@ class ClipModel:
     @torch.inference_mode()
     def encode_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
         pv = pixel_values.to(self.device, non_blocking=True).to(self.dtype)
-        return _features(self.model.get_image_features(pixel_values=pv)).float().cpu().numpy()
+        fn = self._image_features or self.model.get_image_features
+        return _features(fn(pixel_values=pv)).float().cpu().numpy()
+
+    def compile_image_encoder(self, **options: Any) -> None:
+        """Route :meth:`encode_pixels` through ``torch.compile`` of the image tower. Compiling
+        happens on the first call and again for every new input shape: keep batches one size."""
+        self._image_features = torch.compile(self.model.get_image_features, **options)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.encode_pixels(self.preprocess(images))
@@ -161,7 +170,15 @@ def _check_local_folder(path: Path, allow_pickle: bool) -> None:
     has_st = any(f.endswith(".safetensors") for f in files)
     has_pickle = any(f.endswith(PICKLE_SUFFIXES) for f in files)
     if not has_st and not has_pickle:
-        raise ModelError(f"model folder {path} has no weights (*.safetensors) (found: {', '.join(files)})")
+        raise ModelError(f"model folder {path} has no weights (*.safetensors) (found: {', '.join(files)}); "
+                         "save the model there with model.save_pretrained(folder)")
+    # without its vocabulary files transformers builds an empty tokenizer and every prompt
+    # silently becomes unknown tokens
+    if not any(f in _TOKENIZER_FILES or f.startswith("vocab") or f.endswith(".model") for f in files):
+        raise ModelError(
+            f"model folder {path} has no tokenizer files (tokenizer.json, vocab.json + merges.txt, "
+            f"spiece.model, ...) (found: {', '.join(files)}); save the processor beside the weights "
+            "with processor.save_pretrained(folder)")
     if not has_st and has_pickle and not allow_pickle:
         raise ModelError(
             f"model folder {path} has only pickle-based weights, which can run arbitrary code when "
@@ -170,7 +187,9 @@ def _check_local_folder(path: Path, allow_pickle: bool) -> None:
 
 def _fingerprint(name_or_path: str, model: Any) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    cfg = {k: v for k, v in model.config.to_dict().items()
+           if k not in ("_name_or_path", "_commit_hash", "transformers_version")}  # where, not what
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     path = Path(name_or_path)
     if path.is_dir():
         for p in sorted(path.iterdir()):
@@ -205,9 +224,10 @@ def load_hf_clip(name_or_path: str, device: str = "auto", dtype: str = "auto",
     try:
         model = AutoModel.from_pretrained(name_or_path, use_safetensors=None if allow_pickle else True, **kw)
         processor = AutoProcessor.from_pretrained(name_or_path, **kw)
-    except OSError as e:
+    except Exception as e:  # OSError for missing files; SafetensorError etc. for damaged ones
         hint = ("check the hub id and your network, or give a local folder saved with save_pretrained"
-                if not is_local else "the folder must hold a model saved with save_pretrained (safetensors)")
+                if not is_local else "the folder must hold a model saved with save_pretrained (safetensors); "
+                "a damaged or truncated weights file must be saved again")
         if not allow_pickle and "safetensors" in str(e).lower():
             hint = ("only pickle-based weights are available; set model.allow_pickle=true if you trust "
                     "the source")

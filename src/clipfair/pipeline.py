@@ -71,12 +71,15 @@ def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Seq
 
 def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxonomy], *,
              cache_dir: Path | str | None = None, slices: Sequence[Any] = M.DEFAULT_SLICES,
-             confidence: float = 0.95, batch_size: int | None = None, num_workers: int = 0,
+             confidence: float = 0.95, batch_size: int | None = None, num_workers: int | str = 0,
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
              stats: EmbedStats | None = None, probe_train: FaceDataset | None = None,
-             probe_options: dict[str, Any] | None = None) -> Evaluation:
+             probe_options: dict[str, Any] | None = None,
+             embed_options: dict[str, Any] | None = None) -> Evaluation:
     """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
-    linear probes for every target taxonomy when a ``probe_train`` split is given."""
+    linear probes for every target taxonomy when a ``probe_train`` split is given.
+    ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
+    (fast_preprocess, fast_decode, gpu_decode, compile)."""
     timings: dict[str, float] = {}
     for t in taxonomies:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
@@ -88,15 +91,16 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     with timed(timings, "embed_images"):
         emb: ImageEmbeddings = embed_images(dataset, model, image_store, batch_size=batch_size,
                                             num_workers=num_workers, chunk_size=chunk_size,
-                                            on_error=on_error, progress=progress, stats=stats)
+                                            on_error=on_error, progress=progress, stats=stats,
+                                            **(embed_options or {}))
     table = dataset.table.iloc[emb.indices].reset_index(drop=True)
     texts = TextEmbedder(model, text_store, stats)
     with timed(timings, "zero_shot"):
         preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.logit_scale,
                                    dataset.attributes)
     embed_kw = dict(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
-                    on_error=on_error, progress=progress, stats=stats)
-    info: dict[str, Any] = {}
+                    on_error=on_error, progress=progress, stats=stats, **(embed_options or {}))
+    info: dict[str, Any] = {"embed_images": emb.info}
     skipped = {**dataset.skipped}
     if probe_train is not None:
         probe_preds, info["linear_probe"], train_emb = linear_probes(
