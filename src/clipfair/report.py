@@ -172,16 +172,22 @@ def _errors(values: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarr
 
 # --------------------------------------------------------------------------- plots
 
-def _accuracy_figure(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str) -> Figure:
-    m = _clean(metrics)
-    rows = _select(m, metric="accuracy", taxonomy=taxonomy, method=method, slice=slice)
+def _rows_or_raise(m: pd.DataFrame, metric: str, taxonomy: str, method: str, slice: str) -> pd.DataFrame:
+    """The rows of one metric/taxonomy/method/slice; an error listing what exists if none."""
+    rows = _select(m, metric=metric, taxonomy=taxonomy, method=method, slice=slice)
     if rows.empty:
-        have = _select(m, metric="accuracy")
+        have = _select(m, metric=metric)
         combos = sorted(set(zip(have["taxonomy"], have["method"], have["slice"])))
         raise ValueError(
-            f"no accuracy rows for taxonomy={taxonomy!r} method={method!r} slice={slice!r}; "
+            f"no {metric} rows for taxonomy={taxonomy!r} method={method!r} slice={slice!r}; "
             f"available (taxonomy, method, slice): {combos[:20]}"
         )
+    return rows
+
+
+def _accuracy_figure(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str) -> Figure:
+    m = _clean(metrics)
+    rows = _rows_or_raise(m, "accuracy", taxonomy, method, slice)
     v = rows["value"].to_numpy(dtype=float)
     fig = _new_figure(len(rows), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
@@ -208,14 +214,7 @@ def plot_accuracy(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str,
 def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
                   categories: Sequence[str] | None = None, method: str = "zero_shot") -> Figure:
     m = _clean(metrics)
-    rows = _select(m, metric="rate", taxonomy=taxonomy, method=method, slice=slice)
-    if rows.empty:
-        have = _select(m, metric="rate")
-        combos = sorted(set(zip(have["taxonomy"], have["method"], have["slice"])))
-        raise ValueError(
-            f"no rate rows for taxonomy={taxonomy!r} method={method!r} slice={slice!r}; "
-            f"available (taxonomy, method, slice): {combos[:20]}"
-        )
+    rows = _rows_or_raise(m, "rate", taxonomy, method, slice)
     present = _unique(rows["category"])
     cats = present if categories is None else list(categories)
     unknown = [c for c in cats if c not in present]
