@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import binomtest
 
 from clipfair.compare import (benjamini_hochberg, compare_paired, compare_runs, holm, mcnemar_exact,
-                              two_proportion_z, write_comparison)
+                              side_by_side, two_proportion_z, write_comparison)
 from clipfair.sensitivity import expand_template_sets, findings, spread
 from clipfair.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError
 
@@ -65,6 +65,9 @@ def test_paired_comparison_known_answer():
     # holm over the 3 rows (overall, A, B)
     np.testing.assert_allclose(cmp["p_adjusted"], holm(cmp["p_value"].to_numpy()))
     assert (cmp["test"] == "mcnemar_exact").all()
+    wide = side_by_side(cmp).set_index(["slice", "group"])
+    assert wide.loc[("race", "A"), "base"] == 1.0 and wide.loc[("race", "A"), "var"] == pytest.approx(0.4)
+    assert bool(wide.loc[("race", "A"), "var significant"]) and not bool(wide.loc[("race", "B"), "var significant"])
 
 
 def test_compare_runs_paired_and_unpaired(tmp_path):
@@ -94,6 +97,7 @@ def test_compare_runs_paired_and_unpaired(tmp_path):
     written = write_comparison(paired, tmp_path / "out", "holm", 0.05)
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert f"Holm-Bonferroni over all {len(paired)} comparisons" in md and "| -60.0 [" in md
+    assert "| race | A | 100 | 100.0% | 40.0%* |" in md  # the side-by-side table
     assert any(p.suffix == ".png" and p.stat().st_size > 1000 for p in written)
 
 

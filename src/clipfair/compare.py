@@ -219,6 +219,22 @@ def _finish(rows: list[dict[str, Any]], correction: str, alpha: float) -> pd.Dat
     return df[list(COMPARISON_COLUMNS)]
 
 
+def side_by_side(cmp: pd.DataFrame) -> pd.DataFrame:
+    """One row per metric x category x slice x group; the baseline's value and every
+    variant's value side by side, each variant followed by its significance flag."""
+    key = ["metric", "category", "slice", "group"]
+    if cmp.empty:
+        return pd.DataFrame(columns=key)
+    base = cmp.drop_duplicates(key).set_index(key)[["n", "baseline_value"]]
+    base = base.rename(columns={"baseline_value": str(cmp["baseline"].iloc[0])})
+    cols = [base]
+    for v, part in cmp.groupby("variant", sort=False):
+        part = part.set_index(key)
+        cols.append(part[["variant_value", "significant"]].rename(
+            columns={"variant_value": str(v), "significant": f"{v} significant"}))
+    return pd.concat(cols, axis=1).reset_index()
+
+
 def comparison_markdown(cmp: pd.DataFrame, correction: str, alpha: float, max_rows: int = 60) -> str:
     tests = ", ".join(sorted(cmp["test"].unique())) if len(cmp) else "none"
     corr = {"holm": "Holm-Bonferroni", "bh": "Benjamini-Hochberg"}[correction]
@@ -226,6 +242,22 @@ def comparison_markdown(cmp: pd.DataFrame, correction: str, alpha: float, max_ro
              f"Test: {tests} (mcnemar_exact: paired, same images; two_proportion_z: unpaired). "
              f"Multiple-comparison correction: {corr} over all {len(cmp)} comparisons; "
              f"significant = adjusted p < {alpha}.", ""]
+    wide = side_by_side(cmp)
+    variants = list(dict.fromkeys(cmp["variant"])) if len(cmp) else []
+    for (metric, cat), part in wide.groupby(["metric", "category"], sort=False):
+        part = part[part["slice"].isin(["overall", "race", "gender", "age"])]
+        if part.empty:
+            continue
+        base = str(cmp["baseline"].iloc[0])
+        lines += [f"## Side by side: {metric}{f' of {cat!r}' if cat else ''} (* significant vs {base})", "",
+                  "| slice | group | n | " + " | ".join([base, *variants]) + " |",
+                  "|---|---|---:|" + "---:|" * (1 + len(variants))]
+        for r in part.to_dict("records"):
+            cells = [f"{100 * r[base]:.1f}%"] + [
+                "–" if r.get(v) != r.get(v) else f"{100 * r[v]:.1f}%{'*' if r.get(f'{v} significant') is True else ''}"
+                for v in variants]
+            lines.append(f"| {r['slice']} | {r['group']} | {int(r['n'])} | " + " | ".join(cells) + " |")
+        lines.append("")
     for (b, v), part in cmp.groupby(["baseline", "variant"], sort=False):
         sig = part[part["significant"]]
         lines += [f"## {v} vs {b}", "",
@@ -280,8 +312,9 @@ def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: f
                      plot_slices: Sequence[str] = ("race", "age")) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "comparison.csv", out_dir / "comparison.md"]
+    written = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "comparison_side_by_side.csv"]
     cmp.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
+    side_by_side(cmp).to_csv(written[2], index=False, float_format="%.6g", lineterminator="\n")
     written[1].write_text(comparison_markdown(cmp, correction, alpha))
     for (metric, cat, sl), _ in cmp.groupby(["metric", "category", "slice"], sort=False):
         if sl not in plot_slices:
