@@ -304,7 +304,7 @@ def plan_preprocessing(dataset: FaceDataset, model: ClipModel, keys: Sequence[st
 def _variant_store(store: EmbeddingStore, extra: dict[str, str]) -> EmbeddingStore:
     """The store of the same namespace plus ``extra`` (e.g. a different decoder)."""
     ns = {k: v for k, v in store.namespace.items() if k not in ("cache_version", "kind")}
-    return EmbeddingStore(store.root, store.kind, {**ns, **extra})
+    return EmbeddingStore(store.root, store.kind, {**ns, **extra}, store.info)
 
 
 def content_keys(dataset: FaceDataset, on_error: str, threads: int = 4) -> tuple[list[str | None], list[dict[str, str]]]:
