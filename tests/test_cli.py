@@ -124,6 +124,13 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, tiny_model_dir, fairface
     assert run["model"]["name_or_path"] == str(tiny_model_dir)
     assert run["model"]["logit_scale"] == pytest.approx(np.exp(2.6592), rel=1e-3)
     assert len(run["dataset"]["fingerprint"]) == 16 and run["dataset"]["n_images"] == 80
+    import hashlib
+
+    files = "\n".join(pd.read_csv(fairface_root / "fairface_label_val.csv")["file"])
+    assert run["dataset"]["file_list_hash"] == hashlib.sha256(files.encode()).hexdigest()[:16]
+    assert run["git"]["commit"] is None or len(run["git"]["commit"]) == 40
+    assert run["timings_s"]["embed_images"] > 0
+    assert run["config"]["dataset"]["root"] == str(fairface_root)  # the resolved config
     assert run["packages"]["torch"]
     assert (run["counts"]["images_encoded"], run["counts"]["train_images_encoded"]) == (80, 120)
     assert f"dataset.root={fairface_root}" in run["overrides"]
@@ -163,3 +170,15 @@ def test_usage_and_unknown_command(capsys):
     assert main([]) == 0
     assert "clipfair <command>" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["taxonomies=[nope]"], "unknown taxonomy 'nope'; available built-ins: clip_denigration"),
+    (["dataset=fairface", "dataset.root=/nonexistent/ff"], "label CSV not found: /nonexistent/ff/fairface_label_val.csv"),
+    (["model.name_or_path=/nonexistent/model"], "model folder /nonexistent/model does not exist"),
+])
+def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path, overrides, message):
+    res = run_cli("run", f"hydra.run.dir={tmp_path / 'run'}", "progress=false", *overrides, check=False)
+    assert res.returncode == 2
+    assert f"clipfair: error: {message}" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout

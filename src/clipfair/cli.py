@@ -84,7 +84,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         config=OmegaConf.to_container(cfg, resolve=True), overrides=list(overrides),
         model=model.describe(),
         dataset={"name": dataset.name, "source": dataset.source, "n_images": len(dataset),
-                 "fingerprint": dataset.fingerprint(), "label_hash": dataset.label_hash(),
+                 "fingerprint": dataset.fingerprint(), "file_list_hash": dataset.file_list_hash(),
+                 "label_hash": dataset.label_hash(),
                  "skipped_at_load": dataset.skipped},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
@@ -106,6 +107,24 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     return out_dir
 
 
+def _user_error(e: BaseException) -> BaseException | None:
+    """The user-facing error (bad data, taxonomy, model, config value) behind ``e``, if any;
+    Hydra's instantiate wraps errors raised by the dataset and model loaders."""
+    from .data.attributes import LabelError
+    from .data.base import DatasetError
+    from .data.images import ImageError
+    from .models import ModelError
+    from .registry import RegistryError
+    from .taxonomy import TaxonomyError
+
+    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError)
+    while e is not None:
+        if isinstance(e, known):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _hydra_run(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -115,7 +134,14 @@ def _hydra_run(argv: list[str]) -> None:
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
     def app(cfg: DictConfig) -> None:
         hc = HydraConfig.get()
-        run_from_config(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+        try:
+            run_from_config(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+        except Exception as e:  # a user's mistake gets its message, not a traceback
+            err = _user_error(e)
+            if err is None:
+                raise
+            print(f"clipfair: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     sys.argv = ["clipfair run", *argv]
     app()

@@ -123,6 +123,10 @@ class FaceDataset:
         h.update(pd.util.hash_pandas_object(self.table[cols].astype(str), index=False).values.tobytes())
         return h.hexdigest()[:16]
 
+    def file_list_hash(self) -> str:
+        """Hash of the ordered image ids (the file list)."""
+        return hashlib.sha256("\n".join(self.table["image_id"].astype(str)).encode()).hexdigest()[:16]
+
     def label_hash(self) -> str:
         cols = [a for a in ATTRIBUTES if a in self.table.columns]
         h = hashlib.sha256(self.table[cols].astype(str).to_csv(index=False).encode())
