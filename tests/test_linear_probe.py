@@ -48,3 +48,18 @@ def test_probe_labels_follow_matches_and_need_a_target():
         fit_probe(load_taxonomy("clip_denigration"), np.zeros((4, 2)), ["a"] * 4)
     with pytest.raises(ValueError, match="fewer than two classes"):
         fit_probe(load_taxonomy("fairface_gender"), np.ones((4, 2)), ["Male"] * 4)
+
+
+def test_probe_for_a_target_the_dataset_lacks_is_skipped_not_a_crash(tmp_path):
+    from clipfair.pipeline import evaluate
+
+    from handmodel import hand_clip
+    from test_zeroshot import colour_dataset
+
+    rng = np.random.default_rng(0)
+    specs = [(tuple(int(v) for v in rng.integers(0, 255, 3)), "White", g) for g in ["Male", "Female"] * 10]
+    ds = colour_dataset(tmp_path, specs)  # has race and gender, no age column
+    ev = evaluate(ds, hand_clip(), [load_taxonomy("fairface_gender"), load_taxonomy("fairface_age")],
+                  cache_dir=None, progress=False, probe_train=ds, probe_options={"Cs": [1.0]})
+    assert set(ev.predictions.query("method == 'linear_probe'")["taxonomy"]) == {"fairface_gender"}
+    assert ev.info["linear_probe"]["fairface_age"] == {"skipped": "the dataset has no 'age' column"}

@@ -113,3 +113,27 @@ def test_embed_images_uses_store_and_skips_nothing_on_rerun(tmp_path):
     b = embed_images(ds, model, store, progress=False)
     assert (a.encoded, b.encoded, b.cached) == (3, 0, 3)
     np.testing.assert_allclose(a.embeddings, b.embeddings)
+
+
+def test_values_no_class_matches_stay_out_of_accuracy():
+    """fairface_race4: 'Asian' is right for East/Southeast Asian; Latino_Hispanic and
+    Middle Eastern images have no right class, so they count in rates, not in accuracy."""
+    from clipfair.metrics import group_metrics
+    from clipfair.taxonomy import load_taxonomy
+    from clipfair.zeroshot import predictions_frame
+
+    race4 = load_taxonomy("fairface_race4")
+    table = pd.DataFrame({"image_id": list("abcd"),
+                          "race": ["White", "East Asian", "Latino_Hispanic", "Middle Eastern"]})
+    probs = np.zeros((4, len(race4.labels)))
+    for i, lab in enumerate(["White", "Asian", "White", "White"]):
+        probs[i, race4.labels.index(lab)] = 1.0
+    p = predictions_frame(table, race4, probs, "zero_shot", ["race"])
+    assert p["correct"].tolist() == [True, True, pd.NA, pd.NA]
+    assert p["true_label"].tolist()[:2] == ["White", "East Asian"] and p["true_label"].isna().tolist()[2:] == [True, True]
+    m = group_metrics(p, {"fairface_race4": ["race"]}, slices=["overall", "race"])
+    acc = m[m["metric"] == "accuracy"].set_index(["slice", "group"])
+    assert (acc.loc[("overall", "all"), "n"], acc.loc[("overall", "all"), "value"]) == (2, 1.0)
+    assert ("race", "Latino_Hispanic") not in acc.index
+    rate = m[(m["metric"] == "rate") & (m["slice"] == "overall")]
+    assert rate["n"].item() == 4

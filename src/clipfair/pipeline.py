@@ -138,13 +138,16 @@ def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: 
     frames, info = [], {"n_train_images": int(len(temb.indices))}
     with timed(timings, "linear_probe"):
         for t in targets:
-            if t.target not in ttable.columns:
-                raise ValueError(f"linear probe for {t.name}: the train split has no {t.target!r} column")
+            if t.target not in ttable.columns or t.target not in eval_table.columns:
+                log.warning("linear probe for %s skipped: the dataset has no %r column", t.name, t.target)
+                info[t.name] = {"skipped": f"the dataset has no {t.target!r} column"}
+                continue
             fit = fit_probe(t, temb.embeddings, ttable[t.target].tolist(), **options)
             frames.append(probe_predictions(fit, eval_table, eval_embeddings, attributes))
             info[t.name] = {"C": fit.C, "holdout_accuracy": fit.holdout_accuracy, "n_train": fit.n_train,
                             "fit_seconds": round(fit.fit_seconds, 3), **fit.info}
-    return pd.concat(frames, ignore_index=True), info, temb
+    preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "taxonomy"])
+    return preds, info, temb
 
 
 def header_lines(ev: Evaluation, demo: bool = False) -> list[str]:

@@ -83,7 +83,10 @@ def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray
         # which class is right for each target value (a class may match several values);
         # an image whose value no class matches has no correct answer: correct is NA
         right = {v: c.label for c in taxonomy.classes for v in c.correct_for}
-        df["true_label"] = truth
+        # true_label is the value a class can be right for; values no class matches (e.g.
+        # Latino_Hispanic under the 4-way race grouping, UTKFace's "Others") have none, so
+        # they stay out of accuracy (the raw value is still in the attribute column)
+        df["true_label"] = pd.array([t if right.get(t) is not None else None for t in truth], dtype=object)
         df["correct"] = pd.array([None if right.get(t) is None else bool(right[t] == p)
                                   for t, p in zip(truth, df["predicted_label"])], dtype="boolean")
     else:
