@@ -157,13 +157,22 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, tiny_model_dir, fairface
 
 
 def test_multirun_sweeps_taxonomies(tmp_path, tiny_model_dir, fairface_root):
-    sweep = tmp_path / "sweep"
+    sweep = tmp_path / "sweep"  # (also: disparity_min_n drops small groups from disparities)
     run_cli("run", "-m", f"model.name_or_path={tiny_model_dir}", f"dataset.root={fairface_root}",
             f"hydra.sweep.dir={sweep}", "progress=false", "dataset.limit=20",
-            "taxonomies=[fairface_gender],[fairface_age]")
+            "taxonomies=[fairface_gender],[fairface_age]", "disparity_min_n=3")
     got = {json.loads((d / "run.json").read_text())["taxonomies"][0]["name"] for d in sweep.iterdir()
            if (d / "run.json").exists()}
     assert got == {"fairface_gender", "fairface_age"}
+    for d in sweep.iterdir():
+        if (d / "metrics.csv").exists():
+            met = pd.read_csv(d / "metrics.csv", keep_default_na=False)
+            disp = pd.read_csv(d / "disparities.csv", keep_default_na=False)
+            big = met[(met["slice"] == "age+gender") & (met["n"] >= 3)]
+            row = disp[(disp["slice"] == "age+gender")].iloc[0]
+            part = big[(big["metric"] == row["metric"]) & (big["category"] == row["category"])
+                       & (big["method"] == row["method"])]
+            assert row["n_groups"] == len(part)
 
 
 def test_usage_and_unknown_command(capsys):

@@ -94,6 +94,13 @@ def test_compare_runs_paired_and_unpaired(tmp_path):
     assert row["p_value"] == pytest.approx(two_proportion_z(100, 100, 40, 100))
     with pytest.raises(FileNotFoundError, match="predictions.parquet is missing"):
         compare_runs([tmp_path / "r1", tmp_path])
+    # the command-line form writes the same table
+    from clipfair.cli import main
+
+    assert main(["compare", str(tmp_path / "r1"), str(tmp_path / "r2"), "--out", str(tmp_path / "cli")]) == 0
+    cli_table = pd.read_csv(tmp_path / "cli" / "comparison.csv", keep_default_na=False)
+    assert len(cli_table) == len(paired)
+    assert cli_table.query("slice == 'race' and group == 'A'")["diff"].item() == pytest.approx(-0.6)
     written = write_comparison(paired, tmp_path / "out", "holm", 0.05)
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert f"Holm-Bonferroni over all {len(paired)} comparisons" in md and "| -60.0 [" in md

@@ -75,6 +75,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                   confidence=float(cfg.confidence), num_workers=cfg.embed.get("num_workers", "auto"),
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
                   progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
+                  disparity_min_n=int(cfg.get("disparity_min_n", 1)),
                   embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
                                  "fast_decode": cfg.embed.get("fast_decode", "auto"),
                                  "gpu_decode": cfg.embed.get("gpu_decode", False),

@@ -63,10 +63,11 @@ def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxono
 
 
 def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = M.DEFAULT_SLICES,
-          confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+          confidence: float = 0.95, disparity_min_n: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-group metrics, and disparities over groups with at least ``disparity_min_n`` images."""
     cats = {t.name: t.categories for t in taxonomies}
     met = M.group_metrics(predictions, cats, slices=slices, confidence=confidence)
-    return met, M.disparities(met)
+    return met, M.disparities(met, min_n=disparity_min_n)
 
 
 def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxonomy], *,
@@ -75,7 +76,7 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
              stats: EmbedStats | None = None, probe_train: FaceDataset | None = None,
              probe_options: dict[str, Any] | None = None,
-             embed_options: dict[str, Any] | None = None) -> Evaluation:
+             embed_options: dict[str, Any] | None = None, disparity_min_n: int = 1) -> Evaluation:
     """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
     linear probes for every target taxonomy when a ``probe_train`` split is given.
     ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
@@ -110,7 +111,7 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
         for k, v in {**probe_train.skipped, **train_emb.skipped}.items():
             skipped[f"train_{k}"] = skipped.get(f"train_{k}", 0) + v
     with timed(timings, "metrics"):
-        met, disp = score(preds, taxonomies, slices, confidence)
+        met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n)
     for k, v in emb.skipped.items():
         skipped[k] = skipped.get(k, 0) + v
     counts = {"images_in_dataset": len(dataset), "images_evaluated": len(emb.indices),
