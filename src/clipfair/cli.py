@@ -71,7 +71,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         probe_options = {"Cs": list(cfg.probe.Cs), "holdout": float(cfg.probe.holdout),
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
                          "sweep_max_train": cfg.probe.sweep_max_train}
-    ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=_slices(cfg.slices),
+    slices = _slices(cfg.slices)
+    ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=slices,
                   confidence=float(cfg.confidence), num_workers=cfg.embed.get("num_workers", "auto"),
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
                   progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
@@ -91,8 +92,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
     compare = _plain(cfg.get("compare")) or None
-    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare,
-                  slices=_slices(cfg.slices))
+    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
     if cfg.get("model_card"):
         from .model_card import ModelCardOptions, write_model_card
 

@@ -235,6 +235,7 @@ def card_markdown(card: pd.DataFrame, opts: ModelCardOptions, choices: Mapping[s
 def plot_table(card: pd.DataFrame, table: str, path: Path, tolerance: float = 2.0) -> Path:
     """Reproduced vs paper for one table: one point per figure (with its CI), coloured by
     the paper's row, on the identity line with the tolerance band."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -251,7 +252,7 @@ def plot_table(card: pd.DataFrame, table: str, path: Path, tolerance: float = 2.
     ax.fill_between(span, span - tolerance, span + tolerance, color="#c6f6d5", alpha=0.7,
                     label=f"within ±{tolerance:g} pp")
     ax.plot(span, span, color="0.4", lw=1, ls="--")
-    cmap = fig.colormaps["tab10"] if hasattr(fig, "colormaps") else __import__("matplotlib").colormaps["tab10"]
+    cmap = matplotlib.colormaps["tab10"]
     for i, (row, g) in enumerate(part.groupby("row", sort=False)):
         x, y = g["reference"].to_numpy(float), g["reproduced"].to_numpy(float)
         err = np.vstack([np.clip(y - g["ci_low"].to_numpy(float), 0, None),

@@ -89,18 +89,16 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
             if a != "overall" and a not in dataset.table.columns:
                 log.warning("slice %r: the dataset has no %r column; this slice is left out", s, a)
     image_store, text_store = open_stores(model, cache_dir)
+    # the same embedding settings for the evaluation split and the probe's train split
+    embed_kw = dict(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
+                    on_error=on_error, progress=progress, stats=stats, **(embed_options or {}))
     with timed(timings, "embed_images"):
-        emb: ImageEmbeddings = embed_images(dataset, model, image_store, batch_size=batch_size,
-                                            num_workers=num_workers, chunk_size=chunk_size,
-                                            on_error=on_error, progress=progress, stats=stats,
-                                            **(embed_options or {}))
+        emb: ImageEmbeddings = embed_images(dataset, model, image_store, **embed_kw)
     table = dataset.table.iloc[emb.indices].reset_index(drop=True)
     texts = TextEmbedder(model, text_store, stats)
     with timed(timings, "zero_shot"):
         preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.logit_scale,
                                    dataset.attributes)
-    embed_kw = dict(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
-                    on_error=on_error, progress=progress, stats=stats, **(embed_options or {}))
     info: dict[str, Any] = {"embed_images": emb.info}
     skipped = {**dataset.skipped}
     if probe_train is not None:
@@ -210,9 +208,8 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     for name, df in (("metrics.csv", ev.metrics), ("disparities.csv", ev.disparities)):
         df.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
         written.append(out / name)
-    t0 = time.perf_counter()
-    written += write_report(ev.metrics, ev.disparities, out, header_lines=header_lines(ev, demo))
-    ev.timings["report"] = round(time.perf_counter() - t0, 4)
+    with timed(ev.timings, "report"):
+        written += write_report(ev.metrics, ev.disparities, out, header_lines=header_lines(ev, demo))
     extra, md = variant_analyses(ev, taxonomies, out, compare, slices)
     if md:
         with open(out / "summary.md", "a") as f:
