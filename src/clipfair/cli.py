@@ -76,7 +76,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                   confidence=float(cfg.confidence), num_workers=cfg.embed.get("num_workers", "auto"),
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
                   progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
-                  disparity_min_n=int(cfg.get("disparity_min_n", 1)),
+                  disparity_min_n=int(cfg.get("disparity_min_n", 30)),
+                  disparity_correction=str(cfg.get("disparity_correction", "holm")),
                   embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
                                  "fast_decode": cfg.embed.get("fast_decode", "auto"),
                                  "gpu_decode": cfg.embed.get("gpu_decode", False),
@@ -92,8 +93,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
     compare = _plain(cfg.get("compare")) or None
-    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
-    if cfg.get("model_card"):
+    model_card_sections: list[Any] = []  # hook: the model card as report sections (issue 12)
+    if cfg.get("model_card"):  # before write_outputs, so report.html shows the card's plots
         from .model_card import ModelCardOptions, write_model_card
 
         mc = _plain(cfg.model_card)
@@ -103,7 +104,10 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                    "image subset": (f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
                                     if subset.get("n") is not None else f"all {len(dataset)} images"),
                    "templates": "; ".join(f"{t.name}: {' | '.join(t.templates)}" for t in taxonomies)}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         write_model_card(ev.predictions, ev.metrics, opts, out_dir, choices, demo=demo)
+    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices,
+                  model_card_sections=model_card_sections)
     log.info("wrote results to %s", out_dir)
     return out_dir
 

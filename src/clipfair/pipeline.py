@@ -62,12 +62,20 @@ def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxono
     return pd.concat(frames, ignore_index=True)
 
 
+def harms(taxonomies: Sequence[Taxonomy]) -> dict[str, dict[str, bool]]:
+    """taxonomy -> category -> declared harm (see :meth:`Taxonomy.harm`)."""
+    return {t.name: dict(t.harms) for t in taxonomies}
+
+
 def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = M.DEFAULT_SLICES,
-          confidence: float = 0.95, disparity_min_n: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-group metrics, and disparities over groups with at least ``disparity_min_n`` images."""
+          confidence: float = 0.95, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
+          disparity_correction: str = "holm") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-group metrics, and disparities over groups with at least ``disparity_min_n`` images
+    (directions from the taxonomies' declarations, p-values adjusted over the whole table)."""
     cats = {t.name: t.categories for t in taxonomies}
     met = M.group_metrics(predictions, cats, slices=slices, confidence=confidence)
-    return met, M.disparities(met, min_n=disparity_min_n)
+    return met, M.disparities(met, min_n=disparity_min_n, harms=harms(taxonomies), confidence=confidence,
+                              correction=disparity_correction)
 
 
 def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxonomy], *,
@@ -76,7 +84,8 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
              stats: EmbedStats | None = None, probe_train: FaceDataset | None = None,
              probe_options: dict[str, Any] | None = None,
-             embed_options: dict[str, Any] | None = None, disparity_min_n: int = 1) -> Evaluation:
+             embed_options: dict[str, Any] | None = None, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
+             disparity_correction: str = "holm") -> Evaluation:
     """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
     linear probes for every target taxonomy when a ``probe_train`` split is given.
     ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
@@ -109,7 +118,7 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
         for k, v in {**probe_train.skipped, **train_emb.skipped}.items():
             skipped[f"train_{k}"] = skipped.get(f"train_{k}", 0) + v
     with timed(timings, "metrics"):
-        met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n)
+        met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n, disparity_correction)
     for k, v in emb.skipped.items():
         skipped[k] = skipped.get(k, 0) + v
     counts = {"images_in_dataset": len(dataset), "images_evaluated": len(emb.indices),
@@ -149,28 +158,54 @@ def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: 
     return preds, info, temb
 
 
-def header_lines(ev: Evaluation, demo: bool = False) -> list[str]:
-    lines = [f"> {DISCLAIMER}"]
-    if demo:
-        lines.append("> **Demo run: a toy model trained on synthetic images with planted biases. "
-                     "These numbers say nothing about any real model.**")
-    if ev.skipped:
-        what = ", ".join(f"{k}: {v}" for k, v in sorted(ev.skipped.items()))
-        lines.append(f"> **Skipped {sum(ev.skipped.values())} item(s)** ({what}); details in run.json.")
-    else:
-        lines.append("> No items were skipped.")
-    return lines
+def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[Taxonomy] = (),
+                   demo: bool = False) -> "ReportContext":
+    """The report's header and reading rules from run.json's record and the taxonomies."""
+    from . import __version__
+    from .report import ReportContext
+
+    model = record.get("model") or {}
+    data = record.get("dataset") or {}
+    name = str(model.get("name_or_path", "")) or "model"
+    label = "toy demo model" if demo else Path(name).name if Path(name).is_absolute() else name
+    source = data.get("source")
+    if isinstance(source, dict):
+        source = ", ".join(f"{k}={v}" for k, v in source.items() if v not in (None, "", [], {}))
+    header: list[tuple[str, str]] = [("model", f"`{name}`")]
+    for key, title in (("family", "family"), ("scoring", "scoring"), ("dtype", "dtype"), ("device", "device")):
+        if model.get(key) not in (None, ""):
+            header.append((title, str(model[key])))
+    if data:
+        header.append(("dataset", f"{data.get('name', '?')} ({source})" if source else str(data.get("name", "?"))))
+    skipped = sum(ev.skipped.values())
+    header.append(("images", f"{ev.counts.get('images_evaluated', '?')} evaluated, {skipped} skipped"))
+    if "train_images" in ev.counts:
+        header.append(("linear-probe training images", str(ev.counts["train_images"])))
+    header.append(("date", str(record.get("created", ""))))
+    header.append(("clipfair", str((record.get("packages") or {}).get("clipfair") or __version__)))
+    conf = ev.metrics.attrs.get("confidence")
+    d = ev.disparities.attrs
+    if conf:
+        header.append(("intervals", f"Wilson {100 * conf:g}% for rates; differences compared between groups of "
+                                    f"at least {d.get('min_n', '?')} images, p-values adjusted "
+                                    f"({d.get('correction', 'holm')}) over the whole table"))
+    return ReportContext(
+        title=f"clipfair results: {label}" + (f" on {data.get('name')}" if data.get("name") else ""),
+        model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),
+        harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target})
 
 
 def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Path,
                      compare: dict[str, Any] | None = None,
-                     slices: Sequence[Any] = M.DEFAULT_SLICES) -> tuple[list[Path], str]:
+                     slices: Sequence[Any] = M.DEFAULT_SLICES, model: str = "") -> tuple[list[Path], list["Section"]]:
     """Comparison of taxonomy variants (when ``compare`` is given) and prompt sensitivity
-    (when taxonomies were expanded over template sets). Returns paths and Markdown."""
-    from .compare import compare_paired, comparison_markdown, write_comparison
+    (when taxonomies were expanded over template sets). Returns paths and report sections."""
+    from .compare import compare_paired, comparison_sections, write_comparison
     from .sensitivity import write_sensitivity
 
-    written, md = [], []
+    written: list[Path] = []
+    sections: list[Any] = []
+    confidence = float(ev.metrics.attrs.get("confidence", 0.95))
     if compare:
         names = [t.name for t in taxonomies]
         baseline = compare.get("baseline") or names[0]
@@ -181,22 +216,27 @@ def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Pa
         correction, alpha = compare.get("correction", "holm"), float(compare.get("alpha", 0.05))
         with timed(ev.timings, "compare"):
             cmp = compare_paired(ev.predictions, baseline, variants, {t.name: t.categories for t in taxonomies},
-                                 slices, correction=correction, alpha=alpha)
-            written += write_comparison(cmp, out_dir, correction, alpha)
-        md.append(comparison_markdown(cmp, correction, alpha, max_rows=15).replace("# Taxonomy", "## Taxonomy", 1))
+                                 slices, correction=correction, alpha=alpha, confidence=confidence)
+            written += write_comparison(cmp, out_dir, correction, alpha, model=model)
+        sections += comparison_sections(cmp, correction, alpha, max_rows=15)
     with timed(ev.timings, "sensitivity"):
-        paths, smd = write_sensitivity(ev.metrics, ev.disparities, out_dir)
+        paths, secs = write_sensitivity(ev.metrics, out_dir, harms=harms(taxonomies), confidence=confidence,
+                                        model=model)
     written += paths
-    if smd:
-        md.append(smd)
-    return written, "\n".join(md)
+    sections += secs
+    return written, sections
 
 
 def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False,
                   taxonomies: Sequence[Taxonomy] = (), compare: dict[str, Any] | None = None,
-                  slices: Sequence[Any] = M.DEFAULT_SLICES) -> list[Path]:
-    """predictions.parquet, metrics.csv, disparities.csv, summary.md + plots, run.json,
-    and, for variant runs, comparison.* and sensitivity.* files."""
+                  slices: Sequence[Any] = M.DEFAULT_SLICES,
+                  model_card_sections: Sequence[Any] = ()) -> list[Path]:
+    """predictions.parquet, metrics.csv, disparities.csv, plots, summary.md, report.html,
+    run.json, and, for variant runs, comparison.* and sensitivity.* files.
+
+    ``model_card_sections``: the model card as report sections (hook for
+    :mod:`clipfair.model_card`); they go into ``report.html`` only, beside ``model_card.md``.
+    Plots already in ``out_dir`` (e.g. the model card's) are shown in ``report.html`` too."""
     from .report import write_report
 
     out = Path(out_dir)
@@ -208,13 +248,12 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     for name, df in (("metrics.csv", ev.metrics), ("disparities.csv", ev.disparities)):
         df.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
         written.append(out / name)
-    with timed(ev.timings, "report"):
-        written += write_report(ev.metrics, ev.disparities, out, header_lines=header_lines(ev, demo))
-    extra, md = variant_analyses(ev, taxonomies, out, compare, slices)
-    if md:
-        with open(out / "summary.md", "a") as f:
-            f.write("\n" + md)
+    ctx = report_context(ev, record, taxonomies, demo)
+    extra, sections = variant_analyses(ev, taxonomies, out, compare, slices, model=ctx.model)
     written += extra
+    with timed(ev.timings, "report"):
+        written += write_report(ev.metrics, ev.disparities, out, ctx, extra_sections=sections,
+                                html_sections=model_card_sections)
     rec = {**record, "timings_s": ev.timings, "counts": ev.counts, "skipped": ev.skipped, **ev.info,
            "skipped_items": ev.errors[:1000]}
     write_json(out / "run.json", rec)
