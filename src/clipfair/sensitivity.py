@@ -118,7 +118,7 @@ def findings(metrics: pd.DataFrame, harms: Mapping[str, Mapping[str, bool]] | No
         for ts, p in part.groupby("template_set", sort=False):
             if len(p) < 2:
                 continue
-            p = p.sort_values("value", ascending=direction != HIGHER, kind="stable")
+            p = p.sort_values("value", ascending=direction == HIGHER, kind="stable")  # worst first
             w, nxt = p.iloc[0], p.iloc[1]
             lo, hi = newcombe_diff(w["count"], w["n"], nxt["count"], nxt["n"], confidence)
             worst.append((ts, str(w["group"])))
