@@ -259,3 +259,17 @@ def test_robust_only_when_the_same_group_is_clearly_worst_under_every_set():
     assert set(f2["category"]) == set(f.index)
     # groups below min_n are not ranked
     assert findings(m, harms, min_n=101).empty
+
+
+def test_builtin_prompt_sensitivity_sets_are_all_distinct():
+    """The shipped experiment expands without an identical set (it had two)."""
+    from pathlib import Path
+
+    import yaml
+
+    from clipfair.taxonomy import load_taxonomies
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "experiment" / "prompt_sensitivity.yaml")
+                         .read_text())
+    taxa = expand_template_sets(load_taxonomies(cfg["taxonomies"]), cfg["template_sets"])
+    assert len(taxa) == sum(len(s) + 1 for s in cfg["template_sets"].values())

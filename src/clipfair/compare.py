@@ -263,9 +263,10 @@ def comparison_sections(cmp: pd.DataFrame, correction: str, alpha: float, max_ro
     return [Section(title, blocks)]
 
 
-def comparison_markdown(cmp: pd.DataFrame, correction: str, alpha: float, max_rows: int = 60) -> str:
+def comparison_markdown(cmp: pd.DataFrame, correction: str, alpha: float, max_rows: int = 60,
+                        images: Mapping[tuple, str] | None = None) -> str:
     """``comparison.md``: :func:`comparison_sections` rendered as its own document."""
-    secs = comparison_sections(cmp, correction, alpha, max_rows)
+    secs = comparison_sections(cmp, correction, alpha, max_rows, images=images)
     return to_markdown(Document(secs[0].title, secs[0].blocks))
 
 
@@ -323,6 +324,18 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
     return path
 
 
+def plot_name(metric: str, category: str, slice: str) -> str:
+    """File name of the comparison plot of one metric / category / slice."""
+    return f"compare_{metric}{'_' + category if category else ''}_{slice}.png".replace(" ", "_").replace("/", "_")
+
+
+def plot_keys(cmp: pd.DataFrame, plot_slices: Sequence[str] = ("race", "age")) -> dict[tuple, str]:
+    """(metric, category, slice) -> plot file name, for the slices that get a plot."""
+    keys = cmp[["metric", "category", "slice"]].drop_duplicates() if len(cmp) else []
+    return {(m, c, s): plot_name(m, c, s) for m, c, s in
+            (keys.itertuples(index=False, name=None) if len(cmp) else []) if s in plot_slices}
+
+
 def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: float,
                      plot_slices: Sequence[str] = ("race", "age"), model: str = "") -> list[Path]:
     out_dir = Path(out_dir)
@@ -330,15 +343,10 @@ def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: f
     written = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "comparison_side_by_side.csv"]
     cmp.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
     side_by_side(cmp).to_csv(written[2], index=False, float_format="%.6g", lineterminator="\n")
-    images: dict[tuple, str] = {}
-    for (metric, cat, sl), _ in cmp.groupby(["metric", "category", "slice"], sort=False):
-        if sl not in plot_slices:
-            continue
-        name = f"compare_{metric}{'_' + cat if cat else ''}_{sl}.png".replace(" ", "_").replace("/", "_")
+    images = plot_keys(cmp, plot_slices)
+    for (metric, cat, sl), name in images.items():
         written.append(plot_variant_shift(cmp, metric, cat, sl, out_dir / name, model))
-        images[(metric, cat, sl)] = name
-    secs = comparison_sections(cmp, correction, alpha, images=images)
-    written[1].write_text(to_markdown(Document(secs[0].title, secs[0].blocks)))
+    written[1].write_text(comparison_markdown(cmp, correction, alpha, images=images))
     return written
 
 

@@ -200,7 +200,7 @@ def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Pa
                      slices: Sequence[Any] = M.DEFAULT_SLICES, model: str = "") -> tuple[list[Path], list["Section"]]:
     """Comparison of taxonomy variants (when ``compare`` is given) and prompt sensitivity
     (when taxonomies were expanded over template sets). Returns paths and report sections."""
-    from .compare import compare_paired, comparison_sections, write_comparison
+    from .compare import compare_paired, comparison_sections, plot_keys, write_comparison
     from .sensitivity import write_sensitivity
 
     written: list[Path] = []
@@ -218,10 +218,11 @@ def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Pa
             cmp = compare_paired(ev.predictions, baseline, variants, {t.name: t.categories for t in taxonomies},
                                  slices, correction=correction, alpha=alpha, confidence=confidence)
             written += write_comparison(cmp, out_dir, correction, alpha, model=model)
-        sections += comparison_sections(cmp, correction, alpha, max_rows=15)
+        sections += comparison_sections(cmp, correction, alpha, max_rows=15, images=plot_keys(cmp))
     with timed(ev.timings, "sensitivity"):
         paths, secs = write_sensitivity(ev.metrics, out_dir, harms=harms(taxonomies), confidence=confidence,
-                                        model=model)
+                                        model=model,
+                                        min_n=int(ev.disparities.attrs.get("min_n", M.DEFAULT_DISPARITY_MIN_N)))
     written += paths
     sections += secs
     return written, sections

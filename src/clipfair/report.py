@@ -316,11 +316,12 @@ def _header_blocks(ctx: ReportContext) -> list[Block]:
         blocks.append(Note(DEMO_BANNER, kind="warning"))
     if ctx.disclaimer:
         blocks.append(Note(ctx.disclaimer))
-    if ctx.header:
-        blocks.append(Table(["", ""], [[f"**{k}**", v] for k, v in ctx.header], align="ll"))
     if ctx.skipped:
         what = ", ".join(f"{k}: {v}" for k, v in sorted(ctx.skipped.items()))
-        blocks.append(Text(f"**Skipped {sum(ctx.skipped.values())} item(s)** ({what}); details in run.json."))
+        blocks.append(Note(f"Skipped {sum(ctx.skipped.values())} item(s) ({what}); details in run.json.",
+                           kind="warning"))
+    if ctx.header:
+        blocks.append(Table(["run", ""], [[f"**{k}**", v] for k, v in ctx.header], align="ll"))
     return blocks
 
 
