@@ -374,7 +374,9 @@ def _findings_section(disp: pd.DataFrame) -> Section:
         f"the group farthest from overall; p-values adjusted with {corr} over the whole table"
         + (f", intervals at the adjusted level {100 * level:.4g}%" if level else "") + "). "
         f"Groups smaller than {disp.attrs.get('min_n', 'the minimum')} images are not compared. "
-        "A category without a declared direction is described as highest/lowest, never worst/best.")]
+        "A category without a declared direction is described as highest/lowest, never worst/best. "
+        "Cannot show: causes, differences among groups too small to compare, or whether the dataset's "
+        "labels are right.")]
     sig = _distinct_findings(sig)
     if sig.empty:
         blocks.append(Note(f"No difference between groups is significant at {_num(100 * conf)}% after adjustment. "
