@@ -35,6 +35,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "DISPARITY_COLUMNS",
     "metric_direction",
+    "is_accuracy_metric",
     "wilson_interval",
     "slice_name",
     "group_metrics",
@@ -403,15 +404,21 @@ WORST_VS_BEST, HIGHEST_VS_LOWEST, TO_OVERALL = "worst_vs_best", "highest_vs_lowe
 DEFAULT_DISPARITY_MIN_N = 30
 
 
+def is_accuracy_metric(metric: str) -> bool:
+    """``accuracy`` and its kinds (``top5_accuracy``, ``accuracy_race_binary``, ...)."""
+    return "accuracy" in str(metric).split("_")
+
+
 def metric_direction(metric: str, category: str, harms: Mapping[str, bool | None] | None = None) -> str:
     """Whether higher or lower is better for a group, or neutral (no ranking).
 
-    Accuracies (``accuracy``, ``top5_accuracy``, ...) are higher-is-better. A rate of a
+    Accuracies (``accuracy``, ``top5_accuracy``, ``accuracy_race_binary``, ...) are
+    higher-is-better. A rate of a
     category (``rate``, ``label_rate``) follows the taxonomy's declared direction
     (``harms[category]``: True = a harm, lower is better; False = higher is better);
     undeclared categories and unknown metrics are neutral.
     """
-    if str(metric).endswith("accuracy"):
+    if is_accuracy_metric(metric):
         return HIGHER
     h = (harms or {}).get(category)
     if h is None:

@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
 from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .metrics import HIGHER, LOWER, NEUTRAL, TO_OVERALL, metric_direction
+from .metrics import HIGHER, LOWER, NEUTRAL, TO_OVERALL, is_accuracy_metric
 
 __all__ = [
     "ReportContext",
@@ -122,10 +122,6 @@ def _unique(values: Iterable) -> list:
 
 def _n_cell(n, min_n: int) -> str:
     return f"{int(n)} (small)" if int(n) < min_n else str(int(n))
-
-
-def _is_accuracy(metric: str) -> bool:
-    return str(metric).endswith("accuracy")
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -390,7 +386,7 @@ def _findings_section(disp: pd.DataFrame) -> Section:
 
 
 def _accuracy_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportContext) -> list[Section]:
-    acc = m[m["metric"].map(_is_accuracy)]
+    acc = m[m["metric"].map(is_accuracy_metric)]
     if acc.empty:
         return []
     ci = _confidence_label(m)
@@ -450,7 +446,7 @@ def _rate_taxonomies(rate: pd.DataFrame) -> list[str]:
 def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportContext) -> list[Section]:
     out = []
     ci = _confidence_label(m)
-    for metric in _unique(m.loc[~m["metric"].map(_is_accuracy), "metric"]):
+    for metric in _unique(m.loc[~m["metric"].map(is_accuracy_metric), "metric"]):
         rate = m[m["metric"] == metric]
         taxes = _rate_taxonomies(rate)
         single = [t for t in _unique(rate["taxonomy"]) if t not in taxes]
@@ -578,7 +574,7 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
         used.add(name)
         return name
 
-    acc = m[m["metric"].map(_is_accuracy)]
+    acc = m[m["metric"].map(is_accuracy_metric)]
     for metric in _unique(acc["metric"]):
         am = acc[acc["metric"] == metric]
         for tax in _unique(am["taxonomy"]):
@@ -593,7 +589,7 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
                                            else None, metric)
                     written.append(_save(fig, out_dir / name))
                     images[(metric, tax, meth, sl)] = name
-    for metric in _unique(m.loc[~m["metric"].map(_is_accuracy), "metric"]):
+    for metric in _unique(m.loc[~m["metric"].map(is_accuracy_metric), "metric"]):
         rate = m[m["metric"] == metric]
         for tax in _rate_taxonomies(rate):
             methods = _unique(rate.loc[rate["taxonomy"] == tax, "method"])

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .document import Figure, Section, Table, Text
-from .metrics import DEFAULT_DISPARITY_MIN_N, HIGHER, NEUTRAL, metric_direction
+from .metrics import DEFAULT_DISPARITY_MIN_N, HIGHER, NEUTRAL, is_accuracy_metric, metric_direction
 from .stats import newcombe_diff
 from .taxonomy import Taxonomy, TaxonomyError
 
@@ -187,7 +187,7 @@ def plot_spread(metrics: pd.DataFrame, taxonomy: str, metric: str, category: str
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(["\n".join(str(g).split("+")) for g in groups], rotation=30 if long else 0,
                        ha="right" if long else "center", fontsize=8.5)
-    what = "accuracy" if metric.endswith("accuracy") else f"rate of '{category}'"
+    what = metric.replace("_", " ") if is_accuracy_metric(metric) else f"rate of '{category}'"
     ax.set_ylabel(f"{what} (%)")
     ax.set_title(f"{model + ': ' if model else ''}{taxonomy} ({method.replace('_', '-')}): {what} by {slice}\n"
                  f"under {len(sets)} template sets",
