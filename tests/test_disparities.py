@@ -178,3 +178,10 @@ def test_paired_interval_published_value_and_no_zero_width():
     assert (round(float(lo), 4), round(float(hi), 4)) == (-0.1186, -0.0046)
     lo, hi = newcombe_paired_diff(30, 0, 0, 70)  # no discordant pairs: a real interval around 0
     assert lo < -0.01 and hi > 0.01
+
+
+def test_slice_summary_metrics_are_not_compared(table):
+    wga = pd.DataFrame([_m("worst_group_accuracy", "", "race", "B", 60, 20)])
+    d = disparities(pd.concat([table, wga], ignore_index=True), harms=HARMS)
+    assert "worst_group_accuracy" not in set(d["metric"])
+    pd.testing.assert_frame_equal(d, disparities(table, harms=HARMS))

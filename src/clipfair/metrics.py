@@ -402,6 +402,9 @@ HIGHER, LOWER, NEUTRAL = "higher_is_better", "lower_is_better", "neutral"
 #: comparisons in disparities.csv
 WORST_VS_BEST, HIGHEST_VS_LOWEST, TO_OVERALL = "worst_vs_best", "highest_vs_lowest", "to_overall"
 DEFAULT_DISPARITY_MIN_N = 30
+#: metrics that already summarise a slice in one row (e.g. ``worst_group_accuracy``): no
+#: differences between groups are computed for them
+SLICE_SUMMARY_PREFIX = "worst_group"
 
 
 def is_accuracy_metric(metric: str) -> bool:
@@ -481,7 +484,8 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     m = metrics.copy()
     # a metrics CSV read back with pandas turns the empty accuracy category into NaN
     m["category"] = m["category"].astype(object).where(m["category"].notna(), "")
-    m = m[m["value"].notna() & (m["n"] > 0)].reset_index(drop=True)
+    m = m[m["value"].notna() & (m["n"] > 0)
+          & ~m["metric"].astype(str).str.startswith(SLICE_SUMMARY_PREFIX)].reset_index(drop=True)
     if "count" not in m.columns:
         m["count"] = np.rint(m["value"].to_numpy(float) * m["n"].to_numpy(float))
     keys = ["taxonomy", "method", "metric", "category"]

@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
 from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .metrics import HIGHER, LOWER, NEUTRAL, TO_OVERALL, is_accuracy_metric
+from .metrics import HIGHER, LOWER, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
 
 __all__ = [
     "ReportContext",
@@ -581,7 +581,7 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
             for meth in _unique(am.loc[am["taxonomy"] == tax, "method"]):
                 have = set(am.loc[(am["taxonomy"] == tax) & (am["method"] == meth), "slice"])
                 for sl in ACCURACY_PLOT_SLICES:
-                    if sl not in have:
+                    if sl not in have or metric.startswith(SLICE_SUMMARY_PREFIX):  # one row per slice
                         continue
                     prefix = "accuracy" if metric == "accuracy" else _safe(metric)
                     name = fname(f"{prefix}_{_safe(tax)}_{_safe(meth)}_{_safe(sl)}")
