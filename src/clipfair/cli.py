@@ -179,7 +179,7 @@ USAGE = """usage: clipfair <command> [args]
 commands:
   run [hydra overrides]   run an experiment (no overrides: the offline demo); --help lists config groups
   cache list|clear        list or clear cached embeddings
-  compare RUN_DIR...      compare taxonomy variants across runs
+  compare RUN_DIR...      compare runs: each taxonomy with its namesake in the other runs
 
 Not for surveillance, face recognition or identifying people. English prompts only.
 """

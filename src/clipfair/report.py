@@ -14,7 +14,7 @@ ending in ``accuracy``) get accuracy tables and plots; every other metric (``rat
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -542,7 +542,7 @@ def summary_document(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: Repo
     m = _clean(metrics)
     d = _clean(disparities) if len(disparities) else disparities
     if not ctx.min_n and "min_n" in getattr(disparities, "attrs", {}):
-        ctx.min_n = int(disparities.attrs["min_n"])
+        ctx = replace(ctx, min_n=int(disparities.attrs["min_n"]))
     if len(d) and "comparison" not in d.columns:
         raise ValueError("disparities frame is from an older clipfair (no 'comparison' column); rerun the run")
     d.attrs = dict(getattr(disparities, "attrs", {}))
