@@ -174,7 +174,7 @@ def _show(value: object) -> str:
 def _examples(items: Sequence[object], total: int | None = None) -> str:
     """``'a', 'b', ... (N in total)`` for error messages."""
     total = len(items) if total is None else total
-    shown = ", ".join(_show(str(x)) for x in items[:_EXAMPLES])
+    shown = ", ".join(repr(_clip(str(x), 4 * _SHOW_CHARS)) for x in items[:_EXAMPLES])
     return f"{shown}{', ...' if total > _EXAMPLES else ''} ({total} in total)"
 
 
