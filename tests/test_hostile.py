@@ -461,6 +461,7 @@ def test_10_results_folder_not_writable_is_one_line(tmp_path, capsys):
     ("+model.batchsize=8", "unknown config key model.batchsize: did you mean batch_size?"),
     ("+dataset.on_eror=skip", "unknown config key dataset.on_eror: did you mean on_error?"),
     ("+embed.chunksize=8", "unknown config key embed.chunksize: did you mean chunk_size?"),
+    ("dataset.on_error=skipp", "dataset.on_error must be one of raise, skip, got 'skipp'"),
 ])
 def test_11_config_is_validated_before_any_work(compose, tmp_path, monkeypatch, override, message):
     from clipfair import cli

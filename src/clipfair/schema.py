@@ -139,6 +139,8 @@ DATASET_KEYS = {"_target_": str, "name": str}
 MODEL_KEYS = {"_target_": str, "loader": str, "batch_size": int}
 #: the smallest value of integer loader arguments (null is allowed: the loader's default)
 LOADER_MINIMUM = {"batch_size": 1, "limit": 0, "max_image_bytes": 1}
+#: the allowed values of loader arguments that take one of a few words
+LOADER_CHOICES = {"on_error": ("raise", "skip")}
 
 
 # ----------------------------------------------------------------------------- checking
@@ -253,6 +255,9 @@ def _check_loader_group(group: str, values: Any, common: Mapping[str, type],
         v = values.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
             raise ConfigError(f"{group}.{k} must be an integer >= {lo}, got {v!r}")
+    for k, choices in LOADER_CHOICES.items():
+        if k in values and values[k] not in choices:
+            raise ConfigError(f"{group}.{k} must be one of {', '.join(choices)}, got {values[k]!r}")
     fn = loader_for(values)
     if fn is None:
         return
