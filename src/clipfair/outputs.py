@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-#: entries of a run folder that are not a run's outputs: Hydra's config copy and log
-_NOT_OUTPUTS = re.compile(r"^(\.hydra|.*\.log|\.clipfair-.*)$")
+#: entries of a run folder that are not a run's outputs: Hydra's config copy (.hydra) and log,
+#: hidden files (no output is hidden)
+_NOT_OUTPUTS = re.compile(r"^(\..*|.*\.log)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@+=-]+")
 _MAX_NAME = 150  # characters of a file name (file systems allow 255 bytes)
 

@@ -75,14 +75,25 @@ def read_image_file(path: Path | str, max_bytes: int | None = DEFAULT_MAX_IMAGE_
     """The bytes of an image file; a file larger than ``max_bytes`` (None: no limit) is an
     ImageError found from its size, before anything is read. OSErrors pass through."""
     p = Path(path)
-    if max_bytes is not None:
-        size = os.stat(p).st_size
-        if size > max_bytes:
-            raise ImageError(str(p), f"file is {size:,} bytes, larger than the {max_bytes:,}-byte limit",
-                             "set dataset.max_image_bytes higher if the image is real, or "
-                             "dataset.on_error=skip")
+
+    def too_large(size: int) -> ImageError:
+        return ImageError(str(p), f"file is {size:,} bytes, larger than the {max_bytes:,}-byte limit",
+                          "set dataset.max_image_bytes higher if the image is real, or dataset.on_error=skip")
+
     with open(p, "rb") as f:
-        return f.read() if max_bytes is None else f.read(max_bytes + 1)
+        size = os.fstat(f.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise too_large(size)
+        data = f.read(size + 1) if size else b""  # one allocation of the file's size
+        if len(data) > size or not size:  # grew since stat, or a special file without a size
+            while max_bytes is None or len(data) <= max_bytes:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                data += block
+    if max_bytes is not None and len(data) > max_bytes:
+        raise too_large(len(data))
+    return data
 
 
 def exif_orientation(img: Image.Image) -> int:
