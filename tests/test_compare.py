@@ -96,7 +96,9 @@ def test_compare_runs_paired_and_unpaired(tmp_path):
     assert set(unpaired["test"]) == {"two_proportion_z"}
     row = unpaired.query("group == 'A'").iloc[0]
     assert row["p_value"] == pytest.approx(two_proportion_z(100, 100, 40, 100))
-    with pytest.raises(CompareError, match="not a finished clipfair run: run.json is missing"):
+    from clipfair.outputs import OutputError
+
+    with pytest.raises(OutputError, match="predictions.parquet"):
         compare_runs([tmp_path / "r1", tmp_path])
     # the command-line form writes the same table
     from clipfair.cli import main
@@ -179,15 +181,18 @@ def test_compare_pairs_taxonomies_by_name_across_runs_of_different_models(tmp_pa
     row = c3[(c3["category"] == "flag") & (c3["group"] == "A")].iloc[0]
     lo, hi = newcombe_diff(10, 50, 30, 50)
     assert (row["diff_ci_low"], row["diff_ci_high"]) == (pytest.approx(float(lo)), pytest.approx(float(hi)))
-    # a folder that is not a finished run: one line, exit 2, no traceback
-    from clipfair.compare import main
+    # a folder that is not a finished run, or a baseline that is none of the runs: one line, exit 2
+    from clipfair.cli import main
 
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "predictions.parquet").write_bytes(b"")
-    assert main([str(r1), str(tmp_path / "half")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("clipfair compare: error:") and "not a finished clipfair run" in err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    capsys.readouterr()  # what earlier calls printed or logged
+    for argv, says in (([str(r1), str(tmp_path / "half")], "not a clipfair run folder: metrics.csv, run.json missing"),
+                       ([str(r1), str(r2), "--baseline", "nope"], "--baseline 'nope' is none of the runs")):
+        assert main(["compare", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("clipfair: error:") and says in err, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
     # runs that share no taxonomy name
     r4 = _fake_run(tmp_path / "3", "org/model-c", "fairface", "fp", ["other"], {"other": 5})
     with pytest.raises(CompareError, match="share no taxonomy name"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,6 +30,7 @@ from .document import Document, Figure, Section, Table, Text, to_markdown
 from .metrics import DEFAULT_SLICES, _slice_attrs, _value_order, slice_name
 from .stats import (CORRECTION_NAMES, CORRECTIONS, benjamini_hochberg, holm, mcnemar_exact,  # noqa: F401
                     newcombe_diff, newcombe_paired_diff, two_proportion_z)
+from .outputs import safe_filename
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
 
 def plot_name(metric: str, category: str, slice: str) -> str:
     """File name of the comparison plot of one metric / category / slice."""
-    return f"compare_{metric}{'_' + category if category else ''}_{slice}.png".replace(" ", "_").replace("/", "_")
+    return safe_filename(f"compare_{metric}{'_' + category if category else ''}_{slice}", ".png")
 
 
 def plot_keys(cmp: pd.DataFrame, plot_slices: Sequence[str] = ("race", "age")) -> dict[tuple, str]:
@@ -375,14 +375,12 @@ class Run:
 
 
 def load_run(run_dir: Path | str) -> Run:
-    """A finished run folder (run.json is written last); CompareError otherwise."""
+    """A finished run folder (its outputs are moved in only when all are written);
+    :class:`clipfair.outputs.OutputError` otherwise."""
+    from .outputs import require_finished_run
+
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CompareError(f"{run_dir}: no such folder; give clipfair run folders (each with run.json)")
-    for f in ("run.json", "predictions.parquet", "metrics.csv"):
-        if not (run_dir / f).is_file():
-            raise CompareError(f"{run_dir} is not a finished clipfair run: {f} is missing "
-                               "(a run writes run.json last; rerun it or pick its folder)")
+    require_finished_run(run_dir)
     try:
         rec = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError) as e:
@@ -466,13 +464,10 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--confidence", type=float, default=0.95, help="level of the difference intervals")
     ap.add_argument("--method", default="zero_shot", help="zero_shot or linear_probe")
     a = ap.parse_args(list(argv))
-    try:
-        if not 0 < a.confidence < 1 or not 0 < a.alpha < 1:
-            raise CompareError("--confidence and --alpha must be between 0 and 1")
-        cmp = compare_runs(a.runs, a.baseline, a.correction, a.alpha, a.method, a.confidence)
-    except CompareError as e:
-        print(f"clipfair compare: error: {e}", file=sys.stderr)
-        return 2
+    if not 0 < a.confidence < 1 or not 0 < a.alpha < 1:
+        raise CompareError("--confidence and --alpha must be between 0 and 1")
+    # a user's mistake (CompareError, OutputError) becomes one line in clipfair.cli.main
+    cmp = compare_runs(a.runs, a.baseline, a.correction, a.alpha, a.method, a.confidence)
     out = a.out or (Path(cmp.attrs["runs"][cmp.attrs["baseline_run"]]) / "compare")
     written = write_comparison(cmp, out, a.correction, a.alpha)
     print(f"{int(cmp['significant'].sum())} of {len(cmp)} differences significant "

@@ -26,6 +26,8 @@ from matplotlib.figure import Figure as MplFigure
 from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
 from .metrics import HIGHER, LOWER, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
 
+from .outputs import safe_filename
+
 __all__ = [
     "ReportContext",
     "summary_document",
@@ -124,12 +126,8 @@ def _n_cell(n, min_n: int) -> str:
     return f"{int(n)} (small)" if int(n) < min_n else str(int(n))
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
 def _safe(name: str) -> str:
-    s = _SAFE.sub("_", str(name)).strip("._")
-    return s or "x"
+    return safe_filename(name)
 
 
 def _select(metrics: pd.DataFrame, **eq) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from .document import Figure, Section, Table, Text
 from .metrics import DEFAULT_DISPARITY_MIN_N, HIGHER, NEUTRAL, is_accuracy_metric, metric_direction
 from .stats import newcombe_diff
 from .taxonomy import Taxonomy, TaxonomyError
+from .outputs import safe_filename
 
 SEP = "@"
 SPREAD_COLUMNS = ("taxonomy", "method", "metric", "category", "slice", "group", "n_sets",
@@ -203,7 +204,7 @@ def plot_spread(metrics: pd.DataFrame, taxonomy: str, metric: str, category: str
 def write_sensitivity(metrics: pd.DataFrame, out_dir: Path, harms: Mapping[str, Mapping[str, bool]] | None = None,
                       confidence: float = 0.95, model: str = "",
                       min_n: int = DEFAULT_DISPARITY_MIN_N) -> tuple[list[Path], list[Section]]:
-    """sensitivity.csv, sensitivity_findings.csv and plots of the findings by race and age;
+    """sensitivity.csv, sensitivity_findings.csv and spread plots by race and age;
     returns the paths and the report sections (nothing when no taxonomy had template sets)."""
     spr, fnd = spread(metrics), findings(metrics, harms, confidence, min_n)
     if spr.empty:
@@ -212,13 +213,13 @@ def write_sensitivity(metrics: pd.DataFrame, out_dir: Path, harms: Mapping[str, 
     written = [out_dir / "sensitivity.csv", out_dir / "sensitivity_findings.csv"]
     spr.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
     fnd.to_csv(written[1], index=False, lineterminator="\n")
-    images = []
-    for r in fnd.drop_duplicates(["taxonomy", "method", "metric", "category", "slice"]).itertuples():
+    images = []  # a spread plot per taxonomy x method x metric x category, by race and by age
+    for r in spr.drop_duplicates(["taxonomy", "method", "metric", "category", "slice"]).itertuples():
         if r.slice not in ("race", "age"):
             continue
         meth = "" if r.method == "zero_shot" else f"_{r.method}"
-        name = f"sensitivity_{r.taxonomy}{meth}_{r.metric}{'_' + r.category if r.category else ''}_{r.slice}.png"
-        name = name.replace(" ", "_").replace("/", "_")
+        name = safe_filename(f"sensitivity_{r.taxonomy}{meth}_{r.metric}{'_' + r.category if r.category else ''}"
+                             f"_{r.slice}", ".png")
         written.append(plot_spread(metrics, r.taxonomy, r.metric, r.category, r.slice, out_dir / name, model,
                                    r.method))
         images.append(name)
