@@ -1,0 +1,689 @@
+"""Retrieval bias: rank a dataset's images for neutral text queries and measure how skewed
+the top k is by each demographic attribute (Geyik et al. 2019, arXiv:1905.01989).
+
+Ranking: images are ordered by cosine similarity between their (L2-normalised) embedding
+and the query's text embedding, highest first; **ties are broken by dataset order** (the
+earlier row ranks higher). Images whose value of an attribute is missing are left out of
+that attribute's ranking. With ``pool`` set, each query ranks only the images whose pool
+column equals the query's pool value (default: the query itself).
+
+Metrics, per query x attribute x k x desired distribution (``q``):
+
+- ``share``: p_a, the share of the top k with value a;
+- ``skew``: Skew@k(a) = ln(p_a / q_a); a value absent from the top k (p_a = 0) gets
+  ``-inf`` (``absent=neg_inf``), ln((1/k) / q_a) (``inverse_k``, Berg et al. 2022 /
+  VisoGender) or 0 (``zero``, SocialCounterfactuals);
+- ``max_skew`` / ``min_skew``: max / min over the values;
+- ``ndkl``: (1/Z) sum_{i=1..k} KL(D_top-i || q) / log2(i + 1), Z = sum_{i=1..k} 1/log2(i + 1),
+  KL with natural logarithms and 0 log 0 = 0 (the absent convention does not apply);
+- ``bias`` (attributes with exactly two values a, b): Bias@k = (n_a - n_b) / (n_a + n_b) in
+  [-1, 1], a and b in the attribute's canonical order (Male - Female), else sorted order.
+
+``desired``: ``dataset`` (each value's share of the ranked images: demographic parity) or
+``uniform`` (1 / number of values present: equal representation). ``k`` may be ``all``
+(the whole ranking). Prompts: ``ensemble`` (one embedding per query: every template x prompt
+encoded, normalised, averaged, re-normalised, as zero-shot classes are) or ``per_template``
+(one ranking per template; the query's value is the mean over its templates, as Berg et al.
+average over their 319 prompts).
+
+Intervals: a seeded percentile bootstrap over images. Each replicate resamples the ranked
+images with replacement (exact multinomial counts; per pool when pools are on), re-ranks
+them (a copy of an image ranks with it; ties keep dataset order), recomputes the desired
+``dataset`` shares and every metric; query-set means and worsts are computed on the same
+replicates. Interval ends are order statistics (``inverted_cdf``), which keeps ``-inf`` exact.
+
+Speed and memory: text embeddings are computed once per unique prompt; scores are computed
+in chunks of ``chunk_size`` queries (a chunk x n_images float32 block); the top ``k`` of each
+row comes from a partial sort (``np.argpartition``) of the chunk, with exact tie handling at
+the boundary; bootstrap counts are kept as uint8 (B x n_images bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .registry import Registry
+from .taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, _locate, _read_yaml, check_template
+
+log = logging.getLogger(__name__)
+
+__all__ = ["QuerySetError", "RetrievalError", "Query", "QuerySet", "RetrievalOptions", "load_query_set",
+           "load_query_sets", "options_from_config", "PRESETS", "rank_top", "ranked_metrics",
+           "retrieval_bias", "retrieval_sections", "write_retrieval", "COLUMNS"]
+
+TOP_KEYS = {"name", "description", "source", "templates", "queries"}
+QUERY_KEYS = {"query", "prompts", "category", "pool"}
+DEFAULT_CATEGORY = "query"
+DESIRED = ("dataset", "uniform")
+ABSENT = ("neg_inf", "inverse_k", "zero")
+PROMPT_MODES = ("ensemble", "per_template")
+METRICS = ("share", "skew", "max_skew", "min_skew", "ndkl", "bias")
+AGGREGATED = ("max_skew", "min_skew", "ndkl", "bias")
+MEAN_ROW, WORST_ROW = "(mean over queries)", "(worst over queries)"
+COLUMNS = ["query_set", "query", "category", "attribute", "attribute_value", "k", "metric", "value",
+           "ci_low", "ci_high", "n_images", "desired_share", "desired", "absent", "pool", "prompts"]
+
+
+class RetrievalError(ValueError):
+    """A bad retrieval option or a dataset that cannot support it; the message says which."""
+
+
+class QuerySetError(RetrievalError):
+    """A malformed query set; the message names the file and the entry."""
+
+
+# --------------------------------------------------------------------------- query sets
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    prompts: tuple[str, ...]
+    category: str = DEFAULT_CATEGORY
+    pool: str | None = None  # the pool column's value this query ranks within (default: text)
+
+
+@dataclass(frozen=True)
+class QuerySet:
+    name: str
+    templates: tuple[str, ...]
+    queries: tuple[Query, ...]
+    description: str = ""
+    citation: str = ""
+    source: str = "<python>"
+
+    def as_taxonomy(self, templates: Sequence[str] | None = None) -> Taxonomy:
+        """The queries as taxonomy classes, so prompt-length checks and prompt ensembling are
+        the zero-shot stage's own (:func:`clipfair.zeroshot.class_embeddings`)."""
+        return Taxonomy(self.name, tuple(templates or self.templates),
+                        tuple(TaxonomyClass(q.text, q.prompts, q.category) for q in self.queries),
+                        source=self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "templates": list(self.templates),
+                "queries": [{"query": q.text, "prompts": list(q.prompts), "category": q.category,
+                             **({"pool": q.pool} if q.pool is not None else {})} for q in self.queries]}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def builtin_dir() -> Path:
+    return Path(str(importlib.resources.files("clipfair") / "queries"))
+
+
+def _builtin_registry() -> Registry[Path]:
+    reg: Registry[Path] = Registry("query set")
+    for p in sorted(builtin_dir().glob("*.yaml")):
+        reg.add(p.stem, p)
+    return reg
+
+
+BUILTINS = _builtin_registry()
+
+
+def _strings(raw: Any, where: str, what: str) -> list[str]:
+    if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+        raw = [raw]
+    if (not isinstance(raw, list) or not raw
+            or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) and str(x).strip()
+                       for x in raw)):
+        raise QuerySetError(f"{where}: '{what}' must be a non-empty list of non-empty strings")
+    return [str(x) for x in raw]
+
+
+def _parse_query(raw: Any, where: str) -> Query:
+    if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+        raw = {"query": raw}
+    if not isinstance(raw, dict):
+        raise QuerySetError(f"{where}: a query must be a string or a mapping with 'query' "
+                            "(and optional prompts, category, pool)")
+    unknown = set(raw) - QUERY_KEYS
+    if unknown:
+        raise QuerySetError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(QUERY_KEYS)}")
+    text = raw.get("query")
+    if not isinstance(text, (str, int, float)) or isinstance(text, bool) or not str(text).strip():
+        raise QuerySetError(f"{where}: 'query' is required and must be a non-empty string")
+    text = str(text)
+    prompts = _strings(raw.get("prompts", [text]), f"{where} ({text})", "prompts")
+    pool = raw.get("pool")
+    return Query(text, tuple(prompts), str(raw.get("category", DEFAULT_CATEGORY)),
+                 None if pool is None else str(pool))
+
+
+def load_query_set(spec: str | Path) -> QuerySet:
+    """A built-in query set by name, or a user's YAML file by path. Errors name the file and
+    the entry."""
+    path = (_locate(str(spec), builtins=BUILTINS, kind="query set", error=QuerySetError)
+            if not isinstance(spec, Path) else spec.resolve())
+    data = _read_yaml(path, kind="query set", error=QuerySetError, expect="name, templates, queries")
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise QuerySetError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise QuerySetError(f"{path}: 'name' is required and must be a non-empty string")
+    templates = _strings(data.get("templates"), f"{path} ({name})", "templates")
+    for i, t in enumerate(templates):
+        try:
+            check_template(t, f"{path} ({name}): templates[{i}]", error=QuerySetError)
+        except TaxonomyError as e:  # pragma: no cover - check_template raises the error given
+            raise QuerySetError(str(e)) from None
+    raw = data.get("queries")
+    if not isinstance(raw, list) or not raw:
+        raise QuerySetError(f"{path} ({name}): 'queries' must be a non-empty list")
+    queries, seen = [], set()
+    for i, q in enumerate(raw):
+        query = _parse_query(q, f"{path} ({name}): queries[{i}]")
+        if query.text in seen:
+            raise QuerySetError(f"{path} ({name}): queries[{i}]: duplicate query {query.text!r}; "
+                                "queries must be unique")
+        seen.add(query.text)
+        queries.append(query)
+    return QuerySet(name, tuple(templates), tuple(queries), str(data.get("description", "")),
+                    str(data.get("source", "")), str(path))
+
+
+def load_query_sets(specs: Iterable[str | Path]) -> list[QuerySet]:
+    out: list[QuerySet] = []
+    names: dict[str, str] = {}
+    for s in specs:
+        qs = load_query_set(s)
+        if qs.name in names:
+            raise QuerySetError(f"two query sets are named {qs.name!r}: {names[qs.name]} and {qs.source}; "
+                                "names must be unique")
+        names[qs.name] = qs.source
+        out.append(qs)
+    if not out:
+        raise QuerySetError("retrieval.queries is empty; list at least one query set, e.g. [occupations_neutral]")
+    return out
+
+
+# --------------------------------------------------------------------------- options and presets
+
+def _load_presets() -> dict[str, dict[str, Any]]:
+    path = Path(str(importlib.resources.files("clipfair") / "references" / "retrieval_presets.yaml"))
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+PRESETS: dict[str, dict[str, Any]] = _load_presets()
+DEFAULT_QUERIES = ("occupations_neutral", "trait_adjectives", "clip_denigration_words")
+DEFAULTS: dict[str, Any] = {"queries": DEFAULT_QUERIES, "k": (10, 100, 1000), "attributes": None,
+                            "desired": ("dataset",), "absent": "neg_inf", "prompts": "ensemble", "pool": None}
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    queries: tuple[str, ...] = DEFAULT_QUERIES
+    k: tuple[int | str, ...] = (10, 100, 1000)
+    attributes: tuple[str, ...] | None = None  # None: every attribute column the dataset declares
+    desired: tuple[str, ...] = ("dataset",)
+    absent: str = "neg_inf"
+    prompts: str = "ensemble"
+    pool: str | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+    confidence: float = 0.95
+    chunk_size: int = 256
+    preset: str | None = None
+    from_preset: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.desired if d not in DESIRED]
+        if bad or not self.desired:
+            raise RetrievalError(f"retrieval.desired: {bad or '[]'} not allowed; use any of {list(DESIRED)}")
+        if self.absent not in ABSENT:
+            raise RetrievalError(f"retrieval.absent: {self.absent!r} not allowed; use one of {list(ABSENT)}")
+        if self.prompts not in PROMPT_MODES:
+            raise RetrievalError(f"retrieval.prompts: {self.prompts!r} not allowed; use one of {list(PROMPT_MODES)}")
+        if not self.k:
+            raise RetrievalError("retrieval.k is empty; give e.g. [10, 100, 1000] or [all]")
+        for k in self.k:
+            if k != "all" and not (isinstance(k, int) and not isinstance(k, bool) and k > 0):
+                raise RetrievalError(f"retrieval.k: {k!r} is not a positive integer or 'all'")
+        if self.bootstrap < 0:
+            raise RetrievalError(f"retrieval.bootstrap.B: {self.bootstrap} must be >= 0 (0: no intervals)")
+        if not 0 < self.confidence < 1:
+            raise RetrievalError(f"confidence {self.confidence} must be between 0 and 1")
+        if self.chunk_size < 1:
+            raise RetrievalError("retrieval.chunk_size must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _k_value(x: Any) -> int | str:
+    if isinstance(x, str) and x.strip().lower() == "all":
+        return "all"
+    if isinstance(x, str) and x.strip().isdigit():
+        return int(x)
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x
+
+
+def _tuple(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
+
+
+def options_from_config(block: Mapping[str, Any] | None, confidence: float = 0.95) -> RetrievalOptions | None:
+    """The ``retrieval:`` config block as options (None when the block is off). A preset
+    fills every option left null; options set explicitly win."""
+    if not block or not block.get("enabled", False):
+        return None
+    allowed = {"enabled", "queries", "k", "attributes", "desired", "absent", "prompts", "pool", "bootstrap",
+               "chunk_size", "preset"}
+    unknown = set(block) - allowed
+    if unknown:
+        raise RetrievalError(f"retrieval: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    preset = block.get("preset")
+    values = {k: block.get(k) for k in DEFAULTS}
+    from_preset: list[str] = []
+    if preset is not None:
+        if preset not in PRESETS:
+            raise RetrievalError(f"retrieval.preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+        for key, v in PRESETS[preset]["settings"].items():
+            if values.get(key) is None:
+                values[key] = v
+                from_preset.append(key)
+    for key, v in DEFAULTS.items():
+        if values[key] is None and key not in from_preset:
+            values[key] = v
+    boot = block.get("bootstrap") or {}
+    if not isinstance(boot, Mapping):
+        raise RetrievalError("retrieval.bootstrap must be a mapping {B: 1000, seed: 0}")
+    return RetrievalOptions(
+        queries=tuple(str(q) for q in _tuple(values["queries"])),
+        k=tuple(_k_value(k) for k in _tuple(values["k"])),
+        attributes=None if values["attributes"] is None else tuple(str(a) for a in _tuple(values["attributes"])),
+        desired=tuple(str(d) for d in _tuple(values["desired"])),
+        absent=str(values["absent"]), prompts=str(values["prompts"]),
+        pool=None if values["pool"] is None else str(values["pool"]),
+        bootstrap=int(boot.get("B", 1000)), seed=int(boot.get("seed", 0)), confidence=float(confidence),
+        chunk_size=int(block.get("chunk_size") or 256), preset=preset, from_preset=tuple(from_preset))
+
+
+# --------------------------------------------------------------------------- ranking
+
+def rank_top(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Indices of the ``depth`` highest scores of each row, best first, ties broken by index
+    (the earlier image first). A partial sort (``np.argpartition``) finds the boundary score;
+    only the candidates at or above it are sorted, so the result equals a stable full sort."""
+    s = np.atleast_2d(np.asarray(scores))
+    n = s.shape[1]
+    depth = min(int(depth), n)
+    if depth >= n or depth > n // 4:
+        return np.argsort(-s, axis=1, kind="stable")[:, :depth]
+    part = np.argpartition(-s, depth - 1, axis=1)[:, :depth]
+    thr = np.take_along_axis(s, part, axis=1).min(axis=1)
+    out = np.empty((s.shape[0], depth), dtype=np.int64)
+    for r in range(s.shape[0]):
+        cand = np.flatnonzero(s[r] >= thr[r])  # increasing index: a stable sort keeps dataset order
+        out[r] = cand[np.argsort(-s[r, cand], kind="stable")[:depth]]
+    return out
+
+
+def _expand(codes: np.ndarray, weights: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ranked attribute codes of each replicate's resample: ranked image j appears
+    ``weights[b, j]`` times; the first ``k`` positions (all when ``k`` is None). Returns
+    (R, L) codes padded with -1, and each row's length."""
+    w = weights.astype(np.int64)
+    if k is not None:
+        prev = np.cumsum(w, axis=1) - w
+        w = np.clip(k - prev, 0, w)
+    lengths = w.sum(axis=1)
+    R, L = w.shape[0], int(lengths.max()) if len(lengths) else 0
+    out = np.full((R, max(L, 1)), -1, dtype=np.int64)
+    flat = np.repeat(np.tile(codes, R), w.ravel())
+    rows = np.repeat(np.arange(R), lengths)
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(len(flat)) - np.repeat(starts, lengths)
+    out[rows, pos] = flat
+    return out, lengths
+
+
+def ranked_metrics(codes: np.ndarray, lengths: np.ndarray, desired: np.ndarray, absent: str,
+                   with_ndkl: bool = True) -> dict[str, np.ndarray]:
+    """Metrics of ranked lists. ``codes``: (R, L) value codes in rank order, -1 past each
+    row's length; ``lengths``: (R,) the k of each row; ``desired``: (R, A) or (A,) shares.
+    Returns share, skew (R, A); max_skew, min_skew, ndkl, bias (R,) (bias NaN unless A == 2)."""
+    codes = np.atleast_2d(codes)
+    R, L = codes.shape
+    q = np.broadcast_to(np.asarray(desired, dtype=np.float64), (R, np.shape(desired)[-1]))
+    A = q.shape[1]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    onehot = codes[:, :, None] == np.arange(A)[None, None, :]
+    counts = onehot.sum(axis=1).astype(np.float64)  # padding (-1) matches no value
+    kk = lengths[:, None].astype(np.float64)
+    share = counts / np.maximum(kk, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        skew = np.log(share) - np.log(q)
+        if absent == "neg_inf":
+            fill = np.full_like(skew, -np.inf)
+        elif absent == "inverse_k":
+            fill = np.log(1.0 / np.maximum(kk, 1)) - np.log(q)
+        else:
+            fill = np.zeros_like(skew)
+        skew = np.where(counts > 0, skew, fill)
+        skew = np.where(q > 0, skew, np.nan)  # a value missing from a resample has no skew
+    valid = ~np.isnan(skew)
+    max_skew = np.where(valid.any(1), np.max(np.where(valid, skew, -np.inf), axis=1), np.nan)
+    min_skew = np.where(valid.any(1), np.min(np.where(valid, skew, np.inf), axis=1), np.nan)
+    out = {"share": share, "skew": skew, "max_skew": max_skew, "min_skew": min_skew}
+    if A == 2:
+        tot = counts.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["bias"] = np.where(tot > 0, (counts[:, 0] - counts[:, 1]) / tot, 0.0)
+    else:
+        out["bias"] = np.full(R, np.nan)
+    if with_ndkl:
+        cum = np.cumsum(onehot, axis=1, dtype=np.float64)  # (R, L, A)
+        i = np.arange(1, L + 1, dtype=np.float64)
+        p = cum / i[None, :, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(p > 0, p * (np.log(p) - np.log(q)[:, None, :]), 0.0)  # 0 log 0 = 0
+        kl = terms.sum(axis=2)
+        disc = 1.0 / np.log2(i + 1.0)
+        mask = i[None, :] <= lengths[:, None]
+        out["ndkl"] = (kl * disc * mask).sum(axis=1) / (disc[None, :] * mask).sum(axis=1)
+    else:
+        out["ndkl"] = np.full(R, np.nan)
+    return out
+
+
+# --------------------------------------------------------------------------- the stage
+
+@dataclass
+class _Attr:
+    """One attribute within one pool: value codes per pool image (-1 missing) and values."""
+    name: str
+    values: list[str]
+    codes: np.ndarray
+    desired_point: dict[str, np.ndarray]
+    desired_boot: dict[str, np.ndarray]  # (B, A)
+
+
+def _value_order(attr: str, present: Iterable[str]) -> list[str]:
+    from .data.attributes import CANONICAL
+
+    present = sorted({str(v) for v in present})
+    canon = CANONICAL.get(attr)
+    if canon and set(present) <= set(canon):
+        return [v for v in canon if v in present]
+    return present
+
+
+def _boot_counts(n: int, B: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, n) exact multinomial resample counts as uint8 (a count above 255 is clipped; with
+    n images each count is Binomial(n, 1/n), so this never matters in practice)."""
+    out = np.empty((B, n), dtype=np.uint8)
+    for b in range(B):
+        out[b] = np.minimum(np.bincount(rng.integers(0, n, n), minlength=n), 255)
+    return out
+
+
+def _quantiles(x: np.ndarray, confidence: float) -> tuple[float, float]:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    if not len(x):
+        return (math.nan, math.nan)
+    a = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(x, [a, 1.0 - a], method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+@dataclass
+class _Unit:
+    query_set: str
+    query: Query
+    embedding: np.ndarray
+    last: bool  # the query's last unit (per-template mode: its last template)
+
+
+def _units(qsets: Sequence[QuerySet], encode: Callable[[Sequence[str]], np.ndarray], mode: str) -> list[_Unit]:
+    from .zeroshot import class_embeddings
+
+    units: list[_Unit] = []
+    for qs in qsets:
+        if mode == "ensemble":
+            w = class_embeddings(qs.as_taxonomy(), encode).weights
+            units += [_Unit(qs.name, q, w[i], True) for i, q in enumerate(qs.queries)]
+        else:
+            per_t = [class_embeddings(qs.as_taxonomy([t]), encode).weights for t in qs.templates]
+            for i, q in enumerate(qs.queries):
+                units += [_Unit(qs.name, q, per_t[j][i], j == len(qs.templates) - 1)
+                          for j in range(len(qs.templates))]
+    return units
+
+
+def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets: Sequence[QuerySet],
+                   encode: Callable[[Sequence[str]], np.ndarray], options: RetrievalOptions,
+                   attributes: Sequence[str] | None = None) -> pd.DataFrame:
+    """The long retrieval table (columns :data:`COLUMNS`) for ``query_sets`` ranked over the
+    images of ``table`` (row i = ``image_embeddings[i]``). ``encode`` maps prompt strings to
+    text embeddings (the zero-shot stage's cached :class:`clipfair.embed.TextEmbedder`).
+    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones)."""
+    from .zeroshot import l2_normalize
+
+    if len(table) != len(image_embeddings):
+        raise RetrievalError(f"{len(table)} table rows but {len(image_embeddings)} image embeddings")
+    attrs = list(options.attributes if options.attributes is not None else attributes or [])
+    missing = [a for a in attrs if a not in table.columns]
+    if missing:
+        raise RetrievalError(f"retrieval.attributes: {missing} not in the dataset; its columns: "
+                             f"{', '.join(map(str, table.columns))}")
+    if not attrs:
+        raise RetrievalError("retrieval: no attribute to measure; set retrieval.attributes")
+    X = l2_normalize(np.asarray(image_embeddings, dtype=np.float32))
+    units = _units(query_sets, encode, options.prompts)
+    pools = _pools(table, units, options)
+    rows: list[dict[str, Any]] = []
+    agg: dict[tuple, dict[str, Any]] = {}
+    B = options.bootstrap
+    for pool_no, (pool_value, img_idx, pool_units) in enumerate(pools):
+        rng = np.random.default_rng([options.seed, pool_no])
+        W = _boot_counts(len(img_idx), B, rng) if B else None
+        sub = table.iloc[img_idx]
+        pinfo = []
+        for a in attrs:
+            col = sub[a]
+            ok = col.notna().to_numpy()
+            values = _value_order(a, col[ok].astype(str))
+            code_of = {v: i for i, v in enumerate(values)}
+            codes = np.array([code_of[str(v)] if o else -1 for v, o in zip(col.tolist(), ok)], dtype=np.int64)
+            if len(values) < 2:
+                log.warning("retrieval: attribute %r has %d value(s)%s; skew is not defined, left out",
+                            a, len(values), f" in pool {pool_value!r}" if pool_value is not None else "")
+                continue
+            onehot = (codes[:, None] == np.arange(len(values))[None, :]).astype(np.float64)
+            dp = {"dataset": onehot.sum(0) / onehot.sum(), "uniform": np.full(len(values), 1.0 / len(values))}
+            db: dict[str, np.ndarray] = {}
+            if W is not None:
+                cnt = W.astype(np.float64) @ onehot
+                db = {"dataset": cnt / cnt.sum(axis=1, keepdims=True),
+                      "uniform": np.broadcast_to(dp["uniform"], (B, len(values)))}
+            pinfo.append(_Attr(a, values, codes, dp, db))
+        Xp = X[img_idx]
+        kmax = max([k for k in options.k if k != "all"] or [1])
+        depth = len(img_idx) if "all" in options.k else min(len(img_idx), (2 * kmax + 64) if B else kmax)
+        pending: dict[tuple, list] = {}
+        for start in range(0, len(pool_units), options.chunk_size):
+            chunk = pool_units[start:start + options.chunk_size]
+            S = np.stack([u.embedding for u in chunk]).astype(np.float32) @ Xp.T
+            orders = rank_top(S, depth)
+            for r, u in enumerate(chunk):
+                res = _unit_results(S[r], orders[r], pinfo, W, options)
+                key = (u.query_set, u.query.text)
+                pending.setdefault(key, []).append(res)
+                if u.last:
+                    _finish_query(u, pending.pop(key), pinfo, options, pool_value, len(img_idx), rows, agg)
+    rows += _aggregate_rows(agg, options)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["confidence"] = options.confidence
+    return df
+
+
+def _pools(table: pd.DataFrame, units: list[_Unit], options: RetrievalOptions) -> list[tuple[str | None, np.ndarray, list[_Unit]]]:
+    if options.pool is None:
+        return [(None, np.arange(len(table)), units)]
+    if options.pool not in table.columns:
+        raise RetrievalError(
+            f"retrieval.pool: column {options.pool!r} is not in the dataset (columns: "
+            f"{', '.join(map(str, table.columns))}); pools rank each query within the images of its own "
+            "group (e.g. an occupation column): give a dataset with that column or set retrieval.pool=null")
+    col = table[options.pool].astype(str).where(table[options.pool].notna(), None)
+    groups: dict[str, list[_Unit]] = {}
+    for u in units:
+        groups.setdefault(u.query.pool if u.query.pool is not None else u.query.text, []).append(u)
+    present = set(col.dropna())
+    out = []
+    for value, us in groups.items():
+        if value not in present:
+            raise RetrievalError(
+                f"retrieval.pool: query {us[0].query.text!r} ({us[0].query_set}) ranks within "
+                f"{options.pool}={value!r}, but no image has that value; values present: "
+                f"{', '.join(sorted(present)[:20])}{' ...' if len(present) > 20 else ''} "
+                "(set the query's 'pool' in its query set)")
+        out.append((value, np.flatnonzero((col == value).to_numpy()), us))
+    return out
+
+
+def _unit_results(s: np.ndarray, order: np.ndarray, pinfo: list[_Attr], W: np.ndarray | None,
+                  options: RetrievalOptions) -> dict[tuple, dict[str, Any]]:
+    """Point metrics and bootstrap replicates for one ranking, per attribute x desired x k."""
+    full: list[np.ndarray] = []
+
+    def full_order() -> np.ndarray:
+        if not full:
+            full.append(np.argsort(-s, kind="stable"))
+        return full[0]
+
+    out: dict[tuple, dict[str, Any]] = {}
+    for at in pinfo:
+        n_valid = int((at.codes >= 0).sum())
+        ordv = order[at.codes[order] >= 0]
+        for k in options.k:
+            kk = n_valid if k == "all" else int(k)
+            if kk > n_valid:
+                continue
+            if len(ordv) < kk:
+                ordv = (lambda o: o[at.codes[o] >= 0])(full_order())
+            codes = at.codes[ordv]
+            point_codes = codes[:kk][None, :]
+            wb = None
+            if W is not None:
+                wb = W[:, ordv]
+                need = None if k == "all" else kk
+                if k != "all" and (wb.sum(axis=1, dtype=np.int64) < kk).any() and len(ordv) < n_valid:
+                    ordv = (lambda o: o[at.codes[o] >= 0])(full_order())
+                    codes, wb = at.codes[ordv], W[:, ordv]
+                if k == "all" and len(ordv) < n_valid:
+                    ordv = (lambda o: o[at.codes[o] >= 0])(full_order())
+                    codes, wb = at.codes[ordv], W[:, ordv]
+            for d in options.desired:
+                m = ranked_metrics(point_codes, np.array([kk]), at.desired_point[d], options.absent)
+                rep = None
+                if wb is not None:
+                    rep = _replicates(codes, wb, need, at.desired_boot[d], options.absent)
+                out[(at.name, d, k)] = {"point": {key: v[0] for key, v in m.items()}, "boot": rep, "n": n_valid}
+    return out
+
+
+def _replicates(codes: np.ndarray, wb: np.ndarray, k: int | None, q: np.ndarray, absent: str) -> dict[str, np.ndarray]:
+    B = wb.shape[0]
+    L = k if k is not None else codes.shape[0]
+    step = max(1, int(4_000_000 // max(1, L * q.shape[1])))
+    parts: list[dict[str, np.ndarray]] = []
+    for b0 in range(0, B, step):
+        c, lengths = _expand(codes, wb[b0:b0 + step], k)
+        parts.append(ranked_metrics(c, lengths, q[b0:b0 + step], absent))
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _finish_query(u: _Unit, results: list[dict], pinfo: list[_Attr], options: RetrievalOptions,
+                  pool_value: str | None, n_pool: int, rows: list, agg: dict) -> None:
+    """Rows for one query: the mean over its units (templates) of every metric."""
+    pool_label = "" if options.pool is None else f"{options.pool}={pool_value}"
+    for at in pinfo:
+        for d in options.desired:
+            for k in options.k:
+                rs = [r[(at.name, d, k)] for r in results if (at.name, d, k) in r]
+                if not rs:
+                    continue
+                point = {m: np.mean([r["point"][m] for r in rs], axis=0) for m in METRICS}
+                boot = ({m: np.mean([r["boot"][m] for r in rs], axis=0) for m in METRICS}
+                        if rs[0]["boot"] is not None else None)
+                base = {"query_set": u.query_set, "query": u.query.text, "category": u.query.category,
+                        "attribute": at.name, "k": k, "n_images": rs[0]["n"], "desired": d,
+                        "absent": options.absent, "pool": pool_label, "prompts": options.prompts}
+                for m in METRICS:
+                    if m in ("share", "skew"):
+                        for i, v in enumerate(at.values):
+                            lo, hi = _quantiles(boot[m][:, i], options.confidence) if boot else (math.nan, math.nan)
+                            rows.append({**base, "attribute_value": v, "metric": m, "value": float(point[m][i]),
+                                         "ci_low": lo, "ci_high": hi,
+                                         "desired_share": float(at.desired_point[d][i])})
+                        continue
+                    if m == "bias" and len(at.values) != 2:
+                        continue
+                    lo, hi = _quantiles(boot[m], options.confidence) if boot else (math.nan, math.nan)
+                    value_label = f"{at.values[0]} - {at.values[1]}" if m == "bias" else ""
+                    rows.append({**base, "attribute_value": value_label, "metric": m, "value": float(point[m]),
+                                 "ci_low": lo, "ci_high": hi, "desired_share": math.nan})
+                    key = (u.query_set, at.name, d, k, m, value_label)
+                    a = agg.setdefault(key, {"points": [], "n": 0, "pools": set()})
+                    a["points"].append(float(point[m]))
+                    if boot is not None:
+                        _fold(a, np.asarray(boot[m], dtype=np.float64))
+                    if pool_value not in a["pools"]:
+                        a["pools"].add(pool_value)
+                        a["n"] += rs[0]["n"]
+
+
+def _fold(a: dict, b: np.ndarray) -> None:
+    """Fold one query's replicates into the running sum / max / min / farthest-from-0 arrays
+    of its query set, so aggregate intervals need memory per set, not per query."""
+    if "sum" not in a:
+        a.update(sum=b.copy(), count=1, max=b.copy(), min=b.copy(), absmax=b.copy())
+        return
+    a["sum"] = a["sum"] + b
+    a["count"] += 1
+    a["max"] = np.fmax(a["max"], b)
+    a["min"] = np.fmin(a["min"], b)
+    a["absmax"] = np.where(np.abs(b) > np.abs(a["absmax"]), b, a["absmax"])
+
+
+def _worst(metric: str, xs: np.ndarray) -> float:
+    if metric == "min_skew":
+        return float(np.nanmin(xs))
+    if metric == "bias":
+        return float(xs[np.nanargmax(np.abs(xs))])
+    return float(np.nanmax(xs))
+
+
+def _aggregate_rows(agg: dict, options: RetrievalOptions) -> list[dict[str, Any]]:
+    """Mean and worst over a query set's queries, on the same bootstrap replicates. Worst:
+    the highest max_skew / ndkl, the lowest min_skew, the bias farthest from 0."""
+    rows = []
+    for (qs, attr, d, k, m, label), a in agg.items():
+        pts = np.array(a["points"], dtype=np.float64)
+        base = {"query_set": qs, "category": "", "attribute": attr, "attribute_value": label, "k": k, "metric": m,
+                "n_images": a["n"], "desired_share": math.nan, "desired": d, "absent": options.absent,
+                "pool": "" if options.pool is None else f"{options.pool}=*", "prompts": options.prompts}
+        mean_b = a["sum"] / a["count"] if "sum" in a else None
+        worst_b = (a.get("min") if m == "min_skew" else a.get("absmax") if m == "bias" else a.get("max"))
+        for name, val, rep in ((MEAN_ROW, float(np.mean(pts)), mean_b), (WORST_ROW, _worst(m, pts), worst_b)):
+            lo, hi = _quantiles(rep, options.confidence) if rep is not None else (math.nan, math.nan)
+            rows.append({**base, "query": name, "value": val, "ci_low": lo, "ci_high": hi})
+    return rows
