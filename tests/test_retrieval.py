@@ -420,3 +420,63 @@ def test_unknown_query_set_lists_builtins():
         R.load_query_set("no_such_set")
     with pytest.raises(R.QuerySetError, match="not found"):
         R.load_query_set("missing/file.yaml")
+
+
+# --------------------------------------------------------------------------- end to end
+
+def test_cli_retrieval_on_its_own(tmp_path, tiny_model_dir, fairface_root):
+    import json
+
+    from test_cli import run_cli
+
+    out = tmp_path / "run"
+    run_cli("run", "experiment=retrieval_bias", f"model.name_or_path={tiny_model_dir}",
+            f"dataset.root={fairface_root}", f"hydra.run.dir={out}", "progress=false",
+            "retrieval.queries=[clip_denigration_words]", "retrieval.k=[5,all]", "retrieval.bootstrap.B=20")
+    df = pd.read_csv(out / "retrieval.csv")
+    assert list(df.columns) == R.COLUMNS
+    assert set(df.metric) == {"share", "skew", "max_skew", "min_skew", "ndkl", "bias"}
+    assert {"race", "gender", "age"} <= set(df.attribute) and set(df.desired) == {"dataset", "uniform"}
+    assert set(df.k.astype(str)) == {"5", "all"} and set(df.n_images[df["query"] == "thief"]) == {80}
+    # desired 'dataset' shares are the evaluation set's own
+    val = pd.read_csv(fairface_root / "fairface_label_val.csv")
+    share = df[(df.metric == "skew") & (df.attribute == "gender") & (df.desired == "dataset")
+               & (df.attribute_value == "Female")].desired_share.iloc[0]
+    assert share == pytest.approx((val.gender == "Female").mean())
+    md = (out / "retrieval.md").read_text()
+    assert "## Retrieval bias" in md and "Query set clip_denigration_words" in md and "surveillance" in md
+    assert "retrieval_skew_clip_denigration_words_race.png" in md
+    assert (out / "retrieval_skew_clip_denigration_words_race.png").stat().st_size > 1000
+    run = json.loads((out / "run.json").read_text())
+    r = run["retrieval"]
+    assert (r["absent"], r["bootstrap"], r["k"], r["query_sets"][0]["name"]) == ("neg_inf", 20, [5, "all"],
+                                                                                 "clip_denigration_words")
+    assert pd.read_parquet(out / "predictions.parquet").empty  # no taxonomy ran
+
+
+def test_cli_bad_retrieval_option_is_a_user_error(tmp_path):
+    from test_cli import run_cli
+
+    res = run_cli("run", f"hydra.run.dir={tmp_path / 'run'}", "progress=false", "retrieval.enabled=true",
+                  "retrieval.absent=nan", check=False)
+    assert res.returncode == 2
+    assert "clipfair: error: retrieval.absent: 'nan' not allowed" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_sections_render_through_the_report_model(hand, tmp_path):
+    from clipfair.document import Document, Section, to_html, to_markdown
+
+    labels = GENDERS * 4
+    table = pd.DataFrame({"image_id": [f"i{j}" for j in range(40)], "gender": labels, "race": RACES * 4})
+    emb = ranked_images([0.95 - 0.02 * j for j in range(40)])
+    vec = {"q": [1.0, 0.0], "r": [-1.0, 0.0]}
+    opts = RetrievalOptions(k=(20,), attributes=("gender", "race"), bootstrap=30, preset="visogender")
+    df = R.retrieval_bias(table, emb, [one_query_set("q", "r")], encoder(vec), opts)
+    secs = R.retrieval_sections(df, tmp_path, opts)
+    assert all(isinstance(s, Section) for s in secs)
+    md = to_markdown(Document("t", secs))
+    assert "Conventions of Hall et al." in md and "oxai/visogender" in md
+    assert "retrieval_skew_hand_gender.png" in md and (tmp_path / "retrieval_skew_hand_gender.png").exists()
+    assert "<figure><img src=\"data:image/png;base64," in to_html(Document("t", secs), base_dir=tmp_path)
+    # the most-skewed table shows the top-k mix (query q's top 20 = the first 20 labels)
+    assert f"Male {100 * labels[:20].count('Male') / 20:.0f}% (vs 50%)" in md

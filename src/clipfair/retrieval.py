@@ -219,7 +219,7 @@ def _load_presets() -> dict[str, dict[str, Any]]:
 PRESETS: dict[str, dict[str, Any]] = _load_presets()
 DEFAULT_QUERIES = ("occupations_neutral", "trait_adjectives", "clip_denigration_words")
 DEFAULTS: dict[str, Any] = {"queries": DEFAULT_QUERIES, "k": (10, 100, 1000), "attributes": None,
-                            "desired": ("dataset",), "absent": "neg_inf", "prompts": "ensemble", "pool": None}
+                            "desired": ("dataset", "uniform"), "absent": "neg_inf", "prompts": "ensemble", "pool": None}
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ class RetrievalOptions:
     queries: tuple[str, ...] = DEFAULT_QUERIES
     k: tuple[int | str, ...] = (10, 100, 1000)
     attributes: tuple[str, ...] | None = None  # None: every attribute column the dataset declares
-    desired: tuple[str, ...] = ("dataset",)
+    desired: tuple[str, ...] = ("dataset", "uniform")
     absent: str = "neg_inf"
     prompts: str = "ensemble"
     pool: str | None = None
@@ -559,6 +559,15 @@ def _pools(table: pd.DataFrame, units: list[_Unit], options: RetrievalOptions) -
     return out
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        log.warning(msg)
+
+
 def _unit_results(s: np.ndarray, order: np.ndarray, pinfo: list[_Attr], W: np.ndarray | None,
                   options: RetrievalOptions) -> dict[tuple, dict[str, Any]]:
     """Point metrics and bootstrap replicates for one ranking, per attribute x desired x k."""
@@ -576,6 +585,8 @@ def _unit_results(s: np.ndarray, order: np.ndarray, pinfo: list[_Attr], W: np.nd
         for k in options.k:
             kk = n_valid if k == "all" else int(k)
             if kk > n_valid:
+                _warn_once(f"retrieval: k={k} is more than the {n_valid} images with a {at.name} value to rank; "
+                           "that k is left out")
                 continue
             if len(ordv) < kk:
                 ordv = (lambda o: o[at.codes[o] >= 0])(full_order())
@@ -687,3 +698,233 @@ def _aggregate_rows(agg: dict, options: RetrievalOptions) -> list[dict[str, Any]
             lo, hi = _quantiles(rep, options.confidence) if rep is not None else (math.nan, math.nan)
             rows.append({**base, "query": name, "value": val, "ci_low": lo, "ci_high": hi})
     return rows
+
+
+# --------------------------------------------------------------------------- report
+
+TINY_EXPECTED = 5.0  # a value expected fewer than this many times in the top k is flagged
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if math.isinf(x):
+        return "−∞" if x < 0 else "∞"
+    return f"{x:.{digits}f}".replace("-", "−")
+
+
+def _with_ci(row: pd.Series) -> str:
+    if pd.isna(row["ci_low"]):
+        return _fmt(row["value"])
+    return f"{_fmt(row['value'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
+
+
+def _report_k(df: pd.DataFrame) -> int | str:
+    ks = [k for k in df["k"].unique() if k != "all"]
+    return max(int(k) for k in ks) if ks else "all"
+
+
+def _k_eq(df: pd.DataFrame, k: int | str) -> pd.Series:
+    return df["k"].astype(str) == str(k)
+
+
+def _heatmap(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: int | str, path: Path,
+             max_rows: int = 40) -> Path | None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .report import DPI, _save
+
+    sel = df[(df.query_set == query_set) & (df.attribute == attribute) & (df.desired == desired) & _k_eq(df, k)
+             & ~df["query"].isin([MEAN_ROW, WORST_ROW])]
+    skew = sel[sel.metric == "skew"]
+    if skew.empty:
+        return None
+    mx = sel[sel.metric == "max_skew"].set_index("query")["value"]
+    queries = list(mx.sort_values(ascending=False, kind="stable").index[:max_rows])
+    values = list(dict.fromkeys(skew["attribute_value"]))
+    grid = skew.pivot_table(index="query", columns="attribute_value", values="value", aggfunc="first")
+    grid = grid.reindex(index=queries, columns=values)
+    z = grid.to_numpy(dtype=np.float64)
+    finite = z[np.isfinite(z)]
+    lim = max(0.1, float(np.abs(finite).max()) if finite.size else 1.0)
+    fig = Figure(figsize=(min(2.5 + 0.9 * len(values), 14.0), 1.4 + 0.28 * len(queries)), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(np.ma.masked_invalid(np.where(np.isfinite(z), z, np.nan)), cmap="RdBu_r", vmin=-lim, vmax=lim,
+                   aspect="auto")
+    ax.set_facecolor("#bbbbbb")
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            v = z[i, j]
+            text = "absent" if np.isneginf(v) else ("" if np.isnan(v) else f"{v:.2f}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if np.isfinite(v) and abs(v) > 0.6 * lim else "black")
+    cats = sel.drop_duplicates("query").set_index("query")["category"]
+    ax.set_yticks(np.arange(len(queries)))
+    ax.set_yticklabels([f"{q} ({cats.get(q, '')})" for q in queries], fontsize=8)
+    ax.set_xticks(np.arange(len(values)))
+    ax.set_xticklabels(values, rotation=30, ha="right", fontsize=8)
+    ax.set_title(f"Skew@{k} by {attribute}: {query_set} (desired: {desired})", fontsize=10)
+    fig.colorbar(im, ax=ax, label="Skew@k = ln(share in top k / desired share)", shrink=0.8)
+    return _save(fig, path)
+
+
+def _mix(df: pd.DataFrame, query_set: str, query: str, attribute: str, desired: str, k) -> str:
+    sh = df[(df.query_set == query_set) & (df["query"] == query) & (df.attribute == attribute)
+            & (df.desired == desired) & _k_eq(df, k) & (df.metric == "share")]
+    return " · ".join(f"{r.attribute_value} {100 * r.value:.0f}% (vs {100 * r.desired_share:.0f}%)"
+                      for r in sh.itertuples())
+
+
+def _conventions(df: pd.DataFrame, options: Mapping[str, Any] | None) -> list[str]:
+    o = dict(options or {})
+    first = df.iloc[0] if len(df) else None
+    items = [
+        "Ranking: cosine similarity between each image and the query's text embedding, highest first; "
+        "ties broken by dataset order; images missing an attribute are left out of that attribute's ranking.",
+        f"k: {', '.join(str(k) for k in o.get('k', sorted(df['k'].astype(str).unique())))} "
+        "(`all` = the whole ranking).",
+        f"Desired distribution: {', '.join(o.get('desired', sorted(df['desired'].unique())))} "
+        "(`dataset`: each value's share of the ranked images; `uniform`: equal shares).",
+        f"A value absent from the top k: `{o.get('absent', first['absent'] if first is not None else '')}` "
+        "(`neg_inf`: Skew = −∞; `inverse_k`: its share counts as 1/k; `zero`: Skew = 0). NDKL uses 0·log 0 = 0.",
+        f"Prompts: `{o.get('prompts', first['prompts'] if first is not None else '')}` (`ensemble`: one averaged "
+        "embedding per query; `per_template`: one ranking per template, the metric averaged over templates).",
+        "Pools: " + (f"each query ranks only the images whose `{o['pool']}` equals the query (or its `pool`)."
+                     if o.get("pool") else "none (every query ranks the whole evaluation set)."),
+        f"Intervals: {int(o.get('confidence', 0.95) * 100)}% percentile bootstrap over images, "
+        f"B = {o.get('bootstrap', '?')}, seed {o.get('seed', '?')}" + (" (B = 0: no intervals)." if o.get("bootstrap") == 0 else "."),
+    ]
+    return items
+
+
+def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
+                       options: RetrievalOptions | Mapping[str, Any] | None = None,
+                       max_queries: int = 10) -> list["Section"]:  # noqa: F821
+    """The retrieval-bias report as :mod:`clipfair.document` sections (heat maps are written
+    into ``out_dir`` as ``retrieval_skew_<set>_<attribute>.png``). Reads only ``table``
+    (the :func:`retrieval_bias` frame or its CSV)."""
+    from .document import Bullets, Figure, Note, Section, Table, Text
+    from .report import _safe
+
+    out_dir = Path(out_dir)
+    o = options.to_dict() if isinstance(options, RetrievalOptions) else dict(options or {})
+    df = table.copy()
+    df["k"] = [k if str(k) == "all" else int(k) for k in df["k"]]
+    for c in ("category", "attribute_value", "pool"):
+        df[c] = df[c].fillna("").astype(str)
+    blocks: list[Any] = [
+        Text("Which faces come back first for a neutral text query? Each query ranks the evaluation images by "
+             "similarity; **Skew@k(a) = ln(share of value a in the top k / desired share)**: above 0 the value is "
+             "over-represented, below 0 under-represented. MaxSkew / MinSkew are the largest / smallest skew over "
+             "the values, NDKL a rank-discounted KL divergence of the top-i mix from the desired mix (0 = fair), "
+             "Bias@k = (n_a − n_b)/(n_a + n_b) for a two-valued attribute (Geyik et al. 2019; Berg et al. 2022)."),
+        Bullets(_conventions(df, o)),
+        Note(f"A skew is called a **finding** only when its interval excludes 0. Values expected fewer than "
+             f"{TINY_EXPECTED:g} times in the top k (k × desired share) are marked † and never headlined: one "
+             "image moves their skew a lot. Labels are annotators' perceptions; a ranking shows what the model "
+             "associates with a query, not anything about the people pictured."),
+        Note("Resampling images puts copies of one image side by side in a replicate's ranking, so its top k "
+             "holds fewer distinct images than the real one: bootstrap replicates of MaxSkew and NDKL run "
+             "higher than the point value, and their percentile interval can sit above it. Read those "
+             "intervals as the spread of the statistic, not as bias-corrected bounds."),
+    ]
+    if o.get("preset"):
+        p = PRESETS[o["preset"]]
+        blocks.append(Section(f"Conventions of {p['title']}", [
+            Text(f"Preset `{o['preset']}` set: {', '.join(o.get('from_preset', [])) or 'nothing (all overridden)'}. "
+                 f"Source: {p['source']}"),
+            Note(f"What differs: {p['differs']}"),
+            *_headline_table(df, p.get("headline") or []),
+        ]))
+    if df.empty:
+        blocks.append(Note("No retrieval rows: no k fits the ranked images, or no attribute has two values.", "warning"))
+        return [Section("Retrieval bias", blocks)]
+    k = _report_k(df)
+    desired0 = list(dict.fromkeys(df["desired"]))[0]
+    for qs in dict.fromkeys(df["query_set"]):
+        d = df[df.query_set == qs]
+        sub: list[Any] = []
+        agg = d[d["query"].isin([MEAN_ROW, WORST_ROW]) & d.metric.isin(["max_skew", "min_skew", "ndkl", "bias"])]
+        rows = []
+        for (attr, des, kk), g in agg.groupby(["attribute", "desired", "k"], sort=False):
+            cell = {(r.query, r.metric): _with_ci(pd.Series(r._asdict())) for r in g.itertuples()}
+            rows.append([attr, des, str(kk), int(g.n_images.iloc[0]),
+                         *[cell.get((row, m), "–") for m in ("max_skew", "ndkl", "bias") for row in (MEAN_ROW, WORST_ROW)]])
+        n_q = d.loc[~d["query"].isin([MEAN_ROW, WORST_ROW]), "query"].nunique()
+        sub.append(Table(["attribute", "desired", "k", "n images", "MaxSkew mean", "MaxSkew worst", "NDKL mean",
+                          "NDKL worst", "Bias mean", "Bias worst"], rows, align="lllrrrrrrr",
+                         caption=f"Mean and worst over the {n_q} queries (point [interval]); worst = highest "
+                                 "MaxSkew / NDKL, Bias farthest from 0."))
+        for attr in dict.fromkeys(d["attribute"]):
+            name = f"retrieval_skew_{_safe(qs)}_{_safe(attr)}.png"
+            if _heatmap(d, qs, attr, desired0, k, out_dir / name) is not None:
+                sub.append(Figure(name, f"Skew@{k} by {attr} for the {qs} queries (desired: {desired0}); "
+                                        "grey 'absent' = no image with that value in the top k."))
+            sub.append(_most_skewed(d, qs, attr, desired0, k, max_queries))
+        blocks.append(Section(f"Query set {qs}", sub))
+    return [Section("Retrieval bias", blocks)]
+
+
+def _most_skewed(d: pd.DataFrame, qs: str, attr: str, desired: str, k, max_queries: int):
+    from .document import Table, Text
+
+    sel = d[(d.attribute == attr) & (d.desired == desired) & _k_eq(d, k) & ~d["query"].isin([MEAN_ROW, WORST_ROW])]
+    skew = sel[sel.metric == "skew"].copy()
+    kk = int(sel.n_images.iloc[0]) if str(k) == "all" and len(sel) else (int(k) if str(k) != "all" else 0)
+    skew["tiny"] = skew["desired_share"] * kk < TINY_EXPECTED
+    # headline: each query's largest skew among values that are not tiny
+    ok = skew[~skew["tiny"] & np.isfinite(skew["value"])]
+    best = ok.sort_values("value", ascending=False, kind="stable").drop_duplicates("query").head(max_queries)
+    rows = []
+    for r in best.itertuples():
+        finding = "yes" if (not pd.isna(r.ci_low) and r.ci_low > 0) else "no"
+        ms = sel[(sel["query"] == r.query) & (sel.metric == "min_skew")]
+        tiny_vals = skew[(skew["query"] == r.query) & skew["tiny"]]["attribute_value"].tolist()
+        rows.append([r.query, r.category, r.attribute_value, _with_ci(pd.Series(r._asdict())), finding,
+                     _with_ci(ms.iloc[0]) if len(ms) else "–",
+                     _mix(d, qs, r.query, attr, desired, k) + (f" (†: {', '.join(tiny_vals)})" if tiny_vals else ""),
+                     int(r.n_images)])
+    if not rows:
+        return Text(f"No query has a {attr} value expected at least {TINY_EXPECTED:g} times in the top {k} "
+                    f"(desired: {desired}); nothing is headlined. The full table is retrieval.csv.")
+    return Table(["query", "category", "most over-represented", f"Skew@{k} [CI]", "finding", f"MinSkew@{k}",
+                  f"top-{k} mix (vs desired)", "n images"], rows, align="lllrlrlr",
+                 caption=f"The {len(rows)} most skewed queries by {attr} at k = {k} (desired: {desired}), by their "
+                         "largest skew over values that are not tiny (†).")
+
+
+def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list[Any]:
+    from .document import Table
+
+    rows = []
+    for metric, k in headline:
+        sel = df[(df.metric == metric) & (df["query"] == MEAN_ROW)]
+        if k is not None:
+            sel = sel[_k_eq(sel, k)]
+        for r in sel.itertuples():
+            rows.append([r.query_set, r.attribute, r.desired, f"{metric}@{r.k}", _with_ci(pd.Series(r._asdict())),
+                         int(r.n_images)])
+    if not rows:
+        return []
+    return [Table(["query set", "attribute", "desired", "metric", "mean over queries [CI]", "n images"], rows,
+                  align="lllllr", caption="The paper's reported quantities, as computed here (mean over queries).")]
+
+
+def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
+                    options: RetrievalOptions | Mapping[str, Any] | None = None,
+                    intro: Sequence[Any] = ()) -> list[Path]:
+    """``retrieval.csv`` (the long table), ``retrieval.md`` and its heat maps."""
+    from .document import Document, to_markdown
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "retrieval.csv"
+    table.to_csv(csv, index=False, float_format="%.6g", lineterminator="\n")
+    before = set(out.glob("retrieval_skew_*.png"))
+    sections = retrieval_sections(table, out, options)
+    md = out / "retrieval.md"
+    md.write_text(to_markdown(Document("clipfair retrieval bias", sections, intro=list(intro))), encoding="utf-8")
+    pngs = sorted(set(out.glob("retrieval_skew_*.png")) - before) or sorted(out.glob("retrieval_skew_*.png"))
+    return [csv, *pngs, md]
