@@ -59,7 +59,7 @@ from .taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, _locate, _read_yam
 log = logging.getLogger(__name__)
 
 __all__ = ["QuerySetError", "RetrievalError", "Query", "QuerySet", "RetrievalOptions", "load_query_set",
-           "load_query_sets", "options_from_config", "PRESETS", "rank_top", "ranked_metrics",
+           "load_query_sets", "options_from_config", "PRESETS", "rank_top", "ranked_metrics", "prefix_metrics",
            "retrieval_bias", "retrieval_sections", "write_retrieval", "COLUMNS"]
 
 TOP_KEYS = {"name", "description", "source", "templates", "queries"}
@@ -234,7 +234,7 @@ class RetrievalOptions:
     bootstrap: int = 1000
     seed: int = 0
     confidence: float = 0.95
-    chunk_size: int = 256
+    chunk_size: int = 128
     preset: str | None = None
     from_preset: tuple[str, ...] = field(default=())
 
@@ -311,10 +311,14 @@ def options_from_config(block: Mapping[str, Any] | None, confidence: float = 0.9
         absent=str(values["absent"]), prompts=str(values["prompts"]),
         pool=None if values["pool"] is None else str(values["pool"]),
         bootstrap=int(boot.get("B", 1000)), seed=int(boot.get("seed", 0)), confidence=float(confidence),
-        chunk_size=int(block.get("chunk_size") or 256), preset=preset, from_preset=tuple(from_preset))
+        chunk_size=int(block.get("chunk_size") or 128), preset=preset, from_preset=tuple(from_preset))
 
 
 # --------------------------------------------------------------------------- ranking
+
+ROW_BATCH = 32  # rows of a score block partially sorted at once (bounds the index arrays)
+CELLS = 4_000_000  # rows x positions x values per vectorised metric batch (bounds memory)
+
 
 def rank_top(scores: np.ndarray, depth: int) -> np.ndarray:
     """Indices of the ``depth`` highest scores of each row, best first, ties broken by index
@@ -323,14 +327,17 @@ def rank_top(scores: np.ndarray, depth: int) -> np.ndarray:
     s = np.atleast_2d(np.asarray(scores))
     n = s.shape[1]
     depth = min(int(depth), n)
-    if depth >= n or depth > n // 4:
-        return np.argsort(-s, axis=1, kind="stable")[:, :depth]
-    part = np.argpartition(-s, depth - 1, axis=1)[:, :depth]
-    thr = np.take_along_axis(s, part, axis=1).min(axis=1)
     out = np.empty((s.shape[0], depth), dtype=np.int64)
-    for r in range(s.shape[0]):
-        cand = np.flatnonzero(s[r] >= thr[r])  # increasing index: a stable sort keeps dataset order
-        out[r] = cand[np.argsort(-s[r, cand], kind="stable")[:depth]]
+    for r0 in range(0, s.shape[0], ROW_BATCH):
+        blk = s[r0:r0 + ROW_BATCH]
+        if depth > n // 4:
+            out[r0:r0 + len(blk)] = np.argsort(-blk, axis=1, kind="stable")[:, :depth]
+            continue
+        part = np.argpartition(blk, n - depth, axis=1)[:, n - depth:]
+        thr = np.take_along_axis(blk, part, axis=1).min(axis=1)
+        for r in range(len(blk)):
+            cand = np.flatnonzero(blk[r] >= thr[r])  # increasing index: a stable sort keeps dataset order
+            out[r0 + r] = cand[np.argsort(-blk[r, cand], kind="stable")[:depth]]
     return out
 
 
@@ -353,53 +360,115 @@ def _expand(codes: np.ndarray, weights: np.ndarray, k: int | None) -> tuple[np.n
     return out, lengths
 
 
-def ranked_metrics(codes: np.ndarray, lengths: np.ndarray, desired: np.ndarray, absent: str,
-                   with_ndkl: bool = True) -> dict[str, np.ndarray]:
-    """Metrics of ranked lists. ``codes``: (R, L) value codes in rank order, -1 past each
-    row's length; ``lengths``: (R,) the k of each row; ``desired``: (R, A) or (A,) shares.
-    Returns share, skew (R, A); max_skew, min_skew, ndkl, bias (R,) (bias NaN unless A == 2)."""
-    codes = np.atleast_2d(codes)
-    R, L = codes.shape
-    q = np.broadcast_to(np.asarray(desired, dtype=np.float64), (R, np.shape(desired)[-1]))
-    A = q.shape[1]
-    lengths = np.asarray(lengths, dtype=np.int64)
-    onehot = codes[:, :, None] == np.arange(A)[None, None, :]
-    counts = onehot.sum(axis=1).astype(np.float64)  # padding (-1) matches no value
-    kk = lengths[:, None].astype(np.float64)
+def _skew_stats(counts: np.ndarray, kk: np.ndarray, q: np.ndarray, absent: str) -> dict[str, np.ndarray]:
+    """share, skew (R, A), max_skew, min_skew, bias (R,) from top-k counts (R, A), k (R, 1)
+    and desired shares q (R, A)."""
+    R, A = counts.shape
     share = counts / np.maximum(kk, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        skew = np.log(share) - np.log(q)
+        logq = np.log(q)
+        skew = np.log(share) - logq
         if absent == "neg_inf":
             fill = np.full_like(skew, -np.inf)
         elif absent == "inverse_k":
-            fill = np.log(1.0 / np.maximum(kk, 1)) - np.log(q)
+            fill = np.log(1.0 / np.maximum(kk, 1)) - logq
         else:
             fill = np.zeros_like(skew)
         skew = np.where(counts > 0, skew, fill)
         skew = np.where(q > 0, skew, np.nan)  # a value missing from a resample has no skew
     valid = ~np.isnan(skew)
-    max_skew = np.where(valid.any(1), np.max(np.where(valid, skew, -np.inf), axis=1), np.nan)
-    min_skew = np.where(valid.any(1), np.min(np.where(valid, skew, np.inf), axis=1), np.nan)
-    out = {"share": share, "skew": skew, "max_skew": max_skew, "min_skew": min_skew}
+    out = {"share": share, "skew": skew,
+           "max_skew": np.where(valid.any(1), np.max(np.where(valid, skew, -np.inf), axis=1), np.nan),
+           "min_skew": np.where(valid.any(1), np.min(np.where(valid, skew, np.inf), axis=1), np.nan)}
     if A == 2:
         tot = counts.sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             out["bias"] = np.where(tot > 0, (counts[:, 0] - counts[:, 1]) / tot, 0.0)
     else:
         out["bias"] = np.full(R, np.nan)
-    if with_ndkl:
-        cum = np.cumsum(onehot, axis=1, dtype=np.float64)  # (R, L, A)
-        i = np.arange(1, L + 1, dtype=np.float64)
-        p = cum / i[None, :, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(p > 0, p * (np.log(p) - np.log(q)[:, None, :]), 0.0)  # 0 log 0 = 0
-        kl = terms.sum(axis=2)
-        disc = 1.0 / np.log2(i + 1.0)
-        mask = i[None, :] <= lengths[:, None]
-        out["ndkl"] = (kl * disc * mask).sum(axis=1) / (disc[None, :] * mask).sum(axis=1)
-    else:
-        out["ndkl"] = np.full(R, np.nan)
     return out
+
+
+def _kl_terms(p: np.ndarray, plogp: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p_i || q) at every prefix i: sum_a p log p - p log q, with 0 log 0 = 0 (a value with
+    p > 0 always has q > 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logq = np.where(q > 0, np.log(np.where(q > 0, q, 1.0)), 0.0)
+    return (plogp - p * logq[:, None, :]).sum(axis=2)
+
+
+def _prefix(onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    L = onehot.shape[1]
+    cum = np.cumsum(onehot, axis=1, dtype=np.float64)  # (R, L, A)
+    i = np.arange(1, L + 1, dtype=np.float64)
+    p = cum / i[None, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(p), 0.0)
+    return cum, p, plogp, 1.0 / np.log2(i + 1.0)
+
+
+def ranked_metrics(codes: np.ndarray, lengths: np.ndarray, desired: np.ndarray | Mapping[str, np.ndarray],
+                   absent: str) -> dict[str, np.ndarray] | dict[str, dict[str, np.ndarray]]:
+    """Metrics of ranked lists of any lengths. ``codes``: (R, L) value codes in rank order,
+    -1 past each row's length; ``lengths``: (R,) the k of each row; ``desired``: (R, A) or
+    (A,) shares, or a mapping of such (counts are then computed once for all). Returns share,
+    skew (R, A); max_skew, min_skew, ndkl, bias (R,) (bias NaN unless A == 2) — per desired
+    name when ``desired`` is a mapping."""
+    many = isinstance(desired, Mapping)
+    qs = dict(desired) if many else {"_": desired}
+    codes = np.atleast_2d(codes)
+    R, L = codes.shape
+    A = np.shape(next(iter(qs.values())))[-1]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    onehot = codes[:, :, None] == np.arange(A)[None, None, :]
+    counts = onehot.sum(axis=1).astype(np.float64)  # padding (-1) matches no value
+    kk = lengths[:, None].astype(np.float64)
+    cum, p, plogp, disc = _prefix(onehot)
+    mask = np.arange(1, L + 1)[None, :] <= lengths[:, None]
+    z = (disc[None, :] * mask).sum(axis=1)
+    results = {}
+    for name, q in qs.items():
+        q = np.broadcast_to(np.asarray(q, dtype=np.float64), (R, A))
+        out = _skew_stats(counts, kk, q, absent)
+        out["ndkl"] = (_kl_terms(p, plogp, q) * disc * mask).sum(axis=1) / z
+        results[name] = out
+    return results if many else results["_"]
+
+
+def prefix_metrics(codes: np.ndarray, cuts: Sequence[int], desired: Mapping[str, np.ndarray],
+                   absent: str) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+    """:func:`ranked_metrics` of the top ``c`` of each row for every ``c`` in ``cuts`` from
+    one pass (NDKL@c is a prefix sum of the discounted KL terms). ``codes``: (R, >= max cuts),
+    no padding within the first max(cuts) positions."""
+    codes = np.atleast_2d(codes)[:, :max(cuts)]
+    R = codes.shape[0]
+    A = np.shape(next(iter(desired.values())))[-1]
+    onehot = codes[:, :, None] == np.arange(A)[None, None, :]
+    cum, p, plogp, disc = _prefix(onehot)
+    z = np.cumsum(disc)
+    out: dict[int, dict[str, dict[str, np.ndarray]]] = {c: {} for c in cuts}
+    for name, q in desired.items():
+        q = np.broadcast_to(np.asarray(q, dtype=np.float64), (R, A))
+        ckd = np.cumsum(_kl_terms(p, plogp, q) * disc, axis=1)
+        for c in cuts:
+            m = _skew_stats(cum[:, c - 1], np.full((R, 1), float(c)), q, absent)
+            m["ndkl"] = ckd[:, c - 1] / z[c - 1]
+            out[c][name] = m
+    return out
+
+
+def _batched_prefix(codes: np.ndarray, cuts: Sequence[int], desired: Mapping[str, np.ndarray],
+                    absent: str) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+    """:func:`prefix_metrics` over row batches of at most :data:`CELLS` cells."""
+    R = codes.shape[0]
+    A = np.shape(next(iter(desired.values())))[-1]
+    step = max(1, CELLS // max(1, max(cuts) * A))
+    parts = []
+    for r0 in range(0, R, step):
+        dq = {d: (q[r0:r0 + step] if np.ndim(q) == 2 else q) for d, q in desired.items()}
+        parts.append(prefix_metrics(codes[r0:r0 + step], cuts, dq, absent))
+    return {c: {d: {m: np.concatenate([p[c][d][m] for p in parts]) for m in parts[0][c][d]} for d in desired}
+            for c in cuts}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -412,6 +481,10 @@ class _Attr:
     codes: np.ndarray
     desired_point: dict[str, np.ndarray]
     desired_boot: dict[str, np.ndarray]  # (B, A)
+
+    @property
+    def n_valid(self) -> int:
+        return int((self.codes >= 0).sum())
 
 
 def _value_order(attr: str, present: Iterable[str]) -> list[str]:
@@ -433,14 +506,20 @@ def _boot_counts(n: int, B: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _quantiles(x: np.ndarray, confidence: float) -> tuple[float, float]:
+def _quantiles(x: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0 (replicates), NaN-aware, order statistics only."""
     x = np.asarray(x, dtype=np.float64)
-    x = x[~np.isnan(x)]
-    if not len(x):
-        return (math.nan, math.nan)
     a = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(x, [a, 1.0 - a], method="inverted_cdf")
-    return float(lo), float(hi)
+    if not np.isnan(x).any():
+        lo, hi = np.quantile(x, [a, 1.0 - a], axis=0, method="inverted_cdf")
+        return lo, hi
+    flat = x.reshape(x.shape[0], -1)
+    lo, hi = np.full(flat.shape[1], np.nan), np.full(flat.shape[1], np.nan)
+    for j in range(flat.shape[1]):
+        col = flat[:, j][~np.isnan(flat[:, j])]
+        if len(col):
+            lo[j], hi[j] = np.quantile(col, [a, 1.0 - a], method="inverted_cdf")
+    return lo.reshape(x.shape[1:]), hi.reshape(x.shape[1:])
 
 
 @dataclass
@@ -448,23 +527,34 @@ class _Unit:
     query_set: str
     query: Query
     embedding: np.ndarray
-    last: bool  # the query's last unit (per-template mode: its last template)
+    qid: int  # the query's index (per-template mode: several units share one)
+    last: bool  # the query's last unit
 
 
 def _units(qsets: Sequence[QuerySet], encode: Callable[[Sequence[str]], np.ndarray], mode: str) -> list[_Unit]:
     from .zeroshot import class_embeddings
 
     units: list[_Unit] = []
+    qid = 0
     for qs in qsets:
         if mode == "ensemble":
             w = class_embeddings(qs.as_taxonomy(), encode).weights
-            units += [_Unit(qs.name, q, w[i], True) for i, q in enumerate(qs.queries)]
+            per_t = [w]
         else:
             per_t = [class_embeddings(qs.as_taxonomy([t]), encode).weights for t in qs.templates]
-            for i, q in enumerate(qs.queries):
-                units += [_Unit(qs.name, q, per_t[j][i], j == len(qs.templates) - 1)
-                          for j in range(len(qs.templates))]
+        for i, q in enumerate(qs.queries):
+            units += [_Unit(qs.name, q, per_t[j][i], qid, j == len(per_t) - 1) for j in range(len(per_t))]
+            qid += 1
     return units
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        log.warning(msg)
 
 
 def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets: Sequence[QuerySet],
@@ -485,181 +575,308 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
                              f"{', '.join(map(str, table.columns))}")
     if not attrs:
         raise RetrievalError("retrieval: no attribute to measure; set retrieval.attributes")
-    X = l2_normalize(np.asarray(image_embeddings, dtype=np.float32))
+    X = np.asarray(image_embeddings, dtype=np.float32)  # not copied: scores are scaled per image instead
+    inv_norm = (1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", X, X)), 1e-12)).astype(np.float32)
     units = _units(query_sets, encode, options.prompts)
-    pools = _pools(table, units, options)
-    rows: list[dict[str, Any]] = []
-    agg: dict[tuple, dict[str, Any]] = {}
-    B = options.bootstrap
-    for pool_no, (pool_value, img_idx, pool_units) in enumerate(pools):
-        rng = np.random.default_rng([options.seed, pool_no])
-        W = _boot_counts(len(img_idx), B, rng) if B else None
-        sub = table.iloc[img_idx]
-        pinfo = []
-        for a in attrs:
-            col = sub[a]
-            ok = col.notna().to_numpy()
-            values = _value_order(a, col[ok].astype(str))
-            code_of = {v: i for i, v in enumerate(values)}
-            codes = np.array([code_of[str(v)] if o else -1 for v, o in zip(col.tolist(), ok)], dtype=np.int64)
-            if len(values) < 2:
-                log.warning("retrieval: attribute %r has %d value(s)%s; skew is not defined, left out",
-                            a, len(values), f" in pool {pool_value!r}" if pool_value is not None else "")
-                continue
-            onehot = (codes[:, None] == np.arange(len(values))[None, :]).astype(np.float64)
-            dp = {"dataset": onehot.sum(0) / onehot.sum(), "uniform": np.full(len(values), 1.0 / len(values))}
-            db: dict[str, np.ndarray] = {}
-            if W is not None:
-                cnt = W.astype(np.float64) @ onehot
-                db = {"dataset": cnt / cnt.sum(axis=1, keepdims=True),
-                      "uniform": np.broadcast_to(dp["uniform"], (B, len(values)))}
-            pinfo.append(_Attr(a, values, codes, dp, db))
-        Xp = X[img_idx]
+    U = l2_normalize(np.stack([u.embedding for u in units]))
+    acc = _Accumulator(units, options)
+    for pool_no, (pool_value, img_idx, unit_ids) in enumerate(_pools(table, units, options)):
+        W = (_boot_counts(len(img_idx), options.bootstrap, np.random.default_rng([options.seed, pool_no]))
+             if options.bootstrap else None)
+        pinfo = _pool_attributes(table.iloc[img_idx], attrs, pool_value, W, options)
+        whole = pool_value is None
+        Xp, inv = (X, inv_norm) if whole else (X[img_idx], inv_norm[img_idx])
         kmax = max([k for k in options.k if k != "all"] or [1])
-        depth = len(img_idx) if "all" in options.k else min(len(img_idx), (2 * kmax + 64) if B else kmax)
-        pending: dict[tuple, list] = {}
-        for start in range(0, len(pool_units), options.chunk_size):
-            chunk = pool_units[start:start + options.chunk_size]
-            S = np.stack([u.embedding for u in chunk]).astype(np.float32) @ Xp.T
+        n = len(img_idx)
+        depth = n if "all" in options.k else min(n, (2 * kmax + 64) if W is not None else kmax)
+        for start in range(0, len(unit_ids), options.chunk_size):
+            ids = unit_ids[start:start + options.chunk_size]
+            S = (U[ids] @ Xp.T) * inv[None, :]
             orders = rank_top(S, depth)
-            for r, u in enumerate(chunk):
-                res = _unit_results(S[r], orders[r], pinfo, W, options)
-                key = (u.query_set, u.query.text)
-                pending.setdefault(key, []).append(res)
-                if u.last:
-                    _finish_query(u, pending.pop(key), pinfo, options, pool_value, len(img_idx), rows, agg)
-    rows += _aggregate_rows(agg, options)
-    df = pd.DataFrame(rows, columns=COLUMNS)
+            for at in pinfo:
+                acc.add_points(ids, S, orders, at, pool_value)
+            if W is not None:
+                for r, uid in enumerate(ids):
+                    acc.add_replicates(uid, S[r], orders[r], pinfo, W, pool_value)
+    df = acc.frame()
     df.attrs["confidence"] = options.confidence
     return df
 
 
-def _pools(table: pd.DataFrame, units: list[_Unit], options: RetrievalOptions) -> list[tuple[str | None, np.ndarray, list[_Unit]]]:
+def _pool_attributes(sub: pd.DataFrame, attrs: Sequence[str], pool_value: str | None, W: np.ndarray | None,
+                     options: RetrievalOptions) -> list[_Attr]:
+    out = []
+    for a in attrs:
+        fcodes, uniques = pd.factorize(sub[a], use_na_sentinel=True)  # missing -> -1
+        names = [str(v) for v in uniques]
+        values = _value_order(a, names)
+        if len(values) < 2:
+            _warn_once(f"retrieval: attribute {a!r} has {len(values)} value(s)"
+                       f"{f' in pool {pool_value!r}' if pool_value is not None else ''}; skew is not defined, left out")
+            continue
+        remap = np.array([values.index(v) for v in names] + [-1], dtype=np.int64)  # [-1] for missing
+        codes = remap[np.asarray(fcodes, dtype=np.int64)]
+        onehot = (codes[:, None] == np.arange(len(values))[None, :]).astype(np.float64)
+        dp = {"dataset": onehot.sum(0) / onehot.sum(), "uniform": np.full(len(values), 1.0 / len(values))}
+        db: dict[str, np.ndarray] = {}
+        if W is not None:
+            cnt = np.zeros((W.shape[0], len(values)))
+            for b0 in range(0, W.shape[0], 64):
+                cnt[b0:b0 + 64] = W[b0:b0 + 64].astype(np.float32) @ onehot.astype(np.float32)
+            db = {"dataset": cnt / cnt.sum(axis=1, keepdims=True),
+                  "uniform": np.broadcast_to(dp["uniform"], (W.shape[0], len(values)))}
+        out.append(_Attr(a, values, codes, {d: dp[d] for d in options.desired}, {d: db[d] for d in options.desired} if db else {}))
+    return out
+
+
+def _pools(table: pd.DataFrame, units: list[_Unit], options: RetrievalOptions) -> list[tuple[str | None, np.ndarray, np.ndarray]]:
     if options.pool is None:
-        return [(None, np.arange(len(table)), units)]
+        return [(None, np.arange(len(table)), np.arange(len(units)))]
     if options.pool not in table.columns:
         raise RetrievalError(
             f"retrieval.pool: column {options.pool!r} is not in the dataset (columns: "
             f"{', '.join(map(str, table.columns))}); pools rank each query within the images of its own "
             "group (e.g. an occupation column): give a dataset with that column or set retrieval.pool=null")
     col = table[options.pool].astype(str).where(table[options.pool].notna(), None)
-    groups: dict[str, list[_Unit]] = {}
-    for u in units:
-        groups.setdefault(u.query.pool if u.query.pool is not None else u.query.text, []).append(u)
+    groups: dict[str, list[int]] = {}
+    for i, u in enumerate(units):
+        groups.setdefault(u.query.pool if u.query.pool is not None else u.query.text, []).append(i)
     present = set(col.dropna())
     out = []
-    for value, us in groups.items():
+    for value, ids in groups.items():
         if value not in present:
+            u = units[ids[0]]
             raise RetrievalError(
-                f"retrieval.pool: query {us[0].query.text!r} ({us[0].query_set}) ranks within "
+                f"retrieval.pool: query {u.query.text!r} ({u.query_set}) ranks within "
                 f"{options.pool}={value!r}, but no image has that value; values present: "
                 f"{', '.join(sorted(present)[:20])}{' ...' if len(present) > 20 else ''} "
                 "(set the query's 'pool' in its query set)")
-        out.append((value, np.flatnonzero((col == value).to_numpy()), us))
+        out.append((value, np.flatnonzero((col == value).to_numpy()), np.array(ids)))
     return out
 
 
-_WARNED: set[str] = set()
+def _first_valid(codes_rows: np.ndarray, kk: int, at: _Attr, scores: np.ndarray) -> np.ndarray:
+    """(c, kk) codes of the first ``kk`` images with a value, per row; a row whose ranked
+    prefix holds too few is re-ranked in full."""
+    if (codes_rows[:, :kk] >= 0).all():
+        return codes_rows[:, :kk]
+    out = np.empty((len(codes_rows), kk), dtype=np.int64)
+    for r, row in enumerate(codes_rows):
+        v = row[row >= 0]
+        if len(v) < kk:
+            v = at.codes[np.argsort(-scores[r], kind="stable")]
+            v = v[v >= 0]
+        out[r] = v[:kk]
+    return out
 
 
-def _warn_once(msg: str) -> None:
-    if msg not in _WARNED:
-        _WARNED.add(msg)
-        log.warning(msg)
+class _Accumulator:
+    """Point values per unit (vectorised per chunk), interval ends per query (from the
+    replicates, averaged over a query's units), and running aggregates per query set."""
 
+    def __init__(self, units: list[_Unit], options: RetrievalOptions) -> None:
+        self.units, self.o = units, options
+        self.nq = units[-1].qid + 1 if units else 0
+        self.qinfo = {u.qid: u for u in units}
+        self.point: dict[tuple, dict[str, np.ndarray]] = {}   # (attr, d, k) -> metric -> (n_units, ...)
+        self.ci: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = {}  # (attr, d, k) -> metric -> (nq, ...)
+        self.n: dict[tuple, np.ndarray] = {}      # (attr, k) -> n ranked per unit
+        self.values: dict[str, list[str]] = {}
+        self.desired_share: dict[tuple, np.ndarray] = {}  # (attr, d) -> (nq, A)
+        self.pool: dict[int, str | None] = {}
+        self.pending: dict[int, list] = {}
+        self.agg: dict[tuple, dict[str, Any]] = {}
 
-def _unit_results(s: np.ndarray, order: np.ndarray, pinfo: list[_Attr], W: np.ndarray | None,
-                  options: RetrievalOptions) -> dict[tuple, dict[str, Any]]:
-    """Point metrics and bootstrap replicates for one ranking, per attribute x desired x k."""
-    full: list[np.ndarray] = []
+    def _slot(self, store: dict, key: tuple, metric: str, shape: tuple) -> np.ndarray:
+        d = store.setdefault(key, {})
+        if metric not in d:
+            d[metric] = np.full(shape, np.nan)
+        return d[metric]
 
-    def full_order() -> np.ndarray:
-        if not full:
-            full.append(np.argsort(-s, kind="stable"))
-        return full[0]
+    def _register(self, at: _Attr) -> None:
+        if at.name in self.values and self.values[at.name] != at.values:
+            merged = self.values[at.name] + [v for v in at.values if v not in self.values[at.name]]
+            raise RetrievalError(f"retrieval: attribute {at.name!r} has different values in different pools "
+                                 f"({self.values[at.name]} vs {at.values}); every pool must hold all of {merged}")
+        self.values[at.name] = at.values
 
-    out: dict[tuple, dict[str, Any]] = {}
-    for at in pinfo:
-        n_valid = int((at.codes >= 0).sum())
-        ordv = order[at.codes[order] >= 0]
-        for k in options.k:
-            kk = n_valid if k == "all" else int(k)
-            if kk > n_valid:
-                _warn_once(f"retrieval: k={k} is more than the {n_valid} images with a {at.name} value to rank; "
-                           "that k is left out")
+    def add_points(self, ids: np.ndarray, S: np.ndarray, orders: np.ndarray, at: _Attr, pool_value) -> None:
+        self._register(at)
+        A, nu = len(at.values), len(self.units)
+        C = at.codes[orders]
+        for uid in ids:
+            self.pool[self.units[uid].qid] = pool_value
+        for d in self.o.desired:
+            ds = self._slot(self.desired_share, (at.name, d), "x", (self.nq, A))
+            ds[[self.units[i].qid for i in ids]] = at.desired_point[d]
+        cut = {}
+        for k in self.o.k:
+            kk = at.n_valid if k == "all" else int(k)
+            if kk > at.n_valid:
+                _warn_once(f"retrieval: k={k} is more than the {at.n_valid} images with a {at.name} value to rank"
+                           f"{f' in pool {pool_value!r}' if pool_value is not None else ''}; that k is left out there")
                 continue
-            if len(ordv) < kk:
-                ordv = (lambda o: o[at.codes[o] >= 0])(full_order())
-            codes = at.codes[ordv]
-            point_codes = codes[:kk][None, :]
-            wb = None
-            if W is not None:
+            cut[k] = kk
+        if not cut:
+            return
+        codes = _first_valid(C, max(cut.values()), at, S)
+        res = _batched_prefix(codes, sorted(set(cut.values())), at.desired_point, self.o.absent)
+        for k, kk in cut.items():
+            self.n.setdefault((at.name, k), np.full(nu, -1))[ids] = at.n_valid
+            for d, m in res[kk].items():
+                for metric, v in m.items():
+                    self._slot(self.point, (at.name, d, k), metric, (nu, *v.shape[1:]))[ids] = v
+
+    def add_replicates(self, uid: int, s: np.ndarray, order: np.ndarray, pinfo: list[_Attr], W: np.ndarray,
+                       pool_value) -> None:
+        """Bootstrap replicates of one ranking: the numeric k from one expansion to the
+        largest (the top k of a resample is a prefix of its top k'), ``all`` on its own."""
+        u = self.units[uid]
+        res: dict[tuple, dict[str, np.ndarray]] = {}
+        full: list[np.ndarray] = []
+        B = W.shape[0]
+        for at in pinfo:
+            ks = [k for k in self.o.k if (at.n_valid if k == "all" else int(k)) <= at.n_valid]
+            numeric = sorted({int(k) for k in ks if k != "all"})
+            ordv = order[at.codes[order] >= 0]
+            for group in ([numeric] if numeric else []) + ([["all"]] if "all" in ks else []):
+                kmax = None if group == ["all"] else max(group)
                 wb = W[:, ordv]
-                need = None if k == "all" else kk
-                if k != "all" and (wb.sum(axis=1, dtype=np.int64) < kk).any() and len(ordv) < n_valid:
-                    ordv = (lambda o: o[at.codes[o] >= 0])(full_order())
-                    codes, wb = at.codes[ordv], W[:, ordv]
-                if k == "all" and len(ordv) < n_valid:
-                    ordv = (lambda o: o[at.codes[o] >= 0])(full_order())
-                    codes, wb = at.codes[ordv], W[:, ordv]
-            for d in options.desired:
-                m = ranked_metrics(point_codes, np.array([kk]), at.desired_point[d], options.absent)
-                rep = None
-                if wb is not None:
-                    rep = _replicates(codes, wb, need, at.desired_boot[d], options.absent)
-                out[(at.name, d, k)] = {"point": {key: v[0] for key, v in m.items()}, "boot": rep, "n": n_valid}
-    return out
+                if len(ordv) < at.n_valid and (kmax is None or (wb.sum(axis=1, dtype=np.int64) < kmax).any()):
+                    if not full:
+                        full.append(np.argsort(-s, kind="stable"))
+                    ordv = full[0][at.codes[full[0]] >= 0]
+                    wb = W[:, ordv]
+                codes = at.codes[ordv]
+                L = kmax if kmax is not None else int(wb.sum(axis=1).max())
+                step = max(1, CELLS // max(1, L * len(at.values)))
+                parts = []
+                for b0 in range(0, B, step):
+                    c, lengths = _expand(codes, wb[b0:b0 + step], kmax)
+                    dq = {d: q[b0:b0 + step] for d, q in at.desired_boot.items()}
+                    parts.append(prefix_metrics(c, group, dq, self.o.absent) if kmax is not None
+                                 else {"all": ranked_metrics(c, lengths, dq, self.o.absent)})
+                for k in group:
+                    for d in self.o.desired:
+                        res[(at.name, d, k)] = {m: np.concatenate([p[k][d][m] for p in parts]) for m in METRICS}
+        self.pending.setdefault(u.qid, []).append(res)
+        if u.last:
+            self._finish(u.qid, self.pending.pop(u.qid), pool_value)
 
+    def _finish(self, qid: int, results: list[dict], pool_value) -> None:
+        """Interval ends of one query (replicates averaged over its units), folded into its
+        query set's running aggregates."""
+        u = self.qinfo[qid]
+        for key in results[0]:
+            reps = {m: np.mean([r[key][m] for r in results], axis=0) for m in METRICS}
+            for m, rep in reps.items():
+                lo, hi = _quantiles(rep, self.o.confidence)
+                nq_shape = (self.nq, *rep.shape[1:])
+                self._slot(self.ci, key, m + "_lo", nq_shape)[qid] = lo
+                self._slot(self.ci, key, m + "_hi", nq_shape)[qid] = hi
+                if m in AGGREGATED:
+                    a = self.agg.setdefault((u.query_set, *key, m), {})
+                    _fold(a, rep)
 
-def _replicates(codes: np.ndarray, wb: np.ndarray, k: int | None, q: np.ndarray, absent: str) -> dict[str, np.ndarray]:
-    B = wb.shape[0]
-    L = k if k is not None else codes.shape[0]
-    step = max(1, int(4_000_000 // max(1, L * q.shape[1])))
-    parts: list[dict[str, np.ndarray]] = []
-    for b0 in range(0, B, step):
-        c, lengths = _expand(codes, wb[b0:b0 + step], k)
-        parts.append(ranked_metrics(c, lengths, q[b0:b0 + step], absent))
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    # ----------------------------------------------------------------- the long table
+    def frame(self) -> pd.DataFrame:
+        """The long table, built from numpy column blocks (one DataFrame at the end)."""
+        o = self.o
+        qids = np.array([u.qid for u in self.units])
+        counts = np.bincount(qids, minlength=self.nq).astype(np.float64)
+        qs_name = np.array([self.qinfo[q].query_set for q in range(self.nq)], dtype=object)
+        q_text = np.array([self.qinfo[q].query.text for q in range(self.nq)], dtype=object)
+        q_cat = np.array([self.qinfo[q].query.category for q in range(self.nq)], dtype=object)
+        pool = np.array(["" if o.pool is None else f"{o.pool}={self.pool.get(q)}" for q in range(self.nq)],
+                        dtype=object)
+        blocks: list[dict[str, Any]] = []
+        qorder = np.arange(self.nq)
 
+        def block(mask, rep, **cols) -> None:
+            n = int(mask.sum())
+            out = {}
+            for c, x in cols.items():
+                if isinstance(x, np.ndarray):
+                    out[c] = (np.repeat(x, rep) if rep > 1 and len(x) == self.nq else x)[mask]
+                else:
+                    if isinstance(x, _KObj):
+                        x = x.k
+                    arr = np.empty(n, dtype=object if isinstance(x, (str, int)) or x is None else np.float64)
+                    arr[:] = x
+                    out[c] = arr
+            blocks.append(out)
 
-def _finish_query(u: _Unit, results: list[dict], pinfo: list[_Attr], options: RetrievalOptions,
-                  pool_value: str | None, n_pool: int, rows: list, agg: dict) -> None:
-    """Rows for one query: the mean over its units (templates) of every metric."""
-    pool_label = "" if options.pool is None else f"{options.pool}={pool_value}"
-    for at in pinfo:
-        for d in options.desired:
-            for k in options.k:
-                rs = [r[(at.name, d, k)] for r in results if (at.name, d, k) in r]
-                if not rs:
+        for (attr, d, k), metrics in self.point.items():
+            values = self.values[attr]
+            A = len(values)
+            n_unit = self.n[(attr, k)]
+            have = np.bincount(qids, weights=(n_unit >= 0).astype(float), minlength=self.nq) == counts
+            n_q = np.zeros(self.nq, dtype=np.int64)
+            n_q[qids] = n_unit
+            ci = self.ci.get((attr, d, k), {})
+            common = dict(query_set=qs_name, query=q_text, category=q_cat, attribute=attr, k=_KObj(k), n_images=n_q,
+                          desired=d, absent=o.absent, pool=pool, prompts=o.prompts, _q=qorder)
+            for m in METRICS:
+                if m == "bias" and A != 2:
                     continue
-                point = {m: np.mean([r["point"][m] for r in rs], axis=0) for m in METRICS}
-                boot = ({m: np.mean([r["boot"][m] for r in rs], axis=0) for m in METRICS}
-                        if rs[0]["boot"] is not None else None)
-                base = {"query_set": u.query_set, "query": u.query.text, "category": u.query.category,
-                        "attribute": at.name, "k": k, "n_images": rs[0]["n"], "desired": d,
-                        "absent": options.absent, "pool": pool_label, "prompts": options.prompts}
-                for m in METRICS:
-                    if m in ("share", "skew"):
-                        for i, v in enumerate(at.values):
-                            lo, hi = _quantiles(boot[m][:, i], options.confidence) if boot else (math.nan, math.nan)
-                            rows.append({**base, "attribute_value": v, "metric": m, "value": float(point[m][i]),
-                                         "ci_low": lo, "ci_high": hi,
-                                         "desired_share": float(at.desired_point[d][i])})
-                        continue
-                    if m == "bias" and len(at.values) != 2:
-                        continue
-                    lo, hi = _quantiles(boot[m], options.confidence) if boot else (math.nan, math.nan)
-                    value_label = f"{at.values[0]} - {at.values[1]}" if m == "bias" else ""
-                    rows.append({**base, "attribute_value": value_label, "metric": m, "value": float(point[m]),
-                                 "ci_low": lo, "ci_high": hi, "desired_share": math.nan})
-                    key = (u.query_set, at.name, d, k, m, value_label)
-                    a = agg.setdefault(key, {"points": [], "n": 0, "pools": set()})
-                    a["points"].append(float(point[m]))
-                    if boot is not None:
-                        _fold(a, np.asarray(boot[m], dtype=np.float64))
-                    if pool_value not in a["pools"]:
-                        a["pools"].add(pool_value)
-                        a["n"] += rs[0]["n"]
+                qv = _mean_by(metrics[m], qids, counts)
+                lo = ci.get(m + "_lo", np.full(qv.shape, np.nan))
+                hi = ci.get(m + "_hi", np.full(qv.shape, np.nan))
+                if m in ("share", "skew"):
+                    block(np.repeat(have, A), A, **common, attribute_value=np.tile(np.array(values, dtype=object), self.nq),
+                          metric=m, value=qv.ravel(), ci_low=lo.ravel(), ci_high=hi.ravel(),
+                          desired_share=self.desired_share[(attr, d)]["x"].ravel())
+                    continue
+                label = f"{values[0]} - {values[1]}" if m == "bias" else ""
+                block(have, 1, **common, attribute_value=label, metric=m, value=qv, ci_low=lo, ci_high=hi,
+                      desired_share=np.full(self.nq, np.nan))
+                for qs in dict.fromkeys(qs_name[have]):
+                    sel = have & (qs_name == qs)
+                    blocks.extend(self._aggregates(qs, attr, d, k, m, label, qv[sel], n_q[sel], pool[sel]))
+        if not blocks:
+            return pd.DataFrame(columns=COLUMNS)
+        cols = {c: np.concatenate([b[c] for b in blocks]) for c in [*COLUMNS, "_q"]}
+        order = np.argsort(cols.pop("_q"), kind="stable")
+        df = pd.DataFrame({c: v[order] for c, v in cols.items()})
+        for c in ("value", "ci_low", "ci_high", "desired_share"):
+            df[c] = df[c].astype(np.float64)
+        df["n_images"] = df["n_images"].astype(np.int64)
+        return df
+
+    def _aggregates(self, qs: str, attr: str, d: str, k, m: str, label: str, pts: np.ndarray, n_q: np.ndarray,
+                    pools: np.ndarray) -> list[dict[str, Any]]:
+        """Mean and worst over a query set's queries, with intervals from the same replicates.
+        Worst: the highest MaxSkew / NDKL, the lowest MinSkew, the Bias farthest from 0."""
+        a = self.agg.get((qs, attr, d, k, m), {})
+        mean_b = a["sum"] / a["count"] if "sum" in a else None
+        worst_b = a.get("min") if m == "min_skew" else a.get("absmax") if m == "bias" else a.get("max")
+        n_img = int(pd.Series(n_q).groupby(pools).first().sum()) if self.o.pool else int(n_q.max())
+        out = []
+        for name, val, rep in ((MEAN_ROW, float(np.mean(pts)), mean_b), (WORST_ROW, _worst(m, pts), worst_b)):
+            lo, hi = _quantiles(rep, self.o.confidence) if rep is not None else (math.nan, math.nan)
+            row = dict(query_set=qs, query=name, category="", attribute=attr, attribute_value=label, k=k,
+                       metric=m, value=val, ci_low=float(lo), ci_high=float(hi), n_images=n_img,
+                       desired_share=math.nan, desired=d, absent=self.o.absent,
+                       pool="" if self.o.pool is None else f"{self.o.pool}=*", prompts=self.o.prompts, _q=self.nq)
+            out.append({c: np.array([v], dtype=object if isinstance(v, str) else None) for c, v in row.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class _KObj:
+    """k as one object column value (an int, or "all")."""
+    k: int | str
+
+
+def _mean_by(v: np.ndarray, qids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean over each query's units (templates) of a per-unit array; -inf stays -inf."""
+    if len(counts) == len(qids):  # one unit per query (ensemble prompts)
+        out = np.empty((len(counts), *v.shape[1:]))
+        out[qids] = v
+        return out
+    out = np.zeros((len(counts), *v.shape[1:]))
+    np.add.at(out, qids, v)
+    return out / counts.reshape(-1, *([1] * (v.ndim - 1)))
 
 
 def _fold(a: dict, b: np.ndarray) -> None:
@@ -681,23 +898,6 @@ def _worst(metric: str, xs: np.ndarray) -> float:
     if metric == "bias":
         return float(xs[np.nanargmax(np.abs(xs))])
     return float(np.nanmax(xs))
-
-
-def _aggregate_rows(agg: dict, options: RetrievalOptions) -> list[dict[str, Any]]:
-    """Mean and worst over a query set's queries, on the same bootstrap replicates. Worst:
-    the highest max_skew / ndkl, the lowest min_skew, the bias farthest from 0."""
-    rows = []
-    for (qs, attr, d, k, m, label), a in agg.items():
-        pts = np.array(a["points"], dtype=np.float64)
-        base = {"query_set": qs, "category": "", "attribute": attr, "attribute_value": label, "k": k, "metric": m,
-                "n_images": a["n"], "desired_share": math.nan, "desired": d, "absent": options.absent,
-                "pool": "" if options.pool is None else f"{options.pool}=*", "prompts": options.prompts}
-        mean_b = a["sum"] / a["count"] if "sum" in a else None
-        worst_b = (a.get("min") if m == "min_skew" else a.get("absmax") if m == "bias" else a.get("max"))
-        for name, val, rep in ((MEAN_ROW, float(np.mean(pts)), mean_b), (WORST_ROW, _worst(m, pts), worst_b)):
-            lo, hi = _quantiles(rep, options.confidence) if rep is not None else (math.nan, math.nan)
-            rows.append({**base, "query": name, "value": val, "ci_low": lo, "ci_high": hi})
-    return rows
 
 
 # --------------------------------------------------------------------------- report
