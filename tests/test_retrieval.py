@@ -480,3 +480,30 @@ def test_sections_render_through_the_report_model(hand, tmp_path):
     assert "<figure><img src=\"data:image/png;base64," in to_html(Document("t", secs), base_dir=tmp_path)
     # the most-skewed table shows the top-k mix (query q's top 20 = the first 20 labels)
     assert f"Male {100 * labels[:20].count('Male') / 20:.0f}% (vs 50%)" in md
+
+
+def test_pools_templates_missing_values_and_bootstrap_together():
+    rng = np.random.default_rng(1)
+    n = 60
+    table = pd.DataFrame({"image_id": [f"i{j}" for j in range(n)],
+                          "occupation": rng.choice(["chef", "pilot"], n),
+                          "gender": rng.choice(["Male", "Female", None], n, p=[0.45, 0.45, 0.1])})
+    emb = rng.normal(size=(n, 4)).astype(np.float32)
+    qs = one_query_set("chef", "pilot", templates=("a {}", "the {}"))
+    vec = {t: rng.normal(size=4).tolist() for t in ("a chef", "the chef", "a pilot", "the pilot")}
+    kw = dict(k=(3, "all"), attributes=("gender",), pool="occupation", prompts="per_template", bootstrap=40, seed=3)
+    a, b = run(table, emb, qs, vec, **kw), run(table, emb, qs, vec, **kw)
+    pd.testing.assert_frame_equal(a, b)
+    # point values: the mean over the two templates of each template's own ranking within the pool
+    for occ in ("chef", "pilot"):
+        pool = table[(table.occupation == occ) & table.gender.notna()]
+        n_pool = len(pool)
+        per_t = []
+        for t in ("a", "the"):
+            s = emb[pool.index] @ np.array(vec[f"{t} {occ}"], dtype=np.float32) / np.linalg.norm(emb[pool.index], axis=1)
+            ranked = pool.gender.to_numpy()[np.argsort(-s, kind="stable")].tolist()
+            per_t.append(ranked[:3].count("Female") / 3)
+        assert pick(a, "share", 3, occ, value="Female") == pytest.approx(np.mean(per_t))
+        assert set(a.loc[(a["query"] == occ), "n_images"]) == {n_pool}
+    mean = a[(a["query"] == R.MEAN_ROW) & (a.metric == "ndkl") & (a.k == "all")].iloc[0]
+    assert mean.ci_low <= mean.ci_high and mean["pool"] == "occupation=*"
