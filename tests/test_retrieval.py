@@ -424,6 +424,7 @@ def test_unknown_query_set_lists_builtins():
 
 # --------------------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 def test_cli_retrieval_on_its_own(tmp_path, tiny_model_dir, fairface_root):
     import json
 
