@@ -1098,18 +1098,26 @@ def _most_skewed(d: pd.DataFrame, qs: str, attr: str, desired: str, k, max_queri
 def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list[Any]:
     from .document import Table
 
-    rows = []
+    from .document import Note
+
+    rows, missing = [], []
     for metric, k in headline:
         sel = df[(df.metric == metric) & (df["query"] == MEAN_ROW)]
         if k is not None:
             sel = sel[_k_eq(sel, k)]
+        if sel.empty:
+            missing.append(f"{metric}@{k if k is not None else 'k'}")
         for r in sel.itertuples():
             rows.append([r.query_set, r.attribute, r.desired, f"{metric}@{r.k}", _with_ci(pd.Series(r._asdict())),
                          int(r.n_images)])
-    if not rows:
-        return []
-    return [Table(["query set", "attribute", "desired", "metric", "mean over queries [CI]", "n images"], rows,
-                  align="lllllr", caption="The paper's reported quantities, as computed here (mean over queries).")]
+    out: list[Any] = []
+    if rows:
+        out.append(Table(["query set", "attribute", "desired", "metric", "mean over queries [CI]", "n images"], rows,
+                         align="lllllr", caption="The paper's reported quantities, as computed here (mean over queries)."))
+    if missing:
+        out.append(Note(f"Not computed in this run: {', '.join(missing)} (k larger than the ranked images, or the "
+                        "metric's k was overridden).", "warning"))
+    return out
 
 
 def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
