@@ -30,6 +30,7 @@ from .outputs import safe_filename
 
 __all__ = [
     "ReportContext",
+    "header_blocks",
     "summary_document",
     "summary_markdown",
     "plot_accuracy",
@@ -304,7 +305,8 @@ def plot_category_rates(metrics: pd.DataFrame, taxonomy: str, slice: str, path,
 
 # --------------------------------------------------------------------------- document
 
-def _header_blocks(ctx: ReportContext) -> list[Block]:
+def header_blocks(ctx: ReportContext) -> list[Block]:
+    """The top of a run's documents: demo banner, disclaimer, skipped items, the run table."""
     blocks: list[Block] = []
     if ctx.demo:
         blocks.append(Note(DEMO_BANNER, kind="warning"))
@@ -552,7 +554,7 @@ def summary_document(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: Repo
     sections += _rate_sections(m, images, ctx)
     sections += _disparity_sections(d)
     sections += list(extra_sections)
-    return Document(ctx.title, sections, intro=_header_blocks(ctx))
+    return Document(ctx.title, sections, intro=header_blocks(ctx))
 
 
 def summary_markdown(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: ReportContext | None = None) -> str:
