@@ -343,3 +343,10 @@ def test_write_report_sanitises_names(hand_metrics, tmp_path):
     paths = write_report(m, disparities(m), tmp_path)
     assert [p.name for p in paths] == ["rates_my_probe_v2_race.png", "summary.md", "report.html"]
     _check_png(paths[0])
+
+
+def test_a_run_without_taxonomies_still_gets_its_report(tmp_path):
+    """(e.g. a retrieval-only run): no metrics at all, header and page still written."""
+    paths = write_report(pd.DataFrame(), pd.DataFrame(), tmp_path, _ctx(demo=True))
+    assert [p.name for p in paths] == ["summary.md", "report.html"]
+    assert "toy model" in (tmp_path / "summary.md").read_text()

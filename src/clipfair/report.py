@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
 from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .metrics import HIGHER, LOWER, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
+from .metrics import HIGHER, LOWER, METRIC_COLUMNS, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
 
 from .outputs import safe_filename
 
@@ -77,7 +77,7 @@ class ReportContext:
 def _clean(metrics: pd.DataFrame) -> pd.DataFrame:
     """The frame with an empty-string category for accuracy rows (a CSV round trip
     turns "" into NaN)."""
-    m = metrics.copy()
+    m = metrics.copy() if "metric" in metrics.columns else pd.DataFrame(columns=list(METRIC_COLUMNS))
     if "category" in m.columns:
         m["category"] = m["category"].astype(object).where(m["category"].notna(), "")
     m.attrs = dict(getattr(metrics, "attrs", {}))
@@ -121,6 +121,11 @@ def _value_ci(value, lo, hi) -> str:
 
 def _unique(values: Iterable) -> list:
     return list(dict.fromkeys(values))
+
+
+def _acc_mask(m: pd.DataFrame) -> np.ndarray:
+    """Rows of accuracy-like metrics (a boolean array, also for an empty frame)."""
+    return np.array([is_accuracy_metric(x) for x in m["metric"]], dtype=bool)
 
 
 def _n_cell(n, min_n: int) -> str:
@@ -386,7 +391,7 @@ def _findings_section(disp: pd.DataFrame) -> Section:
 
 
 def _accuracy_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportContext) -> list[Section]:
-    acc = m[m["metric"].map(is_accuracy_metric)]
+    acc = m[_acc_mask(m)]
     if acc.empty:
         return []
     ci = _confidence_label(m)
@@ -446,7 +451,7 @@ def _rate_taxonomies(rate: pd.DataFrame) -> list[str]:
 def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportContext) -> list[Section]:
     out = []
     ci = _confidence_label(m)
-    for metric in _unique(m.loc[~m["metric"].map(is_accuracy_metric), "metric"]):
+    for metric in _unique(m.loc[~_acc_mask(m), "metric"]):
         rate = m[m["metric"] == metric]
         taxes = _rate_taxonomies(rate)
         single = [t for t in _unique(rate["taxonomy"]) if t not in taxes]
@@ -574,7 +579,7 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
         used.add(name)
         return name
 
-    acc = m[m["metric"].map(is_accuracy_metric)]
+    acc = m[_acc_mask(m)]
     for metric in _unique(acc["metric"]):
         am = acc[acc["metric"] == metric]
         for tax in _unique(am["taxonomy"]):
@@ -589,7 +594,7 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
                                            else None, metric)
                     written.append(_save(fig, out_dir / name))
                     images[(metric, tax, meth, sl)] = name
-    for metric in _unique(m.loc[~m["metric"].map(is_accuracy_metric), "metric"]):
+    for metric in _unique(m.loc[~_acc_mask(m), "metric"]):
         rate = m[m["metric"] == metric]
         for tax in _rate_taxonomies(rate):
             methods = _unique(rate.loc[rate["taxonomy"] == tax, "method"])
