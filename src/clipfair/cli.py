@@ -92,18 +92,29 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
     compare = _plain(cfg.get("compare")) or None
-    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
+    card_opts = None
     if cfg.get("model_card"):
-        from .model_card import ModelCardOptions, write_model_card
+        import pandas as pd
 
-        mc = _plain(cfg.model_card)
-        opts = ModelCardOptions(**{**mc, "confidence": float(cfg.confidence)})
-        choices = {"model": model.name_or_path, "dataset": f"{dataset.name} {dataset.source}",
-                   "padding": dataset.source.get("config") or dataset.source.get("padding") or "unknown",
-                   "image subset": (f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
-                                    if subset.get("n") is not None else f"all {len(dataset)} images"),
-                   "templates": "; ".join(f"{t.name}: {' | '.join(t.templates)}" for t in taxonomies)}
-        write_model_card(ev.predictions, ev.metrics, opts, out_dir, choices, demo=demo)
+        from .model_card import ModelCardOptions, race_scoring_metrics
+
+        card_opts = ModelCardOptions(**{**_plain(cfg.model_card), "confidence": float(cfg.confidence)})
+        # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary
+        ev.metrics = pd.concat([ev.metrics, race_scoring_metrics(
+            ev.predictions, card_opts.taxonomies["race"], slices, float(cfg.confidence))], ignore_index=True)
+    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
+    if card_opts is not None:
+        from .model_card import CardContext, padding_statement, write_model_card
+
+        context = CardContext(
+            model=model.name_or_path, dataset=f"{dataset.name} {dataset.source}",
+            padding=padding_statement(dataset.source),
+            image_subset=(f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
+                          if subset.get("n") is not None else f"all {len(dataset)} images"),
+            templates={t.name: list(t.templates) for t in taxonomies}, demo=demo,
+            linear_probe=ev.info.get("linear_probe") or {}, precision=ev.info.get("precision") or {},
+            extra_choices={"model dtype": str(model.dtype).replace("torch.", "")})
+        write_model_card(ev.predictions, ev.metrics, card_opts, out_dir, context)
     log.info("wrote results to %s", out_dir)
     return out_dir
 
