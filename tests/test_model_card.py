@@ -261,7 +261,8 @@ def test_model_card_experiment_end_to_end(tmp_path, tiny_model_dir, fairface_roo
     out = tmp_path / "mc"
     run_cli("run", "experiment=model_card", "dataset=fairface", f"dataset.root={fairface_root}",
             f"model.name_or_path={tiny_model_dir}", f"hydra.run.dir={out}", "progress=false",
-            "subset.n=60", "model_card.race_accuracy=binary", "probe.features=projected")
+            "subset.n=60", "model_card.race_accuracy=binary", "probe.features=projected",
+            "probe.Cs=[0.1,10.0]", "probe.refine_steps_per_decade=1")  # the search itself: test_linear_probe
     card = pd.read_csv(out / "model_card.csv", keep_default_na=False, na_values=[""])
     met = pd.read_csv(out / "metrics.csv", keep_default_na=False, na_values=[""])
     row = card[(card["id"] == "t3_linear_probe_gender_white")].iloc[0]
@@ -285,4 +286,6 @@ def test_model_card_experiment_end_to_end(tmp_path, tiny_model_dir, fairface_roo
     rec = json.loads((out / "run.json").read_text())
     assert rec["config"]["model_card"]["race_accuracy"] == "binary"
     assert rec["dataset"]["n_images"] == 60
+    assert rec["precision"]["dtype"] == "float32" and "nothing to compare" in rec["precision"]["skipped"]
+    assert "## Numeric precision" in md and "## Linear probe" in md
     assert len(list(out.glob("model_card_*.png"))) == 6  # Tables 3-7 and the text figures

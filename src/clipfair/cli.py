@@ -79,6 +79,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
                   progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
                   disparity_min_n=int(cfg.get("disparity_min_n", 1)),
+                  precision_audit=_plain(cfg.get("precision_audit")),
                   embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
                                  "fast_decode": cfg.embed.get("fast_decode", "auto"),
                                  "gpu_decode": cfg.embed.get("gpu_decode", False),

@@ -76,11 +76,13 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
              stats: EmbedStats | None = None, probe_train: FaceDataset | None = None,
              probe_options: dict[str, Any] | None = None,
-             embed_options: dict[str, Any] | None = None, disparity_min_n: int = 1) -> Evaluation:
+             embed_options: dict[str, Any] | None = None, disparity_min_n: int = 1,
+             precision_audit: dict[str, Any] | None = None) -> Evaluation:
     """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
     linear probes for every target taxonomy when a ``probe_train`` split is given.
     ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
-    (fast_preprocess, fast_decode, gpu_decode, compile)."""
+    (fast_preprocess, fast_decode, gpu_decode, compile). ``precision_audit``: ``{n, seed}`` of
+    :func:`clipfair.precision.run_precision_audit` (recorded as ``info["precision"]``)."""
     timings: dict[str, float] = {}
     for t in taxonomies:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
@@ -100,6 +102,13 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
         preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.logit_scale,
                                    dataset.attributes)
     info: dict[str, Any] = {"embed_images": emb.info}
+    if precision_audit is not None:
+        from .precision import run_precision_audit
+
+        with timed(timings, "precision_audit"):
+            info["precision"] = run_precision_audit(
+                dataset, model, emb.indices, lambda: {t.name: class_embeddings(t, texts).weights for t in taxonomies},
+                confidence=confidence, **precision_audit)
     skipped = {**dataset.skipped}
     if probe_train is not None:
         probe_preds, info["linear_probe"], train_emb = linear_probes(
