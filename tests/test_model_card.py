@@ -115,11 +115,13 @@ def test_adjusted_intervals_are_bonferroni_over_the_tables_measured_cells(tmp_pa
     refs = write_refs(tmp_path, [
         fig("a", "T", "race", "accuracy", "race_binary", "White", 50.0),
         fig("b", "T", "race", "accuracy", "race_binary", "Non-White", 50.0),
-        fig("c", "T", "race", "accuracy", "race", "Indian", 50.0)])  # no Indian images: not measured
+        fig("c", "T", "race", "accuracy", "race", "Indian", 50.0),  # no Indian images: not measured
+        fig("d", "T", "denigration", "rate", "race", "Black", 50.0, categories=["non_human"])])
     card = reproduce(p, met, opts(refs))
+    # one family per table: 3 measured figures (a race figure once, though shown under two scorings)
+    assert np.allclose(card.loc[card["n"] > 0, "adj_confidence"].astype(float), 1 - 0.05 / 3)
     a = card[(card["id"] == "a") & (card["scoring"] == "7-way")].iloc[0]
-    assert a["adj_confidence"] == pytest.approx(1 - 0.05 / 2)
-    lo, hi = wilson_interval(2, 4, 1 - 0.05 / 2)
+    lo, hi = wilson_interval(2, 4, 1 - 0.05 / 3)
     assert (a["adj_ci_low"], a["adj_ci_high"]) == pytest.approx((100 * lo, 100 * hi))
 
 

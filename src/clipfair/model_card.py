@@ -277,17 +277,17 @@ def reproduce(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardO
 
 
 def _adjust_and_judge(card: pd.DataFrame, opts: ModelCardOptions) -> pd.DataFrame:
-    """Bonferroni-adjusted intervals over the measured cells of each table and scoring,
+    """Bonferroni-adjusted intervals over the measured figures of each table,
     the verdict on the adjusted interval, the difference interval and equivalence."""
     card = card.copy()
     alpha = 1 - opts.confidence
     for col in ("adj_confidence", "adj_ci_low", "adj_ci_high", "difference", "diff_low", "diff_high"):
         card[col] = np.nan
     card["verdict"], card["equivalence"] = "not measured", ""
-    for _, idx in card.groupby(["table", "scoring"], sort=False).groups.items():
+    for _, idx in card.groupby("table", sort=False).groups.items():
         part = card.loc[idx]
         measured = part[part["n"] > 0]
-        # one family per table: its measured cells (race cells once per scoring)
+        # one family per table: its measured figures (a race cell counts once, whatever the scoring)
         m = max(1, len(measured.drop_duplicates("id")))
         level = 1 - alpha / m
         for i, r in measured.iterrows():
