@@ -291,3 +291,24 @@ def test_model_card_experiment_end_to_end(tmp_path, tiny_model_dir, fairface_roo
     assert rec["precision"]["dtype"] == "float32" and "nothing to compare" in rec["precision"]["skipped"]
     assert "## Numeric precision" in md and "## Linear probe" in md
     assert len(list(out.glob("model_card_*.png"))) == 6  # Tables 3-7 and the text figures
+
+
+def test_headline_counts_tables_not_cells(tmp_path):
+    from clipfair.document import Document, to_markdown
+    from clipfair.model_card import CardContext, card_sections
+
+    p = preds_frame()
+    met = group_metrics(p, {"R": ["race"], "D": ["human", "non_human", "crime_related"]})
+    refs = write_refs(tmp_path, [
+        fig("w", "Table A", "race", "accuracy", "race_binary", "White", 99.9),  # 2 of 4: differs
+        fig("nw", "Table A", "race", "accuracy", "race_binary", "Non-White", 0.1),  # differs
+        fig("b", "Table B", "denigration", "rate", "race", "Black", 50.0, categories=["non_human"])],
+        tables={"Table A": "race accuracy, White and non-White"}, reference_models=["openai/clip-vit-large-patch14"])
+    o = opts(refs)
+    card = reproduce(p, met, o)
+    md = to_markdown(Document("card", card_sections(card, o, CardContext(model="someone/else"))))
+    assert "Of 2 reference tables, 1 consistent in every measured cell, 1 differ in at least one" in md
+    assert "## Table A: race accuracy, White and non-White" in md
+    assert "comparison, not a reproduction" in md
+    same = to_markdown(Document("card", card_sections(card, o, CardContext(model="openai/clip-vit-large-patch14"))))
+    assert "**reproduction attempt**" in same and "comparison, not a reproduction" not in same

@@ -417,8 +417,10 @@ def _table_verdicts(card: pd.DataFrame) -> pd.DataFrame:
         meas = part[part["verdict"] != "not measured"]
         nd = int((meas["verdict"] == "differs").sum())
         status = ("not measured" if meas.empty else "differs" if nd else "consistent")
-        rows.append({"table": table, "cells": len(part), "measured": len(meas), "differ": nd, "verdict": status})
-    return pd.DataFrame(rows, columns=["table", "cells", "measured", "differ", "verdict"])
+        within = int(meas["equivalence"].astype(str).str.startswith("within").sum())
+        rows.append({"table": table, "cells": len(part), "measured": len(meas), "differ": nd, "within": within,
+                     "verdict": status})
+    return pd.DataFrame(rows, columns=["table", "cells", "measured", "differ", "within", "verdict"])
 
 
 def padding_statement(source: Mapping[str, Any]) -> str:
@@ -487,9 +489,13 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
             f"(`model_card.race_accuracy`); both scorings are shown.")
     sections.append(Section("Headline (per table)", [
         Text(head),
-        Table(["table", "covers", "cells", "measured", "verdict", "cells that differ"],
-              [[r.table, refs.tables.get(r.table, ""), r.cells, r.measured, f"**{r.verdict}**", r.differ]
-               for r in tv.itertuples()], align="llrrlr"),
+        Table(["table", "covers", "cells", "measured", "verdict", "cells that differ",
+               f"cells within ±{opts.tolerance_pp:g} pp"],
+              [[r.table, refs.tables.get(r.table, ""), r.cells, r.measured, f"**{r.verdict}**", r.differ, r.within]
+               for r in tv.itertuples()], align="llrrlrr"),
+        Text(f"A table is *consistent* when no measured cell differs; with small groups that can simply mean "
+             f"wide intervals: the last column counts the cells whose whole difference interval lies within "
+             f"±{opts.tolerance_pp:g} points, i.e. that this run pins down as practically equal to the paper."),
         Details("How to read the verdicts", verdict_text)]))
     if len(claims):
         sections.append(Section("Claims of the model card and the paper's text, checked as stated", [
@@ -521,7 +527,7 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
         blocks.append(Table(["row", "column", "paper", f"here [{conf} CI]", "n", "verdict",
                              "difference [adjusted CI]", f"±{opts.tolerance_pp:g} pp"], rows,
                             align="llrrrllr"))
-        quotes = [f"{r.column}: “{r.quote}”" for r in part.drop_duplicates("id").itertuples() if r.quote]
+        quotes = [f"{r.row}: “{r.quote}”" for r in part.drop_duplicates("id").itertuples() if r.quote]
         if quotes:
             blocks.append(Details("The paper's words", [Bullets(quotes)]))
         if table in plots:
