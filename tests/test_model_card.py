@@ -11,6 +11,7 @@ import yaml
 from clipfair.data.attributes import RACES
 from clipfair.metrics import group_metrics, wilson_interval
 from clipfair.model_card import (BINARY_RACE_METRIC, ModelCardOptions, binary_race_predictions, equivalence,
+                                 race_scoring_metrics,
                                  padding_statement, pooled_rates, rank_verdict, read_references, reproduce,
                                  verdict)
 
@@ -312,3 +313,15 @@ def test_headline_counts_tables_not_cells(tmp_path):
     assert "comparison, not a reproduction" in md
     same = to_markdown(Document("card", card_sections(card, o, CardContext(model="openai/clip-vit-large-patch14"))))
     assert "**reproduction attempt**" in same and "comparison, not a reproduction" not in same
+
+
+def test_binary_race_rows_are_a_declared_metric():
+    from clipfair.metrics import disparities
+
+    p = preds_frame()
+    rows = race_scoring_metrics(p, "R", ["race_binary", "race"])
+    assert set(rows["metric"]) == {BINARY_RACE_METRIC} and set(rows["taxonomy"]) == {"R"}
+    nw = rows[(rows["slice"] == "race_binary") & (rows["group"] == "Non-White")].iloc[0]
+    assert (nw["count"], nw["n"]) == (5, 6)  # Black images predicted as any non-White race
+    d = disparities(rows)  # a metrics-frame consumer accepts the new metric name
+    assert set(d["metric"]) == {BINARY_RACE_METRIC}
