@@ -11,9 +11,8 @@ import yaml
 from clipfair.data.attributes import RACES
 from clipfair.metrics import group_metrics, wilson_interval
 from clipfair.model_card import (BINARY_RACE_METRIC, ModelCardOptions, binary_race_predictions, equivalence,
-                                 race_scoring_metrics,
-                                 padding_statement, pooled_rates, rank_verdict, read_references, reproduce,
-                                 verdict)
+                                 padding_statement, pooled_rates, race_scoring_metrics, rank_verdict,
+                                 read_references, reproduce, verdict)
 
 from test_cli import run_cli
 
@@ -325,3 +324,17 @@ def test_binary_race_rows_are_a_declared_metric():
     assert (nw["count"], nw["n"]) == (5, 6)  # Black images predicted as any non-White race
     d = disparities(rows)  # a metrics-frame consumer accepts the new metric name
     assert set(d["metric"]) == {BINARY_RACE_METRIC}
+
+
+def test_bad_model_card_options_are_user_errors(tmp_path):
+    from clipfair.cli import _user_error
+    from clipfair.model_card import ModelCardError
+
+    with pytest.raises(ModelCardError, match="rate_denominator must be group or flagged") as e:
+        ModelCardOptions(rate_denominator="all")
+    assert _user_error(e.value) is e.value
+    bad = write_refs(tmp_path, [fig("x", "T", "race", "accuracy", "race", "White", 1.0)],
+                     claims=[{"id": "c", "text": "t", "method": "zero_shot", "taxonomy": "race", "metric": "accuracy",
+                              "slice": "race", "check": "most", "value": 1.0}])
+    with pytest.raises(ModelCardError, match=r"model_card_claims\[0\] \(c\): unknown check 'most'"):
+        read_references(bad)

@@ -53,6 +53,12 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     template_sets = _plain(cfg.get("template_sets")) or {}
     # validate before the slow parts
     taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
+    card_opts = None
+    if cfg.get("model_card"):
+        from .model_card import ModelCardOptions, read_references
+
+        card_opts = ModelCardOptions(**{**_plain(cfg.model_card), "confidence": float(cfg.confidence)})
+        read_references(card_opts.references)
     dataset = instantiate(cfg.dataset, _convert_="all")
     subset = cfg.get("subset") or {}
     if subset.get("n") is not None:
@@ -95,13 +101,11 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
     compare = _plain(cfg.get("compare")) or None
-    card_opts = None
-    if cfg.get("model_card"):
+    if card_opts is not None:
         import pandas as pd
 
-        from .model_card import ModelCardOptions, race_scoring_metrics
+        from .model_card import race_scoring_metrics
 
-        card_opts = ModelCardOptions(**{**_plain(cfg.model_card), "confidence": float(cfg.confidence)})
         # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary
         ev.metrics = pd.concat([ev.metrics, race_scoring_metrics(
             ev.predictions, card_opts.taxonomies["race"], slices, float(cfg.confidence))], ignore_index=True)
@@ -128,11 +132,12 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .data.attributes import LabelError
     from .data.base import DatasetError
     from .data.images import ImageError
+    from .model_card import ModelCardError
     from .models import ModelError
     from .registry import RegistryError
     from .taxonomy import TaxonomyError
 
-    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError)
+    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ModelCardError)
     while e is not None:
         if isinstance(e, known):
             return e

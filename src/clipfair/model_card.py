@@ -52,6 +52,10 @@ CARD_COLUMNS = ("kind", "id", "table", "row", "column", "scoring", "primary", "m
                 "difference", "diff_low", "diff_high", "verdict", "tolerance", "equivalence", "note")
 
 
+class ModelCardError(ValueError):
+    """A model-card option or reference file that cannot be used; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class ModelCardOptions:
     """The scoring choices the paper did not state (all recorded in run.json and the card)."""
@@ -67,14 +71,14 @@ class ModelCardOptions:
 
     def __post_init__(self) -> None:
         if self.race_accuracy not in SCORING_LABELS:
-            raise ValueError(f"model_card.race_accuracy must be 7way or binary, got {self.race_accuracy!r}")
+            raise ModelCardError(f"model_card.race_accuracy must be 7way or binary, got {self.race_accuracy!r}")
         if self.rate_denominator not in ("group", "flagged"):
-            raise ValueError(f"model_card.rate_denominator must be group or flagged, got {self.rate_denominator!r}")
+            raise ModelCardError(f"model_card.rate_denominator must be group or flagged, got {self.rate_denominator!r}")
         if not self.tolerance_pp >= 0:
-            raise ValueError(f"model_card.tolerance_pp must be >= 0, got {self.tolerance_pp!r}")
+            raise ModelCardError(f"model_card.tolerance_pp must be >= 0, got {self.tolerance_pp!r}")
         missing = [r for r in ROLES if r not in self.taxonomies]
         if missing:
-            raise ValueError(f"model_card.taxonomies lacks role(s) {missing}; give a taxonomy name for each of {ROLES}")
+            raise ModelCardError(f"model_card.taxonomies lacks role(s) {missing}; give a taxonomy name for each of {ROLES}")
 
 
 @dataclass
@@ -102,17 +106,17 @@ def read_references(path: str | Path | None = None) -> References:
     for i, f in enumerate(figs):
         missing = [k for k in REQUIRED if k not in f]
         if missing:
-            raise ValueError(f"{p}: figures[{i}] lacks {missing}")
+            raise ModelCardError(f"{p}: figures[{i}] lacks {missing}")
         if f["id"] in seen:
-            raise ValueError(f"{p}: duplicate reference id {f['id']!r}")
+            raise ModelCardError(f"{p}: duplicate reference id {f['id']!r}")
         seen.add(f["id"])
     claims = list(data.get("model_card_claims", []))
     for i, c in enumerate(claims):
         missing = [k for k in CLAIM_REQUIRED if k not in c]
         if missing:
-            raise ValueError(f"{p}: model_card_claims[{i}] lacks {missing}")
+            raise ModelCardError(f"{p}: model_card_claims[{i}] lacks {missing}")
         if c["check"] not in CHECKS:
-            raise ValueError(f"{p}: model_card_claims[{i}] ({c['id']}): unknown check {c['check']!r}; "
+            raise ModelCardError(f"{p}: model_card_claims[{i}] ({c['id']}): unknown check {c['check']!r}; "
                              f"one of {', '.join(CHECKS)}")
     return References(figs, claims, str(data.get("source", p)), dict(data.get("about") or {}),
                       list(data.get("reference_models") or []), dict(data.get("tables") or {}),
@@ -672,7 +676,7 @@ def write_model_card(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: Mod
     return written, sections
 
 
-__all__ = ["ModelCardOptions", "CardContext", "References", "read_references", "load_references", "reproduce",
+__all__ = ["ModelCardError", "ModelCardOptions", "CardContext", "References", "read_references", "load_references", "reproduce",
            "race_scoring_metrics", "binary_race_predictions", "pooled_rates", "verdict", "equivalence",
            "rank_verdict", "card_sections", "write_model_card", "plot_table", "BINARY_RACE_METRIC",
            "padding_statement"]

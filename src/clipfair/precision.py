@@ -115,7 +115,11 @@ def run_precision_audit(dataset: Any, model: Any, rows: Sequence[int],
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(np.asarray(rows), size=min(int(n), len(rows)), replace=False))
     pixels = model.preprocess([dataset.load_image(int(i)) for i in pick])
-    twin, reference = float32_twin(model)
+    try:
+        twin, reference = float32_twin(model)
+    except (TypeError, ValueError, AttributeError) as e:  # a backend that can be neither copied nor re-typed
+        log.warning("precision audit skipped: no float32 copy of the model (%s)", e)
+        return {**base, "skipped": f"no float32 copy of this backend ({type(e).__name__}: {e})"}
     ids = [str(dataset.table["image_id"].iloc[int(i)]) if "image_id" in dataset.table.columns else str(int(i))
            for i in pick]
     res = audit_precision(model.encode_pixels, twin.encode_pixels, pixels, class_weights(), ids,
