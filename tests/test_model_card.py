@@ -338,3 +338,26 @@ def test_bad_model_card_options_are_user_errors(tmp_path):
                               "slice": "race", "check": "most", "value": 1.0}])
     with pytest.raises(ModelCardError, match=r"model_card_claims\[0\] \(c\): unknown check 'most'"):
         read_references(bad)
+
+
+def test_card_flags_a_probe_that_did_not_converge_and_shows_the_precision_audit(tmp_path):
+    from clipfair.document import Document, to_markdown
+    from clipfair.model_card import CardContext, card_sections
+
+    p = preds_frame()
+    met = group_metrics(p, {"R": ["race"], "D": ["human", "non_human", "crime_related"]})
+    o = opts(write_refs(tmp_path, [fig("w", "T", "race", "accuracy", "race_binary", "White", 50.0)]))
+    probe = {"n_train_images": 10, "features": "pre_projection",
+             "fairface_race": {"C": 0.8, "C_sweep": 1.0, "features": "pre_projection", "Cs": [1e-6, 1e6],
+                               "refine_steps_per_decade": 8, "n_candidates": 15, "sweep_rows": 8, "n_train": 10,
+                               "converged": False, "n_iter": 1000, "sweep_not_converged": []},
+             "fairface_gender": {"C": 0.8, "features": "pre_projection", "converged": True, "n_iter": 12}}
+    prec = {"dtype": "bfloat16", "seed": 0, "n_images": 256, "reference": "float32",
+            "taxonomies": {"fairface_race": {"n": 256, "agree": 250, "agreement": 250 / 256, "ci_low": 0.95,
+                                             "ci_high": 0.99, "margin_quantiles": {"min": 0.0, "p05": 0.01, "p50": 0.1},
+                                             "flips_example": "a.jpg"}}}
+    md = to_markdown(Document("card", card_sections(reproduce(p, met, o), o,
+                                                    CardContext(linear_probe=probe, precision=prec))))
+    assert "did not converge for fairface_race (run.json" in md and "fairface_gender" not in md.split("did not")[1][:40]
+    assert "1e-06…1e+06, 15 candidates, refined to 1/8 decade" in md
+    assert "250 of 256" in md and "`bfloat16`" in md

@@ -569,18 +569,22 @@ def _probe_sections(info: Mapping[str, Any]) -> list[Section]:
     rows, warn = [], []
     for name, f in fits.items():
         conv = f.get("converged", True)
-        rows.append([name, f.get("features", "?"), f"{f['C']:.3g}", f"{f.get('C_sweep', f['C']):.3g}",
+        cs, k = f.get("Cs") or [f["C"]], int(f.get("refine_steps_per_decade", 0) or 0)
+        search = (f"{min(cs):.0e}…{max(cs):.0e}, {f.get('n_candidates', len(cs))} candidates"
+                  + (f", refined to 1/{k} decade" if k else ", grid only"))
+        rows.append([name, f.get("features", "?"), search, f"{f['C']:.3g}", f"{f.get('C_sweep', f['C']):.3g}",
                      f.get("sweep_rows", "?"), f.get("n_train", "?"),
                      "yes" if conv else f"**no** ({f.get('n_iter', '?')} iterations)"])
         if not conv or f.get("sweep_not_converged"):
             warn.append(name)
     blocks: list[Any] = [
-        Text("Logistic regression on image features (the paper's 'LR CLIP'); C swept on a stratified "
-             "held-out part of train over a wide range refined to fine steps, then rescaled to the final fit's "
-             "size (C_final = C_sweep × sweep rows / train rows, since scikit-learn's C multiplies the summed "
-             "loss)."),
-        Table(["taxonomy", "features", "C (final)", "C (sweep)", "sweep rows", "train rows", "converged"], rows,
-              align="llrrrrl")]
+        Text("Logistic regression on image features (the paper's 'LR CLIP'): *pre_projection* = the image "
+             "tower's output before the projection, unnormalised (the paper's appendix A.3); *projected* = the "
+             "zero-shot embeddings, L2-normalised. C is chosen on a stratified held-out part of train, then "
+             "rescaled to the final fit's size (C_final = C_sweep × sweep rows / train rows, since "
+             "scikit-learn's C multiplies the summed loss)."),
+        Table(["taxonomy", "features", "C search", "C (final)", "C (sweep)", "sweep rows", "train rows",
+               "converged"], rows, align="lllrrrrl")]
     if warn:
         blocks.insert(0, Note(f"The solver did not converge for {', '.join(warn)} (run.json: linear_probe); "
                               "raise probe.max_iter before trusting these probes.", "warning"))
