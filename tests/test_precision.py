@@ -65,3 +65,20 @@ def test_hook_skips_float32_runs_and_samples_with_a_seed(tmp_path):
     assert res["n_images"] == 8 and res["taxonomies"]["colour"]["agree"] == 8  # clear colours: no flips
     assert res == again
     assert "cast up" in res["reference"]
+
+
+def test_pipeline_hook_on_a_bfloat16_hf_model(tiny_model_dir, fairface_root):
+    from clipfair.data import load_dataset
+    from clipfair.models import load_model
+    from clipfair.pipeline import evaluate
+    from clipfair.taxonomy import load_taxonomy
+
+    model = load_model("hf", name_or_path=str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    ds = load_dataset("fairface", root=str(fairface_root), split="val", limit=20)
+    ev = evaluate(ds, model, [load_taxonomy("fairface_gender")], cache_dir=None, progress=False,
+                  precision_audit={"n": 8, "seed": 0})
+    rec = ev.info["precision"]
+    assert rec["dtype"] == "bfloat16" and rec["n_images"] == 8 and "cast up" in rec["reference"]
+    a = rec["taxonomies"]["fairface_gender"]
+    assert a["n"] == 8 and 0 <= a["agree"] <= 8 and a["flipped"] == 8 - a["agree"]
+    assert model.dtype == torch.bfloat16 and next(model.model.parameters()).dtype == torch.bfloat16
