@@ -6,7 +6,9 @@ Hydra and `instantiate` live here only; the core takes typed objects.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,16 +42,47 @@ def _slices(raw: Any) -> list[Any]:
     return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in _plain(raw)]
 
 
+def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
+    """The bundled toy model runs only on the demo data, unless chosen on purpose."""
+    from .schema import ConfigError
+
+    model = str((plain.get("model") or {}).get("name_or_path", ""))
+    if not model or Path(model).expanduser().resolve() != (demo_dir() / "model").resolve():
+        return
+    ds = plain.get("dataset") or {}
+    root = ds.get("root")
+    if ds.get("name") == "fairface" and root and Path(str(root)).expanduser().resolve() == (demo_dir() / "fairface").resolve():
+        return
+    if any(o.split("=", 1)[0].lstrip("+~") in ("model", "model.name_or_path") for o in overrides):
+        return
+    raise ConfigError("no model chosen for this dataset (the default is the bundled toy demo model, whose results "
+                      "say nothing about real models): choose one, e.g. model=clip_vit_b32 or "
+                      "model.name_or_path=<hub id or local folder> (model=demo runs the toy on purpose)")
+
+
+def check_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Validate the whole config against the typed schema (clipfair.schema) before any work."""
+    from .schema import validate
+
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    validate(plain, sorted(OmegaConf.missing_keys(cfg)))
+    _require_model(plain, overrides)
+
+
 def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Path:
     """Run one configured experiment and write every output into ``out_dir``."""
     from hydra.utils import instantiate
 
+    from .outputs import check_run_dir, staged_outputs
     from .pipeline import evaluate, write_outputs
     from .record import build_record
     from .taxonomy import load_taxonomies
 
     from .sensitivity import expand_template_sets
 
+    check_config(cfg, overrides)
+    overwrite = bool(cfg.get("overwrite", False))
+    check_run_dir(out_dir, overwrite)
     template_sets = _plain(cfg.get("template_sets")) or {}
     # validate before the slow parts
     taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
@@ -97,7 +130,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         dataset={"name": dataset.name, "source": dataset.source, "n_images": len(dataset),
                  "fingerprint": dataset.fingerprint(), "file_list_hash": dataset.file_list_hash(),
                  "label_hash": dataset.label_hash(),
-                 "skipped_at_load": dataset.skipped},
+                 "skipped_at_load": dataset.skipped,
+                 "skipped_at_load_items": dataset.skipped_items[:1000]},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
     compare = _plain(cfg.get("compare")) or None
@@ -109,19 +143,21 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary
         ev.metrics = pd.concat([ev.metrics, race_scoring_metrics(
             ev.predictions, card_opts.taxonomies["race"], slices, float(cfg.confidence))], ignore_index=True)
-    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
-    if card_opts is not None:
-        from .model_card import CardContext, padding_statement, write_model_card
+    # every output goes to a staging folder, moved into out_dir only when all are written
+    with staged_outputs(out_dir, overwrite) as stage:
+        write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
+        if card_opts is not None:
+            from .model_card import CardContext, padding_statement, write_model_card
 
-        context = CardContext(
-            model=model.name_or_path, dataset=f"{dataset.name} {dataset.source}",
-            padding=padding_statement(dataset.source),
-            image_subset=(f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
-                          if subset.get("n") is not None else f"all {len(dataset)} images"),
-            templates={t.name: list(t.templates) for t in taxonomies}, demo=demo,
-            linear_probe=ev.info.get("linear_probe") or {}, precision=ev.info.get("precision") or {},
-            extra_choices={"model dtype": str(model.dtype).replace("torch.", "")})
-        write_model_card(ev.predictions, ev.metrics, card_opts, out_dir, context)
+            context = CardContext(
+                model=model.name_or_path, dataset=f"{dataset.name} {dataset.source}",
+                padding=padding_statement(dataset.source),
+                image_subset=(f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
+                              if subset.get("n") is not None else f"all {len(dataset)} images"),
+                templates={t.name: list(t.templates) for t in taxonomies}, demo=demo,
+                linear_probe=ev.info.get("linear_probe") or {}, precision=ev.info.get("precision") or {},
+                extra_choices={"model dtype": str(model.dtype).replace("torch.", "")})
+            write_model_card(ev.predictions, ev.metrics, card_opts, stage, context)
     log.info("wrote results to %s", out_dir)
     return out_dir
 
@@ -134,15 +170,37 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .data.images import ImageError
     from .model_card import ModelCardError
     from .models import ModelError
+    from .outputs import OutputError, os_error_message
     from .registry import RegistryError
+    from .schema import ConfigError
     from .taxonomy import TaxonomyError
 
-    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ModelCardError)
+    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
+             OutputError, ModelCardError)
     while e is not None:
         if isinstance(e, known):
             return e
+        if isinstance(e, OSError) and (msg := os_error_message(e)):  # disk full, not writable
+            return OutputError(msg)
         e = e.__cause__ or e.__context__
     return None
+
+
+INTERRUPTED = ("clipfair: interrupted; image embeddings finished so far are cached: run the same command "
+               "again to resume")
+
+
+def _hydra_error(e: Exception) -> str:
+    """One line for an error Hydra raises while composing the config (a misspelt key gets a
+    'did you mean')."""
+    from .schema import unknown_key
+
+    c = e.__cause__
+    key, parent = getattr(c, "key", None), getattr(c, "parent_node", None)
+    if "Could not override" in str(e) and key is not None and parent is not None:
+        full = str(getattr(c, "full_key", key))
+        return str(unknown_key(str(key), full[: len(full) - len(str(key))], [str(k) for k in parent.keys()]))
+    return " ".join(str(e).split())
 
 
 def _hydra_run(argv: list[str]) -> None:
@@ -156,6 +214,9 @@ def _hydra_run(argv: list[str]) -> None:
         hc = HydraConfig.get()
         try:
             run_from_config(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+        except KeyboardInterrupt:
+            print(INTERRUPTED, file=sys.stderr)
+            raise SystemExit(130) from None
         except Exception as e:  # a user's mistake gets its message, not a traceback
             err = _user_error(e)
             if err is None:
@@ -163,8 +224,31 @@ def _hydra_run(argv: list[str]) -> None:
             print(f"clipfair: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
 
+    from hydra.errors import HydraException
+
     sys.argv = ["clipfair run", *argv]
-    app()
+    full_error = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach the handlers below
+    try:
+        app()
+    except HydraException as e:
+        if full_error:
+            raise
+        print(f"clipfair: error: {_hydra_error(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:  # Hydra creating the results folder
+        if full_error or e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST,
+                                         errno.ENOSPC):
+            raise
+        print(f"clipfair: error: cannot create the results folder {e.filename}: {e.strerror}; choose another "
+              "with hydra.run.dir=...", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        if not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 def _cache_cmd(argv: list[str]) -> int:
@@ -214,7 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "compare":
         from .compare import main as compare_main
 
-        return compare_main(rest)
+        try:
+            return compare_main(rest)
+        except Exception as e:  # an unfinished or missing run folder: one line
+            err = _user_error(e)
+            if err is None:
+                raise
+            print(f"clipfair: error: {err}", file=sys.stderr)
+            return 2
     print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -32,11 +32,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .data.attributes import race_binary
 from .document import Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
 from .metrics import DEFAULT_SLICES, group_metrics, wilson_interval
+from .outputs import safe_filename
+from .yamlio import load_yaml_file
 
 ROLES = ("race", "gender", "age", "denigration", "denigration_child")
 #: metric name of race accuracy scored White vs Non-White (metrics.csv and the card)
@@ -100,7 +101,7 @@ CHECKS = ("all_above", "all_below", "highest_is", "lowest_is", "approx")
 def read_references(path: str | Path | None = None) -> References:
     """The reference file (safe loader, data only), validated."""
     p = Path(path) if path else Path(str(importlib.resources.files("clipfair") / "references" / "clip_paper.yaml"))
-    data = yaml.safe_load(p.read_text())
+    data = load_yaml_file(p)  # data only, aliases capped
     figs = list(data["figures"])
     seen: set[str] = set()
     for i, f in enumerate(figs):
@@ -669,7 +670,8 @@ def write_model_card(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: Mod
     card.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
     plots = {}
     for table in dict.fromkeys(card.loc[card["kind"] == "figure", "table"]):
-        name = "model_card_" + "".join(ch if ch.isalnum() else "_" for ch in table.lower()).strip("_") + ".png"
+        name = safe_filename("model_card_" + "".join(ch if ch.isalnum() else "_" for ch in table.lower()).strip("_"),
+                             ".png")
         written.append(plot_table(card, table, out_dir / name, opts.tolerance_pp))
         plots[table] = name
     sections = card_sections(card, opts, context, plots)
