@@ -112,6 +112,9 @@ def run_precision_audit(dataset: Any, model: Any, rows: Sequence[int],
         return {**base, "skipped": "turned off (precision_audit.n = 0)"}
     if model.dtype == torch.float32:
         return {**base, "skipped": "the run is float32: nothing to compare"}
+    weights = class_weights()
+    if not weights:
+        return {**base, "skipped": "no taxonomy to predict"}
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(np.asarray(rows), size=min(int(n), len(rows)), replace=False))
     pixels = model.preprocess([dataset.load_image(int(i)) for i in pick])
@@ -122,7 +125,7 @@ def run_precision_audit(dataset: Any, model: Any, rows: Sequence[int],
         return {**base, "skipped": f"no float32 copy of this backend ({type(e).__name__}: {e})"}
     ids = [str(dataset.table["image_id"].iloc[int(i)]) if "image_id" in dataset.table.columns else str(int(i))
            for i in pick]
-    res = audit_precision(model.encode_pixels, twin.encode_pixels, pixels, class_weights(), ids,
+    res = audit_precision(model.encode_pixels, twin.encode_pixels, pixels, weights, ids,
                           batch_size=int(getattr(model, "batch_size", 64)), confidence=confidence)
     del twin
     log.info("precision audit (%s vs float32, %d images): %s", dtype, len(pick),
