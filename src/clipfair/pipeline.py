@@ -91,13 +91,14 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
              probe_options: dict[str, Any] | None = None,
              embed_options: dict[str, Any] | None = None, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
              disparity_correction: str = "holm", retrieval: Any = None,
-             query_sets: Sequence[Any] = ()) -> Evaluation:
+             query_sets: Sequence[Any] = (), precision_audit: dict[str, Any] | None = None) -> Evaluation:
     """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
     linear probes for every target taxonomy when a ``probe_train`` split is given, plus
     retrieval bias (:mod:`clipfair.retrieval`) of ``query_sets`` when ``retrieval`` options
     are given (same image embeddings, same cached text embedder).
     ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
-    (fast_preprocess, fast_decode, gpu_decode, compile)."""
+    (fast_preprocess, fast_decode, gpu_decode, compile). ``precision_audit``: ``{n, seed}`` of
+    :func:`clipfair.precision.run_precision_audit` (recorded as ``info["precision"]``)."""
     timings: dict[str, float] = {}
     for t in [*taxonomies, *(q.as_taxonomy() for q in query_sets)]:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
@@ -120,6 +121,13 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
         preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.logit_scale,
                                    dataset.attributes)
     info: dict[str, Any] = {"embed_images": emb.info}
+    if precision_audit is not None:
+        from .precision import run_precision_audit
+
+        with timed(timings, "precision_audit"):
+            info["precision"] = run_precision_audit(
+                dataset, model, emb.indices, lambda: {t.name: class_embeddings(t, texts).weights for t in taxonomies},
+                confidence=confidence, **precision_audit)
     retrieval_table = None
     if retrieval is not None:
         from .retrieval import retrieval_bias
@@ -133,7 +141,7 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     if probe_train is not None:
         probe_preds, info["linear_probe"], train_emb = linear_probes(
             probe_train, model, image_store, table, emb.embeddings, taxonomies, dataset.attributes,
-            timings, embed_kw, probe_options or {})
+            timings, embed_kw, probe_options or {}, eval_dataset=dataset, eval_indices=emb.indices)
         preds = pd.concat([preds, probe_preds], ignore_index=True)
         for k, v in {**probe_train.skipped, **train_emb.skipped}.items():
             skipped[f"train_{k}"] = skipped.get(f"train_{k}", 0) + v
@@ -152,26 +160,46 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
 
 def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: pd.DataFrame,
                   eval_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy], attributes: Sequence[str],
-                  timings: dict[str, float], embed_kw: dict[str, Any],
-                  options: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], ImageEmbeddings]:
-    """Fit a probe per target taxonomy on ``train``'s (cached) embeddings; predict eval."""
-    from .linear_probe import fit_probe, probe_predictions
+                  timings: dict[str, float], embed_kw: dict[str, Any], options: dict[str, Any],
+                  eval_dataset: FaceDataset | None = None,
+                  eval_indices: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[str, Any], ImageEmbeddings]:
+    """Fit a probe per target taxonomy on ``train``'s (cached) features; predict eval.
+    ``options["features"]``: ``projected`` (the zero-shot embeddings, L2-normalised) or
+    ``pre_projection`` (the image tower's output before the projection, unnormalised; both
+    splits are encoded once more through :class:`~clipfair.linear_probe.PreProjectionView`)."""
+    from .embed import _variant_store
+    from .linear_probe import FEATURES, PreProjectionView, fit_probe, probe_predictions
 
     targets = [t for t in taxonomies if t.target]
     if not targets:
         raise ValueError("linear probe requested but no taxonomy has a target (e.g. fairface_race)")
+    options = dict(options)
+    features = str(options.pop("features", "projected"))
+    if features not in FEATURES:
+        raise ValueError(f"probe.features must be one of {', '.join(FEATURES)}, got {features!r}")
+    encoder, fstore, eval_feats = model, store, eval_embeddings
+    if features == "pre_projection":
+        encoder = PreProjectionView(model)
+        fstore = _variant_store(store, {"features": features}) if store is not None else None
+        if eval_dataset is None or eval_indices is None:
+            raise ValueError("probe.features=pre_projection needs the evaluation dataset")
+        with timed(timings, "embed_eval_pre_projection"):
+            eemb = embed_images(eval_dataset, encoder, fstore, **embed_kw)
+        pos = {int(i): j for j, i in enumerate(eemb.indices)}
+        eval_feats = eemb.embeddings[[pos[int(i)] for i in eval_indices]]
     with timed(timings, "embed_train"):
-        temb = embed_images(train, model, store, **embed_kw)
+        temb = embed_images(train, encoder, fstore, **embed_kw)
     ttable = train.table.iloc[temb.indices].reset_index(drop=True)
-    frames, info = [], {"n_train_images": int(len(temb.indices))}
+    frames, info = [], {"n_train_images": int(len(temb.indices)), "features": features}
     with timed(timings, "linear_probe"):
         for t in targets:
             if t.target not in ttable.columns or t.target not in eval_table.columns:
                 log.warning("linear probe for %s skipped: the dataset has no %r column", t.name, t.target)
                 info[t.name] = {"skipped": f"the dataset has no {t.target!r} column"}
                 continue
-            fit = fit_probe(t, temb.embeddings, ttable[t.target].tolist(), **options)
-            frames.append(probe_predictions(fit, eval_table, eval_embeddings, attributes))
+            fit = fit_probe(t, temb.embeddings, ttable[t.target].tolist(), features=features,
+                            normalize=features == "projected", **options)
+            frames.append(probe_predictions(fit, eval_table, eval_feats, attributes))
             info[t.name] = {"C": fit.C, "holdout_accuracy": fit.holdout_accuracy, "n_train": fit.n_train,
                             "fit_seconds": round(fit.fit_seconds, 3), **fit.info}
     preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "taxonomy"])
@@ -255,9 +283,11 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     """predictions.parquet, metrics.csv, disparities.csv, plots, summary.md, report.html,
     run.json, and, for variant runs, comparison.* and sensitivity.* files.
 
-    ``model_card_sections``: the model card as report sections (hook for
-    :mod:`clipfair.model_card`); they go into ``report.html`` only, beside ``model_card.md``.
+    ``model_card_sections``: the model card as report sections (from
+    :func:`clipfair.model_card.write_model_card`); they go into ``report.html`` only, under one
+    heading, beside ``model_card.md``.
     Plots already in ``out_dir`` (e.g. the model card's) are shown in ``report.html`` too."""
+    from .document import Section
     from .report import write_report
 
     out = Path(out_dir)
@@ -278,9 +308,9 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
 
         with timed(ev.timings, "retrieval_report"):
             written += write_retrieval(ev.retrieval, out, ev.info.get("retrieval"), intro=header_blocks(ctx))
+    card = [Section("Model card reproduction", list(model_card_sections))] if model_card_sections else []
     with timed(ev.timings, "report"):
-        written += write_report(ev.metrics, ev.disparities, out, ctx, extra_sections=sections,
-                                html_sections=model_card_sections)
+        written += write_report(ev.metrics, ev.disparities, out, ctx, extra_sections=sections, html_sections=card)
     rec = {**record, "timings_s": ev.timings, "counts": ev.counts, "skipped": ev.skipped, **ev.info,
            "skipped_items": ev.errors[:1000]}
     write_json(out / "run.json", rec)
