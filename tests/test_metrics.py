@@ -160,8 +160,10 @@ def test_rates_match_fairlearn(preds, metrics, features, taxonomy, method):
 # --------------------------------------------------------------------------- vs pandas
 
 def _independent(preds: pd.DataFrame, slices) -> dict:
-    """(taxonomy, method, metric, category, slice, group) -> (n, count), by plain groupby."""
+    """(taxonomy, method, metric, category, slice, group) -> (n, count), by plain groupby;
+    label rates over each taxonomy's observed labels."""
     out = {}
+    labels = {t: sorted(p["predicted_label"].unique()) for t, p in preds.groupby("taxonomy")}
     for (tax, meth), sub in preds.groupby(["taxonomy", "method"], sort=False):
         for s in slices:
             attrs = [] if s == "overall" else ([s] if isinstance(s, str) else list(s))
@@ -182,16 +184,20 @@ def _independent(preds: pd.DataFrame, slices) -> dict:
                 for cat in CATEGORIES[tax]:
                     out[(tax, meth, "rate", cat, name, gname)] = (
                         len(g), int((g["predicted_category"] == cat).sum()))
+                for lab in labels[tax]:
+                    out[(tax, meth, "label_rate", lab, name, gname)] = (
+                        len(g), int((g["predicted_label"] == lab).sum()))
     return out
 
 
 def test_matches_independent_groupby(preds, metrics):
     expected = _independent(preds, DEFAULT_SLICES)
+    per_group = metrics[metrics["metric"] != "worst_group_accuracy"]
     got = {
         tuple(r[:6]): (int(r[6]), int(r[7]))
-        for r in metrics[list(METRIC_COLUMNS[:8])].itertuples(index=False, name=None)
+        for r in per_group[list(METRIC_COLUMNS[:8])].itertuples(index=False, name=None)
     }
-    assert len(got) == len(metrics)  # no duplicate keys
+    assert len(got) == len(per_group)  # no duplicate keys
     assert got == expected
 
 
@@ -254,7 +260,7 @@ def test_group_and_category_order(metrics):
     assert list(pd.unique(m["taxonomy"])) == ["race_cls", "denig"]
     assert list(pd.unique(m.loc[m.taxonomy == "race_cls", "method"])) == ["zero_shot", "linear_probe"]
     sub = m[(m.taxonomy == "race_cls") & (m.method == "zero_shot")]
-    assert list(pd.unique(sub["metric"])) == ["accuracy", "rate"]
+    assert list(pd.unique(sub["metric"])) == ["accuracy", "rate", "label_rate", "worst_group_accuracy"]
     assert list(pd.unique(sub.loc[sub.metric == "rate", "category"])) == CATEGORIES["race_cls"]
     race_groups = list(_lookup(sub, metric="accuracy", slice="race")["group"])
     assert race_groups == [r for r in RACES if r in race_groups] and len(race_groups) == 7
@@ -351,8 +357,9 @@ def test_large_input_shape_and_spot_check():
         "race_binary": np.tile(np.where(race == "White", "White", "Non-White").astype(object), n_tax),
     })
     m = group_metrics(preds, {f"t{i:03d}": list(cats) for i in range(n_tax)})
-    # 1 + 7 + 2 + 9 + 2 + 14 + 4 + 18 = 57 groups, x (1 accuracy + 3 categories)
-    assert len(m) == n_tax * 57 * 4
+    # 1 + 7 + 2 + 9 + 2 + 14 + 4 + 18 = 57 groups, x (1 accuracy + 3 categories), plus one
+    # worst-group accuracy per slice other than overall (no predicted_label: no label rates)
+    assert len(m) == n_tax * (57 * 4 + 7)
     part = preds[preds["taxonomy"] == "t042"]
     sel = part[(part["race"] == "Indian") & (part["gender"] == "Female")]
     row = m.query("taxonomy == 't042' and metric == 'rate' and category == 'non_human' "

@@ -36,15 +36,18 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-def _slices(raw: Any) -> list[Any]:
-    return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in _plain(raw)]
+def _slices(raw: Any) -> list[Any] | str:
+    raw = _plain(raw)
+    if raw is None or raw == "auto":
+        return "auto"
+    return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in raw]
 
 
 def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Path:
     """Run one configured experiment and write every output into ``out_dir``."""
     from hydra.utils import instantiate
 
-    from .pipeline import evaluate, write_outputs
+    from .pipeline import check_run, evaluate, write_outputs
     from .record import build_record
     from .taxonomy import load_taxonomies
 
@@ -57,6 +60,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     subset = cfg.get("subset") or {}
     if subset.get("n") is not None:
         dataset = dataset.sample(int(subset["n"]), int(subset.get("seed", 0)))
+    slices = check_run(dataset, taxonomies, _slices(cfg.slices))  # before the slow model load
     model = instantiate(cfg.model, _convert_="all")
     cache_dir = cfg.cache.dir if cfg.cache.enabled else None
     log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies", dataset.name, len(dataset),
@@ -71,12 +75,13 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         probe_options = {"Cs": list(cfg.probe.Cs), "holdout": float(cfg.probe.holdout),
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
                          "sweep_max_train": cfg.probe.sweep_max_train}
-    slices = _slices(cfg.slices)
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=slices,
                   confidence=float(cfg.confidence), num_workers=cfg.embed.get("num_workers", "auto"),
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
                   progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
                   disparity_min_n=int(cfg.get("disparity_min_n", 1)),
+                  topk=[int(k) for k in (_plain(cfg.get("topk")) or [])],
+                  small_group_n=int(cfg.get("small_group_n", 30)),
                   embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
                                  "fast_decode": cfg.embed.get("fast_decode", "auto"),
                                  "gpu_decode": cfg.embed.get("gpu_decode", False),
