@@ -92,7 +92,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         model=model.describe(),
         dataset={"name": dataset.name, "source": dataset.source, "n_images": len(dataset),
                  "fingerprint": dataset.fingerprint(), "file_list_hash": dataset.file_list_hash(),
-                 "label_hash": dataset.label_hash(),
+                 "label_hash": dataset.label_hash(), "attributes": dataset.attributes,
                  "skipped_at_load": dataset.skipped},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
