@@ -553,69 +553,50 @@ def confusion(
     ``true_label`` in the result is the class that is right for the image's target value
     (``true_class[taxonomy][value]``; the value itself when the taxonomy has no such
     mapping), so the diagonal (true_label == predicted_label) counts exactly the correct
-    images. Only non-zero cells are listed; their counts sum to the group's accuracy n.
-    ``labels`` (taxonomy -> class labels) orders the labels (default: sorted).
+    images. Only non-zero cells are listed; a group's counts sum to its accuracy n.
+    Rows are ordered by taxonomy and method (first appearance), slice (given order),
+    group (declared ``orders``), then labels (``labels[taxonomy]`` order, others sorted).
     Returns columns :data:`CONFUSION_COLUMNS`.
     """
-    need = ("taxonomy", "method", "true_label", "predicted_label")
     empty = pd.DataFrame({c: pd.Series(dtype="int64" if c == "count" else object) for c in CONFUSION_COLUMNS})
-    if any(c not in predictions.columns for c in need):
+    if any(c not in predictions.columns for c in ("taxonomy", "method", "true_label", "predicted_label")):
         return empty
     df = predictions[predictions["true_label"].notna()]
-    if len(df) == 0:
-        return empty
-    true_class = true_class or {}
-    truth = df["true_label"].astype(object)
-    for t, mapping in true_class.items():
-        mine = (df["taxonomy"] == t).to_numpy()
-        if mine.any() and mapping:
-            truth = truth.where(~mine, truth.map(lambda v, m=mapping: m.get(v, v)))
-    base = pd.DataFrame({"taxonomy": _factor(df["taxonomy"]), "method": _factor(df["method"]),
-                         "true_label": truth.astype(str).to_numpy(),
-                         "predicted_label": df["predicted_label"].astype(str).to_numpy()})
+    slices = [s for s in slices if all(a in df.columns for a in _slice_attrs(s))]
     frames = []
-    for s in slices:
-        attrs = _slice_attrs(s)
-        if any(a not in df.columns for a in attrs):
-            continue
-        keys = ["taxonomy", "method"]
-        part = base.copy()
-        for a in attrs:
-            part[a] = _factor(df[a], order=lambda vals, a=a: _value_order(a, vals, orders))
-            keys.append(a)
-        counts = (part.groupby(keys + ["true_label", "predicted_label"], observed=True, sort=True, dropna=True)
-                  .size().rename("count").reset_index())
-        counts = counts[counts["count"] > 0]
-        group = counts[attrs[0]].astype(str) if attrs else pd.Series("all", index=counts.index)
-        for a in attrs[1:]:
-            group = group + "+" + counts[a].astype(str)
-        frames.append(pd.DataFrame({
-            "taxonomy": counts["taxonomy"].astype(object), "method": counts["method"].astype(object),
-            "slice": slice_name(s), "group": group.astype(object),
-            "true_label": counts["true_label"], "predicted_label": counts["predicted_label"],
-            "count": counts["count"].astype("int64"), "_s": len(frames),
-            "_g": counts[keys[2:]].apply(lambda c: c.cat.codes).to_numpy().tolist() if attrs else 0,
-        }))
+    for tax in pd.unique(df["taxonomy"]):
+        part = df[df["taxonomy"] == tax]
+        mapping = (true_class or {}).get(tax) or {}
+        truth = part["true_label"].astype(object).map(lambda v: mapping.get(v, v)).astype(str)
+        pred = part["predicted_label"].astype(object).astype(str)
+        declared = [str(x) for x in (labels or {}).get(tax, ())]
+        label_order = declared + sorted(set(truth).union(pred).difference(declared))
+        base = pd.DataFrame({"true_label": pd.Categorical(truth, categories=label_order),
+                             "predicted_label": pd.Categorical(pred, categories=label_order)},
+                            index=part.index)
+        for meth in pd.unique(part["method"]):
+            rows = (part["method"] == meth).to_numpy()
+            for s in slices:
+                attrs = list(_slice_attrs(s))
+                keys = base[rows].copy()
+                for a in attrs:
+                    keys[a] = _factor(part.loc[rows, a], order=lambda vals, a=a: _value_order(a, vals, orders))
+                counts = (keys.groupby([*attrs, "true_label", "predicted_label"], observed=True, sort=True)
+                          .size().rename("count").reset_index())
+                counts = counts[counts["count"] > 0]
+                group = pd.Series("all", index=counts.index, dtype=object)
+                if attrs:
+                    group = counts[attrs[0]].astype(str)
+                    for a in attrs[1:]:
+                        group = group + "+" + counts[a].astype(str)
+                frames.append(pd.DataFrame({
+                    "taxonomy": tax, "method": meth, "slice": slice_name(s), "group": group.astype(object),
+                    "true_label": counts["true_label"].astype(object),
+                    "predicted_label": counts["predicted_label"].astype(object),
+                    "count": counts["count"].astype("int64")}))
     if not frames:
         return empty
-    out = pd.concat(frames, ignore_index=True)
-    tax_rank = {t: i for i, t in enumerate(pd.unique(df["taxonomy"]))}
-    meth_rank = {m: i for i, m in enumerate(pd.unique(df["method"]))}
-
-    def label_rank(row_tax: pd.Series, col: str) -> pd.Series:
-        ranks = []
-        for t, v in zip(row_tax, out[col]):
-            lst = list((labels or {}).get(t, ()))
-            ranks.append((lst.index(v), "") if v in lst else (len(lst), v))
-        return pd.Series(ranks, index=out.index)
-
-    out["_t"] = out["taxonomy"].map(tax_rank)
-    out["_m"] = out["method"].map(meth_rank)
-    out["_gk"] = out["_g"].map(lambda g: tuple(g) if isinstance(g, list) else (g,))
-    out["_tl"] = label_rank(out["taxonomy"], "true_label")
-    out["_pl"] = label_rank(out["taxonomy"], "predicted_label")
-    out = out.sort_values(["_t", "_m", "_s", "_gk", "_tl", "_pl"], kind="stable")
-    return out[list(CONFUSION_COLUMNS)].reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)[list(CONFUSION_COLUMNS)]
 
 
 

@@ -56,6 +56,7 @@ CANONICAL: dict[str, tuple[str, ...]] = {
     "age": AGE_BINS,
     "race_binary": RACE_BINARY,
 }
+#: FairFace's attribute names (declared by :data:`FAIRFACE_ATTRIBUTES`)
 ATTRIBUTES: tuple[str, ...] = ("race", "gender", "age")
 
 
@@ -117,7 +118,8 @@ def _text(value: object) -> str:
     return str(value).replace("\ufeff", "").strip()
 
 
-def _is_missing(value: object) -> bool:
+def _is_blank(value: object) -> bool:
+    """None, NaN, NA or an empty / whitespace-only string."""
     if value is None or value is pd.NA:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -176,13 +178,14 @@ class Attribute:
     def with_column(self, column: str | None) -> "Attribute":
         return Attribute(self.name, column, self.values, self.mapping, self.allow_missing)
 
-    def convert(self, value: object, where: str = "") -> str:
-        """The attribute's value for a raw ``value``; LabelError naming ``where`` if it
-        is missing (and missing values are not allowed) or not an allowed value."""
+    def convert(self, value: object, where: str = "") -> str | None:
+        """The attribute's value for a raw ``value`` (None: missing); LabelError naming
+        ``where`` if it is missing (and missing values are not allowed) or not an allowed
+        value."""
         loc = f"{where}: " if where else ""
-        if _is_missing(value):
+        if _is_blank(value):
             if self.allow_missing:
-                return None  # type: ignore[return-value]
+                return None
             raise LabelError(f"{loc}missing {self.name} value; allowed values: {', '.join(self.values)}")
         text = _text(value)
         hit = self._lookup.get(_key(text))  # type: ignore[attr-defined]
@@ -308,7 +311,7 @@ def parse_attributes(spec: Mapping[str, Any] | None) -> list[Attribute]:
         where = f"dataset.attributes.{name}"
         if body is None or isinstance(body, (str, int)):
             column = None if body is None else str(body)
-            out.append(BUILTIN[name].with_column(column) if name in FAIRFACE_NAMES
+            out.append(BUILTIN[name].with_column(column) if name in ATTRIBUTES
                        else Attribute(name, column))
             continue
         if not isinstance(body, Mapping):
@@ -321,7 +324,7 @@ def parse_attributes(spec: Mapping[str, Any] | None) -> list[Attribute]:
         mapping = body.get("mapping") or {}
         if not isinstance(values, list) or not isinstance(mapping, Mapping):
             raise AttributeDeclarationError(f"{where}: 'values' must be a list and 'mapping' a mapping")
-        base = BUILTIN.get(name) if name in FAIRFACE_NAMES else None
+        base = BUILTIN.get(name) if name in ATTRIBUTES else None
         if base is not None and not values:
             values, mapping = list(base.values), {**base.mapping, **mapping}
         try:
@@ -360,5 +363,3 @@ def parse_derived(spec: Mapping[str, Any] | None) -> list[DerivedAttribute]:
             raise AttributeDeclarationError(f"{where}: {e}") from None
     return out
 
-
-FAIRFACE_NAMES: tuple[str, ...] = ("race", "gender", "age")
