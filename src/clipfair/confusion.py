@@ -55,7 +55,7 @@ def plot_confusion(conf: pd.DataFrame, taxonomy: str, method: str, slice: str = 
     totals = counts.sum(axis=1, keepdims=True)
     share = counts / np.maximum(totals, 1)
     n_rows, n_cols = counts.shape
-    fig = Figure(figsize=(max(4.0, 0.55 * n_cols + 2.5), max(3.0, 0.45 * n_rows + 2.0)), dpi=DPI)
+    fig = Figure(figsize=(max(5.5, 0.55 * n_cols + 3.0), max(3.2, 0.45 * n_rows + 2.2)), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(share * 100.0, cmap="Blues", vmin=0, vmax=100, aspect="auto")
@@ -71,7 +71,7 @@ def plot_confusion(conf: pd.DataFrame, taxonomy: str, method: str, slice: str = 
     ax.set_xlabel("predicted label")
     ax.set_ylabel("right class")
     where = "all images" if slice == "overall" else f"{slice} = {group}"
-    ax.set_title(title or f"{taxonomy} · {method}: {where} (n={int(totals.sum())})", fontsize=9)
+    ax.set_title(title or f"{taxonomy} · {method}\n{where} (n={int(totals.sum())})", fontsize=9)
     fig.colorbar(im, ax=ax, label="% of the row's images")
     fig.tight_layout()
     return fig
@@ -118,7 +118,7 @@ def write_confusion_plots(conf: pd.DataFrame, metrics: pd.DataFrame, out_dir: Pa
             hit = (conf["taxonomy"] == tax) & (conf["method"] == meth) & (conf["slice"] == sl) & (conf["group"] == grp)
             if hit.any():
                 fig = plot_confusion(conf, tax, meth, sl, grp, lab,
-                                     title=f"{tax} · {meth}: worst group {sl} = {grp} "
+                                     title=f"{tax} · {meth}\nworst group: {sl} = {grp} "
                                            f"(n={int(conf.loc[hit, 'count'].sum())})")
                 written.append(_save(fig, out / f"{stem}_worst.png"))
     return written
