@@ -586,6 +586,7 @@ def test_builtin_name_in_attributes_keeps_canonical_values(tmp_path):
     ({"x": {"values": ["a", "a"]}}, "duplicate values"),
     ({"x": {"values": ["a"], "mapping": {"b": "c"}}}, r"mapping targets \['c'\] are not among its values"),
     ({"a+b": "col"}, "contains '\\+'"),
+    ({"score": "col"}, "attribute name 'score' is reserved"),
 ])
 def test_bad_attribute_declarations(tmp_path, spec, message):
     with pytest.raises(LabelError, match=message):
@@ -640,6 +641,8 @@ def test_derived_other_group_and_user_race_binary(tmp_path):
      r"value '0-2' is in both groups 'a' and 'b'"),
     ({"band": {"groups": {"a": ["0-2"]}}}, DatasetError, r"dataset.derived.band: 'from'"),
     ({"band": {"from": "age", "group": {}}}, DatasetError, r"unknown key\(s\) \['group'\]"),
+    ({"age": {"from": "age", "groups": {"a": ["0-2"]}, "other": "b"}}, DatasetError,
+     r"derived attribute 'age' would replace dataset 'fairface's own attribute 'age'"),
 ])
 def test_derived_errors_name_the_problem(ff_root, derived, error, message):
     with pytest.raises(error, match=message):

@@ -109,6 +109,11 @@ def race_binary(race: str) -> str:
 # --------------------------------------------------------------------- declarations
 
 
+#: names an attribute cannot have: the columns of predictions.parquet and the overall slice
+RESERVED_NAMES: tuple[str, ...] = ("image_id", "taxonomy", "method", "predicted_label", "predicted_category",
+                                   "score", "true_label", "correct", "true_rank", "overall")
+
+
 def _text(value: object) -> str:
     """A raw value as text: numbers without a spurious '.0', strings stripped."""
     if isinstance(value, bool):
@@ -152,9 +157,13 @@ class Attribute:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise AttributeDeclarationError(f"an attribute needs a non-empty name, got {self.name!r}")
-        if "+" in self.name or self.name == "overall":
+        if "+" in self.name:
             raise AttributeDeclarationError(
-                f"attribute name {self.name!r} is reserved or contains '+' (used for intersections)")
+                f"attribute name {self.name!r} contains '+' (it joins the attributes of an intersection)")
+        if self.name in RESERVED_NAMES:
+            raise AttributeDeclarationError(
+                f"attribute name {self.name!r} is reserved (a column of every prediction or the "
+                f"'overall' slice: {', '.join(RESERVED_NAMES)}); choose another name")
         object.__setattr__(self, "values", tuple(_text(v) for v in self.values))
         object.__setattr__(self, "mapping", {_text(k): _text(v) for k, v in dict(self.mapping).items()})
         if len(set(self.values)) != len(self.values):

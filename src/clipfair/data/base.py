@@ -149,6 +149,9 @@ class FaceDataset:
         table = self.table.copy()
         declared = list(self.declared)
         for d in derived:
+            if any(a.name == d.name and not isinstance(a, DerivedAttribute) for a in declared):
+                raise DatasetError(f"derived attribute {d.name!r} would replace dataset {self.name!r}'s own "
+                                   f"attribute {d.name!r}; choose another name")
             declared = [a for a in declared if a.name != d.name]
             src = next((a for a in declared if a.name == d.source), None)
             if src is None:
