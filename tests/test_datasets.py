@@ -642,7 +642,7 @@ def test_derived_other_group_and_user_race_binary(tmp_path):
     ({"band": {"groups": {"a": ["0-2"]}}}, DatasetError, r"dataset.derived.band: 'from'"),
     ({"band": {"from": "age", "group": {}}}, DatasetError, r"unknown key\(s\) \['group'\]"),
     ({"age": {"from": "age", "groups": {"a": ["0-2"]}, "other": "b"}}, DatasetError,
-     r"derived attribute 'age' would replace dataset 'fairface's own attribute 'age'"),
+     r"derived attribute 'age' would replace the attribute 'age' of dataset 'fairface'"),
 ])
 def test_derived_errors_name_the_problem(ff_root, derived, error, message):
     with pytest.raises(error, match=message):

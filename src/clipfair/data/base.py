@@ -150,8 +150,8 @@ class FaceDataset:
         declared = list(self.declared)
         for d in derived:
             if any(a.name == d.name and not isinstance(a, DerivedAttribute) for a in declared):
-                raise DatasetError(f"derived attribute {d.name!r} would replace dataset {self.name!r}'s own "
-                                   f"attribute {d.name!r}; choose another name")
+                raise DatasetError(f"derived attribute {d.name!r} would replace the attribute {d.name!r} "
+                                   f"of dataset {self.name!r}; choose another name")
             declared = [a for a in declared if a.name != d.name]
             src = next((a for a in declared if a.name == d.source), None)
             if src is None:
