@@ -146,3 +146,21 @@ def test_cli_misspelt_slice_and_bad_target_are_one_line_errors(tmp_path):
     assert res.returncode == 2, res.stderr
     assert "class 'Martian' is not a value of target 'race' in dataset 'fairface'; allowed values: White" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_linear_probe_on_a_custom_target_column(custom_ds):
+    two = Taxonomy("colour2", ("a {} photo.",), (TaxonomyClass("red", ("red",), "class"),
+                                                  TaxonomyClass("green", ("green",), "class"),
+                                                  TaxonomyClass("blue", ("blue",), "class")), target="colour")
+    ev = evaluate(custom_ds, hand_clip(), [two], cache_dir=None, slices=["overall", "region"], progress=False,
+                  probe_train=custom_ds, probe_options={"Cs": [100.0]}, topk=[2])
+    p = ev.predictions[ev.predictions.method == "linear_probe"]
+    assert len(p) == len(custom_ds) and p["true_rank"].notna().all()
+    m = ev.metrics[(ev.metrics.method == "linear_probe") & (ev.metrics.slice == "overall")]
+    acc = m[m.metric == "accuracy"]
+    assert acc["n"].item() == len(custom_ds)
+    assert acc["count"].item() == int((p["predicted_label"] == p["colour"]).sum())
+    top2 = m[m.metric == "topk_accuracy"]
+    assert top2["count"].item() == int((p["true_rank"] <= 2).sum())
+    c = ev.confusion[(ev.confusion.method == "linear_probe") & (ev.confusion.slice == "overall")]
+    assert c["count"].sum() == len(custom_ds)
