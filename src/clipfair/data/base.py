@@ -18,7 +18,7 @@ from .attributes import (
     DerivedAttribute,
     value_orders,
 )
-from .images import ImageError, decode_image
+from .images import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image, read_image_file
 
 
 class ImageReader(Protocol):
@@ -35,14 +35,18 @@ class ImageReader(Protocol):
 
 @dataclass
 class FileReader:
-    """Images stored as files; ``paths[i]`` is the file of row i."""
+    """Images stored as files; ``paths[i]`` is the file of row i. A file larger than
+    ``max_bytes`` (None: no limit) is refused from its size, before it is read."""
 
     paths: list[Path]
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES
 
     def read(self, i: int) -> bytes:
         p = self.paths[i]
         try:
-            return p.read_bytes()
+            return read_image_file(p, self.max_bytes)
+        except ImageError:
+            raise
         except FileNotFoundError:
             raise ImageError(str(p), "file not found",
                              "check dataset.root, or set dataset.on_error=skip") from None
@@ -58,7 +62,7 @@ class FileReader:
         return str(self.paths[i])
 
     def subset(self, indices: Sequence[int]) -> "FileReader":
-        return FileReader([self.paths[i] for i in indices])
+        return FileReader([self.paths[i] for i in indices], self.max_bytes)
 
 
 class DatasetError(ValueError):
@@ -95,6 +99,8 @@ class FaceDataset:
     reader: ImageReader
     source: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    #: the rows dropped at load time, by name: {image_id, reason_key, message}
+    skipped_items: list[dict[str, str]] = field(default_factory=list)
     declared: tuple[AnyAttribute, ...] = ()
 
     def __post_init__(self) -> None:
@@ -186,7 +192,8 @@ class FaceDataset:
             return self
         idx = list(range(int(n)))
         return replace(self, table=self.table.iloc[idx].copy(), reader=self.reader.subset(idx),
-                       source={**self.source, "limit": int(n)}, skipped=dict(self.skipped))
+                       source={**self.source, "limit": int(n)}, skipped=dict(self.skipped),
+                       skipped_items=list(self.skipped_items))
 
     def sample(self, n: int | None, seed: int = 0) -> "FaceDataset":
         """A seeded random subset of n rows, kept in dataset order (all rows when n is None)."""
@@ -197,7 +204,17 @@ class FaceDataset:
         idx = sorted(np.random.default_rng(seed).choice(len(self), size=int(n), replace=False).tolist())
         return replace(self, table=self.table.iloc[idx].copy(), reader=self.reader.subset(idx),
                        source={**self.source, "subset": {"n": int(n), "seed": int(seed)}},
-                       skipped=dict(self.skipped))
+                       skipped=dict(self.skipped), skipped_items=list(self.skipped_items))
+
+    def duplicate_contents(self, keys: Sequence[str | None]) -> list[list[str]]:
+        """Groups of image ids whose files have equal content (``keys[i]``: a hash of image
+        i's bytes, None where unreadable): one image listed under several names."""
+        groups: dict[str, list[str]] = {}
+        ids = self.table["image_id"].astype(str).tolist()
+        for i, k in enumerate(keys):
+            if k is not None:
+                groups.setdefault(k, []).append(ids[i])
+        return [g for g in groups.values() if len(g) > 1]
 
     def fingerprint(self) -> str:
         """Hash of the image list and labels (cheap: reads no image content)."""
