@@ -1,4 +1,4 @@
-"""Command line: `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`.
+"""Command line: `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`, `clipfair collect`.
 
 Hydra and `instantiate` live here only; the core takes typed objects.
 """
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("clipfair")
@@ -40,11 +41,17 @@ def _slices(raw: Any) -> list[Any]:
     return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in _plain(raw)]
 
 
-def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Path:
-    """Run one configured experiment and write every output into ``out_dir``."""
+def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
+                    hydra_info: dict[str, Any] | None = None) -> Path:
+    """Run one configured experiment and write every output into ``out_dir``.
+
+    Under torchrun or an srun step of several tasks, every process embeds its shard of the
+    images into the shared cache; rank 0 then scores and writes the outputs, the others return
+    without writing anything."""
     from hydra.utils import instantiate
 
-    from .pipeline import evaluate, write_outputs
+    from . import distributed
+    from .pipeline import embed_shard, evaluate, write_outputs
     from .record import build_record
     from .taxonomy import load_taxonomies
 
@@ -53,6 +60,9 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     template_sets = _plain(cfg.get("template_sets")) or {}
     # validate before the slow parts
     taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
+    dist = distributed.from_env()
+    dcfg = cfg.get("distributed") or {}
+    distributed.setup(dist, float(dcfg.get("timeout_min", 720)), str(dcfg.get("backend", "auto")))
     dataset = instantiate(cfg.dataset, _convert_="all")
     subset = cfg.get("subset") or {}
     if subset.get("n") is not None:
@@ -72,15 +82,27 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
                          "sweep_max_train": cfg.probe.sweep_max_train}
     slices = _slices(cfg.slices)
+    embed_options = {"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
+                     "fast_decode": cfg.embed.get("fast_decode", "auto"),
+                     "gpu_decode": cfg.embed.get("gpu_decode", False),
+                     "compile": bool(cfg.embed.get("compile", False))}
+    embed_settings = dict(num_workers=cfg.embed.get("num_workers", "auto"), chunk_size=int(cfg.embed.chunk_size),
+                          on_error=str(cfg.dataset.get("on_error", "raise")), progress=bool(cfg.progress))
+    shards = None
+    if dist.enabled:  # every rank embeds its shard into the shared cache; rank 0 goes on
+        shards = embed_shard([dataset, probe_train], model, cache_dir, dist, **embed_settings, **embed_options)
+        distributed.barrier()
+        if not dist.is_main:
+            log.info("rank %d of %d: shard embedded; rank 0 writes the outputs", dist.rank, dist.world_size)
+            return out_dir
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=slices,
-                  confidence=float(cfg.confidence), num_workers=cfg.embed.get("num_workers", "auto"),
-                  chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
-                  progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
-                  disparity_min_n=int(cfg.get("disparity_min_n", 1)),
-                  embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
-                                 "fast_decode": cfg.embed.get("fast_decode", "auto"),
-                                 "gpu_decode": cfg.embed.get("gpu_decode", False),
-                                 "compile": bool(cfg.embed.get("compile", False))})
+                  confidence=float(cfg.confidence), probe_train=probe_train, probe_options=probe_options,
+                  disparity_min_n=int(cfg.get("disparity_min_n", 1)), embed_options=embed_options,
+                  **embed_settings)
+    if shards is not None and ev.counts.get("images_encoded"):
+        log.warning("%d images were not in the cache after every rank's shard and were encoded by rank 0 "
+                    "(set embed.fast_decode to true or false so that all ranks decode alike)",
+                    ev.counts["images_encoded"])
     demo = Path(model.name_or_path).resolve() == (demo_dir() / "model").resolve()
     record = build_record(
         config=OmegaConf.to_container(cfg, resolve=True), overrides=list(overrides),
@@ -90,7 +112,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                  "label_hash": dataset.label_hash(),
                  "skipped_at_load": dataset.skipped},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
-        demo=demo)
+        demo=demo, hydra=hydra_info, distributed=shards)
     compare = _plain(cfg.get("compare")) or None
     write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
     if cfg.get("model_card"):
@@ -118,7 +140,9 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .registry import RegistryError
     from .taxonomy import TaxonomyError
 
-    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError)
+    from .distributed import DistributedError
+
+    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, DistributedError)
     while e is not None:
         if isinstance(e, known):
             return e
@@ -126,26 +150,70 @@ def _user_error(e: BaseException) -> BaseException | None:
     return None
 
 
+class JobFailed(CompactHydraException):
+    """A sweep job stopped by a user error: Hydra records the job as failed (with this one-line
+    message) and the sweep goes on; ``SystemExit`` would escape Hydra's job handling and end it."""
+
+
+def _hydra_info(hc: Any) -> dict[str, Any]:
+    """What run.json records about Hydra: the config group choices and, in a sweep, the job."""
+    from hydra.types import RunMode
+
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {"mode": "multirun" if multirun else "run",
+            "choices": OmegaConf.to_container(hc.runtime.choices, resolve=True),
+            "job_num": int(hc.job.num) if multirun else None,
+            "job_id": OmegaConf.select(hc, "job.id", default=None, throw_on_missing=False),
+            "launcher": OmegaConf.select(hc, "launcher._target_", default=None),
+            "sweep_dir": str(hc.sweep.dir) if multirun else None}
+
+
 def _hydra_run(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .collect import FAILED_FILE  # why a job stopped, for `clipfair collect`
+    from .distributed import from_env
+    from .record import write_json
 
     register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
     def app(cfg: DictConfig) -> None:
         hc = HydraConfig.get()
+        out, info = Path(hc.runtime.output_dir), _hydra_info(hc)
+        (out / FAILED_FILE).unlink(missing_ok=True)
         try:
-            run_from_config(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+            run_from_config(cfg, out, list(hc.overrides.task), hydra_info=info)
         except Exception as e:  # a user's mistake gets its message, not a traceback
             err = _user_error(e)
+            write_json(out / FAILED_FILE, {"error": type(err or e).__name__, "message": str(err or e),
+                                           "user_error": err is not None, "overrides": list(hc.overrides.task),
+                                           "hydra": info})
             if err is None:
                 raise
-            print(f"clipfair: error: {err}", file=sys.stderr)
+            message = f"clipfair: error: {err}"
+            print(message, file=sys.stderr)
+            if hc.mode == RunMode.MULTIRUN:  # fail this job only; the sweep goes on
+                raise JobFailed(message) from None
             raise SystemExit(2) from None
 
+    scratch = None
+    if from_env().rank > 0:  # only rank 0 writes outputs: the others run in a scratch folder
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="clipfair-rank-")
+        argv = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+        argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}"]
     sys.argv = ["clipfair run", *argv]
-    app()
+    try:
+        app()
+    finally:
+        if scratch:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _cache_cmd(argv: list[str]) -> int:
@@ -176,6 +244,7 @@ commands:
   run [hydra overrides]   run an experiment (no overrides: the offline demo); --help lists config groups
   cache list|clear        list or clear cached embeddings
   compare RUN_DIR...      compare taxonomy variants across runs
+  collect DIR...          gather finished runs (e.g. a multirun folder) into one table; lists failed ones
 
 Not for surveillance, face recognition or identifying people. English prompts only.
 """
@@ -196,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         from .compare import main as compare_main
 
         return compare_main(rest)
+    if cmd == "collect":
+        from .collect import CollectError, main as collect_main
+
+        try:
+            return collect_main(rest)
+        except CollectError as e:
+            print(f"clipfair: error: {e}", file=sys.stderr)
+            return 2
     print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

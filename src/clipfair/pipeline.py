@@ -19,7 +19,9 @@ import pandas as pd
 
 from . import metrics as M
 from .data.base import FaceDataset
+from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
+from .data.images import ImageError
 from .models import ClipModel
 from .record import write_json
 from .taxonomy import Taxonomy
@@ -119,6 +121,39 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
         counts.update(train_images=len(probe_train), train_images_encoded=train_emb.encoded,
                       train_images_from_cache=train_emb.cached)
     return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info)
+
+
+def embed_shard(datasets: Sequence[FaceDataset | None], model: ClipModel, cache_dir: Path | str | None,
+                dist: Dist, *, batch_size: int | None = None, **embed_kw: Any) -> dict[str, Any]:
+    """The sharding hook of a multi-process run: this process encodes its share of every
+    dataset (whole batches, round-robin: :func:`clipfair.distributed.shard_indices`) into the
+    shared content-addressed cache. After a barrier, rank 0 runs :func:`evaluate` on the whole
+    dataset, which then finds every embedding in the cache. ``embed_kw``: the keyword arguments
+    of :func:`clipfair.embed.embed_images`. Returns what this rank did, for run.json."""
+    if cache_dir is None:
+        raise DistributedError(
+            f"a run over {dist.world_size} processes shares embeddings through the cache: set "
+            "cache.enabled=true and cache.dir to a folder every process can reach")
+    image_store, _ = open_stores(model, cache_dir)
+    bs = int(batch_size or model.batch_size)
+    done: list[dict[str, Any]] = []
+    for ds in datasets:
+        if ds is None:
+            continue
+        rows = shard_indices(len(ds), dist.rank, dist.world_size, bs)
+        entry: dict[str, Any] = {"dataset": ds.name, "split": ds.source.get("split"), "rows": len(rows)}
+        if rows:
+            shard = FaceDataset(ds.name, ds.table.iloc[rows].copy(), ds.reader.subset(rows),
+                                {**ds.source, "shard": [dist.rank, dist.world_size]}, dict(ds.skipped))
+            try:
+                emb = embed_images(shard, model, image_store, batch_size=bs, **embed_kw)
+                entry.update(encoded=emb.encoded, from_cache=emb.cached)
+            except ImageError:
+                if embed_kw.get("on_error", "raise") != "skip":
+                    raise
+                entry["unreadable"] = True  # a shard of only unreadable images; rank 0 reports them
+        done.append(entry)
+    return {**dist.describe(), "batch_size": bs, "shards": done}
 
 
 def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: pd.DataFrame,
