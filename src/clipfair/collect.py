@@ -136,10 +136,12 @@ def _split(override: str) -> tuple[str, str]:
 
 
 def _label_runs(runs: Sequence[RunFolder], base: Path) -> None:
-    """Label = the overrides whose values differ between runs (hydra.* left out), else the folder."""
+    """Label = the overrides whose values differ between the finished runs (hydra.* left
+    out), else the folder."""
     parsed = [dict(_split(o) for o in r.overrides if not _split(o)[0].startswith("hydra.")) for r in runs]
-    keys = list(dict.fromkeys(k for p in parsed for k in p))
-    varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
+    done = [p for r, p in zip(runs, parsed) if r.status == "finished"]
+    keys = list(dict.fromkeys(k for p in done for k in p))
+    varying = [k for k in keys if len({p.get(k) for p in done}) > 1]
     used: dict[str, int] = {}
     for r, p in zip(runs, parsed):
         try:
