@@ -19,7 +19,7 @@ import pytest
 from clipfair.cache import _digest
 from clipfair.cli import main
 from clipfair.collect import LABEL_COLUMNS, collect, gap_interval, largest_disparities, write_collected
-from clipfair.distributed import DistributedError, from_env, first_host, shard_indices
+from clipfair.distributed import DistributedError, choose_backend, from_env, first_host, shard_indices
 from clipfair.metrics import METRIC_COLUMNS, wilson_interval
 
 CLI = [sys.executable, "-m", "clipfair"]
@@ -50,6 +50,11 @@ def test_rank_and_world_from_torchrun_then_slurm_env():
     d = from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_NODELIST": "n[1-4]"})
     assert (d.rank, d.world_size, d.enabled, d.is_main) == (0, 1, False, True)
     assert from_env({}).world_size == 1
+    d = from_env({"SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_TASKS_PER_NODE": "4(x2)"})
+    assert d.local_world_size == 4
+    assert (choose_backend(d, 0), choose_backend(d, 2), choose_backend(d, 4), choose_backend(d, 8)) == \
+        ("gloo", "gloo", "nccl", "nccl")
+    assert from_env({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}).local_world_size == 2
     with pytest.raises(DistributedError, match="RANK='x' is not an integer"):
         from_env({"RANK": "x", "WORLD_SIZE": "2"})
 

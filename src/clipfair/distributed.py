@@ -27,7 +27,8 @@ from typing import Mapping
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistributedError", "Dist", "from_env", "first_host", "shard_indices", "setup", "barrier"]
+__all__ = ["DistributedError", "Dist", "from_env", "first_host", "shard_indices", "choose_backend", "setup",
+           "barrier"]
 
 
 class DistributedError(RuntimeError):
@@ -44,6 +45,7 @@ class Dist:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     source: str = "none"
+    local_world_size: int = 1  # processes on this node
 
     @property
     def is_main(self) -> bool:
@@ -82,7 +84,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Dist:
     env = os.environ if env is None else env
     if "WORLD_SIZE" in env and "RANK" in env:
         return Dist(_int(env, "RANK"), _int(env, "WORLD_SIZE"), int(env.get("LOCAL_RANK", "0")),
-                    env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")), "torchrun")
+                    env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")), "torchrun",
+                    int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])))
     if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
         world = _int(env, "SLURM_STEP_NUM_TASKS")
         nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
@@ -90,7 +93,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Dist:
         # a port per job, so that two jobs sharing a node do not collide
         port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else \
             20000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000
-        return Dist(_int(env, "SLURM_PROCID"), world, int(env.get("SLURM_LOCALID", "0")), addr, port, "slurm")
+        # tasks per node, e.g. "4(x2)" or "4,3": the first node's count
+        per_node = re.match(r"\d+", env.get("SLURM_STEP_TASKS_PER_NODE", "") or "")
+        return Dist(_int(env, "SLURM_PROCID"), world, int(env.get("SLURM_LOCALID", "0")), addr, port, "slurm",
+                    int(per_node.group()) if per_node else world)
     return Dist()
 
 
@@ -112,6 +118,12 @@ def shard_indices(n: int, rank: int, world_size: int, block: int) -> list[int]:
 _GROUP: dict[str, object] = {}
 
 
+def choose_backend(dist: Dist, cuda_devices: int) -> str:
+    """``auto``: NCCL when every process of a node has a GPU of its own, else gloo (CPU, or
+    more processes than GPUs: NCCL refuses two ranks on one GPU). Only a barrier runs on it."""
+    return "nccl" if 0 < dist.local_world_size <= cuda_devices else "gloo"
+
+
 def setup(dist: Dist, timeout_min: float = 720.0, backend: str = "auto") -> None:
     """Create the process group once per process (no-op for one process). On CUDA machines
     each process first takes GPU ``local_rank`` (mod the GPUs it sees), so ``model.device=auto``
@@ -121,10 +133,10 @@ def setup(dist: Dist, timeout_min: float = 720.0, backend: str = "auto") -> None
     import torch
     import torch.distributed as td
 
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
-    chosen = ("nccl" if cuda else "gloo") if backend == "auto" else backend
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if devices:
+        torch.cuda.set_device(dist.local_rank % devices)
+    chosen = choose_backend(dist, devices) if backend == "auto" else backend
     log.info("rank %d of %d (%s): process group %s via %s:%d", dist.rank, dist.world_size, dist.source,
              chosen, dist.master_addr, dist.master_port)
     td.init_process_group(chosen, init_method=f"tcp://{dist.master_addr}:{dist.master_port}",
