@@ -114,7 +114,8 @@ def test_torchrun_two_processes_give_the_predictions_of_one(tmp_path, tiny_model
     rec = json.loads((tmp_path / "two" / "run.json").read_text())
     # rank 0 encoded blocks 0, 2, 4 (24 images), rank 1 the other 16; then rank 0 read all 40 from the cache
     assert rec["distributed"]["world_size"] == 2 and rec["distributed"]["launcher"] == "torchrun"
-    assert rec["distributed"]["shards"][0]["encoded"] == 24
+    assert [r["rank"] for r in rec["distributed"]["ranks"]] == [0, 1]
+    assert [r["shards"][0]["encoded"] for r in rec["distributed"]["ranks"]] == [24, 16]
     assert rec["counts"]["images_encoded"] == 0 and rec["counts"]["images_from_cache"] == 40
     assert json.loads((tmp_path / "one" / "run.json").read_text())["distributed"] is None
     # only rank 0 wrote: no other output folder appeared

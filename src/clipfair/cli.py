@@ -90,8 +90,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                           on_error=str(cfg.dataset.get("on_error", "raise")), progress=bool(cfg.progress))
     shards = None
     if dist.enabled:  # every rank embeds its shard into the shared cache; rank 0 goes on
-        shards = embed_shard([dataset, probe_train], model, cache_dir, dist, **embed_settings, **embed_options)
-        distributed.barrier()
+        mine = embed_shard([dataset, probe_train], model, cache_dir, dist, **embed_settings, **embed_options)
+        shards = {**dist.describe(), "ranks": distributed.barrier(mine)}  # waits for every rank's shard
         if not dist.is_main:
             log.info("rank %d of %d: shard embedded; rank 0 writes the outputs", dist.rank, dist.world_size)
             return out_dir
@@ -174,7 +174,7 @@ def _hydra_run(argv: list[str]) -> None:
     from hydra.types import RunMode
 
     from .collect import FAILED_FILE  # why a job stopped, for `clipfair collect`
-    from .distributed import from_env
+    from .distributed import DistributedError, from_env
     from .record import write_json
 
     register_resolvers()
@@ -199,8 +199,13 @@ def _hydra_run(argv: list[str]) -> None:
                 raise JobFailed(message) from None
             raise SystemExit(2) from None
 
+    try:
+        rank = from_env().rank
+    except DistributedError as e:
+        print(f"clipfair: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     scratch = None
-    if from_env().rank > 0:  # only rank 0 writes outputs: the others run in a scratch folder
+    if rank > 0:  # only rank 0 writes outputs: the others run in a scratch folder
         import tempfile
 
         scratch = tempfile.mkdtemp(prefix="clipfair-rank-")

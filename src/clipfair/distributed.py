@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Mapping
+from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +153,13 @@ def _teardown() -> None:
     _GROUP.clear()
 
 
-def barrier() -> None:
-    """Wait until every process got here (no-op without a process group)."""
+def barrier(info: Any = None) -> list[Any]:
+    """Wait until every process got here; returns each rank's ``info``, in rank order
+    (``[info]`` without a process group)."""
     if not _GROUP:
-        return
-    import torch
+        return [info]
     import torch.distributed as td
 
-    if _GROUP["backend"] == "nccl":
-        td.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        td.barrier()
+    out: list[Any] = [None] * td.get_world_size()
+    td.all_gather_object(out, info)  # a collective: no rank passes before all arrived
+    return out

@@ -153,7 +153,7 @@ def embed_shard(datasets: Sequence[FaceDataset | None], model: ClipModel, cache_
                     raise
                 entry["unreadable"] = True  # a shard of only unreadable images; rank 0 reports them
         done.append(entry)
-    return {**dist.describe(), "batch_size": bs, "shards": done}
+    return {"rank": dist.rank, "batch_size": bs, "shards": done}
 
 
 def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: pd.DataFrame,
