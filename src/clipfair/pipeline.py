@@ -19,9 +19,9 @@ import pandas as pd
 
 from . import metrics as M
 from .data.base import FaceDataset
+from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
-from .data.images import ImageError
 from .models import ClipModel
 from .record import write_json
 from .taxonomy import Taxonomy
