@@ -258,7 +258,7 @@ def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | No
     return list(dict.fromkeys(zip(t["taxonomy"], t["method"], t["category"])))
 
 
-def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], title: str, path: Path) -> Path:
+def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path) -> Path:
     from .report import _errors, _new_figure, _save, _style_axis, _wrap
 
     fig = _new_figure(len(groups), len(labels), legend_right=True)
@@ -273,7 +273,7 @@ def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], title: str, p
         ax.errorbar(pos, np.nan_to_num(v) * 100, yerr=_errors(v, r["ci_low"].to_numpy(float),
                                                                r["ci_high"].to_numpy(float)),
                     fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
-    _style_axis(ax, [_wrap(str(g)) for g in groups], "%", title + "\n(error bars: Wilson intervals)")
+    _style_axis(ax, [_wrap(str(g)) for g in groups], ylabel, title + "\n(error bars: Wilson intervals)")
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
@@ -328,7 +328,8 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
             cells = {(r.label, r.group): _cell(r, min_n) for r in sub.itertuples(index=False)}
             what = f"{metric}{f' of {cat}' if cat else ''} · {tax} · {meth} by {sl}"
             name = "collected_" + "_".join(_safe(x) for x in (metric, tax, meth, *([cat] if cat else []), sl)) + ".png"
-            written.append(_plot(sub, labels, groups, what, out_dir / name))
+            ylabel = "accuracy (%)" if metric == "accuracy" else "share of the group's images (%)"
+            written.append(_plot(sub, labels, groups, ylabel, what, out_dir / name))
             tables.append(Section(what, [
                 Table(["run", *groups], [[lab, *(cells.get((lab, g), "–") for g in groups)] for lab in labels],
                       align="l" + "r" * len(groups)),
