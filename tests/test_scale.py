@@ -289,6 +289,8 @@ def test_collect_labels_finished_runs_and_lists_the_others(tmp_path):
                                                          "overrides": ["model.name_or_path=/x/d"]}))
     (sweep / ".submitit" / "77").mkdir(parents=True)  # submitit's logs: never a run
     (sweep / ".submitit" / "77" / "run.json").write_text("{}")
+    (sweep / ".clipfair-staging-4-abc").mkdir()  # a run moving its outputs in: not yet a run
+    (sweep / ".clipfair-staging-4-abc" / "run.json").write_text("{}")
 
     res = write_collected([sweep], min_n=30)
     runs = {r.path.name: r for r in res["runs"]}

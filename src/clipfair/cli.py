@@ -6,7 +6,9 @@ Hydra and `instantiate` live here only; the core takes typed objects.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +43,33 @@ def _slices(raw: Any) -> list[Any]:
     return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in _plain(raw)]
 
 
+def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
+    """The bundled toy model runs only on the demo data, unless chosen on purpose."""
+    from .schema import ConfigError
+
+    model = str((plain.get("model") or {}).get("name_or_path", ""))
+    if not model or Path(model).expanduser().resolve() != (demo_dir() / "model").resolve():
+        return
+    ds = plain.get("dataset") or {}
+    root = ds.get("root")
+    if ds.get("name") == "fairface" and root and Path(str(root)).expanduser().resolve() == (demo_dir() / "fairface").resolve():
+        return
+    if any(o.split("=", 1)[0].lstrip("+~") in ("model", "model.name_or_path") for o in overrides):
+        return
+    raise ConfigError("no model chosen for this dataset (the default is the bundled toy demo model, whose results "
+                      "say nothing about real models): choose one, e.g. model=clip_vit_b32 or "
+                      "model.name_or_path=<hub id or local folder> (model=demo runs the toy on purpose)")
+
+
+def check_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Validate the whole config against the typed schema (clipfair.schema) before any work."""
+    from .schema import validate
+
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    validate(plain, sorted(OmegaConf.missing_keys(cfg)))
+    _require_model(plain, overrides)
+
+
 def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
                     hydra_info: dict[str, Any] | None = None) -> Path:
     """Run one configured experiment and write every output into ``out_dir``.
@@ -51,12 +80,16 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     from hydra.utils import instantiate
 
     from . import distributed
+    from .outputs import check_run_dir, staged_outputs
     from .pipeline import embed_shard, evaluate, write_outputs
     from .record import build_record
     from .taxonomy import load_taxonomies
 
     from .sensitivity import expand_template_sets
 
+    check_config(cfg, overrides)
+    overwrite = bool(cfg.get("overwrite", False))
+    check_run_dir(out_dir, overwrite)
     template_sets = _plain(cfg.get("template_sets")) or {}
     # validate before the slow parts
     taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
@@ -110,22 +143,25 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         dataset={"name": dataset.name, "source": dataset.source, "n_images": len(dataset),
                  "fingerprint": dataset.fingerprint(), "file_list_hash": dataset.file_list_hash(),
                  "label_hash": dataset.label_hash(),
-                 "skipped_at_load": dataset.skipped},
+                 "skipped_at_load": dataset.skipped,
+                 "skipped_at_load_items": dataset.skipped_items[:1000]},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo, hydra=hydra_info, distributed=shards)
     compare = _plain(cfg.get("compare")) or None
-    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
-    if cfg.get("model_card"):
-        from .model_card import ModelCardOptions, write_model_card
+    # every output goes to a staging folder, moved into out_dir only when all are written
+    with staged_outputs(out_dir, overwrite) as stage:
+        write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
+        if cfg.get("model_card"):
+            from .model_card import ModelCardOptions, write_model_card
 
-        mc = _plain(cfg.model_card)
-        opts = ModelCardOptions(**{**mc, "confidence": float(cfg.confidence)})
-        choices = {"model": model.name_or_path, "dataset": f"{dataset.name} {dataset.source}",
-                   "padding": dataset.source.get("config") or dataset.source.get("padding") or "unknown",
-                   "image subset": (f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
-                                    if subset.get("n") is not None else f"all {len(dataset)} images"),
-                   "templates": "; ".join(f"{t.name}: {' | '.join(t.templates)}" for t in taxonomies)}
-        write_model_card(ev.predictions, ev.metrics, opts, out_dir, choices, demo=demo)
+            mc = _plain(cfg.model_card)
+            opts = ModelCardOptions(**{**mc, "confidence": float(cfg.confidence)})
+            choices = {"model": model.name_or_path, "dataset": f"{dataset.name} {dataset.source}",
+                       "padding": dataset.source.get("config") or dataset.source.get("padding") or "unknown",
+                       "image subset": (f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
+                                        if subset.get("n") is not None else f"all {len(dataset)} images"),
+                       "templates": "; ".join(f"{t.name}: {' | '.join(t.templates)}" for t in taxonomies)}
+            write_model_card(ev.predictions, ev.metrics, opts, stage, choices, demo=demo)
     log.info("wrote results to %s", out_dir)
     return out_dir
 
@@ -137,15 +173,20 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .data.base import DatasetError
     from .data.images import ImageError
     from .models import ModelError
+    from .outputs import OutputError, os_error_message
     from .registry import RegistryError
+    from .schema import ConfigError
     from .taxonomy import TaxonomyError
 
     from .distributed import DistributedError
 
-    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, DistributedError)
+    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
+             OutputError, DistributedError)
     while e is not None:
         if isinstance(e, known):
             return e
+        if isinstance(e, OSError) and (msg := os_error_message(e)):  # disk full, not writable
+            return OutputError(msg)
         e = e.__cause__ or e.__context__
     return None
 
@@ -168,6 +209,23 @@ def _hydra_info(hc: Any) -> dict[str, Any]:
             "sweep_dir": str(hc.sweep.dir) if multirun else None}
 
 
+INTERRUPTED = ("clipfair: interrupted; image embeddings finished so far are cached: run the same command "
+               "again to resume")
+
+
+def _hydra_error(e: Exception) -> str:
+    """One line for an error Hydra raises while composing the config (a misspelt key gets a
+    'did you mean')."""
+    from .schema import unknown_key
+
+    c = e.__cause__
+    key, parent = getattr(c, "key", None), getattr(c, "parent_node", None)
+    if "Could not override" in str(e) and key is not None and parent is not None:
+        full = str(getattr(c, "full_key", key))
+        return str(unknown_key(str(key), full[: len(full) - len(str(key))], [str(k) for k in parent.keys()]))
+    return " ".join(str(e).split())
+
+
 def _hydra_run(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -186,6 +244,9 @@ def _hydra_run(argv: list[str]) -> None:
         (out / FAILED_FILE).unlink(missing_ok=True)
         try:
             run_from_config(cfg, out, list(hc.overrides.task), hydra_info=info)
+        except KeyboardInterrupt:
+            print(INTERRUPTED, file=sys.stderr)
+            raise SystemExit(130) from None
         except Exception as e:  # a user's mistake gets its message, not a traceback
             err = _user_error(e)
             write_json(out / FAILED_FILE, {"error": type(err or e).__name__, "message": str(err or e),
@@ -198,6 +259,8 @@ def _hydra_run(argv: list[str]) -> None:
             if hc.mode == RunMode.MULTIRUN:  # fail this job only; the sweep goes on
                 raise JobFailed(message) from None
             raise SystemExit(2) from None
+
+    from hydra.errors import HydraException
 
     try:
         rank = from_env().rank
@@ -212,9 +275,31 @@ def _hydra_run(argv: list[str]) -> None:
         argv = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
         argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}"]
     sys.argv = ["clipfair run", *argv]
+    full_error = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach the handlers below
     try:
         app()
+    except JobFailed as e:  # a sweep in which a job failed for a user error (the others ran)
+        print(str(e), file=sys.stderr)
+        raise SystemExit(2) from None
+    except HydraException as e:
+        if full_error:
+            raise
+        print(f"clipfair: error: {_hydra_error(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:  # Hydra creating the results folder
+        if full_error or e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST,
+                                         errno.ENOSPC):
+            raise
+        print(f"clipfair: error: cannot create the results folder {e.filename}: {e.strerror}; choose another "
+              "with hydra.run.dir=...", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
+        if not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
         if scratch:
             import shutil
 
@@ -269,7 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "compare":
         from .compare import main as compare_main
 
-        return compare_main(rest)
+        try:
+            return compare_main(rest)
+        except Exception as e:  # an unfinished or missing run folder: one line
+            err = _user_error(e)
+            if err is None:
+                raise
+            print(f"clipfair: error: {err}", file=sys.stderr)
+            return 2
     if cmd == "collect":
         from .collect import CollectError, main as collect_main
 

@@ -105,7 +105,8 @@ def _classify(folder: Path) -> RunFolder:
 
 def find_runs(dirs: Sequence[Path | str]) -> list[RunFolder]:
     """Every run folder under ``dirs`` (a folder with run.json, failed.json or a Hydra
-    ``.hydra/overrides.yaml``), in path order; submitit's own folders are skipped."""
+    ``.hydra/overrides.yaml``), in path order. Hidden folders are skipped: submitit's logs
+    (``.submitit``) and the staging folders a run writes its outputs into before moving them."""
     found: set[Path] = set()
     for d in map(Path, dirs):
         if not d.is_dir():
@@ -115,7 +116,7 @@ def find_runs(dirs: Sequence[Path | str]) -> list[RunFolder]:
                 folder = p.parent.parent if name == "overrides.yaml" else p.parent
                 if name == "overrides.yaml" and p.parent.name != ".hydra":
                     continue
-                if ".submitit" in folder.parts:
+                if any(part.startswith(".") for part in folder.relative_to(d).parts):
                     continue
                 found.add(folder.resolve())
     return [_classify(f) for f in sorted(found)]

@@ -157,6 +157,9 @@ class ClipModel:
 
 def _check_local_folder(path: Path, allow_pickle: bool) -> None:
     files = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if path.exists() and not path.is_dir():
+        raise ModelError(f"model path {path} is a file, not a folder; give the folder it was saved in with "
+                         "save_pretrained (the one holding config.json), or a hub id")
     if not path.is_dir():
         raise ModelError(f"model folder {path} does not exist")
     if "config.json" not in files:

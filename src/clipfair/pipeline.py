@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
+from .cache import unwritable_reason
 from .data.base import FaceDataset
 from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
@@ -90,6 +91,9 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
         for a in ([s] if isinstance(s, str) else s):
             if a != "overall" and a not in dataset.table.columns:
                 log.warning("slice %r: the dataset has no %r column; this slice is left out", s, a)
+    if cache_dir is not None and (why := unwritable_reason(cache_dir)) is not None:
+        log.warning("cache folder %s cannot be written (%s); running without the cache", cache_dir, why)
+        cache_dir = None
     image_store, text_store = open_stores(model, cache_dir)
     # the same embedding settings for the evaluation split and the probe's train split
     embed_kw = dict(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
@@ -130,10 +134,11 @@ def embed_shard(datasets: Sequence[FaceDataset | None], model: ClipModel, cache_
     shared content-addressed cache. After a barrier, rank 0 runs :func:`evaluate` on the whole
     dataset, which then finds every embedding in the cache. ``embed_kw``: the keyword arguments
     of :func:`clipfair.embed.embed_images`. Returns what this rank did, for run.json."""
-    if cache_dir is None:
+    why = "the cache is off" if cache_dir is None else unwritable_reason(cache_dir)
+    if why is not None:
         raise DistributedError(
-            f"a run over {dist.world_size} processes shares embeddings through the cache: set "
-            "cache.enabled=true and cache.dir to a folder every process can reach")
+            f"a run over {dist.world_size} processes shares embeddings through the cache, but {why}: set "
+            "cache.enabled=true and cache.dir to a folder every process can write")
     image_store, _ = open_stores(model, cache_dir)
     bs = int(batch_size or model.batch_size)
     done: list[dict[str, Any]] = []
