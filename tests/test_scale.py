@@ -134,7 +134,7 @@ def test_joblib_sweep_with_a_failing_job_then_collect(tmp_path, tiny_model_dir, 
               "dataset=fairface", f"dataset.root={fairface_root}", "dataset.limit=12", *SMALL,
               f"model.name_or_path={tiny_model_dir},{tmp_path / 'models' / 'missing'},{other}", check=False)
     # the failed job is reported with its one-line message, and the sweep says it failed ...
-    assert res.returncode != 0
+    assert res.returncode == 2
     assert f"clipfair: error: model folder {tmp_path / 'models' / 'missing'} does not exist" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     # ... but the others finished
