@@ -87,12 +87,18 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
 
     from .sensitivity import expand_template_sets
 
+    from .retrieval import load_query_sets, options_from_config
+
     check_config(cfg, overrides)
     overwrite = bool(cfg.get("overwrite", False))
     check_run_dir(out_dir, overwrite)
     template_sets = _plain(cfg.get("template_sets")) or {}
     # validate before the slow parts
-    taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
+    retrieval = options_from_config(_plain(cfg.get("retrieval")), float(cfg.confidence))
+    query_sets = load_query_sets(retrieval.queries) if retrieval is not None else []
+    tax_specs = list(cfg.taxonomies or [])
+    taxonomies = (expand_template_sets(load_taxonomies(tax_specs), template_sets)
+                  if tax_specs or retrieval is None else [])  # retrieval may run on its own
     dist = distributed.from_env()
     dcfg = cfg.get("distributed") or {}
     distributed.setup(dist, float(dcfg.get("timeout_min", 720)), str(dcfg.get("backend", "auto")))
@@ -131,7 +137,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=slices,
                   confidence=float(cfg.confidence), probe_train=probe_train, probe_options=probe_options,
                   disparity_min_n=int(cfg.get("disparity_min_n", 1)), embed_options=embed_options,
-                  **embed_settings)
+                  retrieval=retrieval, query_sets=query_sets, **embed_settings)
     if shards is not None and ev.counts.get("images_encoded"):
         log.warning("%d images were not in the cache after every rank's shard and were encoded by rank 0 "
                     "(set embed.fast_decode to true or false so that all ranks decode alike)",
@@ -175,13 +181,14 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .models import ModelError
     from .outputs import OutputError, os_error_message
     from .registry import RegistryError
+    from .retrieval import RetrievalError
     from .schema import ConfigError
     from .taxonomy import TaxonomyError
 
     from .distributed import DistributedError
 
     known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
-             OutputError, DistributedError)
+             OutputError, RetrievalError, DistributedError)
     while e is not None:
         if isinstance(e, known):
             return e
