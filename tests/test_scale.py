@@ -76,6 +76,39 @@ def test_shards_cover_every_row_once_in_whole_blocks(n, world, block):
         shard_indices(10, 2, 2, 4)
 
 
+@pytest.mark.parametrize("features", ["projected", "pre_projection"])
+def test_shards_of_every_rank_fill_the_cache_rank_0_needs(tmp_path, tiny_model_dir, fairface_root, features):
+    """The ranks' shards (run one after the other here) leave rank 0 nothing to encode: the
+    evaluation split, and the probe's train split with the features the probe uses."""
+    from clipfair.data import load_dataset
+    from clipfair.distributed import Dist
+    from clipfair.embed import EmbedStats
+    from clipfair.models import load_model
+    from clipfair.pipeline import embed_shard, evaluate
+    from clipfair.taxonomy import load_taxonomies
+
+    model = load_model(name_or_path=str(tiny_model_dir), device="cpu", batch_size=4)
+    ds = load_dataset("fairface", root=str(fairface_root), limit=14)
+    train = load_dataset("fairface", root=str(fairface_root), split="train", limit=18)
+    cache = tmp_path / "cache"
+    rows = []
+    for rank in range(3):
+        info = embed_shard(ds, model, cache, Dist(rank, 3), probe_train=train, probe_features=features,
+                           progress=False)
+        rows.append([(s["features"], s["rows"], s["encoded"]) for s in info["shards"]])
+    if features == "projected":  # eval 14 rows = blocks 4,4,4,2 -> ranks 0-2 get 4+2, 4, 4;
+        # train 18 = blocks 4,4,4,4,2 -> 4+4, 4+2, 4
+        assert [[r[1] for r in rk] for rk in rows] == [[6, 8], [4, 6], [4, 4]]
+    else:  # eval projected, eval pre-projection, train pre-projection
+        assert [r[0] for r in rows[0]] == ["projected", "pre_projection", "pre_projection"]
+    stats = EmbedStats()
+    ev = evaluate(ds, model, load_taxonomies(["fairface_gender"]), cache_dir=cache, progress=False, stats=stats,
+                  probe_train=train, probe_options={"Cs": [1.0], "features": features})
+    assert stats.images == 0 and ev.counts["images_encoded"] == 0 and ev.counts["train_images_encoded"] == 0
+    with pytest.raises(DistributedError, match="the cache is off"):
+        embed_shard(ds, model, None, Dist(0, 2))
+
+
 # ------------------------------------------------------------------ torchrun
 
 def _free_port() -> int:

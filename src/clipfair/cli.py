@@ -99,6 +99,12 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     tax_specs = list(cfg.taxonomies or [])
     taxonomies = (expand_template_sets(load_taxonomies(tax_specs), template_sets)
                   if tax_specs or retrieval is None else [])  # retrieval may run on its own
+    card_opts = None
+    if cfg.get("model_card"):
+        from .model_card import ModelCardOptions, read_references
+
+        card_opts = ModelCardOptions(**{**_plain(cfg.model_card), "confidence": float(cfg.confidence)})
+        read_references(card_opts.references)
     dist = distributed.from_env()
     dcfg = cfg.get("distributed") or {}
     distributed.setup(dist, float(dcfg.get("timeout_min", 720)), str(dcfg.get("backend", "auto")))
@@ -118,6 +124,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
             probe_train = instantiate(cfg.dataset, split=cfg.probe.train_split, limit=cfg.probe.train_limit,
                                       _convert_="all")
         probe_options = {"Cs": list(cfg.probe.Cs), "holdout": float(cfg.probe.holdout),
+                         "features": str(cfg.probe.get("features", "projected")),
+                         "refine_steps_per_decade": int(cfg.probe.get("refine_steps_per_decade", 8)),
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
                          "sweep_max_train": cfg.probe.sweep_max_train}
     slices = _slices(cfg.slices)
@@ -129,7 +137,9 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                           on_error=str(cfg.dataset.get("on_error", "raise")), progress=bool(cfg.progress))
     shards = None
     if dist.enabled:  # every rank embeds its shard into the shared cache; rank 0 goes on
-        mine = embed_shard([dataset, probe_train], model, cache_dir, dist, **embed_settings, **embed_options)
+        mine = embed_shard(dataset, model, cache_dir, dist, probe_train=probe_train,
+                           probe_features=(probe_options or {}).get("features", "projected"),
+                           **embed_settings, **embed_options)
         shards = {**dist.describe(), "ranks": distributed.barrier(mine)}  # waits for every rank's shard
         if not dist.is_main:
             log.info("rank %d of %d: shard embedded; rank 0 writes the outputs", dist.rank, dist.world_size)
@@ -137,6 +147,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=slices,
                   confidence=float(cfg.confidence), probe_train=probe_train, probe_options=probe_options,
                   disparity_min_n=int(cfg.get("disparity_min_n", 1)), embed_options=embed_options,
+                  precision_audit=_plain(cfg.get("precision_audit")),
                   retrieval=retrieval, query_sets=query_sets, **embed_settings)
     if shards is not None and ev.counts.get("images_encoded"):
         log.warning("%d images were not in the cache after every rank's shard and were encoded by rank 0 "
@@ -154,20 +165,29 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo, hydra=hydra_info, distributed=shards)
     compare = _plain(cfg.get("compare")) or None
+    if card_opts is not None:
+        import pandas as pd
+
+        from .model_card import race_scoring_metrics
+
+        # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary
+        ev.metrics = pd.concat([ev.metrics, race_scoring_metrics(
+            ev.predictions, card_opts.taxonomies["race"], slices, float(cfg.confidence))], ignore_index=True)
     # every output goes to a staging folder, moved into out_dir only when all are written
     with staged_outputs(out_dir, overwrite) as stage:
         write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
-        if cfg.get("model_card"):
-            from .model_card import ModelCardOptions, write_model_card
+        if card_opts is not None:
+            from .model_card import CardContext, padding_statement, write_model_card
 
-            mc = _plain(cfg.model_card)
-            opts = ModelCardOptions(**{**mc, "confidence": float(cfg.confidence)})
-            choices = {"model": model.name_or_path, "dataset": f"{dataset.name} {dataset.source}",
-                       "padding": dataset.source.get("config") or dataset.source.get("padding") or "unknown",
-                       "image subset": (f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
-                                        if subset.get("n") is not None else f"all {len(dataset)} images"),
-                       "templates": "; ".join(f"{t.name}: {' | '.join(t.templates)}" for t in taxonomies)}
-            write_model_card(ev.predictions, ev.metrics, opts, stage, choices, demo=demo)
+            context = CardContext(
+                model=model.name_or_path, dataset=f"{dataset.name} {dataset.source}",
+                padding=padding_statement(dataset.source),
+                image_subset=(f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
+                              if subset.get("n") is not None else f"all {len(dataset)} images"),
+                templates={t.name: list(t.templates) for t in taxonomies}, demo=demo,
+                linear_probe=ev.info.get("linear_probe") or {}, precision=ev.info.get("precision") or {},
+                extra_choices={"model dtype": str(model.dtype).replace("torch.", "")})
+            write_model_card(ev.predictions, ev.metrics, card_opts, stage, context)
     log.info("wrote results to %s", out_dir)
     return out_dir
 
@@ -178,6 +198,7 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .data.attributes import LabelError
     from .data.base import DatasetError
     from .data.images import ImageError
+    from .model_card import ModelCardError
     from .models import ModelError
     from .outputs import OutputError, os_error_message
     from .registry import RegistryError
@@ -188,7 +209,7 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .distributed import DistributedError
 
     known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
-             OutputError, RetrievalError, DistributedError)
+             OutputError, RetrievalError, ModelCardError, DistributedError)
     while e is not None:
         if isinstance(e, known):
             return e

@@ -340,8 +340,8 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
     sections.append(Section(f"{metric} across runs", tables))
 
     disp = largest_disparities(table, min_n, confidence)
-    worse = {"accuracy": "the lower group is worse off (accuracy: higher is better)",
-             "rate": "whether a higher share is a harm depends on the category"}
+    worse = {m: "the lower group is worse off (higher is better)" if up else
+             "whether a higher share is a harm depends on the category" for m, up in HIGHER_IS_BETTER.items()}
     rows = [[d.label, f"{d.metric}{f' of {d.category}' if d.category else ''} · {d.taxonomy} · {d.method}", d.slice,
              f"{d.high_group} {_pct(d.high_value)} (n={d.high_n})", f"{d.low_group} {_pct(d.low_value)} (n={d.low_n})",
              f"{100 * d.gap:.1f} [{100 * d.gap_ci_low:.1f}, {100 * d.gap_ci_high:.1f}]",
@@ -351,7 +351,7 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
              f"taxonomy, method, metric and category, among groups of at least {min_n} images. The gap's "
              f"interval (Newcombe's hybrid score interval) is Bonferroni-adjusted for every pair of groups the "
              f"gap was picked from, so a **finding** is a gap whose adjusted interval excludes zero. Direction: "
-             + "; ".join(f"{m}: {worse.get(m, 'not declared')}" for m in HIGHER_IS_BETTER) + "."),
+             + "; ".join(f"{m}: {w}" for m, w in worse.items()) + "."),
         Table(["run", "what", "slice", "higher", "lower", "gap pp [adjusted CI]", "finding"], rows, align="lllllrl")
         if rows else Text(f"No run has two groups of at least {min_n} images in a slice.")]))
     return Document("clipfair: runs collected", sections, intro), written

@@ -140,6 +140,20 @@ class ClipModel:
         fn = self._image_features or self.model.get_image_features
         return _features(fn(pixel_values=pv)).float().cpu().numpy()
 
+    # -- optional backend capability (linear probes, the CLIP paper's appendix A.3) ----------
+    # Image features before the projection head, unnormalised. A backend without them omits
+    # this method; probe.features=pre_projection then fails with a clear message.
+    @torch.inference_mode()
+    def encode_pixels_pre_projection(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """The image tower's pooled output before the projection, float32 (HF CLIP family:
+        ``vision_model(...).pooler_output``, the input of ``visual_projection``)."""
+        vision = getattr(self.model, "vision_model", None)
+        if vision is None or not hasattr(self.model, "visual_projection"):
+            raise ModelError(f"{self.name_or_path}: {type(self.model).__name__} has no vision_model + "
+                             "visual_projection, so no features before the projection; use probe.features=projected")
+        pv = pixel_values.to(self.device, non_blocking=True).to(self.dtype)
+        return vision(pixel_values=pv).pooler_output.float().cpu().numpy()
+
     def compile_image_encoder(self, **options: Any) -> None:
         """Route :meth:`encode_pixels` through ``torch.compile`` of the image tower. Compiling
         happens on the first call and again for every new input shape: keep batches one size."""
