@@ -286,6 +286,7 @@ def _metrics(rows: list[tuple]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["taxonomy", "method", "metric", "category", "slice", "group", "n", "count"])
     df["value"] = df["count"] / df["n"]
     df["ci_low"], df["ci_high"] = wilson_interval(df["count"].to_numpy(), df["n"].to_numpy())
+    df["small"] = df["n"] < 30
     return df[list(METRIC_COLUMNS)]
 
 
