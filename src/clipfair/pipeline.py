@@ -20,7 +20,7 @@ import pandas as pd
 from . import metrics as M
 from .data.base import FaceDataset
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
-from .models import ClipModel
+from .models import ImageTextModel, Scoring
 from .record import write_json
 from .taxonomy import Taxonomy
 from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
@@ -54,11 +54,12 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy],
-                       encode_texts: TextEmbedder, logit_scale: float,
+                       encode_texts: TextEmbedder, scoring: Scoring,
                        attributes: Sequence[str]) -> pd.DataFrame:
-    """Zero-shot predictions for every taxonomy on the same (cached) image embeddings."""
+    """Zero-shot predictions for every taxonomy on the same (cached) image embeddings, scored
+    by the model family's own rule."""
     frames = [zero_shot_predictions(table, image_embeddings, class_embeddings(t, encode_texts),
-                                    logit_scale, attributes) for t in taxonomies]
+                                    scoring, attributes) for t in taxonomies]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -70,7 +71,7 @@ def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Seq
     return met, M.disparities(met, min_n=disparity_min_n)
 
 
-def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxonomy], *,
+def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[Taxonomy], *,
              cache_dir: Path | str | None = None, slices: Sequence[Any] = M.DEFAULT_SLICES,
              confidence: float = 0.95, batch_size: int | None = None, num_workers: int | str = 0,
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
@@ -97,7 +98,7 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     table = dataset.table.iloc[emb.indices].reset_index(drop=True)
     texts = TextEmbedder(model, text_store, stats)
     with timed(timings, "zero_shot"):
-        preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.logit_scale,
+        preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.scoring,
                                    dataset.attributes)
     info: dict[str, Any] = {"embed_images": emb.info}
     skipped = {**dataset.skipped}
@@ -121,7 +122,7 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info)
 
 
-def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: pd.DataFrame,
+def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_table: pd.DataFrame,
                   eval_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy], attributes: Sequence[str],
                   timings: dict[str, float], embed_kw: dict[str, Any],
                   options: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], ImageEmbeddings]:
