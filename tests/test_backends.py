@@ -289,3 +289,56 @@ def test_scoring_rules_against_a_hand_computation():
                                [1 / (1 + math.exp(-(10 * c - 3))) for c in cos[0]], rtol=1e-6)
     with pytest.raises(ValueError):
         Scoring("argmax", 1.0)
+
+
+def test_cli_run_on_a_siglip_checkpoint_records_family_and_scoring(tmp_path, siglip_dir, fairface_root):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", "import sys; from clipfair.cli import main; sys.exit(main())", "run",
+           f"model=siglip_so400m", f"model.name_or_path={siglip_dir}", "model.device=cpu", "dataset=fairface",
+           f"dataset.root={fairface_root}", "dataset.limit=8", f"hydra.run.dir={out}", "progress=false",
+           "taxonomies=[fairface_gender]", f"cache.dir={tmp_path / 'cache'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["family"] == "siglip" and run["model"]["scoring"]["rule"] == "sigmoid"
+    assert run["model"]["text"]["padding"] == "max_length"
+    p = pd.read_parquet(out / "predictions.parquet")
+    np.testing.assert_allclose(p["score"], 1 / (1 + np.exp(-p["logit"])), rtol=1e-6)
+    assert "siglip" in (out / "summary.md").read_text()
+
+
+def test_model_configs_compose_for_every_family():
+    from hydra import compose, initialize_config_module
+
+    from clipfair.cli import register_resolvers
+
+    register_resolvers()
+    want = {"siglip_so400m": ("hf", "google/siglip-so400m-patch14-384", None),
+            "siglip2_b16": ("hf", "google/siglip2-base-patch16-224", None),
+            "metaclip_b32": ("hf", "facebook/metaclip-b32-400m", None),
+            "openclip_vit_b32_laion2b": ("open_clip", None, ("ViT-B-32", "laion2b_s34b_b79k")),
+            "openclip_vit_l14_datacomp": ("open_clip", None, ("ViT-L-14", "datacomp_xl_s13b_b90k"))}
+    with initialize_config_module(config_module="clipfair.configs", version_base="1.3"):
+        for name, (loader, path, oc) in want.items():
+            m = compose(config_name="config", overrides=[f"model={name}"]).model
+            assert m.loader == loader and m.name_or_path == path and m.allow_unknown_family is False
+            if oc:
+                assert (m.name, m.pretrained) == oc
+        # the spelling from the default config: model.loader=open_clip model.name=... model.pretrained=...
+        m = compose(config_name="config", overrides=["model.loader=open_clip", "model.name=ViT-B-32",
+                                                     "model.pretrained=laion2b_s34b_b79k"]).model
+        assert (m.loader, m.name, m.pretrained) == ("open_clip", "ViT-B-32", "laion2b_s34b_b79k")
+
+
+def test_loader_keys_that_do_not_apply_are_ignored_with_a_warning(tiny_model_dir, caplog):
+    m = load_model(loader="hf", name_or_path=str(tiny_model_dir), device="cpu", name="ViT-B-32",
+                   pretrained=None, config_file=None)
+    assert m.family == "clip"
+    assert "model.name='ViT-B-32' does not apply to model.loader=hf" in caplog.text
+    with pytest.raises(ModelError, match="needs model.name"):
+        load_model(loader="open_clip", name_or_path=str(tiny_model_dir))

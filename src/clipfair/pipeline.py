@@ -100,7 +100,8 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     with timed(timings, "zero_shot"):
         preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.scoring,
                                    dataset.attributes)
-    info: dict[str, Any] = {"embed_images": emb.info}
+    info: dict[str, Any] = {"embed_images": emb.info,
+                            "scoring": {"family": model.family, **model.scoring.describe()}}
     skipped = {**dataset.skipped}
     if probe_train is not None:
         probe_preds, info["linear_probe"], train_emb = linear_probes(
@@ -155,6 +156,10 @@ def header_lines(ev: Evaluation, demo: bool = False) -> list[str]:
     if demo:
         lines.append("> **Demo run: a toy model trained on synthetic images with planted biases. "
                      "These numbers say nothing about any real model.**")
+    sc = ev.info.get("scoring")
+    if sc:
+        lines.append(f"> Model family **{sc['family']}**: zero-shot `score` = {sc['formula']} (the family's own "
+                     "rule, scale and bias from the checkpoint); the raw logit is in `predictions.parquet`.")
     if ev.skipped:
         what = ", ".join(f"{k}: {v}" for k, v in sorted(ev.skipped.items()))
         lines.append(f"> **Skipped {sum(ev.skipped.values())} item(s)** ({what}); details in run.json.")

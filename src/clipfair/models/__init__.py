@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Any
 
 from .base import (MODELS, PICKLE_SUFFIXES, ImageTextModel, ModelError, Pixels, Scoring, TextSettings,
@@ -15,9 +17,22 @@ from .hf import FAMILIES, ClipModel, _features, features, load_hf_clip
 from . import open_clip_backend  # noqa: F401  (registers the "open_clip" loader; imports open_clip lazily)
 
 
+log = logging.getLogger(__name__)
+
+
 def load_model(loader: str = "hf", **kwargs: Any) -> ImageTextModel:
-    """Load a model with the named backend (``hf`` or ``open_clip``)."""
-    return MODELS.get(loader)(**kwargs)
+    """Load a model with the named backend (``hf`` or ``open_clip``).
+
+    The model config group shares one set of keys across loaders (so that
+    ``model.loader=open_clip model.name=... model.pretrained=...`` works from any model config);
+    keys the chosen loader does not take are dropped, with a warning when they are set.
+    """
+    fn = MODELS.get(loader)
+    params = inspect.signature(fn).parameters
+    for k, v in kwargs.items():
+        if k not in params and v not in (None, False):
+            log.warning("model.%s=%r does not apply to model.loader=%s; ignored", k, v, loader)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
 __all__ = ["FAMILIES", "MODELS", "PICKLE_SUFFIXES", "ClipModel", "ImageTextModel", "ModelError", "Pixels",

@@ -162,17 +162,17 @@ def _fingerprint(model_cfg: Any, model: torch.nn.Module) -> str:
 
 
 @MODELS.register("open_clip")
-def load_open_clip(name: str, pretrained: str | None = None, device: str = "auto", dtype: str = "auto",
-                   batch_size: int = 64, config_file: str | None = None, cache_dir: str | None = None,
-                   name_or_path: str | None = None, **ignored: Any) -> OpenClipModel:
+def load_open_clip(name: str | None = None, pretrained: str | None = None, device: str = "auto",
+                   dtype: str = "auto", batch_size: int = 64, config_file: str | None = None,
+                   cache_dir: str | None = None) -> OpenClipModel:
     """Load an open_clip model: a built-in architecture ``name`` with ``pretrained`` weights (a tag
     such as ``laion2b_s34b_b79k``, or a local weights file), ``hf-hub:org/repo``, or
     ``local-dir:/folder``. ``config_file``: a model config JSON to register first (a custom
-    architecture). Keys of the hf loader that do not apply (trust_remote_code, ...) are ignored."""
+    architecture)."""
+    if not name:
+        raise ModelError("model.loader=open_clip needs model.name (e.g. ViT-B-32 with model.pretrained="
+                         "laion2b_s34b_b79k, or hf-hub:org/repo, or local-dir:/folder)")
     open_clip = _import_open_clip()
-    for k, v in ignored.items():
-        if v not in (None, False):
-            log.warning("model.%s does not apply to the open_clip loader; ignored", k)
     if config_file:
         cf = Path(config_file).expanduser()
         if not cf.is_file():
@@ -207,7 +207,10 @@ def load_open_clip(name: str, pretrained: str | None = None, device: str = "auto
     shown = name if not pretrained else f"{name}:{pretrained}"
     with torch.inference_mode():
         embed_dim = model.encode_text(tokenizer(["a"]).to(dev)).shape[-1]
-    model_cfg = open_clip.get_model_config(name) if not name.startswith(("hf-hub:", _LOCAL_DIR)) else None
+    if name.startswith(_LOCAL_DIR):
+        model_cfg = json.loads((Path(name[len(_LOCAL_DIR):]) / "open_clip_config.json").read_text())["model_cfg"]
+    else:
+        model_cfg = open_clip.get_model_config(name) if not name.startswith("hf-hub:") else name
     info = {"loader": "open_clip", "class": type(model).__name__, "open_clip": open_clip.__version__,
             "pretrained": pretrained, "tokenizer": type(tokenizer).__name__}
     return OpenClipModel(model, tokenizer, transform, shown, dev, dt, text_dtype, batch_size,
