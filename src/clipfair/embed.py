@@ -91,7 +91,7 @@ class _Decoded(Dataset):
                  spec: ClipPreprocess | None = None, draft: tuple[int, int] | None = None,
                  device_decode: bool = False) -> None:
         self.dataset, self.rows = dataset, list(rows)
-        self.preprocess = model.preprocess
+        self.preprocess = model.preprocessor()  # light and picklable: workers need no weights
         self.spec, self.draft, self.device_decode = spec, draft, device_decode
 
     def __len__(self) -> int:

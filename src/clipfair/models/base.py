@@ -185,6 +185,11 @@ class ImageTextModel(ABC):
     def preprocess(self, images: Sequence[Image.Image]) -> Pixels:
         """The family's own preprocessing: PIL images -> model input (float32, on the CPU)."""
 
+    def preprocessor(self) -> Callable[[Sequence[Image.Image]], Pixels]:
+        """:meth:`preprocess` as a light picklable callable (for DataLoader workers): it should
+        not carry the model's weights."""
+        return self.preprocess
+
     @abstractmethod
     def preprocess_spec(self) -> ClipPreprocess | None:
         """The preprocessing as resize / crop / rescale / normalise, so that the fast uint8 path

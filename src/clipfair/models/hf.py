@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -179,10 +180,10 @@ class ClipModel(ImageTextModel):
     def preprocess(self, images: Sequence[Image.Image]) -> Pixels:
         """The checkpoint's own processor: float pixel values (N, 3, H, W), or, for SigLIP 2
         NaFlex, patches with their mask and spatial shapes."""
-        out = self.image_processor(images=list(images), return_tensors="pt")
-        if "pixel_attention_mask" in out:
-            return {k: out[k] for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes")}
-        return out["pixel_values"]
+        return _processor_pixels(self.image_processor, images)
+
+    def preprocessor(self) -> Any:
+        return partial(_processor_pixels, self.image_processor)
 
     def preprocess_spec(self) -> ClipPreprocess | None:
         return spec_from_image_processor(self.image_processor)
@@ -200,6 +201,13 @@ class ClipModel(ImageTextModel):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "text_settings_source": _family_obj(self.family).note}
+
+
+def _processor_pixels(image_processor: Any, images: Sequence[Image.Image]) -> Pixels:
+    out = image_processor(images=list(images), return_tensors="pt")
+    if "pixel_attention_mask" in out:
+        return {k: out[k] for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes")}
+    return out["pixel_values"]
 
 
 def _family_obj(name: str) -> HFFamily:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -26,7 +25,6 @@ from ..preprocess import ClipPreprocess
 from .base import (MODELS, ImageTextModel, ModelError, Pixels, Scoring, TextSettings, check_path_kind,
                    resolve_device, resolve_dtype, split_precision)
 
-log = logging.getLogger(__name__)
 
 _LOCAL_DIR = "local-dir:"
 _RESAMPLE = {"bicubic": int(Image.Resampling.BICUBIC), "bilinear": int(Image.Resampling.BILINEAR)}
@@ -73,6 +71,10 @@ def _token_count(tokenizer: Any, text: str) -> int:
     while n and ids[n - 1] == pad:
         n -= 1
     return n + 1 if pad == eos else n  # the end token doubles as padding (SigLIP's T5 vocabulary)
+
+
+def _transform_batch(transform: Any, images: Sequence[Image.Image]) -> torch.Tensor:
+    return torch.stack([transform(im) for im in images])
 
 
 class OpenClipModel(ImageTextModel):
@@ -137,7 +139,10 @@ class OpenClipModel(ImageTextModel):
         return hashlib.sha256(json.dumps(desc, default=str).encode()).hexdigest()[:16]
 
     def preprocess(self, images: Sequence[Image.Image]) -> Pixels:
-        return torch.stack([self.transform(im) for im in images])
+        return _transform_batch(self.transform, images)
+
+    def preprocessor(self) -> Any:
+        return partial(_transform_batch, self.transform)
 
     def preprocess_spec(self) -> ClipPreprocess | None:
         return spec_from_open_clip_cfg(dict(getattr(self.model.visual, "preprocess_cfg", {}) or {}))
