@@ -25,7 +25,8 @@ from clipfair.pipeline import evaluate
 from clipfair.taxonomy import load_taxonomies
 from clipfair.zeroshot import class_embeddings, l2_normalize, zero_shot_logits
 
-from tiny_families import make_tiny_bert, make_tiny_siglip, make_tiny_siglip2, make_tiny_vit
+from tiny_families import (make_tiny_align, make_tiny_altclip, make_tiny_bert, make_tiny_siglip, make_tiny_siglip2,
+                           make_tiny_vit)
 
 PROMPTS = ["a photo of a man.", "a photo of a woman.", "a photo of a child wearing a hat.", "an animal"]
 ATOL = 1e-5
@@ -161,6 +162,18 @@ def test_siglip2_naflex_patches_go_through_the_embedding_pipeline(siglip2_dir, f
     np.testing.assert_allclose(emb.embeddings, direct, atol=ATOL)
 
 
+@pytest.mark.parametrize("make, family", [(make_tiny_altclip, "altclip"), (make_tiny_align, "align")])
+def test_altclip_and_align_match_transformers_forward(tmp_path, make, family):
+    """[CLS]-pooling families: CLIP's text settings; ALIGN's scale is 1/temperature."""
+    folder = make(tmp_path / family)
+    model = load_model(name_or_path=str(folder), device="cpu", dtype="float32")
+    assert model.family == family and model.scoring.rule == "softmax"
+    assert model.scoring.logit_scale == pytest.approx(20.0, rel=1e-5)  # set in tiny_families
+    if family == "align":  # EfficientNet rescales to [-1, 1]: not the fast path's arithmetic
+        assert model.preprocess_spec() is None
+    _assert_golden(model, folder, tmp_path)
+
+
 # -- scores, run.json, cache keys -----------------------------------------------------------------
 
 def test_predictions_carry_the_family_probability_and_the_raw_logit(siglip_dir, tiny_model_dir, fairface_root):
@@ -224,7 +237,7 @@ def test_a_checkpoint_that_is_not_a_contrastive_image_text_model_is_refused(tmp_
         load_model(name_or_path=str(folder), device="cpu")
     msg = str(e.value)
     assert "\n" not in msg
-    assert f"model_type '{kind}'" in msg and "supported: clip" in msg and "siglip2" in msg
+    assert f"model_type '{kind}'" in msg and "supported: clip" in msg and "siglip2" in msg and "align" in msg
     assert "model.allow_unknown_family=true" in msg
 
 
@@ -245,7 +258,7 @@ def test_unknown_family_override_is_recorded_in_describe(tmp_path, tiny_model_di
     """A model_type outside the table, tried with the override: CLIP's settings, recorded."""
     from clipfair.models import hf
 
-    monkeypatch.setattr(hf, "FAMILIES", (hf.SIGLIP, hf.SIGLIP2))  # pretend CLIP were unknown
+    monkeypatch.setattr(hf, "FAMILIES", tuple(f for f in hf.FAMILIES if f is not hf.CLIP))  # CLIP "unknown"
     with pytest.raises(ModelError, match="model_type 'clip'"):
         load_model(name_or_path=str(tiny_model_dir), device="cpu")
     d = load_model(name_or_path=str(tiny_model_dir), device="cpu", allow_unknown_family=True).describe()

@@ -111,3 +111,75 @@ def make_tiny_vit(folder: Path) -> Path:
                        image_size=32, patch_size=8)).save_pretrained(folder, safe_serialization=True)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def _words() -> list[str]:
+    import re
+
+    return sorted({w for t in default_corpus() for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+
+
+def make_tiny_align(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """ALIGN: BERT tokenizer ([CLS] pooling), EfficientNet image tower, scale 1/temperature."""
+    from transformers import (AlignConfig, AlignModel, AlignProcessor, BertTokenizer,
+                              EfficientNetImageProcessorPil)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_words()]
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=CONTEXT)
+    config = AlignConfig(
+        text_config={**TOWER, "vocab_size": len(vocab), "max_position_embeddings": CONTEXT},
+        vision_config={"image_size": image_size, "width_coefficient": 0.1, "depth_coefficient": 0.1,
+                       "hidden_dim": 64},
+        projection_dim=32)
+    def build():
+        m = AlignModel(config).eval()
+        with torch.no_grad():  # ALIGN's tiny-init activations vanish (~1e-30); He init keeps them O(1)
+            for mod in m.vision_model.modules():
+                if isinstance(mod, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(mod.weight)
+            m.temperature.fill_(0.05)  # logit scale 20
+        return m
+
+    model = _seeded(build, seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    ip = EfficientNetImageProcessorPil(size={"height": image_size, "width": image_size},
+                                       crop_size={"height": image_size, "width": image_size},
+                                       rescale_factor=1 / 127.5, rescale_offset=True, do_normalize=False,
+                                       include_top=False)
+    AlignProcessor(image_processor=ip, tokenizer=tok).save_pretrained(folder)
+    ip.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_altclip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """AltCLIP: XLM-R (SentencePiece unigram) tokenizer, [CLS] pooling, CLIP vision tower."""
+    import sentencepiece as spm
+    from transformers import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, XLMRobertaTokenizer
+
+    from clipfair.toy import clip_image_processor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(default_corpus()), model_writer=buf, vocab_size=200, model_type="unigram",
+        hard_vocab_limit=False, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())
+              if not (sp.is_control(i) or sp.is_unknown(i))]
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces, ("<mask>", 0.0)]
+    tok = XLMRobertaTokenizer(vocab=vocab, model_max_length=CONTEXT)
+    config = AltCLIPConfig(
+        text_config={**TOWER, "vocab_size": len(vocab), "max_position_embeddings": CONTEXT + 2,
+                     "project_dim": 16},
+        vision_config={**TOWER, "image_size": image_size, "patch_size": 8}, projection_dim=16)
+    model = _seeded(lambda: AltCLIPModel(config).eval(), seed)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(20.0))
+    model.save_pretrained(folder, safe_serialization=True)
+    ip = clip_image_processor(image_size)
+    AltCLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(folder)
+    ip.save_pretrained(folder)
+    return folder

@@ -1,4 +1,4 @@
-"""transformers backend: CLIP (incl. MetaCLIP and CLIP fine-tunes), SigLIP, SigLIP 2.
+"""transformers backend: CLIP (incl. MetaCLIP and CLIP fine-tunes), SigLIP, SigLIP 2, AltCLIP, ALIGN.
 
 Each family is one row of :data:`FAMILIES`: its scoring rule and its text settings, as its
 authors use them. A checkpoint of another ``model_type`` is refused unless
@@ -16,6 +16,10 @@ authors use them. A checkpoint of another ``model_type`` is refused unless
   text, so prompts are lower-cased. The fixed-resolution checkpoints
   (``google/siglip2-base-patch16-224``) load as ``model_type`` siglip with a Gemma tokenizer;
   the NaFlex ones as ``siglip2`` (patch sequences: no fast uint8 path, the processor is used).
+* AltCLIP (Chen et al. 2022) and ALIGN (Jia et al. 2021): softmax; their text towers pool the
+  first ([CLS]) token with an attention mask, so CLIP's text settings apply. ALIGN's scale is
+  ``1 / temperature``; its EfficientNet preprocessing (rescale to [-1, 1]) uses the processor.
+  (Chinese-CLIP is not offered: clipfair's prompts and taxonomies are English only.)
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class HFFamily:
     rule: str  # Scoring.rule
     text: TextSettings
     note: str  # what it is, for messages and run.json
+    scale: str = "logit_scale"  # logit_scale = exp(model.logit_scale), or 1 / model.temperature (ALIGN)
 
 
 CLIP = HFFamily("clip", ("clip",), "softmax", TextSettings("longest", True, False),
@@ -59,7 +64,12 @@ SIGLIP = HFFamily("siglip", ("siglip",), "sigmoid", TextSettings("max_length", F
                   "SigLIP (sigmoid loss; T5 SentencePiece tokenizer)")
 SIGLIP2 = HFFamily("siglip2", ("siglip2",), "sigmoid", TextSettings("max_length", False, True),
                    "SigLIP 2 (sigmoid loss; Gemma tokenizer, lower-cased text)")
-FAMILIES: tuple[HFFamily, ...] = (CLIP, SIGLIP, SIGLIP2)
+# [CLS] pooling with an attention mask: the padding length does not change the embedding
+ALTCLIP = HFFamily("altclip", ("altclip",), "softmax", TextSettings("longest", True, False),
+                   "AltCLIP (XLM-R text tower, [CLS] pooling)")
+ALIGN = HFFamily("align", ("align",), "softmax", TextSettings("longest", True, False),
+                 "ALIGN (BERT text tower, [CLS] pooling; scale 1/temperature)", scale="temperature")
+FAMILIES: tuple[HFFamily, ...] = (CLIP, SIGLIP, SIGLIP2, ALTCLIP, ALIGN)
 
 
 def supported_families() -> str:
@@ -139,7 +149,14 @@ class ClipModel(ImageTextModel):
 
     @property
     def context_length(self) -> int:
-        return int(self.model.config.text_config.max_position_embeddings)
+        """The text tower's positions; for families padded to the longest prompt, at most the
+        tokenizer's ``model_max_length`` (XLM-R / BERT: 514 positions, 512 tokens)."""
+        n = int(self.model.config.text_config.max_position_embeddings)
+        if self.text.padding != "max_length":
+            m = getattr(self.tokenizer, "model_max_length", None)
+            if isinstance(m, int) and 0 < m < n:
+                n = m
+        return n
 
     @property
     def embed_dim(self) -> int:
@@ -238,6 +255,8 @@ def spec_from_image_processor(image_processor: Any) -> ClipPreprocess | None:
             return None
     if hasattr(ip, "max_num_patches"):  # SigLIP 2 NaFlex: patch sequences, not an image
         return None
+    if getattr(ip, "rescale_offset", False) or getattr(ip, "include_top", False):
+        return None  # EfficientNet (ALIGN): rescale to [-1, 1] / a second normalisation
     for flag in ("do_pad", "do_reduce_labels", "do_flip_channel_order"):
         if getattr(ip, flag, False):
             return None
@@ -388,13 +407,17 @@ def load_hf_clip(name_or_path: str, device: str = "auto", dtype: str = "auto",
         if not hasattr(model, fn):
             raise ModelError(f"{name_or_path!r} loads as {type(model).__name__}, which has no {fn}; "
                              "clipfair needs a contrastive image-text (CLIP-style) model")
-    if not hasattr(model, "logit_scale"):
-        raise ModelError(f"{name_or_path!r} has no logit_scale parameter")
+    if not hasattr(model, "temperature" if family.scale == "temperature" else "logit_scale"):
+        raise ModelError(f"{name_or_path!r} has no {'temperature' if family.scale == 'temperature' else 'logit_scale'} "
+                         "parameter; clipfair needs the checkpoint's own logit scale")
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise ModelError(f"{name_or_path!r}: AutoProcessor did not give an image processor and a tokenizer")
     family = refine_family(family, processor.tokenizer)
     # exp(learned logit scale) and the learned bias, read in float32 before any down-cast; never constants
-    logit_scale = float(model.logit_scale.detach().float().exp().item())
+    if family.scale == "temperature":  # ALIGN: logits = cos / temperature
+        logit_scale = 1.0 / float(model.temperature.detach().float().item())
+    else:
+        logit_scale = float(model.logit_scale.detach().float().exp().item())
     bias = getattr(model, "logit_bias", None)
     logit_bias = float(bias.detach().float().reshape(-1)[0].item()) if bias is not None else 0.0
     if family.rule == "sigmoid" and bias is None:
