@@ -304,6 +304,7 @@ def test_scoring_rules_against_a_hand_computation():
         Scoring("argmax", 1.0)
 
 
+@pytest.mark.slow
 def test_cli_run_on_a_siglip_checkpoint_records_family_and_scoring(tmp_path, siglip_dir, fairface_root):
     import subprocess
     import sys

@@ -200,6 +200,7 @@ def test_unknown_names_and_folders_are_one_line_errors(tmp_path, tiny):
         load_model(loader="open_clip", name=f"local-dir:{tmp_path}", device="cpu")
 
 
+@pytest.mark.slow
 def test_cli_runs_an_open_clip_model_as_the_issue_spells_it(tmp_path, tiny, fairface_root):
     import subprocess
     import sys
