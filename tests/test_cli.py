@@ -183,7 +183,7 @@ def test_usage_and_unknown_command(capsys):
 
 @pytest.mark.parametrize("overrides, message", [
     (["taxonomies=[nope]"], "unknown taxonomy 'nope'; available built-ins: clip_denigration"),
-    (["dataset=fairface", "dataset.root=/nonexistent/ff"], "label CSV not found: /nonexistent/ff/fairface_label_val.csv"),
+    (["dataset=fairface", "dataset.root=/nonexistent/ff", "model=clip_vit_b32"], "label CSV not found: /nonexistent/ff/fairface_label_val.csv"),
     (["model.name_or_path=/nonexistent/model"], "model folder /nonexistent/model does not exist"),
 ])
 def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path, overrides, message):

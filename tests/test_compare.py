@@ -92,7 +92,9 @@ def test_compare_runs_paired_and_unpaired(tmp_path):
     assert set(unpaired["test"]) == {"two_proportion_z"}
     row = unpaired.query("group == 'A'").iloc[0]
     assert row["p_value"] == pytest.approx(two_proportion_z(100, 100, 40, 100))
-    with pytest.raises(FileNotFoundError, match="predictions.parquet is missing"):
+    from clipfair.outputs import OutputError
+
+    with pytest.raises(OutputError, match="predictions.parquet"):
         compare_runs([tmp_path / "r1", tmp_path])
     # the command-line form writes the same table
     from clipfair.cli import main

@@ -475,9 +475,10 @@ def test_paths_outside_root_refused_unless_allowed(tmp_path):
     root = tmp_path / "ff"
     write_image(tmp_path / "outside.jpg", PALETTE[2])
     write_image(tmp_path / "abs.jpg", PALETTE[3])
+    shutil.copy(tmp_path / "outside.jpg", tmp_path / "outside2.jpg")  # another file: not a duplicate path
     write_fairface_split(root, "val", [one_line(file="../outside.jpg"),
                                        one_line(file=str(tmp_path / "abs.jpg")),
-                                       one_line(file="val/../../outside.jpg")], images=False)
+                                       one_line(file="val/../../outside2.jpg")], images=False)
     for on_error in ("raise", "skip"):  # refused, never skipped quietly
         with pytest.raises(DatasetError) as e:
             load_dataset("fairface", root=str(root), on_error=on_error)

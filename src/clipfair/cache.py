@@ -14,6 +14,7 @@ model fingerprint, preprocessing, dtype, ...) and ``chunk-*.npz`` files, each ma
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images are decoded with their EXIF orientation applied
 
 
 def default_cache_dir() -> Path:
@@ -62,9 +63,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC and not e.filename:  # name the file in the message
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def unwritable_reason(root: Path | str) -> str | None:
+    """Why files cannot be written under the cache folder ``root`` (None: they can)."""
+    try:
+        root = Path(root).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return None
 
 
 class EmbeddingStore:

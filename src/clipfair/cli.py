@@ -6,7 +6,9 @@ Hydra and `instantiate` live here only; the core takes typed objects.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,16 +42,49 @@ def _slices(raw: Any) -> list[Any]:
     return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in _plain(raw)]
 
 
+def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
+    """The bundled toy model runs only on the demo data, unless chosen on purpose."""
+    from .schema import ConfigError
+
+    if (plain.get("model") or {}).get("loader", "hf") != "hf":  # e.g. open_clip: the toy is an hf folder
+        return
+    model = str((plain.get("model") or {}).get("name_or_path", ""))
+    if not model or Path(model).expanduser().resolve() != (demo_dir() / "model").resolve():
+        return
+    ds = plain.get("dataset") or {}
+    root = ds.get("root")
+    if ds.get("name") == "fairface" and root and Path(str(root)).expanduser().resolve() == (demo_dir() / "fairface").resolve():
+        return
+    if any(o.split("=", 1)[0].lstrip("+~") in ("model", "model.name_or_path") for o in overrides):
+        return
+    raise ConfigError("no model chosen for this dataset (the default is the bundled toy demo model, whose results "
+                      "say nothing about real models): choose one, e.g. model=clip_vit_b32 or "
+                      "model.name_or_path=<hub id or local folder> (model=demo runs the toy on purpose)")
+
+
+def check_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Validate the whole config against the typed schema (clipfair.schema) before any work."""
+    from .schema import validate
+
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    validate(plain, sorted(OmegaConf.missing_keys(cfg)))
+    _require_model(plain, overrides)
+
+
 def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Path:
     """Run one configured experiment and write every output into ``out_dir``."""
     from hydra.utils import instantiate
 
+    from .outputs import check_run_dir, staged_outputs
     from .pipeline import evaluate, write_outputs
     from .record import build_record
     from .taxonomy import load_taxonomies
 
     from .sensitivity import expand_template_sets
 
+    check_config(cfg, overrides)
+    overwrite = bool(cfg.get("overwrite", False))
+    check_run_dir(out_dir, overwrite)
     template_sets = _plain(cfg.get("template_sets")) or {}
     # validate before the slow parts
     taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
@@ -88,22 +123,25 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         dataset={"name": dataset.name, "source": dataset.source, "n_images": len(dataset),
                  "fingerprint": dataset.fingerprint(), "file_list_hash": dataset.file_list_hash(),
                  "label_hash": dataset.label_hash(),
-                 "skipped_at_load": dataset.skipped},
+                 "skipped_at_load": dataset.skipped,
+                 "skipped_at_load_items": dataset.skipped_items[:1000]},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
     compare = _plain(cfg.get("compare")) or None
-    write_outputs(ev, out_dir, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
-    if cfg.get("model_card"):
-        from .model_card import ModelCardOptions, write_model_card
+    # every output goes to a staging folder, moved into out_dir only when all are written
+    with staged_outputs(out_dir, overwrite) as stage:
+        write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
+        if cfg.get("model_card"):
+            from .model_card import ModelCardOptions, write_model_card
 
-        mc = _plain(cfg.model_card)
-        opts = ModelCardOptions(**{**mc, "confidence": float(cfg.confidence)})
-        choices = {"model": model.name_or_path, "dataset": f"{dataset.name} {dataset.source}",
-                   "padding": dataset.source.get("config") or dataset.source.get("padding") or "unknown",
-                   "image subset": (f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
-                                    if subset.get("n") is not None else f"all {len(dataset)} images"),
-                   "templates": "; ".join(f"{t.name}: {' | '.join(t.templates)}" for t in taxonomies)}
-        write_model_card(ev.predictions, ev.metrics, opts, out_dir, choices, demo=demo)
+            mc = _plain(cfg.model_card)
+            opts = ModelCardOptions(**{**mc, "confidence": float(cfg.confidence)})
+            choices = {"model": model.name_or_path, "dataset": f"{dataset.name} {dataset.source}",
+                       "padding": dataset.source.get("config") or dataset.source.get("padding") or "unknown",
+                       "image subset": (f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
+                                        if subset.get("n") is not None else f"all {len(dataset)} images"),
+                       "templates": "; ".join(f"{t.name}: {' | '.join(t.templates)}" for t in taxonomies)}
+            write_model_card(ev.predictions, ev.metrics, opts, stage, choices, demo=demo)
     log.info("wrote results to %s", out_dir)
     return out_dir
 
@@ -115,15 +153,37 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .data.base import DatasetError
     from .data.images import ImageError
     from .models import ModelError
+    from .outputs import OutputError, os_error_message
     from .registry import RegistryError
+    from .schema import ConfigError
     from .taxonomy import TaxonomyError
 
-    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError)
+    known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
+             OutputError)
     while e is not None:
         if isinstance(e, known):
             return e
+        if isinstance(e, OSError) and (msg := os_error_message(e)):  # disk full, not writable
+            return OutputError(msg)
         e = e.__cause__ or e.__context__
     return None
+
+
+INTERRUPTED = ("clipfair: interrupted; image embeddings finished so far are cached: run the same command "
+               "again to resume")
+
+
+def _hydra_error(e: Exception) -> str:
+    """One line for an error Hydra raises while composing the config (a misspelt key gets a
+    'did you mean')."""
+    from .schema import unknown_key
+
+    c = e.__cause__
+    key, parent = getattr(c, "key", None), getattr(c, "parent_node", None)
+    if "Could not override" in str(e) and key is not None and parent is not None:
+        full = str(getattr(c, "full_key", key))
+        return str(unknown_key(str(key), full[: len(full) - len(str(key))], [str(k) for k in parent.keys()]))
+    return " ".join(str(e).split())
 
 
 def _hydra_run(argv: list[str]) -> None:
@@ -137,6 +197,9 @@ def _hydra_run(argv: list[str]) -> None:
         hc = HydraConfig.get()
         try:
             run_from_config(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+        except KeyboardInterrupt:
+            print(INTERRUPTED, file=sys.stderr)
+            raise SystemExit(130) from None
         except Exception as e:  # a user's mistake gets its message, not a traceback
             err = _user_error(e)
             if err is None:
@@ -144,8 +207,31 @@ def _hydra_run(argv: list[str]) -> None:
             print(f"clipfair: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
 
+    from hydra.errors import HydraException
+
     sys.argv = ["clipfair run", *argv]
-    app()
+    full_error = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach the handlers below
+    try:
+        app()
+    except HydraException as e:
+        if full_error:
+            raise
+        print(f"clipfair: error: {_hydra_error(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:  # Hydra creating the results folder
+        if full_error or e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST,
+                                         errno.ENOSPC):
+            raise
+        print(f"clipfair: error: cannot create the results folder {e.filename}: {e.strerror}; choose another "
+              "with hydra.run.dir=...", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        if not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 def _cache_cmd(argv: list[str]) -> int:
@@ -195,7 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "compare":
         from .compare import main as compare_main
 
-        return compare_main(rest)
+        try:
+            return compare_main(rest)
+        except Exception as e:  # an unfinished or missing run folder: one line
+            err = _user_error(e)
+            if err is None:
+                raise
+            print(f"clipfair: error: {err}", file=sys.stderr)
+            return 2
     print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy.stats import binom, norm
 
 from .metrics import DEFAULT_SLICES, _slice_attrs, _value_order, slice_name
+from .outputs import safe_filename
 
 log = logging.getLogger(__name__)
 
@@ -319,15 +320,15 @@ def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: f
     for (metric, cat, sl), _ in cmp.groupby(["metric", "category", "slice"], sort=False):
         if sl not in plot_slices:
             continue
-        name = f"compare_{metric}{'_' + cat if cat else ''}_{sl}.png".replace(" ", "_").replace("/", "_")
+        name = safe_filename(f"compare_{metric}{'_' + cat if cat else ''}_{sl}", ".png")
         written.append(plot_variant_shift(cmp, metric, cat, sl, out_dir / name))
     return written
 
 
 def _load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    for f in ("predictions.parquet", "metrics.csv", "run.json"):
-        if not (run_dir / f).is_file():
-            raise FileNotFoundError(f"{run_dir} is not a clipfair run directory: {f} is missing")
+    from .outputs import require_finished_run
+
+    require_finished_run(run_dir)
     rec = json.loads((run_dir / "run.json").read_text())
     return (pd.read_parquet(run_dir / "predictions.parquet"),
             pd.read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"category": ""}),

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .cache import EmbeddingStore, sha256_hex
 from .data.base import FaceDataset
-from .data.images import ImageError, decode_image
+from .data.images import ImageError, decode_image, has_exif_rotation
 from .models.base import ImageTextModel, Pixels
 from .preprocess import EXACT_TOLERANCE, ClipPreprocess, compare_draft, draft_within_tolerance, max_abs_diff
 
@@ -65,7 +65,7 @@ class EmbedStats:
 
 def _reason_key(err: ImageError) -> str:
     r = err.reason
-    for key, needle in (("missing_file", "not found"), ("empty_file", "empty"),
+    for key, needle in (("missing_file", "not found"), ("empty_file", "empty"), ("too_large", "-byte limit"),
                         ("not_an_image", "not an image"), ("corrupt_image", "corrupt"),
                         ("not_a_file", "directory")):
         if needle in r:
@@ -102,7 +102,7 @@ class _Decoded(Dataset):
         try:
             if self.device_decode:
                 data = self.dataset.read_bytes(i)
-                if data[:3] == _JPEG_MAGIC:
+                if data[:3] == _JPEG_MAGIC and not has_exif_rotation(data):  # rotated: CPU decode
                     return i, ("jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)), ""
             if self.draft is not None:
                 img = decode_image(self.dataset.read_bytes(i), self.dataset.reader.describe(i),
@@ -391,6 +391,11 @@ def embed_images(dataset: FaceDataset, model: ImageTextModel, store: EmbeddingSt
     bs = int(batch_size or model.batch_size)
     nw = resolve_num_workers(num_workers, model.device) if rows else 0
     info: dict[str, Any] = {**plan.info, "num_workers": nw, "batch_size": bs, "compile": bool(compile)}
+    if dups := dataset.duplicate_contents(keys):  # one image under several names: counted twice
+        log.warning("dataset %r: %d groups of images have identical content, e.g. %s; each copy is "
+                    "counted (listed in run.json under duplicate_contents)", dataset.name, len(dups),
+                    " = ".join(dups[0][:3]))
+        info["duplicate_contents"] = {"groups": len(dups), "images": sum(map(len, dups)), "examples": dups[:50]}
     # the result: one row per readable image, in dataset order, filled in place
     candidates = np.asarray([i for i, k in enumerate(keys) if k is not None], dtype=np.int64)
     pos = np.full(len(keys), -1, dtype=np.int64)

@@ -16,10 +16,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .data.attributes import race_binary
 from .metrics import group_metrics, wilson_interval
+from .outputs import safe_filename
+from .yamlio import load_yaml_file
 
 ROLES = ("race", "gender", "age", "denigration", "denigration_child")
 CARD_COLUMNS = ("kind", "id", "table", "row", "column", "method", "taxonomy", "metric", "slice", "group",
@@ -55,7 +56,7 @@ REQUIRED = ("id", "table", "row", "column", "method", "taxonomy", "metric", "sli
 def load_references(path: str | Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
     """(figures, model-card claims, source) from a reference YAML (safe loader, data only)."""
     p = Path(path) if path else Path(str(importlib.resources.files("clipfair") / "references" / "clip_paper.yaml"))
-    data = yaml.safe_load(p.read_text())
+    data = load_yaml_file(p)  # data only, aliases capped
     figs = list(data["figures"])
     seen: set[str] = set()
     for i, f in enumerate(figs):
@@ -283,7 +284,8 @@ def write_model_card(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: Mod
     card.to_csv(written[0], index=False, float_format="%.4g", lineterminator="\n")
     plots = {}
     for table in dict.fromkeys(card.loc[card["kind"] == "figure", "table"]):
-        name = "model_card_" + "".join(ch if ch.isalnum() else "_" for ch in table.lower()).strip("_") + ".png"
+        name = safe_filename("model_card_" + "".join(ch if ch.isalnum() else "_" for ch in table.lower()).strip("_"),
+                             ".png")
         written.append(plot_table(card, table, out_dir / name, opts.tolerance_pp))
         plots[table] = name
     md = out_dir / "model_card.md"

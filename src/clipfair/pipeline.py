@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import metrics as M
 from .data.base import FaceDataset
+from .cache import unwritable_reason
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
 from .models import ImageTextModel, Scoring
 from .record import write_json
@@ -89,6 +90,9 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
         for a in ([s] if isinstance(s, str) else s):
             if a != "overall" and a not in dataset.table.columns:
                 log.warning("slice %r: the dataset has no %r column; this slice is left out", s, a)
+    if cache_dir is not None and (why := unwritable_reason(cache_dir)) is not None:
+        log.warning("cache folder %s cannot be written (%s); running without the cache", cache_dir, why)
+        cache_dir = None
     image_store, text_store = open_stores(model, cache_dir)
     # the same embedding settings for the evaluation split and the probe's train split
     embed_kw = dict(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,

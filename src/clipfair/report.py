@@ -18,6 +18,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .outputs import safe_filename
+
 __all__ = [
     "summary_markdown",
     "plot_accuracy",
@@ -93,12 +95,8 @@ def _acc_cell(row) -> str:
     return f"{_pct(row.value)} [{_pct_bare(row.ci_low)}–{_pct_bare(row.ci_high)}] ({int(row.n)})"
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
 def _safe(name: str) -> str:
-    s = _SAFE.sub("_", str(name)).strip("._")
-    return s or "x"
+    return safe_filename(name)
 
 
 def _select(metrics: pd.DataFrame, **eq) -> pd.DataFrame:

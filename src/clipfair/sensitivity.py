@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .taxonomy import Taxonomy, TaxonomyError
+from .outputs import safe_filename
 
 SEP = "@"
 SPREAD_COLUMNS = ("taxonomy", "method", "metric", "category", "slice", "group", "n_sets",
@@ -163,6 +164,6 @@ def write_sensitivity(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir:
                     & (spr["slice"] == sl)).any():
                 if metric == "rate" and cat in ("human", "race", "gender", "age", "class"):
                     continue  # the complement of the probe categories; skip to keep plots few
-                name = f"sensitivity_{tax}_{metric}{'_' + cat if cat else ''}_{sl}.png".replace(" ", "_")
+                name = safe_filename(f"sensitivity_{tax}_{metric}{'_' + cat if cat else ''}_{sl}", ".png")
                 written.append(plot_spread(metrics, tax, metric, cat, sl, out_dir / name))
     return written, sensitivity_markdown(spr, fnd)

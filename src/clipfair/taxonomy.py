@@ -23,14 +23,20 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import yaml
-
 from .data.attributes import CANONICAL
 from .registry import Registry, RegistryError
+from .yamlio import YamlError, load_yaml_file
+
+log = logging.getLogger(__name__)
+
+#: set to 1 to let ``include:`` read taxonomy files outside the including file's folder tree
+ALLOW_INCLUDE_ENV = "CLIPFAIR_ALLOW_INCLUDE_ANYWHERE"
 
 TOP_KEYS = {"name", "description", "templates", "target", "classes", "include",
             "add_classes", "remove_classes"}
@@ -115,14 +121,12 @@ BUILTINS = _builtin_registry()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
+    try:  # data only, aliases capped, YAML 1.2 booleans (see clipfair.yamlio)
+        data = load_yaml_file(path)
     except FileNotFoundError:
         raise TaxonomyError(f"{path}: taxonomy file not found") from None
-    try:
-        data = yaml.safe_load(text)  # data only: no Python object tags
-    except yaml.YAMLError as e:
-        raise TaxonomyError(f"{path}: not valid YAML ({e})") from None
+    except YamlError as e:
+        raise TaxonomyError(str(e)) from None
     if not isinstance(data, dict):
         raise TaxonomyError(f"{path}: a taxonomy file must be a mapping with name, templates, classes")
     return data
@@ -146,6 +150,38 @@ def _locate(spec: str, relative_to: Path | None = None) -> Path:
         "(or give a path to a YAML file)")))
 
 
+def _scalar(value: Any, where: str, key: str) -> str:
+    """A string, number or date read as text; anything else (a list, a mapping, a boolean,
+    null) is an error naming ``where`` and ``key``, never a repr."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict, set, tuple)):
+        what = {type(None): "empty", bool: f"the boolean {value}"}.get(type(value), f"a {type(value).__name__}")
+        raise TaxonomyError(f"{where}: {key!r} must be a string, got {what}"
+                            + (" (put it in quotes)" if isinstance(value, bool) else ""))
+    return str(value)
+
+
+def _scalars(value: Any, where: str, key: str) -> list[str]:
+    """One string or a list of strings (see :func:`_scalar`)."""
+    items = value if isinstance(value, list) else [value]
+    return [_scalar(v, where, f"{key}[{i}]" if isinstance(value, list) else key) for i, v in enumerate(items)]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _check_include(found: Path, spec: str, including: Path, top: Path, allow_anywhere: bool) -> None:
+    """An include must stay in the top file's folder tree or the built-ins, unless allowed."""
+    if allow_anywhere or os.environ.get(ALLOW_INCLUDE_ENV, "").lower() in ("1", "true", "yes"):
+        return
+    real = found.resolve()
+    if _inside(real, builtin_dir().resolve()) or _inside(real, top.resolve().parent):
+        return
+    raise TaxonomyError(
+        f"{including}: include {spec!r} is outside {top.resolve().parent} (the taxonomy's folder) and "
+        f"not a built-in; copy the file there, or set {ALLOW_INCLUDE_ENV}=1 to allow it")
+
+
 def _parse_classes(raw: Any, path: Path, key: str) -> list[TaxonomyClass]:
     if not isinstance(raw, list) or not raw:
         raise TaxonomyError(f"{path}: '{key}' must be a non-empty list of classes")
@@ -160,27 +196,25 @@ def _parse_classes(raw: Any, path: Path, key: str) -> list[TaxonomyClass]:
         if unknown:
             raise TaxonomyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(CLASS_KEYS)}")
         label = c.get("label")
-        if not isinstance(label, (str, int, float)) or str(label).strip() == "":
+        if label is None or (isinstance(label, str) and label.strip() == ""):
             raise TaxonomyError(f"{where}: 'label' is required and must be a non-empty string")
-        label = str(label)
+        label = _scalar(label, where, "label")
         prompts = c.get("prompts", [label])
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, (str, int, float)) for p in prompts):
+        if prompts == [] or isinstance(prompts, dict):
             raise TaxonomyError(f"{where} ({label}): 'prompts' must be a non-empty list of strings")
-        category = str(c.get("category", DEFAULT_CATEGORY))
+        prompts = _scalars(prompts, f"{where} ({label})", "prompts")
+        category = _scalar(c.get("category", DEFAULT_CATEGORY), f"{where} ({label})", "category")
         matches = c.get("matches", [])
-        if isinstance(matches, str):
-            matches = [matches]
-        if not isinstance(matches, list):
+        if isinstance(matches, dict):
             raise TaxonomyError(f"{where} ({label}): 'matches' must be a list of target values")
-        out.append(TaxonomyClass(label, tuple(str(p) for p in prompts), category,
-                                 tuple(str(m) for m in matches)))
+        matches = _scalars(matches, f"{where} ({label})", "matches") if matches != [] else []
+        out.append(TaxonomyClass(label, tuple(prompts), category, tuple(matches)))
     return out
 
 
-def _load_dict(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a file and resolve its include chain into one flat dict."""
+def _load_dict(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere: bool = False) -> dict[str, Any]:
+    """Read a file and resolve its include chain into one flat dict. Includes stay in the
+    first file's folder tree or the built-ins unless ``allow_include_anywhere``."""
     if path in stack:
         chain = " -> ".join(str(p) for p in (*stack, path))
         raise TaxonomyError(f"include cycle: {chain}")
@@ -192,7 +226,9 @@ def _load_dict(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
         inc = data["include"]
         if not isinstance(inc, str):
             raise TaxonomyError(f"{path}: 'include' must be one taxonomy name or path")
-        base = _load_dict(_locate(inc, path.parent), (*stack, path))
+        found = _locate(inc, path.parent)
+        _check_include(found, inc, path, (stack or (path,))[0], allow_include_anywhere)
+        base = _load_dict(found, (*stack, path), allow_include_anywhere)
         merged = {k: v for k, v in base.items() if k not in ("name", "description")}
         for k in ("name", "description", "templates", "target"):
             if k in data:
@@ -204,11 +240,12 @@ def _load_dict(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
             rm = data["remove_classes"]
             if not isinstance(rm, list):
                 raise TaxonomyError(f"{path}: 'remove_classes' must be a list of labels")
+            rm = _scalars(rm, str(path), "remove_classes")
             have = [c.label for c in classes]
-            missing = [str(r) for r in rm if str(r) not in have]
+            missing = [r for r in rm if r not in have]
             if missing:
                 raise TaxonomyError(f"{path}: remove_classes: {missing} not in {inc!r} (labels: {have})")
-            classes = [c for c in classes if c.label not in {str(r) for r in rm}]
+            classes = [c for c in classes if c.label not in set(rm)]
         if "add_classes" in data:
             classes += _parse_classes(data["add_classes"], path, "add_classes")
         merged["classes"] = classes
@@ -268,35 +305,41 @@ def validate(tax: Taxonomy) -> Taxonomy:
     return tax
 
 
-def load_taxonomy(spec: str | Path) -> Taxonomy:
-    """Load a built-in taxonomy by name, or a user's YAML file by path."""
+def load_taxonomy(spec: str | Path, allow_include_anywhere: bool = False) -> Taxonomy:
+    """Load a built-in taxonomy by name, or a user's YAML file by path. ``include:`` may
+    read only the built-ins and files in the taxonomy's folder tree, unless
+    ``allow_include_anywhere`` (or the environment variable CLIPFAIR_ALLOW_INCLUDE_ANYWHERE=1)."""
     path = _locate(str(spec)) if not isinstance(spec, Path) else spec.resolve()
-    d = _load_dict(path)
-    if "name" not in d:
-        raise TaxonomyError(f"{path}: 'name' is required")
+    d = _load_dict(path, allow_include_anywhere=allow_include_anywhere)
+    if d.get("name") is None or (isinstance(d["name"], str) and not d["name"].strip()):
+        raise TaxonomyError(f"{path}: 'name' is required and must be a non-empty string")
+    name = _scalar(d["name"], str(path), "name")
     templates = d.get("templates")
-    if isinstance(templates, str):
-        templates = [templates]
-    if not isinstance(templates, list):
-        raise TaxonomyError(f"{path} ({d['name']}): 'templates' must be a list of strings containing '{{}}'")
+    if not isinstance(templates, (str, list)):
+        raise TaxonomyError(f"{path} ({name}): 'templates' must be a list of strings containing '{{}}'")
+    templates = _scalars(templates, f"{path} ({name})", "templates")
     target = d.get("target")
     tax = Taxonomy(
-        name=str(d["name"]),
+        name=name,
         templates=tuple(templates),
         classes=tuple(d["classes"]),
-        target=None if target is None else str(target),
-        description=str(d.get("description", "")),
+        target=None if target is None else _scalar(target, f"{path} ({name})", "target"),
+        description=_scalar(d.get("description", ""), f"{path} ({name})", "description"),
         source=d["source"],
     )
-    return validate(tax)
+    validate(tax)
+    if len(tax.classes) == 1:
+        log.warning("%s (%s): only one class (%s): every image is scored 1.0 for it; add classes to "
+                    "compare against", tax.source, tax.name, tax.classes[0].label)
+    return tax
 
 
-def load_taxonomies(specs: Iterable[str | Path]) -> list[Taxonomy]:
+def load_taxonomies(specs: Iterable[str | Path], allow_include_anywhere: bool = False) -> list[Taxonomy]:
     """Load several taxonomies; duplicate names are an error (never silently overwritten)."""
     out: list[Taxonomy] = []
     names: dict[str, str] = {}
     for s in specs:
-        t = load_taxonomy(s)
+        t = load_taxonomy(s, allow_include_anywhere)
         if t.name in names:
             raise TaxonomyError(
                 f"two taxonomies are named {t.name!r}: {names[t.name]} and {t.source}; names must be unique")

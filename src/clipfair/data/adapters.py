@@ -44,7 +44,7 @@ import pandas as pd
 from ..registry import Registry
 from .attributes import ATTRIBUTES, LabelError, age_to_bin, normalize_value, race_binary
 from .base import DatasetError, FaceDataset, FileReader, ImageReader
-from .images import ImageError
+from .images import DEFAULT_MAX_IMAGE_BYTES, ImageError, read_image_file
 
 if TYPE_CHECKING:  # `datasets` is imported lazily: it is slow to import
     import datasets
@@ -78,6 +78,7 @@ _UTKFACE_URL = "https://susanqq.github.io/UTKFace/"
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 _SPLIT_ALIASES = {"val": "validation", "validation": "val", "valid": "validation"}
 _EXAMPLES = 5  # how many offending rows an error message lists
+_SHOW_CHARS = 80  # longest value echoed in an error message
 
 Converter = Callable[[object], str]
 """Maps one raw label to its canonical string; raises LabelError if it cannot."""
@@ -91,7 +92,13 @@ def load_dataset(name: str, **kwargs: Any) -> FaceDataset:
 
     Unknown names raise a RegistryError listing the registered adapters; unknown or
     missing arguments raise a DatasetError listing the ones the adapter accepts.
+    ``max_image_bytes`` (every adapter): image files larger than this are refused from their
+    size before they are read (None: no limit).
     """
+    max_image_bytes = kwargs.pop("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)
+    if max_image_bytes is not None and (isinstance(max_image_bytes, bool) or int(max_image_bytes) < 1):
+        raise DatasetError(f"dataset.max_image_bytes must be a positive number of bytes or null, "
+                           f"got {max_image_bytes!r}")
     adapter = DATASETS.get(name)
     signature = inspect.signature(adapter)
     try:
@@ -100,7 +107,10 @@ def load_dataset(name: str, **kwargs: Any) -> FaceDataset:
         accepted = ", ".join(signature.parameters)
         raise DatasetError(f"dataset {name!r}: {e}; accepted arguments: {accepted}") from None
     # adapters apply limit themselves; this guards adapters registered elsewhere
-    return adapter(**kwargs).limit(kwargs.get("limit"))
+    ds = adapter(**kwargs).limit(kwargs.get("limit"))
+    if hasattr(ds.reader, "max_bytes"):
+        ds.reader.max_bytes = None if max_image_bytes is None else int(max_image_bytes)
+    return ds
 
 
 # ------------------------------------------------------------------ shared machinery
@@ -117,6 +127,7 @@ class _RowIssues:
     on_error: str
     counts: Counter[str] = field(default_factory=Counter)
     bad: set[int] = field(default_factory=set)
+    why: dict[int, tuple[str, str]] = field(default_factory=dict)  # row -> (reason, message)
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR:
@@ -138,15 +149,32 @@ class _RowIssues:
             if r not in self.bad:
                 self.bad.add(r)
                 self.counts[reason] += 1
+                self.why[r] = (reason, _clip(message, 300))
+
+    def items(self, image_ids: Sequence[object]) -> list[dict[str, str]]:
+        """The dropped rows by name (image id), reason and message, in row order."""
+        return [{"image_id": _clip(str(image_ids[r]), 300), "reason_key": reason, "message": msg}
+                for r, (reason, msg) in sorted(self.why.items())]
 
     def kept(self, n: int) -> list[int]:
         return [i for i in range(n) if i not in self.bad]
 
 
+def _clip(text: str, n: int = _SHOW_CHARS) -> str:
+    """``text`` cut to ``n`` characters (with the number left out), for messages."""
+    return text if len(text) <= n else f"{text[:n]}... ({len(text) - n:,} more characters)"
+
+
+def _show(value: object) -> str:
+    """repr of a value for an error message, cut to _SHOW_CHARS characters."""
+    r = repr(value)
+    return r if len(r) <= _SHOW_CHARS else _clip(r)
+
+
 def _examples(items: Sequence[object], total: int | None = None) -> str:
     """``'a', 'b', ... (N in total)`` for error messages."""
     total = len(items) if total is None else total
-    shown = ", ".join(repr(str(x)) for x in items[:_EXAMPLES])
+    shown = ", ".join(repr(_clip(str(x), 4 * _SHOW_CHARS)) for x in items[:_EXAMPLES])
     return f"{shown}{', ...' if total > _EXAMPLES else ''} ({total} in total)"
 
 
@@ -237,8 +265,9 @@ def _canonical_labels(frame: pd.DataFrame, columns: Mapping[str, str],
                 mapped.append(None)
                 rows = np.flatnonzero(codes == k)
                 also = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+                msg = str(e).replace(repr(raw), _show(raw))  # a huge cell is not echoed whole
                 issues.flag(rows, f"unknown_{attr}",
-                            f"{where(int(rows[0]))}{also}, column {col!r}: {e}")
+                            f"{where(int(rows[0]))}{also}, column {col!r}: {_clip(msg, 400)}")
         out[attr] = [mapped[c] for c in codes]
     return out
 
@@ -249,7 +278,7 @@ def _check_unique(ids: Sequence[str], where: Callable[[int], str], what: str) ->
     dups: list[str] = []
     for i, x in enumerate(ids):
         if x in seen:
-            dups.append(f"{x!r} at {where(seen[x])} and {where(i)}")
+            dups.append(f"{_show(x)} at {where(seen[x])} and {where(i)}")
         else:
             seen[x] = i
     if dups:
@@ -268,15 +297,35 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def normalise_relpath(value: str) -> str:
+    """An image path as written in a label file, normalised (``./val/5.jpg`` and
+    ``val//5.jpg`` are ``val/5.jpg``); empty stays empty."""
+    return os.path.normpath(value).replace(os.sep, "/") if value else value
+
+
+def _inside(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _link_outside(path: str, real_base: str) -> str | None:
+    """Where ``path`` really is, if a symbolic link takes it outside ``real_base``."""
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        return None
+    return None if _inside(real, real_base) else real
+
+
 def _image_paths(values: Sequence[str], root: Path, allow_outside_root: bool,
                  where: Callable[[int], str], issues: _RowIssues) -> list[Path]:
     """Paths of image files given relative to ``root``.
 
-    Paths that leave ``root`` (``..`` or absolute) raise unless ``allow_outside_root``;
-    the check is lexical, so symlinked folders inside ``root`` are fine. Empty and
-    missing paths are flagged as ``missing_image``.
+    Paths that leave ``root`` (``..``, absolute, or a symbolic link - of the file or of a
+    folder on its way - that points outside ``root``) raise unless ``allow_outside_root``.
+    Empty and missing paths are flagged as ``missing_image``.
     """
     base = os.path.abspath(root)
+    real_base = os.path.realpath(base)
     paths: list[Path] = []
     outside: list[str] = []
     empty: list[int] = []
@@ -284,8 +333,10 @@ def _image_paths(values: Sequence[str], root: Path, allow_outside_root: bool,
         full = os.path.normpath(os.path.join(base, v))
         if not v:
             empty.append(i)
-        elif not (full == base or full.startswith(base.rstrip(os.sep) + os.sep)):
-            outside.append(f"{v} ({where(i)})")
+        elif not _inside(full, base):
+            outside.append(f"{_clip(v)} ({where(i)})")
+        elif not allow_outside_root and (real := _link_outside(full, real_base)) is not None:
+            outside.append(f"{_clip(v)} ({where(i)}, a symbolic link to {_clip(real)})")
         paths.append(Path(full))
     if outside and not allow_outside_root:
         raise DatasetError(
@@ -333,7 +384,9 @@ def _finish(name: str, frame: pd.DataFrame, image_ids: Sequence[str],
     if not len(table):
         raise DatasetError(f"dataset {name!r} ({source}) has no usable rows"
                            + (f"; skipped: {skipped}" if skipped else ""))
-    return FaceDataset(name, table, make_reader(kept), source, skipped).limit(limit)
+    ds = FaceDataset(name, table, make_reader(kept), source, skipped)
+    ds.skipped_items = issues.items(image_ids)
+    return ds.limit(limit)
 
 
 # ---------------------------------------------------------------- CSV (fairface, csv)
@@ -343,12 +396,43 @@ def _read_csv(path: Path, missing_hint: str) -> pd.DataFrame:
     """A label CSV as strings: BOM removed, whitespace stripped from headers and values."""
     if not path.is_file():
         raise DatasetError(f"label CSV not found: {path}. {missing_hint}")
+    _check_csv_shape(path)
     try:
         df = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DatasetError(f"cannot read CSV {path}: {e}") from None
+        raise DatasetError(f"cannot read CSV {path}: {_clip(str(e), 300)}") from None
     df.columns = [str(c).replace("\ufeff", "").strip() for c in df.columns]
     return df.apply(lambda s: s.str.strip())
+
+
+def _check_csv_shape(path: Path) -> None:
+    """Every row is UTF-8 and has as many fields as the header; else a DatasetError naming
+    the row and line (pandas would report a byte offset, or shift the columns of a row with
+    an extra field so that its values land under the wrong names)."""
+    import csv
+
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(
+                    f"{path} line {n}" + (f" (row {n - 1})" if n > 1 else " (the header)")
+                    + f": byte 0x{raw[e.start]:02x} at column {e.start + 1} is not UTF-8; save the file "
+                    "as UTF-8 (e.g. from Latin-1: iconv -f latin1 -t utf-8)") from None
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise DatasetError(
+                        f"{path} row {reader.line_num - 1} (line {reader.line_num}) has {len(row)} fields, "
+                        f"the header has {len(header)}; quote values that contain commas, or fix the row")
+        except csv.Error as e:
+            raise DatasetError(f"cannot read CSV {path} line {reader.line_num}: {e}") from None
 
 
 def _from_label_csv(name: str, csv_path: Path, *, root: Path, image_column: str,
@@ -372,9 +456,11 @@ def _from_label_csv(name: str, csv_path: Path, *, root: Path, image_column: str,
     def where(i: int) -> str:
         return f"{csv_path} row {i + 1} (line {i + 2})"
 
-    image_values = frame[image_column].tolist()
+    image_values = [normalise_relpath(v) for v in frame[image_column].tolist()]
     image_ids = frame[id_column].tolist() if id_column else image_values
     _check_unique(image_ids, where, f"image ids in {csv_path}")
+    if id_column:  # two ids for one file are one image counted twice
+        _check_unique([v or f"\0{i}" for i, v in enumerate(image_values)], where, f"image paths in {csv_path}")
     columns = {a: c for a, c in attributes.items() if c}
     converters = {"age": _years_to_bin} if age_years else {}
     labels = _canonical_labels(frame, columns, converters, where, issues)
@@ -493,6 +579,12 @@ def utkface(*, root: str | None = None, limit: int | None = None, on_error: str 
     files = _image_files(root_path, recursive)
     if not files:
         raise DatasetError(f"no .jpg/.jpeg/.png files in {root_path} (recursive={recursive})")
+    real_root = os.path.realpath(root_path)
+    links = [f"{_clip(str(p))} -> {_clip(real)}" for p in files
+             if (real := _link_outside(str(p), real_root)) is not None]
+    if links:
+        raise DatasetError(f"symbolic links in {root_path} point outside it: {_examples(links)}; "
+                           "copy the images into the folder, or remove the links")
     image_ids = [p.relative_to(root_path).as_posix() for p in files]
     parsed = [_UTK_NAME.fullmatch(p.name) for p in files]
     malformed = [i for i, m in enumerate(parsed) if m is None]
@@ -541,6 +633,7 @@ class HFReader:
     name: str
     split: str
     indices: list[int]
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES
 
     @classmethod
     def from_dataset(cls, dataset: "datasets.Dataset", image_column: str, name: str,
@@ -567,7 +660,7 @@ class HFReader:
             raise ImageError(self.describe(i), "no image stored in this row",
                              "fix the dataset, or set dataset.on_error=skip")
         try:
-            return Path(path).read_bytes()
+            return read_image_file(path, self.max_bytes)
         except OSError as e:
             raise ImageError(self.describe(i), f"cannot read image file {path} ({e})",
                              "fix the dataset, or set dataset.on_error=skip") from None

@@ -11,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from .attributes import ATTRIBUTES
-from .images import ImageError, decode_image
+from .images import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image, read_image_file
 
 
 class ImageReader(Protocol):
@@ -28,14 +28,18 @@ class ImageReader(Protocol):
 
 @dataclass
 class FileReader:
-    """Images stored as files; ``paths[i]`` is the file of row i."""
+    """Images stored as files; ``paths[i]`` is the file of row i. A file larger than
+    ``max_bytes`` (None: no limit) is refused from its size, before it is read."""
 
     paths: list[Path]
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES
 
     def read(self, i: int) -> bytes:
         p = self.paths[i]
         try:
-            return p.read_bytes()
+            return read_image_file(p, self.max_bytes)
+        except ImageError:
+            raise
         except FileNotFoundError:
             raise ImageError(str(p), "file not found",
                              "check dataset.root, or set dataset.on_error=skip") from None
@@ -51,7 +55,7 @@ class FileReader:
         return str(self.paths[i])
 
     def subset(self, indices: Sequence[int]) -> "FileReader":
-        return FileReader([self.paths[i] for i in indices])
+        return FileReader([self.paths[i] for i in indices], self.max_bytes)
 
 
 class DatasetError(ValueError):
@@ -73,6 +77,8 @@ class FaceDataset:
     reader: ImageReader
     source: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    #: the rows dropped at load time, by name: {image_id, reason_key, message}
+    skipped_items: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.table = self.table.reset_index(drop=True)
@@ -104,7 +110,7 @@ class FaceDataset:
             return self
         idx = list(range(int(n)))
         return FaceDataset(self.name, self.table.iloc[idx].copy(), self.reader.subset(idx),
-                           {**self.source, "limit": int(n)}, dict(self.skipped))
+                           {**self.source, "limit": int(n)}, dict(self.skipped), list(self.skipped_items))
 
     def sample(self, n: int | None, seed: int = 0) -> "FaceDataset":
         """A seeded random subset of n rows, kept in dataset order (all rows when n is None)."""
@@ -114,7 +120,18 @@ class FaceDataset:
 
         idx = sorted(np.random.default_rng(seed).choice(len(self), size=int(n), replace=False).tolist())
         return FaceDataset(self.name, self.table.iloc[idx].copy(), self.reader.subset(idx),
-                           {**self.source, "subset": {"n": int(n), "seed": int(seed)}}, dict(self.skipped))
+                           {**self.source, "subset": {"n": int(n), "seed": int(seed)}}, dict(self.skipped),
+                           list(self.skipped_items))
+
+    def duplicate_contents(self, keys: Sequence[str | None]) -> list[list[str]]:
+        """Groups of image ids whose files have equal content (``keys[i]``: a hash of image
+        i's bytes, None where unreadable): one image listed under several names."""
+        groups: dict[str, list[str]] = {}
+        ids = self.table["image_id"].astype(str).tolist()
+        for i, k in enumerate(keys):
+            if k is not None:
+                groups.setdefault(k, []).append(ids[i])
+        return [g for g in groups.values() if len(g) > 1]
 
     def fingerprint(self) -> str:
         """Hash of the image list and labels (cheap: reads no image content)."""

@@ -1,12 +1,22 @@
-"""Decoding image bytes into RGB PIL images, with errors that name the file."""
+"""Decoding image bytes into RGB PIL images, with errors that name the file.
+
+Decoding applies the EXIF orientation (a phone photo stored sideways with orientation 6 is
+turned upright, as every image viewer shows it), in every decode path.
+"""
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: default largest image file read (dataset.max_image_bytes), checked before reading
+DEFAULT_MAX_IMAGE_BYTES = 50_000_000
+_ORIENTATION = 0x0112  # the EXIF orientation tag
 
 
 class ImageError(ValueError):
@@ -61,6 +71,49 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def read_image_file(path: Path | str, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of an image file; a file larger than ``max_bytes`` (None: no limit) is an
+    ImageError found from its size, before anything is read. OSErrors pass through."""
+    p = Path(path)
+
+    def too_large(size: int) -> ImageError:
+        return ImageError(str(p), f"file is {size:,} bytes, larger than the {max_bytes:,}-byte limit",
+                          "set dataset.max_image_bytes higher if the image is real, or dataset.on_error=skip")
+
+    with open(p, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise too_large(size)
+        data = f.read(size + 1) if size else b""  # one allocation of the file's size
+        if len(data) > size or not size:  # grew since stat, or a special file without a size
+            while max_bytes is None or len(data) <= max_bytes:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                data += block
+    if max_bytes is not None and len(data) > max_bytes:
+        raise too_large(len(data))
+    return data
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 = upright, 2-8 = flipped / rotated) of an opened image."""
+    try:
+        o = img.getexif().get(_ORIENTATION, 1)
+        return int(o) if isinstance(o, int) and 1 <= o <= 8 else 1
+    except Exception:  # noqa: BLE001 - damaged EXIF: treat as upright
+        return 1
+
+
+def has_exif_rotation(data: bytes) -> bool:
+    """Whether encoded bytes carry an EXIF orientation other than upright (reads the header only)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return exif_orientation(img) != 1
+    except Exception:  # noqa: BLE001 - undecodable bytes: the decoder reports them
+        return False
+
+
 def decode_image(data: bytes, where: str, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode encoded image bytes into an RGB image; raise ImageError naming ``where``.
 
@@ -77,6 +130,8 @@ def decode_image(data: bytes, where: str, draft: tuple[int, int] | None = None) 
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft)
             img.load()  # forces a full decode: truncated files fail here
+            if exif_orientation(img) != 1:
+                img = ImageOps.exif_transpose(img)
     except UnidentifiedImageError:
         raise ImageError(where, "not an image file PIL can read", _HINT) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:

@@ -20,6 +20,11 @@ from . import open_clip_backend  # noqa: F401  (registers the "open_clip" loader
 log = logging.getLogger(__name__)
 
 
+def model_config_keys() -> tuple[str, ...]:
+    """Every key of the ``model`` config group: the arguments of all registered loaders."""
+    return tuple(sorted({p for name in MODELS.names() for p in inspect.signature(MODELS.get(name)).parameters}))
+
+
 def load_model(loader: str = "hf", **kwargs: Any) -> ImageTextModel:
     """Load a model with the named backend (``hf`` or ``open_clip``).
 
@@ -35,6 +40,6 @@ def load_model(loader: str = "hf", **kwargs: Any) -> ImageTextModel:
     return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
-__all__ = ["FAMILIES", "MODELS", "PICKLE_SUFFIXES", "ClipModel", "ImageTextModel", "ModelError", "Pixels",
+__all__ = ["FAMILIES", "model_config_keys", "MODELS", "PICKLE_SUFFIXES", "ClipModel", "ImageTextModel", "ModelError", "Pixels",
            "Scoring", "TextSettings", "_features", "features", "load_hf_clip", "load_model", "resolve_device",
            "resolve_dtype"]

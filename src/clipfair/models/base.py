@@ -303,9 +303,8 @@ def check_path_kind(name_or_path: str, want: str = "folder") -> Path | None:
     if not (path.exists() or name_or_path.startswith((".", "/", "~"))):
         return None
     if want == "folder" and path.is_file():
-        raise ModelError(f"model path {path} is a file, not a folder; give the folder that holds the "
-                         "model saved with save_pretrained (config.json, *.safetensors, tokenizer and "
-                         "preprocessor files)")
+        raise ModelError(f"model path {path} is a file, not a folder; give the folder it was saved in with "
+                         "save_pretrained (the one holding config.json), or a hub id")
     if not path.exists():
         raise ModelError(f"model folder {path} does not exist")
     return path

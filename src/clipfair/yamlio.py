@@ -1,0 +1,131 @@
+"""The one safe YAML reader for clipfair's data files (taxonomies, query sets, references).
+
+``yaml.safe_load`` already refuses Python object tags; :func:`load_yaml_file` adds
+
+* a size cap on the document (:data:`MAX_BYTES`), checked before it is read;
+* a cap on alias expansion: a document whose anchors and aliases (``&a`` / ``*a``) would
+  expand to more than :data:`MAX_NODES` nodes (a "billion laughs" bomb) or that refers to
+  itself is refused before any value is built, so no later ``str()`` can blow up;
+* YAML 1.2 booleans: only ``true`` / ``false`` are booleans; YAML 1.1's ``on``, ``off``,
+  ``yes``, ``no``, ``y``, ``n`` (any case) stay strings, so a prompt ``[NO]`` is "NO";
+* syntax errors reported as ``file: not valid YAML at line L, column C: problem``, without
+  echoing the file's content.
+
+Errors are :class:`YamlError` (a ValueError); callers re-raise them as their own error class.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: largest data file read, in bytes
+MAX_BYTES = 10_000_000
+#: largest number of nodes a document may expand to once its aliases are followed
+MAX_NODES = 1_000_000
+
+
+class YamlError(ValueError):
+    """A YAML data file that is too large, malformed, or an alias bomb."""
+
+
+class _DataLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and a check of the composed node graph."""
+
+    max_nodes = MAX_NODES
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node, self.max_nodes)
+        return node
+
+
+# YAML 1.2 booleans only: drop the 1.1 bool resolver (yes/no/on/off/y/n) and add true/false back
+_DataLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_DataLoader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                                  re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+
+
+def _check_expansion(root: yaml.Node, limit: int) -> None:
+    """Raise YamlError if the node graph expands to more than ``limit`` nodes or has a cycle.
+
+    Each distinct node is visited once (memoised): aliases share node objects, so a bomb is
+    detected from its small graph, without expanding it.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise YamlError("an alias refers to the node that contains it (a recursive structure)")
+        if isinstance(node, yaml.ScalarNode):
+            return 1
+        active.add(key)
+        children = ([c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode)
+                    else list(node.value))
+        total = 1
+        for c in children:
+            total += size(c)
+            if total > limit:
+                raise YamlError(f"the document expands to more than {limit:,} values through its "
+                                "aliases (*name); write the values out or use fewer aliases")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
+def loads(text: str, where: str = "<string>", max_nodes: int = MAX_NODES) -> Any:
+    """Parse one YAML document of data (see the module docstring); errors name ``where``."""
+    loader = _DataLoader(text)
+    loader.max_nodes = max_nodes
+    try:
+        return loader.get_single_data()
+    except YamlError as e:
+        raise YamlError(f"{where}: {e}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = e.problem or e.context or "syntax error"
+        raise YamlError(f"{where}: not valid YAML{at}: {problem}") from None
+    except yaml.YAMLError as e:  # unmarked errors carry no file content
+        raise YamlError(f"{where}: not valid YAML ({type(e).__name__})") from None
+    except RecursionError:
+        raise YamlError(f"{where}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_file(path: Path | str, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES) -> Any:
+    """Read and parse a YAML data file (UTF-8, BOM allowed); YamlError on any problem,
+    FileNotFoundError when it does not exist."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise YamlError(f"{p}: cannot read ({e.strerror or e})") from None
+    if size > max_bytes:
+        raise YamlError(f"{p}: {size:,} bytes is larger than the {max_bytes:,}-byte limit for a "
+                        "YAML data file")
+    try:
+        text = p.read_bytes()[:max_bytes + 1].decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise YamlError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except IsADirectoryError:
+        raise YamlError(f"{p}: is a folder, not a YAML file") from None
+    except OSError as e:
+        raise YamlError(f"{p}: cannot read ({e.strerror or e})") from None
+    return loads(text, str(p), max_nodes)
