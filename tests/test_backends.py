@@ -344,9 +344,24 @@ def test_model_configs_compose_for_every_family():
             if oc:
                 assert (m.name, m.pretrained) == oc
         # the spelling from the default config: model.loader=open_clip model.name=... model.pretrained=...
-        m = compose(config_name="config", overrides=["model.loader=open_clip", "model.name=ViT-B-32",
-                                                     "model.pretrained=laion2b_s34b_b79k"]).model
+        from omegaconf import OmegaConf
+
+        from clipfair.cli import _require_model
+        from clipfair.schema import ConfigError, validate
+
+        over = ["model.loader=open_clip", "model.name=ViT-B-32", "model.pretrained=laion2b_s34b_b79k"]
+        cfg = compose(config_name="config", overrides=over)
+        m = cfg.model
         assert (m.loader, m.name, m.pretrained) == ("open_clip", "ViT-B-32", "laion2b_s34b_b79k")
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        validate(plain)  # the schema takes every loader's keys in the shared model group
+        # not the toy model on a real dataset: the toy guard does not apply to another loader
+        _require_model({**plain, "dataset": {"name": "fairface", "root": "/data/fairface"}}, over)
+        for name in want:
+            validate(OmegaConf.to_container(compose(config_name="config", overrides=[f"model={name}"]), resolve=True))
+        bad = OmegaConf.to_container(compose(config_name="config", overrides=["+model.pretraind=x"]), resolve=True)
+        with pytest.raises(ConfigError, match="did you mean pretrained"):
+            validate(bad)
 
 
 def test_loader_keys_that_do_not_apply_are_ignored_with_a_warning(tiny_model_dir, caplog):
