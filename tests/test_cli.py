@@ -77,6 +77,11 @@ def test_every_experiment_composes_and_names_valid_taxonomies(hydra_compose, opt
     from clipfair.taxonomy import load_taxonomies
 
     cfg = OmegaConf.to_container(hydra_compose([f"experiment={option}"]), resolve=True)
+    if not cfg["taxonomies"] and (cfg.get("retrieval") or {}).get("enabled"):  # retrieval on its own
+        from clipfair.retrieval import load_query_sets, options_from_config
+
+        assert load_query_sets(options_from_config(cfg["retrieval"]).queries)
+        return
     taxa = expand_template_sets(load_taxonomies(cfg["taxonomies"]), cfg.get("template_sets") or {})
     assert len(taxa) >= 1
 

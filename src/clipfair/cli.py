@@ -82,12 +82,18 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
 
     from .sensitivity import expand_template_sets
 
+    from .retrieval import load_query_sets, options_from_config
+
     check_config(cfg, overrides)
     overwrite = bool(cfg.get("overwrite", False))
     check_run_dir(out_dir, overwrite)
     template_sets = _plain(cfg.get("template_sets")) or {}
     # validate before the slow parts
-    taxonomies = expand_template_sets(load_taxonomies(list(cfg.taxonomies)), template_sets)
+    retrieval = options_from_config(_plain(cfg.get("retrieval")), float(cfg.confidence))
+    query_sets = load_query_sets(retrieval.queries) if retrieval is not None else []
+    tax_specs = list(cfg.taxonomies or [])
+    taxonomies = (expand_template_sets(load_taxonomies(tax_specs), template_sets)
+                  if tax_specs or retrieval is None else [])  # retrieval may run on its own
     dataset = instantiate(cfg.dataset, _convert_="all")
     subset = cfg.get("subset") or {}
     if subset.get("n") is not None:
@@ -112,6 +118,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
                   progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
                   disparity_min_n=int(cfg.get("disparity_min_n", 1)),
+                  retrieval=retrieval, query_sets=query_sets,
                   embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
                                  "fast_decode": cfg.embed.get("fast_decode", "auto"),
                                  "gpu_decode": cfg.embed.get("gpu_decode", False),
@@ -155,11 +162,12 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .models import ModelError
     from .outputs import OutputError, os_error_message
     from .registry import RegistryError
+    from .retrieval import RetrievalError
     from .schema import ConfigError
     from .taxonomy import TaxonomyError
 
     known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
-             OutputError)
+             OutputError, RetrievalError)
     while e is not None:
         if isinstance(e, known):
             return e

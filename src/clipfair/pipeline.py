@@ -22,6 +22,7 @@ from .data.base import FaceDataset
 from .cache import unwritable_reason
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
 from .models import ImageTextModel, Scoring
+from .document import Note
 from .record import write_json
 from .taxonomy import Taxonomy
 from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
@@ -43,6 +44,7 @@ class Evaluation:
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    retrieval: pd.DataFrame | None = None  # clipfair.retrieval's long table, when requested
 
 
 @contextmanager
@@ -59,6 +61,9 @@ def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxono
                        attributes: Sequence[str]) -> pd.DataFrame:
     """Zero-shot predictions for every taxonomy on the same (cached) image embeddings, scored
     by the model family's own rule."""
+    if not taxonomies:  # e.g. a retrieval-only run
+        return pd.DataFrame(columns=["image_id", "taxonomy", "method", "predicted_label", "predicted_category",
+                                     "score", "logit", "true_label", "correct", *attributes])
     frames = [zero_shot_predictions(table, image_embeddings, class_embeddings(t, encode_texts),
                                     scoring, attributes) for t in taxonomies]
     return pd.concat(frames, ignore_index=True)
@@ -78,13 +83,16 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
              stats: EmbedStats | None = None, probe_train: FaceDataset | None = None,
              probe_options: dict[str, Any] | None = None,
-             embed_options: dict[str, Any] | None = None, disparity_min_n: int = 1) -> Evaluation:
+             embed_options: dict[str, Any] | None = None, disparity_min_n: int = 1,
+             retrieval: Any = None, query_sets: Sequence[Any] = ()) -> Evaluation:
     """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
-    linear probes for every target taxonomy when a ``probe_train`` split is given.
+    linear probes for every target taxonomy when a ``probe_train`` split is given, plus
+    retrieval bias (:mod:`clipfair.retrieval`) of ``query_sets`` when ``retrieval`` options
+    are given (same image embeddings, same cached text embedder).
     ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
     (fast_preprocess, fast_decode, gpu_decode, compile)."""
     timings: dict[str, float] = {}
-    for t in taxonomies:  # fail fast, before any image is encoded
+    for t in [*taxonomies, *(q.as_taxonomy() for q in query_sets)]:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
     for s in slices:
         for a in ([s] if isinstance(s, str) else s):
@@ -106,6 +114,15 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
                                    dataset.attributes)
     info: dict[str, Any] = {"embed_images": emb.info,
                             "scoring": {"family": model.family, **model.scoring.describe()}}
+    retrieval_table = None
+    if retrieval is not None:
+        from .retrieval import retrieval_bias
+
+        with timed(timings, "retrieval"):
+            retrieval_table = retrieval_bias(table, emb.embeddings, query_sets, texts, retrieval,
+                                             attributes=dataset.attributes)
+        info["retrieval"] = {**retrieval.to_dict(), "query_sets": [
+            {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in query_sets]}
     skipped = {**dataset.skipped}
     if probe_train is not None:
         probe_preds, info["linear_probe"], train_emb = linear_probes(
@@ -124,7 +141,7 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     if probe_train is not None:
         counts.update(train_images=len(probe_train), train_images_encoded=train_emb.encoded,
                       train_images_from_cache=train_emb.cached)
-    return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info)
+    return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, retrieval_table)
 
 
 def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_table: pd.DataFrame,
@@ -225,6 +242,12 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
         with open(out / "summary.md", "a") as f:
             f.write("\n" + md)
     written += extra
+    if ev.retrieval is not None:
+        from .retrieval import write_retrieval
+
+        with timed(ev.timings, "retrieval_report"):
+            written += write_retrieval(ev.retrieval, out, ev.info.get("retrieval"),
+                                       intro=[Note(line.lstrip("> ")) for line in header_lines(ev, demo)])
     rec = {**record, "timings_s": ev.timings, "counts": ev.counts, "skipped": ev.skipped, **ev.info,
            "skipped_items": ev.errors[:1000]}
     write_json(out / "run.json", rec)

@@ -109,6 +109,35 @@ class EmbedConfig:
 
 
 @dataclass
+class RetrievalBootstrapConfig:
+    B: int = 1000
+    seed: int = 0
+
+    def check(self, at: str) -> None:
+        _require(self.B >= 0, f"{at}.B", "a number of replicates >= 0", self.B)
+
+
+@dataclass
+class RetrievalConfig:
+    enabled: bool = False
+    queries: list[str] | None = None
+    k: list[Union[int, Literal["all"]]] | None = None
+    attributes: list[str] | None = None
+    desired: list[Literal["dataset", "uniform"]] | None = None
+    absent: Literal["neg_inf", "inverse_k", "zero"] | None = None
+    prompts: Literal["ensemble", "per_template"] | None = None
+    pool: str | None = None
+    bootstrap: RetrievalBootstrapConfig = field(default_factory=RetrievalBootstrapConfig)
+    chunk_size: int = 128
+    preset: Literal["berg2022", "social_counterfactuals", "visogender"] | None = None
+
+    def check(self, at: str) -> None:
+        _require(self.k is None or all(k == "all" or k >= 1 for k in self.k), f"{at}.k",
+                 "a list of numbers >= 1 or 'all'", self.k)
+        _require(self.chunk_size >= 1, f"{at}.chunk_size", "a number of queries >= 1", self.chunk_size)
+
+
+@dataclass
 class RunConfig:
     """The top level of configs/config.yaml."""
 
@@ -127,11 +156,13 @@ class RunConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     progress: bool = True
     overwrite: bool = False
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def check(self, at: str) -> None:
         _require(0 < self.confidence < 1, "confidence", "between 0 and 1 (exclusive), e.g. 0.95", self.confidence)
         _require(self.disparity_min_n >= 1, "disparity_min_n", "a number of images >= 1", self.disparity_min_n)
-        _require(bool(self.taxonomies), "taxonomies", "a non-empty list, e.g. [fairface_race]", self.taxonomies)
+        _require(bool(self.taxonomies) or self.retrieval.enabled, "taxonomies",
+                 "a non-empty list, e.g. [fairface_race] (or retrieval.enabled=true)", self.taxonomies)
 
 
 #: keys of the dataset / model groups checked here; the others are the loader's arguments

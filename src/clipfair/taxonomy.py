@@ -120,20 +120,25 @@ def _builtin_registry() -> Registry[Path]:
 BUILTINS = _builtin_registry()
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, kind: str = "taxonomy", error: type[ValueError] = TaxonomyError,
+               expect: str = "name, templates, classes") -> dict[str, Any]:
+    """One data-only YAML mapping; ``kind``/``error``/``expect`` let other YAML data files
+    (query sets) share this loader and its messages."""
     try:  # data only, aliases capped, YAML 1.2 booleans (see clipfair.yamlio)
         data = load_yaml_file(path)
     except FileNotFoundError:
-        raise TaxonomyError(f"{path}: taxonomy file not found") from None
+        raise error(f"{path}: {kind} file not found") from None
     except YamlError as e:
-        raise TaxonomyError(str(e)) from None
+        raise error(str(e)) from None
     if not isinstance(data, dict):
-        raise TaxonomyError(f"{path}: a taxonomy file must be a mapping with name, templates, classes")
+        raise error(f"{path}: a {kind} file must be a mapping with {expect}")
     return data
 
 
-def _locate(spec: str, relative_to: Path | None = None) -> Path:
+def _locate(spec: str, relative_to: Path | None = None, builtins: Registry[Path] | None = None,
+            kind: str = "taxonomy", error: type[ValueError] = TaxonomyError) -> Path:
     """A path (absolute, or relative to the including file / cwd) or a built-in name."""
+    builtins = BUILTINS if builtins is None else builtins
     cands = []
     if relative_to is not None:
         cands += [relative_to / spec, relative_to / f"{spec}.yaml"]
@@ -141,12 +146,12 @@ def _locate(spec: str, relative_to: Path | None = None) -> Path:
     for c in cands:
         if c.is_file():
             return c.resolve()
-    if spec in BUILTINS:
-        return BUILTINS.get(spec)
+    if spec in builtins:
+        return builtins.get(spec)
     if spec.endswith((".yaml", ".yml")) or "/" in spec:
-        raise TaxonomyError(f"taxonomy file {spec!r} not found")
-    raise TaxonomyError(str(RegistryError(
-        f"unknown taxonomy {spec!r}; available built-ins: {', '.join(BUILTINS.names())} "
+        raise error(f"{kind} file {spec!r} not found")
+    raise error(str(RegistryError(
+        f"unknown {kind} {spec!r}; available built-ins: {', '.join(builtins.names())} "
         "(or give a path to a YAML file)")))
 
 
@@ -180,6 +185,16 @@ def _check_include(found: Path, spec: str, including: Path, top: Path, allow_any
     raise TaxonomyError(
         f"{including}: include {spec!r} is outside {top.resolve().parent} (the taxonomy's folder) and "
         f"not a built-in; copy the file there, or set {ALLOW_INCLUDE_ENV}=1 to allow it")
+
+
+def check_template(template: Any, where: str, error: type[ValueError] = TaxonomyError) -> None:
+    """A prompt template: a string with exactly one '{}' and no other braces."""
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise error(f"{where}: template {template!r} must contain '{{}}' exactly once "
+                    "(it receives each prompt), e.g. 'a photo of a {} person.'")
+    rest = template.replace("{}", "")
+    if "{" in rest or "}" in rest:
+        raise error(f"{where}: template {template!r} has braces other than one '{{}}'")
 
 
 def _parse_classes(raw: Any, path: Path, key: str) -> list[TaxonomyClass]:
@@ -269,13 +284,7 @@ def validate(tax: Taxonomy) -> Taxonomy:
     if not tax.templates:
         raise TaxonomyError(f"{where} ({tax.name}): 'templates' must be a non-empty list")
     for t in tax.templates:
-        if not isinstance(t, str) or t.count("{}") != 1:
-            raise TaxonomyError(
-                f"{where} ({tax.name}): template {t!r} must contain '{{}}' exactly once "
-                "(it receives each prompt), e.g. 'a photo of a {} person.'")
-        rest = t.replace("{}", "")
-        if "{" in rest or "}" in rest:
-            raise TaxonomyError(f"{where} ({tax.name}): template {t!r} has braces other than one '{{}}'")
+        check_template(t, f"{where} ({tax.name})")
     seen: set[str] = set()
     for c in tax.classes:
         if c.label in seen:

@@ -1,0 +1,1138 @@
+"""Retrieval bias: rank a dataset's images for neutral text queries and measure how skewed
+the top k is by each demographic attribute (Geyik et al. 2019, arXiv:1905.01989).
+
+Ranking: images are ordered by cosine similarity between their (L2-normalised) embedding
+and the query's text embedding, highest first; **ties are broken by dataset order** (the
+earlier row ranks higher). Images whose value of an attribute is missing are left out of
+that attribute's ranking. With ``pool`` set, each query ranks only the images whose pool
+column equals the query's pool value (default: the query itself).
+
+Metrics, per query x attribute x k x desired distribution (``q``):
+
+- ``share``: p_a, the share of the top k with value a;
+- ``skew``: Skew@k(a) = ln(p_a / q_a); a value absent from the top k (p_a = 0) gets
+  ``-inf`` (``absent=neg_inf``), ln((1/k) / q_a) (``inverse_k``, Berg et al. 2022 /
+  VisoGender) or 0 (``zero``, SocialCounterfactuals);
+- ``max_skew`` / ``min_skew``: max / min over the values;
+- ``ndkl``: (1/Z) sum_{i=1..k} KL(D_top-i || q) / log2(i + 1), Z = sum_{i=1..k} 1/log2(i + 1),
+  KL with natural logarithms and 0 log 0 = 0 (the absent convention does not apply);
+- ``bias`` (attributes with exactly two values a, b): Bias@k = (n_a - n_b) / (n_a + n_b) in
+  [-1, 1], a and b in the attribute's canonical order (Male - Female), else sorted order.
+
+``desired``: ``dataset`` (each value's share of the ranked images: demographic parity) or
+``uniform`` (1 / number of values present: equal representation). ``k`` may be ``all``
+(the whole ranking). Prompts: ``ensemble`` (one embedding per query: every template x prompt
+encoded, normalised, averaged, re-normalised, as zero-shot classes are) or ``per_template``
+(one ranking per template; the query's value is the mean over its templates, as Berg et al.
+average over their 319 prompts).
+
+Intervals: a seeded percentile bootstrap over images. Each replicate resamples the ranked
+images with replacement (exact multinomial counts; per pool when pools are on), re-ranks
+them (a copy of an image ranks with it; ties keep dataset order), recomputes the desired
+``dataset`` shares and every metric; query-set means and worsts are computed on the same
+replicates. Interval ends are order statistics (``inverted_cdf``), which keeps ``-inf`` exact.
+
+Speed and memory: text embeddings are computed once per unique prompt; scores are computed
+in chunks of ``chunk_size`` queries (a chunk x n_images float32 block); the top ``k`` of each
+row comes from a partial sort (``np.argpartition``) of the chunk, with exact tie handling at
+the boundary; bootstrap counts are kept as uint8 (B x n_images bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .registry import Registry
+from .taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, _locate, _read_yaml, check_template
+
+log = logging.getLogger(__name__)
+
+__all__ = ["QuerySetError", "RetrievalError", "Query", "QuerySet", "RetrievalOptions", "load_query_set",
+           "load_query_sets", "options_from_config", "PRESETS", "rank_top", "ranked_metrics", "prefix_metrics",
+           "retrieval_bias", "retrieval_sections", "write_retrieval", "COLUMNS"]
+
+TOP_KEYS = {"name", "description", "source", "templates", "queries"}
+QUERY_KEYS = {"query", "prompts", "category", "pool"}
+DEFAULT_CATEGORY = "query"
+DESIRED = ("dataset", "uniform")
+ABSENT = ("neg_inf", "inverse_k", "zero")
+PROMPT_MODES = ("ensemble", "per_template")
+METRICS = ("share", "skew", "max_skew", "min_skew", "ndkl", "bias")
+AGGREGATED = ("max_skew", "min_skew", "ndkl", "bias")
+MEAN_ROW, WORST_ROW = "(mean over queries)", "(worst over queries)"
+COLUMNS = ["query_set", "query", "category", "attribute", "attribute_value", "k", "metric", "value",
+           "ci_low", "ci_high", "n_images", "desired_share", "desired", "absent", "pool", "prompts"]
+
+
+class RetrievalError(ValueError):
+    """A bad retrieval option or a dataset that cannot support it; the message says which."""
+
+
+class QuerySetError(RetrievalError):
+    """A malformed query set; the message names the file and the entry."""
+
+
+# --------------------------------------------------------------------------- query sets
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    prompts: tuple[str, ...]
+    category: str = DEFAULT_CATEGORY
+    pool: str | None = None  # the pool column's value this query ranks within (default: text)
+
+
+@dataclass(frozen=True)
+class QuerySet:
+    name: str
+    templates: tuple[str, ...]
+    queries: tuple[Query, ...]
+    description: str = ""
+    citation: str = ""
+    source: str = "<python>"
+
+    def as_taxonomy(self, templates: Sequence[str] | None = None) -> Taxonomy:
+        """The queries as taxonomy classes, so prompt-length checks and prompt ensembling are
+        the zero-shot stage's own (:func:`clipfair.zeroshot.class_embeddings`)."""
+        return Taxonomy(self.name, tuple(templates or self.templates),
+                        tuple(TaxonomyClass(q.text, q.prompts, q.category) for q in self.queries),
+                        source=self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "templates": list(self.templates),
+                "queries": [{"query": q.text, "prompts": list(q.prompts), "category": q.category,
+                             **({"pool": q.pool} if q.pool is not None else {})} for q in self.queries]}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def builtin_dir() -> Path:
+    return Path(str(importlib.resources.files("clipfair") / "queries"))
+
+
+def _builtin_registry() -> Registry[Path]:
+    reg: Registry[Path] = Registry("query set")
+    for p in sorted(builtin_dir().glob("*.yaml")):
+        reg.add(p.stem, p)
+    return reg
+
+
+BUILTINS = _builtin_registry()
+
+
+def _strings(raw: Any, where: str, what: str) -> list[str]:
+    if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+        raw = [raw]
+    if (not isinstance(raw, list) or not raw
+            or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) and str(x).strip()
+                       for x in raw)):
+        raise QuerySetError(f"{where}: '{what}' must be a non-empty list of non-empty strings")
+    return [str(x) for x in raw]
+
+
+def _parse_query(raw: Any, where: str) -> Query:
+    if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+        raw = {"query": raw}
+    if not isinstance(raw, dict):
+        raise QuerySetError(f"{where}: a query must be a string or a mapping with 'query' "
+                            "(and optional prompts, category, pool)")
+    unknown = set(raw) - QUERY_KEYS
+    if unknown:
+        raise QuerySetError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(QUERY_KEYS)}")
+    text = raw.get("query")
+    if not isinstance(text, (str, int, float)) or isinstance(text, bool) or not str(text).strip():
+        raise QuerySetError(f"{where}: 'query' is required and must be a non-empty string")
+    text = str(text)
+    prompts = _strings(raw.get("prompts", [text]), f"{where} ({text})", "prompts")
+    pool = raw.get("pool")
+    return Query(text, tuple(prompts), str(raw.get("category", DEFAULT_CATEGORY)),
+                 None if pool is None else str(pool))
+
+
+def load_query_set(spec: str | Path) -> QuerySet:
+    """A built-in query set by name, or a user's YAML file by path. Errors name the file and
+    the entry."""
+    path = (_locate(str(spec), builtins=BUILTINS, kind="query set", error=QuerySetError)
+            if not isinstance(spec, Path) else spec.resolve())
+    data = _read_yaml(path, kind="query set", error=QuerySetError, expect="name, templates, queries")
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise QuerySetError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise QuerySetError(f"{path}: 'name' is required and must be a non-empty string")
+    templates = _strings(data.get("templates"), f"{path} ({name})", "templates")
+    for i, t in enumerate(templates):
+        try:
+            check_template(t, f"{path} ({name}): templates[{i}]", error=QuerySetError)
+        except TaxonomyError as e:  # pragma: no cover - check_template raises the error given
+            raise QuerySetError(str(e)) from None
+    raw = data.get("queries")
+    if not isinstance(raw, list) or not raw:
+        raise QuerySetError(f"{path} ({name}): 'queries' must be a non-empty list")
+    queries, seen = [], set()
+    for i, q in enumerate(raw):
+        query = _parse_query(q, f"{path} ({name}): queries[{i}]")
+        if query.text in seen:
+            raise QuerySetError(f"{path} ({name}): queries[{i}]: duplicate query {query.text!r}; "
+                                "queries must be unique")
+        seen.add(query.text)
+        queries.append(query)
+    return QuerySet(name, tuple(templates), tuple(queries), str(data.get("description", "")),
+                    str(data.get("source", "")), str(path))
+
+
+def load_query_sets(specs: Iterable[str | Path]) -> list[QuerySet]:
+    out: list[QuerySet] = []
+    names: dict[str, str] = {}
+    for s in specs:
+        qs = load_query_set(s)
+        if qs.name in names:
+            raise QuerySetError(f"two query sets are named {qs.name!r}: {names[qs.name]} and {qs.source}; "
+                                "names must be unique")
+        names[qs.name] = qs.source
+        out.append(qs)
+    if not out:
+        raise QuerySetError("retrieval.queries is empty; list at least one query set, e.g. [occupations_neutral]")
+    return out
+
+
+# --------------------------------------------------------------------------- options and presets
+
+def _load_presets() -> dict[str, dict[str, Any]]:
+    path = Path(str(importlib.resources.files("clipfair") / "references" / "retrieval_presets.yaml"))
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+PRESETS: dict[str, dict[str, Any]] = _load_presets()
+DEFAULT_QUERIES = ("occupations_neutral", "trait_adjectives", "clip_denigration_words")
+DEFAULTS: dict[str, Any] = {"queries": DEFAULT_QUERIES, "k": (10, 100, 1000), "attributes": None,
+                            "desired": ("dataset", "uniform"), "absent": "neg_inf", "prompts": "ensemble", "pool": None}
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    queries: tuple[str, ...] = DEFAULT_QUERIES
+    k: tuple[int | str, ...] = (10, 100, 1000)
+    attributes: tuple[str, ...] | None = None  # None: every attribute column the dataset declares
+    desired: tuple[str, ...] = ("dataset", "uniform")
+    absent: str = "neg_inf"
+    prompts: str = "ensemble"
+    pool: str | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+    confidence: float = 0.95
+    chunk_size: int = 128
+    preset: str | None = None
+    from_preset: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.desired if d not in DESIRED]
+        if bad or not self.desired:
+            raise RetrievalError(f"retrieval.desired: {bad or '[]'} not allowed; use any of {list(DESIRED)}")
+        if self.absent not in ABSENT:
+            raise RetrievalError(f"retrieval.absent: {self.absent!r} not allowed; use one of {list(ABSENT)}")
+        if self.prompts not in PROMPT_MODES:
+            raise RetrievalError(f"retrieval.prompts: {self.prompts!r} not allowed; use one of {list(PROMPT_MODES)}")
+        if not self.k:
+            raise RetrievalError("retrieval.k is empty; give e.g. [10, 100, 1000] or [all]")
+        for k in self.k:
+            if k != "all" and not (isinstance(k, int) and not isinstance(k, bool) and k > 0):
+                raise RetrievalError(f"retrieval.k: {k!r} is not a positive integer or 'all'")
+        if self.bootstrap < 0:
+            raise RetrievalError(f"retrieval.bootstrap.B: {self.bootstrap} must be >= 0 (0: no intervals)")
+        if not 0 < self.confidence < 1:
+            raise RetrievalError(f"confidence {self.confidence} must be between 0 and 1")
+        if self.chunk_size < 1:
+            raise RetrievalError("retrieval.chunk_size must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _k_value(x: Any) -> int | str:
+    if isinstance(x, str) and x.strip().lower() == "all":
+        return "all"
+    if isinstance(x, str) and x.strip().isdigit():
+        return int(x)
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x
+
+
+def _tuple(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
+
+
+def options_from_config(block: Mapping[str, Any] | None, confidence: float = 0.95) -> RetrievalOptions | None:
+    """The ``retrieval:`` config block as options (None when the block is off). A preset
+    fills every option left null; options set explicitly win."""
+    if not block or not block.get("enabled", False):
+        return None
+    allowed = {"enabled", "queries", "k", "attributes", "desired", "absent", "prompts", "pool", "bootstrap",
+               "chunk_size", "preset"}
+    unknown = set(block) - allowed
+    if unknown:
+        raise RetrievalError(f"retrieval: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    preset = block.get("preset")
+    values = {k: block.get(k) for k in DEFAULTS}
+    from_preset: list[str] = []
+    if preset is not None:
+        if preset not in PRESETS:
+            raise RetrievalError(f"retrieval.preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+        for key, v in PRESETS[preset]["settings"].items():
+            if values.get(key) is None:
+                values[key] = v
+                from_preset.append(key)
+    for key, v in DEFAULTS.items():
+        if values[key] is None and key not in from_preset:
+            values[key] = v
+    boot = block.get("bootstrap") or {}
+    if not isinstance(boot, Mapping):
+        raise RetrievalError("retrieval.bootstrap must be a mapping {B: 1000, seed: 0}")
+    return RetrievalOptions(
+        queries=tuple(str(q) for q in _tuple(values["queries"])),
+        k=tuple(_k_value(k) for k in _tuple(values["k"])),
+        attributes=None if values["attributes"] is None else tuple(str(a) for a in _tuple(values["attributes"])),
+        desired=tuple(str(d) for d in _tuple(values["desired"])),
+        absent=str(values["absent"]), prompts=str(values["prompts"]),
+        pool=None if values["pool"] is None else str(values["pool"]),
+        bootstrap=int(boot.get("B", 1000)), seed=int(boot.get("seed", 0)), confidence=float(confidence),
+        chunk_size=int(block.get("chunk_size") or 128), preset=preset, from_preset=tuple(from_preset))
+
+
+# --------------------------------------------------------------------------- ranking
+
+ROW_BATCH = 32  # rows of a score block partially sorted at once (bounds the index arrays)
+CELLS = 4_000_000  # rows x positions x values per vectorised metric batch (bounds memory)
+
+
+def rank_top(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Indices of the ``depth`` highest scores of each row, best first, ties broken by index
+    (the earlier image first). A partial sort (``np.argpartition``) finds the boundary score;
+    only the candidates at or above it are sorted, so the result equals a stable full sort."""
+    s = np.atleast_2d(np.asarray(scores))
+    n = s.shape[1]
+    depth = min(int(depth), n)
+    out = np.empty((s.shape[0], depth), dtype=np.int64)
+    for r0 in range(0, s.shape[0], ROW_BATCH):
+        blk = s[r0:r0 + ROW_BATCH]
+        if depth > n // 4:
+            out[r0:r0 + len(blk)] = np.argsort(-blk, axis=1, kind="stable")[:, :depth]
+            continue
+        part = np.argpartition(blk, n - depth, axis=1)[:, n - depth:]
+        thr = np.take_along_axis(blk, part, axis=1).min(axis=1)
+        for r in range(len(blk)):
+            cand = np.flatnonzero(blk[r] >= thr[r])  # increasing index: a stable sort keeps dataset order
+            out[r0 + r] = cand[np.argsort(-blk[r, cand], kind="stable")[:depth]]
+    return out
+
+
+def _expand(codes: np.ndarray, weights: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ranked attribute codes of each replicate's resample: ranked image j appears
+    ``weights[b, j]`` times; the first ``k`` positions (all when ``k`` is None). Returns
+    (R, L) codes padded with -1, and each row's length."""
+    w = weights.astype(np.int64)
+    if k is not None:
+        prev = np.cumsum(w, axis=1) - w
+        w = np.clip(k - prev, 0, w)
+    lengths = w.sum(axis=1)
+    R, L = w.shape[0], int(lengths.max()) if len(lengths) else 0
+    out = np.full((R, max(L, 1)), -1, dtype=np.int64)
+    flat = np.repeat(np.tile(codes, R), w.ravel())
+    rows = np.repeat(np.arange(R), lengths)
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(len(flat)) - np.repeat(starts, lengths)
+    out[rows, pos] = flat
+    return out, lengths
+
+
+def _skew_stats(counts: np.ndarray, kk: np.ndarray, q: np.ndarray, absent: str) -> dict[str, np.ndarray]:
+    """share, skew (R, A), max_skew, min_skew, bias (R,) from top-k counts (R, A), k (R, 1)
+    and desired shares q (R, A)."""
+    R, A = counts.shape
+    share = counts / np.maximum(kk, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logq = np.log(q)
+        skew = np.log(share) - logq
+        if absent == "neg_inf":
+            fill = np.full_like(skew, -np.inf)
+        elif absent == "inverse_k":
+            fill = np.log(1.0 / np.maximum(kk, 1)) - logq
+        else:
+            fill = np.zeros_like(skew)
+        skew = np.where(counts > 0, skew, fill)
+        skew = np.where(q > 0, skew, np.nan)  # a value missing from a resample has no skew
+    valid = ~np.isnan(skew)
+    out = {"share": share, "skew": skew,
+           "max_skew": np.where(valid.any(1), np.max(np.where(valid, skew, -np.inf), axis=1), np.nan),
+           "min_skew": np.where(valid.any(1), np.min(np.where(valid, skew, np.inf), axis=1), np.nan)}
+    if A == 2:
+        tot = counts.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["bias"] = np.where(tot > 0, (counts[:, 0] - counts[:, 1]) / tot, 0.0)
+    else:
+        out["bias"] = np.full(R, np.nan)
+    return out
+
+
+def _kl_terms(p: np.ndarray, plogp: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p_i || q) at every prefix i: sum_a p log p - p log q, with 0 log 0 = 0 (a value with
+    p > 0 always has q > 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logq = np.where(q > 0, np.log(np.where(q > 0, q, 1.0)), 0.0)
+    return (plogp - p * logq[:, None, :]).sum(axis=2)
+
+
+def _prefix(onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    L = onehot.shape[1]
+    cum = np.cumsum(onehot, axis=1, dtype=np.float64)  # (R, L, A)
+    i = np.arange(1, L + 1, dtype=np.float64)
+    p = cum / i[None, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(p), 0.0)
+    return cum, p, plogp, 1.0 / np.log2(i + 1.0)
+
+
+def ranked_metrics(codes: np.ndarray, lengths: np.ndarray, desired: np.ndarray | Mapping[str, np.ndarray],
+                   absent: str) -> dict[str, np.ndarray] | dict[str, dict[str, np.ndarray]]:
+    """Metrics of ranked lists of any lengths. ``codes``: (R, L) value codes in rank order,
+    -1 past each row's length; ``lengths``: (R,) the k of each row; ``desired``: (R, A) or
+    (A,) shares, or a mapping of such (counts are then computed once for all). Returns share,
+    skew (R, A); max_skew, min_skew, ndkl, bias (R,) (bias NaN unless A == 2) — per desired
+    name when ``desired`` is a mapping."""
+    many = isinstance(desired, Mapping)
+    qs = dict(desired) if many else {"_": desired}
+    codes = np.atleast_2d(codes)
+    R, L = codes.shape
+    A = np.shape(next(iter(qs.values())))[-1]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    onehot = codes[:, :, None] == np.arange(A)[None, None, :]
+    counts = onehot.sum(axis=1).astype(np.float64)  # padding (-1) matches no value
+    kk = lengths[:, None].astype(np.float64)
+    cum, p, plogp, disc = _prefix(onehot)
+    mask = np.arange(1, L + 1)[None, :] <= lengths[:, None]
+    z = (disc[None, :] * mask).sum(axis=1)
+    results = {}
+    for name, q in qs.items():
+        q = np.broadcast_to(np.asarray(q, dtype=np.float64), (R, A))
+        out = _skew_stats(counts, kk, q, absent)
+        out["ndkl"] = (_kl_terms(p, plogp, q) * disc * mask).sum(axis=1) / z
+        results[name] = out
+    return results if many else results["_"]
+
+
+def prefix_metrics(codes: np.ndarray, cuts: Sequence[int], desired: Mapping[str, np.ndarray],
+                   absent: str) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+    """:func:`ranked_metrics` of the top ``c`` of each row for every ``c`` in ``cuts`` from
+    one pass (NDKL@c is a prefix sum of the discounted KL terms). ``codes``: (R, >= max cuts),
+    no padding within the first max(cuts) positions."""
+    codes = np.atleast_2d(codes)[:, :max(cuts)]
+    R = codes.shape[0]
+    A = np.shape(next(iter(desired.values())))[-1]
+    onehot = codes[:, :, None] == np.arange(A)[None, None, :]
+    cum, p, plogp, disc = _prefix(onehot)
+    z = np.cumsum(disc)
+    out: dict[int, dict[str, dict[str, np.ndarray]]] = {c: {} for c in cuts}
+    for name, q in desired.items():
+        q = np.broadcast_to(np.asarray(q, dtype=np.float64), (R, A))
+        ckd = np.cumsum(_kl_terms(p, plogp, q) * disc, axis=1)
+        for c in cuts:
+            m = _skew_stats(cum[:, c - 1], np.full((R, 1), float(c)), q, absent)
+            m["ndkl"] = ckd[:, c - 1] / z[c - 1]
+            out[c][name] = m
+    return out
+
+
+def _batched_prefix(codes: np.ndarray, cuts: Sequence[int], desired: Mapping[str, np.ndarray],
+                    absent: str) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+    """:func:`prefix_metrics` over row batches of at most :data:`CELLS` cells."""
+    R = codes.shape[0]
+    A = np.shape(next(iter(desired.values())))[-1]
+    step = max(1, CELLS // max(1, max(cuts) * A))
+    parts = []
+    for r0 in range(0, R, step):
+        dq = {d: (q[r0:r0 + step] if np.ndim(q) == 2 else q) for d, q in desired.items()}
+        parts.append(prefix_metrics(codes[r0:r0 + step], cuts, dq, absent))
+    return {c: {d: {m: np.concatenate([p[c][d][m] for p in parts]) for m in parts[0][c][d]} for d in desired}
+            for c in cuts}
+
+
+# --------------------------------------------------------------------------- the stage
+
+@dataclass
+class _Attr:
+    """One attribute within one pool: value codes per pool image (-1 missing) and values."""
+    name: str
+    values: list[str]
+    codes: np.ndarray
+    desired_point: dict[str, np.ndarray]
+    desired_boot: dict[str, np.ndarray]  # (B, A)
+
+    @property
+    def n_valid(self) -> int:
+        return int((self.codes >= 0).sum())
+
+
+def _value_order(attr: str, present: Iterable[str]) -> list[str]:
+    from .data.attributes import CANONICAL
+
+    present = sorted({str(v) for v in present})
+    canon = CANONICAL.get(attr)
+    if canon and set(present) <= set(canon):
+        return [v for v in canon if v in present]
+    return present
+
+
+def _boot_counts(n: int, B: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, n) exact multinomial resample counts as uint8 (a count above 255 is clipped; with
+    n images each count is Binomial(n, 1/n), so this never matters in practice)."""
+    out = np.empty((B, n), dtype=np.uint8)
+    for b in range(B):
+        out[b] = np.minimum(np.bincount(rng.integers(0, n, n), minlength=n), 255)
+    return out
+
+
+def _quantiles(x: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0 (replicates), NaN-aware, order statistics only."""
+    x = np.asarray(x, dtype=np.float64)
+    a = (1.0 - confidence) / 2.0
+    if not np.isnan(x).any():
+        lo, hi = np.quantile(x, [a, 1.0 - a], axis=0, method="inverted_cdf")
+        return lo, hi
+    flat = x.reshape(x.shape[0], -1)
+    lo, hi = np.full(flat.shape[1], np.nan), np.full(flat.shape[1], np.nan)
+    for j in range(flat.shape[1]):
+        col = flat[:, j][~np.isnan(flat[:, j])]
+        if len(col):
+            lo[j], hi[j] = np.quantile(col, [a, 1.0 - a], method="inverted_cdf")
+    return lo.reshape(x.shape[1:]), hi.reshape(x.shape[1:])
+
+
+@dataclass
+class _Unit:
+    query_set: str
+    query: Query
+    embedding: np.ndarray
+    qid: int  # the query's index (per-template mode: several units share one)
+    last: bool  # the query's last unit
+
+
+def _units(qsets: Sequence[QuerySet], encode: Callable[[Sequence[str]], np.ndarray], mode: str) -> list[_Unit]:
+    from .zeroshot import class_embeddings
+
+    units: list[_Unit] = []
+    qid = 0
+    for qs in qsets:
+        if mode == "ensemble":
+            w = class_embeddings(qs.as_taxonomy(), encode).weights
+            per_t = [w]
+        else:
+            per_t = [class_embeddings(qs.as_taxonomy([t]), encode).weights for t in qs.templates]
+        for i, q in enumerate(qs.queries):
+            units += [_Unit(qs.name, q, per_t[j][i], qid, j == len(per_t) - 1) for j in range(len(per_t))]
+            qid += 1
+    return units
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        log.warning(msg)
+
+
+def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets: Sequence[QuerySet],
+                   encode: Callable[[Sequence[str]], np.ndarray], options: RetrievalOptions,
+                   attributes: Sequence[str] | None = None) -> pd.DataFrame:
+    """The long retrieval table (columns :data:`COLUMNS`) for ``query_sets`` ranked over the
+    images of ``table`` (row i = ``image_embeddings[i]``). ``encode`` maps prompt strings to
+    text embeddings (the zero-shot stage's cached :class:`clipfair.embed.TextEmbedder`).
+    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones)."""
+    from .zeroshot import l2_normalize
+
+    if len(table) != len(image_embeddings):
+        raise RetrievalError(f"{len(table)} table rows but {len(image_embeddings)} image embeddings")
+    attrs = list(options.attributes if options.attributes is not None else attributes or [])
+    missing = [a for a in attrs if a not in table.columns]
+    if missing:
+        raise RetrievalError(f"retrieval.attributes: {missing} not in the dataset; its columns: "
+                             f"{', '.join(map(str, table.columns))}")
+    if not attrs:
+        raise RetrievalError("retrieval: no attribute to measure; set retrieval.attributes")
+    X = np.asarray(image_embeddings, dtype=np.float32)  # not copied: scores are scaled per image instead
+    inv_norm = (1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", X, X)), 1e-12)).astype(np.float32)
+    units = _units(query_sets, encode, options.prompts)
+    U = l2_normalize(np.stack([u.embedding for u in units]))
+    acc = _Accumulator(units, options)
+    for pool_no, (pool_value, img_idx, unit_ids) in enumerate(_pools(table, units, options)):
+        W = (_boot_counts(len(img_idx), options.bootstrap, np.random.default_rng([options.seed, pool_no]))
+             if options.bootstrap else None)
+        pinfo = _pool_attributes(table.iloc[img_idx], attrs, pool_value, W, options)
+        whole = pool_value is None
+        Xp, inv = (X, inv_norm) if whole else (X[img_idx], inv_norm[img_idx])
+        kmax = max([k for k in options.k if k != "all"] or [1])
+        n = len(img_idx)
+        depth = n if "all" in options.k else min(n, (2 * kmax + 64) if W is not None else kmax)
+        for start in range(0, len(unit_ids), options.chunk_size):
+            ids = unit_ids[start:start + options.chunk_size]
+            S = (U[ids] @ Xp.T) * inv[None, :]
+            orders = rank_top(S, depth)
+            for at in pinfo:
+                acc.add_points(ids, S, orders, at, pool_value)
+            if W is not None:
+                for r, uid in enumerate(ids):
+                    acc.add_replicates(uid, S[r], orders[r], pinfo, W, pool_value)
+    df = acc.frame()
+    df.attrs["confidence"] = options.confidence
+    return df
+
+
+def _pool_attributes(sub: pd.DataFrame, attrs: Sequence[str], pool_value: str | None, W: np.ndarray | None,
+                     options: RetrievalOptions) -> list[_Attr]:
+    out = []
+    for a in attrs:
+        fcodes, uniques = pd.factorize(sub[a], use_na_sentinel=True)  # missing -> -1
+        names = [str(v) for v in uniques]
+        values = _value_order(a, names)
+        if len(values) < 2:
+            _warn_once(f"retrieval: attribute {a!r} has {len(values)} value(s)"
+                       f"{f' in pool {pool_value!r}' if pool_value is not None else ''}; skew is not defined, left out")
+            continue
+        remap = np.array([values.index(v) for v in names] + [-1], dtype=np.int64)  # [-1] for missing
+        codes = remap[np.asarray(fcodes, dtype=np.int64)]
+        onehot = (codes[:, None] == np.arange(len(values))[None, :]).astype(np.float64)
+        dp = {"dataset": onehot.sum(0) / onehot.sum(), "uniform": np.full(len(values), 1.0 / len(values))}
+        db: dict[str, np.ndarray] = {}
+        if W is not None:
+            cnt = np.zeros((W.shape[0], len(values)))
+            for b0 in range(0, W.shape[0], 64):
+                cnt[b0:b0 + 64] = W[b0:b0 + 64].astype(np.float32) @ onehot.astype(np.float32)
+            db = {"dataset": cnt / cnt.sum(axis=1, keepdims=True),
+                  "uniform": np.broadcast_to(dp["uniform"], (W.shape[0], len(values)))}
+        out.append(_Attr(a, values, codes, {d: dp[d] for d in options.desired}, {d: db[d] for d in options.desired} if db else {}))
+    return out
+
+
+def _pools(table: pd.DataFrame, units: list[_Unit], options: RetrievalOptions) -> list[tuple[str | None, np.ndarray, np.ndarray]]:
+    if options.pool is None:
+        return [(None, np.arange(len(table)), np.arange(len(units)))]
+    if options.pool not in table.columns:
+        raise RetrievalError(
+            f"retrieval.pool: column {options.pool!r} is not in the dataset (columns: "
+            f"{', '.join(map(str, table.columns))}); pools rank each query within the images of its own "
+            "group (e.g. an occupation column): give a dataset with that column or set retrieval.pool=null")
+    col = table[options.pool].astype(str).where(table[options.pool].notna(), None)
+    groups: dict[str, list[int]] = {}
+    for i, u in enumerate(units):
+        groups.setdefault(u.query.pool if u.query.pool is not None else u.query.text, []).append(i)
+    present = set(col.dropna())
+    out = []
+    for value, ids in groups.items():
+        if value not in present:
+            u = units[ids[0]]
+            raise RetrievalError(
+                f"retrieval.pool: query {u.query.text!r} ({u.query_set}) ranks within "
+                f"{options.pool}={value!r}, but no image has that value; values present: "
+                f"{', '.join(sorted(present)[:20])}{' ...' if len(present) > 20 else ''} "
+                "(set the query's 'pool' in its query set)")
+        out.append((value, np.flatnonzero((col == value).to_numpy()), np.array(ids)))
+    return out
+
+
+def _first_valid(codes_rows: np.ndarray, kk: int, at: _Attr, scores: np.ndarray) -> np.ndarray:
+    """(c, kk) codes of the first ``kk`` images with a value, per row; a row whose ranked
+    prefix holds too few is re-ranked in full."""
+    if (codes_rows[:, :kk] >= 0).all():
+        return codes_rows[:, :kk]
+    out = np.empty((len(codes_rows), kk), dtype=np.int64)
+    for r, row in enumerate(codes_rows):
+        v = row[row >= 0]
+        if len(v) < kk:
+            v = at.codes[np.argsort(-scores[r], kind="stable")]
+            v = v[v >= 0]
+        out[r] = v[:kk]
+    return out
+
+
+class _Accumulator:
+    """Point values per unit (vectorised per chunk), interval ends per query (from the
+    replicates, averaged over a query's units), and running aggregates per query set."""
+
+    def __init__(self, units: list[_Unit], options: RetrievalOptions) -> None:
+        self.units, self.o = units, options
+        self.nq = units[-1].qid + 1 if units else 0
+        self.qinfo = {u.qid: u for u in units}
+        self.point: dict[tuple, dict[str, np.ndarray]] = {}   # (attr, d, k) -> metric -> (n_units, ...)
+        self.ci: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = {}  # (attr, d, k) -> metric -> (nq, ...)
+        self.n: dict[tuple, np.ndarray] = {}      # (attr, k) -> n ranked per unit
+        self.values: dict[str, list[str]] = {}
+        self.desired_share: dict[tuple, np.ndarray] = {}  # (attr, d) -> (nq, A)
+        self.pool: dict[int, str | None] = {}
+        self.pending: dict[int, list] = {}
+        self.agg: dict[tuple, dict[str, Any]] = {}
+
+    def _slot(self, store: dict, key: tuple, metric: str, shape: tuple) -> np.ndarray:
+        d = store.setdefault(key, {})
+        if metric not in d:
+            d[metric] = np.full(shape, np.nan)
+        return d[metric]
+
+    def _register(self, at: _Attr) -> None:
+        if at.name in self.values and self.values[at.name] != at.values:
+            merged = self.values[at.name] + [v for v in at.values if v not in self.values[at.name]]
+            raise RetrievalError(f"retrieval: attribute {at.name!r} has different values in different pools "
+                                 f"({self.values[at.name]} vs {at.values}); every pool must hold all of {merged}")
+        self.values[at.name] = at.values
+
+    def add_points(self, ids: np.ndarray, S: np.ndarray, orders: np.ndarray, at: _Attr, pool_value) -> None:
+        self._register(at)
+        A, nu = len(at.values), len(self.units)
+        C = at.codes[orders]
+        for uid in ids:
+            self.pool[self.units[uid].qid] = pool_value
+        for d in self.o.desired:
+            ds = self._slot(self.desired_share, (at.name, d), "x", (self.nq, A))
+            ds[[self.units[i].qid for i in ids]] = at.desired_point[d]
+        cut = {}
+        for k in self.o.k:
+            kk = at.n_valid if k == "all" else int(k)
+            if kk > at.n_valid:
+                _warn_once(f"retrieval: k={k} is more than the {at.n_valid} images with a {at.name} value to rank"
+                           f"{f' in pool {pool_value!r}' if pool_value is not None else ''}; that k is left out there")
+                continue
+            cut[k] = kk
+        if not cut:
+            return
+        codes = _first_valid(C, max(cut.values()), at, S)
+        res = _batched_prefix(codes, sorted(set(cut.values())), at.desired_point, self.o.absent)
+        for k, kk in cut.items():
+            self.n.setdefault((at.name, k), np.full(nu, -1))[ids] = at.n_valid
+            for d, m in res[kk].items():
+                for metric, v in m.items():
+                    self._slot(self.point, (at.name, d, k), metric, (nu, *v.shape[1:]))[ids] = v
+
+    def add_replicates(self, uid: int, s: np.ndarray, order: np.ndarray, pinfo: list[_Attr], W: np.ndarray,
+                       pool_value) -> None:
+        """Bootstrap replicates of one ranking: the numeric k from one expansion to the
+        largest (the top k of a resample is a prefix of its top k'), ``all`` on its own."""
+        u = self.units[uid]
+        res: dict[tuple, dict[str, np.ndarray]] = {}
+        full: list[np.ndarray] = []
+        B = W.shape[0]
+        for at in pinfo:
+            ks = [k for k in self.o.k if (at.n_valid if k == "all" else int(k)) <= at.n_valid]
+            numeric = sorted({int(k) for k in ks if k != "all"})
+            ordv = order[at.codes[order] >= 0]
+            for group in ([numeric] if numeric else []) + ([["all"]] if "all" in ks else []):
+                kmax = None if group == ["all"] else max(group)
+                wb = W[:, ordv]
+                if len(ordv) < at.n_valid and (kmax is None or (wb.sum(axis=1, dtype=np.int64) < kmax).any()):
+                    if not full:
+                        full.append(np.argsort(-s, kind="stable"))
+                    ordv = full[0][at.codes[full[0]] >= 0]
+                    wb = W[:, ordv]
+                codes = at.codes[ordv]
+                L = kmax if kmax is not None else int(wb.sum(axis=1).max())
+                step = max(1, CELLS // max(1, L * len(at.values)))
+                parts = []
+                for b0 in range(0, B, step):
+                    c, lengths = _expand(codes, wb[b0:b0 + step], kmax)
+                    dq = {d: q[b0:b0 + step] for d, q in at.desired_boot.items()}
+                    parts.append(prefix_metrics(c, group, dq, self.o.absent) if kmax is not None
+                                 else {"all": ranked_metrics(c, lengths, dq, self.o.absent)})
+                for k in group:
+                    for d in self.o.desired:
+                        res[(at.name, d, k)] = {m: np.concatenate([p[k][d][m] for p in parts]) for m in METRICS}
+        self.pending.setdefault(u.qid, []).append(res)
+        if u.last:
+            self._finish(u.qid, self.pending.pop(u.qid), pool_value)
+
+    def _finish(self, qid: int, results: list[dict], pool_value) -> None:
+        """Interval ends of one query (replicates averaged over its units), folded into its
+        query set's running aggregates."""
+        u = self.qinfo[qid]
+        for key in results[0]:
+            reps = {m: np.mean([r[key][m] for r in results], axis=0) for m in METRICS}
+            for m, rep in reps.items():
+                lo, hi = _quantiles(rep, self.o.confidence)
+                nq_shape = (self.nq, *rep.shape[1:])
+                self._slot(self.ci, key, m + "_lo", nq_shape)[qid] = lo
+                self._slot(self.ci, key, m + "_hi", nq_shape)[qid] = hi
+                if m in AGGREGATED:
+                    a = self.agg.setdefault((u.query_set, *key, m), {})
+                    _fold(a, rep)
+
+    # ----------------------------------------------------------------- the long table
+    def frame(self) -> pd.DataFrame:
+        """The long table, built from numpy column blocks (one DataFrame at the end)."""
+        o = self.o
+        qids = np.array([u.qid for u in self.units])
+        counts = np.bincount(qids, minlength=self.nq).astype(np.float64)
+        qs_name = np.array([self.qinfo[q].query_set for q in range(self.nq)], dtype=object)
+        q_text = np.array([self.qinfo[q].query.text for q in range(self.nq)], dtype=object)
+        q_cat = np.array([self.qinfo[q].query.category for q in range(self.nq)], dtype=object)
+        pool = np.array(["" if o.pool is None else f"{o.pool}={self.pool.get(q)}" for q in range(self.nq)],
+                        dtype=object)
+        blocks: list[dict[str, Any]] = []
+        qorder = np.arange(self.nq)
+
+        def block(mask, rep, **cols) -> None:
+            n = int(mask.sum())
+            out = {}
+            for c, x in cols.items():
+                if isinstance(x, np.ndarray):
+                    out[c] = (np.repeat(x, rep) if rep > 1 and len(x) == self.nq else x)[mask]
+                else:
+                    if isinstance(x, _KObj):
+                        x = x.k
+                    arr = np.empty(n, dtype=object if isinstance(x, (str, int)) or x is None else np.float64)
+                    arr[:] = x
+                    out[c] = arr
+            blocks.append(out)
+
+        for (attr, d, k), metrics in self.point.items():
+            values = self.values[attr]
+            A = len(values)
+            n_unit = self.n[(attr, k)]
+            have = np.bincount(qids, weights=(n_unit >= 0).astype(float), minlength=self.nq) == counts
+            n_q = np.zeros(self.nq, dtype=np.int64)
+            n_q[qids] = n_unit
+            ci = self.ci.get((attr, d, k), {})
+            common = dict(query_set=qs_name, query=q_text, category=q_cat, attribute=attr, k=_KObj(k), n_images=n_q,
+                          desired=d, absent=o.absent, pool=pool, prompts=o.prompts, _q=qorder)
+            for m in METRICS:
+                if m == "bias" and A != 2:
+                    continue
+                qv = _mean_by(metrics[m], qids, counts)
+                lo = ci.get(m + "_lo", np.full(qv.shape, np.nan))
+                hi = ci.get(m + "_hi", np.full(qv.shape, np.nan))
+                if m in ("share", "skew"):
+                    block(np.repeat(have, A), A, **common, attribute_value=np.tile(np.array(values, dtype=object), self.nq),
+                          metric=m, value=qv.ravel(), ci_low=lo.ravel(), ci_high=hi.ravel(),
+                          desired_share=self.desired_share[(attr, d)]["x"].ravel())
+                    continue
+                label = f"{values[0]} - {values[1]}" if m == "bias" else ""
+                block(have, 1, **common, attribute_value=label, metric=m, value=qv, ci_low=lo, ci_high=hi,
+                      desired_share=np.full(self.nq, np.nan))
+                for qs in dict.fromkeys(qs_name[have]):
+                    sel = have & (qs_name == qs)
+                    blocks.extend(self._aggregates(qs, attr, d, k, m, label, qv[sel], n_q[sel], pool[sel]))
+        if not blocks:
+            return pd.DataFrame(columns=COLUMNS)
+        cols = {c: np.concatenate([b[c] for b in blocks]) for c in [*COLUMNS, "_q"]}
+        order = np.argsort(cols.pop("_q"), kind="stable")
+        df = pd.DataFrame({c: v[order] for c, v in cols.items()})
+        for c in ("value", "ci_low", "ci_high", "desired_share"):
+            df[c] = df[c].astype(np.float64)
+        df["n_images"] = df["n_images"].astype(np.int64)
+        return df
+
+    def _aggregates(self, qs: str, attr: str, d: str, k, m: str, label: str, pts: np.ndarray, n_q: np.ndarray,
+                    pools: np.ndarray) -> list[dict[str, Any]]:
+        """Mean and worst over a query set's queries, with intervals from the same replicates.
+        Worst: the highest MaxSkew / NDKL, the lowest MinSkew, the Bias farthest from 0."""
+        a = self.agg.get((qs, attr, d, k, m), {})
+        mean_b = a["sum"] / a["count"] if "sum" in a else None
+        worst_b = a.get("min") if m == "min_skew" else a.get("absmax") if m == "bias" else a.get("max")
+        n_img = int(pd.Series(n_q).groupby(pools).first().sum()) if self.o.pool else int(n_q.max())
+        out = []
+        for name, val, rep in ((MEAN_ROW, float(np.mean(pts)), mean_b), (WORST_ROW, _worst(m, pts), worst_b)):
+            lo, hi = _quantiles(rep, self.o.confidence) if rep is not None else (math.nan, math.nan)
+            row = dict(query_set=qs, query=name, category="", attribute=attr, attribute_value=label, k=k,
+                       metric=m, value=val, ci_low=float(lo), ci_high=float(hi), n_images=n_img,
+                       desired_share=math.nan, desired=d, absent=self.o.absent,
+                       pool="" if self.o.pool is None else f"{self.o.pool}=*", prompts=self.o.prompts, _q=self.nq)
+            out.append({c: np.array([v], dtype=object if isinstance(v, str) else None) for c, v in row.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class _KObj:
+    """k as one object column value (an int, or "all")."""
+    k: int | str
+
+
+def _mean_by(v: np.ndarray, qids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean over each query's units (templates) of a per-unit array; -inf stays -inf."""
+    if len(counts) == len(qids):  # one unit per query (ensemble prompts)
+        out = np.empty((len(counts), *v.shape[1:]))
+        out[qids] = v
+        return out
+    out = np.zeros((len(counts), *v.shape[1:]))
+    np.add.at(out, qids, v)
+    return out / counts.reshape(-1, *([1] * (v.ndim - 1)))
+
+
+def _fold(a: dict, b: np.ndarray) -> None:
+    """Fold one query's replicates into the running sum / max / min / farthest-from-0 arrays
+    of its query set, so aggregate intervals need memory per set, not per query."""
+    if "sum" not in a:
+        a.update(sum=b.copy(), count=1, max=b.copy(), min=b.copy(), absmax=b.copy())
+        return
+    a["sum"] = a["sum"] + b
+    a["count"] += 1
+    a["max"] = np.fmax(a["max"], b)
+    a["min"] = np.fmin(a["min"], b)
+    a["absmax"] = np.where(np.abs(b) > np.abs(a["absmax"]), b, a["absmax"])
+
+
+def _worst(metric: str, xs: np.ndarray) -> float:
+    if metric == "min_skew":
+        return float(np.nanmin(xs))
+    if metric == "bias":
+        return float(xs[np.nanargmax(np.abs(xs))])
+    return float(np.nanmax(xs))
+
+
+# --------------------------------------------------------------------------- report
+
+TINY_EXPECTED = 5.0  # a value expected fewer than this many times in the top k is flagged
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if math.isinf(x):
+        return "−∞" if x < 0 else "∞"
+    return f"{x:.{digits}f}".replace("-", "−")
+
+
+def _with_ci(row: pd.Series) -> str:
+    if pd.isna(row["ci_low"]):
+        return _fmt(row["value"])
+    return f"{_fmt(row['value'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
+
+
+def _report_k(df: pd.DataFrame) -> int | str:
+    ks = [k for k in df["k"].unique() if k != "all"]
+    return max(int(k) for k in ks) if ks else "all"
+
+
+def _k_eq(df: pd.DataFrame, k: int | str) -> pd.Series:
+    return df["k"].astype(str) == str(k)
+
+
+def _heatmap(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: int | str, path: Path,
+             max_rows: int = 40) -> Path | None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .report import DPI, _save
+
+    sel = df[(df.query_set == query_set) & (df.attribute == attribute) & (df.desired == desired) & _k_eq(df, k)
+             & ~df["query"].isin([MEAN_ROW, WORST_ROW])]
+    skew = sel[sel.metric == "skew"]
+    if skew.empty:
+        return None
+    mx = sel[sel.metric == "max_skew"].set_index("query")["value"]
+    queries = list(mx.sort_values(ascending=False, kind="stable").index[:max_rows])
+    values = list(dict.fromkeys(skew["attribute_value"]))
+    grid = skew.pivot_table(index="query", columns="attribute_value", values="value", aggfunc="first")
+    grid = grid.reindex(index=queries, columns=values)
+    z = grid.to_numpy(dtype=np.float64)
+    finite = z[np.isfinite(z)]
+    lim = max(0.1, float(np.abs(finite).max()) if finite.size else 1.0)
+    fig = Figure(figsize=(min(2.5 + 0.9 * len(values), 14.0), 1.4 + 0.28 * len(queries)), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(np.ma.masked_invalid(np.where(np.isfinite(z), z, np.nan)), cmap="RdBu_r", vmin=-lim, vmax=lim,
+                   aspect="auto")
+    ax.set_facecolor("#bbbbbb")
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            v = z[i, j]
+            text = "absent" if np.isneginf(v) else ("" if np.isnan(v) else f"{v:.2f}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if np.isfinite(v) and abs(v) > 0.6 * lim else "black")
+    cats = sel.drop_duplicates("query").set_index("query")["category"]
+    ax.set_yticks(np.arange(len(queries)))
+    ax.set_yticklabels([f"{q} ({cats.get(q, '')})" for q in queries], fontsize=8)
+    ax.set_xticks(np.arange(len(values)))
+    ax.set_xticklabels(values, rotation=30, ha="right", fontsize=8)
+    ax.set_title(f"Skew@{k} by {attribute}: {query_set} (desired: {desired})", fontsize=10)
+    fig.colorbar(im, ax=ax, label="Skew@k = ln(share in top k / desired share)", shrink=0.8)
+    return _save(fig, path)
+
+
+def _mix(df: pd.DataFrame, query_set: str, query: str, attribute: str, desired: str, k) -> str:
+    sh = df[(df.query_set == query_set) & (df["query"] == query) & (df.attribute == attribute)
+            & (df.desired == desired) & _k_eq(df, k) & (df.metric == "share")]
+    return " · ".join(f"{r.attribute_value} {100 * r.value:.0f}% (vs {100 * r.desired_share:.0f}%)"
+                      for r in sh.itertuples())
+
+
+def _conventions(df: pd.DataFrame, options: Mapping[str, Any] | None) -> list[str]:
+    o = dict(options or {})
+    first = df.iloc[0] if len(df) else None
+    items = [
+        "Ranking: cosine similarity between each image and the query's text embedding, highest first; "
+        "ties broken by dataset order; images missing an attribute are left out of that attribute's ranking.",
+        f"k: {', '.join(str(k) for k in o.get('k', sorted(df['k'].astype(str).unique())))} "
+        "(`all` = the whole ranking).",
+        f"Desired distribution: {', '.join(o.get('desired', sorted(df['desired'].unique())))} "
+        "(`dataset`: each value's share of the ranked images; `uniform`: equal shares).",
+        f"A value absent from the top k: `{o.get('absent', first['absent'] if first is not None else '')}` "
+        "(`neg_inf`: Skew = −∞; `inverse_k`: its share counts as 1/k; `zero`: Skew = 0). NDKL uses 0·log 0 = 0.",
+        f"Prompts: `{o.get('prompts', first['prompts'] if first is not None else '')}` (`ensemble`: one averaged "
+        "embedding per query; `per_template`: one ranking per template, the metric averaged over templates).",
+        "Pools: " + (f"each query ranks only the images whose `{o['pool']}` equals the query (or its `pool`)."
+                     if o.get("pool") else "none (every query ranks the whole evaluation set)."),
+        f"Intervals: {int(o.get('confidence', 0.95) * 100)}% percentile bootstrap over images, "
+        f"B = {o.get('bootstrap', '?')}, seed {o.get('seed', '?')}" + (" (B = 0: no intervals)." if o.get("bootstrap") == 0 else "."),
+    ]
+    return items
+
+
+def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
+                       options: RetrievalOptions | Mapping[str, Any] | None = None,
+                       max_queries: int = 10) -> list["Section"]:  # noqa: F821
+    """The retrieval-bias report as :mod:`clipfair.document` sections (heat maps are written
+    into ``out_dir`` as ``retrieval_skew_<set>_<attribute>.png``). Reads only ``table``
+    (the :func:`retrieval_bias` frame or its CSV)."""
+    from .document import Bullets, Figure, Note, Section, Table, Text
+    from .report import _safe
+
+    out_dir = Path(out_dir)
+    o = options.to_dict() if isinstance(options, RetrievalOptions) else dict(options or {})
+    df = table.copy()
+    df["k"] = [k if str(k) == "all" else int(k) for k in df["k"]]
+    for c in ("category", "attribute_value", "pool"):
+        df[c] = df[c].fillna("").astype(str)
+    blocks: list[Any] = [
+        Text("Which faces come back first for a neutral text query? Each query ranks the evaluation images by "
+             "similarity; **Skew@k(a) = ln(share of value a in the top k / desired share)**: above 0 the value is "
+             "over-represented, below 0 under-represented. MaxSkew / MinSkew are the largest / smallest skew over "
+             "the values, NDKL a rank-discounted KL divergence of the top-i mix from the desired mix (0 = fair), "
+             "Bias@k = (n_a − n_b)/(n_a + n_b) for a two-valued attribute (Geyik et al. 2019; Berg et al. 2022)."),
+        Bullets(_conventions(df, o)),
+        Note(f"A skew is called a **finding** only when its interval excludes 0. Values expected fewer than "
+             f"{TINY_EXPECTED:g} times in the top k (k × desired share) are marked † and never headlined: one "
+             "image moves their skew a lot. Labels are annotators' perceptions; a ranking shows what the model "
+             "associates with a query, not anything about the people pictured."),
+        Note("Resampling images puts copies of one image side by side in a replicate's ranking, so its top k "
+             "holds fewer distinct images than the real one: bootstrap replicates of MaxSkew and NDKL run "
+             "higher than the point value, and their percentile interval can sit above it. Read those "
+             "intervals as the spread of the statistic, not as bias-corrected bounds."),
+    ]
+    if o.get("preset"):
+        p = PRESETS[o["preset"]]
+        blocks.append(Section(f"Conventions of {p['title']}", [
+            Text(f"Preset `{o['preset']}` set: {', '.join(o.get('from_preset', [])) or 'nothing (all overridden)'}. "
+                 f"Source: {p['source']}"),
+            Note(f"What differs: {p['differs']}"),
+            *_headline_table(df, p.get("headline") or []),
+        ]))
+    if df.empty:
+        blocks.append(Note("No retrieval rows: no k fits the ranked images, or no attribute has two values.", "warning"))
+        return [Section("Retrieval bias", blocks)]
+    k = _report_k(df)
+    desired0 = list(dict.fromkeys(df["desired"]))[0]
+    for qs in dict.fromkeys(df["query_set"]):
+        d = df[df.query_set == qs]
+        sub: list[Any] = []
+        agg = d[d["query"].isin([MEAN_ROW, WORST_ROW]) & d.metric.isin(["max_skew", "min_skew", "ndkl", "bias"])]
+        rows = []
+        for (attr, des, kk), g in agg.groupby(["attribute", "desired", "k"], sort=False):
+            cell = {(r.query, r.metric): _with_ci(pd.Series(r._asdict())) for r in g.itertuples()}
+            rows.append([attr, des, str(kk), int(g.n_images.iloc[0]),
+                         *[cell.get((row, m), "–") for m in ("max_skew", "ndkl", "bias") for row in (MEAN_ROW, WORST_ROW)]])
+        n_q = d.loc[~d["query"].isin([MEAN_ROW, WORST_ROW]), "query"].nunique()
+        sub.append(Table(["attribute", "desired", "k", "n images", "MaxSkew mean", "MaxSkew worst", "NDKL mean",
+                          "NDKL worst", "Bias mean", "Bias worst"], rows, align="lllrrrrrrr",
+                         caption=f"Mean and worst over the {n_q} queries (point [interval]); worst = highest "
+                                 "MaxSkew / NDKL, Bias farthest from 0."))
+        for attr in dict.fromkeys(d["attribute"]):
+            name = f"retrieval_skew_{_safe(qs)}_{_safe(attr)}.png"
+            if _heatmap(d, qs, attr, desired0, k, out_dir / name) is not None:
+                sub.append(Figure(name, f"Skew@{k} by {attr} for the {qs} queries (desired: {desired0}); "
+                                        "grey 'absent' = no image with that value in the top k."))
+            sub.append(_most_skewed(d, qs, attr, desired0, k, max_queries))
+        blocks.append(Section(f"Query set {qs}", sub))
+    return [Section("Retrieval bias", blocks)]
+
+
+def _most_skewed(d: pd.DataFrame, qs: str, attr: str, desired: str, k, max_queries: int):
+    from .document import Table, Text
+
+    sel = d[(d.attribute == attr) & (d.desired == desired) & _k_eq(d, k) & ~d["query"].isin([MEAN_ROW, WORST_ROW])]
+    skew = sel[sel.metric == "skew"].copy()
+    kk = int(sel.n_images.iloc[0]) if str(k) == "all" and len(sel) else (int(k) if str(k) != "all" else 0)
+    skew["tiny"] = skew["desired_share"] * kk < TINY_EXPECTED
+    # headline: each query's largest skew among values that are not tiny
+    ok = skew[~skew["tiny"] & np.isfinite(skew["value"])]
+    best = ok.sort_values("value", ascending=False, kind="stable").drop_duplicates("query").head(max_queries)
+    rows = []
+    for r in best.itertuples():
+        finding = "yes" if (not pd.isna(r.ci_low) and r.ci_low > 0) else "no"
+        ms = sel[(sel["query"] == r.query) & (sel.metric == "min_skew")]
+        tiny_vals = skew[(skew["query"] == r.query) & skew["tiny"]]["attribute_value"].tolist()
+        rows.append([r.query, r.category, r.attribute_value, _with_ci(pd.Series(r._asdict())), finding,
+                     _with_ci(ms.iloc[0]) if len(ms) else "–",
+                     _mix(d, qs, r.query, attr, desired, k) + (f" (†: {', '.join(tiny_vals)})" if tiny_vals else ""),
+                     int(r.n_images)])
+    if not rows:
+        return Text(f"No query has a {attr} value expected at least {TINY_EXPECTED:g} times in the top {k} "
+                    f"(desired: {desired}); nothing is headlined. The full table is retrieval.csv.")
+    return Table(["query", "category", "most over-represented", f"Skew@{k} [CI]", "finding", f"MinSkew@{k}",
+                  f"top-{k} mix (vs desired)", "n images"], rows, align="lllrlrlr",
+                 caption=f"The {len(rows)} most skewed queries by {attr} at k = {k} (desired: {desired}), by their "
+                         "largest skew over values that are not tiny (†).")
+
+
+def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list[Any]:
+    from .document import Table
+
+    from .document import Note
+
+    rows, missing = [], []
+    for metric, k in headline:
+        sel = df[(df.metric == metric) & (df["query"] == MEAN_ROW)]
+        if k is not None:
+            sel = sel[_k_eq(sel, k)]
+        if sel.empty:
+            missing.append(f"{metric}@{k if k is not None else 'k'}")
+        for r in sel.itertuples():
+            rows.append([r.query_set, r.attribute, r.desired, f"{metric}@{r.k}", _with_ci(pd.Series(r._asdict())),
+                         int(r.n_images)])
+    out: list[Any] = []
+    if rows:
+        out.append(Table(["query set", "attribute", "desired", "metric", "mean over queries [CI]", "n images"], rows,
+                         align="lllllr", caption="The paper's reported quantities, as computed here (mean over queries)."))
+    if missing:
+        out.append(Note(f"Not computed in this run: {', '.join(missing)} (k larger than the ranked images, or the "
+                        "metric's k was overridden).", "warning"))
+    return out
+
+
+def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
+                    options: RetrievalOptions | Mapping[str, Any] | None = None,
+                    intro: Sequence[Any] = ()) -> list[Path]:
+    """``retrieval.csv`` (the long table), ``retrieval.md`` and its heat maps."""
+    from .document import Document, to_markdown
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "retrieval.csv"
+    table.to_csv(csv, index=False, float_format="%.6g", lineterminator="\n")
+    before = set(out.glob("retrieval_skew_*.png"))
+    sections = retrieval_sections(table, out, options)
+    md = out / "retrieval.md"
+    md.write_text(to_markdown(Document("clipfair retrieval bias", sections, intro=list(intro))), encoding="utf-8")
+    pngs = sorted(set(out.glob("retrieval_skew_*.png")) - before) or sorted(out.glob("retrieval_skew_*.png"))
+    return [csv, *pngs, md]
