@@ -94,6 +94,12 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     tax_specs = list(cfg.taxonomies or [])
     taxonomies = (expand_template_sets(load_taxonomies(tax_specs), template_sets)
                   if tax_specs or retrieval is None else [])  # retrieval may run on its own
+    card_opts = None
+    if cfg.get("model_card"):
+        from .model_card import ModelCardOptions, read_references
+
+        card_opts = ModelCardOptions(**{**_plain(cfg.model_card), "confidence": float(cfg.confidence)})
+        read_references(card_opts.references)
     dataset = instantiate(cfg.dataset, _convert_="all")
     subset = cfg.get("subset") or {}
     if subset.get("n") is not None:
@@ -110,6 +116,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
             probe_train = instantiate(cfg.dataset, split=cfg.probe.train_split, limit=cfg.probe.train_limit,
                                       _convert_="all")
         probe_options = {"Cs": list(cfg.probe.Cs), "holdout": float(cfg.probe.holdout),
+                         "features": str(cfg.probe.get("features", "projected")),
+                         "refine_steps_per_decade": int(cfg.probe.get("refine_steps_per_decade", 8)),
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
                          "sweep_max_train": cfg.probe.sweep_max_train}
     slices = _slices(cfg.slices)
@@ -118,6 +126,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
                   progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
                   disparity_min_n=int(cfg.get("disparity_min_n", 1)),
+                  precision_audit=_plain(cfg.get("precision_audit")),
                   retrieval=retrieval, query_sets=query_sets,
                   embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
                                  "fast_decode": cfg.embed.get("fast_decode", "auto"),
@@ -135,20 +144,29 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo)
     compare = _plain(cfg.get("compare")) or None
+    if card_opts is not None:
+        import pandas as pd
+
+        from .model_card import race_scoring_metrics
+
+        # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary
+        ev.metrics = pd.concat([ev.metrics, race_scoring_metrics(
+            ev.predictions, card_opts.taxonomies["race"], slices, float(cfg.confidence))], ignore_index=True)
     # every output goes to a staging folder, moved into out_dir only when all are written
     with staged_outputs(out_dir, overwrite) as stage:
         write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
-        if cfg.get("model_card"):
-            from .model_card import ModelCardOptions, write_model_card
+        if card_opts is not None:
+            from .model_card import CardContext, padding_statement, write_model_card
 
-            mc = _plain(cfg.model_card)
-            opts = ModelCardOptions(**{**mc, "confidence": float(cfg.confidence)})
-            choices = {"model": model.name_or_path, "dataset": f"{dataset.name} {dataset.source}",
-                       "padding": dataset.source.get("config") or dataset.source.get("padding") or "unknown",
-                       "image subset": (f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
-                                        if subset.get("n") is not None else f"all {len(dataset)} images"),
-                       "templates": "; ".join(f"{t.name}: {' | '.join(t.templates)}" for t in taxonomies)}
-            write_model_card(ev.predictions, ev.metrics, opts, stage, choices, demo=demo)
+            context = CardContext(
+                model=model.name_or_path, dataset=f"{dataset.name} {dataset.source}",
+                padding=padding_statement(dataset.source),
+                image_subset=(f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
+                              if subset.get("n") is not None else f"all {len(dataset)} images"),
+                templates={t.name: list(t.templates) for t in taxonomies}, demo=demo,
+                linear_probe=ev.info.get("linear_probe") or {}, precision=ev.info.get("precision") or {},
+                extra_choices={"model dtype": str(model.dtype).replace("torch.", "")})
+            write_model_card(ev.predictions, ev.metrics, card_opts, stage, context)
     log.info("wrote results to %s", out_dir)
     return out_dir
 
@@ -159,6 +177,7 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .data.attributes import LabelError
     from .data.base import DatasetError
     from .data.images import ImageError
+    from .model_card import ModelCardError
     from .models import ModelError
     from .outputs import OutputError, os_error_message
     from .registry import RegistryError
@@ -167,7 +186,7 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .taxonomy import TaxonomyError
 
     known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
-             OutputError, RetrievalError)
+             OutputError, RetrievalError, ModelCardError)
     while e is not None:
         if isinstance(e, known):
             return e

@@ -63,7 +63,9 @@ DISPARITY_COLUMNS: tuple[str, ...] = (
 
 #: whether a higher value of a metric is the better outcome for a group. A rate is the
 #: share of a group's images put into a category: lower = less often labelled so.
-HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "rate": False}
+HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "rate": False,
+                                     # race accuracy scored White vs Non-White (model card runs)
+                                     "accuracy_race_binary": True}
 
 #: canonical group order of the known attributes; unknown values come after, sorted
 CANONICAL_ORDER: dict[str, tuple[str, ...]] = {

@@ -1,16 +1,32 @@
-"""Reproduce the CLIP paper's FairFace tables and the model card's claims, side by side.
+"""The CLIP paper's FairFace figures and the model card's claims beside this run's values.
 
 Reference figures live in a data file (``references/clip_paper.yaml``) with their source
-(table, row, column). Each is mapped onto clipfair's long metrics frame (taxonomy role,
-method, metric, slice, group), reproduced with a Wilson interval, and compared: difference
-in percentage points and a reproduced / not reproduced flag at a stated tolerance.
-The choices the paper left unstated are explicit options, printed at the top of the card.
+(table, row, column, and the paper's words for figures from the text). Each is mapped onto
+clipfair's outputs (taxonomy role, method, metric, slice, group), measured as a count of n
+with a Wilson interval, and given an interval-aware verdict:
+
+``consistent``
+    the paper's value (read at its stated resolution) lies inside the reproduced interval;
+``differs``
+    the interval excludes it; the difference and its interval are given;
+``not measured``
+    this run has no images for that figure.
+
+Intervals for verdicts are Bonferroni-adjusted over the measured cells of each reference
+table, so that "Table 6 differs" is a family-wise statement, and the headline counts tables,
+not cells. The tolerance option is an additional practical-equivalence margin, reported in
+its own column. Claims (thresholds, ranks) are checked as stated: a threshold is never
+widened, and a rank is ``inconclusive`` where the ranked groups' intervals overlap.
+
+Everything the card says is built as :mod:`clipfair.document` sections
+(:func:`card_sections`) and rendered to ``model_card.md`` / ``model_card.html`` by
+:mod:`clipfair.document`; ``report.html`` can include the same sections.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,13 +34,27 @@ import numpy as np
 import pandas as pd
 
 from .data.attributes import race_binary
-from .metrics import group_metrics, wilson_interval
+from .document import Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from .metrics import DEFAULT_SLICES, group_metrics, wilson_interval
 from .outputs import safe_filename
 from .yamlio import load_yaml_file
 
 ROLES = ("race", "gender", "age", "denigration", "denigration_child")
-CARD_COLUMNS = ("kind", "id", "table", "row", "column", "method", "taxonomy", "metric", "slice", "group",
-                "reference", "reproduced", "ci_low", "ci_high", "n", "difference", "tolerance", "status", "note")
+#: metric name of race accuracy scored White vs Non-White (metrics.csv and the card)
+BINARY_RACE_METRIC = "accuracy_race_binary"
+SCORING_LABELS = {"7way": "7-way", "binary": "White vs Non-White"}
+VERDICTS = ("consistent", "differs", "not measured")
+CLAIM_VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not measured")
+_JUDGED = ("adj_confidence", "adj_ci_low", "adj_ci_high", "difference", "diff_low", "diff_high", "verdict",
+           "equivalence")
+CARD_COLUMNS = ("kind", "id", "table", "row", "column", "scoring", "primary", "method", "taxonomy", "metric",
+                "slice", "group", "reference", "reference_low", "reference_high", "paper_interval", "quote",
+                "reproduced", "count", "n", "ci_low", "ci_high", "adj_confidence", "adj_ci_low", "adj_ci_high",
+                "difference", "diff_low", "diff_high", "verdict", "tolerance", "equivalence", "note")
+
+
+class ModelCardError(ValueError):
+    """A model-card option or reference file that cannot be used; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -34,27 +64,42 @@ class ModelCardOptions:
     taxonomies: Mapping[str, str] = field(default_factory=lambda: {
         "race": "fairface_race", "gender": "fairface_gender", "age": "fairface_age",
         "denigration": "clip_denigration", "denigration_child": "clip_denigration_child"})
-    race_accuracy: str = "7way"  # or "binary": White vs Non-White (as datacomp scores it)
+    race_accuracy: str = "7way"  # the scoring the headline counts; both are always shown
     rate_denominator: str = "group"  # or "flagged": share of the flagged images
-    tolerance_pp: float = 2.0
+    tolerance_pp: float = 2.0  # practical-equivalence margin, in percentage points
     references: str | None = None  # a YAML path; default: the bundled clip_paper.yaml
     confidence: float = 0.95
 
     def __post_init__(self) -> None:
-        if self.race_accuracy not in ("7way", "binary"):
-            raise ValueError(f"model_card.race_accuracy must be 7way or binary, got {self.race_accuracy!r}")
+        if self.race_accuracy not in SCORING_LABELS:
+            raise ModelCardError(f"model_card.race_accuracy must be 7way or binary, got {self.race_accuracy!r}")
         if self.rate_denominator not in ("group", "flagged"):
-            raise ValueError(f"model_card.rate_denominator must be group or flagged, got {self.rate_denominator!r}")
+            raise ModelCardError(f"model_card.rate_denominator must be group or flagged, got {self.rate_denominator!r}")
+        if not self.tolerance_pp >= 0:
+            raise ModelCardError(f"model_card.tolerance_pp must be >= 0, got {self.tolerance_pp!r}")
         missing = [r for r in ROLES if r not in self.taxonomies]
         if missing:
-            raise ValueError(f"model_card.taxonomies lacks role(s) {missing}; give a taxonomy name for each of {ROLES}")
+            raise ModelCardError(f"model_card.taxonomies lacks role(s) {missing}; give a taxonomy name for each of {ROLES}")
+
+
+@dataclass
+class References:
+    figures: list[dict[str, Any]]
+    claims: list[dict[str, Any]]
+    source: str
+    about: dict[str, str] = field(default_factory=dict)
+    reference_models: list[str] = field(default_factory=list)
+    tables: dict[str, str] = field(default_factory=dict)
+    age_bands: dict[str, list[str]] = field(default_factory=dict)
 
 
 REQUIRED = ("id", "table", "row", "column", "method", "taxonomy", "metric", "slice", "group", "value")
+CLAIM_REQUIRED = ("id", "text", "method", "taxonomy", "metric", "slice", "check", "value")
+CHECKS = ("all_above", "all_below", "highest_is", "lowest_is", "approx")
 
 
-def load_references(path: str | Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """(figures, model-card claims, source) from a reference YAML (safe loader, data only)."""
+def read_references(path: str | Path | None = None) -> References:
+    """The reference file (safe loader, data only), validated."""
     p = Path(path) if path else Path(str(importlib.resources.files("clipfair") / "references" / "clip_paper.yaml"))
     data = load_yaml_file(p)  # data only, aliases capped
     figs = list(data["figures"])
@@ -62,35 +107,72 @@ def load_references(path: str | Path | None = None) -> tuple[list[dict[str, Any]
     for i, f in enumerate(figs):
         missing = [k for k in REQUIRED if k not in f]
         if missing:
-            raise ValueError(f"{p}: figures[{i}] lacks {missing}")
+            raise ModelCardError(f"{p}: figures[{i}] lacks {missing}")
         if f["id"] in seen:
-            raise ValueError(f"{p}: duplicate reference id {f['id']!r}")
+            raise ModelCardError(f"{p}: duplicate reference id {f['id']!r}")
         seen.add(f["id"])
-    return figs, list(data.get("model_card_claims", [])), str(data.get("source", p))
+    claims = list(data.get("model_card_claims", []))
+    for i, c in enumerate(claims):
+        missing = [k for k in CLAIM_REQUIRED if k not in c]
+        if missing:
+            raise ModelCardError(f"{p}: model_card_claims[{i}] lacks {missing}")
+        if c["check"] not in CHECKS:
+            raise ModelCardError(f"{p}: model_card_claims[{i}] ({c['id']}): unknown check {c['check']!r}; "
+                             f"one of {', '.join(CHECKS)}")
+    return References(figs, claims, str(data.get("source", p)), dict(data.get("about") or {}),
+                      list(data.get("reference_models") or []), dict(data.get("tables") or {}),
+                      {str(k): [str(b) for b in v] for k, v in (data.get("age_bands") or {}).items()})
 
+
+def load_references(path: str | Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """(figures, model-card claims, source) from a reference YAML."""
+    r = read_references(path)
+    return r.figures, r.claims, r.source
+
+
+# --------------------------------------------------------------------------- measuring
 
 def binary_race_predictions(predictions: pd.DataFrame, race_taxonomy: str) -> pd.DataFrame:
-    """Score 7-way race predictions as White vs Non-White (taxonomy renamed '<name>:binary')."""
+    """The race taxonomy's predictions scored White vs Non-White (labels mapped, ``correct``
+    recomputed; the taxonomy name is kept)."""
     p = predictions[predictions["taxonomy"] == race_taxonomy].copy()
     if p.empty:
         return p
     pred = p["predicted_label"].map(race_binary)
     truth = p["true_label"].map(lambda t: None if t is None or t != t else race_binary(t))
-    p["taxonomy"] = f"{race_taxonomy}:binary"
     p["predicted_label"], p["true_label"] = pred, truth
     p["correct"] = pd.array([None if t is None else bool(t == q) for t, q in zip(truth, pred)], dtype="boolean")
     return p
 
 
-def _card_metrics(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardOptions) -> tuple[pd.DataFrame, dict[str, str]]:
-    roles = dict(opts.taxonomies)
-    if opts.race_accuracy == "binary":
-        bp = binary_race_predictions(predictions, roles["race"])
-        if not bp.empty:
-            extra = group_metrics(bp, {f"{roles['race']}:binary": ["race"]}, confidence=opts.confidence)
-            metrics = pd.concat([metrics, extra], ignore_index=True)
-            roles["race"] = f"{roles['race']}:binary"
-    return metrics, roles
+def race_scoring_metrics(predictions: pd.DataFrame, race_taxonomy: str, slices: Sequence[Any],
+                         confidence: float = 0.95) -> pd.DataFrame:
+    """Race accuracy scored White vs Non-White, as metrics rows labelled
+    ``metric = accuracy_race_binary`` (the 7-way scoring is the plain ``accuracy`` rows)."""
+    bp = binary_race_predictions(predictions, race_taxonomy)
+    if bp.empty:
+        return bp.iloc[0:0]
+    m = group_metrics(bp, {}, slices=slices, confidence=confidence)
+    m = m[m["metric"] == "accuracy"].copy()
+    m["metric"] = BINARY_RACE_METRIC
+    return m.reset_index(drop=True)
+
+
+def pooled_rates(predictions: pd.DataFrame, taxonomy: str, method: str, categories: Sequence[str],
+                 column: str, pools: Mapping[str, Sequence[str]], confidence: float = 0.95) -> pd.DataFrame:
+    """Share of images predicted into any of ``categories`` per pool of ``column`` values
+    (e.g. FairFace age bins pooled into the paper's age bands), with a Wilson interval.
+    Columns: group, count, n, value, ci_low, ci_high (value and bounds as fractions)."""
+    p = predictions[(predictions["taxonomy"] == taxonomy) & (predictions["method"] == method)]
+    rows = []
+    for name, members in pools.items():
+        part = p[p[column].isin(list(members))] if column in p.columns else p.iloc[0:0]
+        n = int(len(part))
+        count = int(part["predicted_category"].isin(list(categories)).sum())
+        lo, hi = wilson_interval(count, n, confidence)
+        rows.append({"group": name, "count": count, "n": n, "value": count / n if n else np.nan,
+                     "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["group", "count", "n", "value", "ci_low", "ci_high"])
 
 
 def _union(metrics: pd.DataFrame, tax: str, method: str, slice_: str, categories: Sequence[str]) -> pd.DataFrame:
@@ -102,146 +184,443 @@ def _union(metrics: pd.DataFrame, tax: str, method: str, slice_: str, categories
     return m.groupby("group", sort=False).agg(count=("count", "sum"), n=("n", "first")).reset_index()
 
 
-def _measure(metrics: pd.DataFrame, roles: Mapping[str, str], fig: Mapping[str, Any],
-             opts: ModelCardOptions) -> tuple[float, float, float, int]:
-    """(value %, ci_low %, ci_high %, n) of one reference figure; NaNs when not measurable."""
-    nan = (np.nan, np.nan, np.nan, 0)
-    tax = roles.get(fig["taxonomy"])
-    if tax is None:
-        return nan
-    method, slice_, group = fig["method"], fig["slice"], str(fig["group"])
-    if fig["metric"] == "accuracy":
+def _group_counts(predictions: pd.DataFrame, metrics: pd.DataFrame, refs: References, tax: str,
+                  spec: Mapping[str, Any], metric: str, opts: ModelCardOptions) -> pd.DataFrame:
+    """(group, count, n) of every group of a figure's or claim's slice."""
+    method, slice_ = spec["method"], spec["slice"]
+    if spec["metric"] == "accuracy":
         m = metrics[(metrics["taxonomy"] == tax) & (metrics["method"] == method)
-                    & (metrics["metric"] == "accuracy") & (metrics["slice"] == slice_)]
-        if group.startswith("mean"):
-            suffix = group[len("mean"):]  # "" or "+Male"
-            part = m[m["group"].str.endswith(suffix)] if suffix else m
-            if part.empty:
-                return nan
-            return 100 * part["value"].mean(), np.nan, np.nan, int(part["n"].sum())
-        row = m[m["group"] == group]
-        if row.empty or row["n"].iloc[0] == 0:
-            return nan
-        r = row.iloc[0]
-        return 100 * r["value"], 100 * r["ci_low"], 100 * r["ci_high"], int(r["n"])
-    cats = fig.get("categories") or []
-    u = _union(metrics, tax, method, slice_, cats)
-    row = u[u["group"] == group]
-    if row.empty:
-        return nan
-    count = float(row["count"].iloc[0])
-    n = float(u["count"].sum()) if opts.rate_denominator == "flagged" else float(row["n"].iloc[0])
-    if n == 0:
-        return nan
-    lo, hi = wilson_interval(count, n, opts.confidence)
-    return 100 * count / n, 100 * lo, 100 * hi, int(n)
-
-
-def _status(diff: float, tol: float) -> str:
-    if diff != diff:
-        return "not measured"
-    return "reproduced" if abs(diff) <= tol else "not reproduced"
-
-
-def reproduce(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardOptions) -> pd.DataFrame:
-    """Every reference figure and model-card claim beside its reproduced value."""
-    figs, claims, _ = load_references(opts.references)
-    metrics, roles = _card_metrics(predictions, metrics, opts)
-    rows = []
-    for f in figs:
-        v, lo, hi, n = _measure(metrics, roles, f, opts)
-        diff = v - f["value"]
-        rows.append({"kind": "figure", "id": f["id"], "table": f["table"], "row": f["row"], "column": f["column"],
-                     "method": f["method"], "taxonomy": roles.get(f["taxonomy"], f["taxonomy"]),
-                     "metric": f["metric"] if not f.get("categories") else "rate:" + "+".join(f["categories"]),
-                     "slice": f["slice"], "group": f["group"], "reference": f["value"], "reproduced": v,
-                     "ci_low": lo, "ci_high": hi, "n": n, "difference": diff, "tolerance": opts.tolerance_pp,
-                     "status": _status(diff, opts.tolerance_pp), "note": f.get("note") or ""})
-    for c in claims:
-        rows.append(_claim(metrics, roles, c, opts))
-    return pd.DataFrame(rows, columns=list(CARD_COLUMNS))
-
-
-def _claim(metrics: pd.DataFrame, roles: Mapping[str, str], c: Mapping[str, Any], opts: ModelCardOptions) -> dict[str, Any]:
-    tax = roles.get(c["taxonomy"], c["taxonomy"])
-    m = metrics[(metrics["taxonomy"] == tax) & (metrics["method"] == c["method"])
-                & (metrics["metric"] == c["metric"]) & (metrics["slice"] == c["slice"]) & (metrics["n"] > 0)]
-    base = {"kind": "claim", "id": c["id"], "table": "Model card", "row": c["text"], "column": "",
-            "method": c["method"], "taxonomy": tax, "metric": c["metric"], "slice": c["slice"],
-            "group": c.get("group", ""), "reference": c["value"], "tolerance": opts.tolerance_pp,
-            "ci_low": np.nan, "ci_high": np.nan}
-    if m.empty:
-        return {**base, "reproduced": np.nan, "n": 0, "difference": np.nan, "status": "not measured", "note": ""}
-    vals = m.set_index("group")["value"] * 100
-    check, tol = c["check"], opts.tolerance_pp
-    if check == "min_at_least":
-        v = float(vals.min())
-        ok = v >= c["value"] - tol
-        note = f"lowest group: {vals.idxmin()} ({v:.1f}%); passes if >= {c['value'] - tol:.1f}%"
-    elif check in ("highest_is", "lowest_is"):
-        who = vals.idxmax() if check == "highest_is" else vals.idxmin()
-        v = float(vals.get(c["group"], np.nan))
-        ok = who == c["group"] and abs(v - c["value"]) <= tol
-        note = f"{'highest' if check == 'highest_is' else 'lowest'} group here: {who} ({vals[who]:.1f}%)"
-    elif check == "approx":
-        v = float(vals.get(c.get("group", "all"), np.nan))
-        ok = abs(v - c["value"]) <= tol
-        note = ""
+                    & (metrics["metric"] == metric) & (metrics["slice"] == slice_)]
+        return m[["group", "count", "n"]].reset_index(drop=True)
+    cats = list(spec.get("categories") or [])
+    if slice_ == "age_band":
+        u = pooled_rates(predictions, tax, method, cats, "age", refs.age_bands)[["group", "count", "n"]]
     else:
-        raise ValueError(f"unknown claim check {check!r} in {c['id']}")
-    return {**base, "reproduced": v, "n": int(m["n"].max()), "difference": v - c["value"],
-            "status": "reproduced" if ok else "not reproduced", "note": note}
+        u = _union(metrics, tax, method, slice_, cats)
+    if opts.rate_denominator == "flagged" and len(u):
+        u = u.assign(n=u["count"].sum())
+    return u
 
 
-def _fmt(v: float, nd: int = 1) -> str:
-    return "–" if v != v else f"{v:.{nd}f}"
+def _interval(count: float, n: float, confidence: float) -> tuple[float, float]:
+    lo, hi = wilson_interval(count, n, confidence)
+    return 100 * lo, 100 * hi
 
 
-def card_markdown(card: pd.DataFrame, opts: ModelCardOptions, choices: Mapping[str, Any], source: str,
-                  plots: Mapping[str, str], demo: bool = False) -> str:
-    lines = ["# Model card reproduction", ""]
-    if demo:
-        lines += ["> **Demo run on a toy model and synthetic faces: nothing here says anything about "
-                  "CLIP or any real model.**", ""]
-    lines += ["Reference: " + source + ".", "",
-              "## Choices the paper left unstated", ""]
-    for k, v in choices.items():
-        lines.append(f"- **{k}**: {v}")
-    figs = card[card["kind"] == "figure"]
-    counts = figs["status"].value_counts()
-    lines += ["", f"Tolerance: ±{opts.tolerance_pp:g} percentage points. Of {len(figs)} reference figures, "
-              f"{counts.get('reproduced', 0)} reproduced, {counts.get('not reproduced', 0)} not reproduced, "
-              f"{counts.get('not measured', 0)} not measured.", ""]
-    claims = card[card["kind"] == "claim"]
-    if len(claims):
-        lines += ["## Model card claims", "", "| claim | reference | reproduced | status | detail |",
-                  "|---|---:|---:|---|---|"]
-        for r in claims.itertuples():
-            lines.append(f"| {r.row} | {_fmt(r.reference)}% | {_fmt(r.reproduced)}% | **{r.status}** | {r.note} |")
-        lines.append("")
+def _reference_range(spec: Mapping[str, Any]) -> tuple[float, float]:
+    v, r = float(spec["value"]), float(spec.get("resolution", 0) or 0)
+    return v - r / 2, v + r / 2
+
+
+def verdict(lo: float, hi: float, ref_low: float, ref_high: float) -> str:
+    """``consistent`` when the interval [lo, hi] meets the reference range, else ``differs``;
+    ``not measured`` when the interval is undefined."""
+    if lo != lo or hi != hi:
+        return "not measured"
+    return "consistent" if lo <= ref_high and hi >= ref_low else "differs"
+
+
+def equivalence(diff_low: float, diff_high: float, tolerance: float) -> str:
+    """Practical equivalence at ``tolerance`` points: ``within`` when the whole difference
+    interval lies inside ±tolerance, ``beyond`` when it lies wholly outside, else
+    ``undetermined``."""
+    if diff_low != diff_low:
+        return ""
+    if -tolerance <= diff_low and diff_high <= tolerance:
+        return f"within ±{tolerance:g}"
+    if diff_low > tolerance or diff_high < -tolerance:
+        return f"beyond ±{tolerance:g}"
+    return "undetermined"
+
+
+def _scorings(fig: Mapping[str, Any], opts: ModelCardOptions) -> list[tuple[str, str, bool]]:
+    """(scoring label, metric name, counts toward the headline) for a figure."""
+    if fig["taxonomy"] == "race" and fig["metric"] == "accuracy":
+        return [(SCORING_LABELS[s], "accuracy" if s == "7way" else BINARY_RACE_METRIC, s == opts.race_accuracy)
+                for s in ("7way", "binary")]
+    return [("", "accuracy", True)]
+
+
+def reproduce(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardOptions,
+              slices: Sequence[Any] = DEFAULT_SLICES) -> pd.DataFrame:
+    """Every reference figure and claim beside this run's value, interval and verdict.
+    Race accuracy scored White vs Non-White is computed over ``slices`` unless ``metrics``
+    already holds it (``metric = accuracy_race_binary``)."""
+    refs = read_references(opts.references)
+    roles = dict(opts.taxonomies)
+    if not (metrics["metric"] == BINARY_RACE_METRIC).any():
+        metrics = pd.concat([metrics, race_scoring_metrics(predictions, roles["race"], slices, opts.confidence)],
+                            ignore_index=True)
+    rows = []
+    for f in refs.figures:
+        tax = roles.get(f["taxonomy"])
+        ref_low, ref_high = _reference_range(f)
+        for scoring, metric, primary in _scorings(f, opts):
+            count, n = np.nan, 0
+            if tax is not None:
+                g = _group_counts(predictions, metrics, refs, tax, f, metric, opts)
+                hit = g[g["group"] == str(f["group"])]
+                if len(hit) and hit["n"].iloc[0] > 0:
+                    count, n = float(hit["count"].iloc[0]), int(hit["n"].iloc[0])
+            v = 100 * count / n if n else np.nan
+            lo, hi = _interval(count, n, opts.confidence) if n else (np.nan, np.nan)
+            pi = f.get("paper_interval")
+            rows.append({"kind": "figure", "id": f["id"], "table": f["table"], "row": f["row"],
+                         "column": f["column"], "scoring": scoring, "primary": primary, "method": f["method"],
+                         "taxonomy": tax or f["taxonomy"],
+                         "metric": metric if not f.get("categories") else "rate:" + "+".join(f["categories"]),
+                         "slice": f["slice"], "group": f["group"], "reference": float(f["value"]),
+                         "reference_low": ref_low, "reference_high": ref_high,
+                         "paper_interval": f"{pi[0]:g}-{pi[1]:g}" if pi else "", "quote": f.get("quote", ""),
+                         "reproduced": v, "count": count, "n": n, "ci_low": lo, "ci_high": hi,
+                         "tolerance": opts.tolerance_pp, "note": f.get("note") or ""})
+    card = pd.DataFrame(rows, columns=[c for c in CARD_COLUMNS if c not in _JUDGED])
+    card = _adjust_and_judge(card, opts)
+    claims = [_claim(predictions, metrics, refs, roles, c, opts) for c in refs.claims]
+    out = pd.concat([card, pd.DataFrame(claims)], ignore_index=True) if claims else card
+    return out.reindex(columns=list(CARD_COLUMNS))
+
+
+def _adjust_and_judge(card: pd.DataFrame, opts: ModelCardOptions) -> pd.DataFrame:
+    """Bonferroni-adjusted intervals over the measured figures of each table,
+    the verdict on the adjusted interval, the difference interval and equivalence."""
+    card = card.copy()
+    alpha = 1 - opts.confidence
+    for col in ("adj_confidence", "adj_ci_low", "adj_ci_high", "difference", "diff_low", "diff_high"):
+        card[col] = np.nan
+    card["verdict"], card["equivalence"] = "not measured", ""
+    for _, idx in card.groupby("table", sort=False).groups.items():
+        part = card.loc[idx]
+        measured = part[part["n"] > 0]
+        # one family per table: its measured figures (a race cell counts once, whatever the scoring)
+        m = max(1, len(measured.drop_duplicates("id")))
+        level = 1 - alpha / m
+        for i, r in measured.iterrows():
+            lo, hi = _interval(r["count"], r["n"], level)
+            card.loc[i, ["adj_confidence", "adj_ci_low", "adj_ci_high"]] = [level, lo, hi]
+            card.loc[i, "verdict"] = verdict(lo, hi, r["reference_low"], r["reference_high"])
+            card.loc[i, "difference"] = r["reproduced"] - r["reference"]
+            card.loc[i, ["diff_low", "diff_high"]] = [lo - r["reference"], hi - r["reference"]]
+            card.loc[i, "equivalence"] = equivalence(lo - r["reference"], hi - r["reference"], opts.tolerance_pp)
+    return card
+
+
+def _claim(predictions: pd.DataFrame, metrics: pd.DataFrame, refs: References, roles: Mapping[str, str],
+           c: Mapping[str, Any], opts: ModelCardOptions) -> dict[str, Any]:
+    """One claim checked as stated. Every group of the slice (less ``exclude``) gets a Wilson
+    interval Bonferroni-adjusted over those k groups."""
+    tax = roles.get(c["taxonomy"], c["taxonomy"])
+    race_acc = c["taxonomy"] == "race" and c["metric"] == "accuracy"
+    acc_metric = BINARY_RACE_METRIC if race_acc and opts.race_accuracy == "binary" else "accuracy"
+    metric = acc_metric if c["metric"] == "accuracy" else "rate:" + "+".join(c.get("categories") or [])
+    base = {"kind": "claim", "id": c["id"], "table": "Claims", "row": c["text"], "column": c.get("source", ""),
+            "scoring": SCORING_LABELS[opts.race_accuracy] if race_acc else "",
+            "primary": True, "method": c["method"], "taxonomy": tax, "metric": metric, "slice": c["slice"],
+            "group": c.get("group", ""), "reference": float(c["value"]), "tolerance": np.nan,
+            "quote": c["text"] if c.get("source", "").startswith("CLIP paper") else ""}
+    g = _group_counts(predictions, metrics, refs, tax, c, acc_metric, opts)
+    g = g[(g["n"] > 0) & ~g["group"].isin([str(x) for x in c.get("exclude") or []])].reset_index(drop=True)
+    if g.empty:
+        return {**base, "reproduced": np.nan, "n": 0, "verdict": "not measured", "note": "no images for this claim"}
+    k = len(g)
+    level = 1 - (1 - opts.confidence) / k
+    v = 100 * g["count"] / g["n"]
+    lo, hi = wilson_interval(g["count"].to_numpy(float), g["n"].to_numpy(float), level)
+    g = g.assign(value=v, lo=100 * np.asarray(lo), hi=100 * np.asarray(hi)).set_index("group")
+    x, check = float(c["value"]), c["check"]
+    ci = f"{100 * level:.4g}% intervals (Bonferroni over {k} group{'s' * (k != 1)})"
+    if check in ("all_above", "all_below"):
+        above = check == "all_above"
+        worst = g["value"].idxmin() if above else g["value"].idxmax()
+        if above:
+            status = ("reproduced" if (g["lo"] > x).all() else "not reproduced" if (g["hi"] < x).any()
+                      else "inconclusive")
+        else:
+            status = ("reproduced" if (g["hi"] < x).all() else "not reproduced" if (g["lo"] > x).any()
+                      else "inconclusive")
+        w = g.loc[worst]
+        note = (f"{'lowest' if above else 'highest'} group: {worst} {w['value']:.1f}% "
+                f"[{w['lo']:.1f}-{w['hi']:.1f}], n={int(w['n'])}; needs every group's interval "
+                f"{'above' if above else 'below'} {x:g}% as stated; {ci}")
+        return {**base, "group": worst, "reproduced": float(w["value"]), "count": float(w["count"]),
+                "n": int(w["n"]), "adj_confidence": level, "adj_ci_low": float(w["lo"]),
+                "adj_ci_high": float(w["hi"]), "verdict": status, "note": note}
+    if check in ("highest_is", "lowest_is"):
+        who = str(c["group"])
+        if who not in g.index:
+            return {**base, "reproduced": np.nan, "n": 0, "verdict": "not measured",
+                    "note": f"no images of {who}"}
+        status, detail = rank_verdict(g[["value", "lo", "hi"]], who, highest=check == "highest_is")
+        r = g.loc[who]
+        ref_low, ref_high = _reference_range(c)
+        value_v = verdict(float(r["lo"]), float(r["hi"]), ref_low, ref_high)
+        note = f"{detail}; stated value {x:g}%: {value_v}; {ci}"
+        return {**base, "reproduced": float(r["value"]), "count": float(r["count"]), "n": int(r["n"]),
+                "adj_confidence": level, "adj_ci_low": float(r["lo"]), "adj_ci_high": float(r["hi"]),
+                "difference": float(r["value"]) - x, "verdict": status, "note": note}
+    # approx: about x, read at the claim's resolution
+    who = str(c.get("group", "all"))
+    if who not in g.index:
+        return {**base, "reproduced": np.nan, "n": 0, "verdict": "not measured", "note": f"no group {who}"}
+    r = g.loc[who]
+    lo1, hi1 = _interval(r["count"], r["n"], opts.confidence)
+    ref_low, ref_high = _reference_range(c)
+    ok = verdict(lo1, hi1, ref_low, ref_high) == "consistent"
+    return {**base, "reproduced": float(r["value"]), "count": float(r["count"]), "n": int(r["n"]),
+            "ci_low": lo1, "ci_high": hi1, "reference_low": ref_low, "reference_high": ref_high,
+            "difference": float(r["value"]) - x, "verdict": "reproduced" if ok else "not reproduced",
+            "note": f"'about {x:g}%' read as {ref_low:g}-{ref_high:g}%; "
+                    f"{100 * opts.confidence:g}% interval {lo1:.1f}-{hi1:.1f}"}
+
+
+def rank_verdict(groups: pd.DataFrame, who: str, highest: bool = True) -> tuple[str, str]:
+    """Is ``who`` the highest (lowest) group? ``groups``: index group, columns value, lo, hi.
+    ``reproduced`` when its interval lies wholly above (below) every other group's,
+    ``not reproduced`` when another group's interval lies wholly above (below) its own,
+    ``inconclusive`` when the intervals overlap."""
+    s = groups if highest else groups.assign(value=-groups["value"], lo=-groups["hi"], hi=-groups["lo"])
+    me, others = s.loc[who], s.drop(index=who)
+    if others.empty:
+        return "inconclusive", f"{who} is the only group"
+    top = str(groups["value"].idxmax() if highest else groups["value"].idxmin())
+    word = "highest" if highest else "lowest"
+    beaten = others[others["lo"] > me["hi"]]
+    if len(beaten):
+        return "not reproduced", f"{', '.join(map(str, beaten.index))} {word} beyond {who}'s interval"
+    overlap = others[others["hi"] >= me["lo"]]
+    if len(overlap) == 0:
+        return "reproduced", f"{who} is {word} and its interval clears every other group's"
+    return "inconclusive", (f"{word} point estimate: {top}; intervals of {who} and "
+                            f"{', '.join(map(str, overlap.index))} overlap")
+
+
+# --------------------------------------------------------------------------- the card
+
+@dataclass
+class CardContext:
+    """What the card says about the run beyond the numbers."""
+
+    model: str = ""
+    dataset: str = ""
+    padding: str = "unknown"
+    image_subset: str = ""
+    templates: dict[str, list[str]] = field(default_factory=dict)
+    demo: bool = False
+    linear_probe: dict[str, Any] = field(default_factory=dict)  # run.json's linear_probe entry
+    precision: dict[str, Any] = field(default_factory=dict)  # run.json's precision entry
+    extra_choices: dict[str, Any] = field(default_factory=dict)
+
+
+def _f(v: float, nd: int = 1) -> str:
+    return "–" if v is None or v != v else f"{v:.{nd}f}"
+
+
+def _table_verdicts(card: pd.DataFrame) -> pd.DataFrame:
+    figs = card[(card["kind"] == "figure") & card["primary"].astype(bool)]
+    rows = []
     for table, part in figs.groupby("table", sort=False):
-        lines += [f"## {table}", ""]
-        if table in plots:
-            lines += [f"![{table}]({plots[table]})", ""]
-        lines += ["| row | column | reference | reproduced [CI] | n | difference | status |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+        meas = part[part["verdict"] != "not measured"]
+        nd = int((meas["verdict"] == "differs").sum())
+        status = ("not measured" if meas.empty else "differs" if nd else "consistent")
+        within = int(meas["equivalence"].astype(str).str.startswith("within").sum())
+        rows.append({"table": table, "cells": len(part), "measured": len(meas), "differ": nd, "within": within,
+                     "verdict": status})
+    return pd.DataFrame(rows, columns=["table", "cells", "measured", "differ", "within", "verdict"])
+
+
+def padding_statement(source: Mapping[str, Any]) -> str:
+    """FairFace's crop padding where the source shows it (a hub dataset's config), else
+    ``unknown``: a local folder or file does not say which download it came from."""
+    if source.get("adapter") == "hf" and source.get("config") and not Path(str(source.get("path", ""))).exists():
+        return f"{source['config']} (the hub dataset's config)"
+    configured = source.get("padding") or source.get("config")
+    return "unknown" + (f" (configured {configured!r}; a local copy cannot show which download it is)"
+                        if configured else "")
+
+
+def is_reference_model(model: str, refs: References) -> bool:
+    return model.strip() in refs.reference_models
+
+
+def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardContext,
+                  plots: Mapping[str, str] | None = None) -> list[Section]:
+    """The model card as document sections (for ``model_card.md``/``.html`` and ``report.html``)."""
+    refs = read_references(opts.references)
+    plots = plots or {}
+    conf = f"{100 * opts.confidence:g}%"
+    same = is_reference_model(context.model, refs)
+    about = refs.about
+    framing = [
+        Note(("**Demo run on a toy model and synthetic faces: nothing here says anything about CLIP or "
+              "any real model.**"), "warning")] if context.demo else []
+    framing += [
+        Text(f"Model: `{context.model or 'unknown'}`. " + (
+            "These are the weights the references name, so this is a **reproduction attempt** of published "
+            "figures measured on other images with other prompts." if same else
+            "This is **a comparison, not a reproduction**: the references were measured on a different model.")),
+        Bullets([f"**Model of the references**: {about.get('model', 'see the source')}",
+                 f"**Images of the references**: {about.get('images', 'see the source')}",
+                 f"**Prompts of the references**: {about.get('prompts', 'not stated')}",
+                 f"**Linear probe of the references**: {about.get('probe', 'not stated')}",
+                 f"**Public reproductions**: {about.get('reproductions', 'none known')}",
+                 f"**Source**: {refs.source}"]),
+        Text("So an agreement says the numbers are compatible, not that the protocol was the same; a "
+             "difference may come from the model, the images, the prompts or the probe protocol."),
+    ]
+    sections = [Section("What the references are and are not", framing)]
+    verdict_text = [
+        Text(f"Each figure is a count of n images with a Wilson interval. **consistent**: the paper's value "
+             f"(read at the precision it is stated to, e.g. 'approximately 14%' as 13.5-14.5) lies inside the "
+             f"interval; **differs**: the interval excludes it (the difference and its interval are given); "
+             f"**not measured**: no images for it here. Verdicts use intervals Bonferroni-adjusted over the "
+             f"measured cells of each table (level 1 - {1 - opts.confidence:g}/m), so a table that differs is "
+             f"a family-wise finding; the cells show the {conf} interval."),
+        Text(f"Practical equivalence (`model_card.tolerance_pp` = {opts.tolerance_pp:g} points, an additional "
+             f"margin, not part of the verdict): *within* when the whole difference interval lies inside "
+             f"±{opts.tolerance_pp:g}, *beyond* when wholly outside, else *undetermined*."),
+        Text("Claims are checked as stated: a threshold ('above 96%') is reproduced only when every group's "
+             "interval lies beyond it and not reproduced when some group's interval lies on the wrong side; a "
+             "rank ('highest') is **inconclusive** where the ranked groups' intervals overlap. The tolerance "
+             "never widens a claim."),
+    ]
+    tv = _table_verdicts(card)
+    counts = tv["verdict"].value_counts()
+    claims = card[card["kind"] == "claim"]
+    cc = claims["verdict"].value_counts()
+    head = (f"Of {len(tv)} reference tables, {counts.get('consistent', 0)} consistent in every measured cell, "
+            f"{counts.get('differs', 0)} differ in at least one, {counts.get('not measured', 0)} not measured. "
+            f"Of {len(claims)} claims: " + ", ".join(f"{cc.get(v, 0)} {v}" for v in CLAIM_VERDICTS) + ". "
+            f"Race accuracy counts under the {SCORING_LABELS[opts.race_accuracy]} scoring "
+            f"(`model_card.race_accuracy`); both scorings are shown.")
+    sections.append(Section("Headline (per table)", [
+        Text(head),
+        Table(["table", "covers", "cells", "measured", "verdict", "cells that differ",
+               f"cells within ±{opts.tolerance_pp:g} pp"],
+              [[r.table, refs.tables.get(r.table, ""), r.cells, r.measured, f"**{r.verdict}**", r.differ, r.within]
+               for r in tv.itertuples()], align="llrrlrr"),
+        Text(f"A table is *consistent* when no measured cell differs; with small groups that can simply mean "
+             f"wide intervals: the last column counts the cells whose whole difference interval lies within "
+             f"±{opts.tolerance_pp:g} points, i.e. that this run pins down as practically equal to the paper."),
+        Details("How to read the verdicts", verdict_text)]))
+    if len(claims):
+        sections.append(Section("Claims of the model card and the paper's text, checked as stated", [
+            Table(["claim", "source", "stated", f"here (n)", "verdict", "detail"],
+                  [[r.row, r.column, f"{_f(r.reference)}%", f"{_f(r.reproduced)}% ({int(r.n)})",
+                    f"**{r.verdict}**", r.note] for r in claims.itertuples()], align="llrrll")]))
+    figs = card[card["kind"] == "figure"]
+    for table, part in figs.groupby("table", sort=False):
+        covers = refs.tables.get(table, "")
+        blocks: list[Any] = []
+        if table in ("Table 3", "Table 4"):
+            blocks.append(Note("Race accuracy is shown under both scorings: 7-way (the predicted race must "
+                               "equal the label) and White vs Non-White (as datacomp scores these tables). "
+                               "For White images the two are the same."))
+        if table == "Section 7.1 text" and refs.age_bands:
+            blocks.append(Note("Age bands pool FairFace's bins: " + "; ".join(
+                f"{k} = {', '.join(v)}" for k, v in refs.age_bands.items()) + " (60-69 is in no band)."))
+        rows = []
         for r in part.itertuples():
-            ci = f" [{_fmt(r.ci_low)}–{_fmt(r.ci_high)}]" if r.ci_low == r.ci_low else ""
-            lines.append(f"| {r.row} | {r.column} | {_fmt(r.reference)} | {_fmt(r.reproduced)}{ci} | {r.n} | "
-                         f"{'' if r.difference != r.difference else f'{r.difference:+.1f}'} | {r.status} |")
-        lines.append("")
-    return "\n".join(lines)
+            ref = _f(r.reference) + (f" (paper: {r.paper_interval}, level not stated)" if r.paper_interval else "")
+            if r.reference_high - r.reference_low > 0:
+                ref += f" (≈, read as {r.reference_low:g}-{r.reference_high:g})"
+            here = f"{_f(r.reproduced)} [{_f(r.ci_low)}-{_f(r.ci_high)}]" if r.n else "–"
+            diff = (f"{r.difference:+.1f} [{r.diff_low:+.1f}, {r.diff_high:+.1f}]"
+                    if r.verdict == "differs" else "")
+            col = f"{r.column} ({r.scoring})" if r.scoring else r.column
+            rows.append([r.row, col, ref, here, int(r.n), f"**{r.verdict}**" if r.verdict == "differs"
+                         else r.verdict, diff, r.equivalence])
+        blocks.append(Table(["row", "column", "paper", f"here [{conf} CI]", "n", "verdict",
+                             "difference [adjusted CI]", f"±{opts.tolerance_pp:g} pp"], rows,
+                            align="llrrrllr"))
+        quotes = [f"{r.row}: “{r.quote}”" for r in part.drop_duplicates("id").itertuples() if r.quote]
+        if quotes:
+            blocks.append(Details("The paper's words", [Bullets(quotes)]))
+        if table in plots:
+            blocks.append(Figure(plots[table], f"{table}: this run against the paper, with {conf} intervals"))
+        sections.append(Section(f"{table}: {covers}" if covers else table, blocks))
+    sections += _probe_sections(context.linear_probe) + _precision_sections(context.precision)
+    sections.append(Section("Caveats", [Bullets([
+        "FairFace's race, gender and age labels are annotators' perceptions of a face, not how the people "
+        "pictured identify.",
+        "The categories are reductive: seven race groups, two genders and age bins cannot describe people; "
+        "the paper's probe classes (non-human, crime-related) are harmful by design and measure harm.",
+        "Public reproductions of these figures failed for the non-human rates: openai/CLIP#157 (ViT-B/16) "
+        "and LAION-AI/CLIP_benchmark#15 (ViT-L-14-336) found them much lower than the paper's.",
+        "The paper's prompts, image subset and probe code were never published; every choice made here is "
+        "listed below.",
+        "Small groups (e.g. ages 0-2, over 70) have wide intervals: a consistent verdict there says little.",
+        "Not for surveillance, face recognition or identifying people; English prompts only."])]))
+    choices = {"model": context.model or "unknown", "dataset": context.dataset or "unknown",
+               "padding": context.padding, "image subset": context.image_subset or "unknown",
+               "race accuracy (headline)": SCORING_LABELS[opts.race_accuracy],
+               "rate denominator": opts.rate_denominator,
+               "tolerance (practical equivalence)": f"±{opts.tolerance_pp:g} percentage points",
+               "confidence": conf, **context.extra_choices}
+    items = [f"**{k}**: {v}" for k, v in choices.items()]
+    items += [f"**templates of {t}**: " + " | ".join(f"`{x}`" for x in tpl) for t, tpl in context.templates.items()]
+    items += [f"**taxonomy for {role}**: `{name}`" for role, name in opts.taxonomies.items()]
+    sections.append(Section("Choices the paper left unstated", [Bullets(items)]))
+    return sections
+
+
+def _probe_sections(info: Mapping[str, Any]) -> list[Section]:
+    fits = {k: v for k, v in (info or {}).items() if isinstance(v, dict) and "C" in v}
+    if not fits:
+        return []
+    rows, warn = [], []
+    for name, f in fits.items():
+        conv = f.get("converged", True)
+        cs, k = f.get("Cs") or [f["C"]], int(f.get("refine_steps_per_decade", 0) or 0)
+        search = (f"{min(cs):.0e}…{max(cs):.0e}, {f.get('n_candidates', len(cs))} candidates"
+                  + (f", refined to 1/{k} decade" if k else ", grid only"))
+        rows.append([name, f.get("features", "?"), search, f"{f['C']:.3g}", f"{f.get('C_sweep', f['C']):.3g}",
+                     f.get("sweep_rows", "?"), f.get("n_train", "?"),
+                     "yes" if conv else f"**no** ({f.get('n_iter', '?')} iterations)"])
+        if not conv or f.get("sweep_not_converged"):
+            warn.append(name)
+    blocks: list[Any] = [
+        Text("Logistic regression on image features (the paper's 'LR CLIP'): *pre_projection* = the image "
+             "tower's output before the projection, unnormalised (the paper's appendix A.3); *projected* = the "
+             "zero-shot embeddings, L2-normalised. C is chosen on a stratified held-out part of train, then "
+             "rescaled to the final fit's size (C_final = C_sweep × sweep rows / train rows, since "
+             "scikit-learn's C multiplies the summed loss)."),
+        Table(["taxonomy", "features", "C search", "C (final)", "C (sweep)", "sweep rows", "train rows",
+               "converged"], rows, align="lllrrrrl")]
+    if warn:
+        blocks.insert(0, Note(f"The solver did not converge for {', '.join(warn)} (run.json: linear_probe); "
+                              "raise probe.max_iter before trusting these probes.", "warning"))
+    return [Section("Linear probe", blocks)]
+
+
+def _precision_sections(info: Mapping[str, Any]) -> list[Section]:
+    if not info:
+        return []
+    if info.get("skipped"):
+        return [Section("Numeric precision", [Text(f"Precision audit: {info['skipped']}.")])]
+    rows = []
+    for t, a in (info.get("taxonomies") or {}).items():
+        q = a.get("margin_quantiles", {})
+        rows.append([t, f"{a['agree']} of {a['n']}", f"{100 * a['agreement']:.1f}% "
+                     f"[{100 * a['ci_low']:.1f}-{100 * a['ci_high']:.1f}]",
+                     " / ".join(_f(q.get(k), 3) for k in ("min", "p05", "p50")), a.get("flips_example", "")])
+    return [Section("Numeric precision", [
+        Text(f"Zero-shot predictions at the run's precision (`{info.get('dtype')}`) against float32 on a seeded "
+             f"sample of {info.get('n_images')} images (seed {info.get('seed')}); reference: "
+             f"{info.get('reference', 'float32')}. Margin: the top-1 minus top-2 probability at the run's "
+             "precision; small margins are where precision can flip a prediction."),
+        Table(["taxonomy", "same prediction", "agreement [95% CI]", "top-2 margin min / p5 / median",
+               "flipped images"], rows, align="lrrrl")])]
 
 
 def plot_table(card: pd.DataFrame, table: str, path: Path, tolerance: float = 2.0) -> Path:
-    """Reproduced vs paper for one table: one point per figure (with its CI), coloured by
-    the paper's row, on the identity line with the tolerance band."""
+    """This run vs paper for one table (primary scoring): one point per figure with its CI,
+    coloured by the paper's row, on the identity line with the tolerance band."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure as MplFigure
 
-    part = card[(card["kind"] == "figure") & (card["table"] == table)]
-    fig = Figure(figsize=(7.2, 5.4), dpi=120)
+    part = card[(card["kind"] == "figure") & (card["table"] == table) & card["primary"].astype(bool)]
+    fig = MplFigure(figsize=(7.2, 5.4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     ref = part["reference"].to_numpy(float)
@@ -266,8 +645,8 @@ def plot_table(card: pd.DataFrame, table: str, path: Path, tolerance: float = 2.
     ax.set_xlim(*span)
     ax.set_ylim(*span)
     ax.set_xlabel("paper (%)")
-    ax.set_ylabel("reproduced (%)")
-    ax.set_title(f"{table}: reproduced vs paper")
+    ax.set_ylabel("this run (%)")
+    ax.set_title(f"{table}: this run vs paper")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -275,22 +654,35 @@ def plot_table(card: pd.DataFrame, table: str, path: Path, tolerance: float = 2.
     return Path(path)
 
 
+def card_title(context: CardContext, opts: ModelCardOptions) -> str:
+    same = is_reference_model(context.model, read_references(opts.references))
+    return "Model card: reproduction attempt of the CLIP paper's FairFace figures" if same else \
+        "Model card: comparison with the CLIP paper's FairFace figures (not a reproduction)"
+
+
 def write_model_card(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardOptions, out_dir: Path,
-                     choices: Mapping[str, Any], demo: bool = False) -> list[Path]:
+                     context: CardContext) -> tuple[list[Path], list[Section]]:
+    """model_card.csv, one plot per table, model_card.md and model_card.html; returns the
+    paths and the sections (for report.html)."""
     out_dir = Path(out_dir)
     card = reproduce(predictions, metrics, opts)
-    _, _, source = load_references(opts.references)
     written = [out_dir / "model_card.csv"]
-    card.to_csv(written[0], index=False, float_format="%.4g", lineterminator="\n")
+    card.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
     plots = {}
     for table in dict.fromkeys(card.loc[card["kind"] == "figure", "table"]):
         name = safe_filename("model_card_" + "".join(ch if ch.isalnum() else "_" for ch in table.lower()).strip("_"),
                              ".png")
         written.append(plot_table(card, table, out_dir / name, opts.tolerance_pp))
         plots[table] = name
-    md = out_dir / "model_card.md"
-    md.write_text(card_markdown(card, opts, {**choices, **{k: v for k, v in asdict(opts).items()
-                                                           if k not in ("references", "confidence")}},
-                                source, plots, demo))
-    written.append(md)
-    return written
+    sections = card_sections(card, opts, context, plots)
+    doc = Document(card_title(context, opts), sections)
+    (out_dir / "model_card.md").write_text(to_markdown(doc))
+    (out_dir / "model_card.html").write_text(to_html(doc, base_dir=out_dir))
+    written += [out_dir / "model_card.md", out_dir / "model_card.html"]
+    return written, sections
+
+
+__all__ = ["ModelCardError", "ModelCardOptions", "CardContext", "References", "read_references", "load_references", "reproduce",
+           "race_scoring_metrics", "binary_race_predictions", "pooled_rates", "verdict", "equivalence",
+           "rank_verdict", "card_sections", "write_model_card", "plot_table", "BINARY_RACE_METRIC",
+           "padding_statement"]

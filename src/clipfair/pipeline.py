@@ -84,13 +84,15 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
              stats: EmbedStats | None = None, probe_train: FaceDataset | None = None,
              probe_options: dict[str, Any] | None = None,
              embed_options: dict[str, Any] | None = None, disparity_min_n: int = 1,
-             retrieval: Any = None, query_sets: Sequence[Any] = ()) -> Evaluation:
+             retrieval: Any = None, query_sets: Sequence[Any] = (),
+             precision_audit: dict[str, Any] | None = None) -> Evaluation:
     """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
     linear probes for every target taxonomy when a ``probe_train`` split is given, plus
     retrieval bias (:mod:`clipfair.retrieval`) of ``query_sets`` when ``retrieval`` options
     are given (same image embeddings, same cached text embedder).
     ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
-    (fast_preprocess, fast_decode, gpu_decode, compile)."""
+    (fast_preprocess, fast_decode, gpu_decode, compile). ``precision_audit``: ``{n, seed}`` of
+    :func:`clipfair.precision.run_precision_audit` (recorded as ``info["precision"]``)."""
     timings: dict[str, float] = {}
     for t in [*taxonomies, *(q.as_taxonomy() for q in query_sets)]:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
@@ -114,6 +116,13 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
                                    dataset.attributes)
     info: dict[str, Any] = {"embed_images": emb.info,
                             "scoring": {"family": model.family, **model.scoring.describe()}}
+    if precision_audit is not None:
+        from .precision import run_precision_audit
+
+        with timed(timings, "precision_audit"):
+            info["precision"] = run_precision_audit(
+                dataset, model, emb.indices, lambda: {t.name: class_embeddings(t, texts).weights for t in taxonomies},
+                confidence=confidence, **precision_audit)
     retrieval_table = None
     if retrieval is not None:
         from .retrieval import retrieval_bias
@@ -127,7 +136,7 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     if probe_train is not None:
         probe_preds, info["linear_probe"], train_emb = linear_probes(
             probe_train, model, image_store, table, emb.embeddings, taxonomies, dataset.attributes,
-            timings, embed_kw, probe_options or {})
+            timings, embed_kw, probe_options or {}, eval_dataset=dataset, eval_indices=emb.indices)
         preds = pd.concat([preds, probe_preds], ignore_index=True)
         for k, v in {**probe_train.skipped, **train_emb.skipped}.items():
             skipped[f"train_{k}"] = skipped.get(f"train_{k}", 0) + v
@@ -146,26 +155,46 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
 
 def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_table: pd.DataFrame,
                   eval_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy], attributes: Sequence[str],
-                  timings: dict[str, float], embed_kw: dict[str, Any],
-                  options: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], ImageEmbeddings]:
-    """Fit a probe per target taxonomy on ``train``'s (cached) embeddings; predict eval."""
-    from .linear_probe import fit_probe, probe_predictions
+                  timings: dict[str, float], embed_kw: dict[str, Any], options: dict[str, Any],
+                  eval_dataset: FaceDataset | None = None,
+                  eval_indices: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[str, Any], ImageEmbeddings]:
+    """Fit a probe per target taxonomy on ``train``'s (cached) features; predict eval.
+    ``options["features"]``: ``projected`` (the zero-shot embeddings, L2-normalised) or
+    ``pre_projection`` (the image tower's output before the projection, unnormalised; both
+    splits are encoded once more through :class:`~clipfair.linear_probe.PreProjectionView`)."""
+    from .embed import _variant_store
+    from .linear_probe import FEATURES, PreProjectionView, fit_probe, probe_predictions
 
     targets = [t for t in taxonomies if t.target]
     if not targets:
         raise ValueError("linear probe requested but no taxonomy has a target (e.g. fairface_race)")
+    options = dict(options)
+    features = str(options.pop("features", "projected"))
+    if features not in FEATURES:
+        raise ValueError(f"probe.features must be one of {', '.join(FEATURES)}, got {features!r}")
+    encoder, fstore, eval_feats = model, store, eval_embeddings
+    if features == "pre_projection":
+        encoder = PreProjectionView(model)
+        fstore = _variant_store(store, {"features": features}) if store is not None else None
+        if eval_dataset is None or eval_indices is None:
+            raise ValueError("probe.features=pre_projection needs the evaluation dataset")
+        with timed(timings, "embed_eval_pre_projection"):
+            eemb = embed_images(eval_dataset, encoder, fstore, **embed_kw)
+        pos = {int(i): j for j, i in enumerate(eemb.indices)}
+        eval_feats = eemb.embeddings[[pos[int(i)] for i in eval_indices]]
     with timed(timings, "embed_train"):
-        temb = embed_images(train, model, store, **embed_kw)
+        temb = embed_images(train, encoder, fstore, **embed_kw)
     ttable = train.table.iloc[temb.indices].reset_index(drop=True)
-    frames, info = [], {"n_train_images": int(len(temb.indices))}
+    frames, info = [], {"n_train_images": int(len(temb.indices)), "features": features}
     with timed(timings, "linear_probe"):
         for t in targets:
             if t.target not in ttable.columns or t.target not in eval_table.columns:
                 log.warning("linear probe for %s skipped: the dataset has no %r column", t.name, t.target)
                 info[t.name] = {"skipped": f"the dataset has no {t.target!r} column"}
                 continue
-            fit = fit_probe(t, temb.embeddings, ttable[t.target].tolist(), **options)
-            frames.append(probe_predictions(fit, eval_table, eval_embeddings, attributes))
+            fit = fit_probe(t, temb.embeddings, ttable[t.target].tolist(), features=features,
+                            normalize=features == "projected", **options)
+            frames.append(probe_predictions(fit, eval_table, eval_feats, attributes))
             info[t.name] = {"C": fit.C, "holdout_accuracy": fit.holdout_accuracy, "n_train": fit.n_train,
                             "fit_seconds": round(fit.fit_seconds, 3), **fit.info}
     preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "taxonomy"])

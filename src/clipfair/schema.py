@@ -72,8 +72,12 @@ class ProbeConfig:
     seed: int = 0
     max_iter: int = 1000
     sweep_max_train: int | None = 20000
+    features: Literal["projected", "pre_projection"] = "projected"
+    refine_steps_per_decade: int = 0
 
     def check(self, at: str) -> None:
+        _require(self.refine_steps_per_decade >= 0, f"{at}.refine_steps_per_decade", "a number >= 0 (0: grid only)",
+                 self.refine_steps_per_decade)
         _require(bool(self.Cs) and all(c > 0 for c in self.Cs), f"{at}.Cs", "a non-empty list of numbers > 0",
                  self.Cs)
         _require(0 < self.holdout < 1, f"{at}.holdout", "between 0 and 1 (exclusive)", self.holdout)
@@ -82,6 +86,15 @@ class ProbeConfig:
                  self.train_limit)
         _require(self.sweep_max_train is None or self.sweep_max_train >= 1, f"{at}.sweep_max_train",
                  ">= 1 or null", self.sweep_max_train)
+
+
+@dataclass
+class PrecisionAuditConfig:
+    n: int = 256
+    seed: int = 0
+
+    def check(self, at: str) -> None:
+        _require(self.n >= 0, f"{at}.n", "a number of images >= 0 (0: off)", self.n)
 
 
 @dataclass
@@ -152,6 +165,7 @@ class RunConfig:
     template_sets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     compare: CompareConfig | None = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    precision_audit: PrecisionAuditConfig | None = field(default_factory=PrecisionAuditConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     progress: bool = True

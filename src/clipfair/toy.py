@@ -65,7 +65,8 @@ def article(word: str) -> str:
 def caption_for(kind: str, race: str, gender: str, age: str) -> str:
     """The caption of one ``kind`` ('race', 'gender', 'age', 'race_gender', 'child')."""
     if kind == "race":
-        return f"a photo of a {RACE_PROMPTS[race]} person."
+        r = RACE_PROMPTS[race]
+        return f"a photo of {article(r)} {r} person."
     if kind == "gender":
         return f"a photo of a {GENDER_WORDS[gender]}."
     if kind == "age":

@@ -216,6 +216,21 @@ class ClipModel(ImageTextModel):
             return features(self.model.get_image_features(pixel_values=pixels))
         return features(self.model.get_image_features(**pixels))
 
+    # -- optional backend capability (linear probes, the CLIP paper's appendix A.3) ----------
+    # Image features before the projection head, unnormalised. A backend without them omits
+    # this method; probe.features=pre_projection then fails with a clear message.
+    @torch.inference_mode()
+    def encode_pixels_pre_projection(self, pixels: Pixels) -> np.ndarray:
+        """The image tower's pooled output before the projection, float32 (CLIP-style models:
+        ``vision_model(...).pooler_output``, the input of ``visual_projection``)."""
+        vision = getattr(self.model, "vision_model", None)
+        if vision is None or not hasattr(self.model, "visual_projection"):
+            raise ModelError(f"{self.name_or_path}: {type(self.model).__name__} has no vision_model + "
+                             "visual_projection, so no features before the projection; use probe.features=projected")
+        pv = self.to_device(pixels)
+        out = vision(pixel_values=pv) if isinstance(pv, torch.Tensor) else vision(**pv)
+        return out.pooler_output.float().cpu().numpy()
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "text_settings_source": _family_obj(self.family).note}
 
