@@ -141,7 +141,8 @@ class ImageTextModel(ABC):
     Implementations set the attributes ``name_or_path``, ``device``, ``dtype`` (the image
     tower's; the text tower runs in ``text_dtype``, float32), ``batch_size``, ``fingerprint``
     (what the weights are, not where they were loaded from), ``family``, ``scoring``,
-    ``text_settings`` and ``info`` (extra run.json fields).
+    ``text_settings``, ``logit_scale`` (= ``scoring.logit_scale``) and ``info`` (extra run.json
+    fields).
     """
 
     name_or_path: str
@@ -150,6 +151,7 @@ class ImageTextModel(ABC):
     batch_size: int
     fingerprint: str
     family: str
+    logit_scale: float
     info: dict[str, Any]
 
     # -- text -------------------------------------------------------------------------------
@@ -209,10 +211,6 @@ class ImageTextModel(ABC):
     @abstractmethod
     def scoring(self) -> Scoring:
         ...
-
-    @property
-    def logit_scale(self) -> float:
-        return self.scoring.logit_scale
 
     @property
     @abstractmethod

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -105,25 +105,37 @@ def _json_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@dataclass
 class ClipModel(ImageTextModel):
     """A transformers contrastive image-text model with its processor (any family of
     :data:`FAMILIES`; built directly, e.g. in tests, it is CLIP-style)."""
 
-    def __init__(self, model: Any, processor: Any, name_or_path: str, device: torch.device, dtype: torch.dtype,
-                 logit_scale: float, batch_size: int = 64, fingerprint: str = "",
-                 info: dict[str, Any] | None = None, family: HFFamily = CLIP, logit_bias: float = 0.0,
-                 text_dtype: torch.dtype | None = None) -> None:
-        self.model, self.processor, self.name_or_path = model, processor, name_or_path
-        self.device, self.dtype, self.batch_size, self.fingerprint = device, dtype, int(batch_size), fingerprint
-        self.info = dict(info or {})
-        self.family, self.text, self.rule = family.name, family.text, family.rule
-        self.logit_scale_, self.logit_bias = float(logit_scale), float(logit_bias)
-        self.text_dtype_ = dtype if text_dtype is None else text_dtype
-        self._image_features = None
+    model: Any
+    processor: Any
+    name_or_path: str
+    device: torch.device
+    dtype: torch.dtype
+    logit_scale: float  # exp(learned temperature) (ALIGN: 1 / temperature), from the checkpoint
+    batch_size: int = 64
+    fingerprint: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    spec: HFFamily = CLIP  # the family: scoring rule and text settings
+    logit_bias: float = 0.0  # SigLIP's learned bias, from the checkpoint
+    text: TextSettings | None = None  # None: the family's
+    text_dtype_: torch.dtype | None = None  # the text tower's dtype (None: the model's dtype)
+    _image_features: Any = field(default=None, repr=False, compare=False)  # torch.compile'd tower
 
-    def __repr__(self) -> str:
-        return (f"ClipModel({self.name_or_path!r}, family={self.family}, device={self.device}, "
-                f"dtype={self.dtype}, fingerprint={self.fingerprint!r})")
+    def __post_init__(self) -> None:
+        if self.text is None:
+            self.text = self.spec.text
+
+    @property
+    def family(self) -> str:  # type: ignore[override]
+        return self.spec.name
+
+    @property
+    def rule(self) -> str:
+        return self.spec.rule
 
     # -- transformers objects (for this backend and its tests only) -------------------------
     @property
@@ -137,7 +149,7 @@ class ClipModel(ImageTextModel):
     # -- contract ------------------------------------------------------------------------------
     @property
     def scoring(self) -> Scoring:
-        return Scoring(self.rule, self.logit_scale_, self.logit_bias if self.rule == "sigmoid" else 0.0)
+        return Scoring(self.rule, self.logit_scale, self.logit_bias if self.rule == "sigmoid" else 0.0)
 
     @property
     def text_settings(self) -> TextSettings:
@@ -145,7 +157,7 @@ class ClipModel(ImageTextModel):
 
     @property
     def text_dtype(self) -> torch.dtype:
-        return self.text_dtype_
+        return self.dtype if self.text_dtype_ is None else self.text_dtype_
 
     @property
     def context_length(self) -> int:
@@ -232,7 +244,7 @@ class ClipModel(ImageTextModel):
         return out.pooler_output.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "text_settings_source": _family_obj(self.family).note}
+        return {**super().describe(), "text_settings_source": self.spec.note}
 
 
 def _processor_pixels(image_processor: Any, images: Sequence[Image.Image]) -> Pixels:
@@ -240,10 +252,6 @@ def _processor_pixels(image_processor: Any, images: Sequence[Image.Image]) -> Pi
     if "pixel_attention_mask" in out:
         return {k: out[k] for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes")}
     return out["pixel_values"]
-
-
-def _family_obj(name: str) -> HFFamily:
-    return next((f for f in FAMILIES if f.name == name), CLIP)
 
 
 def _size_get(size: Any, key: str) -> Any:
@@ -447,5 +455,5 @@ def load_hf_clip(name_or_path: str, device: str = "auto", dtype: str = "auto",
         info["allow_unknown_family"] = True
     return ClipModel(model=model, processor=processor, name_or_path=name_or_path, device=dev, dtype=dt,
                      logit_scale=logit_scale, batch_size=int(batch_size),
-                     fingerprint=_fingerprint(name_or_path, model), info=info, family=family,
-                     logit_bias=logit_bias, text_dtype=text_dtype)
+                     fingerprint=_fingerprint(name_or_path, model), info=info, spec=family,
+                     logit_bias=logit_bias, text_dtype_=text_dtype)

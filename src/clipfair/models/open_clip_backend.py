@@ -90,6 +90,7 @@ class OpenClipModel(ImageTextModel):
         bias = getattr(model, "logit_bias", None)
         # exp(learned logit scale) and the learned bias, in float32; never constants
         scale = float(model.logit_scale.detach().float().exp().reshape(-1)[0].item())
+        self.logit_scale = scale
         if bias is None:
             self._scoring = Scoring("softmax", scale)
         else:
