@@ -214,3 +214,44 @@ def make_generic_csv(root: Path) -> Path:
     for k, row in enumerate(rows):
         write_image(root / row[0], PALETTE[k])
     return write_text(root / "meta" / "labels.csv", [GENERIC_HEADER, *(",".join(r) for r in rows)])
+
+
+# ------------------------------------------------------------- custom attributes
+
+#: Monk skin tone scale values in their declared order (as strings they sort 1, 10, 2, ...)
+MONK_VALUES = tuple(str(k) for k in range(1, 11))
+#: regions of :func:`make_custom_csv` in their declared order (not alphabetical)
+REGIONS = ("Europe", "Africa", "Asia", "Americas")
+#: RGB colours the hand model of tests/handmodel.py classifies as red / green / blue
+HAND_COLOURS: Mapping[str, Color] = {"red": RED, "green": GREEN, "blue": BLUE}
+
+
+def make_custom_csv(root: Path, n: int = 60, seed: int = 0) -> Path:
+    """``root/labels.csv`` with the user's own attribute columns and one image per row;
+    returns the CSV path. Columns::
+
+        file     imgs/{i}.png (a solid red, green or blue image: the column ``colour``)
+        monk     Monk skin tone as an integer 1..10 (raw; declare mapping/values to read it)
+        region   one of REGIONS, some lower-case, one row per 15 empty (missing)
+        gender   Male / Female
+        age      FairFace age bins
+        colour   red / green / blue: the image's colour (a target column)
+
+    Values are seeded-random, so groups differ in size; every region occurs.
+    """
+    import random
+
+    rng = random.Random(seed)
+    ages = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70")
+    lines = ["file,monk,region,gender,age,colour"]
+    for i in range(n):
+        colour = rng.choice(list(HAND_COLOURS))
+        region = REGIONS[i % len(REGIONS)] if i < len(REGIONS) else rng.choice(REGIONS)
+        if i % 15 == 14:
+            region = ""
+        elif i % 7 == 3:
+            region = region.lower()
+        write_image(root / "imgs" / f"{i}.png", HAND_COLOURS[colour])
+        lines.append(f"imgs/{i}.png,{rng.randint(1, 10)},{region},{rng.choice(['Male', 'Female'])},"
+                     f"{rng.choice(ages)},{colour}")
+    return write_text(root / "labels.csv", lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from clipfair.data import DATASETS, DatasetError, FaceDataset, HFReader, ImageError, load_dataset
@@ -503,3 +504,184 @@ def test_csv_missing_file_and_column(tmp_path):
     with pytest.raises(DatasetError, match=r"l\.csv: missing column\(s\) 'file', 'gender', 'age'; "
                                            r"columns found: path, race"):
         load_dataset("csv", path=str(csv))
+
+
+# ---------------------------------------------------------- declared attributes
+
+from clipfair.data import (  # noqa: E402
+    Attribute,
+    DerivedAttribute,
+    LabelError,
+    RACE_BINARY_ATTRIBUTE,
+    SliceError,
+    parse_attributes,
+)
+from fixtures_datasets import MONK_VALUES, REGIONS, make_custom_csv  # noqa: E402
+
+CUSTOM = {"skin_tone": {"column": "monk", "values": list(MONK_VALUES)},
+          "region": {"values": list(REGIONS), "mapping": {"EU": "Europe"}}}
+AGE_BAND = {"age_band": {"from": "age", "groups": {
+    "0-19": ["0-2", "3-9", "10-19"], "20-59": ["20-29", "30-39", "40-49", "50-59"],
+    "60+": ["60-69", "more than 70"]}}}
+
+
+def test_csv_declares_custom_attributes(tmp_path):
+    csv = make_custom_csv(tmp_path)
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    ds = load_dataset("csv", path=str(csv), race_column=None, attributes=CUSTOM)
+    assert ds.attributes == ["gender", "age", "skin_tone", "region"]
+    assert [type(a).__name__ for a in ds.declared] == ["Attribute"] * 4
+    assert ds.value_orders()["skin_tone"] == MONK_VALUES
+    assert ds.value_orders()["region"] == REGIONS
+    t = ds.table
+    assert t["skin_tone"].tolist() == raw["monk"].tolist()
+    assert t["monk"].tolist() == raw["monk"].tolist()  # the raw column is kept
+    # case canonicalised onto the declared spelling; empty cells are missing values
+    expected_region = [next((r for r in REGIONS if r.lower() == v.lower()), None) if v else None
+                       for v in raw["region"]]
+    assert [None if pd.isna(v) else v for v in t["region"]] == expected_region
+    assert t["region"].isna().sum() == (raw["region"] == "").sum() > 0
+    assert "race_binary" not in t.columns  # no race, so no default race_binary
+    assert ds.source["attributes"] == {"gender": "gender", "age": "age", "skin_tone": "monk",
+                                       "region": "region"}
+
+
+def test_custom_attribute_value_not_declared_raises_or_skips(tmp_path):
+    write_image(tmp_path / "a.png", RED)
+    write_image(tmp_path / "b.png", GREEN)
+    csv = write_text(tmp_path / "l.csv", ["file,region", "a.png,EU", "b.png,Atlantis"])
+    with pytest.raises(DatasetError, match=r"row 2 \(line 3\), column 'region': unknown region value "
+                                           r"'Atlantis'; allowed values: Europe, Africa, Asia, Americas"):
+        load_dataset("csv", path=str(csv), race_column=None, gender_column=None, age_column=None,
+                     attributes={"region": CUSTOM["region"]})
+    ds = load_dataset("csv", path=str(csv), race_column=None, gender_column=None, age_column=None,
+                      attributes={"region": CUSTOM["region"]}, on_error="skip")
+    assert ds.table["region"].tolist() == ["Europe"]  # mapped EU -> Europe
+    assert ds.skipped == {"unknown_region": 1}
+
+
+def test_undeclared_values_are_kept_as_text_and_plain_column_form(tmp_path):
+    write_image(tmp_path / "a.png", RED)
+    write_image(tmp_path / "b.png", GREEN)
+    csv = write_text(tmp_path / "l.csv", ["file,job", "a.png, nurse ", "b.png,Pilot"])
+    ds = load_dataset("csv", path=str(csv), race_column=None, gender_column=None, age_column=None,
+                      attributes={"occupation": "job"})
+    assert ds.attributes == ["occupation"]
+    assert ds.table["occupation"].tolist() == ["nurse", "Pilot"]
+    assert ds.value_orders() == {}
+
+
+def test_builtin_name_in_attributes_keeps_canonical_values(tmp_path):
+    csv = make_generic_csv(tmp_path)
+    ds = load_dataset("csv", path=str(csv), root=str(tmp_path), image_column="photo",
+                      race_column="nope", gender_column=None, age_column=None,
+                      attributes={"race": "ethnicity", "sex": "sex"})  # replaces race_column
+    assert ds.table["race"].tolist() == ["Black", "Indian", "White"]
+    assert ds.table["sex"].tolist() == ["F", "Male", "Woman"]  # not a built-in: raw text
+    assert ds.attributes == ["race", "sex", "race_binary"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"x": {"colum": "a"}}, r"dataset.attributes.x: unknown key\(s\) \['colum'\]"),
+    ({"x": {"values": ["a", "a"]}}, "duplicate values"),
+    ({"x": {"values": ["a"], "mapping": {"b": "c"}}}, r"mapping targets \['c'\] are not among its values"),
+    ({"a+b": "col"}, "contains '\\+'"),
+    ({"score": "col"}, "attribute name 'score' is reserved"),
+])
+def test_bad_attribute_declarations(tmp_path, spec, message):
+    with pytest.raises(LabelError, match=message):
+        parse_attributes(spec)
+    csv = write_text(tmp_path / "l.csv", ["file,x", "a.png,1"])
+    with pytest.raises(DatasetError, match=message):
+        load_dataset("csv", path=str(csv), race_column=None, gender_column=None, age_column=None,
+                     attributes=spec)
+
+
+def test_fairface_declarations_and_race_binary_is_a_derived_attribute(ff_root):
+    ds = load_dataset("fairface", root=str(ff_root))
+    assert ds.attributes == ["race", "gender", "age", "race_binary"]
+    rb = ds.attribute("race_binary")
+    assert isinstance(rb, DerivedAttribute) and rb is RACE_BINARY_ATTRIBUTE
+    assert (rb.source, rb.values) == ("race", ("White", "Non-White"))
+    assert ds.value_orders()["race"][0] == "White" and ds.value_orders()["age"][-1] == "more than 70"
+    assert ds.label_attributes == ["race", "gender", "age"]
+
+
+def test_derived_age_band(ff_root):
+    ds = load_dataset("fairface", root=str(ff_root), derived=AGE_BAND)
+    groups = AGE_BAND["age_band"]["groups"]
+    by_hand = [next(g for g, vs in groups.items() if a in vs) for a in ds.table["age"]]
+    assert ds.table["age_band"].tolist() == by_hand == ["20-59", "0-19", "60+", "20-59"]
+    assert ds.attributes == ["race", "gender", "age", "race_binary", "age_band"]
+    assert ds.value_orders()["age_band"] == ("0-19", "20-59", "60+")
+    assert len(ds.limit(2)) == 2 and ds.limit(2).attributes == ds.attributes  # declarations travel
+    assert ds.sample(3, seed=1).value_orders() == ds.value_orders()
+
+
+def test_derived_other_group_and_user_race_binary(tmp_path):
+    root = make_utkface(tmp_path / "utk")
+    ds = load_dataset("utkface", root=str(root), derived={
+        "asian": {"from": "race", "groups": {"Asian": ["Asian"]}, "other": "not Asian"},
+        "race_binary": {"from": "race", "groups": {"Black": ["Black"]}, "other": "not Black"}})
+    assert ds.table["race"].tolist() == ["Asian", "White", "Others", "Indian"]
+    assert ds.table["asian"].tolist() == ["Asian", "not Asian", "not Asian", "not Asian"]
+    assert ds.table["race_binary"].tolist() == ["not Black"] * 4  # the user's replaces the default
+    assert ds.attributes.count("race_binary") == 1
+
+
+@pytest.mark.parametrize("derived, error, message", [
+    ({"band": {"from": "agee", "groups": {"a": ["0-2"]}}}, SliceError,
+     r"derived attribute 'band': dataset 'fairface' has no attribute 'agee' to derive it from; "
+     r"its attributes: race, gender, age, race_binary"),
+    ({"band": {"from": "age", "groups": {"young": ["0-2", "3-9"]}}}, DatasetError,
+     r"values of 'age' in no group: '10-19', .*'more than 70'; list them in a group or add an 'other'"),
+    ({"band": {"from": "age", "groups": {"young": ["0-2", "3-10"]}, "other": "rest"}}, DatasetError,
+     r"'3-10' is not a value of 'age'"),
+    ({"band": {"from": "age", "groups": {"a": ["0-2"], "b": ["0-2"]}, "other": "c"}}, DatasetError,
+     r"value '0-2' is in both groups 'a' and 'b'"),
+    ({"band": {"groups": {"a": ["0-2"]}}}, DatasetError, r"dataset.derived.band: 'from'"),
+    ({"band": {"from": "age", "group": {}}}, DatasetError, r"unknown key\(s\) \['group'\]"),
+    ({"age": {"from": "age", "groups": {"a": ["0-2"]}, "other": "b"}}, DatasetError,
+     r"derived attribute 'age' would replace the attribute 'age' of dataset 'fairface'"),
+])
+def test_derived_errors_name_the_problem(ff_root, derived, error, message):
+    with pytest.raises(error, match=message):
+        load_dataset("fairface", root=str(ff_root), derived=derived)
+
+
+def test_derived_from_undeclared_values_checks_observed_values(tmp_path):
+    csv = make_custom_csv(tmp_path, n=20)
+    spec = {"skin": {"column": "monk"}}
+    band = {"from": "skin", "groups": {"light": ["1", "2", "3"], "medium": ["4", "5", "6", "7"]}}
+    with pytest.raises(DatasetError, match=r"values of 'skin' in no group: '(8|9|10)'"):
+        load_dataset("csv", path=str(csv), race_column=None, attributes=spec, derived={"band": band})
+    ds = load_dataset("csv", path=str(csv), race_column=None, attributes=spec,
+                      derived={"band": {**band, "other": "dark"}})
+    exp = ["light" if int(v) <= 3 else "medium" if int(v) <= 7 else "dark" for v in ds.table["monk"]]
+    assert ds.table["band"].tolist() == exp
+
+
+def test_hf_custom_attributes_numbers_and_class_labels(tmp_path):
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "monk": datasets.Value("int64"),
+                                  "income": datasets.ClassLabel(names=["low", "mid", "high"]),
+                                  "gender": datasets.Value("string")})
+    datasets.Dataset.from_dict({"image": [{"bytes": image_bytes(c), "path": None} for c in (RED, GREEN, BLUE)],
+                                "monk": [3, 10, 1], "income": [2, 0, 1], "gender": ["m", "f", "f"]},
+                               features=features).save_to_disk(str(tmp_path / "d"))
+    ds = load_dataset("hf", path=str(tmp_path / "d"), race_column=None, age_column=None,
+                      attributes={"skin_tone": {"column": "monk", "values": list(MONK_VALUES)},
+                                  "income": {"values": ["low", "mid", "high"]}})
+    assert ds.table["skin_tone"].tolist() == ["3", "10", "1"]
+    assert ds.table["income"].tolist() == ["high", "low", "mid"]
+    assert ds.table["gender"].tolist() == ["Male", "Female", "Female"]
+    assert ds.value_orders()["income"] == ("low", "mid", "high")
+
+
+def test_attribute_objects_directly():
+    a = Attribute("tone", values=("light", "dark"), mapping={"pale": "light"})
+    assert a.convert(" LIGHT ") == "light" and a.convert("pale") == "light" and a.convert("") is None
+    with pytest.raises(LabelError, match="unknown tone value 'grey'; allowed values: light, dark"):
+        a.convert("grey", "row 3")
+    assert RACE_BINARY_ATTRIBUTE.group_of("Black") == "Non-White"

@@ -160,8 +160,10 @@ def test_rates_match_fairlearn(preds, metrics, features, taxonomy, method):
 # --------------------------------------------------------------------------- vs pandas
 
 def _independent(preds: pd.DataFrame, slices) -> dict:
-    """(taxonomy, method, metric, category, slice, group) -> (n, count), by plain groupby."""
+    """(taxonomy, method, metric, category, slice, group) -> (n, count), by plain groupby;
+    label rates over each taxonomy's observed labels."""
     out = {}
+    labels = {t: sorted(p["predicted_label"].unique()) for t, p in preds.groupby("taxonomy")}
     for (tax, meth), sub in preds.groupby(["taxonomy", "method"], sort=False):
         for s in slices:
             attrs = [] if s == "overall" else ([s] if isinstance(s, str) else list(s))
@@ -182,16 +184,20 @@ def _independent(preds: pd.DataFrame, slices) -> dict:
                 for cat in CATEGORIES[tax]:
                     out[(tax, meth, "rate", cat, name, gname)] = (
                         len(g), int((g["predicted_category"] == cat).sum()))
+                for lab in labels[tax]:
+                    out[(tax, meth, "label_rate", lab, name, gname)] = (
+                        len(g), int((g["predicted_label"] == lab).sum()))
     return out
 
 
 def test_matches_independent_groupby(preds, metrics):
     expected = _independent(preds, DEFAULT_SLICES)
+    per_group = metrics[metrics["metric"] != "worst_group_accuracy"]
     got = {
         tuple(r[:6]): (int(r[6]), int(r[7]))
-        for r in metrics[list(METRIC_COLUMNS[:8])].itertuples(index=False, name=None)
+        for r in per_group[list(METRIC_COLUMNS[:8])].itertuples(index=False, name=None)
     }
-    assert len(got) == len(metrics)  # no duplicate keys
+    assert len(got) == len(per_group)  # no duplicate keys
     assert got == expected
 
 
@@ -254,7 +260,7 @@ def test_group_and_category_order(metrics):
     assert list(pd.unique(m["taxonomy"])) == ["race_cls", "denig"]
     assert list(pd.unique(m.loc[m.taxonomy == "race_cls", "method"])) == ["zero_shot", "linear_probe"]
     sub = m[(m.taxonomy == "race_cls") & (m.method == "zero_shot")]
-    assert list(pd.unique(sub["metric"])) == ["accuracy", "rate"]
+    assert list(pd.unique(sub["metric"])) == ["accuracy", "rate", "label_rate", "worst_group_accuracy"]
     assert list(pd.unique(sub.loc[sub.metric == "rate", "category"])) == CATEGORIES["race_cls"]
     race_groups = list(_lookup(sub, metric="accuracy", slice="race")["group"])
     assert race_groups == [r for r in RACES if r in race_groups] and len(race_groups) == 7
@@ -351,8 +357,9 @@ def test_large_input_shape_and_spot_check():
         "race_binary": np.tile(np.where(race == "White", "White", "Non-White").astype(object), n_tax),
     })
     m = group_metrics(preds, {f"t{i:03d}": list(cats) for i in range(n_tax)})
-    # 1 + 7 + 2 + 9 + 2 + 14 + 4 + 18 = 57 groups, x (1 accuracy + 3 categories)
-    assert len(m) == n_tax * 57 * 4
+    # 1 + 7 + 2 + 9 + 2 + 14 + 4 + 18 = 57 groups, x (1 accuracy + 3 categories), plus one
+    # worst-group accuracy per slice other than overall (no predicted_label: no label rates)
+    assert len(m) == n_tax * (57 * 4 + 7)
     part = preds[preds["taxonomy"] == "t042"]
     sel = part[(part["race"] == "Indian") & (part["gender"] == "Female")]
     row = m.query("taxonomy == 't042' and metric == 'rate' and category == 'non_human' "
@@ -516,3 +523,188 @@ def test_disparities_on_real_metrics_are_consistent(metrics):
         best = grp["value"].max() if r.metric == "accuracy" else grp["value"].min()
         assert r.best_value == best
     assert group_metrics(make_predictions(), CATEGORIES).pipe(disparities).to_csv() == d.to_csv()
+
+
+# --------------------------------------------------------------------------- any attribute
+
+from clipfair.data import SliceError  # noqa: E402
+from clipfair.metrics import CONFUSION_COLUMNS, confusion, resolve_slices  # noqa: E402
+from clipfair.zeroshot import predictions_frame  # noqa: E402
+from clipfair.taxonomy import Taxonomy, TaxonomyClass  # noqa: E402
+
+TONES = tuple(str(k) for k in range(1, 11))          # declared order; as text it sorts 1, 10, 2
+REGIONS = ("Europe", "Africa", "Asia", "Americas")   # declared order, not alphabetical
+
+
+def custom_predictions(seed: int = 3, n: int = 400):
+    """A 5-class target taxonomy ('occupation', target column 'job') zero-shot on images
+    with custom attributes skin_tone and region (some missing); probabilities random."""
+    rng = np.random.default_rng(seed)
+    jobs = ("nurse", "pilot", "chef", "teacher", "farmer")
+    tax = Taxonomy("occupation", ("a photo of a {}.",),
+                   tuple(TaxonomyClass(j, (j,), "class") for j in jobs), target="job")
+    region = rng.choice(np.array(REGIONS, dtype=object), n)
+    region[rng.random(n) < 0.05] = None
+    table = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)],
+                          "skin_tone": rng.choice(np.array(TONES[:7], dtype=object), n),
+                          "region": region, "job": rng.choice(np.array(jobs, dtype=object), n)})
+    probs = rng.dirichlet(np.ones(len(jobs)) * 0.7, n)
+    return tax, probs, predictions_frame(table, tax, probs, "zero_shot", ["skin_tone", "region"])
+
+
+def test_custom_attributes_sliced_and_intersected_match_groupby():
+    tax, _, p = custom_predictions()
+    orders = {"skin_tone": TONES, "region": REGIONS}
+    slices = ["overall", "skin_tone", "region", ("skin_tone", "region")]
+    m = group_metrics(p, {tax.name: tax.categories}, slices, labels={tax.name: tax.labels},
+                      orders=orders, small_n=10)
+    for s in slices[1:]:
+        cols = [s] if isinstance(s, str) else list(s)
+        d = p.dropna(subset=cols)
+        g = d.groupby(cols)
+        n = g.size()
+        acc = g["correct"].apply(lambda c: int(c.astype(bool).sum()))
+        got = m[(m.metric == "accuracy") & (m.slice == slice_name(s))].set_index("group")
+        names = ["+".join(k) if isinstance(k, tuple) else k for k in n.index]
+        assert sorted(got.index) == sorted(names)
+        for k, name in zip(n.index, names):
+            assert got.at[name, "n"] == n[k] and got.at[name, "count"] == acc[k]
+            assert bool(got.at[name, "small"]) == (n[k] < 10)
+        for lab in tax.labels:
+            lr = m[(m.metric == "label_rate") & (m.category == lab) & (m.slice == slice_name(s))]
+            lr = lr.set_index("group")["count"]
+            direct = d.assign(hit=d["predicted_label"] == lab).groupby(cols)["hit"].sum()
+            assert {nm: int(direct[k]) for k, nm in zip(direct.index, names)} == lr.to_dict()
+    # groups follow the declared orders, not text order
+    tone_groups = list(m[(m.metric == "accuracy") & (m.slice == "skin_tone")]["group"])
+    assert tone_groups == [t for t in TONES if t in tone_groups]
+    assert list(m[(m.metric == "accuracy") & (m.slice == "region")]["group"]) == list(REGIONS)
+    inter = list(m[(m.metric == "accuracy") & (m.slice == "skin_tone+region")]["group"])
+    assert inter[:4] == [f"1+{r}" for r in REGIONS]
+    # without declared orders: sorted as text (the old behaviour for unknown attributes)
+    plain = group_metrics(p, {tax.name: tax.categories}, ["skin_tone"], labels={tax.name: tax.labels})
+    assert list(plain[(plain.metric == "accuracy")]["group"]) == sorted(tone_groups)
+
+
+def test_label_rates_sum_to_one_and_include_never_predicted_labels():
+    tax, _, p = custom_predictions(n=60)
+    labels = {tax.name: [*tax.labels, "astronaut"]}  # a declared label nobody gets
+    m = group_metrics(p, {tax.name: tax.categories}, ["overall", "region", ("skin_tone", "region")],
+                      labels=labels)
+    lr = m[m.metric == "label_rate"]
+    sums = lr.groupby(["taxonomy", "method", "slice", "group"])["value"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0)
+    per_group = lr.groupby(["slice", "group"])["category"].apply(list)
+    assert all(cats == labels[tax.name] for cats in per_group)
+    astro = lr[lr.category == "astronaut"]
+    assert (astro["count"] == 0).all() and (astro["ci_high"] > 0).all()
+
+
+def test_topk_accuracy_matches_direct_computation():
+    tax, probs, p = custom_predictions()
+    m = group_metrics(p, {tax.name: tax.categories}, ["overall", "region"],
+                      labels={tax.name: tax.labels}, topk=[1, 2, 3, 5, 9])
+    true_idx = np.array([tax.labels.index(t) for t in p["true_label"]])
+    order = np.argsort(-probs, axis=1, kind="stable")
+    for k in (1, 2, 3):
+        hit = (order[:, :k] == true_idx[:, None]).any(axis=1)
+        row = m[(m.metric == "topk_accuracy") & (m.category == f"top-{k}") & (m.slice == "overall")]
+        assert row["n"].item() == len(p) and row["count"].item() == int(hit.sum())
+        for reg in REGIONS:
+            sel = (p["region"] == reg).to_numpy()
+            r = m[(m.metric == "topk_accuracy") & (m.category == f"top-{k}") & (m.group == reg)]
+            assert r["count"].item() == int(hit[sel].sum()) and r["n"].item() == int(sel.sum())
+    top1 = m[(m.metric == "topk_accuracy") & (m.category == "top-1")].reset_index(drop=True)
+    acc = m[m.metric == "accuracy"].reset_index(drop=True)
+    assert top1["count"].tolist() == acc["count"].tolist()  # top-1 is accuracy
+    # k >= the number of classes is 1 by construction: no rows
+    assert not m["category"].isin(["top-5", "top-9"]).any()
+    assert list(pd.unique(m.loc[m.metric == "topk_accuracy", "category"])) == ["top-1", "top-2", "top-3"]
+
+
+def test_true_rank_ties_follow_argmax():
+    tax = Taxonomy("t", ("{}",), tuple(TaxonomyClass(c, (c,), "class") for c in "abc"), target="x")
+    probs = np.array([[0.4, 0.4, 0.2], [0.4, 0.4, 0.2], [0.2, 0.3, 0.5]])
+    p = predictions_frame(pd.DataFrame({"image_id": ["1", "2", "3"], "x": ["a", "b", "a"]}),
+                          tax, probs, "zero_shot", [])
+    assert p["predicted_label"].tolist() == ["a", "a", "c"]
+    assert p["true_rank"].tolist() == [1, 2, 3]
+    assert p["correct"].tolist() == [True, False, False]
+
+
+def test_worst_group_accuracy_and_small_flags():
+    tax, _, p = custom_predictions()
+    m = group_metrics(p, {tax.name: tax.categories}, ["overall", "skin_tone", "region"],
+                      labels={tax.name: tax.labels}, small_n=58)
+    assert (m["small"] == (m["n"] < 58)).all()
+    acc = m[m.metric == "accuracy"]
+    for s in ("skin_tone", "region"):
+        groups = acc[acc.slice == s]
+        big = groups[~groups["small"]]
+        pool = big if len(big) else groups
+        worst = m[(m.metric == "worst_group_accuracy") & (m.slice == s)]
+        assert len(worst) == 1
+        assert worst["value"].item() == pool["value"].min()
+        assert worst["group"].item() == pool.loc[pool["value"].idxmin(), "group"]
+        assert bool(worst["small"].item()) == (len(big) == 0)
+    assert not ((m.metric == "worst_group_accuracy") & (m.slice == "overall")).any()
+    # every group is tiny: the worst of all groups, flagged small
+    all_small = group_metrics(p, {tax.name: tax.categories}, ["region"], small_n=10_000)
+    w = all_small[all_small.metric == "worst_group_accuracy"]
+    assert bool(w["small"].item())
+    a = all_small[all_small.metric == "accuracy"]
+    assert w["value"].item() == a["value"].min()
+    # disparities leave summary and label rows out, and keep working
+    d = disparities(m)
+    assert set(d["metric"]) == {"accuracy", "rate"}
+
+
+def test_confusion_sums_to_n_and_diagonal_is_accuracy():
+    tax, _, p = custom_predictions()
+    slices = ["overall", "skin_tone", ("skin_tone", "region")]
+    m = group_metrics(p, {tax.name: tax.categories}, slices, labels={tax.name: tax.labels})
+    c = confusion(p, slices, labels={tax.name: tax.labels})
+    assert list(c.columns) == list(CONFUSION_COLUMNS)
+    assert (c["count"] > 0).all()
+    acc = m[m.metric == "accuracy"].set_index(["slice", "group"])
+    tot = c.groupby(["slice", "group"])["count"].sum()
+    diag = c[c.true_label == c.predicted_label].groupby(["slice", "group"])["count"].sum()
+    assert set(tot.index) == set(acc.index)
+    for key in acc.index:
+        assert tot[key] == acc.at[key, "n"]
+        assert diag.get(key, 0) == acc.at[key, "count"]
+    # direct crosstab for one group
+    sub = p[p.skin_tone == "3"]
+    direct = pd.crosstab(sub["true_label"], sub["predicted_label"]).stack()
+    got = c[(c.slice == "skin_tone") & (c.group == "3")].set_index(["true_label", "predicted_label"])["count"]
+    assert got.to_dict() == {k: v for k, v in direct.items() if v > 0}
+
+
+def test_confusion_maps_values_onto_classes_with_matches():
+    from clipfair.taxonomy import load_taxonomy
+
+    race4 = load_taxonomy("fairface_race4")
+    table = pd.DataFrame({"image_id": list("abcde"),
+                          "race": ["White", "East Asian", "Southeast Asian", "Latino_Hispanic", "Black"]})
+    probs = np.zeros((5, len(race4.labels)))
+    for i, lab in enumerate(["White", "Asian", "White", "White", "Black"]):
+        probs[i, race4.labels.index(lab)] = 1.0
+    p = predictions_frame(table, race4, probs, "zero_shot", ["race"])
+    right = {v: c.label for c in race4.classes for v in c.correct_for}
+    c = confusion(p, ["overall"], labels={race4.name: race4.labels}, true_class={race4.name: right})
+    cells = {(r.true_label, r.predicted_label): r.count for r in c.itertuples()}
+    assert cells == {("White", "White"): 1, ("Asian", "Asian"): 1, ("Asian", "White"): 1, ("Black", "Black"): 1}
+    assert sum(v for (t, q), v in cells.items() if t == q) == int(p["correct"].fillna(False).sum())
+
+
+def test_resolve_slices_auto_and_misspelt_slice_error():
+    avail = ["race", "gender", "age", "race_binary", "skin_tone"]
+    assert resolve_slices("auto", avail) == [*DEFAULT_SLICES, "skin_tone"]
+    assert resolve_slices("auto", ["gender", "region"]) == ["overall", "gender", "region"]
+    assert resolve_slices(["overall", ["gender", "skin_tone"]], avail) == ["overall", ("gender", "skin_tone")]
+    with pytest.raises(SliceError, match=r"slice 'gender\+skintone': dataset 'x' has no attribute "
+                                         r"'skintone' \(did you mean 'skin_tone'\?\); available "
+                                         r"attributes: race, gender, age, race_binary, skin_tone"):
+        resolve_slices(["overall", ["gender", "skintone"]], avail, "dataset 'x'")
+    with pytest.raises(SliceError, match="slice 'service_test'.*available attributes: gender;"):
+        resolve_slices(["service_test"], ["gender"])

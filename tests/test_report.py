@@ -22,7 +22,7 @@ from clipfair.report import (
 
 def _row(tax, method, metric, category, slice_, group, n, count, lo, hi):
     return dict(taxonomy=tax, method=method, metric=metric, category=category, slice=slice_,
-                group=group, n=n, count=count, value=count / n, ci_low=lo, ci_high=hi)
+                group=group, n=n, count=count, value=count / n, ci_low=lo, ci_high=hi, small=n < 30)
 
 
 @pytest.fixture()

@@ -38,8 +38,11 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-def _slices(raw: Any) -> list[Any]:
-    return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in _plain(raw)]
+def _slices(raw: Any) -> list[Any] | str:
+    raw = _plain(raw)
+    if raw is None or raw == "auto":
+        return "auto"
+    return [tuple(s) if isinstance(s, (list, tuple)) else str(s) for s in raw]
 
 
 def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
@@ -76,7 +79,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     from hydra.utils import instantiate
 
     from .outputs import check_run_dir, staged_outputs
-    from .pipeline import evaluate, write_outputs
+    from .pipeline import check_run, evaluate, write_outputs
     from .record import build_record
     from .taxonomy import load_taxonomies
 
@@ -104,6 +107,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     subset = cfg.get("subset") or {}
     if subset.get("n") is not None:
         dataset = dataset.sample(int(subset["n"]), int(subset.get("seed", 0)))
+    slices = check_run(dataset, taxonomies, _slices(cfg.slices))  # before the slow model load
     model = instantiate(cfg.model, _convert_="all")
     cache_dir = cfg.cache.dir if cfg.cache.enabled else None
     log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies", dataset.name, len(dataset),
@@ -120,13 +124,14 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                          "refine_steps_per_decade": int(cfg.probe.get("refine_steps_per_decade", 8)),
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
                          "sweep_max_train": cfg.probe.sweep_max_train}
-    slices = _slices(cfg.slices)
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=slices,
                   confidence=float(cfg.confidence), num_workers=cfg.embed.get("num_workers", "auto"),
                   chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
                   progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
                   disparity_min_n=int(cfg.get("disparity_min_n", 1)),
                   precision_audit=_plain(cfg.get("precision_audit")),
+                  topk=[int(k) for k in (_plain(cfg.get("topk")) or [])],
+                  small_group_n=int(cfg.get("small_group_n", 30)),
                   retrieval=retrieval, query_sets=query_sets,
                   embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
                                  "fast_decode": cfg.embed.get("fast_decode", "auto"),
@@ -138,7 +143,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         model=model.describe(),
         dataset={"name": dataset.name, "source": dataset.source, "n_images": len(dataset),
                  "fingerprint": dataset.fingerprint(), "file_list_hash": dataset.file_list_hash(),
-                 "label_hash": dataset.label_hash(),
+                 "label_hash": dataset.label_hash(), "attributes": dataset.attributes,
                  "skipped_at_load": dataset.skipped,
                  "skipped_at_load_items": dataset.skipped_items[:1000]},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],

@@ -4,15 +4,32 @@ Pure functions on pandas DataFrames. The input is the long per-image predictions
 (one row per image x taxonomy x method); the output is a long metrics frame with one row
 per taxonomy x method x metric x category x slice x group (see :func:`group_metrics`).
 
-Two metrics are computed:
+Metrics computed (the ``metric`` column):
 
 ``accuracy``
     share of a group's images with a target (``true_label`` not null) that were
     classified correctly; ``category`` is the empty string.
+``topk_accuracy``
+    share of those images whose right class is among the k highest-scored classes
+    (``true_rank <= k``); ``category`` is ``top-k`` (e.g. ``top-5``). Emitted for each
+    requested k smaller than the taxonomy's number of classes (at k >= the number of
+    classes it is 1 by construction).
+``worst_group_accuracy``
+    per taxonomy x method x slice (not overall), the accuracy row of the group with the
+    lowest accuracy among groups of at least ``small_n`` images (among all groups, and
+    then flagged small, when every group is smaller); ``group`` names that group.
 ``rate``
     share of a group's images that were put into a reporting category
     (``predicted_category``), for every category of every taxonomy, including
     categories nobody was predicted into (count 0, value 0).
+``label_rate``
+    the same for each class label (``predicted_label``; ``category`` holds the label):
+    P(predicted label | group), for every label of every taxonomy, zero-filled. Within a
+    group the label rates of a taxonomy sum to 1.
+
+Every row carries ``small``: whether its group has fewer than ``small_n`` images (such
+groups are reported and flagged, never hidden; groups with no images have no rows).
+Groups are ordered by the dataset's declared value orders (``orders``).
 
 A *slice* is ``"overall"`` (one group, ``"all"``), an attribute column (``"race"``) or a
 tuple of attribute columns (an intersection, named ``"race+gender"``, groups named like
@@ -28,16 +45,23 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from clipfair.data.attributes import AGE_BINS, GENDERS, RACE_BINARY, RACES
+import difflib
+
+from clipfair.data.attributes import BUILTIN, value_orders
+from clipfair.data.base import SliceError
 
 __all__ = [
     "DEFAULT_SLICES",
     "METRIC_COLUMNS",
     "DISPARITY_COLUMNS",
     "HIGHER_IS_BETTER",
+    "CONFUSION_COLUMNS",
+    "SMALL_GROUP_N",
     "wilson_interval",
     "slice_name",
+    "resolve_slices",
     "group_metrics",
+    "confusion",
     "disparities",
 ]
 
@@ -54,8 +78,18 @@ DEFAULT_SLICES: tuple = (
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "taxonomy", "method", "metric", "category", "slice", "group",
-    "n", "count", "value", "ci_low", "ci_high",
+    "n", "count", "value", "ci_low", "ci_high", "small",
 )
+CONFUSION_COLUMNS: tuple[str, ...] = (
+    "taxonomy", "method", "slice", "group", "true_label", "predicted_label", "count",
+)
+#: groups with fewer images are flagged ``small`` (config ``small_group_n``)
+SMALL_GROUP_N = 30
+#: metric names in row order within a taxonomy x method
+METRICS: tuple[str, ...] = ("accuracy", "topk_accuracy", "rate", "label_rate", "worst_group_accuracy")
+#: metrics disparities leave out: worst-group accuracy summarises a slice already, and a
+#: label's share has no declared direction (harm or not), so its groups are not ranked
+UNRANKED_METRICS: frozenset[str] = frozenset({"worst_group_accuracy", "label_rate"})
 DISPARITY_COLUMNS: tuple[str, ...] = (
     "taxonomy", "method", "metric", "category", "slice", "n_groups",
     "best_group", "best_value", "worst_group", "worst_value", "gap", "ratio",
@@ -63,17 +97,13 @@ DISPARITY_COLUMNS: tuple[str, ...] = (
 
 #: whether a higher value of a metric is the better outcome for a group. A rate is the
 #: share of a group's images put into a category: lower = less often labelled so.
-HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "rate": False,
+HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "topk_accuracy": True, "rate": False,
                                      # race accuracy scored White vs Non-White (model card runs)
                                      "accuracy_race_binary": True}
 
-#: canonical group order of the known attributes; unknown values come after, sorted
-CANONICAL_ORDER: dict[str, tuple[str, ...]] = {
-    "race": RACES,
-    "gender": GENDERS,
-    "age": AGE_BINS,
-    "race_binary": RACE_BINARY,
-}
+#: group order of the built-in FairFace attributes, used when no declared orders are given;
+#: unknown values come after, sorted
+CANONICAL_ORDER: dict[str, tuple[str, ...]] = value_orders(list(BUILTIN.values()))
 
 _REQUIRED = ("taxonomy", "method", "predicted_category")
 
@@ -136,10 +166,39 @@ def slice_name(s) -> str:
     return "+".join(attrs) if attrs else "overall"
 
 
-def _value_order(attribute: str, values: Iterable[str]) -> list[str]:
-    """Canonical values present first (canonical order), then unknown ones sorted."""
+def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset") -> list:
+    """The slices to compute. ``"auto"`` (or None): :data:`DEFAULT_SLICES` whose attributes
+    ``available`` has, then every other available attribute on its own. A list: checked,
+    a slice naming an attribute not in ``available`` raises :class:`SliceError` naming
+    the slice and listing the available attributes."""
+    available = list(available)
+    if spec is None or (isinstance(spec, str) and spec == "auto"):
+        out = [s for s in DEFAULT_SLICES if all(a in available for a in _slice_attrs(s))]
+        return out + [a for a in available if a not in out]
+    if isinstance(spec, str):
+        spec = [spec]
+    out = []
+    for s in spec:
+        attrs = _slice_attrs(s)
+        missing = [a for a in attrs if a not in available]
+        if missing:
+            hint = difflib.get_close_matches(missing[0], available, n=1)
+            raise SliceError(
+                f"slice {slice_name(s)!r}: {dataset} has no attribute "
+                f"{', '.join(map(repr, missing))}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; available attributes: {', '.join(available) or 'none'}; "
+                "fix the slices setting, or declare the attribute (dataset.attributes / dataset.derived)")
+        out.append(s if isinstance(s, str) else tuple(s))
+    return out
+
+
+def _value_order(attribute: str, values: Iterable[str],
+                 orders: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Declared values present first (declared order), then undeclared ones sorted.
+    ``orders``: attribute -> declared values (default: the built-in FairFace orders)."""
     present = set(values)
-    canon = CANONICAL_ORDER.get(attribute, ())
+    canon = tuple((CANONICAL_ORDER if orders is None else orders).get(attribute, ()))
     known = [v for v in canon if v in present]
     rest = sorted(present.difference(canon))
     return known + rest
@@ -168,9 +227,10 @@ def _factor(col: pd.Series, order=None) -> pd.Categorical:
 
 def _category_lists(
     tax_order: Sequence[str], categories: Mapping[str, Sequence[str]],
-    tax: pd.Categorical, pcat: pd.Categorical,
+    tax: pd.Categorical, pcat: pd.Categorical, what: str = "categories",
 ) -> dict[str, list[str]]:
-    """Each taxonomy's categories: declared order, then undeclared observed ones sorted."""
+    """Each taxonomy's categories (or labels): declared order, then undeclared observed
+    ones sorted."""
     pairs = pd.DataFrame({"t": tax.codes, "c": pcat.codes})
     pairs = pairs[pairs["c"] >= 0].drop_duplicates()
     observed: dict[str, list[str]] = {t: [] for t in tax_order}
@@ -181,14 +241,14 @@ def _category_lists(
     for t in tax_order:
         declared = [str(c) for c in categories.get(t, ())]
         if len(set(declared)) != len(declared):
-            raise ValueError(f"taxonomy {t!r}: duplicate categories in {declared}")
+            raise ValueError(f"taxonomy {t!r}: duplicate {what} in {declared}")
         seen = observed.get(t, [])
         extra = [c for c in seen if c not in declared]
         if extra:
             if t in categories:
                 warnings.warn(
-                    f"taxonomy {t!r}: predicted categories {extra} are not among its declared "
-                    f"categories {declared}; they are reported after them",
+                    f"taxonomy {t!r}: predicted {what} {extra} are not among its declared "
+                    f"{what} {declared}; they are reported after them",
                     stacklevel=3,
                 )
         out[t] = declared + extra
@@ -201,7 +261,118 @@ def _empty_metrics() -> pd.DataFrame:
         df[c] = df[c].astype("int64")
     for c in ("value", "ci_low", "ci_high"):
         df[c] = df[c].astype(float)
+    df["small"] = df["small"].astype(bool)
     return df
+
+
+def _correct_flags(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(has a target, classified correctly) per row."""
+    if "true_label" in df.columns:
+        has_target = df["true_label"].notna().to_numpy(dtype=bool)
+    else:
+        has_target = np.zeros(len(df), dtype=bool)
+    is_correct = np.zeros(len(df), dtype=bool)
+    if not has_target.any():
+        return has_target, is_correct
+    derived = None
+    if "predicted_label" in df.columns:
+        derived = (df["predicted_label"].astype(object) == df["true_label"].astype(object)).to_numpy(dtype=bool)
+    if "correct" in df.columns:
+        corr = df["correct"].astype(object)
+        corr_na = corr.isna().to_numpy(dtype=bool)
+        is_correct = corr.where(~corr_na, False).astype(bool).to_numpy(dtype=bool)
+        need = corr_na & has_target
+        if need.any():
+            if derived is None:
+                raise ValueError(
+                    "rows with a true_label but a null 'correct' and no predicted_label column"
+                )
+            is_correct = np.where(need, derived, is_correct)
+    elif derived is not None:
+        is_correct = derived
+    else:
+        raise ValueError("predictions with a true_label need a 'correct' or 'predicted_label' column")
+    return has_target, is_correct & has_target
+
+
+class _Items:
+    """Each taxonomy's items (categories or labels) as indices into one sorted list,
+    flattened with offsets, and every row's item code (-1: none)."""
+
+    def __init__(self, lists: Mapping[str, list[str]], tax_order: Sequence[str], col: pd.Categorical):
+        self.names = sorted({c for cs in lists.values() for c in cs})
+        index = {c: i for i, c in enumerate(self.names)}
+        self.len = np.array([len(lists[t]) for t in tax_order], dtype=np.int64)
+        self.off = np.concatenate([[0], np.cumsum(self.len)[:-1]]).astype(np.int64)
+        self.flat = np.array([index[c] for t in tax_order for c in lists[t]], dtype=np.int64)
+        self.codes = np.asarray(col.set_categories(self.names).codes, dtype=np.int64)
+
+
+def _share_rows(items: _Items, metric: int, gid: np.ndarray, valid: np.ndarray, n_groups: int,
+                g_tax: np.ndarray, g_meth: np.ndarray, n: np.ndarray, label: np.ndarray,
+                s_idx: int, name: str) -> dict[str, np.ndarray]:
+    """One row per group x item of the group's taxonomy: images of the group whose
+    predicted item is that item (zero-filled)."""
+    n_items = max(len(items.names), 1)
+    cv = items.codes[valid]
+    has = cv >= 0
+    counts = np.bincount(gid[has] * n_items + cv[has], minlength=n_groups * n_items)
+    reps = items.len[g_tax]
+    row_g = np.repeat(np.arange(n_groups), reps)
+    starts = np.repeat(np.cumsum(reps) - reps, reps)
+    pos = np.arange(row_g.size) - starts
+    row_c = items.flat[items.off[g_tax[row_g]] + pos]
+    return {
+        "tax": g_tax[row_g], "meth": g_meth[row_g], "metric": np.full(row_g.size, metric, np.int64),
+        "cat_pos": pos, "category": np.asarray(items.names, dtype=object)[row_c] if items.names else
+        np.empty(0, dtype=object),
+        "slice_idx": np.full(row_g.size, s_idx), "slice": np.full(row_g.size, name, dtype=object),
+        "grank": row_g, "group": label[row_g], "n": n[row_g],
+        "count": counts[row_g * n_items + row_c],
+    }
+
+
+def _hit_rows(hit: np.ndarray, usable: np.ndarray, metric: int, cat_pos: int, category: str,
+              gid: np.ndarray, valid: np.ndarray, n_groups: int, g_tax: np.ndarray,
+              g_meth: np.ndarray, label: np.ndarray, s_idx: int, name: str,
+              keep_tax: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+    """One row per group with usable rows: n usable, count hits (accuracy, top-k)."""
+    u = usable[valid]
+    if not u.any():
+        return None
+    n_t = np.bincount(gid[u], minlength=n_groups)
+    k_t = np.bincount(gid[(hit & usable)[valid]], minlength=n_groups)
+    ok = n_t > 0
+    if keep_tax is not None:
+        ok &= keep_tax[g_tax]
+    sel = np.flatnonzero(ok)
+    return {
+        "tax": g_tax[sel], "meth": g_meth[sel], "metric": np.full(sel.size, metric, np.int64),
+        "cat_pos": np.full(sel.size, cat_pos), "category": np.full(sel.size, category, dtype=object),
+        "slice_idx": np.full(sel.size, s_idx), "slice": np.full(sel.size, name, dtype=object),
+        "grank": sel, "group": label[sel], "n": n_t[sel], "count": k_t[sel],
+    }
+
+
+def _worst_rows(cols: dict[str, np.ndarray], small_n: int) -> dict[str, np.ndarray] | None:
+    """worst_group_accuracy: per taxonomy x method x slice (not overall), the accuracy row
+    of the lowest-accuracy group among groups with n >= small_n (all groups when none is
+    that large); ties go to the first group in order."""
+    acc = np.flatnonzero((cols["metric"] == 0) & (cols["slice"] != "overall"))
+    if acc.size == 0:
+        return None
+    frame = pd.DataFrame({"tax": cols["tax"][acc], "meth": cols["meth"][acc],
+                          "slice_idx": cols["slice_idx"][acc], "grank": cols["grank"][acc],
+                          "value": cols["count"][acc] / cols["n"][acc],
+                          "big": cols["n"][acc] >= small_n, "row": acc})
+    # big groups first, then lowest value, then group order
+    frame = frame.sort_values(["tax", "meth", "slice_idx", "big", "value", "grank"],
+                              ascending=[True, True, True, False, True, True], kind="stable")
+    rows = frame.drop_duplicates(["tax", "meth", "slice_idx"])["row"].to_numpy()
+    out = {k: v[rows] for k, v in cols.items()}
+    out["metric"] = np.full(rows.size, METRICS.index("worst_group_accuracy"), np.int64)
+    out["grank"] = np.zeros(rows.size, np.int64)
+    return out
 
 
 def group_metrics(
@@ -209,21 +380,33 @@ def group_metrics(
     categories: Mapping[str, Sequence[str]],
     slices: Iterable = DEFAULT_SLICES,
     confidence: float = 0.95,
+    *,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    orders: Mapping[str, Sequence[str]] | None = None,
+    topk: Sequence[int] = (),
+    small_n: int = SMALL_GROUP_N,
 ) -> pd.DataFrame:
-    """Accuracy and category rates per demographic group, with Wilson intervals.
+    """Accuracy, top-k and worst-group accuracy, category rates and label rates per
+    demographic group, with Wilson intervals (see the module docstring for each metric).
 
     ``predictions``: one row per image x taxonomy x method with columns ``taxonomy``,
     ``method``, ``predicted_category`` and optionally ``image_id``, ``true_label``,
-    ``correct``, ``predicted_label`` and attribute columns.
+    ``correct``, ``predicted_label`` (for label rates), ``true_rank`` (for top-k) and
+    attribute columns.
     ``categories``: taxonomy -> ordered list of all its reporting categories; a predicted
     category missing from the list is reported after the declared ones (with a warning);
     a taxonomy missing from the mapping gets its observed categories, sorted.
+    ``labels``: the same for class labels (default: the observed labels, sorted).
+    ``orders``: attribute -> declared value order (the dataset's declarations; default
+    the built-in FairFace orders). ``topk``: the k of top-k accuracy. ``small_n``: groups
+    with fewer images are flagged ``small``.
 
     Returns a frame with columns :data:`METRIC_COLUMNS`. A slice whose attribute columns
-    are absent is skipped; rows with a null attribute are left out of that slice; only
+    are absent is skipped (the pipeline refuses such slices earlier, see
+    :func:`resolve_slices`); rows with a null attribute are left out of that slice; only
     groups that occur in the data get rows. Rows are ordered by taxonomy and method
-    (first appearance), metric (accuracy, rate), category (given order), slice (given
-    order) and group (canonical attribute order, unknown values after, sorted).
+    (first appearance), metric (:data:`METRICS` order), category (given order), slice
+    (given order) and group (declared attribute order, undeclared values after, sorted).
     """
     missing = [c for c in _REQUIRED if c not in predictions.columns]
     if missing:
@@ -234,6 +417,9 @@ def group_metrics(
         raise ValueError(f"duplicate slices in {slices!r}")
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
+    ks = sorted({int(k) for k in topk})
+    if any(k < 1 for k in ks):
+        raise ValueError(f"top-k accuracy needs k >= 1, got {list(topk)}")
     if len(predictions) == 0:
         out = _empty_metrics()
         out.attrs["confidence"] = float(confidence)
@@ -253,60 +439,33 @@ def group_metrics(
 
     tax = _factor(df["taxonomy"])
     meth = _factor(df["method"])
-    pcat = _factor(df["predicted_category"], order=sorted)
     tax_order = list(tax.categories)
-    cat_lists = _category_lists(tax_order, categories, tax, pcat)
-    all_cats = sorted({c for cs in cat_lists.values() for c in cs})
+    pcat = _factor(df["predicted_category"], order=sorted)
+    cat_items = _Items(_category_lists(tax_order, categories, tax, pcat), tax_order, pcat)
+    label_items = None
+    if "predicted_label" in df.columns:
+        plab = _factor(df["predicted_label"], order=sorted)
+        label_items = _Items(_category_lists(tax_order, labels or {}, tax, plab, "labels"), tax_order, plab)
 
     t_codes = np.asarray(tax.codes, dtype=np.int64)
     m_codes = np.asarray(meth.codes, dtype=np.int64)
-    pcat = pcat.set_categories(all_cats)
-    c_codes = np.asarray(pcat.codes, dtype=np.int64)  # -1: no predicted category
-    n_tax, n_meth, n_cat = len(tax_order), len(meth.categories), len(all_cats)
-
-    # accuracy inputs
-    if "true_label" in df.columns:
-        has_target = df["true_label"].notna().to_numpy(dtype=bool)
-    else:
-        has_target = np.zeros(len(df), dtype=bool)
-    is_correct = np.zeros(len(df), dtype=bool)
-    if has_target.any():
-        derived = None
-        if "predicted_label" in df.columns:
-            derived = (df["predicted_label"].astype(object) == df["true_label"].astype(object)).to_numpy(dtype=bool)
-        if "correct" in df.columns:
-            corr = df["correct"].astype(object)
-            corr_na = corr.isna().to_numpy(dtype=bool)
-            is_correct = corr.where(~corr_na, False).astype(bool).to_numpy(dtype=bool)
-            need = corr_na & has_target
-            if need.any():
-                if derived is None:
-                    raise ValueError(
-                        "rows with a true_label but a null 'correct' and no predicted_label column"
-                    )
-                is_correct = np.where(need, derived, is_correct)
-        elif derived is not None:
-            is_correct = derived
-        else:
-            raise ValueError("predictions with a true_label need a 'correct' or 'predicted_label' column")
-        is_correct = is_correct & has_target
+    n_tax, n_meth = len(tax_order), len(meth.categories)
+    has_target, is_correct = _correct_flags(df)
+    rank = None
+    if ks and "true_rank" in df.columns:
+        rank = pd.to_numeric(df["true_rank"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    n_classes = label_items.len if label_items is not None else np.zeros(n_tax, np.int64)
 
     used_attrs = sorted({a for attrs in slice_attrs for a in attrs if a in df.columns})
     attr_cats: dict[str, pd.Categorical] = {
-        a: _factor(df[a], order=lambda vals, a=a: _value_order(a, vals)) for a in used_attrs
+        a: _factor(df[a], order=lambda vals, a=a: _value_order(a, vals, orders)) for a in used_attrs
     }
-
-    # each taxonomy's categories as indices into all_cats, flattened with offsets
-    cat_index = {c: i for i, c in enumerate(all_cats)}
-    cat_len = np.array([len(cat_lists[t]) for t in tax_order], dtype=np.int64)
-    cat_off = np.concatenate([[0], np.cumsum(cat_len)[:-1]]).astype(np.int64)
-    cat_flat = np.array([cat_index[c] for t in tax_order for c in cat_lists[t]], dtype=np.int64)
 
     conf = float(confidence)
     pieces: list[dict[str, np.ndarray]] = []
     for s_idx, (s, attrs) in enumerate(zip(slices, slice_attrs)):
         if any(a not in df.columns for a in attrs):
-            continue  # dataset lacks this attribute: skip silently
+            continue  # dataset lacks this attribute (resolve_slices refuses it earlier)
         name = slice_name(s)
         shape = [n_tax, n_meth] + [len(attr_cats[a].categories) for a in attrs]
         if int(np.prod([float(x) for x in shape])) >= 2**62:
@@ -320,7 +479,7 @@ def group_metrics(
         key = key[valid]
         if key.size == 0:
             continue
-        # group ids in key order (= taxonomy, method, canonical attribute order)
+        # group ids in key order (= taxonomy, method, declared attribute order)
         gkeys, gid = np.unique(key, return_inverse=True)
         gid = gid.reshape(-1)
         n_groups = len(gkeys)
@@ -333,44 +492,30 @@ def group_metrics(
                 label = label + "+" + np.asarray(attr_cats[a].categories, dtype=object)[decoded[j]]
         else:
             label = np.full(n_groups, "all", dtype=object)
+        common = (gid, valid, n_groups, g_tax, g_meth)
 
-        # rate: every category of the group's taxonomy, zero-filled
-        cv = c_codes[valid]
-        has_cat = cv >= 0
-        counts = np.bincount(gid[has_cat] * max(n_cat, 1) + cv[has_cat],
-                             minlength=n_groups * max(n_cat, 1))
-        reps = cat_len[g_tax]
-        row_g = np.repeat(np.arange(n_groups), reps)
-        starts = np.repeat(np.cumsum(reps) - reps, reps)
-        pos = np.arange(row_g.size) - starts
-        row_c = cat_flat[cat_off[g_tax[row_g]] + pos]
-        pieces.append({
-            "tax": g_tax[row_g], "meth": g_meth[row_g], "metric": np.ones(row_g.size, np.int64),
-            "cat_pos": pos, "category": np.asarray(all_cats, dtype=object)[row_c] if n_cat else
-            np.empty(0, dtype=object),
-            "slice_idx": np.full(row_g.size, s_idx), "slice": np.full(row_g.size, name, dtype=object),
-            "grank": row_g, "group": label[row_g], "n": n[row_g],
-            "count": counts[row_g * max(n_cat, 1) + row_c],
-        })
-
-        # accuracy over the images with a target
-        tv = has_target[valid]
-        if tv.any():
-            n_t = np.bincount(gid[tv], minlength=n_groups)
-            k_t = np.bincount(gid[is_correct[valid]], minlength=n_groups)
-            sel = np.flatnonzero(n_t > 0)
-            pieces.append({
-                "tax": g_tax[sel], "meth": g_meth[sel], "metric": np.zeros(sel.size, np.int64),
-                "cat_pos": np.full(sel.size, -1), "category": np.full(sel.size, "", dtype=object),
-                "slice_idx": np.full(sel.size, s_idx), "slice": np.full(sel.size, name, dtype=object),
-                "grank": sel, "group": label[sel], "n": n_t[sel], "count": k_t[sel],
-            })
+        pieces.append(_share_rows(cat_items, METRICS.index("rate"), *common, n, label, s_idx, name))
+        if label_items is not None:
+            pieces.append(_share_rows(label_items, METRICS.index("label_rate"), *common, n, label, s_idx, name))
+        acc = _hit_rows(is_correct, has_target, METRICS.index("accuracy"), -1, "", *common, label, s_idx, name)
+        if acc is not None:
+            pieces.append(acc)
+        if rank is not None:
+            usable = has_target & ~np.isnan(rank)
+            for j, k in enumerate(ks):
+                top = _hit_rows(usable & (rank <= k), usable, METRICS.index("topk_accuracy"), j,
+                                f"top-{k}", *common, label, s_idx, name, keep_tax=k < n_classes)
+                if top is not None:
+                    pieces.append(top)
 
     if not pieces:
         out = _empty_metrics()
         out.attrs["confidence"] = conf
         return out
     cols = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    worst = _worst_rows(cols, small_n)
+    if worst is not None:
+        cols = {k: np.concatenate([cols[k], worst[k]]) for k in cols}
     order = np.lexsort(
         (cols["grank"], cols["slice_idx"], cols["cat_pos"], cols["metric"], cols["meth"], cols["tax"])
     )
@@ -381,7 +526,7 @@ def group_metrics(
         {
             "taxonomy": np.asarray(tax_order, dtype=object)[cols["tax"][order]],
             "method": np.asarray(meth.categories, dtype=object)[cols["meth"][order]],
-            "metric": np.array(["accuracy", "rate"], dtype=object)[cols["metric"][order]],
+            "metric": np.array(METRICS, dtype=object)[cols["metric"][order]],
             "category": cols["category"][order],
             "slice": cols["slice"][order],
             "group": cols["group"][order],
@@ -390,10 +535,70 @@ def group_metrics(
             "value": k / n,  # n >= 1: only groups that occur get rows
             "ci_low": low,
             "ci_high": high,
+            "small": n < int(small_n),
         }
     )
     out.attrs["confidence"] = conf
     return out
+
+
+def confusion(
+    predictions: pd.DataFrame,
+    slices: Iterable = DEFAULT_SLICES,
+    *,
+    orders: Mapping[str, Sequence[str]] | None = None,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    true_class: Mapping[str, Mapping[str, str]] | None = None,
+) -> pd.DataFrame:
+    """Confusion counts per taxonomy x method x slice x group, over images with a target.
+
+    ``true_label`` in the result is the class that is right for the image's target value
+    (``true_class[taxonomy][value]``; the value itself when the taxonomy has no such
+    mapping), so the diagonal (true_label == predicted_label) counts exactly the correct
+    images. Only non-zero cells are listed; a group's counts sum to its accuracy n.
+    Rows are ordered by taxonomy and method (first appearance), slice (given order),
+    group (declared ``orders``), then labels (``labels[taxonomy]`` order, others sorted).
+    Returns columns :data:`CONFUSION_COLUMNS`.
+    """
+    empty = pd.DataFrame({c: pd.Series(dtype="int64" if c == "count" else object) for c in CONFUSION_COLUMNS})
+    if any(c not in predictions.columns for c in ("taxonomy", "method", "true_label", "predicted_label")):
+        return empty
+    df = predictions[predictions["true_label"].notna()]
+    slices = [s for s in slices if all(a in df.columns for a in _slice_attrs(s))]
+    frames = []
+    for tax in pd.unique(df["taxonomy"]):
+        part = df[df["taxonomy"] == tax]
+        mapping = (true_class or {}).get(tax) or {}
+        truth = part["true_label"].astype(object).map(lambda v: mapping.get(v, v)).astype(str)
+        pred = part["predicted_label"].astype(object).astype(str)
+        declared = [str(x) for x in (labels or {}).get(tax, ())]
+        label_order = declared + sorted(set(truth).union(pred).difference(declared))
+        base = pd.DataFrame({"true_label": pd.Categorical(truth, categories=label_order),
+                             "predicted_label": pd.Categorical(pred, categories=label_order)},
+                            index=part.index)
+        for meth in pd.unique(part["method"]):
+            rows = (part["method"] == meth).to_numpy()
+            for s in slices:
+                attrs = list(_slice_attrs(s))
+                keys = base[rows].copy()
+                for a in attrs:
+                    keys[a] = _factor(part.loc[rows, a], order=lambda vals, a=a: _value_order(a, vals, orders))
+                counts = (keys.groupby([*attrs, "true_label", "predicted_label"], observed=True, sort=True)
+                          .size().rename("count").reset_index())
+                counts = counts[counts["count"] > 0]
+                group = pd.Series("all", index=counts.index, dtype=object)
+                if attrs:
+                    group = counts[attrs[0]].astype(str)
+                    for a in attrs[1:]:
+                        group = group + "+" + counts[a].astype(str)
+                frames.append(pd.DataFrame({
+                    "taxonomy": tax, "method": meth, "slice": slice_name(s), "group": group.astype(object),
+                    "true_label": counts["true_label"].astype(object),
+                    "predicted_label": counts["predicted_label"].astype(object),
+                    "count": counts["count"].astype("int64")}))
+    if not frames:
+        return empty
+    return pd.concat(frames, ignore_index=True)[list(CONFUSION_COLUMNS)]
 
 
 
@@ -420,12 +625,12 @@ def disparities(metrics: pd.DataFrame, min_n: int = 1) -> pd.DataFrame:
     missing = [c for c in need if c not in metrics.columns]
     if missing:
         raise ValueError(f"metrics frame lacks column(s) {missing}")
-    unknown = sorted(set(metrics["metric"].dropna().astype(str)) - set(HIGHER_IS_BETTER))
+    unknown = sorted(set(metrics["metric"].dropna().astype(str)) - set(HIGHER_IS_BETTER) - UNRANKED_METRICS)
     if unknown:
         raise ValueError(
             f"unknown metric(s) {unknown}: add them to clipfair.metrics.HIGHER_IS_BETTER"
         )
-    m = metrics.loc[:, need].copy()
+    m = metrics.loc[~metrics["metric"].isin(UNRANKED_METRICS), need].copy()
     # a metrics CSV read back with pandas turns the empty accuracy category into NaN
     m["category"] = m["category"].astype(object).where(m["category"].notna(), "")
     m = m[(m["slice"] != "overall") & (m["n"] >= min_n) & m["value"].notna()]

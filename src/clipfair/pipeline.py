@@ -24,7 +24,7 @@ from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open
 from .models import ImageTextModel, Scoring
 from .document import Note
 from .record import write_json
-from .taxonomy import Taxonomy
+from .taxonomy import Taxonomy, check_target
 from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class Evaluation:
     errors: list[dict[str, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     retrieval: pd.DataFrame | None = None  # clipfair.retrieval's long table, when requested
+    #: confusion counts of target taxonomies (metrics.CONFUSION_COLUMNS)
+    confusion: pd.DataFrame | None = None
 
 
 @contextmanager
@@ -63,43 +65,71 @@ def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxono
     by the model family's own rule."""
     if not taxonomies:  # e.g. a retrieval-only run
         return pd.DataFrame(columns=["image_id", "taxonomy", "method", "predicted_label", "predicted_category",
-                                     "score", "logit", "true_label", "correct", *attributes])
+                                     "score", "logit", "true_label", "correct", "true_rank", *attributes])
     frames = [zero_shot_predictions(table, image_embeddings, class_embeddings(t, encode_texts),
                                     scoring, attributes) for t in taxonomies]
     return pd.concat(frames, ignore_index=True)
 
 
 def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = M.DEFAULT_SLICES,
-          confidence: float = 0.95, disparity_min_n: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-group metrics, and disparities over groups with at least ``disparity_min_n`` images."""
+          confidence: float = 0.95, disparity_min_n: int = 1, *, orders: dict[str, Sequence[str]] | None = None,
+          topk: Sequence[int] = (), small_n: int = M.SMALL_GROUP_N) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-group metrics, and disparities over groups with at least ``disparity_min_n`` images.
+    ``orders``: the dataset's declared value orders; ``topk``, ``small_n``: see group_metrics."""
     cats = {t.name: t.categories for t in taxonomies}
-    met = M.group_metrics(predictions, cats, slices=slices, confidence=confidence)
+    met = M.group_metrics(predictions, cats, slices=slices, confidence=confidence,
+                          labels={t.name: t.labels for t in taxonomies}, orders=orders, topk=topk,
+                          small_n=small_n)
     return met, M.disparities(met, min_n=disparity_min_n)
 
 
+def confusion(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any],
+              orders: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """Confusion counts by group of the target taxonomies (right class x predicted label)."""
+    targets = [t for t in taxonomies if t.target]
+    preds = predictions[predictions["taxonomy"].isin([t.name for t in targets])]
+    return M.confusion(preds, slices, orders=orders, labels={t.name: t.labels for t in targets},
+                       true_class={t.name: {v: c.label for c in t.classes for v in c.correct_for}
+                                   for t in targets})
+
+
+def check_run(dataset: FaceDataset, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] | str) -> list[Any]:
+    """The slices resolved against the dataset's attributes, after checking every target
+    taxonomy's labels against the dataset's declared values (errors name the slice or the
+    taxonomy file and class)."""
+    declared = {a.name: tuple(a.values) for a in dataset.declared}
+    for t in taxonomies:
+        check_target(t, declared, f"dataset {dataset.name!r}")
+    return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}")
+
+
 def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[Taxonomy], *,
-             cache_dir: Path | str | None = None, slices: Sequence[Any] = M.DEFAULT_SLICES,
+             cache_dir: Path | str | None = None, slices: Sequence[Any] | str = "auto",
              confidence: float = 0.95, batch_size: int | None = None, num_workers: int | str = 0,
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
              stats: EmbedStats | None = None, probe_train: FaceDataset | None = None,
              probe_options: dict[str, Any] | None = None,
              embed_options: dict[str, Any] | None = None, disparity_min_n: int = 1,
+             topk: Sequence[int] = (), small_group_n: int = M.SMALL_GROUP_N,
              retrieval: Any = None, query_sets: Sequence[Any] = (),
              precision_audit: dict[str, Any] | None = None) -> Evaluation:
     """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
     linear probes for every target taxonomy when a ``probe_train`` split is given, plus
     retrieval bias (:mod:`clipfair.retrieval`) of ``query_sets`` when ``retrieval`` options
     are given (same image embeddings, same cached text embedder).
+    ``slices``: a list, or "auto" (see :func:`clipfair.metrics.resolve_slices`); a slice
+    naming an attribute the dataset lacks is an error. ``topk``: k of top-k accuracy;
+    ``small_group_n``: groups with fewer images are flagged ``small``.
     ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
     (fast_preprocess, fast_decode, gpu_decode, compile). ``precision_audit``: ``{n, seed}`` of
     :func:`clipfair.precision.run_precision_audit` (recorded as ``info["precision"]``)."""
     timings: dict[str, float] = {}
+    slices = check_run(dataset, taxonomies, slices)
     for t in [*taxonomies, *(q.as_taxonomy() for q in query_sets)]:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
-    for s in slices:
-        for a in ([s] if isinstance(s, str) else s):
-            if a != "overall" and a not in dataset.table.columns:
-                log.warning("slice %r: the dataset has no %r column; this slice is left out", s, a)
+        if t.target and t.target not in dataset.attributes:
+            log.warning("taxonomy %s: dataset %r has no %r attribute (its attributes: %s); evaluated "
+                        "without accuracy", t.name, dataset.name, t.target, ", ".join(dataset.attributes))
     if cache_dir is not None and (why := unwritable_reason(cache_dir)) is not None:
         log.warning("cache folder %s cannot be written (%s); running without the cache", cache_dir, why)
         cache_dir = None
@@ -140,8 +170,11 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
         preds = pd.concat([preds, probe_preds], ignore_index=True)
         for k, v in {**probe_train.skipped, **train_emb.skipped}.items():
             skipped[f"train_{k}"] = skipped.get(f"train_{k}", 0) + v
+    orders = dataset.value_orders()
     with timed(timings, "metrics"):
-        met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n)
+        met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n, orders=orders,
+                          topk=topk, small_n=small_group_n)
+        conf = confusion(preds, taxonomies, slices, orders)
     for k, v in emb.skipped.items():
         skipped[k] = skipped.get(k, 0) + v
     counts = {"images_in_dataset": len(dataset), "images_evaluated": len(emb.indices),
@@ -150,7 +183,9 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     if probe_train is not None:
         counts.update(train_images=len(probe_train), train_images_encoded=train_emb.encoded,
                       train_images_from_cache=train_emb.cached)
-    return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, retrieval_table)
+    info["slices"] = [M.slice_name(s) for s in slices]
+    return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, retrieval_table,
+                      confusion=conf)
 
 
 def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_table: pd.DataFrame,
@@ -261,11 +296,18 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     p = out / "predictions.parquet"
     ev.predictions.to_parquet(p, index=False)
     written.append(p)
-    for name, df in (("metrics.csv", ev.metrics), ("disparities.csv", ev.disparities)):
+    tables = [("metrics.csv", ev.metrics), ("disparities.csv", ev.disparities)]
+    if ev.confusion is not None and len(ev.confusion):
+        tables.append(("confusion.csv", ev.confusion))
+    for name, df in tables:
         df.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
         written.append(out / name)
     with timed(ev.timings, "report"):
         written += write_report(ev.metrics, ev.disparities, out, header_lines=header_lines(ev, demo))
+        if ev.confusion is not None and len(ev.confusion):
+            from .confusion import write_confusion_plots
+
+            written += write_confusion_plots(ev.confusion, ev.metrics, out, {t.name: t.labels for t in taxonomies})
     extra, md = variant_analyses(ev, taxonomies, out, compare, slices)
     if md:
         with open(out / "summary.md", "a") as f:

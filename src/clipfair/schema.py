@@ -157,9 +157,11 @@ class RunConfig:
     dataset: dict[str, Any]
     model: dict[str, Any]
     taxonomies: list[str] = field(default_factory=list)
-    slices: list[Union[str, list[str]]] = field(default_factory=list)
+    slices: Union[AUTO, list[Union[str, list[str]]]] = "auto"
     confidence: float = 0.95
     disparity_min_n: int = 1
+    topk: list[int] = field(default_factory=lambda: [5])
+    small_group_n: int = 30
     subset: SubsetConfig = field(default_factory=SubsetConfig)
     model_card: dict[str, Any] | None = None
     template_sets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
@@ -175,6 +177,8 @@ class RunConfig:
     def check(self, at: str) -> None:
         _require(0 < self.confidence < 1, "confidence", "between 0 and 1 (exclusive), e.g. 0.95", self.confidence)
         _require(self.disparity_min_n >= 1, "disparity_min_n", "a number of images >= 1", self.disparity_min_n)
+        _require(all(k >= 1 for k in self.topk), "topk", "a list of k >= 1, e.g. [5]", self.topk)
+        _require(self.small_group_n >= 0, "small_group_n", "a number of images >= 0", self.small_group_n)
         _require(bool(self.taxonomies) or self.retrieval.enabled, "taxonomies",
                  "a non-empty list, e.g. [fairface_race] (or retrieval.enabled=true)", self.taxonomies)
 
@@ -182,6 +186,8 @@ class RunConfig:
 #: keys of the dataset / model groups checked here; the others are the loader's arguments
 DATASET_KEYS = {"_target_": str, "name": str}
 MODEL_KEYS = {"_target_": str, "loader": str, "batch_size": int}
+#: keys of every dataset group that load_dataset takes itself (not the adapter)
+DATASET_EXTRA = ("max_image_bytes", "derived")
 #: the smallest value of integer loader arguments (null is allowed: the loader's default)
 LOADER_MINIMUM = {"batch_size": 1, "limit": 0, "max_image_bytes": 1}
 #: the allowed values of loader arguments that take one of a few words
@@ -323,11 +329,11 @@ def validate(cfg: Mapping[str, Any], missing: list[str] | tuple[str, ...] = ()) 
         raise ConfigError(f"{key} is required: set it on the command line, e.g. "
                           f"{example.get(key, key + '=...')}")
     run = _check_group(RunConfig, {k: v for k, v in cfg.items() if k != "hydra"}, "")
-    _check_loader_group("dataset", cfg["dataset"], DATASET_KEYS, ("max_image_bytes",))
+    _check_loader_group("dataset", cfg["dataset"], DATASET_KEYS, DATASET_EXTRA)
     from .models import model_config_keys
 
     # the model group's keys are shared by every loader (each ignores the ones it does not take)
     _check_loader_group("model", cfg["model"], MODEL_KEYS, model_config_keys())
     if run.probe.train_dataset is not None:
-        _check_loader_group("probe.train_dataset", run.probe.train_dataset, DATASET_KEYS, ("max_image_bytes",))
+        _check_loader_group("probe.train_dataset", run.probe.train_dataset, DATASET_KEYS, DATASET_EXTRA)
     return run

@@ -27,7 +27,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .data.attributes import CANONICAL
 from .registry import Registry, RegistryError
@@ -291,20 +291,11 @@ def validate(tax: Taxonomy) -> Taxonomy:
             raise TaxonomyError(f"{where} ({tax.name}): duplicate class label {c.label!r}; labels must be unique")
         seen.add(c.label)
     if tax.target is not None:
-        if tax.target not in CANONICAL:
-            raise TaxonomyError(
-                f"{where} ({tax.name}): target {tax.target!r} is not a dataset attribute; "
-                f"choose one of {', '.join(CANONICAL)} or leave it out")
-        allowed = CANONICAL[tax.target]
+        if not isinstance(tax.target, str) or not tax.target.strip():
+            raise TaxonomyError(f"{where} ({tax.name}): 'target' must be an attribute name")
         claimed: dict[str, str] = {}
         for c in tax.classes:
             for v in c.correct_for:
-                if v not in allowed:
-                    what = f"class {c.label!r}" if not c.matches else f"class {c.label!r}: matches value {v!r}"
-                    raise TaxonomyError(
-                        f"{where} ({tax.name}): {what} is not a value of target "
-                        f"{tax.target!r}; allowed values: {', '.join(allowed)} "
-                        "(use 'matches' to map a class onto several values)")
                 if v in claimed:
                     raise TaxonomyError(f"{where} ({tax.name}): target value {v!r} is matched by both "
                                         f"{claimed[v]!r} and {c.label!r}")
@@ -312,6 +303,35 @@ def validate(tax: Taxonomy) -> Taxonomy:
     elif any(c.matches for c in tax.classes):
         raise TaxonomyError(f"{where} ({tax.name}): 'matches' needs a 'target'")
     return tax
+
+
+def check_target(tax: Taxonomy, attributes: Mapping[str, Sequence[str]], dataset: str = "the dataset") -> bool:
+    """Check a target taxonomy against the dataset it is evaluated on (at evaluation time).
+
+    ``attributes``: the dataset's attributes -> their declared values (empty: values not
+    declared). A class label (or ``matches`` value) must be a declared value of the
+    target, or, for FairFace's race/gender/age, one of FairFace's canonical values (so the
+    built-in FairFace taxonomies run on datasets with other race values, e.g. UTKFace,
+    where such classes are simply never right). Otherwise a TaxonomyError names the file,
+    class and allowed values. Without declared values nothing can be checked. Returns
+    whether the dataset has the target attribute (when it does not, the pipeline
+    evaluates the taxonomy without accuracy, with a warning).
+    """
+    if tax.target is None or tax.target not in attributes:
+        return False
+    declared = tuple(attributes[tax.target])
+    if not declared:
+        return True
+    allowed = set(declared) | set(CANONICAL.get(tax.target, ()))
+    for c in tax.classes:
+        for v in c.correct_for:
+            if v not in allowed:
+                what = f"class {c.label!r}" if not c.matches else f"class {c.label!r}: matches value {v!r}"
+                raise TaxonomyError(
+                    f"{tax.source} ({tax.name}): {what} is not a value of target "
+                    f"{tax.target!r} in {dataset}; allowed values: {', '.join(declared)} "
+                    "(use 'matches' to map a class onto several values)")
+    return True
 
 
 def load_taxonomy(spec: str | Path, allow_include_anywhere: bool = False) -> Taxonomy:

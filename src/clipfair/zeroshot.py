@@ -72,7 +72,8 @@ def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray
     Columns: image_id, taxonomy, method, predicted_label, predicted_category, score (the
     method's own probability of the predicted class: softmax or sigmoid for zero-shot), logit
     (the raw zero-shot logit of the predicted class; NaN for methods without one), true_label,
-    correct, then the attribute columns.
+    correct, true_rank (rank of the right class among all classes by score, 1 = predicted; null
+    without a target; for top-k accuracy), then the attribute columns.
     """
     labels = np.array(taxonomy.labels, dtype=object)
     cats = np.array([c.category for c in taxonomy.classes], dtype=object)
@@ -98,13 +99,30 @@ def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray
         df["true_label"] = pd.array([t if right.get(t) is not None else None for t in truth], dtype=object)
         df["correct"] = pd.array([None if right.get(t) is None else bool(right[t] == p)
                                   for t, p in zip(truth, df["predicted_label"])], dtype="boolean")
+        df["true_rank"] = true_ranks(probs, [right.get(t) for t in truth], taxonomy.labels)
     else:
         df["true_label"] = pd.array([None] * len(df), dtype="object")
         df["correct"] = pd.array([None] * len(df), dtype="boolean")
+        df["true_rank"] = pd.array([None] * len(df), dtype="Int64")
     for a in attributes:
         if a in table.columns:
             df[a] = table[a].to_numpy()
     return df
+
+
+def true_ranks(probs: np.ndarray, right: Sequence[str | None], labels: Sequence[str]) -> pd.arrays.IntegerArray:
+    """Rank of each row's right class (1 = the argmax, ties broken by class order as
+    argmax does); NA where the row has no right class."""
+    col = {lab: j for j, lab in enumerate(labels)}
+    idx = np.array([col.get(r, -1) if r is not None else -1 for r in right], dtype=np.int64)
+    has = idx >= 0
+    safe = np.where(has, idx, 0)
+    p_true = probs[np.arange(len(idx)), safe][:, None]
+    before = np.arange(probs.shape[1])[None, :] < safe[:, None]
+    rank = 1 + (probs > p_true).sum(axis=1) + ((probs == p_true) & before).sum(axis=1)
+    out = pd.array(rank, dtype="Int64")
+    out[~has] = pd.NA
+    return out
 
 
 def zero_shot_predictions(table: pd.DataFrame, image_embeddings: np.ndarray, classes: ClassEmbeddings,

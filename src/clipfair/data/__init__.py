@@ -3,6 +3,13 @@
 from .adapters import DATASETS, ON_ERROR, UTKFACE_RACES, HFReader, load_dataset
 from .attributes import (
     AGE_BINS,
+    FAIRFACE_ATTRIBUTES,
+    RACE_BINARY_ATTRIBUTE,
+    Attribute,
+    AttributeDeclarationError,
+    DerivedAttribute,
+    parse_attributes,
+    parse_derived,
     ATTRIBUTES,
     CANONICAL,
     GENDERS,
@@ -13,11 +20,19 @@ from .attributes import (
     normalize_value,
     race_binary,
 )
-from .base import DatasetError, FaceDataset, FileReader
+from .base import DatasetError, FaceDataset, FileReader, SliceError
 from .images import ImageError
 
 __all__ = [
     "AGE_BINS",
+    "FAIRFACE_ATTRIBUTES",
+    "RACE_BINARY_ATTRIBUTE",
+    "Attribute",
+    "AttributeDeclarationError",
+    "DerivedAttribute",
+    "SliceError",
+    "parse_attributes",
+    "parse_derived",
     "ATTRIBUTES",
     "CANONICAL",
     "DATASETS",

@@ -2,9 +2,11 @@
 
 Each adapter is a function registered in :data:`DATASETS` under a short name. It takes
 keyword arguments only (they come straight from the Hydra config group ``dataset``) and
-returns a :class:`FaceDataset` whose table holds a unique string ``image_id``, the
-canonical ``race`` / ``gender`` / ``age`` columns (FairFace strings), ``race_binary``
-(White / Non-White) when race is known, and every other source column.
+returns a :class:`FaceDataset` whose table holds a unique string ``image_id``, one
+column per declared attribute (:mod:`clipfair.data.attributes`: FairFace's canonical
+``race`` / ``gender`` / ``age``, the derived ``race_binary`` (White / Non-White) when race
+is known, and the user's own attributes for ``csv`` and ``hf``), and every other source
+column. ``load_dataset(..., derived=...)`` adds derived attributes to any adapter.
 
 Adapters registered here:
 
@@ -34,7 +36,6 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
@@ -42,7 +43,19 @@ import numpy as np
 import pandas as pd
 
 from ..registry import Registry
-from .attributes import ATTRIBUTES, LabelError, age_to_bin, normalize_value, race_binary
+from .attributes import (
+    AGE_ATTRIBUTE,
+    BUILTIN,
+    FAIRFACE_ATTRIBUTES,
+    GENDER_ATTRIBUTE,
+    RACE_BINARY_ATTRIBUTE,
+    Attribute,
+    AttributeDeclarationError,
+    LabelError,
+    age_to_bin,
+    parse_attributes,
+    parse_derived,
+)
 from .base import DatasetError, FaceDataset, FileReader, ImageReader
 from .images import DEFAULT_MAX_IMAGE_BYTES, ImageError, read_image_file
 
@@ -72,6 +85,8 @@ ON_ERROR: tuple[str, ...] = ("raise", "skip")
 #: UTKFace's race names by code (Asian and Others are not FairFace classes)
 UTKFACE_RACES: tuple[str, ...] = ("White", "Black", "Asian", "Indian", "Others")
 _UTKFACE_GENDERS: tuple[str, ...] = ("Male", "Female")
+#: UTKFace's race attribute: its own five values, in code order
+UTKFACE_RACE_ATTRIBUTE = Attribute("race", values=UTKFACE_RACES, allow_missing=False)
 
 _FAIRFACE_URL = "https://github.com/joojs/fairface"
 _UTKFACE_URL = "https://susanqq.github.io/UTKFace/"
@@ -87,14 +102,21 @@ Converter = Callable[[object], str]
 # --------------------------------------------------------------------------- loading
 
 
-def load_dataset(name: str, **kwargs: Any) -> FaceDataset:
+def load_dataset(name: str, derived: Mapping[str, Any] | None = None, **kwargs: Any) -> FaceDataset:
     """Build the dataset adapter ``name`` with ``kwargs`` and apply ``limit`` (first N rows).
 
+    ``derived`` (any adapter): derived attributes, ``{name: {from: attribute, groups:
+    {group: [values]}, other: group (optional)}}`` (see
+    :func:`clipfair.data.attributes.parse_derived`).
     Unknown names raise a RegistryError listing the registered adapters; unknown or
     missing arguments raise a DatasetError listing the ones the adapter accepts.
     ``max_image_bytes`` (every adapter): image files larger than this are refused from their
     size before they are read (None: no limit).
     """
+    try:
+        derived_attrs = parse_derived(derived)
+    except AttributeDeclarationError as e:
+        raise DatasetError(str(e)) from None
     max_image_bytes = kwargs.pop("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)
     if max_image_bytes is not None and (isinstance(max_image_bytes, bool) or int(max_image_bytes) < 1):
         raise DatasetError(f"dataset.max_image_bytes must be a positive number of bytes or null, "
@@ -107,7 +129,7 @@ def load_dataset(name: str, **kwargs: Any) -> FaceDataset:
         accepted = ", ".join(signature.parameters)
         raise DatasetError(f"dataset {name!r}: {e}; accepted arguments: {accepted}") from None
     # adapters apply limit themselves; this guards adapters registered elsewhere
-    ds = adapter(**kwargs).limit(kwargs.get("limit"))
+    ds = adapter(**kwargs).limit(kwargs.get("limit")).with_derived(derived_attrs)
     if hasattr(ds.reader, "max_bytes"):
         ds.reader.max_bytes = None if max_image_bytes is None else int(max_image_bytes)
     return ds
@@ -246,16 +268,23 @@ def _years_to_bin(value: object) -> str:
 
 def _canonical_labels(frame: pd.DataFrame, columns: Mapping[str, str],
                       converters: Mapping[str, Converter], where: Callable[[int], str],
-                      issues: _RowIssues) -> dict[str, list[str | None]]:
-    """Canonical values of each attribute ``attr`` read from ``frame[columns[attr]]``.
+                      issues: _RowIssues,
+                      declared: Mapping[str, Attribute]) -> dict[str, list[str | None]]:
+    """Values of each attribute ``attr`` read from ``frame[columns[attr]]``.
 
-    ``converters[attr]`` (default: ``normalize_value(attr, ·)``) maps a raw value; each
-    distinct raw value is converted once. Rows whose value fails are flagged in
+    ``converters[attr]`` (optional) first maps a raw value (a code to its name, years to
+    an age bin); then ``declared[attr].convert`` checks it against the declared values.
+    Each distinct raw value is converted once. Rows whose value fails are flagged in
     ``issues`` as ``unknown_<attr>`` and get None.
     """
     out: dict[str, list[str | None]] = {}
     for attr, col in columns.items():
-        convert = converters.get(attr) or partial(normalize_value, attr)
+        first = converters.get(attr)
+        check = declared[attr].convert
+
+        def convert(raw: object, first: Converter | None = first, check: Any = check) -> str:
+            return check(first(raw) if first is not None else raw)
+
         codes, uniques = pd.factorize(frame[col].astype(object), use_na_sentinel=False)
         mapped: list[str | None] = []
         for k, raw in enumerate(uniques):
@@ -356,15 +385,18 @@ def _image_paths(values: Sequence[str], root: Path, allow_outside_root: bool,
 def _finish(name: str, frame: pd.DataFrame, image_ids: Sequence[str],
             labels: Mapping[str, Sequence[str | None]], sources: Mapping[str, str],
             make_reader: Callable[[list[int]], ImageReader], issues: _RowIssues,
-            source: dict[str, Any], limit: int | None) -> FaceDataset:
+            source: dict[str, Any], limit: int | None,
+            declared: Sequence[Attribute]) -> FaceDataset:
     """Assemble the table, drop flagged rows, log skips and build the FaceDataset.
 
     ``sources[attr]`` is the source column ``attr`` was read from; a source column that
-    has a canonical name (image_id, race, gender, age, race_binary) but is not the source
-    of that column is kept as ``<name>_source``, so those names always mean canonical.
-    ``make_reader(kept_rows)`` builds the reader of the kept rows.
+    has an attribute's name (image_id, a declared attribute, race, gender, age,
+    race_binary) but is not the source of that column is kept as ``<name>_source``, so
+    those names always mean the declared attribute. ``make_reader(kept_rows)`` builds the
+    reader of the kept rows. A dataset with ``race`` gets the default derived
+    ``race_binary`` (when its race values include White).
     """
-    reserved = ("image_id", *ATTRIBUTES, "race_binary")  # names consumers read as canonical
+    reserved = list(dict.fromkeys(("image_id", *(a.name for a in declared), *BUILTIN)))
     replaced = [c for c in reserved if c in frame.columns and sources.get(c) == c]
     clash = {c: f"{c}_source" for c in reserved if c in frame.columns and c not in replaced}
     derived = pd.DataFrame({"image_id": list(image_ids), **{a: list(v) for a, v in labels.items()}},
@@ -372,8 +404,6 @@ def _finish(name: str, frame: pd.DataFrame, image_ids: Sequence[str],
     table = pd.concat([derived, frame.drop(columns=replaced).rename(columns=clash)], axis=1)
     kept = issues.kept(len(table))
     table = table.iloc[kept].reset_index(drop=True)
-    if "race" in labels:
-        table.insert(len(labels) + 1, "race_binary", table["race"].map(race_binary))
     table["image_id"] = table["image_id"].astype(str)
     skipped = dict(sorted(issues.counts.items()))
     if skipped:
@@ -384,9 +414,11 @@ def _finish(name: str, frame: pd.DataFrame, image_ids: Sequence[str],
     if not len(table):
         raise DatasetError(f"dataset {name!r} ({source}) has no usable rows"
                            + (f"; skipped: {skipped}" if skipped else ""))
-    ds = FaceDataset(name, table, make_reader(kept), source, skipped)
+    race = next((a for a in declared if a.name == "race"), None)
+    default = [RACE_BINARY_ATTRIBUTE] if race is not None and (not race.values or "White" in race.values) else []
+    ds = FaceDataset(name, table, make_reader(kept), source, skipped, declared=tuple(declared))
     ds.skipped_items = issues.items(image_ids)
-    return ds.limit(limit)
+    return ds.with_derived(default).limit(limit)
 
 
 # ---------------------------------------------------------------- CSV (fairface, csv)
@@ -436,18 +468,18 @@ def _check_csv_shape(path: Path) -> None:
 
 
 def _from_label_csv(name: str, csv_path: Path, *, root: Path, image_column: str,
-                    attributes: Mapping[str, str | None], id_column: str | None,
+                    declared: Sequence[Attribute], id_column: str | None,
                     on_error: str, allow_outside_root: bool, age_years: bool,
                     limit: int | None, source: dict[str, Any], missing_hint: str,
                     column_hint: str) -> FaceDataset:
     """The CSV routine shared by the ``fairface`` and ``csv`` adapters.
 
-    ``attributes`` maps race/gender/age to their CSV column (None: absent). image_id is
-    the ``id_column`` value if given, else the image path as written in the CSV.
+    ``declared``: the attributes and the CSV column each is read from. image_id is the
+    ``id_column`` value if given, else the image path as written in the CSV.
     """
     issues = _RowIssues(on_error)
     frame = _read_csv(csv_path, missing_hint)
-    wanted = {"image": image_column, **{a: c for a, c in attributes.items() if c}}
+    wanted = {"image": image_column, **{f"attribute {a.name}": a.source_column for a in declared}}
     if id_column:
         wanted["id"] = id_column
     actual = _match_columns(list(frame.columns), wanted, f"CSV {csv_path}", column_hint)
@@ -461,13 +493,26 @@ def _from_label_csv(name: str, csv_path: Path, *, root: Path, image_column: str,
     _check_unique(image_ids, where, f"image ids in {csv_path}")
     if id_column:  # two ids for one file are one image counted twice
         _check_unique([v or f"\0{i}" for i, v in enumerate(image_values)], where, f"image paths in {csv_path}")
-    columns = {a: c for a, c in attributes.items() if c}
-    converters = {"age": _years_to_bin} if age_years else {}
-    labels = _canonical_labels(frame, columns, converters, where, issues)
+    columns = {a.name: a.source_column for a in declared}
+    converters = {"age": _years_to_bin} if age_years and "age" in columns else {}
+    labels = _canonical_labels(frame, columns, converters, where, issues, {a.name: a for a in declared})
     paths = _image_paths(image_values, root, allow_outside_root, where, issues)
     sources = {**columns, **({"image_id": id_column} if id_column else {})}
     return _finish(name, frame, image_ids, labels, sources,
-                   lambda kept: FileReader([paths[i] for i in kept]), issues, source, limit)
+                   lambda kept: FileReader([paths[i] for i in kept]), issues, source, limit, declared)
+
+
+def _declare(builtin_columns: Mapping[str, str | None], attributes: Mapping[str, Any] | None,
+             where: str) -> list[Attribute]:
+    """The built-in FairFace attributes read from ``builtin_columns`` (None: absent), then
+    the user's ``attributes`` (see :func:`clipfair.data.attributes.parse_attributes`); a
+    user declaration replaces a built-in one of the same name."""
+    try:
+        user = parse_attributes(attributes)
+    except AttributeDeclarationError as e:
+        raise DatasetError(f"{where}: {e}") from None
+    mine = {a.name for a in user}
+    return [BUILTIN[n].with_column(c) for n, c in builtin_columns.items() if c and n not in mine] + user
 
 
 @DATASETS.register("fairface")
@@ -491,7 +536,7 @@ def fairface(*, root: str | None = None, split: str = "val", limit: int | None =
     csv_path = root_path / f"fairface_label_{split}.csv"
     return _from_label_csv(
         "fairface", csv_path, root=root_path, image_column="file",
-        attributes={"race": "race", "gender": "gender", "age": "age"}, id_column=None,
+        declared=FAIRFACE_ATTRIBUTES, id_column=None,
         on_error=on_error, allow_outside_root=allow_outside_root, age_years=False,
         limit=limit,
         source={"adapter": "fairface", "root": str(root_path), "split": split,
@@ -505,26 +550,32 @@ def fairface(*, root: str | None = None, split: str = "val", limit: int | None =
 def csv_file(*, path: str | None = None, root: str | None = None, image_column: str = "file",
              race_column: str | None = "race", gender_column: str | None = "gender",
              age_column: str | None = "age", id_column: str | None = None,
+             attributes: Mapping[str, Any] | None = None,
              limit: int | None = None, on_error: str = "raise",
              allow_outside_root: bool = False, age_years: bool = False) -> FaceDataset:
     """Any CSV with an image-path column and attribute columns.
 
-    Image paths are relative to ``root`` (default: the CSV's folder). An attribute column
-    set to None is absent from the dataset. With ``age_years`` the age column holds ages
-    in years, binned into FairFace's bins (the raw column stays in the table under its
-    own name unless it is called ``age``).
+    Image paths are relative to ``root`` (default: the CSV's folder). ``race_column``,
+    ``gender_column``, ``age_column`` declare FairFace's attributes (canonical values;
+    None: absent). ``attributes`` declares any others, ``{name: column}`` or ``{name:
+    {column, values, mapping, allow_missing}}``; an entry named race/gender/age replaces
+    the ``*_column`` one. With ``age_years`` the age column holds ages in years, binned
+    into FairFace's bins (the raw column stays in the table under its own name unless it
+    is called ``age``).
     """
     _require(path, "path", "csv", "the CSV file with one row per image")
     csv_path = Path(str(path)).expanduser()
     root_path = Path(str(root)).expanduser() if root else csv_path.parent
-    attributes = {"race": race_column, "gender": gender_column, "age": age_column}
+    builtin = {"race": race_column, "gender": gender_column, "age": age_column}
+    declared = _declare(builtin, attributes, f"CSV {csv_path}")
     return _from_label_csv(
-        "csv", csv_path, root=root_path, image_column=image_column, attributes=attributes,
+        "csv", csv_path, root=root_path, image_column=image_column, declared=declared,
         id_column=id_column, on_error=on_error, allow_outside_root=allow_outside_root,
         age_years=age_years, limit=limit,
         source={"adapter": "csv", "path": str(csv_path), "root": str(root_path),
                 "image_column": image_column, "id_column": id_column,
-                **{f"{a}_column": c for a, c in attributes.items()}, "age_years": age_years},
+                **{f"{a}_column": c for a, c in builtin.items()},
+                "attributes": {a.name: a.source_column for a in declared}, "age_years": age_years},
         missing_hint="check dataset.path",
         column_hint="set dataset.image_column / race_column / gender_column / age_column / "
                     "id_column to the CSV's column names (null for an absent attribute)")
@@ -605,11 +656,14 @@ def utkface(*, root: str | None = None, limit: int | None = None, on_error: str 
     columns = {"race": "race_code", "gender": "gender_code", "age": "age_years"}
     converters = {"race": _code_names(UTKFACE_RACES), "gender": _code_names(_UTKFACE_GENDERS),
                   "age": _years_to_bin}
-    labels = _canonical_labels(frame, columns, converters, lambda i: str(files[i]), issues)
+    declared = [UTKFACE_RACE_ATTRIBUTE.with_column("race_code"), GENDER_ATTRIBUTE.with_column("gender_code"),
+                AGE_ATTRIBUTE.with_column("age_years")]
+    labels = _canonical_labels(frame, columns, converters, lambda i: str(files[i]), issues,
+                               {a.name: a for a in declared})
     return _finish("utkface", frame, image_ids, labels, columns,
                    lambda kept: FileReader([files[i] for i in kept]), issues,
                    {"adapter": "utkface", "root": str(root_path), "recursive": recursive},
-                   limit)
+                   limit, declared)
 
 
 # ------------------------------------------------------------------ Hugging Face
@@ -672,12 +726,16 @@ class HFReader:
         return replace(self, indices=[self.indices[i] for i in indices])
 
 
-def _hf_converter(feature: object, attr: str, column: str) -> Converter | None:
-    """How to read ``attr`` from a column of this ``datasets`` feature type.
+def _hf_converter(feature: object, attribute: Attribute, column: str) -> Converter | None:
+    """How to read ``attribute`` from a column of this ``datasets`` feature type (before
+    the declaration's own check of the value).
 
     ClassLabel integers are named through the dataset's own class names; plain integer
-    ages are binned; strings are normalised (None: the default converter).
+    ages (FairFace's age attribute) are binned; numbers in a column whose declared values
+    are names (FairFace's race, gender) are an error; anything else is read as text
+    (None: no converter).
     """
+    attr = attribute.name
     from datasets import ClassLabel, Value
 
     if isinstance(feature, ClassLabel):
@@ -689,12 +747,15 @@ def _hf_converter(feature: object, attr: str, column: str) -> Converter | None:
             except (ValueError, TypeError):
                 raise LabelError(f"{value!r} is not a class of {column!r} "
                                  f"(classes: {', '.join(feature.names)})") from None
-            return normalize_value(attr, name)
+            return name
         return by_class_name
     dtype = getattr(feature, "dtype", "") if isinstance(feature, Value) else ""
     if re.match(r"u?int|float", str(dtype)):
-        if attr == "age":
+        if attr == "age" and attribute.values == AGE_ATTRIBUTE.values:
             return _years_to_bin
+        numeric = [v for v in (*attribute.values, *attribute.mapping) if re.fullmatch(r"-?\d+(\.\d+)?", v)]
+        if not attribute.values or numeric:
+            return None
         raise DatasetError(f"column {column!r} ({attr}) holds numbers without class names "
                            f"(feature {feature}); use a string or ClassLabel column")
     return None
@@ -781,6 +842,7 @@ def hf(*, path: str = "HuggingFaceM4/FairFace", config: str | None = "0.25",
        split: str = "validation", image_column: str = "image",
        race_column: str | None = "race", gender_column: str | None = "gender",
        age_column: str | None = "age", id_column: str | None = None,
+       attributes: Mapping[str, Any] | None = None,
        data_files: str | list[str] | dict[str, Any] | None = None, limit: int | None = None,
        on_error: str = "raise", trust_remote_code: bool = False, streaming: bool = False,
        cache_dir: str | None = None) -> FaceDataset:
@@ -794,20 +856,25 @@ def hf(*, path: str = "HuggingFaceM4/FairFace", config: str | None = "0.25",
     not ClassLabel are binned. image_id is the ``id_column`` value, else
     ``"{split}/{row}"``. With ``streaming`` only the first ``limit`` rows are read
     (before any skipping). Images stay encoded; the reader returns their bytes.
+    ``attributes`` declares more attributes (any HF dataset's columns), as for the
+    ``csv`` adapter: ``{name: column}`` or ``{name: {column, values, mapping,
+    allow_missing}}``.
     """
     issues = _RowIssues(on_error)
     path, data_files = str(path), _plain_data_files(data_files)
     ds, split, fmt = _hf_load(path, config, split, data_files, streaming, trust_remote_code,
                               cache_dir, image_column, limit)
-    attributes = {"race": race_column, "gender": gender_column, "age": age_column}
-    wanted = {"image": image_column, **{a: c for a, c in attributes.items() if c}}
+    builtin = {"race": race_column, "gender": gender_column, "age": age_column}
+    declared = _declare(builtin, attributes, f"Hugging Face dataset {path!r}")
+    wanted = {"image": image_column, **{f"attribute {a.name}": a.source_column for a in declared}}
     if id_column:
         wanted["id"] = id_column
     actual = _match_columns(ds.column_names, wanted, f"Hugging Face dataset {path!r}",
                             "set dataset.image_column / race_column / gender_column / "
                             "age_column / id_column to the dataset's column names")
     image_col = actual[image_column]
-    columns = {a: actual[c] for a, c in attributes.items() if c}
+    columns = {a.name: actual[a.source_column] for a in declared}
+    by_name = {a.name: a for a in declared}
     frame = ds.remove_columns([image_col]).to_pandas()
 
     def where(i: int) -> str:
@@ -817,13 +884,14 @@ def hf(*, path: str = "HuggingFaceM4/FairFace", config: str | None = "0.25",
                  else [f"{split}/{i}" for i in range(len(frame))])
     _check_unique(image_ids, where, f"image ids in {path!r}")
     converters = {a: conv for a, c in columns.items()
-                  if (conv := _hf_converter(ds.features[c], a, c)) is not None}
-    labels = _canonical_labels(frame, columns, converters, where, issues)
+                  if (conv := _hf_converter(ds.features[c], by_name[a], c)) is not None}
+    labels = _canonical_labels(frame, columns, converters, where, issues, by_name)
     source = {"adapter": "hf", "path": path, "config": config, "split": split, "format": fmt,
               "image_column": image_col, "id_column": id_column,
-              **{f"{a}_column": c for a, c in attributes.items()},
+              **{f"{a}_column": c for a, c in builtin.items()},
+              "attributes": {a.name: a.source_column for a in declared},
               "data_files": data_files, "streaming": streaming}
     sources = {**columns, **({"image_id": actual[id_column]} if id_column else {})}
     return _finish("hf", frame, image_ids, labels, sources,
                    lambda kept: HFReader.from_dataset(ds, image_col, path, split, kept),
-                   issues, source, limit)
+                   issues, source, limit, declared)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import pandas as pd
 from PIL import Image
 
-from .attributes import ATTRIBUTES
+from .attributes import (
+    BUILTIN,
+    RACE_BINARY_ATTRIBUTE,
+    AnyAttribute,
+    AttributeDeclarationError,
+    DerivedAttribute,
+    value_orders,
+)
 from .images import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image, read_image_file
 
 
@@ -62,14 +69,29 @@ class DatasetError(ValueError):
     """A dataset that cannot be read: missing column, bad label, empty dataset, ..."""
 
 
+class SliceError(DatasetError):
+    """A slice (or derived attribute) that names an attribute the dataset does not have."""
+
+
+def _default_declared(table: pd.DataFrame) -> tuple[AnyAttribute, ...]:
+    """The built-in FairFace declarations whose columns a table has (for datasets built
+    by hand without declarations)."""
+    out: list[AnyAttribute] = [a for n, a in BUILTIN.items() if n != "race_binary" and n in table.columns]
+    if "race_binary" in table.columns:
+        out.append(RACE_BINARY_ATTRIBUTE)
+    return tuple(out)
+
+
 @dataclass
 class FaceDataset:
     """Images plus one row of attributes per image.
 
-    ``table`` has a unique string column ``image_id``, the canonical attribute columns
-    ``race``, ``gender``, ``age`` (FairFace strings; a column may be absent if the source
-    lacks it), ``race_binary`` when ``race`` is present, and any other source columns.
-    Row i of ``table`` is image i of ``reader``.
+    ``table`` has a unique string column ``image_id``, one column per declared attribute
+    (``declared``: the adapter's :class:`~clipfair.data.attributes.Attribute` and
+    :class:`~clipfair.data.attributes.DerivedAttribute` objects, e.g. FairFace's ``race``,
+    ``gender``, ``age`` and the derived ``race_binary``) and any other source columns.
+    Row i of ``table`` is image i of ``reader``. Without ``declared``, the built-in
+    FairFace attributes whose columns the table has are declared.
     """
 
     name: str
@@ -79,9 +101,17 @@ class FaceDataset:
     skipped: dict[str, int] = field(default_factory=dict)
     #: the rows dropped at load time, by name: {image_id, reason_key, message}
     skipped_items: list[dict[str, str]] = field(default_factory=list)
+    declared: tuple[AnyAttribute, ...] = ()
 
     def __post_init__(self) -> None:
         self.table = self.table.reset_index(drop=True)
+        self.declared = tuple(self.declared) or _default_declared(self.table)
+        names = [a.name for a in self.declared]
+        if len(set(names)) != len(names):
+            raise DatasetError(f"dataset {self.name!r}: attributes declared twice in {names}")
+        missing = [n for n in names if n not in self.table.columns]
+        if missing:
+            raise DatasetError(f"dataset {self.name!r}: declared attribute(s) {missing} have no column")
         if "image_id" not in self.table.columns:
             raise DatasetError(f"dataset {self.name!r}: table has no image_id column")
         dup = self.table["image_id"][self.table["image_id"].duplicated()]
@@ -96,7 +126,59 @@ class FaceDataset:
 
     @property
     def attributes(self) -> list[str]:
-        return [a for a in (*ATTRIBUTES, "race_binary") if a in self.table.columns]
+        """Names of the declared attributes (source and derived), in declaration order."""
+        return [a.name for a in self.declared]
+
+    def attribute(self, name: str) -> AnyAttribute:
+        for a in self.declared:
+            if a.name == name:
+                return a
+        raise SliceError(f"dataset {self.name!r} has no attribute {name!r}; "
+                         f"its attributes: {', '.join(self.attributes) or 'none'}")
+
+    def value_orders(self) -> dict[str, tuple[str, ...]]:
+        """Attribute -> declared value order (attributes without declared values are absent)."""
+        return value_orders(self.declared)
+
+    @property
+    def label_attributes(self) -> list[str]:
+        """The attributes read from the source (not derived)."""
+        return [a.name for a in self.declared if not isinstance(a, DerivedAttribute)]
+
+    def with_derived(self, derived: Sequence[DerivedAttribute]) -> "FaceDataset":
+        """This dataset with derived attribute columns added (one of the same name replaces
+        the existing one, e.g. a user's own ``race_binary``). Unknown source attributes,
+        source values in no group (without ``other``) and group members that are not
+        declared values of the source are errors naming them."""
+        if not derived:
+            return self
+        table = self.table.copy()
+        declared = list(self.declared)
+        for d in derived:
+            if any(a.name == d.name and not isinstance(a, DerivedAttribute) for a in declared):
+                raise DatasetError(f"derived attribute {d.name!r} would replace the attribute {d.name!r} "
+                                   f"of dataset {self.name!r}; choose another name")
+            declared = [a for a in declared if a.name != d.name]
+            src = next((a for a in declared if a.name == d.source), None)
+            if src is None:
+                raise SliceError(f"derived attribute {d.name!r}: dataset {self.name!r} has no attribute "
+                                 f"{d.source!r} to derive it from; its attributes: "
+                                 f"{', '.join(a.name for a in declared) or 'none'}")
+            observed = [str(v) for v in pd.unique(table[d.source].dropna())]
+            try:
+                if src.values:
+                    d.check(src.values, declared=True)
+                d.check(observed, declared=False)
+            except AttributeDeclarationError as e:
+                raise DatasetError(f"dataset {self.name!r}: {e}") from None
+            column = d.apply(table[d.source])
+            if d.name in table.columns:
+                table[d.name] = column
+            else:
+                pos = max(list(table.columns).index(a.name) for a in declared) + 1
+                table.insert(pos, d.name, column)
+            declared.append(d)
+        return replace(self, table=table, declared=tuple(declared))
 
     def read_bytes(self, i: int) -> bytes:
         return self.reader.read(i)
@@ -109,8 +191,9 @@ class FaceDataset:
         if n is None or n >= len(self):
             return self
         idx = list(range(int(n)))
-        return FaceDataset(self.name, self.table.iloc[idx].copy(), self.reader.subset(idx),
-                           {**self.source, "limit": int(n)}, dict(self.skipped), list(self.skipped_items))
+        return replace(self, table=self.table.iloc[idx].copy(), reader=self.reader.subset(idx),
+                       source={**self.source, "limit": int(n)}, skipped=dict(self.skipped),
+                       skipped_items=list(self.skipped_items))
 
     def sample(self, n: int | None, seed: int = 0) -> "FaceDataset":
         """A seeded random subset of n rows, kept in dataset order (all rows when n is None)."""
@@ -119,9 +202,9 @@ class FaceDataset:
         import numpy as np
 
         idx = sorted(np.random.default_rng(seed).choice(len(self), size=int(n), replace=False).tolist())
-        return FaceDataset(self.name, self.table.iloc[idx].copy(), self.reader.subset(idx),
-                           {**self.source, "subset": {"n": int(n), "seed": int(seed)}}, dict(self.skipped),
-                           list(self.skipped_items))
+        return replace(self, table=self.table.iloc[idx].copy(), reader=self.reader.subset(idx),
+                       source={**self.source, "subset": {"n": int(n), "seed": int(seed)}},
+                       skipped=dict(self.skipped), skipped_items=list(self.skipped_items))
 
     def duplicate_contents(self, keys: Sequence[str | None]) -> list[list[str]]:
         """Groups of image ids whose files have equal content (``keys[i]``: a hash of image
@@ -135,7 +218,7 @@ class FaceDataset:
 
     def fingerprint(self) -> str:
         """Hash of the image list and labels (cheap: reads no image content)."""
-        cols = ["image_id", *[a for a in ATTRIBUTES if a in self.table.columns]]
+        cols = ["image_id", *self.label_attributes]
         h = hashlib.sha256()
         h.update(pd.util.hash_pandas_object(self.table[cols].astype(str), index=False).values.tobytes())
         return h.hexdigest()[:16]
@@ -145,6 +228,6 @@ class FaceDataset:
         return hashlib.sha256("\n".join(self.table["image_id"].astype(str)).encode()).hexdigest()[:16]
 
     def label_hash(self) -> str:
-        cols = [a for a in ATTRIBUTES if a in self.table.columns]
+        cols = self.label_attributes
         h = hashlib.sha256(self.table[cols].astype(str).to_csv(index=False).encode())
         return h.hexdigest()[:16]
