@@ -50,6 +50,8 @@ def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
     """The bundled toy model runs only on the demo data, unless chosen on purpose."""
     from .schema import ConfigError
 
+    if (plain.get("model") or {}).get("loader", "hf") != "hf":  # e.g. open_clip: the toy is an hf folder
+        return
     model = str((plain.get("model") or {}).get("name_or_path", ""))
     if not model or Path(model).expanduser().resolve() != (demo_dir() / "model").resolve():
         return

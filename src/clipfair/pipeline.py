@@ -23,7 +23,7 @@ from .data.base import FaceDataset
 from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
-from .models import ClipModel
+from .models import ImageTextModel, Scoring
 from .document import Note
 from .record import write_json
 from .taxonomy import Taxonomy, check_target
@@ -61,14 +61,15 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy],
-                       encode_texts: TextEmbedder, logit_scale: float,
+                       encode_texts: TextEmbedder, scoring: Scoring,
                        attributes: Sequence[str]) -> pd.DataFrame:
-    """Zero-shot predictions for every taxonomy on the same (cached) image embeddings."""
+    """Zero-shot predictions for every taxonomy on the same (cached) image embeddings, scored
+    by the model family's own rule."""
     if not taxonomies:  # e.g. a retrieval-only run
         return pd.DataFrame(columns=["image_id", "taxonomy", "method", "predicted_label", "predicted_category",
-                                     "score", "true_label", "correct", "true_rank", *attributes])
+                                     "score", "logit", "true_label", "correct", "true_rank", *attributes])
     frames = [zero_shot_predictions(table, image_embeddings, class_embeddings(t, encode_texts),
-                                    logit_scale, attributes) for t in taxonomies]
+                                    scoring, attributes) for t in taxonomies]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -104,7 +105,7 @@ def check_run(dataset: FaceDataset, taxonomies: Sequence[Taxonomy], slices: Sequ
     return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}")
 
 
-def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxonomy], *,
+def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[Taxonomy], *,
              cache_dir: Path | str | None = None, slices: Sequence[Any] | str = "auto",
              confidence: float = 0.95, batch_size: int | None = None, num_workers: int | str = 0,
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
@@ -143,9 +144,10 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     table = dataset.table.iloc[emb.indices].reset_index(drop=True)
     texts = TextEmbedder(model, text_store, stats)
     with timed(timings, "zero_shot"):
-        preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.logit_scale,
+        preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.scoring,
                                    dataset.attributes)
-    info: dict[str, Any] = {"embed_images": emb.info}
+    info: dict[str, Any] = {"embed_images": emb.info,
+                            "scoring": {"family": model.family, **model.scoring.describe()}}
     if precision_audit is not None:
         from .precision import run_precision_audit
 
@@ -188,7 +190,7 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
                       confusion=conf)
 
 
-def embed_shard(dataset: FaceDataset, model: ClipModel, cache_dir: Path | str | None, dist: Dist, *,
+def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | str | None, dist: Dist, *,
                 probe_train: FaceDataset | None = None, probe_features: str = "projected",
                 batch_size: int | None = None, **embed_kw: Any) -> dict[str, Any]:
     """The sharding hook of a multi-process run: this process encodes its share of every
@@ -233,7 +235,7 @@ def embed_shard(dataset: FaceDataset, model: ClipModel, cache_dir: Path | str | 
     return {"rank": dist.rank, "batch_size": bs, "shards": done}
 
 
-def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: pd.DataFrame,
+def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_table: pd.DataFrame,
                   eval_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy], attributes: Sequence[str],
                   timings: dict[str, float], embed_kw: dict[str, Any], options: dict[str, Any],
                   eval_dataset: FaceDataset | None = None,
@@ -286,6 +288,10 @@ def header_lines(ev: Evaluation, demo: bool = False) -> list[str]:
     if demo:
         lines.append("> **Demo run: a toy model trained on synthetic images with planted biases. "
                      "These numbers say nothing about any real model.**")
+    sc = ev.info.get("scoring")
+    if sc:
+        lines.append(f"> Model family **{sc['family']}**: zero-shot `score` = {sc['formula']} (the family's own "
+                     "rule, scale and bias from the checkpoint); the raw logit is in `predictions.parquet`.")
     if ev.skipped:
         what = ", ".join(f"{k}: {v}" for k, v in sorted(ev.skipped.items()))
         lines.append(f"> **Skipped {sum(ev.skipped.values())} item(s)** ({what}); details in run.json.")

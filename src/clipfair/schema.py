@@ -340,7 +340,10 @@ def validate(cfg: Mapping[str, Any], missing: list[str] | tuple[str, ...] = ()) 
                           f"{example.get(key, key + '=...')}")
     run = _check_group(RunConfig, {k: v for k, v in cfg.items() if k != "hydra"}, "")
     _check_loader_group("dataset", cfg["dataset"], DATASET_KEYS, DATASET_EXTRA)
-    _check_loader_group("model", cfg["model"], MODEL_KEYS)
+    from .models import model_config_keys
+
+    # the model group's keys are shared by every loader (each ignores the ones it does not take)
+    _check_loader_group("model", cfg["model"], MODEL_KEYS, model_config_keys())
     if run.probe.train_dataset is not None:
         _check_loader_group("probe.train_dataset", run.probe.train_dataset, DATASET_KEYS, DATASET_EXTRA)
     return run
