@@ -66,7 +66,7 @@ def test_every_model_config_composes(hydra_compose, option):
     cfg = OmegaConf.to_container(hydra_compose([f"model={option}"]), resolve=True)
     assert cfg["model"]["_target_"] == "clipfair.models.load_model"
     assert cfg["model"]["trust_remote_code"] is False and cfg["model"]["allow_pickle"] is False
-    assert cfg["model"]["name_or_path"]
+    assert cfg["model"]["name_or_path"] or cfg["model"]["name"]  # hf: name_or_path; open_clip: name
 
 
 @pytest.mark.parametrize("option", group_files("experiment"))

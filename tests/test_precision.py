@@ -81,4 +81,5 @@ def test_pipeline_hook_on_a_bfloat16_hf_model(tiny_model_dir, fairface_root):
     assert rec["dtype"] == "bfloat16" and rec["n_images"] == 8 and "cast up" in rec["reference"]
     a = rec["taxonomies"]["fairface_gender"]
     assert a["n"] == 8 and 0 <= a["agree"] <= 8 and a["flipped"] == 8 - a["agree"]
-    assert model.dtype == torch.bfloat16 and next(model.model.parameters()).dtype == torch.bfloat16
+    # the run's model is untouched: its image tower still bfloat16 (the text tower is float32 by design)
+    assert model.dtype == torch.bfloat16 and next(model.model.vision_model.parameters()).dtype == torch.bfloat16

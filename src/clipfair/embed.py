@@ -32,9 +32,8 @@ from tqdm.auto import tqdm
 from .cache import EmbeddingStore, sha256_hex
 from .data.base import FaceDataset
 from .data.images import ImageError, decode_image, has_exif_rotation
-from .models import ClipModel
-from .preprocess import (EXACT_TOLERANCE, ClipPreprocess, compare_draft, draft_within_tolerance,
-                         from_processor, max_abs_diff, processor_pixels)
+from .models.base import ImageTextModel, Pixels
+from .preprocess import EXACT_TOLERANCE, ClipPreprocess, compare_draft, draft_within_tolerance, max_abs_diff
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +81,17 @@ class _Decoded(Dataset):
 
     Items are ``(row, pixels, error)``. With a fast ``spec`` the pixels are the resized and
     center-cropped uint8 (3, H, W), normalised later, per batch, on the model's device (4x less
-    data to move than float32); without one, the checkpoint processor's float32 values.
+    data to move than float32); without one, the model's own preprocessing of the image (a
+    float32 tensor, or named tensors).
     ``draft``: JPEG draft-mode decoding at reduced size. ``device_decode``: JPEG bytes are
     passed on undecoded, as ``("jpeg", uint8 tensor)``, to be decoded on the GPU.
     """
 
-    def __init__(self, dataset: FaceDataset, rows: Sequence[int], model: ClipModel,
+    def __init__(self, dataset: FaceDataset, rows: Sequence[int], model: ImageTextModel,
                  spec: ClipPreprocess | None = None, draft: tuple[int, int] | None = None,
                  device_decode: bool = False) -> None:
         self.dataset, self.rows = dataset, list(rows)
-        self.image_processor = model.image_processor
+        self.preprocess = model.preprocessor()  # light and picklable: workers need no weights
         self.spec, self.draft, self.device_decode = spec, draft, device_decode
 
     def __len__(self) -> int:
@@ -111,20 +111,28 @@ class _Decoded(Dataset):
                 img = self.dataset.load_image(i)
             if self.spec is not None:
                 return i, torch.from_numpy(self.spec.to_uint8(img)), ""
-            pv = self.image_processor(images=[img], return_tensors="pt")["pixel_values"][0]
-            return i, pv, ""
+            return i, _first(self.preprocess([img])), ""
         except ImageError as e:
             return i, None, f"{_reason_key(e)}\t{e}"
 
 
+def _first(pixels: Pixels) -> Pixels:
+    """The first item of a batch of model input (a tensor, or named tensors)."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels[0]
+    return {k: v[0] for k, v in pixels.items()}
+
+
 def _collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
-    """(rows, pixels, bad): pixels stacked into one tensor, or a list when they cannot be
-    (JPEG bytes for device decoding)."""
+    """(rows, pixels, bad): pixels stacked into one tensor (or named tensors, each stacked), or
+    a list when they cannot be (JPEG bytes for device decoding)."""
     ok = [(i, pv) for i, pv, err in batch if pv is not None]
     bad = [(i, err) for i, pv, err in batch if pv is None]
     pvs = [pv for _, pv in ok]
     if not pvs:
         pixels = None
+    elif all(isinstance(p, dict) for p in pvs):
+        pixels = {k: torch.stack([p[k] for p in pvs]) for k in pvs[0]}
     elif all(isinstance(p, torch.Tensor) for p in pvs) and len({tuple(p.shape) for p in pvs}) == 1:
         pixels = torch.stack(pvs)
     else:
@@ -227,14 +235,15 @@ def _sample_rows(keys: Sequence[str | None], n: int) -> list[int]:
     return [i for i, k in enumerate(keys) if k is not None][:n]
 
 
-def plan_preprocessing(dataset: FaceDataset, model: ClipModel, keys: Sequence[str | None], *,
+def plan_preprocessing(dataset: FaceDataset, model: ImageTextModel, keys: Sequence[str | None], *,
                        fast_preprocess: bool | str = "auto", fast_decode: bool | str = "auto",
                        gpu_decode: bool | str = False, sample: int = 8) -> _Plan:
     """Choose the fast paths that reproduce the model's processor (see :mod:`clipfair.preprocess`).
 
     * fast preprocessing (uint8 resize/crop, normalise per batch on the device): used when the
-      processor is a recognised CLIP-style one and its output on the first image matches within
-      ``EXACT_TOLERANCE``; ``auto`` and ``true`` differ only in warning when it cannot be used.
+      model states its preprocessing as a :class:`ClipPreprocess` (``model.preprocess_spec()``)
+      and that reproduces ``model.preprocess`` on the first image within ``EXACT_TOLERANCE``;
+      ``auto`` and ``true`` differ only in warning when it cannot be used.
     * JPEG draft decoding: ``auto`` uses it when, on the first ``sample`` images, it changes the
       preprocessed pixels by at most ``DRAFT_TOLERANCE_*`` (and actually reduces some image);
       ``true`` always. It changes the embeddings slightly, so it has its own cache namespace.
@@ -245,7 +254,7 @@ def plan_preprocessing(dataset: FaceDataset, model: ClipModel, keys: Sequence[st
     fd = _tristate(fast_decode, "fast_decode")
     gd = _tristate(gpu_decode, "gpu_decode")
     plan = _Plan()
-    spec = from_processor(model.image_processor) if fp is not False else None
+    spec = model.preprocess_spec() if fp is not False else None
     if spec is not None and spec.output_hw is None:
         spec = None  # images of different sizes cannot be batched as uint8
     if spec is not None:
@@ -255,7 +264,8 @@ def plan_preprocessing(dataset: FaceDataset, model: ClipModel, keys: Sequence[st
                 img = dataset.load_image(i)
             except ImageError:
                 continue
-            diff = max_abs_diff(spec([img]), processor_pixels(model.image_processor, [img]))
+            ref = model.preprocess([img])
+            diff = max_abs_diff(spec([img]), ref) if isinstance(ref, torch.Tensor) else float("inf")
             break
         if diff is not None and diff > EXACT_TOLERANCE:
             log.warning("fast preprocessing differs from the model's image processor by %.3g "
@@ -264,8 +274,8 @@ def plan_preprocessing(dataset: FaceDataset, model: ClipModel, keys: Sequence[st
         elif diff is not None:
             plan.info["fast_preprocess_max_abs_diff"] = diff
     if spec is None and fp is True:
-        log.warning("embed.fast_preprocess=true, but the image processor (%s) is not one the fast "
-                    "path reproduces; using the processor", type(model.image_processor).__name__)
+        log.warning("embed.fast_preprocess=true, but the preprocessing of %s (%s) is not one the fast "
+                    "path reproduces; using the model's preprocessing", model.name_or_path, model.family)
     plan.spec = spec
     plan.info["preprocess"] = "fast_uint8" if spec is not None else "processor"
     decode = "full"
@@ -334,14 +344,14 @@ def _record_error(dataset: FaceDataset, i: int, err: str, on_error: str, errors:
     errors.append({"image_id": str(dataset.table["image_id"].iloc[i]), "reason_key": key, "message": msg})
 
 
-def image_namespace(model: ClipModel) -> dict[str, Any]:
+def image_namespace(model: ImageTextModel) -> dict[str, Any]:
     """What an image embedding depends on: the weights (fingerprint, not the path they were
     loaded from), the preprocessing and the numeric precision."""
     return {"model": model.fingerprint, "preprocess": model.preprocess_fingerprint,
             "dtype": str(model.dtype).replace("torch.", ""), "device_type": model.device.type}
 
 
-def embed_images(dataset: FaceDataset, model: ClipModel, store: EmbeddingStore | None = None, *,
+def embed_images(dataset: FaceDataset, model: ImageTextModel, store: EmbeddingStore | None = None, *,
                  batch_size: int | None = None, num_workers: int | str = 0, chunk_size: int = 2048,
                  on_error: str = "raise", progress: bool = True,
                  stats: EmbedStats | None = None, fast_preprocess: bool | str = "auto",
@@ -413,7 +423,7 @@ def embed_images(dataset: FaceDataset, model: ClipModel, store: EmbeddingStore |
             del pend_keys[:chunk_size], pend_pos[:chunk_size]
 
     if rows:
-        if compile and model._image_features is None:
+        if compile and not model.image_encoder_compiled:
             model.compile_image_encoder(dynamic=False)
         loader = DataLoader(
             _Decoded(dataset, rows, model, plan.spec, plan.draft, plan.device_decode is not None),
@@ -436,7 +446,7 @@ def embed_images(dataset: FaceDataset, model: ClipModel, store: EmbeddingStore |
                 if pv is not None:
                     tb = time.perf_counter()
                     n = len(idx)
-                    if compile and n < bs:  # one input shape: no recompiling for the last batch
+                    if compile and n < bs and isinstance(pv, torch.Tensor):  # one input shape: no recompiling
                         pv = torch.cat([pv, pv[-1:].expand(bs - n, *pv.shape[1:])])
                     emb = model.encode_pixels(pv)[:n]
                     if "first_batch_s" not in info:
@@ -497,14 +507,16 @@ _BLOCK = 4096  # rows copied at a time when assembling the result
 _WORKER_NICE = 10  # niceness of DataLoader workers when the model runs on the CPU
 
 
-def _model_input(pixels: Any, idx: list[int], plan: _Plan, model: ClipModel,
+def _model_input(pixels: Any, idx: list[int], plan: _Plan, model: ImageTextModel,
                  dataset: FaceDataset) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     """A collated batch -> (rows, model input on the device, rows that failed here)."""
     if pixels is None:
         return idx, None, []
     spec = plan.spec
+    if isinstance(pixels, dict):  # named tensors of the model's own preprocessing
+        return idx, pixels, []
     if isinstance(pixels, torch.Tensor):
-        if spec is None:  # the processor's float pixels: encode_pixels moves and casts them
+        if spec is None:  # the model's float pixels: encode_pixels moves and casts them
             return idx, pixels, []
         return idx, spec.normalize(pixels.to(model.device, non_blocking=True), model.dtype), []
     # a list: JPEG bytes to decode on the device, and pixels decoded on the CPU
@@ -542,7 +554,7 @@ def _model_input(pixels: Any, idx: list[int], plan: _Plan, model: ClipModel,
 class TextEmbedder:
     """Encodes prompt strings through a per-(model) store: each prompt is encoded once."""
 
-    def __init__(self, model: ClipModel, store: EmbeddingStore | None = None,
+    def __init__(self, model: ImageTextModel, store: EmbeddingStore | None = None,
                  stats: EmbedStats | None = None) -> None:
         self.model, self.store, self.stats = model, store, stats
         self._mem: dict[str, np.ndarray] = {}
@@ -567,19 +579,14 @@ class TextEmbedder:
         return np.stack([self._mem[t] for t in texts]).astype(np.float32)
 
 
-def _tokenizer_hash(model: ClipModel) -> str:
-    try:
-        vocab = sorted(model.tokenizer.get_vocab().items())
-    except Exception:  # a tokenizer without a vocabulary to list
-        vocab = [type(model.tokenizer).__name__]
-    return sha256_hex(json.dumps(vocab))[:16]
+def text_namespace(model: ImageTextModel) -> dict[str, Any]:
+    """What a text embedding depends on: the weights, the tokenizer with the family's text
+    settings, and the text tower's precision (float32)."""
+    return {"model": model.fingerprint, "tokenizer": model.text_fingerprint,
+            "dtype": str(model.text_dtype).replace("torch.", ""), "device_type": model.device.type}
 
 
-def text_namespace(model: ClipModel) -> dict[str, Any]:
-    return {"model": model.fingerprint, "tokenizer": _tokenizer_hash(model), "dtype": str(model.dtype).replace("torch.", ""), "device_type": model.device.type}
-
-
-def open_stores(model: ClipModel, cache_dir: Path | str | None) -> tuple[EmbeddingStore | None, EmbeddingStore | None]:
+def open_stores(model: ImageTextModel, cache_dir: Path | str | None) -> tuple[EmbeddingStore | None, EmbeddingStore | None]:
     if cache_dir is None:
         return None, None
     info = {"model_name": model.name_or_path}

@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
-from .data.base import FaceDataset
 from .cache import unwritable_reason
+from .data.base import FaceDataset
+from .data.images import ImageError
+from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
-from .models import ClipModel
+from .models import ImageTextModel, Scoring
 from .record import write_json
 from .taxonomy import Taxonomy, check_target
 from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
@@ -58,14 +60,15 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy],
-                       encode_texts: TextEmbedder, logit_scale: float,
+                       encode_texts: TextEmbedder, scoring: Scoring,
                        attributes: Sequence[str]) -> pd.DataFrame:
-    """Zero-shot predictions for every taxonomy on the same (cached) image embeddings."""
+    """Zero-shot predictions for every taxonomy on the same (cached) image embeddings, scored
+    by the model family's own rule."""
     if not taxonomies:  # e.g. a retrieval-only run
         return pd.DataFrame(columns=["image_id", "taxonomy", "method", "predicted_label", "predicted_category",
-                                     "score", "true_label", "correct", "true_rank", *attributes])
+                                     "score", "logit", "true_label", "correct", "true_rank", *attributes])
     frames = [zero_shot_predictions(table, image_embeddings, class_embeddings(t, encode_texts),
-                                    logit_scale, attributes) for t in taxonomies]
+                                    scoring, attributes) for t in taxonomies]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -109,7 +112,7 @@ def check_run(dataset: FaceDataset, taxonomies: Sequence[Taxonomy], slices: Sequ
     return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}")
 
 
-def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxonomy], *,
+def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[Taxonomy], *,
              cache_dir: Path | str | None = None, slices: Sequence[Any] | str = "auto",
              confidence: float = 0.95, batch_size: int | None = None, num_workers: int | str = 0,
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
@@ -149,9 +152,10 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     table = dataset.table.iloc[emb.indices].reset_index(drop=True)
     texts = TextEmbedder(model, text_store, stats)
     with timed(timings, "zero_shot"):
-        preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.logit_scale,
+        preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.scoring,
                                    dataset.attributes)
-    info: dict[str, Any] = {"embed_images": emb.info}
+    info: dict[str, Any] = {"embed_images": emb.info,
+                            "scoring": {"family": model.family, **model.scoring.describe()}}
     if precision_audit is not None:
         from .precision import run_precision_audit
 
@@ -194,7 +198,52 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
                       confusion=conf)
 
 
-def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: pd.DataFrame,
+def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | str | None, dist: Dist, *,
+                probe_train: FaceDataset | None = None, probe_features: str = "projected",
+                batch_size: int | None = None, **embed_kw: Any) -> dict[str, Any]:
+    """The sharding hook of a multi-process run: this process encodes its share of every
+    split it will need (whole batches, round-robin: :func:`clipfair.distributed.shard_indices`)
+    into the shared content-addressed cache: the evaluation split and, with a linear probe, the
+    train split (both through :class:`~clipfair.linear_probe.PreProjectionView` for
+    ``probe_features=pre_projection``, as :func:`linear_probes` encodes them). After a barrier,
+    rank 0 runs :func:`evaluate`, which then finds every embedding in the cache. ``embed_kw``:
+    the keyword arguments of :func:`clipfair.embed.embed_images`. Returns what this rank did."""
+    why = "the cache is off" if cache_dir is None else unwritable_reason(cache_dir)
+    if why is not None:
+        raise DistributedError(
+            f"a run over {dist.world_size} processes shares embeddings through the cache, but {why}: set "
+            "cache.enabled=true and cache.dir to a folder every process can write")
+    image_store, _ = open_stores(model, cache_dir)
+    jobs: list[tuple[FaceDataset, Any, Any]] = [(dataset, model, image_store)]
+    if probe_train is not None and probe_features == "pre_projection":
+        from .embed import _variant_store
+        from .linear_probe import PreProjectionView
+
+        view, fstore = PreProjectionView(model), _variant_store(image_store, {"features": probe_features})
+        jobs += [(dataset, view, fstore), (probe_train, view, fstore)]
+    elif probe_train is not None:
+        jobs.append((probe_train, model, image_store))
+    bs = int(batch_size or model.batch_size)
+    done: list[dict[str, Any]] = []
+    for ds, encoder, store in jobs:
+        rows = shard_indices(len(ds), dist.rank, dist.world_size, bs)
+        entry: dict[str, Any] = {"dataset": ds.name, "split": ds.source.get("split"), "rows": len(rows),
+                                 "features": "pre_projection" if encoder is not model else "projected"}
+        if rows:
+            shard = FaceDataset(ds.name, ds.table.iloc[rows].copy(), ds.reader.subset(rows),
+                                {**ds.source, "shard": [dist.rank, dist.world_size]}, dict(ds.skipped))
+            try:
+                emb = embed_images(shard, encoder, store, batch_size=bs, **embed_kw)
+                entry.update(encoded=emb.encoded, from_cache=emb.cached)
+            except ImageError:
+                if embed_kw.get("on_error", "raise") != "skip":
+                    raise
+                entry["unreadable"] = True  # a shard of only unreadable images; rank 0 reports them
+        done.append(entry)
+    return {"rank": dist.rank, "batch_size": bs, "shards": done}
+
+
+def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_table: pd.DataFrame,
                   eval_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy], attributes: Sequence[str],
                   timings: dict[str, float], embed_kw: dict[str, Any], options: dict[str, Any],
                   eval_dataset: FaceDataset | None = None,
@@ -263,6 +312,10 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
         header.append(("dataset", f"{data.get('name', '?')} ({source})" if source else str(data.get("name", "?"))))
     skipped = sum(ev.skipped.values())
     header.append(("images", f"{ev.counts.get('images_evaluated', '?')} evaluated, {skipped} skipped"))
+    sc = ev.info.get("scoring")
+    if sc:  # the family's own zero-shot rule (issue 9 backends)
+        header.append(("zero-shot score", f"{sc.get('family', '?')}: {sc.get('formula', '?')} (raw logit in "
+                                          "predictions.parquet)"))
     if "train_images" in ev.counts:
         header.append(("linear-probe training images", str(ev.counts["train_images"])))
     header.append(("date", str(record.get("created", ""))))

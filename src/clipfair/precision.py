@@ -14,7 +14,6 @@ JSON-ready dict out); :func:`run_precision_audit` is the pipeline's hook.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
@@ -93,8 +92,8 @@ def float32_twin(model: Any) -> tuple[Any, str]:
 
     if callable(getattr(model, "with_dtype", None)):
         return model.with_dtype(torch.float32), "float32 weights and computation (backend with_dtype)"
-    twin = dataclasses.replace(model, model=copy.deepcopy(model.model).float(), dtype=torch.float32,
-                               _image_features=None)
+    twin = copy.copy(model)  # any backend object (the contract's models are not dataclasses)
+    twin.model, twin.dtype, twin._image_features = copy.deepcopy(model.model).float(), torch.float32, None
     return twin, (f"float32 computation on the run's weights cast up from "
                   f"{str(model.dtype).replace('torch.', '')} (the original float32 weights are not kept)")
 

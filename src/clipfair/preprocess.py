@@ -1,4 +1,4 @@
-"""Fast image preprocessing that reproduces a CLIP image processor on uint8 pixels.
+"""Fast image preprocessing that reproduces a model's resize / crop / normalise on uint8 pixels.
 
 The reference is the checkpoint's own (PIL-backend) processor: resize the shortest edge
 (PIL, the processor's resample filter, bicubic for CLIP), center crop (zero-padding an
@@ -42,14 +42,6 @@ DRAFT_TOLERANCE_MEAN_LEVELS = 2.0
 DRAFT_TOLERANCE_P99_LEVELS = 12.0
 
 
-def _size_get(size: Any, key: str) -> Any:
-    if size is None:
-        return None
-    if isinstance(size, dict):
-        return size.get(key)
-    return getattr(size, key, None)
-
-
 @dataclass(frozen=True)
 class ClipPreprocess:
     """Resize (shortest edge or fixed h,w) -> center crop -> rescale -> normalise."""
@@ -61,6 +53,9 @@ class ClipPreprocess:
     rescale: float | None
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
+    #: center-crop offset: "floor" ((h - ch) // 2, transformers) or "round" (round((h - ch) / 2),
+    #: torchvision's CenterCrop, used by open_clip)
+    crop_offset: str = "floor"
 
     # -- geometry ------------------------------------------------------------------------
     def resized_hw(self, height: int, width: int) -> tuple[int, int]:
@@ -101,7 +96,7 @@ class ClipPreprocess:
             img = img.resize((nw, nh), resample=self.resample)
         arr = np.asarray(img)  # (H, W, 3) uint8
         if self.crop_hw is not None:
-            arr = _center_crop_hwc(arr, *self.crop_hw)
+            arr = _center_crop_hwc(arr, *self.crop_hw, self.crop_offset)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
     # -- per batch (model device) --------------------------------------------------------
@@ -135,7 +130,7 @@ class ClipPreprocess:
             x = torch.nn.functional.interpolate(img[None].float(), size=(nh, nw), mode=mode, **kw)
             img = x.round_().clamp_(0, 255).to(torch.uint8)[0]
         if self.crop_hw is not None:
-            img = _center_crop_chw(img, *self.crop_hw)
+            img = _center_crop_chw(img, *self.crop_hw, self.crop_offset)
         return img
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -144,10 +139,15 @@ class ClipPreprocess:
         return self.normalize(u8)
 
 
-def _center_crop_hwc(arr: np.ndarray, ch: int, cw: int) -> np.ndarray:
-    """transformers.image_transforms.center_crop on (H, W, C), zero-padding small images."""
+def _crop_offset(size: int, crop: int, mode: str) -> int:
+    return int(round((size - crop) / 2.0)) if mode == "round" else (size - crop) // 2
+
+
+def _center_crop_hwc(arr: np.ndarray, ch: int, cw: int, offset: str = "floor") -> np.ndarray:
+    """transformers.image_transforms.center_crop on (H, W, C), zero-padding small images
+    (``offset="round"``: torchvision's CenterCrop offsets)."""
     h, w = arr.shape[:2]
-    top, left = (h - ch) // 2, (w - cw) // 2
+    top, left = _crop_offset(h, ch, offset), _crop_offset(w, cw, offset)
     if top >= 0 and left >= 0 and top + ch <= h and left + cw <= w:
         return arr[top:top + ch, left:left + cw]
     nh, nw = max(ch, h), max(cw, w)
@@ -162,67 +162,25 @@ _TORCH_MODES = {int(Image.Resampling.BICUBIC): "bicubic", int(Image.Resampling.B
                 int(Image.Resampling.NEAREST): "nearest"}
 
 
-def _center_crop_chw(img: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
+def _center_crop_chw(img: torch.Tensor, ch: int, cw: int, offset: str = "floor") -> torch.Tensor:
     """:func:`_center_crop_hwc` for a (C, H, W) tensor."""
     _, h, w = img.shape
     nh, nw = max(ch, h), max(cw, w)
     if (nh, nw) != (h, w):
         tp, lp = -(-(nh - h) // 2), -(-(nw - w) // 2)
         img = torch.nn.functional.pad(img, (lp, nw - w - lp, tp, nh - h - tp))
-    top, left = (nh - ch) // 2, (nw - cw) // 2
+    top, left = _crop_offset(nh, ch, offset), _crop_offset(nw, cw, offset)
     return img[:, top:top + ch, left:left + cw]
 
 
 def from_processor(image_processor: Any) -> ClipPreprocess | None:
-    """A :class:`ClipPreprocess` equivalent to ``image_processor``, or None when the
-    processor does something this fast path does not reproduce (then the processor is used).
+    """A :class:`ClipPreprocess` equivalent to a transformers ``image_processor``, or None.
+    Kept for callers of the old name: the transformers backend owns this mapping now
+    (:func:`clipfair.models.hf.spec_from_image_processor`); the core asks the model
+    (:meth:`clipfair.models.ImageTextModel.preprocess_spec`)."""
+    from .models.hf import spec_from_image_processor
 
-    Only PIL-backend processors qualify (transformers' ``*ImageProcessorPil`` and the 4.x
-    slow processors): a torchvision-backend processor resizes with different kernels.
-    """
-    ip = image_processor
-    backend = getattr(ip, "backend", None)
-    if backend is not None and backend != "pil":
-        return None
-    if backend is None:  # transformers 4.x: the slow processors resize with PIL
-        if type(ip).__name__.endswith("Fast") or not hasattr(ip, "resample"):
-            return None
-    for flag in ("do_pad", "do_reduce_labels", "do_flip_channel_order"):
-        if getattr(ip, flag, False):
-            return None
-    if getattr(ip, "do_convert_rgb", True) is False:
-        return None  # images are RGB anyway; be conservative about odd configs
-    shortest = resize_hw = None
-    if getattr(ip, "do_resize", False):
-        size = ip.size
-        se, h, w = _size_get(size, "shortest_edge"), _size_get(size, "height"), _size_get(size, "width")
-        if _size_get(size, "longest_edge") or _size_get(size, "max_height") or _size_get(size, "max_pixels"):
-            return None
-        if se:
-            shortest = int(se)
-        elif h and w:
-            resize_hw = (int(h), int(w))
-        else:
-            return None
-    crop = None
-    if getattr(ip, "do_center_crop", False):
-        cs = ip.crop_size
-        ch, cw = _size_get(cs, "height"), _size_get(cs, "width")
-        if not (ch and cw):
-            return None
-        crop = (int(ch), int(cw))
-    resample = getattr(ip, "resample", None)
-    resample = int(resample) if resample is not None else int(Image.Resampling.BILINEAR)
-    rescale = float(ip.rescale_factor) if getattr(ip, "do_rescale", False) else None
-    mean = std = None
-    if getattr(ip, "do_normalize", False):
-        m, s = ip.image_mean, ip.image_std
-        m = [float(m)] * 3 if np.isscalar(m) else [float(v) for v in m]
-        s = [float(s)] * 3 if np.isscalar(s) else [float(v) for v in s]
-        if len(m) != 3 or len(s) != 3:
-            return None
-        mean, std = tuple(m), tuple(s)
-    return ClipPreprocess(shortest, resize_hw, resample, crop, rescale, mean, std)
+    return spec_from_image_processor(image_processor)
 
 
 def processor_pixels(image_processor: Any, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -122,6 +122,15 @@ class EmbedConfig:
 
 
 @dataclass
+class DistributedConfig:
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_min: float = 720.0
+
+    def check(self, at: str) -> None:
+        _require(self.timeout_min > 0, f"{at}.timeout_min", "a number of minutes > 0", self.timeout_min)
+
+
+@dataclass
 class RetrievalBootstrapConfig:
     B: int = 1000
     seed: int = 0
@@ -171,6 +180,7 @@ class RunConfig:
     precision_audit: PrecisionAuditConfig | None = field(default_factory=PrecisionAuditConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     progress: bool = True
     overwrite: bool = False
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
@@ -331,7 +341,10 @@ def validate(cfg: Mapping[str, Any], missing: list[str] | tuple[str, ...] = ()) 
                           f"{example.get(key, key + '=...')}")
     run = _check_group(RunConfig, {k: v for k, v in cfg.items() if k != "hydra"}, "")
     _check_loader_group("dataset", cfg["dataset"], DATASET_KEYS, DATASET_EXTRA)
-    _check_loader_group("model", cfg["model"], MODEL_KEYS)
+    from .models import model_config_keys
+
+    # the model group's keys are shared by every loader (each ignores the ones it does not take)
+    _check_loader_group("model", cfg["model"], MODEL_KEYS, model_config_keys())
     if run.probe.train_dataset is not None:
         _check_loader_group("probe.train_dataset", run.probe.train_dataset, DATASET_KEYS, DATASET_EXTRA)
     return run

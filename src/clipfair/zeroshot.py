@@ -1,4 +1,8 @@
-"""Zero-shot classification: class embeddings (prompt ensembling), logits, predictions."""
+"""Zero-shot classification: class embeddings (prompt ensembling), logits, predictions.
+
+Logits and probabilities follow the model family's own scoring rule
+(:class:`clipfair.models.Scoring`: softmax over ``logit_scale * cos`` for CLIP-style models,
+``sigmoid(logit_scale * cos + logit_bias)`` for SigLIP)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .models.base import Scoring
 from .taxonomy import Taxonomy, TaxonomyError
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
@@ -49,24 +54,26 @@ def class_embeddings(taxonomy: Taxonomy, encode: TextEncoder) -> ClassEmbeddings
     return ClassEmbeddings(taxonomy, l2_normalize(weights))
 
 
-def zero_shot_logits(image_embeddings: np.ndarray, classes: ClassEmbeddings, logit_scale: float) -> np.ndarray:
-    """logit_scale x cosine similarity between each image and each class embedding."""
-    return float(logit_scale) * (l2_normalize(image_embeddings) @ classes.weights.T)
+def zero_shot_logits(image_embeddings: np.ndarray, classes: ClassEmbeddings, logit_scale: float,
+                     logit_bias: float = 0.0) -> np.ndarray:
+    """logit_scale x cosine similarity between each image and each class embedding (+ the
+    family's logit_bias, SigLIP's; 0 for CLIP-style models)."""
+    return float(logit_scale) * (l2_normalize(image_embeddings) @ classes.weights.T) + float(logit_bias)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return Scoring("softmax", 1.0).probabilities(logits)
 
 
 def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray,
-                      method: str, attributes: Sequence[str]) -> pd.DataFrame:
+                      method: str, attributes: Sequence[str], logits: np.ndarray | None = None) -> pd.DataFrame:
     """Per-image predictions in the tidy schema shared by every method.
 
-    Columns: image_id, taxonomy, method, predicted_label, predicted_category, score,
-    true_label, correct, true_rank (rank of the right class among all classes by score,
-    1 = predicted; null without a target; for top-k accuracy), then the attribute columns.
+    Columns: image_id, taxonomy, method, predicted_label, predicted_category, score (the
+    method's own probability of the predicted class: softmax or sigmoid for zero-shot), logit
+    (the raw zero-shot logit of the predicted class; NaN for methods without one), true_label,
+    correct, true_rank (rank of the right class among all classes by score, 1 = predicted; null
+    without a target; for top-k accuracy), then the attribute columns.
     """
     labels = np.array(taxonomy.labels, dtype=object)
     cats = np.array([c.category for c in taxonomy.classes], dtype=object)
@@ -78,6 +85,8 @@ def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray
         "predicted_label": labels[idx],
         "predicted_category": cats[idx],
         "score": probs[np.arange(len(idx)), idx].astype(np.float64),
+        "logit": (logits[np.arange(len(idx)), idx].astype(np.float64) if logits is not None
+                  else np.full(len(idx), np.nan)),
     })
     if taxonomy.target and taxonomy.target in table.columns:
         truth = table[taxonomy.target].to_numpy(dtype=object)
@@ -117,6 +126,8 @@ def true_ranks(probs: np.ndarray, right: Sequence[str | None], labels: Sequence[
 
 
 def zero_shot_predictions(table: pd.DataFrame, image_embeddings: np.ndarray, classes: ClassEmbeddings,
-                          logit_scale: float, attributes: Sequence[str]) -> pd.DataFrame:
-    probs = softmax(zero_shot_logits(image_embeddings, classes, logit_scale))
-    return predictions_frame(table, classes.taxonomy, probs, "zero_shot", attributes)
+                          scoring: Scoring, attributes: Sequence[str]) -> pd.DataFrame:
+    """Predicted class = the largest logit; ``score`` = the family's probability of it."""
+    logits = zero_shot_logits(image_embeddings, classes, scoring.logit_scale, scoring.logit_bias)
+    probs = scoring.probabilities(logits)
+    return predictions_frame(table, classes.taxonomy, probs, "zero_shot", attributes, logits=logits)
