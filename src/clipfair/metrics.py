@@ -56,6 +56,7 @@ __all__ = [
     "DISPARITY_COLUMNS",
     "metric_direction",
     "is_accuracy_metric",
+    "HIGHER_IS_BETTER",
     "CONFUSION_COLUMNS",
     "SMALL_GROUP_N",
     "wilson_interval",
@@ -607,6 +608,11 @@ HIGHER, LOWER, NEUTRAL = "higher_is_better", "lower_is_better", "neutral"
 #: comparisons in disparities.csv
 WORST_VS_BEST, HIGHEST_VS_LOWEST, TO_OVERALL = "worst_vs_best", "highest_vs_lowest", "to_overall"
 DEFAULT_DISPARITY_MIN_N = 30
+#: the metrics whose direction does not depend on a declaration (True: higher is better);
+#: a rate's direction is the taxonomy's ``harm`` declaration of its category (False here:
+#: "not higher-is-better by itself"; see :func:`metric_direction`). Used by clipfair.collect.
+HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "topk_accuracy": True, "accuracy_race_binary": True,
+                                     "rate": False}
 #: metrics that already summarise a slice in one row (e.g. ``worst_group_accuracy``): no
 #: differences between groups are computed for them
 SLICE_SUMMARY_PREFIX = "worst_group"
