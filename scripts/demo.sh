@@ -6,4 +6,4 @@ bash scripts/setup.sh
 export CLIPFAIR_CACHE=${CLIPFAIR_CACHE:-$PWD/results/.cache}
 .venv/bin/clipfair run hydra.run.dir=results/demo probe.enabled=true "$@"
 echo
-echo "Demo results: results/demo/summary.md (tables), results/demo/*.png (plots), results/demo/metrics.csv"
+echo "Demo results: results/demo/report.html (one page: tables and plots), results/demo/summary.md, results/demo/metrics.csv"

@@ -152,7 +152,12 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, tiny_model_dir, fairface
         with Image.open(p) as im:
             assert im.size[0] > 200 and im.size[1] > 150
     disp = pd.read_csv(out / "disparities.csv", keep_default_na=False)
-    assert {"best_group", "worst_group", "gap", "ratio"} <= set(disp.columns)
+    assert {"group", "n", "reference", "reference_n", "difference", "ci_low", "ci_high", "ratio",
+            "p_adjusted", "significant", "too_small"} <= set(disp.columns)
+    # the header names the model and the run; report.html is one self-contained page
+    assert str(tiny_model_dir) in summary and "80 evaluated" in summary
+    page = (out / "report.html").read_text()
+    assert "<img src=\"data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("<script>")[0]
 
     # a rerun with the same model and data encodes no image (the cache is shared)
     out2 = tmp_path / "run2"

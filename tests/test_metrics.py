@@ -1,4 +1,4 @@
-"""Tests of clipfair.metrics: per-group metrics, Wilson intervals, disparities."""
+"""Tests of clipfair.metrics: per-group metrics and Wilson intervals."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from sklearn.metrics import accuracy_score
 from clipfair.data.attributes import AGE_BINS, GENDERS, RACES
 from clipfair.metrics import (
     DEFAULT_SLICES,
-    DISPARITY_COLUMNS,
     METRIC_COLUMNS,
     disparities,
     group_metrics,
@@ -438,91 +437,7 @@ def test_group_metrics_ci_uses_confidence(preds):
     assert r["ci_low"] == pytest.approx(max(lo, 0), abs=1e-9)
     assert r["ci_high"] == pytest.approx(min(hi, 1), abs=1e-9)
 
-
-# --------------------------------------------------------------------------- disparities
-
-def _m(metric, category, slice_, group, n, value):
-    return {"taxonomy": "T", "method": "zs", "metric": metric, "category": category,
-            "slice": slice_, "group": group, "n": n, "count": round(n * value), "value": value,
-            "ci_low": np.nan, "ci_high": np.nan}
-
-
-@pytest.fixture()
-def hand_metrics() -> pd.DataFrame:
-    return pd.DataFrame([
-        _m("accuracy", "", "overall", "all", 32, 0.7),
-        _m("accuracy", "", "race", "A", 10, 0.8),
-        _m("accuracy", "", "race", "B", 10, 0.6),
-        _m("accuracy", "", "race", "C", 10, 0.8),   # ties with A: A comes first
-        _m("accuracy", "", "race", "D", 2, 0.1),    # small group
-        _m("accuracy", "", "gender", "M", 3, 0.5),  # every group below min_n=5
-        _m("accuracy", "", "gender", "F", 2, 0.9),
-        _m("rate", "x", "overall", "all", 30, 0.0),
-        _m("rate", "x", "race", "A", 10, 0.0),
-        _m("rate", "x", "race", "B", 10, 0.0),
-        _m("rate", "x", "race", "C", 10, 0.0),      # max == 0
-        _m("rate", "y", "race", "A", 10, 0.2),
-        _m("rate", "y", "race", "B", 10, 0.5),
-        _m("rate", "y", "race", "C", 10, 0.5),      # ties with B for worst
-    ])
-
-
-def test_disparities_known_answers(hand_metrics):
-    d = disparities(hand_metrics)
-    assert list(d.columns) == list(DISPARITY_COLUMNS)
-    assert "overall" not in set(d["slice"])
-    rows = {(r.metric, r.category, r.slice): r for r in d.itertuples(index=False)}
-    assert list(rows) == [("accuracy", "", "race"), ("accuracy", "", "gender"),
-                          ("rate", "x", "race"), ("rate", "y", "race")]
-    a = rows[("accuracy", "", "race")]
-    assert (a.n_groups, a.best_group, a.worst_group) == (4, "A", "D")
-    assert a.best_value == 0.8 and a.worst_value == 0.1
-    assert a.gap == pytest.approx(0.7) and a.ratio == pytest.approx(0.125)
-    g = rows[("accuracy", "", "gender")]
-    assert (g.best_group, g.worst_group, g.gap) == ("F", "M", pytest.approx(0.4))
-    x = rows[("rate", "x", "race")]
-    assert (x.n_groups, x.best_group, x.worst_group, x.gap) == (3, "A", "A", 0.0)
-    assert math.isnan(x.ratio)
-    y = rows[("rate", "y", "race")]  # rate: lowest is best
-    assert (y.best_group, y.best_value, y.worst_group, y.worst_value) == ("A", 0.2, "B", 0.5)
-    assert y.gap == pytest.approx(0.3) and y.ratio == pytest.approx(0.4)
-    assert (d["gap"] >= 0).all()
-
-
-def test_disparities_min_n(hand_metrics):
-    d = disparities(hand_metrics, min_n=5)
-    a = d[(d.metric == "accuracy") & (d.slice == "race")].iloc[0]
-    assert (a.n_groups, a.best_group, a.worst_group) == (3, "A", "B")
-    assert a.gap == pytest.approx(0.2) and a.ratio == pytest.approx(0.75)
-    assert not ((d.metric == "accuracy") & (d.slice == "gender")).any()  # all groups too small
-
-
-def test_disparities_after_csv_round_trip(hand_metrics, tmp_path):
-    path = tmp_path / "m.csv"
-    hand_metrics.to_csv(path, index=False)
-    back = pd.read_csv(path)
-    assert back["category"].isna().any()  # "" became NaN
-    pd.testing.assert_frame_equal(disparities(back), disparities(hand_metrics))
-
-
-def test_disparities_unknown_metric_and_empty(hand_metrics):
-    bad = hand_metrics.assign(metric="f1")
-    with pytest.raises(ValueError, match="f1"):
-        disparities(bad)
-    empty = disparities(hand_metrics[hand_metrics["slice"] == "overall"])
-    assert list(empty.columns) == list(DISPARITY_COLUMNS) and len(empty) == 0
-
-
-def test_disparities_on_real_metrics_are_consistent(metrics):
-    d = disparities(metrics)
-    for r in d.sample(20, random_state=0).itertuples(index=False):
-        grp = _lookup(metrics, taxonomy=r.taxonomy, method=r.method, metric=r.metric,
-                      category=r.category, slice=r.slice)
-        assert r.n_groups == len(grp)
-        assert r.gap == pytest.approx(grp["value"].max() - grp["value"].min())
-        best = grp["value"].max() if r.metric == "accuracy" else grp["value"].min()
-        assert r.best_value == best
-    assert group_metrics(make_predictions(), CATEGORIES).pipe(disparities).to_csv() == d.to_csv()
+# disparities (differences with intervals, multiplicity, directions): tests/test_disparities.py
 
 
 # --------------------------------------------------------------------------- any attribute

@@ -291,6 +291,12 @@ def test_model_card_experiment_end_to_end(tmp_path, tiny_model_dir, fairface_roo
     assert rec["precision"]["dtype"] == "float32" and "nothing to compare" in rec["precision"]["skipped"]
     assert "## Numeric precision" in md and "## Linear probe" in md
     assert len(list(out.glob("model_card_*.png"))) == 6  # Tables 3-7 and the text figures
+    # report.html holds the card under one heading, with its plots embedded (not as "other plots")
+    page = (out / "report.html").read_text()
+    assert "<h2>Model card reproduction</h2>" in page and "<h3>Caveats</h3>" in page
+    other = page.split("<h2>Other plots</h2>")[1] if "<h2>Other plots</h2>" in page else ""
+    assert "model card" not in other and "model_card" not in other  # the card's plots sit in its section
+    assert page.count('<img src="data:image/png;base64,') == len(list(out.glob("*.png")))
 
 
 def test_headline_counts_tables_not_cells(tmp_path):

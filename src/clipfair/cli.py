@@ -151,7 +151,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
             return out_dir
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=slices,
                   confidence=float(cfg.confidence), probe_train=probe_train, probe_options=probe_options,
-                  disparity_min_n=int(cfg.get("disparity_min_n", 1)), embed_options=embed_options,
+                  disparity_min_n=int(cfg.get("disparity_min_n", 30)), embed_options=embed_options,
+                  disparity_correction=str(cfg.get("disparity_correction", "holm")),
                   precision_audit=_plain(cfg.get("precision_audit")),
                   topk=[int(k) for k in (_plain(cfg.get("topk")) or [])],
                   small_group_n=int(cfg.get("small_group_n", 30)),
@@ -182,8 +183,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
             ev.predictions, card_opts.taxonomies["race"], slices, float(cfg.confidence))], ignore_index=True)
     # every output goes to a staging folder, moved into out_dir only when all are written
     with staged_outputs(out_dir, overwrite) as stage:
-        write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices)
-        if card_opts is not None:
+        model_card_sections: list[Any] = []
+        if card_opts is not None:  # before write_outputs: report.html holds the card's sections and plots
             from .model_card import CardContext, padding_statement, write_model_card
 
             context = CardContext(
@@ -194,7 +195,9 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                 templates={t.name: list(t.templates) for t in taxonomies}, demo=demo,
                 linear_probe=ev.info.get("linear_probe") or {}, precision=ev.info.get("precision") or {},
                 extra_choices={"model dtype": str(model.dtype).replace("torch.", "")})
-            write_model_card(ev.predictions, ev.metrics, card_opts, stage, context)
+            _, model_card_sections = write_model_card(ev.predictions, ev.metrics, card_opts, stage, context)
+        write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices,
+                      model_card_sections=model_card_sections)
     log.info("wrote results to %s", out_dir)
     return out_dir
 
@@ -202,6 +205,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
 def _user_error(e: BaseException) -> BaseException | None:
     """The user-facing error (bad data, taxonomy, model, config value) behind ``e``, if any;
     Hydra's instantiate wraps errors raised by the dataset and model loaders."""
+    from .compare import CompareError
     from .data.attributes import LabelError
     from .data.base import DatasetError
     from .data.images import ImageError
@@ -216,7 +220,7 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .distributed import DistributedError
 
     known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
-             OutputError, RetrievalError, ModelCardError, DistributedError)
+             OutputError, CompareError, RetrievalError, ModelCardError, DistributedError)
     while e is not None:
         if isinstance(e, known):
             return e
@@ -368,7 +372,7 @@ USAGE = """usage: clipfair <command> [args]
 commands:
   run [hydra overrides]   run an experiment (no overrides: the offline demo); --help lists config groups
   cache list|clear        list or clear cached embeddings
-  compare RUN_DIR...      compare taxonomy variants across runs
+  compare RUN_DIR...      compare runs: each taxonomy with its namesake in the other runs
   collect DIR...          gather finished runs (e.g. a multirun folder) into one table; lists failed ones
 
 Not for surveillance, face recognition or identifying people. English prompts only.

@@ -260,9 +260,10 @@ def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | No
 
 
 def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path) -> Path:
-    from .report import _errors, _new_figure, _save, _style_axis, _wrap
+    from .report import _errors, _new_figure, _save, _style_axis
 
-    fig = _new_figure(len(groups), len(labels), legend_right=True)
+    ticks = ["\n".join(str(g).split("+")) for g in groups]  # one line per value, never split inside a name
+    fig = _new_figure(ticks, len(labels), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(groups))
     width = 0.8 / len(labels)
@@ -274,7 +275,7 @@ def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, 
         ax.errorbar(pos, np.nan_to_num(v) * 100, yerr=_errors(v, r["ci_low"].to_numpy(float),
                                                                r["ci_high"].to_numpy(float)),
                     fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
-    _style_axis(ax, [_wrap(str(g)) for g in groups], ylabel, title + "\n(error bars: Wilson intervals)")
+    _style_axis(fig, ax, ticks, ylabel, title + "\n(error bars: Wilson intervals)", len(labels))
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

@@ -2,10 +2,16 @@
 
 Two variants evaluated on the *same images* are compared image by image: for every group the
 difference in a rate (or accuracy) is tested with McNemar's exact test on the discordant
-images (those the two variants treat differently). Variants evaluated on different images
-are compared with a two-proportion z-test. p-values are corrected for multiple comparisons
-over the whole table (Holm-Bonferroni by default, or Benjamini-Hochberg); both the test and
-the correction are written into every row and into the Markdown header.
+images (those the two variants treat differently), with Newcombe's square-and-add interval
+for a paired difference (method 10; not of zero width when no image is discordant).
+Variants evaluated on different images are compared with the pooled two-proportion z-test
+and Newcombe's hybrid score interval. Intervals use ``confidence``. p-values are corrected
+for multiple comparisons over the whole table (Holm-Bonferroni by default, or
+Benjamini-Hochberg); the test and the correction are written into every row and into the
+report section.
+
+``clipfair compare RUN_DIR...`` pairs each taxonomy with the same-named taxonomy of the
+other runs (a run is labelled by its model, and dataset when they differ, from run.json).
 """
 
 from __future__ import annotations
@@ -13,17 +19,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom, norm
 
+from .document import Document, Figure, Section, Table, Text, to_markdown
 from .metrics import DEFAULT_SLICES, _slice_attrs, _value_order, slice_name
+from .stats import (CORRECTION_NAMES, CORRECTIONS, benjamini_hochberg, holm, mcnemar_exact,  # noqa: F401
+                    newcombe_diff, newcombe_paired_diff, two_proportion_z)
 from .outputs import safe_filename
 
 log = logging.getLogger(__name__)
+
+
+class CompareError(ValueError):
+    """A user's mistake with ``clipfair compare`` (not a run folder, nothing to pair)."""
 
 COMPARISON_COLUMNS = ("baseline", "variant", "metric", "category", "slice", "group", "n",
                       "baseline_value", "variant_value", "diff", "diff_ci_low", "diff_ci_high",
@@ -62,55 +75,6 @@ def group_order(frame: pd.DataFrame, s: Any, labels: Sequence[str]) -> list[str]
     return sorted(set(labels), key=lambda g: (rank.get(g, len(rank)), g))
 
 
-def _adjust(p: np.ndarray, step: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
-    """Apply a step-wise correction to the non-NaN p-values (sorted ascending), keep NaNs."""
-    p = np.asarray(p, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = ~np.isnan(p)
-    q = p[ok]
-    if len(q) == 0:
-        return out
-    order = np.argsort(q, kind="mergesort")
-    res = np.empty(len(q))
-    res[order] = np.minimum(step(q[order], len(q)), 1.0)
-    out[ok] = res
-    return out
-
-
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (family-wise error)."""
-    return _adjust(p, lambda q, m: np.maximum.accumulate((m - np.arange(m)) * q))
-
-
-def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (false discovery rate)."""
-    return _adjust(p, lambda q, m: np.minimum.accumulate((q * m / np.arange(1, m + 1))[::-1])[::-1])
-
-
-CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg}
-
-
-def mcnemar_exact(b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Two-sided exact McNemar p-value from discordant counts b and c (1.0 when b + c == 0)."""
-    b, c = np.asarray(b, dtype=float), np.asarray(c, dtype=float)
-    n = b + c
-    with np.errstate(invalid="ignore"):
-        p = 2.0 * binom.cdf(np.minimum(b, c), n, 0.5)
-    return np.where(n == 0, 1.0, np.minimum(p, 1.0))
-
-
-def two_proportion_z(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndarray) -> np.ndarray:
-    """Two-sided pooled two-proportion z-test p-value (NaN when undefined)."""
-    x1, n1, x2, n2 = (np.asarray(a, dtype=float) for a in (x1, n1, x2, n2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pool = (x1 + x2) / (n1 + n2)
-        se = np.sqrt(pool * (1 - pool) * (1 / n1 + 1 / n2))
-        z = (x2 / n2 - x1 / n1) / se
-        p = 2 * norm.sf(np.abs(z))
-    same = (se == 0) & (x1 / np.where(n1 == 0, np.nan, n1) == x2 / np.where(n2 == 0, np.nan, n2))
-    return np.where(same, 1.0, p)
-
-
 def _indicators(pred: pd.DataFrame, metric: str, category: str) -> tuple[np.ndarray, np.ndarray]:
     """(value 0/1, usable mask) per row for a metric."""
     if metric == "accuracy":
@@ -133,22 +97,13 @@ def _metric_specs(tax_b: pd.DataFrame, tax_v: pd.DataFrame, categories: Mapping[
     return specs
 
 
-def compare_paired(predictions: pd.DataFrame, baseline: str, variants: Sequence[str],
-                   categories: Mapping[str, Sequence[str]] | None = None,
-                   slices: Sequence[Any] = DEFAULT_SLICES, method: str = "zero_shot",
-                   confidence: float = 0.95, correction: str = "holm", alpha: float = 0.05) -> pd.DataFrame:
-    """Compare each variant taxonomy with ``baseline`` on the same images (McNemar exact).
-
-    Accuracy is compared when both have a target; rates for every category both share.
-    diff = variant - baseline; its CI is the Wald interval of a paired difference.
-    """
-    categories = categories or {}
-    pred = predictions[predictions["method"] == method] if "method" in predictions else predictions
+def _paired_rows(pred: pd.DataFrame, baseline: str, variants: Sequence[str],
+                 categories: Mapping[str, Sequence[str]], slices: Sequence[Any],
+                 confidence: float) -> list[dict[str, Any]]:
     base = pred[pred["taxonomy"] == baseline].set_index("image_id")
     if base.empty:
         raise ValueError(f"baseline taxonomy {baseline!r} not in predictions; have "
                          f"{sorted(pred['taxonomy'].unique())}")
-    z = norm.ppf(0.5 + confidence / 2)
     rows = []
     for v in variants:
         var = pred[pred["taxonomy"] == v].set_index("image_id")
@@ -170,53 +125,72 @@ def compare_paired(predictions: pd.DataFrame, baseline: str, variants: Sequence[
                     continue
                 df["b"] = (df["xb"] == 1) & (df["xv"] == 0)
                 df["c"] = (df["xb"] == 0) & (df["xv"] == 1)
+                df["a"] = (df["xb"] == 1) & (df["xv"] == 1)
                 agg = df.groupby("g", sort=False).agg(n=("xb", "size"), sb=("xb", "sum"), sv=("xv", "sum"),
-                                                      b=("b", "sum"), c=("c", "sum"))
+                                                      a=("a", "sum"), b=("b", "sum"), c=("c", "sum"))
                 for grp in group_order(bb, s, agg.index.tolist()):
                     r = agg.loc[grp]
-                    n, b_, c_ = float(r["n"]), float(r["b"]), float(r["c"])
-                    diff = (c_ - b_) / n
-                    se = np.sqrt(max(b_ + c_ - (c_ - b_) ** 2 / n, 0.0)) / n
+                    n, a_, b_, c_ = float(r["n"]), float(r["a"]), float(r["b"]), float(r["c"])
+                    # variant - baseline: the variant is the "first" proportion of the pair
+                    lo, hi = newcombe_paired_diff(a_, c_, b_, n - a_ - b_ - c_, confidence)
                     rows.append({"baseline": baseline, "variant": v, "metric": metric, "category": cat,
                                  "slice": slice_name(s), "group": grp, "n": int(n),
                                  "baseline_value": r["sb"] / n, "variant_value": r["sv"] / n,
-                                 "diff": diff, "diff_ci_low": diff - z * se, "diff_ci_high": diff + z * se,
+                                 "diff": (c_ - b_) / n, "diff_ci_low": float(lo), "diff_ci_high": float(hi),
                                  "test": "mcnemar_exact", "p_value": float(mcnemar_exact(b_, c_))})
-    return _finish(rows, correction, alpha)
+    return rows
+
+
+def compare_paired(predictions: pd.DataFrame, baseline: str, variants: Sequence[str],
+                   categories: Mapping[str, Sequence[str]] | None = None,
+                   slices: Sequence[Any] = DEFAULT_SLICES, method: str = "zero_shot",
+                   confidence: float = 0.95, correction: str = "holm", alpha: float = 0.05) -> pd.DataFrame:
+    """Compare each variant taxonomy with ``baseline`` on the same images (McNemar exact).
+
+    Accuracy is compared when both have a target; rates for every category both share.
+    diff = variant - baseline with Newcombe's paired square-and-add interval at ``confidence``.
+    """
+    pred = predictions[predictions["method"] == method] if "method" in predictions else predictions
+    rows = _paired_rows(pred, baseline, variants, categories or {}, slices, confidence)
+    return _finish(rows, correction, alpha, confidence)
+
+
+def _unpaired_rows(metrics: pd.DataFrame, baseline: str, variants: Sequence[str],
+                   confidence: float) -> list[dict[str, Any]]:
+    key = ["metric", "category", "slice", "group"]
+    base = metrics[metrics["taxonomy"] == baseline].set_index(key)
+    rows = []
+    for v in variants:
+        var = metrics[metrics["taxonomy"] == v].set_index(key)
+        j = base.join(var, lsuffix="_b", rsuffix="_v", how="inner")
+        if j.empty:
+            continue
+        lo, hi = newcombe_diff(j["count_v"], j["n_v"], j["count_b"], j["n_b"], confidence)
+        pv = two_proportion_z(j["count_b"], j["n_b"], j["count_v"], j["n_v"])
+        for (metric, cat, sl, grp), r, l_, h_, p in zip(j.index, j.itertuples(), lo, hi, pv):
+            rows.append({"baseline": baseline, "variant": v, "metric": metric, "category": cat, "slice": sl,
+                         "group": grp, "n": int(min(r.n_b, r.n_v)), "baseline_value": r.value_b,
+                         "variant_value": r.value_v, "diff": r.value_v - r.value_b, "diff_ci_low": float(l_),
+                         "diff_ci_high": float(h_), "test": "two_proportion_z", "p_value": float(p)})
+    return rows
 
 
 def compare_unpaired(metrics: pd.DataFrame, baseline: str, variants: Sequence[str],
                      correction: str = "holm", alpha: float = 0.05, confidence: float = 0.95,
                      method: str = "zero_shot") -> pd.DataFrame:
-    """Compare variants evaluated on different images, from metrics counts (two-proportion z)."""
-    m = metrics[metrics["method"] == method]
-    key = ["metric", "category", "slice", "group"]
-    base = m[m["taxonomy"] == baseline].set_index(key)
-    z = norm.ppf(0.5 + confidence / 2)
-    rows = []
-    for v in variants:
-        var = m[m["taxonomy"] == v].set_index(key)
-        j = base.join(var, lsuffix="_b", rsuffix="_v", how="inner")
-        if j.empty:
-            continue
-        p1, p2 = j["count_b"] / j["n_b"], j["count_v"] / j["n_v"]
-        se = np.sqrt(p1 * (1 - p1) / j["n_b"] + p2 * (1 - p2) / j["n_v"])
-        pv = two_proportion_z(j["count_b"], j["n_b"], j["count_v"], j["n_v"])
-        for (metric, cat, sl, grp), r, d, s_, p in zip(j.index, j.itertuples(), p2 - p1, se, pv):
-            rows.append({"baseline": baseline, "variant": v, "metric": metric, "category": cat, "slice": sl,
-                         "group": grp, "n": int(min(r.n_b, r.n_v)), "baseline_value": r.value_b,
-                         "variant_value": r.value_v, "diff": d, "diff_ci_low": d - z * s_,
-                         "diff_ci_high": d + z * s_, "test": "two_proportion_z", "p_value": p})
-    return _finish(rows, correction, alpha)
+    """Compare variants evaluated on different images, from metrics counts (pooled
+    two-proportion z-test; Newcombe's hybrid score interval at ``confidence``)."""
+    rows = _unpaired_rows(metrics[metrics["method"] == method], baseline, variants, confidence)
+    return _finish(rows, correction, alpha, confidence)
 
 
-def _finish(rows: list[dict[str, Any]], correction: str, alpha: float) -> pd.DataFrame:
+def _finish(rows: list[dict[str, Any]], correction: str, alpha: float, confidence: float = 0.95) -> pd.DataFrame:
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; choose {', '.join(CORRECTIONS)}")
     df = pd.DataFrame(rows, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_adjusted", "significant")])
-    df["p_adjusted"] = CORRECTIONS[correction](df["p_value"].to_numpy()) if len(df) else []
+    df["p_adjusted"] = CORRECTIONS[correction](df["p_value"].to_numpy(float)) if len(df) else []
     df["significant"] = df["p_adjusted"] < alpha
-    df.attrs.update(correction=correction, alpha=alpha)
+    df.attrs.update(correction=correction, alpha=alpha, confidence=confidence)
     return df[list(COMPARISON_COLUMNS)]
 
 
@@ -236,146 +210,265 @@ def side_by_side(cmp: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(cols, axis=1).reset_index()
 
 
-def comparison_markdown(cmp: pd.DataFrame, correction: str, alpha: float, max_rows: int = 60) -> str:
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.1f}%"
+
+
+def _pp(x: float) -> str:
+    return "–" if x != x else f"{100 * x:+.1f}"
+
+
+def comparison_sections(cmp: pd.DataFrame, correction: str, alpha: float, max_rows: int = 60,
+                        title: str = "Taxonomy variant comparison",
+                        images: Mapping[tuple, str] | None = None) -> list[Section]:
+    """The comparison as report sections: method, side-by-side tables (overall and
+    single-attribute slices; * = significant), then per pair the largest differences."""
     tests = ", ".join(sorted(cmp["test"].unique())) if len(cmp) else "none"
-    corr = {"holm": "Holm-Bonferroni", "bh": "Benjamini-Hochberg"}[correction]
-    lines = ["# Taxonomy variant comparison", "",
-             f"Test: {tests} (mcnemar_exact: paired, same images; two_proportion_z: unpaired). "
-             f"Multiple-comparison correction: {corr} over all {len(cmp)} comparisons; "
-             f"significant = adjusted p < {alpha}.", ""]
+    conf = cmp.attrs.get("confidence", 0.95)
+    blocks: list[Any] = [Text(
+        f"Test: {tests} (mcnemar_exact: paired, same images, with Newcombe's paired square-and-add "
+        f"{100 * conf:g}% interval; two_proportion_z: unpaired, different images, with Newcombe's hybrid score "
+        f"interval). Multiple-comparison correction: {CORRECTION_NAMES[correction]} over all {len(cmp)} "
+        f"comparisons; significant = adjusted p < {alpha}. Covers the groups of the slices shown; cannot show "
+        "why a variant moves a group, and a difference that is not significant is not evidence of no effect.")]
     wide = side_by_side(cmp)
     variants = list(dict.fromkeys(cmp["variant"])) if len(cmp) else []
-    for (metric, cat), part in wide.groupby(["metric", "category"], sort=False):
-        part = part[part["slice"].isin(["overall", "race", "gender", "age"])]
+    for (metric, cat), part in (wide.groupby(["metric", "category"], sort=False) if len(cmp) else []):
+        part = part[~part["slice"].astype(str).str.contains("+", regex=False)]
         if part.empty:
             continue
         base = str(cmp["baseline"].iloc[0])
-        lines += [f"## Side by side: {metric}{f' of {cat!r}' if cat else ''} (* significant vs {base})", "",
-                  "| slice | group | n | " + " | ".join([base, *variants]) + " |",
-                  "|---|---|---:|" + "---:|" * (1 + len(variants))]
+        rows = []
         for r in part.to_dict("records"):
-            cells = [f"{100 * r[base]:.1f}%"] + [
-                "–" if r.get(v) != r.get(v) else f"{100 * r[v]:.1f}%{'*' if r.get(f'{v} significant') is True else ''}"
+            cells = [_pct(r[base])] + [
+                "–" if r.get(v) != r.get(v) else f"{_pct(r[v])}{'*' if r.get(f'{v} significant') is True else ''}"
                 for v in variants]
-            lines.append(f"| {r['slice']} | {r['group']} | {int(r['n'])} | " + " | ".join(cells) + " |")
-        lines.append("")
-    for (b, v), part in cmp.groupby(["baseline", "variant"], sort=False):
+            rows.append([r["slice"], r["group"], int(r["n"]), *cells])
+        sec = [Table(["slice", "group", "n", base, *variants], rows, align="llr" + "r" * (1 + len(variants)))]
+        for (mm, cc, sl), img in (images or {}).items():
+            if (mm, cc) == (metric, cat):
+                sec.append(Figure(img, f"{metric}{f' of {cat}' if cat else ''} by {sl}"))
+        blocks.append(Section(f"Side by side: {metric}{f' of {cat!r}' if cat else ''} (* significant vs {base})",
+                              sec))
+    for (b, v), part in (cmp.groupby(["baseline", "variant"], sort=False) if len(cmp) else []):
         sig = part[part["significant"]]
-        lines += [f"## {v} vs {b}", "",
-                  f"{len(sig)} of {len(part)} group differences are significant.", ""]
-        show = part.reindex(part["diff"].abs().sort_values(ascending=False).index).head(max_rows)
-        lines += ["| metric | category | slice | group | n | baseline | variant | diff [CI] | p adj. | sig. |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|:---:|"]
-        for r in show.itertuples():
-            lines.append(f"| {r.metric} | {r.category or '-'} | {r.slice} | {r.group} | {r.n} | "
-                         f"{100 * r.baseline_value:.1f}% | {100 * r.variant_value:.1f}% | "
-                         f"{100 * r.diff:+.1f} [{100 * r.diff_ci_low:+.1f}, {100 * r.diff_ci_high:+.1f}] | "
-                         f"{r.p_adjusted:.3g} | {'✔' if r.significant else ''} |")
-        lines.append("")
-    return "\n".join(lines) + "\n"
+        show = part.reindex(part["diff"].abs().sort_values(ascending=False, kind="stable").index).head(max_rows)
+        rows = [[r.metric, r.category or "–", r.slice, r.group, r.n, _pct(r.baseline_value), _pct(r.variant_value),
+                 f"{_pp(r.diff)} [{_pp(r.diff_ci_low)}, {_pp(r.diff_ci_high)}]", f"{r.p_adjusted:.3g}",
+                 "yes" if r.significant else ""] for r in show.itertuples()]
+        blocks.append(Section(f"{v} vs {b}", [
+            Text(f"{len(sig)} of {len(part)} group differences are significant; the {len(show)} largest:"),
+            Table(["metric", "category", "slice", "group", "n", "baseline", "variant", "diff pp [CI]", "p adj.",
+                   "significant"], rows, align="llllrrrrrc")]))
+    return [Section(title, blocks)]
 
 
-def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str, path: Path) -> Path:
-    """Each group's value moving from the baseline across the variants (a slope chart)."""
-    import matplotlib
+def comparison_markdown(cmp: pd.DataFrame, correction: str, alpha: float, max_rows: int = 60,
+                        images: Mapping[tuple, str] | None = None) -> str:
+    """``comparison.md``: :func:`comparison_sections` rendered as its own document."""
+    secs = comparison_sections(cmp, correction, alpha, max_rows, images=images)
+    return to_markdown(Document(secs[0].title, secs[0].blocks))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str, path: Path,
+                       model: str = "") -> Path:
+    """Each group's value under the baseline and every variant: dodged points per group (the
+    variants are not ordered, so nothing joins them); a ring marks a significant change."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
 
     part = cmp[(cmp["metric"] == metric) & (cmp["category"] == category) & (cmp["slice"] == slice)]
     if part.empty:
         raise ValueError(f"no comparison rows for {metric}/{category}/{slice}")
     variants = [part["baseline"].iloc[0], *dict.fromkeys(part["variant"])]
     groups = list(dict.fromkeys(part["group"]))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(variants) + 3), 4.5), dpi=120)
-    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
-    for i, g in enumerate(groups):
-        pg = part[part["group"] == g].set_index("variant")
-        ys = [pg["baseline_value"].iloc[0]] + [pg["variant_value"].get(v, np.nan) for v in variants[1:]]
-        ax.plot(range(len(variants)), 100 * np.asarray(ys, float), marker="o", color=cmap(i % cmap.N), label=g)
-        for j, v in enumerate(variants[1:], start=1):
-            if v in pg.index and bool(pg.loc[v, "significant"]):
-                ax.plot(j, 100 * pg.loc[v, "variant_value"], marker="*", ms=13, color=cmap(i % cmap.N))
-    ax.set_xticks(range(len(variants)), variants, rotation=15, ha="right")
+    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) * max(1, len(variants) / 3) + 3.5), 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    width = 0.8 / len(variants)
+    for j, v in enumerate(variants):
+        xs, ys, sig = [], [], []
+        for i, g in enumerate(groups):
+            pg = part[part["group"] == g]
+            if j == 0:
+                y, s_ = pg["baseline_value"].iloc[0], False
+            else:
+                pv = pg[pg["variant"] == v]
+                if pv.empty:
+                    continue
+                y, s_ = pv["variant_value"].iloc[0], bool(pv["significant"].iloc[0])
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(100 * y)
+            sig.append(s_)
+        color = f"C{j % 10}"
+        ax.scatter(xs, ys, color=color, s=30, zorder=3, label=str(v) + (" (baseline)" if j == 0 else ""))
+        sx = [x for x, s_ in zip(xs, sig) if s_]
+        sy = [y for y, s_ in zip(ys, sig) if s_]
+        if sx:
+            ax.scatter(sx, sy, facecolors="none", edgecolors="#222222", s=110, linewidths=1.2, zorder=4)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(["\n".join(str(g).split("+")) for g in groups], fontsize=8.5,
+                       rotation=30 if max(len(str(g)) for g in groups) * len(groups) > 90 else 0,
+                       ha="right" if max(len(str(g)) for g in groups) * len(groups) > 90 else "center")
+    for i in range(1, len(groups)):
+        ax.axvline(i - 0.5, color="#eeeeee", lw=0.8, zorder=0)
     what = "accuracy" if metric == "accuracy" else f"rate of '{category}'"
     ax.set_ylabel(f"{what} (%)")
-    ax.set_title(f"{what} by {slice} across taxonomy variants (★ significant vs baseline)")
+    ax.set_title(f"{model + ': ' if model else ''}{what} by {slice}, baseline and variants\n"
+                 "(ringed: significant change vs baseline)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path, bbox_inches="tight")
     return path
 
 
+def plot_name(metric: str, category: str, slice: str) -> str:
+    """File name of the comparison plot of one metric / category / slice."""
+    return safe_filename(f"compare_{metric}{'_' + category if category else ''}_{slice}", ".png")
+
+
+def plot_keys(cmp: pd.DataFrame, plot_slices: Sequence[str] = ("race", "age")) -> dict[tuple, str]:
+    """(metric, category, slice) -> plot file name, for the slices that get a plot."""
+    keys = cmp[["metric", "category", "slice"]].drop_duplicates() if len(cmp) else []
+    return {(m, c, s): plot_name(m, c, s) for m, c, s in
+            (keys.itertuples(index=False, name=None) if len(cmp) else []) if s in plot_slices}
+
+
 def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: float,
-                     plot_slices: Sequence[str] = ("race", "age")) -> list[Path]:
+                     plot_slices: Sequence[str] = ("race", "age"), model: str = "") -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "comparison_side_by_side.csv"]
     cmp.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
     side_by_side(cmp).to_csv(written[2], index=False, float_format="%.6g", lineterminator="\n")
-    written[1].write_text(comparison_markdown(cmp, correction, alpha))
-    for (metric, cat, sl), _ in cmp.groupby(["metric", "category", "slice"], sort=False):
-        if sl not in plot_slices:
-            continue
-        name = safe_filename(f"compare_{metric}{'_' + cat if cat else ''}_{sl}", ".png")
-        written.append(plot_variant_shift(cmp, metric, cat, sl, out_dir / name))
+    images = plot_keys(cmp, plot_slices)
+    for (metric, cat, sl), name in images.items():
+        written.append(plot_variant_shift(cmp, metric, cat, sl, out_dir / name, model))
+    written[1].write_text(comparison_markdown(cmp, correction, alpha, images=images))
     return written
 
 
-def _load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+# --------------------------------------------------------------------------- across runs
+
+@dataclass
+class Run:
+    path: Path
+    predictions: pd.DataFrame
+    metrics: pd.DataFrame
+    record: dict[str, Any]
+    label: str = ""
+
+    @property
+    def model(self) -> str:
+        name = str((self.record.get("model") or {}).get("name_or_path") or "")
+        return (Path(name).name if Path(name).is_absolute() else name) or self.path.name
+
+    @property
+    def dataset(self) -> str:
+        return str((self.record.get("dataset") or {}).get("name") or "")
+
+    @property
+    def fingerprint(self) -> Any:
+        return (self.record.get("dataset") or {}).get("fingerprint")
+
+
+def load_run(run_dir: Path | str) -> Run:
+    """A finished run folder (its outputs are moved in only when all are written);
+    :class:`clipfair.outputs.OutputError` otherwise."""
     from .outputs import require_finished_run
 
+    run_dir = Path(run_dir)
     require_finished_run(run_dir)
-    rec = json.loads((run_dir / "run.json").read_text())
-    return (pd.read_parquet(run_dir / "predictions.parquet"),
-            pd.read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"category": ""}),
-            rec)
+    try:
+        rec = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CompareError(f"{run_dir / 'run.json'}: not readable JSON ({e})") from None
+    met = pd.read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"category": ""})
+    return Run(run_dir, pd.read_parquet(run_dir / "predictions.parquet"), met, rec)
+
+
+def _label_runs(runs: Sequence[Run]) -> None:
+    """Label by model, plus dataset when the runs' datasets differ; numbered when equal."""
+    with_data = len({r.dataset for r in runs}) > 1
+    labels = [f"{r.model} on {r.dataset}" if with_data and r.dataset else r.model for r in runs]
+    for r, lab in zip(runs, labels):
+        r.label = lab if labels.count(lab) == 1 else f"{lab} ({r.path.name})"
+    seen: dict[str, int] = {}
+    for r in runs:  # still equal (same model, same folder name): number them
+        seen[r.label] = seen.get(r.label, 0) + 1
+        if seen[r.label] > 1:
+            r.label = f"{r.label} #{seen[r.label]}"
 
 
 def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correction: str = "holm",
-                 alpha: float = 0.05, method: str = "zero_shot") -> pd.DataFrame:
-    """Compare every taxonomy of several run directories against ``baseline``.
-
-    Variants are named ``<run>/<taxonomy>``. Runs on the same dataset (equal fingerprints)
-    are compared image by image; otherwise from their counts.
-    """
-    preds, mets, fps = [], [], set()
-    for d in run_dirs:
-        p, m, rec = _load_run(Path(d))
-        tag = Path(d).name
-        p = p.assign(taxonomy=tag + "/" + p["taxonomy"].astype(str))
-        m = m.assign(taxonomy=tag + "/" + m["taxonomy"].astype(str))
-        preds.append(p)
-        mets.append(m)
-        fps.add((rec.get("dataset") or {}).get("fingerprint"))
-    pred, met = pd.concat(preds, ignore_index=True), pd.concat(mets, ignore_index=True)
-    names = list(dict.fromkeys(pred["taxonomy"]))
-    if len(set(names)) != len(names) or len(names) < 2:
-        raise ValueError("need at least two taxonomy variants with distinct <run>/<taxonomy> names")
-    baseline = baseline or names[0]
-    if baseline not in names:
-        raise ValueError(f"baseline {baseline!r} not found; variants: {', '.join(names)}")
-    variants = [n for n in names if n != baseline]
-    if len(fps) == 1 and None not in fps:
-        return compare_paired(pred, baseline, variants, correction=correction, alpha=alpha, method=method)
-    return compare_unpaired(met, baseline, variants, correction=correction, alpha=alpha, method=method)
+                 alpha: float = 0.05, method: str = "zero_shot", confidence: float = 0.95,
+                 slices: Sequence[Any] = DEFAULT_SLICES) -> pd.DataFrame:
+    """Compare each taxonomy of the baseline run with the same-named taxonomy of every other
+    run. ``baseline``: a run folder (or its label); default the first. Rows are named
+    ``<run label>: <taxonomy>``. Runs on the same images (equal dataset fingerprints) are
+    compared image by image, others from their counts. One correction over all rows."""
+    if len(run_dirs) < 2:
+        raise CompareError("give at least two run folders to compare")
+    runs = [load_run(d) for d in run_dirs]
+    _label_runs(runs)
+    base = runs[0]
+    if baseline is not None:
+        hits = [r for r in runs if r.label == baseline or r.path.resolve() == Path(baseline).resolve()]
+        if not hits:
+            raise CompareError(f"--baseline {baseline!r} is none of the runs; give one of the run folders "
+                               f"({', '.join(str(r.path) for r in runs)}) or labels ({', '.join(r.label for r in runs)})")
+        base = hits[0]
+    others = [r for r in runs if r is not base]
+    rows: list[dict[str, Any]] = []
+    paired_any = False
+    base_taxes = list(dict.fromkeys(base.predictions["taxonomy"].astype(str)))
+    for tax in base_taxes:
+        bname = f"{base.label}: {tax}"
+        for r in others:
+            if tax not in set(r.predictions["taxonomy"].astype(str)):
+                log.warning("%s has no taxonomy %s; not compared", r.label, tax)
+                continue
+            vname = f"{r.label}: {tax}"
+            if base.fingerprint is not None and base.fingerprint == r.fingerprint:
+                bp = base.predictions[base.predictions["taxonomy"] == tax].assign(taxonomy=bname)
+                vp = r.predictions[r.predictions["taxonomy"] == tax].assign(taxonomy=vname)
+                pred = pd.concat([bp, vp], ignore_index=True)
+                pred = pred[pred["method"] == method] if "method" in pred else pred
+                rows += _paired_rows(pred, bname, [vname], {}, slices, confidence)
+                paired_any = True
+            else:
+                bm = base.metrics[(base.metrics["taxonomy"] == tax) & (base.metrics["method"] == method)]
+                vm = r.metrics[(r.metrics["taxonomy"] == tax) & (r.metrics["method"] == method)]
+                met = pd.concat([bm.assign(taxonomy=bname), vm.assign(taxonomy=vname)], ignore_index=True)
+                rows += _unpaired_rows(met, bname, [vname], confidence)
+    if not rows:
+        raise CompareError(f"the runs share no taxonomy name with the baseline {base.label} "
+                           f"(its taxonomies: {', '.join(base_taxes)})")
+    out = _finish(rows, correction, alpha, confidence)
+    out.attrs.update(paired=paired_any, runs={r.label: str(r.path) for r in runs}, baseline_run=base.label)
+    return out
 
 
 def main(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="clipfair compare",
-                                 description="Compare taxonomy variants across clipfair run directories.")
-    ap.add_argument("runs", nargs="+", type=Path, help="run directories (each with predictions.parquet)")
-    ap.add_argument("--baseline", default=None, help="variant to compare against, as <run>/<taxonomy> "
+                                 description="Compare runs: each taxonomy against the same-named taxonomy of the "
+                                             "other runs (runs labelled by model, from run.json).")
+    ap.add_argument("runs", nargs="+", type=Path, help="finished run folders (each with run.json)")
+    ap.add_argument("--baseline", default=None, help="the run to compare against: its folder or label "
                                                      "(default: the first)")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default: <first run>/compare)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: <baseline run>/compare)")
     ap.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm")
     ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--confidence", type=float, default=0.95, help="level of the difference intervals")
+    ap.add_argument("--method", default="zero_shot", help="zero_shot or linear_probe")
     a = ap.parse_args(list(argv))
-    cmp = compare_runs(a.runs, a.baseline, a.correction, a.alpha)
-    out = a.out or (a.runs[0] / "compare")
+    if not 0 < a.confidence < 1 or not 0 < a.alpha < 1:
+        raise CompareError("--confidence and --alpha must be between 0 and 1")
+    # a user's mistake (CompareError, OutputError) becomes one line in clipfair.cli.main
+    cmp = compare_runs(a.runs, a.baseline, a.correction, a.alpha, a.method, a.confidence)
+    out = a.out or (Path(cmp.attrs["runs"][cmp.attrs["baseline_run"]]) / "compare")
     written = write_comparison(cmp, out, a.correction, a.alpha)
     print(f"{int(cmp['significant'].sum())} of {len(cmp)} differences significant "
           f"({a.correction}, alpha {a.alpha}); wrote {written[1]}")

@@ -145,7 +145,7 @@ def _md_blocks(blocks: Sequence[Block], level: int, out: list[str]) -> None:
             out.append("")
         elif isinstance(b, Figure):
             out += [f"![{b.alt or b.caption}]({b.path})", ""]
-            if b.caption:
+            if b.caption and b.alt and b.alt != b.caption:  # else the alt text already says it
                 out += [f"*{b.caption}*", ""]
         elif isinstance(b, Details):
             out += ["<details>", f"<summary>{html.escape(b.summary)}</summary>", ""]

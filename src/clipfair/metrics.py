@@ -54,6 +54,8 @@ __all__ = [
     "DEFAULT_SLICES",
     "METRIC_COLUMNS",
     "DISPARITY_COLUMNS",
+    "metric_direction",
+    "is_accuracy_metric",
     "HIGHER_IS_BETTER",
     "CONFUSION_COLUMNS",
     "SMALL_GROUP_N",
@@ -90,16 +92,6 @@ METRICS: tuple[str, ...] = ("accuracy", "topk_accuracy", "rate", "label_rate", "
 #: metrics disparities leave out: worst-group accuracy summarises a slice already, and a
 #: label's share has no declared direction (harm or not), so its groups are not ranked
 UNRANKED_METRICS: frozenset[str] = frozenset({"worst_group_accuracy", "label_rate"})
-DISPARITY_COLUMNS: tuple[str, ...] = (
-    "taxonomy", "method", "metric", "category", "slice", "n_groups",
-    "best_group", "best_value", "worst_group", "worst_value", "gap", "ratio",
-)
-
-#: whether a higher value of a metric is the better outcome for a group. A rate is the
-#: share of a group's images put into a category: lower = less often labelled so.
-HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "topk_accuracy": True, "rate": False,
-                                     # race accuracy scored White vs Non-White (model card runs)
-                                     "accuracy_race_binary": True}
 
 #: group order of the built-in FairFace attributes, used when no declared orders are given;
 #: unknown values come after, sorted
@@ -604,67 +596,186 @@ def confusion(
 
 # --------------------------------------------------------------------------- disparities
 
+DISPARITY_COLUMNS: tuple[str, ...] = (
+    "taxonomy", "method", "metric", "category", "direction", "slice", "comparison",
+    "group", "n", "value", "reference", "reference_n", "reference_value",
+    "difference", "ci_low", "ci_high", "ratio", "ratio_ci_low", "ratio_ci_high",
+    "p_value", "p_adjusted", "adj_ci_low", "adj_ci_high", "significant", "n_groups", "too_small",
+)
+
+#: directions in disparities.csv: which value of a metric is better for a group
+HIGHER, LOWER, NEUTRAL = "higher_is_better", "lower_is_better", "neutral"
+#: comparisons in disparities.csv
+WORST_VS_BEST, HIGHEST_VS_LOWEST, TO_OVERALL = "worst_vs_best", "highest_vs_lowest", "to_overall"
+DEFAULT_DISPARITY_MIN_N = 30
+#: the metrics whose direction does not depend on a declaration (True: higher is better);
+#: a rate's direction is the taxonomy's ``harm`` declaration of its category (False here:
+#: "not higher-is-better by itself"; see :func:`metric_direction`). Used by clipfair.collect.
+HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "topk_accuracy": True, "accuracy_race_binary": True,
+                                     "rate": False}
+#: metrics that already summarise a slice in one row (e.g. ``worst_group_accuracy``): no
+#: differences between groups are computed for them
+SLICE_SUMMARY_PREFIX = "worst_group"
+
+
+def is_accuracy_metric(metric: str) -> bool:
+    """``accuracy`` and its kinds (``top5_accuracy``, ``accuracy_race_binary``, ...)."""
+    return "accuracy" in str(metric).split("_")
+
+
+def metric_direction(metric: str, category: str, harms: Mapping[str, bool | None] | None = None) -> str:
+    """Whether higher or lower is better for a group, or neutral (no ranking).
+
+    Accuracies (``accuracy``, ``top5_accuracy``, ``accuracy_race_binary``, ...) are
+    higher-is-better. A rate of a
+    category (``rate``, ``label_rate``) follows the taxonomy's declared direction
+    (``harms[category]``: True = a harm, lower is better; False = higher is better);
+    undeclared categories and unknown metrics are neutral.
+    """
+    if is_accuracy_metric(metric):
+        return HIGHER
+    h = (harms or {}).get(category)
+    if h is None:
+        return NEUTRAL
+    return LOWER if h else HIGHER
+
+
 def _empty_disparities() -> pd.DataFrame:
     df = pd.DataFrame({c: pd.Series(dtype=object) for c in DISPARITY_COLUMNS})
-    df["n_groups"] = df["n_groups"].astype("int64")
-    for c in ("best_value", "worst_value", "gap", "ratio"):
+    for c in ("n", "reference_n", "n_groups"):
+        df[c] = df[c].astype("float64")
+    for c in ("value", "reference_value", "difference", "ci_low", "ci_high", "ratio", "ratio_ci_low",
+              "ratio_ci_high", "p_value", "p_adjusted", "adj_ci_low", "adj_ci_high"):
         df[c] = df[c].astype(float)
+    df["significant"] = df["significant"].astype(bool)
     return df
 
 
-def disparities(metrics: pd.DataFrame, min_n: int = 1) -> pd.DataFrame:
-    """Best and worst group per taxonomy x method x metric x category x slice.
+def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
+                harms: Mapping[str, Mapping[str, bool | None]] | None = None,
+                confidence: float | None = None, correction: str = "holm") -> pd.DataFrame:
+    """Differences and ratios between groups, with intervals and adjusted p-values.
 
-    Only groups with ``n >= min_n`` and a non-null value count; the ``overall`` slice is
-    left out. For accuracy the best group has the highest value, for a rate the lowest
-    (see :data:`HIGHER_IS_BETTER`). ``gap = max - min`` and ``ratio = min / max`` (NaN
-    when max is 0). Ties go to the group that comes first in the frame's row order
-    (:func:`group_metrics` emits groups in canonical order).
+    Per taxonomy x method x metric x category x slice (not ``overall``), over the groups
+    with ``n >= min_n`` (smaller groups are listed in ``too_small`` as ``group (n=3)``,
+    never compared), two rows:
+
+    - ``worst_vs_best`` (direction declared: accuracy, or a category whose taxonomy
+      declares ``harm``) or ``highest_vs_lowest`` (neutral): ``group`` is the worst (or
+      highest) group, ``reference`` the best (or lowest); ties go to the group first in
+      the frame's order.
+    - ``to_overall`` (as fairlearn's ``method="to_overall"``): the group farthest from the
+      overall value; ``reference`` is ``overall``. Its interval and test compare the group
+      with the rest of the images (independent samples) and are mapped exactly onto
+      ``group - overall`` (= (1 - w)(group - rest), w = the group's share) and
+      ``group / overall``.
+
+    ``difference = value - reference_value`` with Newcombe's hybrid score interval;
+    ``ratio = value / reference_value`` with the Katz log interval (NaN when a count is 0);
+    ``p_value``: pooled two-proportion z-test; ``p_adjusted``: ``correction`` (``holm`` or
+    ``bh``) over every row of the table; ``adj_ci_*``: the difference's interval at the
+    multiplicity-adjusted level (:func:`clipfair.stats.adjusted_confidence`);
+    ``significant``: adjusted p < 1 - confidence and the adjusted interval excludes 0.
+    Keys with fewer than two comparable groups keep one ``worst_vs_best`` /
+    ``highest_vs_lowest`` row with empty numbers, so their small groups stay listed.
+    ``harms``: taxonomy -> category -> harm (see :func:`metric_direction`).
+    ``confidence``: default the metrics frame's ``attrs["confidence"]`` or 0.95.
     """
+    from .stats import CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z
+
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; choose {', '.join(CORRECTIONS)}")
     need = ["taxonomy", "method", "metric", "category", "slice", "group", "n", "value"]
     missing = [c for c in need if c not in metrics.columns]
     if missing:
         raise ValueError(f"metrics frame lacks column(s) {missing}")
-    unknown = sorted(set(metrics["metric"].dropna().astype(str)) - set(HIGHER_IS_BETTER) - UNRANKED_METRICS)
-    if unknown:
-        raise ValueError(
-            f"unknown metric(s) {unknown}: add them to clipfair.metrics.HIGHER_IS_BETTER"
-        )
-    m = metrics.loc[~metrics["metric"].isin(UNRANKED_METRICS), need].copy()
+    if confidence is None:
+        confidence = float(getattr(metrics, "attrs", {}).get("confidence", 0.95))
+    harms = harms or {}
+    m = metrics.copy()
     # a metrics CSV read back with pandas turns the empty accuracy category into NaN
     m["category"] = m["category"].astype(object).where(m["category"].notna(), "")
-    m = m[(m["slice"] != "overall") & (m["n"] >= min_n) & m["value"].notna()]
-    m = m.reset_index(drop=True)
-    if len(m) == 0:
+    m = m[m["value"].notna() & (m["n"] > 0) & ~m["metric"].isin(UNRANKED_METRICS)
+          & ~m["metric"].astype(str).str.startswith(SLICE_SUMMARY_PREFIX)].reset_index(drop=True)
+    if "count" not in m.columns:
+        m["count"] = np.rint(m["value"].to_numpy(float) * m["n"].to_numpy(float))
+    keys = ["taxonomy", "method", "metric", "category"]
+    overall = {tuple(k): (float(r["n"]), float(r["count"]), float(r["value"]))
+               for k, r in zip(m.loc[m["slice"] == "overall", keys].itertuples(index=False, name=None),
+                               m.loc[m["slice"] == "overall", ["n", "count", "value"]].to_dict("records"))}
+    m = m[m["slice"] != "overall"]
+    rows: list[dict] = []
+    for key, part in m.groupby(keys + ["slice"], sort=False, dropna=False):
+        tax, meth, metric, cat, sl = key
+        direction = metric_direction(metric, cat, harms.get(tax))
+        ok = part[part["n"] >= min_n]
+        small = part[part["n"] < min_n]
+        base = {"taxonomy": tax, "method": meth, "metric": metric, "category": cat, "direction": direction,
+                "slice": sl, "n_groups": len(ok),
+                "too_small": "; ".join(f"{g} (n={int(n)})" for g, n in zip(small["group"], small["n"]))}
+        v = ok["value"].to_numpy(float)
+        if len(ok) < 2:
+            rows.append({**base, "comparison": HIGHEST_VS_LOWEST if direction == NEUTRAL else WORST_VS_BEST,
+                         "group": "", "reference": ""})
+            continue
+        i_hi, i_lo = int(np.argmax(v)), int(np.argmin(v))
+        if direction == NEUTRAL:
+            comp, a, b = HIGHEST_VS_LOWEST, i_hi, i_lo
+        elif direction == HIGHER:
+            comp, a, b = WORST_VS_BEST, i_lo, i_hi
+        else:
+            comp, a, b = WORST_VS_BEST, i_hi, i_lo
+        ra, rb = ok.iloc[a], ok.iloc[b]
+        rows.append({**base, "comparison": comp, "group": ra["group"], "n": ra["n"], "x": ra["count"],
+                     "value": ra["value"], "reference": rb["group"], "reference_n": rb["n"],
+                     "rx": rb["count"], "reference_value": rb["value"]})
+        o = overall.get((tax, meth, metric, cat))
+        if o is not None:
+            on, ox, ov = o
+            far = int(np.argmax(np.abs(v - ov)))
+            rf = ok.iloc[far]
+            rest_n, rest_x = on - float(rf["n"]), ox - float(rf["count"])
+            if rest_n > 0 and 0 <= rest_x <= rest_n:
+                rows.append({**base, "comparison": TO_OVERALL, "group": rf["group"], "n": rf["n"],
+                             "x": rf["count"], "value": rf["value"], "reference": "overall",
+                             "reference_n": on, "rx": ox, "reference_value": ov,
+                             "rest_n": rest_n, "rest_x": rest_x})
+    if not rows:
         return _empty_disparities()
-    keys = ["taxonomy", "method", "metric", "category", "slice"]
-    g = m.groupby(keys, sort=False, dropna=False)["value"]
-    i_max = g.idxmax()
-    i_min = g.idxmin()
-    stats = pd.DataFrame({"i_max": i_max, "i_min": i_min, "n_groups": g.size()}).reset_index()
-    higher = stats["metric"].map(HIGHER_IS_BETTER).astype(bool).to_numpy()
-    best_i = np.where(higher, stats["i_max"], stats["i_min"])
-    worst_i = np.where(higher, stats["i_min"], stats["i_max"])
-    vmax = m["value"].to_numpy(dtype=float)[stats["i_max"].to_numpy()]
-    vmin = m["value"].to_numpy(dtype=float)[stats["i_min"].to_numpy()]
+    d = pd.DataFrame(rows)
+    for c in ("n", "x", "reference_n", "rx", "rest_n", "rest_x", "value", "reference_value"):
+        if c not in d.columns:
+            d[c] = np.nan
+        d[c] = d[c].astype(float)
+    # the second sample of each test: the reference group, or the rest of the images
+    to_ov = (d["comparison"] == TO_OVERALL).to_numpy()
+    n2 = np.where(to_ov, d["rest_n"], d["reference_n"])
+    x2 = np.where(to_ov, d["rest_x"], d["rx"])
+    n1, x1 = d["n"].to_numpy(float), d["x"].to_numpy(float)
+    w = np.where(to_ov, n1 / np.where(to_ov, d["reference_n"], 1.0), 0.0)  # group share of overall
+    scale = 1.0 - w  # group - overall = (1 - w) * (group - rest)
+    lo, hi = newcombe_diff(x1, n1, x2, n2, confidence)
+    d["difference"] = d["value"] - d["reference_value"]
+    d["ci_low"], d["ci_high"] = scale * lo, scale * hi
+    rr, rlo, rhi = katz_ratio(x1, n1, x2, n2, confidence)  # group / (reference or rest)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(vmax > 0, vmin / np.where(vmax > 0, vmax, 1.0), np.nan)
-    groups = m["group"].to_numpy(dtype=object)
-    values = m["value"].to_numpy(dtype=float)
-    out = pd.DataFrame(
-        {
-            "taxonomy": stats["taxonomy"].to_numpy(dtype=object),
-            "method": stats["method"].to_numpy(dtype=object),
-            "metric": stats["metric"].to_numpy(dtype=object),
-            "category": stats["category"].to_numpy(dtype=object),
-            "slice": stats["slice"].to_numpy(dtype=object),
-            "n_groups": stats["n_groups"].to_numpy(dtype=np.int64),
-            "best_group": groups[best_i],
-            "best_value": values[best_i],
-            "worst_group": groups[worst_i],
-            "worst_value": values[worst_i],
-            "gap": vmax - vmin,
-            "ratio": ratio,
-        }
-    )
+        d["ratio"] = np.where(d["reference_value"] > 0, d["value"] / d["reference_value"], np.nan)
+        # group / overall = 1 / (w + (1 - w) / RR), increasing in RR = group / rest
+        to_overall_ratio = lambda r: 1.0 / (w + (1.0 - w) / r)  # noqa: E731
+        d["ratio_ci_low"] = np.where(to_ov, to_overall_ratio(rlo), rlo)
+        d["ratio_ci_high"] = np.where(to_ov, to_overall_ratio(rhi), rhi)
+    d["p_value"] = two_proportion_z(x1, n1, x2, n2)
+    p_adj = CORRECTIONS[correction](d["p_value"].to_numpy(float))
+    d["p_adjusted"] = p_adj
+    alpha = 1.0 - float(confidence)
+    tested = ~np.isnan(p_adj)
+    selected = int(np.sum(p_adj[tested] < alpha))
+    level = adjusted_confidence(correction, confidence, int(tested.sum()), selected)
+    alo, ahi = newcombe_diff(x1, n1, x2, n2, level)
+    d["adj_ci_low"], d["adj_ci_high"] = scale * alo, scale * ahi
+    d["significant"] = (p_adj < alpha) & ((d["adj_ci_low"] > 0) | (d["adj_ci_high"] < 0)).to_numpy()
+    out = d.reindex(columns=list(DISPARITY_COLUMNS))
+    out["significant"] = out["significant"].astype(bool)
+    out.attrs.update(confidence=float(confidence), correction=correction, min_n=int(min_n),
+                     adjusted_confidence=float(level))
     return out

@@ -24,7 +24,6 @@ from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
 from .models import ImageTextModel, Scoring
-from .document import Note
 from .record import write_json
 from .taxonomy import Taxonomy, check_target
 from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
@@ -73,16 +72,24 @@ def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxono
     return pd.concat(frames, ignore_index=True)
 
 
+def harms(taxonomies: Sequence[Taxonomy]) -> dict[str, dict[str, bool]]:
+    """taxonomy -> category -> declared harm (see :meth:`Taxonomy.harm`)."""
+    return {t.name: dict(t.harms) for t in taxonomies}
+
+
 def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = M.DEFAULT_SLICES,
-          confidence: float = 0.95, disparity_min_n: int = 1, *, orders: dict[str, Sequence[str]] | None = None,
+          confidence: float = 0.95, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
+          disparity_correction: str = "holm", *, orders: dict[str, Sequence[str]] | None = None,
           topk: Sequence[int] = (), small_n: int = M.SMALL_GROUP_N) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-group metrics, and disparities over groups with at least ``disparity_min_n`` images.
+    """Per-group metrics, and disparities over groups with at least ``disparity_min_n`` images
+    (directions from the taxonomies' declarations, p-values adjusted over the whole table).
     ``orders``: the dataset's declared value orders; ``topk``, ``small_n``: see group_metrics."""
     cats = {t.name: t.categories for t in taxonomies}
     met = M.group_metrics(predictions, cats, slices=slices, confidence=confidence,
                           labels={t.name: t.labels for t in taxonomies}, orders=orders, topk=topk,
                           small_n=small_n)
-    return met, M.disparities(met, min_n=disparity_min_n)
+    return met, M.disparities(met, min_n=disparity_min_n, harms=harms(taxonomies), confidence=confidence,
+                              correction=disparity_correction)
 
 
 def confusion(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any],
@@ -111,7 +118,8 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
              chunk_size: int = 2048, on_error: str = "raise", progress: bool = True,
              stats: EmbedStats | None = None, probe_train: FaceDataset | None = None,
              probe_options: dict[str, Any] | None = None,
-             embed_options: dict[str, Any] | None = None, disparity_min_n: int = 1,
+             embed_options: dict[str, Any] | None = None, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
+             disparity_correction: str = "holm",
              topk: Sequence[int] = (), small_group_n: int = M.SMALL_GROUP_N,
              retrieval: Any = None, query_sets: Sequence[Any] = (),
              precision_audit: dict[str, Any] | None = None) -> Evaluation:
@@ -174,8 +182,8 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
             skipped[f"train_{k}"] = skipped.get(f"train_{k}", 0) + v
     orders = dataset.value_orders()
     with timed(timings, "metrics"):
-        met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n, orders=orders,
-                          topk=topk, small_n=small_group_n)
+        met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n, disparity_correction,
+                          orders=orders, topk=topk, small_n=small_group_n)
         conf = confusion(preds, taxonomies, slices, orders)
     for k, v in emb.skipped.items():
         skipped[k] = skipped.get(k, 0) + v
@@ -283,32 +291,58 @@ def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_ta
     return preds, info, temb
 
 
-def header_lines(ev: Evaluation, demo: bool = False) -> list[str]:
-    lines = [f"> {DISCLAIMER}"]
-    if demo:
-        lines.append("> **Demo run: a toy model trained on synthetic images with planted biases. "
-                     "These numbers say nothing about any real model.**")
+def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[Taxonomy] = (),
+                   demo: bool = False) -> "ReportContext":
+    """The report's header and reading rules from run.json's record and the taxonomies."""
+    from . import __version__
+    from .report import ReportContext
+
+    model = record.get("model") or {}
+    data = record.get("dataset") or {}
+    name = str(model.get("name_or_path", "")) or "model"
+    label = "toy demo model" if demo else Path(name).name if Path(name).is_absolute() else name
+    source = data.get("source")
+    if isinstance(source, dict):
+        source = ", ".join(f"{k}={v}" for k, v in source.items() if v not in (None, "", [], {}))
+    header: list[tuple[str, str]] = [("model", f"`{name}`")]
+    for key, title in (("family", "family"), ("scoring", "scoring"), ("dtype", "dtype"), ("device", "device")):
+        if model.get(key) not in (None, ""):
+            header.append((title, str(model[key])))
+    if data:
+        header.append(("dataset", f"{data.get('name', '?')} ({source})" if source else str(data.get("name", "?"))))
+    skipped = sum(ev.skipped.values())
+    header.append(("images", f"{ev.counts.get('images_evaluated', '?')} evaluated, {skipped} skipped"))
     sc = ev.info.get("scoring")
-    if sc:
-        lines.append(f"> Model family **{sc['family']}**: zero-shot `score` = {sc['formula']} (the family's own "
-                     "rule, scale and bias from the checkpoint); the raw logit is in `predictions.parquet`.")
-    if ev.skipped:
-        what = ", ".join(f"{k}: {v}" for k, v in sorted(ev.skipped.items()))
-        lines.append(f"> **Skipped {sum(ev.skipped.values())} item(s)** ({what}); details in run.json.")
-    else:
-        lines.append("> No items were skipped.")
-    return lines
+    if sc:  # the family's own zero-shot rule (issue 9 backends)
+        header.append(("zero-shot score", f"{sc.get('family', '?')}: {sc.get('formula', '?')} (raw logit in "
+                                          "predictions.parquet)"))
+    if "train_images" in ev.counts:
+        header.append(("linear-probe training images", str(ev.counts["train_images"])))
+    header.append(("date", str(record.get("created", ""))))
+    header.append(("clipfair", str((record.get("packages") or {}).get("clipfair") or __version__)))
+    conf = ev.metrics.attrs.get("confidence")
+    d = ev.disparities.attrs
+    if conf:
+        header.append(("intervals", f"Wilson {100 * conf:g}% for rates; differences compared between groups of "
+                                    f"at least {d.get('min_n', '?')} images, p-values adjusted "
+                                    f"({d.get('correction', 'holm')}) over the whole table"))
+    return ReportContext(
+        title=f"clipfair results: {label}" + (f" on {data.get('name')}" if data.get("name") else ""),
+        model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),
+        harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target})
 
 
 def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Path,
                      compare: dict[str, Any] | None = None,
-                     slices: Sequence[Any] = M.DEFAULT_SLICES) -> tuple[list[Path], str]:
+                     slices: Sequence[Any] = M.DEFAULT_SLICES, model: str = "") -> tuple[list[Path], list["Section"]]:
     """Comparison of taxonomy variants (when ``compare`` is given) and prompt sensitivity
-    (when taxonomies were expanded over template sets). Returns paths and Markdown."""
-    from .compare import compare_paired, comparison_markdown, write_comparison
+    (when taxonomies were expanded over template sets). Returns paths and report sections."""
+    from .compare import compare_paired, comparison_sections, plot_keys, write_comparison
     from .sensitivity import write_sensitivity
 
-    written, md = [], []
+    written: list[Path] = []
+    sections: list[Any] = []
+    confidence = float(ev.metrics.attrs.get("confidence", 0.95))
     if compare:
         names = [t.name for t in taxonomies]
         baseline = compare.get("baseline") or names[0]
@@ -319,22 +353,30 @@ def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Pa
         correction, alpha = compare.get("correction", "holm"), float(compare.get("alpha", 0.05))
         with timed(ev.timings, "compare"):
             cmp = compare_paired(ev.predictions, baseline, variants, {t.name: t.categories for t in taxonomies},
-                                 slices, correction=correction, alpha=alpha)
-            written += write_comparison(cmp, out_dir, correction, alpha)
-        md.append(comparison_markdown(cmp, correction, alpha, max_rows=15).replace("# Taxonomy", "## Taxonomy", 1))
+                                 slices, correction=correction, alpha=alpha, confidence=confidence)
+            written += write_comparison(cmp, out_dir, correction, alpha, model=model)
+        sections += comparison_sections(cmp, correction, alpha, max_rows=15, images=plot_keys(cmp))
     with timed(ev.timings, "sensitivity"):
-        paths, smd = write_sensitivity(ev.metrics, ev.disparities, out_dir)
+        paths, secs = write_sensitivity(ev.metrics, out_dir, harms=harms(taxonomies), confidence=confidence,
+                                        model=model,
+                                        min_n=int(ev.disparities.attrs.get("min_n", M.DEFAULT_DISPARITY_MIN_N)))
     written += paths
-    if smd:
-        md.append(smd)
-    return written, "\n".join(md)
+    sections += secs
+    return written, sections
 
 
 def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False,
                   taxonomies: Sequence[Taxonomy] = (), compare: dict[str, Any] | None = None,
-                  slices: Sequence[Any] = M.DEFAULT_SLICES) -> list[Path]:
-    """predictions.parquet, metrics.csv, disparities.csv, summary.md + plots, run.json,
-    and, for variant runs, comparison.* and sensitivity.* files."""
+                  slices: Sequence[Any] = M.DEFAULT_SLICES,
+                  model_card_sections: Sequence[Any] = ()) -> list[Path]:
+    """predictions.parquet, metrics.csv, disparities.csv, plots, summary.md, report.html,
+    run.json, and, for variant runs, comparison.* and sensitivity.* files.
+
+    ``model_card_sections``: the model card as report sections (from
+    :func:`clipfair.model_card.write_model_card`); they go into ``report.html`` only, under one
+    heading, beside ``model_card.md``.
+    Plots already in ``out_dir`` (e.g. the model card's) are shown in ``report.html`` too."""
+    from .document import Section
     from .report import write_report
 
     out = Path(out_dir)
@@ -349,23 +391,23 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     for name, df in tables:
         df.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
         written.append(out / name)
-    with timed(ev.timings, "report"):
-        written += write_report(ev.metrics, ev.disparities, out, header_lines=header_lines(ev, demo))
-        if ev.confusion is not None and len(ev.confusion):
-            from .confusion import write_confusion_plots
+    ctx = report_context(ev, record, taxonomies, demo)
+    extra, sections = variant_analyses(ev, taxonomies, out, compare, slices, model=ctx.model)
+    if ev.confusion is not None and len(ev.confusion):  # before the report: report.html shows the plots
+        from .confusion import write_confusion_plots
 
+        with timed(ev.timings, "report"):
             written += write_confusion_plots(ev.confusion, ev.metrics, out, {t.name: t.labels for t in taxonomies})
-    extra, md = variant_analyses(ev, taxonomies, out, compare, slices)
-    if md:
-        with open(out / "summary.md", "a") as f:
-            f.write("\n" + md)
     written += extra
-    if ev.retrieval is not None:
+    if ev.retrieval is not None:  # before the report: report.html shows its plots
+        from .report import header_blocks
         from .retrieval import write_retrieval
 
         with timed(ev.timings, "retrieval_report"):
-            written += write_retrieval(ev.retrieval, out, ev.info.get("retrieval"),
-                                       intro=[Note(line.lstrip("> ")) for line in header_lines(ev, demo)])
+            written += write_retrieval(ev.retrieval, out, ev.info.get("retrieval"), intro=header_blocks(ctx))
+    card = [Section("Model card reproduction", list(model_card_sections))] if model_card_sections else []
+    with timed(ev.timings, "report"):
+        written += write_report(ev.metrics, ev.disparities, out, ctx, extra_sections=sections, html_sections=card)
     rec = {**record, "timings_s": ev.timings, "counts": ev.counts, "skipped": ev.skipped, **ev.info,
            "skipped_items": ev.errors[:1000]}
     write_json(out / "run.json", rec)

@@ -1,58 +1,97 @@
-"""Markdown tables and PNG plots from the long metrics and disparities frames.
+"""The run's report: ``summary.md`` and ``report.html`` from one document, plus PNG plots.
 
 Everything here only reads the frames :func:`clipfair.metrics.group_metrics` and
-:func:`clipfair.metrics.disparities` produce (or their CSV/parquet copies); no metric is
-recomputed. Plots use matplotlib's object API (``matplotlib.figure.Figure`` rendered by
-the Agg canvas), so they never open a window, never touch pyplot's global state and work
-on headless machines whatever backend is configured.
+:func:`clipfair.metrics.disparities` produce (or their CSV copies); no metric is
+recomputed. The report is built as :mod:`clipfair.document` sections; that module renders
+them to Markdown and to one self-contained HTML page. Plots use matplotlib's object API
+(``matplotlib.figure.Figure`` on the Agg canvas): no window, no pyplot global state.
+
+The code is generic over slices, attributes and metrics: accuracy-like metrics (names
+ending in ``accuracy``) get accuracy tables and plots; every other metric (``rate``,
+``label_rate``, ...) gets per-category tables.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure as MplFigure
+
+from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from .metrics import HIGHER, LOWER, METRIC_COLUMNS, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
 
 from .outputs import safe_filename
 
 __all__ = [
+    "ReportContext",
+    "header_blocks",
+    "summary_document",
     "summary_markdown",
     "plot_accuracy",
     "plot_category_rates",
     "write_report",
     "ACCURACY_PLOT_SLICES",
     "RATE_PLOT_SLICES",
+    "DEMO_BANNER",
 ]
 
-#: slices that get an accuracy plot (when present) and a category-rate plot/table
+#: slices that get an accuracy plot (when present) and a category-rate plot
 ACCURACY_PLOT_SLICES: tuple[str, ...] = ("race", "gender", "age")
 RATE_PLOT_SLICES: tuple[str, ...] = ("race", "age")
-RATE_TABLE_SLICES: tuple[str, ...] = ("race", "age")
 DPI = 120
-TOP_DISPARITIES = 10
+TOP_FINDINGS = 15
+TOP_DISPARITIES = 20
+
+DEMO_BANNER = ("Demo run: a toy model trained for minutes on synthetic cartoon faces with planted biases. "
+               "It says nothing about CLIP or any real model.")
+
+
+@dataclass
+class ReportContext:
+    """What the report says besides the metrics: who/what/when, and how to read each category.
+
+    ``header``: (field, value) rows shown at the top; ``model``: a short model label used
+    in plot titles; ``harms``: taxonomy -> category -> harm (True: lower is better, False:
+    higher is better; missing: neutral); ``n_classes``: taxonomy -> number of classes (the
+    chance line of accuracy plots is 1 / n_classes)."""
+
+    title: str = "clipfair results"
+    model: str = ""
+    min_n: int = 0  # groups with fewer images are marked "(small)" in tables
+    header: list[tuple[str, str]] = field(default_factory=list)
+    demo: bool = False
+    disclaimer: str = ""
+    skipped: Mapping[str, int] = field(default_factory=dict)
+    harms: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
+    n_classes: Mapping[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers
 
 def _clean(metrics: pd.DataFrame) -> pd.DataFrame:
     """The frame with an empty-string category for accuracy rows (a CSV round trip
-    turns "" into NaN) and plain string key columns."""
-    m = metrics.copy()
+    turns "" into NaN)."""
+    m = metrics.copy() if "metric" in metrics.columns else pd.DataFrame(columns=list(METRIC_COLUMNS))
     if "category" in m.columns:
         m["category"] = m["category"].astype(object).where(m["category"].notna(), "")
+    m.attrs = dict(getattr(metrics, "attrs", {}))
     return m
 
 
-def _confidence_label(metrics: pd.DataFrame) -> str:
-    conf = metrics.attrs.get("confidence") if hasattr(metrics, "attrs") else None
-    if isinstance(conf, (int, float)) and 0 < conf < 1:
-        return f"{_num(conf * 100)}% CI"
-    return "CI"
+def _confidence(frame: pd.DataFrame) -> float | None:
+    conf = frame.attrs.get("confidence") if hasattr(frame, "attrs") else None
+    return float(conf) if isinstance(conf, (int, float)) and 0 < conf < 1 else None
+
+
+def _confidence_label(frame: pd.DataFrame) -> str:
+    conf = _confidence(frame)
+    return f"{_num(conf * 100)}% CI" if conf else "CI"
 
 
 def _num(x: float) -> str:
@@ -61,38 +100,36 @@ def _num(x: float) -> str:
 
 
 def _pct(x) -> str:
-    if pd.isna(x):
-        return "–"
-    return f"{100.0 * float(x):.1f}%"
+    return "–" if pd.isna(x) else f"{100.0 * float(x):.1f}%"
 
 
 def _pct_bare(x) -> str:
-    if pd.isna(x):
-        return "–"
-    return f"{100.0 * float(x):.1f}"
+    return "–" if pd.isna(x) else f"{100.0 * float(x):.1f}"
 
 
-def _cell(text) -> str:
-    """A Markdown table cell: pipes escaped, newlines flattened."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _pp(x) -> str:
+    return "–" if pd.isna(x) else f"{100.0 * float(x):+.1f}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]], align: Sequence[str] | None = None) -> list[str]:
-    header = [_cell(h) for h in header]
-    align = list(align) if align is not None else ["l"] * len(header)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    for r in rows:
-        out.append("| " + " | ".join(_cell(c) for c in r) + " |")
-    return out
+def _ci(lo, hi) -> str:
+    return f"[{_pct_bare(lo)}–{_pct_bare(hi)}]"
+
+
+def _value_ci(value, lo, hi) -> str:
+    return f"{_pct(value)} {_ci(lo, hi)}"
 
 
 def _unique(values: Iterable) -> list:
     return list(dict.fromkeys(values))
 
 
-def _acc_cell(row) -> str:
-    return f"{_pct(row.value)} [{_pct_bare(row.ci_low)}–{_pct_bare(row.ci_high)}] ({int(row.n)})"
+def _acc_mask(m: pd.DataFrame) -> np.ndarray:
+    """Rows of accuracy-like metrics (a boolean array, also for an empty frame)."""
+    return np.array([is_accuracy_metric(x) for x in m["metric"]], dtype=bool)
+
+
+def _n_cell(n, min_n: int) -> str:
+    return f"{int(n)} (small)" if int(n) < min_n else str(int(n))
 
 
 def _safe(name: str) -> str:
@@ -106,47 +143,55 @@ def _select(metrics: pd.DataFrame, **eq) -> pd.DataFrame:
     return metrics[mask]
 
 
-_WRAP_MAX_GROUPS = 9  # more groups than this: one-line labels, rotated
+def _is_intersection(slice_name: str) -> bool:
+    return "+" in str(slice_name)
 
 
-def _wrap(text: str, width: int = 11) -> str:
-    """Break a group name after spaces/underscores into lines of about ``width``."""
-    lines: list[str] = []
-    for part in text.split("+"):
-        cur = ""
-        for tok in re.split(r"(?<=[ _])", part):
-            if cur and len(cur) + len(tok) > width:
-                lines.append(cur.rstrip())
-                cur = ""
-            cur += tok
-        if cur:
-            lines.append(cur.rstrip())
-    return "\n".join(lines)
+def _metric_title(metric: str) -> str:
+    return {"rate": "Predicted categories", "label_rate": "Predicted labels"}.get(metric, metric.replace("_", " "))
 
+
+def _direction_word(direction: str) -> str:
+    return {HIGHER: "higher is better", LOWER: "a harm: lower is better", NEUTRAL: "neutral"}.get(direction, direction)
+
+
+# --------------------------------------------------------------------------- plots
 
 def _tick_labels(groups: Sequence[str], ns: Sequence[int]) -> list[str]:
-    if len(groups) <= _WRAP_MAX_GROUPS:
-        return [f"{_wrap(str(g))}\nn={int(n)}" for g, n in zip(groups, ns)]
-    return [f"{str(g).replace('+', ' + ')} (n={int(n)})" for g, n in zip(groups, ns)]
+    """One line per attribute value (an intersection ``A+B`` becomes two lines), then n;
+    never a break inside a value such as ``Latino_Hispanic`` or ``more than 70``."""
+    return ["\n".join(str(g).split("+")) + f"\nn={int(n)}" for g, n in zip(groups, ns)]
 
 
-def _new_figure(n_groups: int, n_series: int = 1, legend_right: bool = False) -> Figure:
-    per_group = 0.45 + 0.22 * n_series if n_groups <= _WRAP_MAX_GROUPS else 0.3 + 0.18 * n_series
-    width = min(max(3.8, 1.2 + n_groups * per_group), 16.0) + (1.8 if legend_right else 0.0)
-    fig = Figure(figsize=(width, 4.6), dpi=DPI)
+_CHAR_IN = 0.075  # width of one 8.5 pt character in inches (about)
+_MAX_WIDTH = 18.0
+
+
+def _slot(labels: Sequence[str], n_series: int) -> float:
+    """Inches per group: room for the longest label line, or the bars."""
+    longest = max((len(line) for lab in labels for line in lab.split("\n")), default=0)
+    return max(0.55 + 0.2 * n_series, longest * _CHAR_IN + 0.25)
+
+
+def _new_figure(labels: Sequence[str], n_series: int = 1, legend_right: bool = False) -> MplFigure:
+    """A figure wide enough that every group label fits on its own lines (no label is
+    broken inside a name); only past the maximum width are labels rotated instead."""
+    width = min(max(4.2, 1.4 + len(labels) * _slot(labels, n_series)), _MAX_WIDTH)
+    fig = MplFigure(figsize=(width + (1.9 if legend_right else 0.0), 4.8), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _style_axis(ax, labels: Sequence[str], ylabel: str, title: str) -> None:
+def _style_axis(fig: MplFigure, ax, labels: Sequence[str], ylabel: str, title: str, n_series: int = 1) -> None:
     ax.set_ylim(0, 100)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=10.5)
     ax.set_xticks(np.arange(len(labels)))
-    if len(labels) <= _WRAP_MAX_GROUPS:
-        ax.set_xticklabels(labels, fontsize=8.5)
+    if 1.4 + len(labels) * _slot(labels, n_series) > _MAX_WIDTH:
+        ax.set_xticklabels([lab.replace("\n", " · ") for lab in labels], rotation=35, ha="right",
+                           rotation_mode="anchor", fontsize=8)
     else:
-        ax.set_xticklabels(labels, rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
+        ax.set_xticklabels(labels, fontsize=8.5)
     ax.yaxis.grid(True, color="#dddddd", linewidth=0.8)
     ax.set_axisbelow(True)
     ax.set_xlim(-0.6, len(labels) - 0.4)
@@ -154,7 +199,7 @@ def _style_axis(ax, labels: Sequence[str], ylabel: str, title: str) -> None:
         ax.spines[side].set_visible(False)
 
 
-def _save(fig: Figure, path) -> Path:
+def _save(fig: MplFigure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight", metadata={"Software": None})
@@ -167,8 +212,6 @@ def _errors(values: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarr
     hi = np.nan_to_num(highs - values, nan=0.0)
     return np.clip(np.vstack([lo, hi]) * 100.0, 0.0, None)
 
-
-# --------------------------------------------------------------------------- plots
 
 def _rows_or_raise(m: pd.DataFrame, metric: str, taxonomy: str, method: str, slice: str) -> pd.DataFrame:
     """The rows of one metric/taxonomy/method/slice; an error listing what exists if none."""
@@ -183,36 +226,49 @@ def _rows_or_raise(m: pd.DataFrame, metric: str, taxonomy: str, method: str, sli
     return rows
 
 
-def _accuracy_figure(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str) -> Figure:
+def _title(model: str, taxonomy: str, method: str, what: str) -> str:
+    who = f"{model}: " if model else ""
+    return f"{who}{taxonomy} ({method.replace('_', '-')})\n{what}"
+
+
+def _accuracy_figure(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str, model: str = "",
+                     n_classes: int | None = None, metric: str = "accuracy") -> MplFigure:
     m = _clean(metrics)
-    rows = _rows_or_raise(m, "accuracy", taxonomy, method, slice)
+    rows = _rows_or_raise(m, metric, taxonomy, method, slice)
     v = rows["value"].to_numpy(dtype=float)
-    fig = _new_figure(len(rows), legend_right=True)
+    labels = _tick_labels(list(rows["group"]), list(rows["n"]))
+    fig = _new_figure(labels, legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(rows))
-    ax.bar(x, v * 100.0, width=0.65, color="#4C72B0", edgecolor="none", label="accuracy")
+    ax.bar(x, v * 100.0, width=0.65, color="#4C72B0", edgecolor="none", label=metric.replace("_", " "))
     ax.errorbar(x, v * 100.0, yerr=_errors(v, rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float)),
-                fmt="none", ecolor="#222222", elinewidth=1.1, capsize=3, label="Wilson " + _confidence_label(metrics))
-    overall = _select(m, metric="accuracy", taxonomy=taxonomy, method=method, slice="overall")
+                fmt="none", ecolor="#222222", elinewidth=1.1, capsize=3, label="Wilson " + _confidence_label(m))
+    overall = _select(m, metric=metric, taxonomy=taxonomy, method=method, slice="overall")
     if len(overall):
         ax.axhline(float(overall["value"].iloc[0]) * 100.0, color="#C44E52", linestyle="--",
                    linewidth=1.0, label=f"overall {_pct(overall['value'].iloc[0])}")
-    labels = _tick_labels(list(rows["group"]), list(rows["n"]))
-    _style_axis(ax, labels, "accuracy (%)", f"{taxonomy} · {method}: accuracy by {slice}")
+    if n_classes:
+        ax.axhline(100.0 / n_classes, color="#555555", linestyle=":", linewidth=1.2,
+                   label=f"chance 1/{n_classes} = {100.0 / n_classes:.1f}%")
+    _style_axis(fig, ax, labels, f"{metric.replace('_', ' ')} (%)",
+                _title(model, taxonomy, method, f"{metric.replace('_', ' ')} by {slice}"))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_accuracy(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str, path) -> Path:
-    """Per-group accuracy bars with Wilson CI error bars and n under each group; PNG."""
-    return _save(_accuracy_figure(metrics, taxonomy, method, slice), path)
+def plot_accuracy(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str, path, model: str = "",
+                  n_classes: int | None = None) -> Path:
+    """Per-group accuracy bars with Wilson CI error bars, n under each group, the overall
+    value and the chance line (1 / n_classes) when given; PNG."""
+    return _save(_accuracy_figure(metrics, taxonomy, method, slice, model, n_classes), path)
 
 
 def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
-                  categories: Sequence[str] | None = None, method: str = "zero_shot") -> Figure:
+                  categories: Sequence[str] | None = None, method: str = "zero_shot", model: str = "",
+                  metric: str = "rate", harms: Mapping[str, bool] | None = None) -> MplFigure:
     m = _clean(metrics)
-    rows = _rows_or_raise(m, "rate", taxonomy, method, slice)
+    rows = _rows_or_raise(m, metric, taxonomy, method, slice)
     present = _unique(rows["category"])
     cats = present if categories is None else list(categories)
     unknown = [c for c in cats if c not in present]
@@ -222,189 +278,383 @@ def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
         raise ValueError("no categories to plot")
     groups = _unique(rows["group"])
     n_by_group = rows.drop_duplicates("group").set_index("group")["n"]
-    fig = _new_figure(len(groups), len(cats), legend_right=True)
+    labels = _tick_labels(groups, [n_by_group[g] for g in groups])
+    fig = _new_figure(labels, len(cats), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(groups))
     width = 0.8 / len(cats)
-    colors = [f"C{i % 10}" for i in range(len(cats))]
     for i, cat in enumerate(cats):
         r = rows[rows["category"] == cat].set_index("group").reindex(groups)
         v = r["value"].to_numpy(dtype=float)
+        h = (harms or {}).get(cat)
+        label = cat + {True: " (harm)", False: "", None: " (neutral)"}[h]
         ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(v) * 100.0, width=width * 0.95,
-               color=colors[i], label=cat, edgecolor="none")
+               color=f"C{i % 10}", label=label, edgecolor="none")
         ax.errorbar(x - 0.4 + width * (i + 0.5), np.nan_to_num(v) * 100.0,
                     yerr=_errors(v, r["ci_low"].to_numpy(float), r["ci_high"].to_numpy(float)),
                     fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
-    labels = _tick_labels(groups, [n_by_group[g] for g in groups])
-    _style_axis(ax, labels, "share of group's images (%)",
-                f"{taxonomy} · {method}: predicted category by {slice}\n"
-                f"(error bars: Wilson {_confidence_label(metrics)})")
+    _style_axis(fig, ax, labels, "share of group's images (%)",
+                _title(model, taxonomy, method, f"predicted category by {slice} "
+                                                 f"(error bars: Wilson {_confidence_label(m)})"), len(cats))
     ax.legend(title="category", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def plot_category_rates(metrics: pd.DataFrame, taxonomy: str, slice: str, path,
-                        categories: Sequence[str] | None = None, method: str = "zero_shot") -> Path:
+                        categories: Sequence[str] | None = None, method: str = "zero_shot", model: str = "",
+                        harms: Mapping[str, bool] | None = None) -> Path:
     """Grouped bars: per group, the share of images put into each category, with CIs; PNG."""
-    return _save(_rates_figure(metrics, taxonomy, slice, categories, method), path)
+    return _save(_rates_figure(metrics, taxonomy, slice, categories, method, model, harms=harms), path)
 
 
-# --------------------------------------------------------------------------- markdown
+# --------------------------------------------------------------------------- document
 
-def _summary(metrics: pd.DataFrame, disp: pd.DataFrame, title: str, header_lines: Sequence[str],
-             images: Mapping[tuple, str]) -> str:
-    m = _clean(metrics)
-    ci = _confidence_label(metrics)
-    out: list[str] = [f"# {title}", ""]
-    for line in header_lines:
-        out += [str(line), ""]
-
-    acc = m[m["metric"] == "accuracy"]
-    rate = m[m["metric"] == "rate"]
-
-    if len(acc):
-        out += ["## Accuracy", "",
-                f"Cells: accuracy [Wilson {ci}] (n = images with a target in the group).", ""]
-        for tax in _unique(acc["taxonomy"]):
-            for meth in _unique(acc.loc[acc["taxonomy"] == tax, "method"]):
-                rows = acc[(acc["taxonomy"] == tax) & (acc["method"] == meth)]
-                out += [f"### {tax} · {meth}", ""]
-                out += _table(["slice", "group", f"accuracy [{ci}] (n)"],
-                              [(r.slice, r.group, _acc_cell(r)) for r in rows.itertuples(index=False)],
-                              ["l", "l", "r"])
-                out.append("")
-                for sl in ACCURACY_PLOT_SLICES:
-                    img = images.get(("accuracy", tax, meth, sl))
-                    if img:
-                        out += [f"![{tax} {meth} accuracy by {sl}]({img})", ""]
-
-    multi = _rate_plot_taxonomies(rate) if len(rate) else []
-    single = [t for t in _unique(rate["taxonomy"]) if t not in multi] if len(rate) else []
-    if multi:
-        out += ["## Predicted categories", "",
-                "Cells: share of the group's images whose prediction falls in each category.", ""]
-        if single:
-            out += ["Taxonomies with a single category (every prediction falls in it) are left "
-                    "out: " + ", ".join(single) + ".", ""]
-        for tax in multi:
-            for meth in _unique(rate.loc[rate["taxonomy"] == tax, "method"]):
-                sub = rate[(rate["taxonomy"] == tax) & (rate["method"] == meth)]
-                cats = _unique(sub["category"])
-                for sl in RATE_TABLE_SLICES:
-                    rows = sub[sub["slice"].isin(["overall", sl])]
-                    if not (rows["slice"] == sl).any():
-                        continue
-                    wide = {(g, c): v for g, c, v in zip(rows["group"], rows["category"], rows["value"])}
-                    groups = _unique(rows["group"])
-                    n_by_group = rows.drop_duplicates("group").set_index("group")["n"]
-                    out += [f"### {tax} · {meth} — by {sl}", ""]
-                    out += _table(
-                        [sl, "n", *cats],
-                        [(g, int(n_by_group[g]), *(_pct(wide.get((g, c), float("nan"))) for c in cats))
-                         for g in groups],
-                        ["l", "r", *(["r"] * len(cats))],
-                    )
-                    out.append("")
-                    img = images.get(("rate", tax, meth, sl))
-                    if img:
-                        out += [f"![{tax} {meth} categories by {sl}]({img})", ""]
-
-    d = _clean(disp) if len(disp) else disp
-    if len(d):
-        d = d[d["n_groups"] >= 2]
-    if len(d):
-        out += ["## Largest disparities", "",
-                "Per slice, the best and worst group (accuracy: highest is best; category "
-                "rate: lowest is best), gap = max − min in percentage points, ratio = min / max.",
-                ""]
-        for metric in _unique(d["metric"]):
-            dm = d[d["metric"] == metric].sort_values("gap", ascending=False, kind="stable")
-            dm = dm.head(TOP_DISPARITIES)
-            out += [f"### {metric}", ""]
-            out += _table(
-                ["taxonomy", "method", "category", "slice", "best", "worst", "gap (pp)", "ratio", "groups"],
-                [
-                    (r.taxonomy, r.method, r.category or "–", r.slice,
-                     f"{r.best_group} {_pct(r.best_value)}", f"{r.worst_group} {_pct(r.worst_value)}",
-                     _pct_bare(r.gap), "–" if pd.isna(r.ratio) else f"{float(r.ratio):.2f}",
-                     int(r.n_groups))
-                    for r in dm.itertuples(index=False)
-                ],
-                ["l", "l", "l", "l", "l", "l", "r", "r", "r"],
-            )
-            out.append("")
-    return "\n".join(out).rstrip("\n") + "\n"
+def header_blocks(ctx: ReportContext) -> list[Block]:
+    """The top of a run's documents: demo banner, disclaimer, skipped items, the run table."""
+    blocks: list[Block] = []
+    if ctx.demo:
+        blocks.append(Note(DEMO_BANNER, kind="warning"))
+    if ctx.disclaimer:
+        blocks.append(Note(ctx.disclaimer))
+    if ctx.skipped:
+        what = ", ".join(f"{k}: {v}" for k, v in sorted(ctx.skipped.items()))
+        blocks.append(Note(f"Skipped {sum(ctx.skipped.values())} item(s) ({what}); details in run.json.",
+                           kind="warning"))
+    if ctx.header:
+        blocks.append(Table(["run", ""], [[f"**{k}**", v] for k, v in ctx.header], align="ll"))
+    return blocks
 
 
-def summary_markdown(metrics: pd.DataFrame, disparities: pd.DataFrame, title: str = "clipfair results",
-                     header_lines: Sequence[str] = ()) -> str:
-    """Readable Markdown: accuracy tables per taxonomy x method (every slice), category-rate
-    tables by race and by age per taxonomy x method (taxonomies with more than one
-    category), and the largest disparities per metric (top 10 by gap, slices with at
-    least two groups). ``header_lines`` go right under the title, one paragraph each."""
-    return _summary(metrics, disparities, title, header_lines, {})
+def _finding_text(r) -> str:
+    where = f"**{r.taxonomy} · {r.method} · {r.metric}{f' of {r.category}' if r.category else ''} by {r.slice}**"
+    if r.comparison == TO_OVERALL:
+        what = (f"{r.group} {_pct(r.value)} (n={int(r.n)}) vs overall {_pct(r.reference_value)} "
+                f"(n={int(r.reference_n)})")
+    else:
+        a, b = ("worst", "best") if r.direction != NEUTRAL else ("highest", "lowest")
+        what = (f"{a} {r.group} {_pct(r.value)} (n={int(r.n)}) vs {b} {r.reference} "
+                f"{_pct(r.reference_value)} (n={int(r.reference_n)})")
+    return (f"{where}: {what}: difference {_pp(r.difference)} pp, adjusted interval "
+            f"[{_pp(r.adj_ci_low)}, {_pp(r.adj_ci_high)}], adjusted p = {r.p_adjusted:.2g}")
 
 
-def _rate_plot_taxonomies(rate: pd.DataFrame) -> list[str]:
-    """Taxonomies with more than one reporting category (probes like denigration); a
-    target taxonomy whose classes share a single category has nothing to compare."""
+def _distinct_findings(sig: pd.DataFrame) -> pd.DataFrame:
+    """Significant rows, largest first, without repeats: a slice's group-vs-overall row when
+    its worst-vs-best (or highest-vs-lowest) row is already a finding, and the mirror image
+    of a finding (the same two groups and size in a complementary category, e.g. human and
+    non_human of a two-way split)."""
+    if sig.empty:
+        return sig
+    sig = sig.reindex(sig["difference"].abs().sort_values(ascending=False, kind="stable").index)
+    key = ["taxonomy", "method", "metric", "category", "slice"]
+    ext = {tuple(k) for k in sig.loc[sig["comparison"] != TO_OVERALL, key].itertuples(index=False, name=None)}
+    keep, seen = [], set()
+    for i, r in zip(sig.index, sig.itertuples(index=False)):
+        if r.comparison == TO_OVERALL and (r.taxonomy, r.method, r.metric, r.category, r.slice) in ext:
+            continue
+        mirror = (r.taxonomy, r.method, r.metric, r.slice, r.comparison == TO_OVERALL,
+                  frozenset((r.group, r.reference)), round(abs(float(r.difference)), 9))
+        if mirror in seen:
+            continue
+        seen.add(mirror)
+        keep.append(i)
+    return sig.loc[keep]
+
+
+def _findings_section(disp: pd.DataFrame) -> Section:
+    conf = _confidence(disp) or 0.95
+    corr = {"holm": "Holm-Bonferroni", "bh": "Benjamini-Hochberg"}.get(disp.attrs.get("correction", "holm"),
+                                                                      disp.attrs.get("correction", "holm"))
+    level = disp.attrs.get("adjusted_confidence")
+    tested = disp[disp["p_value"].notna()] if len(disp) else disp
+    sig = disp[disp["significant"].astype(bool)] if len(disp) else disp
+    blocks: list[Block] = [Text(
+        f"Differences between groups whose multiplicity-adjusted interval excludes 0, largest first "
+        f"(of {len(tested)} comparisons in `disparities.csv`: worst vs best group or highest vs lowest, and "
+        f"the group farthest from overall; p-values adjusted with {corr} over the whole table"
+        + (f", intervals at the adjusted level {100 * level:.4g}%" if level else "") + "). "
+        f"Groups smaller than {disp.attrs.get('min_n', 'the minimum')} images are not compared. "
+        "A category without a declared direction is described as highest/lowest, never worst/best. "
+        "Cannot show: causes, differences among groups too small to compare, or whether the dataset's "
+        "labels are right.")]
+    sig = _distinct_findings(sig)
+    if sig.empty:
+        blocks.append(Note(f"No difference between groups is significant at {_num(100 * conf)}% after adjustment. "
+                           "That is not evidence that the groups are treated alike: small groups give wide intervals."))
+    else:
+        blocks.append(Bullets([_finding_text(r) for r in sig.head(TOP_FINDINGS).itertuples(index=False)],
+                              ordered=True))
+        if len(sig) > TOP_FINDINGS:
+            blocks.append(Text(f"{len(sig) - TOP_FINDINGS} more significant differences in `disparities.csv`."))
+    return Section("Key findings", blocks)
+
+
+def _accuracy_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportContext) -> list[Section]:
+    acc = m[_acc_mask(m)]
+    if acc.empty:
+        return []
+    ci = _confidence_label(m)
     out = []
-    for tax in _unique(rate["taxonomy"]):
-        if rate.loc[rate["taxonomy"] == tax, "category"].nunique() > 1:
-            out.append(tax)
+    for metric in _unique(acc["metric"]):
+        am = acc[acc["metric"] == metric]
+        blocks: list[Block] = [Text(
+            f"Cells: {metric.replace('_', ' ')} [Wilson {ci}] per method, side by side; n = the group's images with a "
+            "target label; (small): too few images to compare with other groups (see below). Covers the images whose label a class of the taxonomy matches. Cannot show: whether "
+            "the dataset's labels (annotators' perceptions) are right, or why a group is misclassified.")]
+        for tax in _unique(am["taxonomy"]):
+            sub = am[am["taxonomy"] == tax]
+            methods = _unique(sub["method"])
+            key = ["slice", "group"]
+            wide = sub.pivot_table(index=key, columns="method", values=["value", "ci_low", "ci_high", "n"],
+                                   aggfunc="first", sort=False)
+            order = _unique(zip(sub["slice"], sub["group"]))
+
+            def rows_for(pred):
+                rows = []
+                for sl, g in order:
+                    if not pred(sl):
+                        continue
+                    r = wide.loc[(sl, g)]
+                    ns = _unique(int(r[("n", mt)]) for mt in methods if not pd.isna(r[("n", mt)]))
+                    cells = [_value_ci(r[("value", mt)], r[("ci_low", mt)], r[("ci_high", mt)])
+                             if not pd.isna(r[("value", mt)]) else "–" for mt in methods]
+                    rows.append([sl, g, "/".join(_n_cell(n, ctx.min_n) for n in ns), *cells])
+                return rows
+
+            cols = ["slice", "group", "n", *[mt.replace("_", " ") for mt in methods]]
+            al = "llr" + "r" * len(methods)
+            tb: list[Block] = []
+            k = ctx.n_classes.get(tax)
+            if k:
+                tb.append(Text(f"{k} classes: chance is {100.0 / k:.1f}%."))
+            tb.append(Table(cols, rows_for(lambda s: not _is_intersection(s)), align=al))
+            inter = rows_for(_is_intersection)
+            if inter:
+                tb.append(Details(f"Intersections ({len(inter)} groups)", [Table(cols, inter, align=al)]))
+            for mt in methods:
+                for sl in ACCURACY_PLOT_SLICES:
+                    img = images.get((metric, tax, mt, sl))
+                    if img:
+                        tb.append(Figure(img, f"{tax} ({mt}): {metric.replace('_', ' ')} by {sl}"))
+            blocks.append(Section(f"{tax}", tb))
+        out.append(Section("Accuracy" if metric == "accuracy" else metric.replace("_", " ").capitalize(), blocks))
     return out
 
 
-def write_report(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir,
-                 header_lines: Sequence[str] = (), title: str = "clipfair results") -> list[Path]:
-    """Write ``summary.md`` and its plots into ``out_dir``; return the written paths
-    (plots in the order written, then ``summary.md``).
+def _rate_taxonomies(rate: pd.DataFrame) -> list[str]:
+    """Taxonomies with more than one category: a taxonomy whose classes share a single
+    category puts every image in it and has nothing to compare."""
+    return [t for t in _unique(rate["taxonomy"]) if rate.loc[rate["taxonomy"] == t, "category"].nunique() > 1]
 
-    Plots: ``accuracy_<taxonomy>_<method>_<slice>.png`` for every taxonomy with a target,
-    every method and the slices race, gender, age that are present; and
-    ``rates_<taxonomy>_<slice>.png`` by race and by age for every taxonomy with more
-    than one category (zero-shot rates, or the first method if there is no zero-shot).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportContext) -> list[Section]:
+    out = []
+    ci = _confidence_label(m)
+    for metric in _unique(m.loc[~_acc_mask(m), "metric"]):
+        rate = m[m["metric"] == metric]
+        taxes = _rate_taxonomies(rate)
+        single = [t for t in _unique(rate["taxonomy"]) if t not in taxes]
+        if not taxes:
+            continue
+        blocks: list[Block] = [Text(
+            f"Cells: share of the group's images predicted into each category [Wilson {ci}]; n = the group's "
+            "images; (small): too few images to compare. A category declared a harm is marked (harm); one declared not a harm is plain; one without a "
+            "declared direction is (neutral) and only described. Covers what the model picks among the offered "
+            "classes only: a different class list or prompt wording can move these rates (see the comparison and "
+            "prompt-sensitivity sections when present).")]
+        if single:
+            blocks.append(Text("Taxonomies with a single category (every prediction falls in it) are left out: "
+                               + ", ".join(single) + "."))
+        for tax in taxes:
+            harms = ctx.harms.get(tax, {})
+            tb: list[Block] = []
+            for meth in _unique(rate.loc[rate["taxonomy"] == tax, "method"]):
+                sub = rate[(rate["taxonomy"] == tax) & (rate["method"] == meth)]
+                cats = _unique(sub["category"])
+                heads = [c + {True: " (harm)", False: "", None: " (neutral)"}[harms.get(c)] for c in cats]
+                cell = {(s, g, c): _value_ci(v, lo, hi) for s, g, c, v, lo, hi in
+                        zip(sub["slice"], sub["group"], sub["category"], sub["value"], sub["ci_low"], sub["ci_high"])}
+                nmap = {(s, g): int(n) for s, g, n in zip(sub["slice"], sub["group"], sub["n"])}
+                order = _unique(zip(sub["slice"], sub["group"]))
+                cols = ["slice", "group", "n", *heads]
+                al = "llr" + "r" * len(cats)
+
+                def rows_for(pred):
+                    return [[s, g, _n_cell(nmap[(s, g)], ctx.min_n), *(cell.get((s, g, c), "–") for c in cats)]
+                            for s, g in order if pred(s)]
+
+                title = f"{tax} ({meth})"
+                sec: list[Block] = [Table(cols, rows_for(lambda s: not _is_intersection(s)), align=al)]
+                inter = rows_for(_is_intersection)
+                if inter:
+                    sec.append(Details(f"Intersections ({len(inter)} groups)", [Table(cols, inter, align=al)]))
+                for sl in RATE_PLOT_SLICES:
+                    img = images.get((metric, tax, meth, sl))
+                    if img:
+                        sec.append(Figure(img, f"{tax} ({meth}): predicted category by {sl}"))
+                tb.append(Section(title, sec))
+            blocks += tb
+        out.append(Section(_metric_title(metric), blocks))
+    return out
+
+
+def _disparity_sections(disp: pd.DataFrame) -> list[Section]:
+    if disp.empty:
+        return []
+    ci = _confidence_label(disp)
+    ext = disp[(disp["comparison"] != TO_OVERALL) & disp["difference"].notna()]
+    blocks: list[Block] = [Text(
+        "Per taxonomy, method, metric, category and slice: the worst vs the best group (direction declared) or the "
+        f"highest vs the lowest (neutral), among groups of at least {disp.attrs.get('min_n', '?')} images. "
+        f"Difference in percentage points with Newcombe's hybrid score {ci} and the multiplicity-adjusted "
+        f"interval; ratio with the Katz log {ci}. Largest {TOP_DISPARITIES} by size; every row, and each slice's "
+        "group farthest from overall, are in `disparities.csv`. Cannot show: differences between groups that were "
+        "too small to compare, or causes.")]
+    if len(ext):
+        top = ext.reindex(ext["difference"].abs().sort_values(ascending=False, kind="stable").index)
+        top = top.head(TOP_DISPARITIES)
+        rows = []
+        for r in top.itertuples(index=False):
+            a, b = ("worst", "best") if r.direction != NEUTRAL else ("highest", "lowest")
+            rows.append([f"{r.taxonomy} · {r.method}", f"{r.metric}{' · ' + r.category if r.category else ''}",
+                         r.slice, f"{a}: {r.group} {_pct(r.value)} (n={int(r.n)})",
+                         f"{b}: {r.reference} {_pct(r.reference_value)} (n={int(r.reference_n)})",
+                         f"{_pp(r.difference)} [{_pp(r.ci_low)}, {_pp(r.ci_high)}]",
+                         f"[{_pp(r.adj_ci_low)}, {_pp(r.adj_ci_high)}]",
+                         "–" if pd.isna(r.ratio) else f"{r.ratio:.2f} " + (
+                             "[–]" if pd.isna(r.ratio_ci_low) else f"[{r.ratio_ci_low:.2f}, {r.ratio_ci_high:.2f}]"),
+                         f"{r.p_adjusted:.2g}", "yes" if r.significant else ""])
+        blocks.append(Table(["taxonomy · method", "metric", "slice", "group", "compared with",
+                             "difference pp [CI]", "adjusted CI", "ratio [CI]", "p adj.", "significant"],
+                            rows, align="lllllrrrrc"))
+    small = disp[disp["too_small"].fillna("").astype(str) != ""].drop_duplicates(["taxonomy", "slice", "too_small"])
+    if len(small):
+        blocks.append(Details(
+            f"Groups too small to compare (fewer than {disp.attrs.get('min_n', '?')} images)",
+            [Table(["taxonomy", "slice", "groups (n)"],
+                   [[r.taxonomy, r.slice, r.too_small] for r in small.itertuples(index=False)])]))
+    return [Section("Largest differences between groups", blocks)]
+
+
+def summary_document(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: ReportContext | None = None,
+                     images: Mapping[tuple, str] | None = None,
+                     extra_sections: Sequence[Section] = ()) -> Document:
+    """The report as a document: header, key findings, accuracy (methods side by side),
+    category rates, largest differences, then ``extra_sections`` (comparison, prompt
+    sensitivity, model card, ...). ``images``: (metric, taxonomy, method, slice) -> PNG."""
+    ctx = ctx or ReportContext()
     m = _clean(metrics)
-    m.attrs = dict(getattr(metrics, "attrs", {}))
+    d = _clean(disparities) if len(disparities) else disparities
+    if not ctx.min_n and "min_n" in getattr(disparities, "attrs", {}):
+        ctx = replace(ctx, min_n=int(disparities.attrs["min_n"]))
+    if len(d) and "comparison" not in d.columns:
+        raise ValueError("disparities frame is from an older clipfair (no 'comparison' column); rerun the run")
+    d.attrs = dict(getattr(disparities, "attrs", {}))
+    images = images or {}
+    sections: list[Section] = []
+    if len(d):
+        sections.append(_findings_section(d))
+    sections += _accuracy_sections(m, images, ctx)
+    sections += _rate_sections(m, images, ctx)
+    sections += _disparity_sections(d)
+    sections += list(extra_sections)
+    return Document(ctx.title, sections, intro=header_blocks(ctx))
+
+
+def summary_markdown(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: ReportContext | None = None) -> str:
+    """``summary.md``'s text (without plots)."""
+    return to_markdown(summary_document(metrics, disparities, ctx))
+
+
+def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Path], dict[tuple, str]]:
     written: list[Path] = []
     images: dict[tuple, str] = {}
-    used_names: set[str] = set()
+    used: set[str] = set()
 
     def fname(stem: str) -> str:
         name, i = f"{stem}.png", 2
-        while name in used_names:  # two taxonomies whose names sanitise alike
+        while name in used:  # two taxonomies whose names sanitise alike
             name, i = f"{stem}_{i}.png", i + 1
-        used_names.add(name)
+        used.add(name)
         return name
 
-    acc = m[m["metric"] == "accuracy"]
-    for tax in _unique(acc["taxonomy"]):
-        for meth in _unique(acc.loc[acc["taxonomy"] == tax, "method"]):
-            have = set(acc.loc[(acc["taxonomy"] == tax) & (acc["method"] == meth), "slice"])
-            for sl in ACCURACY_PLOT_SLICES:
+    acc = m[_acc_mask(m)]
+    for metric in _unique(acc["metric"]):
+        am = acc[acc["metric"] == metric]
+        for tax in _unique(am["taxonomy"]):
+            for meth in _unique(am.loc[am["taxonomy"] == tax, "method"]):
+                have = set(am.loc[(am["taxonomy"] == tax) & (am["method"] == meth), "slice"])
+                for sl in ACCURACY_PLOT_SLICES:
+                    if sl not in have or metric.startswith(SLICE_SUMMARY_PREFIX):  # one row per slice
+                        continue
+                    prefix = "accuracy" if metric == "accuracy" else _safe(metric)
+                    name = fname(f"{prefix}_{_safe(tax)}_{_safe(meth)}_{_safe(sl)}")
+                    fig = _accuracy_figure(m, tax, meth, sl, ctx.model, ctx.n_classes.get(tax) if metric == "accuracy"
+                                           else None, metric)
+                    written.append(_save(fig, out_dir / name))
+                    images[(metric, tax, meth, sl)] = name
+    for metric in _unique(m.loc[~_acc_mask(m), "metric"]):
+        rate = m[m["metric"] == metric]
+        for tax in _rate_taxonomies(rate):
+            methods = _unique(rate.loc[rate["taxonomy"] == tax, "method"])
+            meth = "zero_shot" if "zero_shot" in methods else methods[0]
+            have = set(rate.loc[(rate["taxonomy"] == tax) & (rate["method"] == meth), "slice"])
+            for sl in RATE_PLOT_SLICES:
                 if sl not in have:
                     continue
-                name = fname(f"accuracy_{_safe(tax)}_{_safe(meth)}_{_safe(sl)}")
-                written.append(plot_accuracy(m, tax, meth, sl, out_dir / name))
-                images[("accuracy", tax, meth, sl)] = name
+                prefix = "rates" if metric == "rate" else _safe(metric)
+                name = fname(f"{prefix}_{_safe(tax)}_{_safe(sl)}")
+                fig = _rates_figure(m, tax, sl, None, meth, ctx.model, metric, ctx.harms.get(tax))
+                written.append(_save(fig, out_dir / name))
+                images[(metric, tax, meth, sl)] = name
+    return written, images
 
-    rate = m[m["metric"] == "rate"]
-    for tax in _rate_plot_taxonomies(rate):
-        methods = _unique(rate.loc[rate["taxonomy"] == tax, "method"])
-        meth = "zero_shot" if "zero_shot" in methods else methods[0]
-        have = set(rate.loc[(rate["taxonomy"] == tax) & (rate["method"] == meth), "slice"])
-        for sl in RATE_PLOT_SLICES:
-            if sl not in have:
-                continue
-            name = fname(f"rates_{_safe(tax)}_{_safe(sl)}")
-            written.append(plot_category_rates(m, tax, sl, out_dir / name, method=meth))
-            images[("rate", tax, meth, sl)] = name
 
+def _other_plots(doc: Document, out_dir: Path) -> Section | None:
+    """Every PNG in ``out_dir`` the document does not show yet (model card, ...)."""
+    shown: set[str] = set()
+
+    def walk(blocks):
+        for b in blocks:
+            if isinstance(b, Figure):
+                shown.add(b.path)
+            elif isinstance(b, (Section, Details)):
+                walk(b.blocks)
+
+    walk(doc.sections)
+    rest = sorted(p.name for p in out_dir.glob("*.png") if p.name not in shown)
+    if not rest:
+        return None
+    return Section("Other plots", [Figure(n, n[:-4].replace("_", " ")) for n in rest])
+
+
+def write_report(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir, ctx: ReportContext | None = None,
+                 extra_sections: Sequence[Section] = (), html_sections: Sequence[Section] = ()) -> list[Path]:
+    """Write the plots, ``summary.md`` and ``report.html`` into ``out_dir``; return the
+    written paths (plots in the order written, then ``summary.md``, ``report.html``).
+
+    Plots: ``accuracy_<taxonomy>_<method>_<slice>.png`` for every taxonomy with a target,
+    every method and the slices race, gender, age that are present; and
+    ``rates_<taxonomy>_<slice>.png`` by race and by age for every taxonomy with more than
+    one category. ``extra_sections`` go into both files (comparison, prompt sensitivity);
+    ``html_sections`` into ``report.html`` only (the model card, which has its own
+    ``model_card.md``). ``report.html`` also shows every other PNG in ``out_dir``.
+    """
+    ctx = ctx or ReportContext()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = _clean(metrics)
+    written, images = _plots(m, out_dir, ctx)
+    doc = summary_document(m, disparities, ctx, images, extra_sections)
     summary = out_dir / "summary.md"
-    summary.write_text(_summary(m, disparities, title, header_lines, images), encoding="utf-8")
+    summary.write_text(to_markdown(doc), encoding="utf-8")
     written.append(summary)
+    doc.sections += list(html_sections)
+    other = _other_plots(doc, out_dir)
+    if other is not None:
+        doc.sections.append(other)
+    page = out_dir / "report.html"
+    page.write_text(to_html(doc, base_dir=out_dir), encoding="utf-8")
+    written.append(page)
     return written

@@ -168,7 +168,8 @@ class RunConfig:
     taxonomies: list[str] = field(default_factory=list)
     slices: Union[AUTO, list[Union[str, list[str]]]] = "auto"
     confidence: float = 0.95
-    disparity_min_n: int = 1
+    disparity_min_n: int = 30
+    disparity_correction: Literal["holm", "bh"] = "holm"
     topk: list[int] = field(default_factory=lambda: [5])
     small_group_n: int = 30
     subset: SubsetConfig = field(default_factory=SubsetConfig)

@@ -1,33 +1,41 @@
 """Prompt sensitivity: the same taxonomy under several template sets.
 
 A taxonomy ``t`` evaluated with template set ``s`` is named ``t@s``. For every group the
-spread of its rate/accuracy across sets is reported (min, max, standard deviation), and a
-*finding* (which group is worst for a metric in a slice) is marked robust when it holds
-under every template set.
+spread of its rate/accuracy across sets is reported (min, max, standard deviation). A
+*finding* (which group is worst for a metric in a slice) exists only where a direction is
+declared (accuracy, or a category the taxonomy declares a harm or not); it is **robust**
+when the same group is worst under every set and its gap to the next group (Newcombe's
+hybrid score interval at ``confidence``) excludes 0 under every set. Categories with the
+same value for every group under every set say nothing about groups and are left out.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .document import Figure, Section, Table, Text
+from .metrics import DEFAULT_DISPARITY_MIN_N, HIGHER, NEUTRAL, is_accuracy_metric, metric_direction
+from .stats import newcombe_diff
 from .taxonomy import Taxonomy, TaxonomyError
 from .outputs import safe_filename
 
 SEP = "@"
 SPREAD_COLUMNS = ("taxonomy", "method", "metric", "category", "slice", "group", "n_sets",
                   "min", "max", "mean", "std", "range", "min_set", "max_set")
-FINDING_COLUMNS = ("taxonomy", "method", "metric", "category", "slice", "n_sets", "worst_group",
-                   "worst_groups_by_set", "robust")
+FINDING_COLUMNS = ("taxonomy", "method", "metric", "category", "direction", "slice", "n_sets", "worst_group",
+                   "worst_groups_by_set", "gap_by_set", "robust")
 
 
 def expand_template_sets(taxonomies: Sequence[Taxonomy],
                          template_sets: Mapping[str, Mapping[str, Sequence[str]]] | None) -> list[Taxonomy]:
     """Replace each taxonomy named in ``template_sets`` by one variant per set, plus its own
-    templates as set ``default``; other taxonomies pass through unchanged."""
+    templates as set ``default``; other taxonomies pass through unchanged. Two sets with the
+    same templates (in any order), or a set equal to the taxonomy's own templates, are an
+    error: they would count one measurement twice."""
     if not template_sets:
         return list(taxonomies)
     names = {t.name for t in taxonomies}
@@ -43,10 +51,17 @@ def expand_template_sets(taxonomies: Sequence[Taxonomy],
             continue
         if "default" in sets:
             raise TaxonomyError(f"template set name 'default' is reserved for {t.name}'s own templates")
+        seen: dict[frozenset, str] = {frozenset(t.templates): "default (the taxonomy's own templates)"}
         out.append(t.with_templates(t.templates, name=f"{t.name}{SEP}default"))
         for set_name, templates in sets.items():
             if isinstance(templates, str):
                 templates = [templates]
+            key = frozenset(templates)
+            if key in seen:
+                raise TaxonomyError(
+                    f"template_sets.{t.name}.{set_name}: the same templates as set {seen[key]}; "
+                    "remove it or change its templates (identical sets would count one result twice)")
+            seen[key] = repr(set_name)
             out.append(t.with_templates(list(templates), name=f"{t.name}{SEP}{set_name}"))
     return out
 
@@ -56,7 +71,10 @@ def _split(frame: pd.DataFrame) -> pd.DataFrame:
     if parts.shape[1] < 2:
         return frame.iloc[0:0].assign(base=[], template_set=[])
     frame = frame.assign(base=parts[0], template_set=parts[1])
-    return frame[frame["template_set"].notna()]
+    frame = frame[frame["template_set"].notna()]
+    if "category" in frame.columns:
+        frame = frame.assign(category=frame["category"].astype(object).where(frame["category"].notna(), ""))
+    return frame
 
 
 def spread(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -76,94 +94,133 @@ def spread(metrics: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"base": "taxonomy"})[list(SPREAD_COLUMNS)]
 
 
-def findings(disparities: pd.DataFrame) -> pd.DataFrame:
-    """Is the worst group of each metric/slice the same under every template set?"""
-    d = _split(disparities)
-    if d.empty:
+def findings(metrics: pd.DataFrame, harms: Mapping[str, Mapping[str, bool]] | None = None,
+             confidence: float = 0.95, min_n: int = DEFAULT_DISPARITY_MIN_N) -> pd.DataFrame:
+    """Is the worst group of each metric/slice the same under every template set, and is its
+    gap to the next group clear of 0 under every set? Only groups of at least ``min_n``
+    images; only declared directions (``harms``: base taxonomy -> category -> harm)."""
+    m = _split(metrics)
+    m = m[(m["slice"] != "overall") & (m["n"] >= min_n) & m["value"].notna()] if len(m) else m
+    if m.empty:
         return pd.DataFrame(columns=list(FINDING_COLUMNS))
+    if "count" not in m.columns:
+        m = m.assign(count=np.rint(m["value"] * m["n"]))
+    harms = harms or {}
     rows = []
-    for key, part in d.groupby(["base", "method", "metric", "category", "slice"], sort=False):
-        worst = part["worst_group"].astype(str).tolist()
-        by_set = "; ".join(f"{s}: {w}" for s, w in zip(part["template_set"], worst))
-        robust = len(set(worst)) == 1 and len(worst) > 1
-        rows.append((*key, len(worst), worst[0] if robust else "", by_set, robust))
+    for key, part in m.groupby(["base", "method", "metric", "category", "slice"], sort=False):
+        base, meth, metric, cat, sl = key
+        declared = harms.get(base) or next((h for k, h in harms.items() if k.split(SEP, 1)[0] == base), None)
+        direction = metric_direction(metric, cat, declared)
+        if direction == NEUTRAL:
+            continue
+        if part["value"].nunique() <= 1:
+            continue  # the same value for every group under every set: nothing about groups
+        worst, gaps, clear = [], [], []
+        for ts, p in part.groupby("template_set", sort=False):
+            if len(p) < 2:
+                continue
+            p = p.sort_values("value", ascending=direction == HIGHER, kind="stable")  # worst first
+            w, nxt = p.iloc[0], p.iloc[1]
+            lo, hi = newcombe_diff(w["count"], w["n"], nxt["count"], nxt["n"], confidence)
+            worst.append((ts, str(w["group"])))
+            gaps.append(f"{ts}: {100 * (w['value'] - nxt['value']):+.1f} [{100 * float(lo):+.1f}, "
+                        f"{100 * float(hi):+.1f}] vs {nxt['group']}")
+            clear.append(bool(lo > 0 or hi < 0))
+        if len(worst) < 2:
+            continue
+        names = {w for _, w in worst}
+        robust = len(names) == 1 and all(clear)
+        rows.append((base, meth, metric, cat, direction, sl, len(worst), worst[0][1] if robust else "",
+                     "; ".join(f"{s}: {w}" for s, w in worst), "; ".join(gaps), robust))
     return pd.DataFrame(rows, columns=list(FINDING_COLUMNS))
 
 
-def sensitivity_markdown(spr: pd.DataFrame, fnd: pd.DataFrame, max_rows: int = 40) -> str:
-    lines = ["## Prompt sensitivity", "",
-             "Each taxonomy below was evaluated under several template sets. A finding is **robust** "
-             "when the worst-off group is the same under every set.", ""]
+def sensitivity_sections(spr: pd.DataFrame, fnd: pd.DataFrame, max_rows: int = 40, confidence: float = 0.95,
+                         images: Sequence[str] = ()) -> list[Section]:
+    blocks: list[Any] = [Text(
+        "Each taxonomy below was evaluated under several template sets. A finding (the worst-off group) is "
+        "**robust** when the same group is worst under every set and its gap to the next group excludes 0 "
+        f"({100 * confidence:g}% Newcombe interval) under every set. Only categories with a declared direction "
+        "are ranked; categories with the same value for every group are left out. Covers only the template sets "
+        "tried: a robust finding can still change under wordings not tried.")]
     if not fnd.empty:
-        lines += ["| taxonomy | metric | category | slice | worst group | robust | by template set |",
-                  "|---|---|---|---|---|:---:|---|"]
-        for r in fnd.itertuples():
-            lines.append(f"| {r.taxonomy} | {r.metric} | {r.category or '-'} | {r.slice} | "
-                         f"{r.worst_group or '(varies)'} | {'robust' if r.robust else 'not robust'} | "
-                         f"{r.worst_groups_by_set} |")
-        lines.append("")
+        blocks.append(Table(
+            ["taxonomy", "method", "metric", "category", "slice", "worst group", "robust", "gap to next, by set"],
+            [[r.taxonomy, r.method, r.metric, r.category or "–", r.slice, r.worst_group or "(varies)",
+              "robust" if r.robust else "not robust", r.gap_by_set] for r in fnd.itertuples()]))
+    else:
+        blocks.append(Text("No finding to test: no category with a declared direction differs between groups."))
     if not spr.empty:
         top = spr.sort_values("range", ascending=False, kind="mergesort").head(max_rows)
-        lines += ["Largest spreads across template sets:", "",
-                  "| taxonomy | metric | category | slice | group | min | max | std | min set | max set |",
-                  "|---|---|---|---|---|---:|---:|---:|---|---|"]
-        for r in top.itertuples():
-            lines.append(f"| {r.taxonomy} | {r.metric} | {r.category or '-'} | {r.slice} | {r.group} | "
-                         f"{100 * r.min:.1f}% | {100 * r.max:.1f}% | {100 * r.std:.1f} | {r.min_set} | {r.max_set} |")
-        lines.append("")
-    return "\n".join(lines)
+        blocks.append(Section("Largest spreads across template sets", [Table(
+            ["taxonomy", "method", "metric", "category", "slice", "group", "min", "max", "std", "min set", "max set"],
+            [[r.taxonomy, r.method, r.metric, r.category or "–", r.slice, r.group, f"{100 * r.min:.1f}%",
+              f"{100 * r.max:.1f}%", f"{100 * r.std:.1f}", r.min_set, r.max_set] for r in top.itertuples()],
+            align="llllllrrrll")]))
+    blocks += [Figure(p, Path(p).stem.replace("_", " ")) for p in images]
+    return [Section("Prompt sensitivity", blocks)]
 
 
 def plot_spread(metrics: pd.DataFrame, taxonomy: str, metric: str, category: str, slice: str,
-                path: Path) -> Path:
-    """Each group's value under every template set (dots) and its range (line)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+                path: Path, model: str = "", method: str = "zero_shot") -> Path:
+    """Each group's value under every template set (dots) and its range (a bar per group)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
 
     m = _split(metrics)
-    m = m[(m["base"] == taxonomy) & (m["metric"] == metric) & (m["category"] == category) & (m["slice"] == slice)]
+    m = m[(m["base"] == taxonomy) & (m["metric"] == metric) & (m["category"] == category) & (m["slice"] == slice)
+          & (m["method"] == method)]
     if m.empty:
         raise ValueError(f"no rows for {taxonomy}/{metric}/{category}/{slice}")
     groups = list(dict.fromkeys(m["group"]))
     sets = list(dict.fromkeys(m["template_set"]))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(groups) + 2.5), 4.5), dpi=120)
-    cmap = plt.get_cmap("tab10")
+    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) + 3.0), 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
     for gi, g in enumerate(groups):
         vals = 100 * m[m["group"] == g]["value"].to_numpy(float)
-        ax.plot([gi, gi], [np.nanmin(vals), np.nanmax(vals)], color="0.6", lw=3, zorder=1)
+        ax.plot([gi, gi], [np.nanmin(vals), np.nanmax(vals)], color="0.75", lw=5, zorder=1, solid_capstyle="round")
     for si, s in enumerate(sets):
         ms = m[m["template_set"] == s].set_index("group")["value"]
-        ax.scatter(range(len(groups)), [100 * ms.get(g, np.nan) for g in groups], color=cmap(si % 10),
+        ax.scatter(range(len(groups)), [100 * ms.get(g, np.nan) for g in groups], color=f"C{si % 10}",
                    label=s, zorder=2, s=28)
-    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
-    what = "accuracy" if metric == "accuracy" else f"rate of '{category}'"
+    long = max(len(str(g)) for g in groups) * len(groups) > 90
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(["\n".join(str(g).split("+")) for g in groups], rotation=30 if long else 0,
+                       ha="right" if long else "center", fontsize=8.5)
+    what = metric.replace("_", " ") if is_accuracy_metric(metric) else f"rate of '{category}'"
     ax.set_ylabel(f"{what} (%)")
-    ax.set_title(f"{taxonomy}: {what} by {slice} under {len(sets)} template sets")
+    ax.set_title(f"{model + ': ' if model else ''}{taxonomy} ({method.replace('_', '-')}): {what} by {slice}\n"
+                 f"under {len(sets)} template sets",
+                 fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="template set", bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path, bbox_inches="tight")
     return path
 
 
-def write_sensitivity(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir: Path) -> tuple[list[Path], str]:
-    spr, fnd = spread(metrics), findings(disparities)
+def write_sensitivity(metrics: pd.DataFrame, out_dir: Path, harms: Mapping[str, Mapping[str, bool]] | None = None,
+                      confidence: float = 0.95, model: str = "",
+                      min_n: int = DEFAULT_DISPARITY_MIN_N) -> tuple[list[Path], list[Section]]:
+    """sensitivity.csv, sensitivity_findings.csv and spread plots by race and age;
+    returns the paths and the report sections (nothing when no taxonomy had template sets)."""
+    spr, fnd = spread(metrics), findings(metrics, harms, confidence, min_n)
     if spr.empty:
-        return [], ""
+        return [], []
     out_dir = Path(out_dir)
     written = [out_dir / "sensitivity.csv", out_dir / "sensitivity_findings.csv"]
     spr.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
     fnd.to_csv(written[1], index=False, lineterminator="\n")
-    for (tax, metric, cat), _ in spr.groupby(["taxonomy", "metric", "category"], sort=False):
-        for sl in ("race", "age"):
-            if ((spr["taxonomy"] == tax) & (spr["metric"] == metric) & (spr["category"] == cat)
-                    & (spr["slice"] == sl)).any():
-                if metric == "rate" and cat in ("human", "race", "gender", "age", "class"):
-                    continue  # the complement of the probe categories; skip to keep plots few
-                name = safe_filename(f"sensitivity_{tax}_{metric}{'_' + cat if cat else ''}_{sl}", ".png")
-                written.append(plot_spread(metrics, tax, metric, cat, sl, out_dir / name))
-    return written, sensitivity_markdown(spr, fnd)
+    images = []  # a spread plot per taxonomy x method x metric x category, by race and by age
+    for r in spr.drop_duplicates(["taxonomy", "method", "metric", "category", "slice"]).itertuples():
+        if r.slice not in ("race", "age"):
+            continue
+        meth = "" if r.method == "zero_shot" else f"_{r.method}"
+        name = safe_filename(f"sensitivity_{r.taxonomy}{meth}_{r.metric}{'_' + r.category if r.category else ''}"
+                             f"_{r.slice}", ".png")
+        written.append(plot_spread(metrics, r.taxonomy, r.metric, r.category, r.slice, out_dir / name, model,
+                                   r.method))
+        images.append(name)
+    return written, sensitivity_sections(spr, fnd, confidence=confidence, images=images)

@@ -16,6 +16,20 @@ A variant reuses a base file instead of copying it::
     name: clip_denigration_child
     add_classes: [{label: child, prompts: [a child], category: child}]
     remove_classes: [gorilla]        # optional
+
+Reporting direction: a top-level ``categories`` mapping declares, per reporting category,
+whether being predicted into it is a harm (``harm: true``: lower is better for a group), not
+a harm with higher better (``harm: false``), or neutral (``harm: null``, the same as not
+declaring it): reports describe a neutral category's highest and lowest group and never
+rank groups best / worst::
+
+    categories:
+      non_human: {harm: true}
+      human: {harm: false}
+      child: {harm: null}
+
+A variant inherits its base's declarations (those of categories it still has) and may
+override or add its own.
 """
 
 from __future__ import annotations
@@ -39,7 +53,8 @@ log = logging.getLogger(__name__)
 ALLOW_INCLUDE_ENV = "CLIPFAIR_ALLOW_INCLUDE_ANYWHERE"
 
 TOP_KEYS = {"name", "description", "templates", "target", "classes", "include",
-            "add_classes", "remove_classes"}
+            "add_classes", "remove_classes", "categories"}
+CATEGORY_KEYS = {"harm"}
 CLASS_KEYS = {"label", "prompts", "category", "matches"}
 DEFAULT_CATEGORY = "class"
 
@@ -70,6 +85,14 @@ class Taxonomy:
     target: str | None = None
     description: str = ""
     source: str = "<python>"
+    #: declared direction per reporting category: (category, harm) pairs; harm=True means
+    #: lower is better, False higher is better, None neutral (as undeclared categories)
+    harms: tuple[tuple[str, bool | None], ...] = ()
+
+    def harm(self, category: str) -> bool | None:
+        """True (a harm: lower is better), False (not a harm: higher is better) or None
+        (neutral: no direction declared)."""
+        return dict(self.harms).get(category)
 
     @property
     def labels(self) -> list[str]:
@@ -98,6 +121,8 @@ class Taxonomy:
             d["target"] = self.target
         d["classes"] = [{"label": c.label, "prompts": list(c.prompts), "category": c.category,
                          **({"matches": list(c.matches)} if c.matches else {})} for c in self.classes]
+        if self.harms:
+            d["categories"] = {c: {"harm": h} for c, h in self.harms}
         return d
 
     def fingerprint(self) -> str:
@@ -227,6 +252,33 @@ def _parse_classes(raw: Any, path: Path, key: str) -> list[TaxonomyClass]:
     return out
 
 
+def _parse_categories(raw: Any, path: Path) -> dict[str, bool | None]:
+    """``categories: {name: {harm: true|false|null}}`` -> {name: harm}."""
+    if not isinstance(raw, dict):
+        raise TaxonomyError(f"{path}: 'categories' must be a mapping like {{non_human: {{harm: true}}}}")
+    out: dict[str, bool] = {}
+    for name, spec in raw.items():
+        where = f"{path}: categories.{name}"
+        if not isinstance(spec, dict):
+            raise TaxonomyError(f"{where}: must be a mapping like {{harm: true}}")
+        unknown = set(spec) - CATEGORY_KEYS
+        if unknown:
+            raise TaxonomyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(CATEGORY_KEYS)}")
+        if "harm" not in spec or not (spec["harm"] is None or isinstance(spec["harm"], bool)):
+            raise TaxonomyError(f"{where}: 'harm' is required and must be true (a harm: lower is better), "
+                                "false (not a harm: higher is better) or null (neutral: described, not ranked)")
+        out[str(name)] = spec["harm"]
+    return out
+
+
+def _check_declared(declared: dict[str, bool | None], classes: Sequence[TaxonomyClass], path: Path) -> None:
+    have = {c.category for c in classes}
+    stray = sorted(set(declared) - have)
+    if stray:
+        raise TaxonomyError(f"{path}: categories {stray} are declared but no class has them; "
+                            f"class categories: {sorted(have)}")
+
+
 def _load_dict(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere: bool = False) -> dict[str, Any]:
     """Read a file and resolve its include chain into one flat dict. Includes stay in the
     first file's folder tree or the built-ins unless ``allow_include_anywhere``."""
@@ -264,6 +316,11 @@ def _load_dict(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere:
         if "add_classes" in data:
             classes += _parse_classes(data["add_classes"], path, "add_classes")
         merged["classes"] = classes
+        have = {c.category for c in classes}
+        harms = {c: h for c, h in base.get("harms", {}).items() if c in have}  # inherited, still present
+        own = _parse_categories(data["categories"], path) if "categories" in data else {}
+        _check_declared(own, classes, path)
+        merged["harms"] = {**harms, **own}
         merged["source"] = f"{path} (includes {base['source']})"
         return merged
     for k in ("add_classes", "remove_classes"):
@@ -273,6 +330,8 @@ def _load_dict(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere:
         raise TaxonomyError(f"{path}: 'classes' is required")
     out = dict(data)
     out["classes"] = _parse_classes(data["classes"], path, "classes")
+    out["harms"] = _parse_categories(data["categories"], path) if "categories" in data else {}
+    _check_declared(out["harms"], out["classes"], path)
     out["source"] = str(path)
     return out
 
@@ -355,6 +414,7 @@ def load_taxonomy(spec: str | Path, allow_include_anywhere: bool = False) -> Tax
         target=None if target is None else _scalar(target, f"{path} ({name})", "target"),
         description=_scalar(d.get("description", ""), f"{path} ({name})", "description"),
         source=d["source"],
+        harms=tuple(d.get("harms", {}).items()),
     )
     validate(tax)
     if len(tax.classes) == 1:
