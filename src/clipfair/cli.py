@@ -1,4 +1,4 @@
-"""Command line: `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`.
+"""Command line: `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`, `clipfair collect`.
 
 Hydra and `instantiate` live here only; the core takes typed objects.
 """
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("clipfair")
@@ -72,12 +73,18 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     _require_model(plain, overrides)
 
 
-def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Path:
-    """Run one configured experiment and write every output into ``out_dir``."""
+def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
+                    hydra_info: dict[str, Any] | None = None) -> Path:
+    """Run one configured experiment and write every output into ``out_dir``.
+
+    Under torchrun or an srun step of several tasks, every process embeds its shard of the
+    images into the shared cache; rank 0 then scores and writes the outputs, the others return
+    without writing anything."""
     from hydra.utils import instantiate
 
+    from . import distributed
     from .outputs import check_run_dir, staged_outputs
-    from .pipeline import check_run, evaluate, write_outputs
+    from .pipeline import check_run, embed_shard, evaluate, write_outputs
     from .record import build_record
     from .taxonomy import load_taxonomies
 
@@ -101,6 +108,9 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
 
         card_opts = ModelCardOptions(**{**_plain(cfg.model_card), "confidence": float(cfg.confidence)})
         card_refs = read_references(card_opts.references)
+    dist = distributed.from_env()
+    dcfg = cfg.get("distributed") or {}
+    distributed.setup(dist, float(dcfg.get("timeout_min", 720)), str(dcfg.get("backend", "auto")))
     dataset = instantiate(cfg.dataset, _convert_="all")
     subset = cfg.get("subset") or {}
     if subset.get("n") is not None:
@@ -126,19 +136,32 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                          "refine_steps_per_decade": int(cfg.probe.get("refine_steps_per_decade", 8)),
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
                          "sweep_max_train": cfg.probe.sweep_max_train}
+    embed_options = {"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
+                     "fast_decode": cfg.embed.get("fast_decode", "auto"),
+                     "gpu_decode": cfg.embed.get("gpu_decode", False),
+                     "compile": bool(cfg.embed.get("compile", False))}
+    embed_settings = dict(num_workers=cfg.embed.get("num_workers", "auto"), chunk_size=int(cfg.embed.chunk_size),
+                          on_error=str(cfg.dataset.get("on_error", "raise")), progress=bool(cfg.progress))
+    shards = None
+    if dist.enabled:  # every rank embeds its shard into the shared cache; rank 0 goes on
+        mine = embed_shard(dataset, model, cache_dir, dist, probe_train=probe_train,
+                           probe_features=(probe_options or {}).get("features", "projected"),
+                           **embed_settings, **embed_options)
+        shards = {**dist.describe(), "ranks": distributed.barrier(mine)}  # waits for every rank's shard
+        if not dist.is_main:
+            log.info("rank %d of %d: shard embedded; rank 0 writes the outputs", dist.rank, dist.world_size)
+            return out_dir
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=slices,
-                  confidence=float(cfg.confidence), num_workers=cfg.embed.get("num_workers", "auto"),
-                  chunk_size=int(cfg.embed.chunk_size), on_error=str(cfg.dataset.get("on_error", "raise")),
-                  progress=bool(cfg.progress), probe_train=probe_train, probe_options=probe_options,
-                  disparity_min_n=int(cfg.get("disparity_min_n", 1)),
+                  confidence=float(cfg.confidence), probe_train=probe_train, probe_options=probe_options,
+                  disparity_min_n=int(cfg.get("disparity_min_n", 1)), embed_options=embed_options,
                   precision_audit=_plain(cfg.get("precision_audit")),
                   topk=[int(k) for k in (_plain(cfg.get("topk")) or [])],
                   small_group_n=int(cfg.get("small_group_n", 30)),
-                  retrieval=retrieval, query_sets=query_sets,
-                  embed_options={"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
-                                 "fast_decode": cfg.embed.get("fast_decode", "auto"),
-                                 "gpu_decode": cfg.embed.get("gpu_decode", False),
-                                 "compile": bool(cfg.embed.get("compile", False))})
+                  retrieval=retrieval, query_sets=query_sets, **embed_settings)
+    if shards is not None and ev.counts.get("images_encoded"):
+        log.warning("%d images were not in the cache after every rank's shard and were encoded by rank 0 "
+                    "(set embed.fast_decode to true or false so that all ranks decode alike)",
+                    ev.counts["images_encoded"])
     demo = Path(model.name_or_path).resolve() == (demo_dir() / "model").resolve()
     record = build_record(
         config=OmegaConf.to_container(cfg, resolve=True), overrides=list(overrides),
@@ -149,7 +172,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                  "skipped_at_load": dataset.skipped,
                  "skipped_at_load_items": dataset.skipped_items[:1000]},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
-        demo=demo)
+        demo=demo, hydra=hydra_info, distributed=shards)
     compare = _plain(cfg.get("compare")) or None
     if card_opts is not None:
         import pandas as pd
@@ -192,8 +215,10 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .schema import ConfigError
     from .taxonomy import TaxonomyError
 
+    from .distributed import DistributedError
+
     known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
-             OutputError, RetrievalError, ModelCardError)
+             OutputError, RetrievalError, ModelCardError, DistributedError)
     while e is not None:
         if isinstance(e, known):
             return e
@@ -201,6 +226,24 @@ def _user_error(e: BaseException) -> BaseException | None:
             return OutputError(msg)
         e = e.__cause__ or e.__context__
     return None
+
+
+class JobFailed(CompactHydraException):
+    """A sweep job stopped by a user error: Hydra records the job as failed (with this one-line
+    message) and the sweep goes on; ``SystemExit`` would escape Hydra's job handling and end it."""
+
+
+def _hydra_info(hc: Any) -> dict[str, Any]:
+    """What run.json records about Hydra: the config group choices and, in a sweep, the job."""
+    from hydra.types import RunMode
+
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {"mode": "multirun" if multirun else "run",
+            "choices": OmegaConf.to_container(hc.runtime.choices, resolve=True),
+            "job_num": int(hc.job.num) if multirun else None,
+            "job_id": OmegaConf.select(hc, "job.id", default=None, throw_on_missing=False),
+            "launcher": OmegaConf.select(hc, "launcher._target_", default=None),
+            "sweep_dir": str(hc.sweep.dir) if multirun else None}
 
 
 INTERRUPTED = ("clipfair: interrupted; image embeddings finished so far are cached: run the same command "
@@ -223,31 +266,59 @@ def _hydra_error(e: Exception) -> str:
 def _hydra_run(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .collect import FAILED_FILE  # why a job stopped, for `clipfair collect`
+    from .distributed import DistributedError, from_env
+    from .record import write_json
 
     register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
     def app(cfg: DictConfig) -> None:
         hc = HydraConfig.get()
+        out, info = Path(hc.runtime.output_dir), _hydra_info(hc)
+        (out / FAILED_FILE).unlink(missing_ok=True)
         try:
-            run_from_config(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+            run_from_config(cfg, out, list(hc.overrides.task), hydra_info=info)
         except KeyboardInterrupt:
             print(INTERRUPTED, file=sys.stderr)
             raise SystemExit(130) from None
         except Exception as e:  # a user's mistake gets its message, not a traceback
             err = _user_error(e)
+            write_json(out / FAILED_FILE, {"error": type(err or e).__name__, "message": str(err or e),
+                                           "user_error": err is not None, "overrides": list(hc.overrides.task),
+                                           "hydra": info})
             if err is None:
                 raise
-            print(f"clipfair: error: {err}", file=sys.stderr)
+            message = f"clipfair: error: {err}"
+            print(message, file=sys.stderr)
+            if hc.mode == RunMode.MULTIRUN:  # fail this job only; the sweep goes on
+                raise JobFailed(message) from None
             raise SystemExit(2) from None
 
     from hydra.errors import HydraException
 
+    try:
+        rank = from_env().rank
+    except DistributedError as e:
+        print(f"clipfair: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    scratch = None
+    if rank > 0:  # only rank 0 writes outputs: the others run in a scratch folder
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="clipfair-rank-")
+        argv = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+        argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}"]
     sys.argv = ["clipfair run", *argv]
     full_error = "HYDRA_FULL_ERROR" in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach the handlers below
     try:
         app()
+    except JobFailed as e:  # a sweep in which a job failed for a user error (the others ran)
+        print(str(e), file=sys.stderr)
+        raise SystemExit(2) from None
     except HydraException as e:
         if full_error:
             raise
@@ -266,6 +337,10 @@ def _hydra_run(argv: list[str]) -> None:
     finally:
         if not full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+        if scratch:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _cache_cmd(argv: list[str]) -> int:
@@ -296,6 +371,7 @@ commands:
   run [hydra overrides]   run an experiment (no overrides: the offline demo); --help lists config groups
   cache list|clear        list or clear cached embeddings
   compare RUN_DIR...      compare taxonomy variants across runs
+  collect DIR...          gather finished runs (e.g. a multirun folder) into one table; lists failed ones
 
 Not for surveillance, face recognition or identifying people. English prompts only.
 """
@@ -322,6 +398,14 @@ def main(argv: list[str] | None = None) -> int:
             if err is None:
                 raise
             print(f"clipfair: error: {err}", file=sys.stderr)
+            return 2
+    if cmd == "collect":
+        from .collect import CollectError, main as collect_main
+
+        try:
+            return collect_main(rest)
+        except CollectError as e:
+            print(f"clipfair: error: {e}", file=sys.stderr)
             return 2
     print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2

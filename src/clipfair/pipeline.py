@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
-from .data.base import FaceDataset
 from .cache import unwritable_reason
+from .data.base import FaceDataset
+from .data.images import ImageError
+from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
 from .models import ClipModel
 from .document import Note
@@ -184,6 +186,51 @@ def evaluate(dataset: FaceDataset, model: ClipModel, taxonomies: Sequence[Taxono
     info["slices"] = [M.slice_name(s) for s in slices]
     return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, retrieval_table,
                       confusion=conf)
+
+
+def embed_shard(dataset: FaceDataset, model: ClipModel, cache_dir: Path | str | None, dist: Dist, *,
+                probe_train: FaceDataset | None = None, probe_features: str = "projected",
+                batch_size: int | None = None, **embed_kw: Any) -> dict[str, Any]:
+    """The sharding hook of a multi-process run: this process encodes its share of every
+    split it will need (whole batches, round-robin: :func:`clipfair.distributed.shard_indices`)
+    into the shared content-addressed cache: the evaluation split and, with a linear probe, the
+    train split (both through :class:`~clipfair.linear_probe.PreProjectionView` for
+    ``probe_features=pre_projection``, as :func:`linear_probes` encodes them). After a barrier,
+    rank 0 runs :func:`evaluate`, which then finds every embedding in the cache. ``embed_kw``:
+    the keyword arguments of :func:`clipfair.embed.embed_images`. Returns what this rank did."""
+    why = "the cache is off" if cache_dir is None else unwritable_reason(cache_dir)
+    if why is not None:
+        raise DistributedError(
+            f"a run over {dist.world_size} processes shares embeddings through the cache, but {why}: set "
+            "cache.enabled=true and cache.dir to a folder every process can write")
+    image_store, _ = open_stores(model, cache_dir)
+    jobs: list[tuple[FaceDataset, Any, Any]] = [(dataset, model, image_store)]
+    if probe_train is not None and probe_features == "pre_projection":
+        from .embed import _variant_store
+        from .linear_probe import PreProjectionView
+
+        view, fstore = PreProjectionView(model), _variant_store(image_store, {"features": probe_features})
+        jobs += [(dataset, view, fstore), (probe_train, view, fstore)]
+    elif probe_train is not None:
+        jobs.append((probe_train, model, image_store))
+    bs = int(batch_size or model.batch_size)
+    done: list[dict[str, Any]] = []
+    for ds, encoder, store in jobs:
+        rows = shard_indices(len(ds), dist.rank, dist.world_size, bs)
+        entry: dict[str, Any] = {"dataset": ds.name, "split": ds.source.get("split"), "rows": len(rows),
+                                 "features": "pre_projection" if encoder is not model else "projected"}
+        if rows:
+            shard = FaceDataset(ds.name, ds.table.iloc[rows].copy(), ds.reader.subset(rows),
+                                {**ds.source, "shard": [dist.rank, dist.world_size]}, dict(ds.skipped))
+            try:
+                emb = embed_images(shard, encoder, store, batch_size=bs, **embed_kw)
+                entry.update(encoded=emb.encoded, from_cache=emb.cached)
+            except ImageError:
+                if embed_kw.get("on_error", "raise") != "skip":
+                    raise
+                entry["unreadable"] = True  # a shard of only unreadable images; rank 0 reports them
+        done.append(entry)
+    return {"rank": dist.rank, "batch_size": bs, "shards": done}
 
 
 def linear_probes(train: FaceDataset, model: ClipModel, store: Any, eval_table: pd.DataFrame,

@@ -122,6 +122,15 @@ class EmbedConfig:
 
 
 @dataclass
+class DistributedConfig:
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_min: float = 720.0
+
+    def check(self, at: str) -> None:
+        _require(self.timeout_min > 0, f"{at}.timeout_min", "a number of minutes > 0", self.timeout_min)
+
+
+@dataclass
 class RetrievalBootstrapConfig:
     B: int = 1000
     seed: int = 0
@@ -170,6 +179,7 @@ class RunConfig:
     precision_audit: PrecisionAuditConfig | None = field(default_factory=PrecisionAuditConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     progress: bool = True
     overwrite: bool = False
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)

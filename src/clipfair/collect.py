@@ -1,0 +1,402 @@
+"""`clipfair collect DIR...`: one table across many runs (a Hydra multirun folder, say).
+
+Finds the run folders under the given folders, keeps the finished ones (``run.json`` plus
+every output it vouches for) and lists the failed (``failed.json``, written by ``clipfair run``
+when a job stops) and unfinished ones (a Hydra job folder without outputs) apart, never mixed
+in. Each finished run is labelled by its model, dataset and the overrides that differ between
+runs, all read from ``run.json``. Writes
+
+* ``collected.csv``: the run label columns (:data:`LABEL_COLUMNS`) + every ``metrics.csv`` column;
+* ``collected.md`` / ``collected.html``: the runs, the runs left out, runs x groups tables of a
+  chosen metric (value, Wilson interval, n) and each run's largest disparity with a
+  multiplicity-adjusted interval for the gap (built as :mod:`clipfair.document` sections);
+* ``collected_<metric>_<taxonomy>_<method>[_<category>]_<slice>.png``: the tables as plots.
+
+Only the files a run wrote are read; no metric is recomputed except the gap's interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from .metrics import HIGHER_IS_BETTER, METRIC_COLUMNS, wilson_interval
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CollectError", "RunFolder", "find_runs", "collect", "gap_interval", "largest_disparities",
+           "write_collected", "main", "LABEL_COLUMNS"]
+
+LABEL_COLUMNS: tuple[str, ...] = ("run", "label", "model", "dataset", "job", "overrides")
+OUTPUTS: tuple[str, ...] = ("run.json", "predictions.parquet", "metrics.csv", "disparities.csv")
+FAILED_FILE = "failed.json"  # written by `clipfair run` into a job folder whose run stopped
+
+
+class CollectError(ValueError):
+    """Nothing to collect, or a folder that cannot be read."""
+
+
+@dataclass
+class RunFolder:
+    """One run found under the collected folders: ``status`` is finished, failed or unfinished."""
+
+    path: Path
+    status: str
+    overrides: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    label: str = ""
+
+    @property
+    def model(self) -> str:
+        return str((self.record.get("model") or {}).get("name_or_path", ""))
+
+    @property
+    def dataset(self) -> str:
+        d = self.record.get("dataset") or {}
+        split = (d.get("source") or {}).get("split")
+        return f"{d.get('name', '')}{f' ({split})' if split else ''}"
+
+    @property
+    def job(self) -> int | None:
+        return (self.record.get("hydra") or {}).get("job_num")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _hydra_overrides(folder: Path) -> list[str]:
+    import yaml
+
+    try:
+        data = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(x) for x in data] if isinstance(data, list) else []
+
+
+def _classify(folder: Path) -> RunFolder:
+    failed = _read_json(folder / FAILED_FILE) if (folder / FAILED_FILE).exists() else None
+    if failed is not None:
+        return RunFolder(folder, "failed", list(failed.get("overrides") or _hydra_overrides(folder)),
+                         message=f"{failed.get('error', 'error')}: {failed.get('message', '')}")
+    record = _read_json(folder / "run.json") if (folder / "run.json").exists() else None
+    missing = [f for f in OUTPUTS if not (folder / f).is_file()]
+    if record is None or missing:
+        why = ("run.json unreadable" if (folder / "run.json").exists() and record is None
+               else f"missing {', '.join(missing)}")
+        return RunFolder(folder, "unfinished", list((record or {}).get("overrides") or _hydra_overrides(folder)),
+                         record or {}, message=f"{why} (still running, killed, or stopped before writing)")
+    return RunFolder(folder, "finished", list(record.get("overrides") or []), record)
+
+
+def find_runs(dirs: Sequence[Path | str]) -> list[RunFolder]:
+    """Every run folder under ``dirs`` (a folder with run.json, failed.json or a Hydra
+    ``.hydra/overrides.yaml``), in path order. Hidden folders are skipped: submitit's logs
+    (``.submitit``) and the staging folders a run writes its outputs into before moving them."""
+    found: set[Path] = set()
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise CollectError(f"{d}: not a folder; give run folders or a multirun folder")
+        for name in ("run.json", FAILED_FILE, "overrides.yaml"):
+            for p in d.rglob(name):
+                folder = p.parent.parent if name == "overrides.yaml" else p.parent
+                if name == "overrides.yaml" and p.parent.name != ".hydra":
+                    continue
+                if any(part.startswith(".") for part in folder.relative_to(d).parts):
+                    continue
+                found.add(folder.resolve())
+    return [_classify(f) for f in sorted(found)]
+
+
+# --------------------------------------------------------------------------- labels
+
+def _short(value: str) -> str:
+    """A local path shortened to its last component (hub ids like org/name stay whole)."""
+    if value.startswith(("/", "./", "../", "~")):
+        return Path(value.rstrip("/")).name or value
+    return value
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _label_runs(runs: Sequence[RunFolder], base: Path) -> None:
+    """Label = the overrides whose values differ between the finished runs (hydra.* left
+    out), else the folder."""
+    parsed = [dict(_split(o) for o in r.overrides if not _split(o)[0].startswith("hydra.")) for r in runs]
+    done = [p for r, p in zip(runs, parsed) if r.status == "finished"]
+    keys = list(dict.fromkeys(k for p in done for k in p))
+    varying = [k for k in keys if len({p.get(k) for p in done}) > 1]
+    used: dict[str, int] = {}
+    for r, p in zip(runs, parsed):
+        try:
+            rel = str(r.path.relative_to(base))
+        except ValueError:
+            rel = str(r.path)
+        label = ", ".join(f"{k}={_short(p[k])}" for k in varying if k in p) or rel
+        used[label] = used.get(label, 0) + 1
+        r.label = label if used[label] == 1 else f"{label} #{used[label]}"
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base)) or "."
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- the table
+
+def _read_metrics(folder: Path) -> pd.DataFrame:
+    m = pd.read_csv(folder / "metrics.csv", keep_default_na=False, na_values={c: [""] for c in
+                                                                          ("n", "count", "value", "ci_low", "ci_high")})
+    missing = [c for c in METRIC_COLUMNS if c not in m.columns]
+    if missing:
+        raise CollectError(f"{folder / 'metrics.csv'}: no column(s) {missing}; was it written by clipfair run?")
+    return m
+
+
+def collect(dirs: Sequence[Path | str]) -> tuple[pd.DataFrame, list[RunFolder]]:
+    """(collected table, every run folder found). The table holds finished runs only."""
+    runs = find_runs(dirs)
+    base = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
+    _label_runs(runs, base)
+    frames = []
+    for r in runs:
+        if r.status != "finished":
+            continue
+        m = _read_metrics(r.path)
+        labels = {"run": _relative(r.path, base), "label": r.label, "model": r.model, "dataset": r.dataset,
+                  "job": r.job, "overrides": " ".join(r.overrides)}
+        frames.append(pd.concat([pd.DataFrame({k: [v] * len(m) for k, v in labels.items()}), m], axis=1))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*LABEL_COLUMNS, *METRIC_COLUMNS])
+    table["job"] = table["job"].astype("Int64")
+    return table, runs
+
+
+# --------------------------------------------------------------------------- disparities
+
+def gap_interval(count_hi: float, n_hi: float, count_lo: float, n_lo: float,
+                 confidence: float) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (his method 10, from two Wilson intervals) for the
+    difference of two independent proportions ``count_hi/n_hi - count_lo/n_lo``."""
+    p1, p2 = count_hi / n_hi, count_lo / n_lo
+    l1, u1 = wilson_interval(count_hi, n_hi, confidence)
+    l2, u2 = wilson_interval(count_lo, n_lo, confidence)
+    d = p1 - p2
+    return d - float(np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)), d + float(np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
+DISPARITY_KEYS = ["taxonomy", "method", "metric", "category", "slice"]
+
+
+def largest_disparities(table: pd.DataFrame, min_n: int = 30, confidence: float = 0.95) -> pd.DataFrame:
+    """Per run, the largest gap between two groups of one slice (the overall slice left out;
+    groups with at least ``min_n`` images), with Newcombe's interval for the gap at a
+    Bonferroni-adjusted level: the gap was picked from every pair of groups the run offers,
+    so the level is ``1 - (1 - confidence) / pairs``. ``finding`` is true when that interval
+    excludes zero."""
+    cols = ["label", *DISPARITY_KEYS, "high_group", "high_value", "high_n", "low_group", "low_value", "low_n",
+            "gap", "gap_ci_low", "gap_ci_high", "pairs", "adjusted_confidence", "finding"]
+    out = []
+    t = table[(table["slice"] != "overall") & (table["n"] >= min_n) & table["value"].notna()
+              & table["count"].notna()]
+    for label, run in t.groupby("label", sort=False):
+        g = run.groupby(DISPARITY_KEYS, sort=False)
+        sizes = g.size()
+        pairs = int((sizes * (sizes - 1) // 2).sum())
+        if pairs == 0:
+            continue
+        i_hi, i_lo = g["value"].idxmax(), g["value"].idxmin()
+        gaps = run.loc[i_hi.to_numpy(), "value"].to_numpy() - run.loc[i_lo.to_numpy(), "value"].to_numpy()
+        k = int(np.argmax(gaps))
+        hi, lo = run.loc[i_hi.iloc[k]], run.loc[i_lo.iloc[k]]
+        level = 1.0 - (1.0 - confidence) / pairs
+        low, high = gap_interval(float(hi["count"]), float(hi["n"]), float(lo["count"]), float(lo["n"]), level)
+        out.append([label, *(hi[c] for c in DISPARITY_KEYS), hi["group"], float(hi["value"]), int(hi["n"]),
+                    lo["group"], float(lo["value"]), int(lo["n"]), float(gaps[k]), low, high, pairs, level,
+                    bool(low > 0)])
+    return pd.DataFrame(out, columns=cols)
+
+
+# --------------------------------------------------------------------------- report
+
+def _pct(x: float) -> str:
+    return "–" if pd.isna(x) else f"{100 * float(x):.1f}%"
+
+
+def _cell(r: Any, min_n: int) -> str:
+    flag = " †" if int(r.n) < min_n else ""
+    ci = "" if pd.isna(r.ci_low) else f" [{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}]"
+    return f"{_pct(r.value)}{ci} (n={int(r.n)}){flag}"
+
+
+def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | None,
+                methods: Sequence[str] | None, categories: Sequence[str] | None) -> list[tuple[str, str, str]]:
+    t = table[table["metric"] == metric]
+    if taxonomies:
+        t = t[t["taxonomy"].isin(taxonomies)]
+    if methods:
+        t = t[t["method"].isin(methods)]
+    if categories:
+        t = t[t["category"].isin(categories)]
+    return list(dict.fromkeys(zip(t["taxonomy"], t["method"], t["category"])))
+
+
+def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path) -> Path:
+    from .report import _errors, _new_figure, _save, _style_axis, _wrap
+
+    fig = _new_figure(len(groups), len(labels), legend_right=True)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(groups))
+    width = 0.8 / len(labels)
+    for i, lab in enumerate(labels):
+        r = sub[sub["label"] == lab].set_index("group").reindex(groups)
+        v = r["value"].to_numpy(dtype=float)
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(pos, np.nan_to_num(v) * 100, width=width * 0.95, color=f"C{i % 10}", label=lab, edgecolor="none")
+        ax.errorbar(pos, np.nan_to_num(v) * 100, yerr=_errors(v, r["ci_low"].to_numpy(float),
+                                                               r["ci_high"].to_numpy(float)),
+                    fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
+    _style_axis(ax, [_wrap(str(g)) for g in groups], ylabel, title + "\n(error bars: Wilson intervals)")
+    ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path, *, metric: str = "accuracy",
+                   slices: Sequence[str] = ("race",), taxonomies: Sequence[str] | None = None,
+                   methods: Sequence[str] | None = None, categories: Sequence[str] | None = None,
+                   min_n: int = 30, confidence: float = 0.95, base: Path | None = None) -> tuple[Document, list[Path]]:
+    """The cross-run summary as document sections, and the plots it shows (written to ``out_dir``)."""
+    from .pipeline import DISCLAIMER
+    from .report import _safe
+
+    base = base or out_dir
+    finished = [r for r in runs if r.status == "finished"]
+    left_out = [r for r in runs if r.status != "finished"]
+    intro: list[Any] = [Note(DISCLAIMER)]
+    if any(r.record.get("demo") for r in finished):
+        intro.append(Note("Some runs used the bundled **toy model** (synthetic faces, planted biases): "
+                          "their numbers say nothing about CLIP or any real model.", "warning"))
+    intro.append(Text(
+        f"{len(finished)} finished run(s) collected from {len(runs)} run folder(s). Each cell is a value from "
+        "that run's `metrics.csv` with its Wilson interval and n (images in the group). Runs on different "
+        "datasets, splits or subsets describe different images; differences between runs are not tested "
+        "here, so overlapping intervals say nothing either way. Demographic labels are annotators' perceptions."))
+    sections: list[Section] = []
+    sections.append(Section("Runs", [Table(
+        ["label", "model", "dataset", "images", "job", "folder"],
+        [[r.label, r.model, r.dataset, (r.record.get("counts") or {}).get("images_evaluated", "–"),
+          "–" if r.job is None else r.job, f"`{_relative(r.path, base)}`"] for r in finished],
+        align="lllrrl")]))
+    if left_out:
+        sections.append(Section("Runs left out", [
+            Note(f"{len(left_out)} run(s) did not finish and are not in any table below.", "warning"),
+            Table(["folder", "status", "overrides", "why"],
+                  [[f"`{_relative(r.path, base)}`", r.status, " ".join(r.overrides) or "–", r.message]
+                   for r in left_out])]))
+    else:
+        sections.append(Section("Runs left out", [Text("None: every run found finished.")]))
+
+    written: list[Path] = []
+    tables: list[Any] = [Text(f"Rows: runs; columns: groups. † marks a group of fewer than {min_n} images "
+                              "(shown, never headlined).")]
+    for tax, meth, cat in _selections(table, metric, taxonomies, methods, categories):
+        for sl in slices:
+            sub = table[(table["metric"] == metric) & (table["taxonomy"] == tax) & (table["method"] == meth)
+                        & (table["category"] == cat) & (table["slice"] == sl)]
+            if sub.empty:
+                continue
+            labels = list(dict.fromkeys(sub["label"]))
+            groups = list(dict.fromkeys(sub["group"]))
+            cells = {(r.label, r.group): _cell(r, min_n) for r in sub.itertuples(index=False)}
+            what = f"{metric}{f' of {cat}' if cat else ''} · {tax} · {meth} by {sl}"
+            name = "collected_" + "_".join(_safe(x) for x in (metric, tax, meth, *([cat] if cat else []), sl)) + ".png"
+            ylabel = "accuracy (%)" if metric == "accuracy" else "share of the group's images (%)"
+            written.append(_plot(sub, labels, groups, ylabel, what, out_dir / name))
+            tables.append(Section(what, [
+                Table(["run", *groups], [[lab, *(cells.get((lab, g), "–") for g in groups)] for lab in labels],
+                      align="l" + "r" * len(groups)),
+                Figure(name, f"{what}, every run (Wilson intervals)")]))
+    if len(tables) == 1:
+        tables.append(Text(f"No {metric} rows for the chosen taxonomies, methods and slices ({', '.join(slices)})."))
+    sections.append(Section(f"{metric} across runs", tables))
+
+    disp = largest_disparities(table, min_n, confidence)
+    worse = {m: "the lower group is worse off (higher is better)" if up else
+             "whether a higher share is a harm depends on the category" for m, up in HIGHER_IS_BETTER.items()}
+    rows = [[d.label, f"{d.metric}{f' of {d.category}' if d.category else ''} · {d.taxonomy} · {d.method}", d.slice,
+             f"{d.high_group} {_pct(d.high_value)} (n={d.high_n})", f"{d.low_group} {_pct(d.low_value)} (n={d.low_n})",
+             f"{100 * d.gap:.1f} [{100 * d.gap_ci_low:.1f}, {100 * d.gap_ci_high:.1f}]",
+             "**yes**" if d.finding else "no"] for d in disp.itertuples(index=False)]
+    sections.append(Section("Largest disparity per run", [
+        Text(f"Per run, the largest gap between the higher and the lower group of one slice, over every "
+             f"taxonomy, method, metric and category, among groups of at least {min_n} images. The gap's "
+             f"interval (Newcombe's hybrid score interval) is Bonferroni-adjusted for every pair of groups the "
+             f"gap was picked from, so a **finding** is a gap whose adjusted interval excludes zero. Direction: "
+             + "; ".join(f"{m}: {w}" for m, w in worse.items()) + "."),
+        Table(["run", "what", "slice", "higher", "lower", "gap pp [adjusted CI]", "finding"], rows, align="lllllrl")
+        if rows else Text(f"No run has two groups of at least {min_n} images in a slice.")]))
+    return Document("clipfair: runs collected", sections, intro), written
+
+
+def write_collected(dirs: Sequence[Path | str], out_dir: Path | str | None = None, **options: Any) -> dict[str, Any]:
+    """Collect the runs under ``dirs`` into ``out_dir`` (default: the first folder). Returns the
+    written paths and the run folders found."""
+    table, runs = collect(dirs)
+    if not any(r.status == "finished" for r in runs):
+        listed = "; ".join(f"{r.path}: {r.status} ({r.message})" for r in runs) or "no run folders found"
+        raise CollectError(f"no finished run under {', '.join(map(str, dirs))}: {listed}")
+    out = Path(out_dir) if out_dir is not None else Path(dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    base = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
+    table.to_csv(out / "collected.csv", index=False, float_format="%.6g", lineterminator="\n")
+    doc, plots = build_document(table, runs, out, base=base, **options)
+    (out / "collected.md").write_text(to_markdown(doc))
+    (out / "collected.html").write_text(to_html(doc, base_dir=out))
+    return {"paths": [out / "collected.csv", out / "collected.md", out / "collected.html", *plots], "runs": runs}
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="clipfair collect",
+                                 description="Gather finished runs (e.g. a multirun folder) into one table.")
+    ap.add_argument("dirs", nargs="+", type=Path, help="folders holding run folders (searched recursively)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the first folder)")
+    ap.add_argument("--metric", default="accuracy", choices=sorted(HIGHER_IS_BETTER),
+                    help="metric of the runs x groups tables (default accuracy)")
+    ap.add_argument("--slice", dest="slices", action="append", default=None,
+                    help="slice of the tables, repeatable (default race)")
+    ap.add_argument("--taxonomy", dest="taxonomies", action="append", default=None,
+                    help="only these taxonomies, repeatable (default all with the metric)")
+    ap.add_argument("--method", dest="methods", action="append", default=None, help="only these methods")
+    ap.add_argument("--category", dest="categories", action="append", default=None,
+                    help="with --metric rate: only these categories")
+    ap.add_argument("--min-n", type=int, default=30, help="smallest group headlined or compared (default 30)")
+    ap.add_argument("--confidence", type=float, default=0.95, help="level of the gap intervals (default 0.95)")
+    a = ap.parse_args(list(argv))
+    res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices or ["race"], taxonomies=a.taxonomies,
+                          methods=a.methods, categories=a.categories, min_n=a.min_n, confidence=a.confidence)
+    runs = res["runs"]
+    done = [r for r in runs if r.status == "finished"]
+    print(f"collected {len(done)} finished run(s) into {res['paths'][0]}")
+    for r in runs:
+        if r.status != "finished":
+            print(f"  left out ({r.status}): {r.path}: {r.message}")
+    return 0
