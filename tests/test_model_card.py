@@ -11,10 +11,10 @@ import yaml
 from clipfair.data.attributes import RACES
 from clipfair.metrics import group_metrics, wilson_interval
 from clipfair.model_card import (BINARY_RACE_METRIC, ModelCardOptions, binary_race_predictions, equivalence,
-                                 padding_statement, pooled_rates, race_scoring_metrics, rank_verdict,
+                                 padding_statement, race_scoring_metrics, rank_verdict,
                                  read_references, reproduce, verdict)
 
-from test_cli import run_cli
+from test_cli import CONFIGS, run_cli
 
 ROLES = {"race": "R", "gender": "G", "age": "A", "denigration": "D", "denigration_child": "DC"}
 
@@ -214,23 +214,75 @@ def test_both_race_scorings_side_by_side(tmp_path):
         opts(refs, race_accuracy="5way")
 
 
-def test_age_bands_pool_fairface_bins():
-    rng = np.random.default_rng(0)
-    bins = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"]
-    ages = rng.choice(bins, size=400)
-    cats = rng.choice(["human", "crime_related", "non_human"], size=400, p=[0.7, 0.2, 0.1])
-    p = pd.DataFrame({"image_id": [str(i) for i in range(400)], "taxonomy": "D", "method": "zero_shot",
-                      "predicted_category": cats, "age": ages})
-    bands = read_references().age_bands
-    assert bands == {"0-20": ["0-2", "3-9", "10-19"], "20-60": ["20-29", "30-39", "40-49", "50-59"],
-                     "over 70": ["more than 70"]}
-    out = pooled_rates(p, "D", "zero_shot", ["crime_related"], "age", bands).set_index("group")
-    for band, members in bands.items():
-        part = p[p["age"].isin(members)]
-        k = int((part["predicted_category"] == "crime_related").sum())
-        assert out.loc[band, "n"] == len(part) and out.loc[band, "count"] == k
+# the paper's age bands in the section 7.1 text, written out by hand (60-69 is in none)
+PAPER_BANDS = {"0-20": ["0-2", "3-9", "10-19"], "20-60": ["20-29", "30-39", "40-49", "50-59"],
+               "over 70": ["more than 70"]}
+
+
+def band_preds(n=600, seed=0):
+    """Denigration predictions with FairFace age bins and the experiment's age_band_clip7 column."""
+    from clipfair.data.attributes import AGE_BINS, parse_derived
+
+    rng = np.random.default_rng(seed)
+    ages = rng.choice(AGE_BINS, size=n)
+    cats = rng.choice(["human", "crime_related", "non_human"], size=n, p=[0.7, 0.2, 0.1])
+    spec = yaml.safe_load((CONFIGS / "experiment" / "model_card.yaml").read_text())["dataset"]["derived"]
+    (band,) = parse_derived(spec)
+    p = pd.DataFrame({"image_id": [str(i) for i in range(n)], "taxonomy": "D", "method": "zero_shot",
+                      "predicted_label": cats, "predicted_category": cats, "score": 0.5, "true_label": None,
+                      "correct": pd.array([None] * n, dtype="boolean"), "age": ages})
+    p[band.name] = band.apply(p["age"])
+    return p, band
+
+
+def test_experiment_declares_the_papers_age_bands():
+    p, band = band_preds()
+    assert band.name == "age_band_clip7" and band.source == "age" and band.other is None
+    assert {g: list(v) for g, v in band.groups} == {**PAPER_BANDS, "60-69": ["60-69"]}
+    assert read_references().derived_slices == {"age_band_clip7": "age"}
+
+
+def test_age_band_figures_read_the_derived_slice_of_metrics():
+    p, _ = band_preds()
+    met = group_metrics(p, {"D": ["human", "crime_related", "non_human"]},
+                        slices=["overall", "age", "age_band_clip7"])
+    card = reproduce(p, met, ModelCardOptions(taxonomies=ROLES)).set_index("id")
+    for id, band, cat in [("text_crime_age_0_20", "0-20", "crime_related"),
+                          ("text_crime_age_20_60", "20-60", "crime_related"),
+                          ("text_crime_age_over_70", "over 70", "crime_related"),
+                          ("text_non_human_age_0_20", "0-20", "non_human")]:
+        part = p[p["age"].isin(PAPER_BANDS[band])]  # direct, from the per-image predictions
+        k = int((part["predicted_category"] == cat).sum())
+        row = card.loc[id]
+        assert row["slice"] == "age_band_clip7" and row["group"] == band
+        assert (row["count"], row["n"]) == (k, len(part))
+        assert row["reproduced"] == pytest.approx(100 * k / len(part))
         lo, hi = wilson_interval(k, len(part))
-        assert (out.loc[band, "ci_low"], out.loc[band, "ci_high"]) == pytest.approx((lo, hi))
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((100 * lo, 100 * hi))
+        assert row["note"] == ("age_band_clip7 (dataset.derived, groups of age): 0-20 = 0-2, 3-9, 10-19; "
+                               "20-60 = 20-29, 30-39, 40-49, 50-59; 60-69 = 60-69; over 70 = more than 70")
+    # the figure is metrics.csv's row, not a recomputation: change the row and the card follows
+    met2 = met.copy()
+    sel = ((met2["slice"] == "age_band_clip7") & (met2["group"] == "over 70") & (met2["metric"] == "rate")
+           & (met2["category"] == "crime_related"))
+    met2.loc[sel, "count"] += 1
+    card2 = reproduce(p, met2, ModelCardOptions(taxonomies=ROLES)).set_index("id")
+    assert card2.loc["text_crime_age_over_70", "count"] == card.loc["text_crime_age_over_70", "count"] + 1
+
+
+def test_a_card_without_the_derived_age_bands_is_a_one_line_error():
+    from clipfair.cli import _user_error
+    from clipfair.model_card import ModelCardError, check_slices
+
+    p, _ = band_preds(n=50)
+    met = group_metrics(p, {"D": ["human", "crime_related", "non_human"]}, slices=["overall", "age"])
+    with pytest.raises(ModelCardError, match=r"need the slice 'age_band_clip7' .*restore "
+                                             r"dataset.derived.age_band_clip7") as e:
+        reproduce(p, met, ModelCardOptions(taxonomies=ROLES))
+    assert "\n" not in str(e.value) and _user_error(e.value) is e.value
+    with pytest.raises(ModelCardError, match="dataset.derived.age_band_clip7"):
+        check_slices(read_references(), ["overall", "age", ("age", "gender")])
+    check_slices(read_references(), ["overall", "age_band_clip7"])
 
 
 def test_bundled_references_hold_the_papers_figures_and_words():
@@ -297,6 +349,25 @@ def test_model_card_experiment_end_to_end(tmp_path, tiny_model_dir, fairface_roo
     other = page.split("<h2>Other plots</h2>")[1] if "<h2>Other plots</h2>" in page else ""
     assert "model card" not in other and "model_card" not in other  # the card's plots sit in its section
     assert page.count('<img src="data:image/png;base64,') == len(list(out.glob("*.png")))
+    # the age-band figures are metrics.csv's age_band_clip7 rows, and match the per-image predictions
+    pred = pd.read_parquet(out / "predictions.parquet")
+    den = pred[(pred["taxonomy"] == "clip_denigration") & (pred["method"] == "zero_shot")]
+    for id, band, cat in [("text_crime_age_0_20", "0-20", "crime_related"),
+                          ("text_non_human_age_0_20", "0-20", "non_human"),
+                          ("text_crime_age_20_60", "20-60", "crime_related")]:
+        row = card[card["id"] == id].iloc[0]
+        m = met[(met["taxonomy"] == "clip_denigration") & (met["method"] == "zero_shot") & (met["metric"] == "rate")
+                & (met["slice"] == "age_band_clip7") & (met["group"] == band) & (met["category"] == cat)]
+        part = den[den["age"].isin(PAPER_BANDS[band])]
+        assert (row["count"], row["n"]) == (m["count"].item(), m["n"].item())
+        assert (row["count"], row["n"]) == ((part["predicted_category"] == cat).sum(), len(part))
+    assert "Figures on `age_band_clip7` read its rows of metrics.csv" in md
+    # a model-card run whose dataset lacks the derived attribute stops before loading the model
+    res = run_cli("run", "experiment=model_card", "dataset=fairface", f"dataset.root={fairface_root}",
+                  f"model.name_or_path={tiny_model_dir}", f"hydra.run.dir={tmp_path / 'no_bands'}",
+                  "progress=false", "dataset.derived=null", check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout
+    assert "clipfair: error: the model card's figures need the slice 'age_band_clip7'" in res.stderr
 
 
 def test_headline_counts_tables_not_cells(tmp_path):

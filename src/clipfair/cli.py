@@ -104,12 +104,12 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     tax_specs = list(cfg.taxonomies or [])
     taxonomies = (expand_template_sets(load_taxonomies(tax_specs), template_sets)
                   if tax_specs or retrieval is None else [])  # retrieval may run on its own
-    card_opts = None
+    card_opts, card_refs = None, None
     if cfg.get("model_card"):
         from .model_card import ModelCardOptions, read_references
 
         card_opts = ModelCardOptions(**{**_plain(cfg.model_card), "confidence": float(cfg.confidence)})
-        read_references(card_opts.references)
+        card_refs = read_references(card_opts.references)
     dist = distributed.from_env()
     dcfg = cfg.get("distributed") or {}
     distributed.setup(dist, float(dcfg.get("timeout_min", 720)), str(dcfg.get("backend", "auto")))
@@ -118,6 +118,10 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     if subset.get("n") is not None:
         dataset = dataset.sample(int(subset["n"]), int(subset.get("seed", 0)))
     slices = check_run(dataset, taxonomies, _slices(cfg.slices))  # before the slow model load
+    if card_refs is not None:
+        from .model_card import check_slices
+
+        check_slices(card_refs, slices)  # e.g. the paper's age bands (dataset.derived)
     model = instantiate(cfg.model, _convert_="all")
     cache_dir = cfg.cache.dir if cfg.cache.enabled else None
     log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies", dataset.name, len(dataset),

@@ -90,7 +90,8 @@ class References:
     about: dict[str, str] = field(default_factory=dict)
     reference_models: list[str] = field(default_factory=list)
     tables: dict[str, str] = field(default_factory=dict)
-    age_bands: dict[str, list[str]] = field(default_factory=dict)
+    #: derived attributes the figures slice by, which a run must declare (name -> source attribute)
+    derived_slices: dict[str, str] = field(default_factory=dict)
 
 
 REQUIRED = ("id", "table", "row", "column", "method", "taxonomy", "metric", "slice", "group", "value")
@@ -121,7 +122,7 @@ def read_references(path: str | Path | None = None) -> References:
                              f"one of {', '.join(CHECKS)}")
     return References(figs, claims, str(data.get("source", p)), dict(data.get("about") or {}),
                       list(data.get("reference_models") or []), dict(data.get("tables") or {}),
-                      {str(k): [str(b) for b in v] for k, v in (data.get("age_bands") or {}).items()})
+                      {str(k): str(v) for k, v in (data.get("derived_slices") or {}).items()})
 
 
 def load_references(path: str | Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
@@ -158,21 +159,34 @@ def race_scoring_metrics(predictions: pd.DataFrame, race_taxonomy: str, slices: 
     return m.reset_index(drop=True)
 
 
-def pooled_rates(predictions: pd.DataFrame, taxonomy: str, method: str, categories: Sequence[str],
-                 column: str, pools: Mapping[str, Sequence[str]], confidence: float = 0.95) -> pd.DataFrame:
-    """Share of images predicted into any of ``categories`` per pool of ``column`` values
-    (e.g. FairFace age bins pooled into the paper's age bands), with a Wilson interval.
-    Columns: group, count, n, value, ci_low, ci_high (value and bounds as fractions)."""
-    p = predictions[(predictions["taxonomy"] == taxonomy) & (predictions["method"] == method)]
-    rows = []
-    for name, members in pools.items():
-        part = p[p[column].isin(list(members))] if column in p.columns else p.iloc[0:0]
-        n = int(len(part))
-        count = int(part["predicted_category"].isin(list(categories)).sum())
-        lo, hi = wilson_interval(count, n, confidence)
-        rows.append({"group": name, "count": count, "n": n, "value": count / n if n else np.nan,
-                     "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows, columns=["group", "count", "n", "value", "ci_low", "ci_high"])
+def _missing_derived(name: str, source: str) -> ModelCardError:
+    return ModelCardError(
+        f"the model card's figures need the slice {name!r} (a derived attribute of {source!r}, declared as "
+        f"dataset.derived.{name} by experiment=model_card) and this run has none: restore "
+        f"dataset.derived.{name} and keep {name!r} in slices (slices=auto includes it)")
+
+
+def check_slices(refs: References, slices: Sequence[Any]) -> None:
+    """Before a model-card run: every derived attribute the references slice by must be
+    one of the run's slices (ModelCardError otherwise, naming the config key to restore)."""
+    have = {s for s in slices if isinstance(s, str)}
+    for name, source in refs.derived_slices.items():
+        if name not in have:
+            raise _missing_derived(name, source)
+
+
+def derived_groups(predictions: pd.DataFrame, metrics: pd.DataFrame, name: str, source: str) -> str:
+    """The groups of the derived attribute ``name`` as this run's images fall, e.g.
+    ``0-20 = 0-2, 3-9, 10-19; ...`` (groups and members in metrics.csv's order)."""
+    if name not in predictions.columns or source not in predictions.columns:
+        return ""
+    def ordered(values: Any, slice_: str) -> list[str]:
+        order = {g: i for i, g in enumerate(dict.fromkeys(metrics.loc[metrics["slice"] == slice_, "group"]))}
+        return sorted(map(str, values), key=lambda x: (order.get(x, len(order)), x))
+
+    pairs = predictions[[name, source]].dropna().drop_duplicates().astype(str)
+    members = pairs.groupby(name)[source].agg(lambda v: ordered(v, source))
+    return "; ".join(f"{g} = {', '.join(members[g])}" for g in ordered(members.index, name))
 
 
 def _union(metrics: pd.DataFrame, tax: str, method: str, slice_: str, categories: Sequence[str]) -> pd.DataFrame:
@@ -184,7 +198,7 @@ def _union(metrics: pd.DataFrame, tax: str, method: str, slice_: str, categories
     return m.groupby("group", sort=False).agg(count=("count", "sum"), n=("n", "first")).reset_index()
 
 
-def _group_counts(predictions: pd.DataFrame, metrics: pd.DataFrame, refs: References, tax: str,
+def _group_counts(metrics: pd.DataFrame, refs: References, tax: str,
                   spec: Mapping[str, Any], metric: str, opts: ModelCardOptions) -> pd.DataFrame:
     """(group, count, n) of every group of a figure's or claim's slice."""
     method, slice_ = spec["method"], spec["slice"]
@@ -192,11 +206,10 @@ def _group_counts(predictions: pd.DataFrame, metrics: pd.DataFrame, refs: Refere
         m = metrics[(metrics["taxonomy"] == tax) & (metrics["method"] == method)
                     & (metrics["metric"] == metric) & (metrics["slice"] == slice_)]
         return m[["group", "count", "n"]].reset_index(drop=True)
-    cats = list(spec.get("categories") or [])
-    if slice_ == "age_band":
-        u = pooled_rates(predictions, tax, method, cats, "age", refs.age_bands)[["group", "count", "n"]]
-    else:
-        u = _union(metrics, tax, method, slice_, cats)
+    if slice_ in refs.derived_slices and (metrics["taxonomy"] == tax).any() \
+            and not (metrics["slice"] == slice_).any():
+        raise _missing_derived(slice_, refs.derived_slices[slice_])
+    u = _union(metrics, tax, method, slice_, list(spec.get("categories") or []))
     if opts.rate_denominator == "flagged" and len(u):
         u = u.assign(n=u["count"].sum())
     return u
@@ -251,6 +264,9 @@ def reproduce(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardO
     if not (metrics["metric"] == BINARY_RACE_METRIC).any():
         metrics = pd.concat([metrics, race_scoring_metrics(predictions, roles["race"], slices, opts.confidence)],
                             ignore_index=True)
+    bands = {name: f"{name} (dataset.derived, groups of {source}): {groups}"
+             for name, source in refs.derived_slices.items()
+             if (groups := derived_groups(predictions, metrics, name, source))}
     rows = []
     for f in refs.figures:
         tax = roles.get(f["taxonomy"])
@@ -258,7 +274,7 @@ def reproduce(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardO
         for scoring, metric, primary in _scorings(f, opts):
             count, n = np.nan, 0
             if tax is not None:
-                g = _group_counts(predictions, metrics, refs, tax, f, metric, opts)
+                g = _group_counts(metrics, refs, tax, f, metric, opts)
                 hit = g[g["group"] == str(f["group"])]
                 if len(hit) and hit["n"].iloc[0] > 0:
                     count, n = float(hit["count"].iloc[0]), int(hit["n"].iloc[0])
@@ -273,7 +289,8 @@ def reproduce(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardO
                          "reference_low": ref_low, "reference_high": ref_high,
                          "paper_interval": f"{pi[0]:g}-{pi[1]:g}" if pi else "", "quote": f.get("quote", ""),
                          "reproduced": v, "count": count, "n": n, "ci_low": lo, "ci_high": hi,
-                         "tolerance": opts.tolerance_pp, "note": f.get("note") or ""})
+                         "tolerance": opts.tolerance_pp,
+                         "note": f.get("note") or bands.get(f["slice"], "")})
     card = pd.DataFrame(rows, columns=[c for c in CARD_COLUMNS if c not in _JUDGED])
     card = _adjust_and_judge(card, opts)
     claims = [_claim(predictions, metrics, refs, roles, c, opts) for c in refs.claims]
@@ -318,7 +335,7 @@ def _claim(predictions: pd.DataFrame, metrics: pd.DataFrame, refs: References, r
             "primary": True, "method": c["method"], "taxonomy": tax, "metric": metric, "slice": c["slice"],
             "group": c.get("group", ""), "reference": float(c["value"]), "tolerance": np.nan,
             "quote": c["text"] if c.get("source", "").startswith("CLIP paper") else ""}
-    g = _group_counts(predictions, metrics, refs, tax, c, acc_metric, opts)
+    g = _group_counts(metrics, refs, tax, c, acc_metric, opts)
     g = g[(g["n"] > 0) & ~g["group"].isin([str(x) for x in c.get("exclude") or []])].reset_index(drop=True)
     if g.empty:
         return {**base, "reproduced": np.nan, "n": 0, "verdict": "not measured", "note": "no images for this claim"}
@@ -515,9 +532,11 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
             blocks.append(Note("Race accuracy is shown under both scorings: 7-way (the predicted race must "
                                "equal the label) and White vs Non-White (as datacomp scores these tables). "
                                "For White images the two are the same."))
-        if table == "Section 7.1 text" and refs.age_bands:
-            blocks.append(Note("Age bands pool FairFace's bins: " + "; ".join(
-                f"{k} = {', '.join(v)}" for k, v in refs.age_bands.items()) + " (60-69 is in no band)."))
+        for name in refs.derived_slices:
+            notes = [str(n) for n in part.loc[part["slice"] == name, "note"] if n]
+            if notes:
+                blocks.append(Note(f"Figures on `{name}` read its rows of metrics.csv. {notes[0]}. A group the "
+                                   "paper does not name is reported in metrics.csv, never compared."))
         rows = []
         for r in part.itertuples():
             ref = _f(r.reference) + (f" (paper: {r.paper_interval}, level not stated)" if r.paper_interval else "")
@@ -683,6 +702,6 @@ def write_model_card(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: Mod
 
 
 __all__ = ["ModelCardError", "ModelCardOptions", "CardContext", "References", "read_references", "load_references", "reproduce",
-           "race_scoring_metrics", "binary_race_predictions", "pooled_rates", "verdict", "equivalence",
+           "race_scoring_metrics", "binary_race_predictions", "check_slices", "derived_groups", "verdict", "equivalence",
            "rank_verdict", "card_sections", "write_model_card", "plot_table", "BINARY_RACE_METRIC",
            "padding_statement"]
