@@ -448,6 +448,11 @@ def test_cli_retrieval_on_its_own(tmp_path, tiny_model_dir, fairface_root):
     assert "## Retrieval bias" in md and "Query set clip_denigration_words" in md and "surveillance" in md
     assert "retrieval_skew_clip_denigration_words_race.png" in md
     assert (out / "retrieval_skew_clip_denigration_words_race.png").stat().st_size > 1000
+    # report.html carries the same section (tables and heat maps), not only the plots
+    page = (out / "report.html").read_text()
+    assert "<h2>Retrieval bias</h2>" in page and "Query set clip_denigration_words" in page
+    other = page.split("<h2>Other plots</h2>")[1] if "<h2>Other plots</h2>" in page else ""
+    assert "retrieval skew" not in other
     run = json.loads((out / "run.json").read_text())
     r = run["retrieval"]
     assert (r["absent"], r["bootstrap"], r["k"], r["query_sets"][0]["name"]) == ("neg_inf", 20, [5, "all"],

@@ -399,15 +399,21 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
         with timed(ev.timings, "report"):
             written += write_confusion_plots(ev.confusion, ev.metrics, out, {t.name: t.labels for t in taxonomies})
     written += extra
-    if ev.retrieval is not None:  # before the report: report.html shows its plots
+    html_only: list[Section] = []  # sections with a file of their own, also shown in report.html
+    if ev.retrieval is not None:  # before the report: report.html shows its tables and plots
         from .report import header_blocks
-        from .retrieval import write_retrieval
+        from .retrieval import retrieval_sections, write_retrieval
 
         with timed(ev.timings, "retrieval_report"):
-            written += write_retrieval(ev.retrieval, out, ev.info.get("retrieval"), intro=header_blocks(ctx))
-    card = [Section("Model card reproduction", list(model_card_sections))] if model_card_sections else []
+            rsec = retrieval_sections(ev.retrieval, out, ev.info.get("retrieval"))
+            written += write_retrieval(ev.retrieval, out, ev.info.get("retrieval"), intro=header_blocks(ctx),
+                                       sections=rsec)
+        html_only += rsec
+    if model_card_sections:
+        html_only.append(Section("Model card reproduction", list(model_card_sections)))
     with timed(ev.timings, "report"):
-        written += write_report(ev.metrics, ev.disparities, out, ctx, extra_sections=sections, html_sections=card)
+        written += write_report(ev.metrics, ev.disparities, out, ctx, extra_sections=sections,
+                                html_sections=html_only)
     rec = {**record, "timings_s": ev.timings, "counts": ev.counts, "skipped": ev.skipped, **ev.info,
            "skipped_items": ev.errors[:1000]}
     write_json(out / "run.json", rec)

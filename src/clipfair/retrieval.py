@@ -1122,8 +1122,9 @@ def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list
 
 def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
                     options: RetrievalOptions | Mapping[str, Any] | None = None,
-                    intro: Sequence[Any] = ()) -> list[Path]:
-    """``retrieval.csv`` (the long table), ``retrieval.md`` and its heat maps."""
+                    intro: Sequence[Any] = (), sections: Sequence[Any] | None = None) -> list[Path]:
+    """``retrieval.csv`` (the long table), ``retrieval.md`` and its heat maps. ``sections``: the
+    :func:`retrieval_sections` of ``table`` when the caller already built them (for report.html)."""
     from .document import Document, to_markdown
 
     out = Path(out_dir)
@@ -1131,8 +1132,9 @@ def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
     csv = out / "retrieval.csv"
     table.to_csv(csv, index=False, float_format="%.6g", lineterminator="\n")
     before = set(out.glob("retrieval_skew_*.png"))
-    sections = retrieval_sections(table, out, options)
+    if sections is None:
+        sections = retrieval_sections(table, out, options)
     md = out / "retrieval.md"
-    md.write_text(to_markdown(Document("clipfair retrieval bias", sections, intro=list(intro))), encoding="utf-8")
+    md.write_text(to_markdown(Document("clipfair retrieval bias", list(sections), intro=list(intro))), encoding="utf-8")
     pngs = sorted(set(out.glob("retrieval_skew_*.png")) - before) or sorted(out.glob("retrieval_skew_*.png"))
     return [csv, *pngs, md]
