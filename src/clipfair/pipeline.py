@@ -305,17 +305,22 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
     if isinstance(source, dict):
         source = ", ".join(f"{k}={v}" for k, v in source.items() if v not in (None, "", [], {}))
     header: list[tuple[str, str]] = [("model", f"`{name}`")]
-    for key, title in (("family", "family"), ("scoring", "scoring"), ("dtype", "dtype"), ("device", "device")):
-        if model.get(key) not in (None, ""):
-            header.append((title, str(model[key])))
+    for key in ("family", "scoring", "dtype", "device"):
+        if key == "scoring" and ev.info.get("scoring"):
+            continue  # the "zero-shot score" row below says it, with the family
+        value = model.get(key)
+        if isinstance(value, dict):  # a backend's scoring rule: {rule, logit_scale, logit_bias, formula}
+            value = value.get("formula") or value.get("rule")
+        if value not in (None, ""):
+            header.append((key, str(value)))
     if data:
         header.append(("dataset", f"{data.get('name', '?')} ({source})" if source else str(data.get("name", "?"))))
     skipped = sum(ev.skipped.values())
     header.append(("images", f"{ev.counts.get('images_evaluated', '?')} evaluated, {skipped} skipped"))
     sc = ev.info.get("scoring")
     if sc:  # the family's own zero-shot rule (issue 9 backends)
-        header.append(("zero-shot score", f"{sc.get('family', '?')}: {sc.get('formula', '?')} (raw logit in "
-                                          "predictions.parquet)"))
+        header.append(("zero-shot score", f"{sc.get('family', '?')}: {sc.get('formula', '?')}; the raw logit is "
+                                          "in predictions.parquet"))
     if "train_images" in ev.counts:
         header.append(("linear-probe training images", str(ev.counts["train_images"])))
     header.append(("date", str(record.get("created", ""))))
