@@ -32,3 +32,19 @@ def fairface_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fairface")
     write_fairface_layout(root, n_train=120, n_val=80, seed=1, size=32)
     return root
+
+
+@pytest.fixture
+def compose():
+    """Hydra's composed run config, as `clipfair run` builds it (in process: fast)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from clipfair.cli import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="clipfair.configs", version_base="1.3"):
+        yield lambda overrides: hydra_compose("config", overrides=list(overrides))
+    GlobalHydra.instance().clear()

@@ -44,19 +44,6 @@ def fairface(root: Path, files: list[str], lines: list[str] | None = None) -> Pa
     return root
 
 
-@pytest.fixture
-def compose():
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from clipfair.cli import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="clipfair.configs", version_base="1.3"):
-        yield lambda overrides: hydra_compose("config", overrides=list(overrides))
-    GlobalHydra.instance().clear()
 
 
 #: the bundled toy model (no model to build): chosen on purpose for these small runs

@@ -122,21 +122,6 @@ def tiny(tiny_model_dir):
     return load_model(name_or_path=str(tiny_model_dir), device="cpu", dtype="float32", batch_size=64)
 
 
-@pytest.fixture
-def compose():
-    """Hydra's composed run config, as `clipfair run` builds it (in process: fast)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from clipfair.cli import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="clipfair.configs", version_base="1.3"):
-        yield lambda overrides: hydra_compose("config", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-
 
 def run_overrides(model_dir: Path, root: Path, cache: Path, *extra: str) -> list[str]:
     return [f"model.name_or_path={model_dir}", "model.device=cpu", "dataset=fairface",
