@@ -18,7 +18,8 @@ import pytest
 
 from clipfair.cache import _digest
 from clipfair.cli import main
-from clipfair.collect import LABEL_COLUMNS, collect, gap_interval, largest_disparities, write_collected
+from clipfair.collect import LABEL_COLUMNS, collect, largest_disparities, write_collected
+from clipfair.stats import newcombe_diff
 from clipfair.distributed import DistributedError, choose_backend, from_env, first_host, shard_indices
 from clipfair.metrics import METRIC_COLUMNS, wilson_interval
 
@@ -271,12 +272,12 @@ def test_two_concurrent_jobs_on_one_cache_leave_no_corrupt_entry(tmp_path, tiny_
 
 # ------------------------------------------------------------------ collect
 
-def test_gap_interval_is_newcombes_hybrid_score_interval():
+def test_collects_gap_interval_is_newcombes_hybrid_score_interval():
     from statsmodels.stats.proportion import confint_proportions_2indep
 
     for c1, n1, c2, n2, conf in [(45, 50, 30, 60, 0.95), (10, 10, 3, 12, 0.99), (0, 20, 5, 25, 0.9),
                                  (114, 120, 60, 74, 1 - 0.05 / 21)]:
-        low, high = gap_interval(c1, n1, c2, n2, conf)
+        low, high = newcombe_diff(c1, n1, c2, n2, conf)
         ref = confint_proportions_2indep(c1, n1, c2, n2, method="newcomb", compare="diff", alpha=1 - conf)
         np.testing.assert_allclose([low, high], ref, atol=1e-9)
 
@@ -359,7 +360,7 @@ def test_collect_labels_finished_runs_and_lists_the_others(tmp_path):
     assert a_row["finding"]  # 95/100 vs 60/80: the interval excludes zero
     b_row = disp.loc["model.name_or_path=openai/clip-b"]
     assert b_row["pairs"] == 2 and b_row["adjusted_confidence"] == pytest.approx(1 - 0.05 / 2)
-    low, high = gap_interval(78, 80, 90, 100, 1 - 0.05 / 2)
+    low, high = newcombe_diff(78, 80, 90, 100, 1 - 0.05 / 2)
     assert (b_row["gap_ci_low"], b_row["gap_ci_high"]) == pytest.approx((low, high))
     assert "| **yes** |" in md
 

@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 
 from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .metrics import HIGHER_IS_BETTER, METRIC_COLUMNS, wilson_interval
+from .metrics import HIGHER_IS_BETTER, METRIC_COLUMNS
+from .stats import newcombe_diff
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CollectError", "RunFolder", "find_runs", "collect", "gap_interval", "largest_disparities",
+__all__ = ["CollectError", "RunFolder", "find_runs", "collect", "largest_disparities",
            "write_collected", "main", "LABEL_COLUMNS"]
 
 LABEL_COLUMNS: tuple[str, ...] = ("run", "label", "model", "dataset", "job", "overrides")
@@ -192,17 +193,6 @@ def collect(dirs: Sequence[Path | str]) -> tuple[pd.DataFrame, list[RunFolder]]:
 
 # --------------------------------------------------------------------------- disparities
 
-def gap_interval(count_hi: float, n_hi: float, count_lo: float, n_lo: float,
-                 confidence: float) -> tuple[float, float]:
-    """Newcombe's hybrid score interval (his method 10, from two Wilson intervals) for the
-    difference of two independent proportions ``count_hi/n_hi - count_lo/n_lo``."""
-    p1, p2 = count_hi / n_hi, count_lo / n_lo
-    l1, u1 = wilson_interval(count_hi, n_hi, confidence)
-    l2, u2 = wilson_interval(count_lo, n_lo, confidence)
-    d = p1 - p2
-    return d - float(np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)), d + float(np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
-
-
 DISPARITY_KEYS = ["taxonomy", "method", "metric", "category", "slice"]
 
 
@@ -228,7 +218,7 @@ def largest_disparities(table: pd.DataFrame, min_n: int = 30, confidence: float 
         k = int(np.argmax(gaps))
         hi, lo = run.loc[i_hi.iloc[k]], run.loc[i_lo.iloc[k]]
         level = 1.0 - (1.0 - confidence) / pairs
-        low, high = gap_interval(float(hi["count"]), float(hi["n"]), float(lo["count"]), float(lo["n"]), level)
+        low, high = (float(v) for v in newcombe_diff(hi["count"], hi["n"], lo["count"], lo["n"], level))
         out.append([label, *(hi[c] for c in DISPARITY_KEYS), hi["group"], float(hi["value"]), int(hi["n"]),
                     lo["group"], float(lo["value"]), int(lo["n"]), float(gaps[k]), low, high, pairs, level,
                     bool(low > 0)])
@@ -260,21 +250,12 @@ def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | No
 
 
 def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path) -> Path:
-    from .report import _errors, _new_figure, _save, _style_axis
+    from .report import _grouped_bars, _new_figure, _save, _style_axis
 
     ticks = ["\n".join(str(g).split("+")) for g in groups]  # one line per value, never split inside a name
     fig = _new_figure(ticks, len(labels), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(groups))
-    width = 0.8 / len(labels)
-    for i, lab in enumerate(labels):
-        r = sub[sub["label"] == lab].set_index("group").reindex(groups)
-        v = r["value"].to_numpy(dtype=float)
-        pos = x - 0.4 + width * (i + 0.5)
-        ax.bar(pos, np.nan_to_num(v) * 100, width=width * 0.95, color=f"C{i % 10}", label=lab, edgecolor="none")
-        ax.errorbar(pos, np.nan_to_num(v) * 100, yerr=_errors(v, r["ci_low"].to_numpy(float),
-                                                               r["ci_high"].to_numpy(float)),
-                    fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
+    _grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels])
     _style_axis(fig, ax, ticks, ylabel, title + "\n(error bars: Wilson intervals)", len(labels))
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()

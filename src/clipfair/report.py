@@ -264,6 +264,22 @@ def plot_accuracy(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str,
     return _save(_accuracy_figure(metrics, taxonomy, method, slice, model, n_classes), path)
 
 
+def _grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.DataFrame]]) -> None:
+    """Bars per group, one colour per series, with interval error bars. Each series is a
+    label and its rows (``group``, ``value``, ``ci_low``, ``ci_high``); values in percent."""
+    x = np.arange(len(groups))
+    width = 0.8 / len(series)
+    for i, (label, rows) in enumerate(series):
+        r = rows.set_index("group").reindex(groups)
+        v = r["value"].to_numpy(dtype=float)
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(pos, np.nan_to_num(v) * 100.0, width=width * 0.95, color=f"C{i % 10}", label=label,
+               edgecolor="none")
+        ax.errorbar(pos, np.nan_to_num(v) * 100.0,
+                    yerr=_errors(v, r["ci_low"].to_numpy(float), r["ci_high"].to_numpy(float)),
+                    fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
+
+
 def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
                   categories: Sequence[str] | None = None, method: str = "zero_shot", model: str = "",
                   metric: str = "rate", harms: Mapping[str, bool] | None = None) -> MplFigure:
@@ -281,18 +297,9 @@ def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
     labels = _tick_labels(groups, [n_by_group[g] for g in groups])
     fig = _new_figure(labels, len(cats), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(groups))
-    width = 0.8 / len(cats)
-    for i, cat in enumerate(cats):
-        r = rows[rows["category"] == cat].set_index("group").reindex(groups)
-        v = r["value"].to_numpy(dtype=float)
-        h = (harms or {}).get(cat)
-        label = cat + {True: " (harm)", False: "", None: " (neutral)"}[h]
-        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(v) * 100.0, width=width * 0.95,
-               color=f"C{i % 10}", label=label, edgecolor="none")
-        ax.errorbar(x - 0.4 + width * (i + 0.5), np.nan_to_num(v) * 100.0,
-                    yerr=_errors(v, r["ci_low"].to_numpy(float), r["ci_high"].to_numpy(float)),
-                    fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
+    suffix = {True: " (harm)", False: "", None: " (neutral)"}
+    _grouped_bars(ax, groups, [(cat + suffix[(harms or {}).get(cat)], rows[rows["category"] == cat])
+                               for cat in cats])
     _style_axis(fig, ax, labels, "share of group's images (%)",
                 _title(model, taxonomy, method, f"predicted category by {slice} "
                                                  f"(error bars: Wilson {_confidence_label(m)})"), len(cats))
