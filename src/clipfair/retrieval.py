@@ -54,7 +54,7 @@ import pandas as pd
 import yaml
 
 from .registry import Registry
-from .taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, _locate, _read_yaml, check_template
+from .taxonomy import Taxonomy, TaxonomyClass, _locate, _read_yaml, _scalar, check_template
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ def _parse_query(raw: Any, where: str) -> Query:
     text = str(text)
     prompts = _strings(raw.get("prompts", [text]), f"{where} ({text})", "prompts")
     pool = raw.get("pool")
-    return Query(text, tuple(prompts), str(raw.get("category", DEFAULT_CATEGORY)),
-                 None if pool is None else str(pool))
+    category = _scalar(raw.get("category", DEFAULT_CATEGORY), where, "category", QuerySetError)
+    return Query(text, tuple(prompts), category, None if pool is None else _scalar(pool, where, "pool", QuerySetError))
 
 
 def load_query_set(spec: str | Path) -> QuerySet:
@@ -175,10 +175,7 @@ def load_query_set(spec: str | Path) -> QuerySet:
         raise QuerySetError(f"{path}: 'name' is required and must be a non-empty string")
     templates = _strings(data.get("templates"), f"{path} ({name})", "templates")
     for i, t in enumerate(templates):
-        try:
-            check_template(t, f"{path} ({name}): templates[{i}]", error=QuerySetError)
-        except TaxonomyError as e:  # pragma: no cover - check_template raises the error given
-            raise QuerySetError(str(e)) from None
+        check_template(t, f"{path} ({name}): templates[{i}]", error=QuerySetError)
     raw = data.get("queries")
     if not isinstance(raw, list) or not raw:
         raise QuerySetError(f"{path} ({name}): 'queries' must be a non-empty list")
@@ -190,8 +187,9 @@ def load_query_set(spec: str | Path) -> QuerySet:
                                 "queries must be unique")
         seen.add(query.text)
         queries.append(query)
-    return QuerySet(name, tuple(templates), tuple(queries), str(data.get("description", "")),
-                    str(data.get("source", "")), str(path))
+    text = {k: "" if data.get(k) is None else _scalar(data[k], f"{path} ({name})", k, QuerySetError)
+            for k in ("description", "source")}
+    return QuerySet(name, tuple(templates), tuple(queries), text["description"], text["source"], str(path))
 
 
 def load_query_sets(specs: Iterable[str | Path]) -> list[QuerySet]:

@@ -180,12 +180,12 @@ def _locate(spec: str, relative_to: Path | None = None, builtins: Registry[Path]
         "(or give a path to a YAML file)")))
 
 
-def _scalar(value: Any, where: str, key: str) -> str:
+def _scalar(value: Any, where: str, key: str, error: type[ValueError] = TaxonomyError) -> str:
     """A string, number or date read as text; anything else (a list, a mapping, a boolean,
-    null) is an error naming ``where`` and ``key``, never a repr."""
+    null) is an ``error`` naming ``where`` and ``key``, never a repr."""
     if isinstance(value, bool) or value is None or isinstance(value, (list, dict, set, tuple)):
         what = {type(None): "empty", bool: f"the boolean {value}"}.get(type(value), f"a {type(value).__name__}")
-        raise TaxonomyError(f"{where}: {key!r} must be a string, got {what}"
+        raise error(f"{where}: {key!r} must be a string, got {what}"
                             + (" (put it in quotes)" if isinstance(value, bool) else ""))
     return str(value)
 
