@@ -135,7 +135,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                                       _convert_="all")
         probe_options = {"Cs": list(cfg.probe.Cs), "holdout": float(cfg.probe.holdout),
                          "features": str(cfg.probe.get("features", "projected")),
-                         "refine_steps_per_decade": int(cfg.probe.get("refine_steps_per_decade", 8)),
+                         "refine_steps_per_decade": int(cfg.probe.get("refine_steps_per_decade", 0)),
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
                          "sweep_max_train": cfg.probe.sweep_max_train}
     embed_options = {"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
