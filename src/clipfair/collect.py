@@ -250,16 +250,17 @@ def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | No
 
 
 def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path) -> Path:
-    from .report import _grouped_bars, _new_figure, _save, _style_axis
+    from .figures import save_figure
+    from .report import grouped_bars, new_figure, style_axis
 
     ticks = ["\n".join(str(g).split("+")) for g in groups]  # one line per value, never split inside a name
-    fig = _new_figure(ticks, len(labels), legend_right=True)
+    fig = new_figure(ticks, len(labels), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
-    _grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels])
-    _style_axis(fig, ax, ticks, ylabel, title + "\n(error bars: Wilson intervals)", len(labels))
+    grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels])
+    style_axis(fig, ax, ticks, ylabel, title + "\n(error bars: Wilson intervals)", len(labels))
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path, *, metric: str = "accuracy",
@@ -268,7 +269,7 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
                    min_n: int = 30, confidence: float = 0.95, base: Path | None = None) -> tuple[Document, list[Path]]:
     """The cross-run summary as document sections, and the plots it shows (written to ``out_dir``)."""
     from .pipeline import DISCLAIMER
-    from .report import _safe
+    from .outputs import safe_filename
 
     base = base or out_dir
     finished = [r for r in runs if r.status == "finished"]
@@ -310,7 +311,7 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
             groups = list(dict.fromkeys(sub["group"]))
             cells = {(r.label, r.group): _cell(r, min_n) for r in sub.itertuples(index=False)}
             what = f"{metric}{f' of {cat}' if cat else ''} · {tax} · {meth} by {sl}"
-            name = "collected_" + "_".join(_safe(x) for x in (metric, tax, meth, *([cat] if cat else []), sl)) + ".png"
+            name = "collected_" + "_".join(safe_filename(x) for x in (metric, tax, meth, *([cat] if cat else []), sl)) + ".png"
             ylabel = "accuracy (%)" if metric == "accuracy" else "share of the group's images (%)"
             written.append(_plot(sub, labels, groups, ylabel, what, out_dir / name))
             tables.append(Section(what, [

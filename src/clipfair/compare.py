@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from .document import Document, Figure, Section, Table, Text, to_markdown
-from .metrics import DEFAULT_SLICES, _slice_attrs, _value_order, slice_name
+from .figures import DPI, save_figure
+from .metrics import DEFAULT_SLICES, slice_attrs, slice_name, value_order
 from .stats import (CORRECTION_NAMES, CORRECTIONS, benjamini_hochberg, holm, mcnemar_exact,  # noqa: F401
                     newcombe_diff, newcombe_paired_diff, two_proportion_z)
 from .outputs import safe_filename
@@ -46,7 +47,7 @@ COMPARISON_COLUMNS = ("baseline", "variant", "metric", "category", "slice", "gro
 def slice_groups(frame: pd.DataFrame, s: Any) -> pd.Series | None:
     """Group label of each row for slice ``s`` (NA where an attribute is missing);
     None when the frame lacks one of the slice's attribute columns."""
-    attrs = _slice_attrs(s)
+    attrs = slice_attrs(s)
     if not attrs:
         return pd.Series("all", index=frame.index, dtype=object)
     if any(a not in frame.columns for a in attrs):
@@ -63,10 +64,10 @@ def slice_groups(frame: pd.DataFrame, s: Any) -> pd.Series | None:
 
 def group_order(frame: pd.DataFrame, s: Any, labels: Sequence[str]) -> list[str]:
     """Groups of a slice in canonical order (e.g. FairFace's race order, age bins ascending)."""
-    attrs = _slice_attrs(s)
+    attrs = slice_attrs(s)
     if not attrs:
         return ["all"]
-    orders = [_value_order(a, frame[a].dropna().astype(str).unique()) for a in attrs]
+    orders = [value_order(a, frame[a].dropna().astype(str).unique()) for a in attrs]
     rank = {}
     import itertools
 
@@ -282,7 +283,7 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
         raise ValueError(f"no comparison rows for {metric}/{category}/{slice}")
     variants = [part["baseline"].iloc[0], *dict.fromkeys(part["variant"])]
     groups = list(dict.fromkeys(part["group"]))
-    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) * max(1, len(variants) / 3) + 3.5), 4.8), dpi=120)
+    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) * max(1, len(variants) / 3) + 3.5), 4.8), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     width = 0.8 / len(variants)
@@ -319,9 +320,7 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
     ax.grid(axis="y", alpha=0.3)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)
 
 
 def plot_name(metric: str, category: str, slice: str) -> str:

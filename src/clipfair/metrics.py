@@ -43,12 +43,13 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 import difflib
 
 from clipfair.data.attributes import BUILTIN, value_orders
 from clipfair.data.base import SliceError
+from clipfair.stats import (CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z,
+                            wilson_interval)
 
 __all__ = [
     "DEFAULT_SLICES",
@@ -61,6 +62,8 @@ __all__ = [
     "SMALL_GROUP_N",
     "wilson_interval",
     "slice_name",
+    "slice_attrs",
+    "value_order",
     "resolve_slices",
     "group_metrics",
     "confusion",
@@ -100,47 +103,9 @@ CANONICAL_ORDER: dict[str, tuple[str, ...]] = value_orders(list(BUILTIN.values()
 _REQUIRED = ("taxonomy", "method", "predicted_category")
 
 
-# --------------------------------------------------------------------------- Wilson CI
-
-def wilson_interval(count, n, confidence: float = 0.95):
-    """Wilson score interval for a binomial proportion ``count / n``.
-
-    ``count`` and ``n`` may be scalars (returns a pair of floats) or array-likes
-    (returns a pair of float arrays, broadcast). ``n == 0`` gives ``(nan, nan)``.
-    The critical value is ``z = norm.ppf(1 - (1 - confidence) / 2)``.
-    """
-    if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
-    scalar = np.ndim(count) == 0 and np.ndim(n) == 0
-    k = np.asarray(count, dtype=float)
-    m = np.asarray(n, dtype=float)
-    k, m = np.broadcast_arrays(k, m)
-    bad = (m < 0) | (k < 0) | (k > m)
-    if np.any(bad & ~np.isnan(k) & ~np.isnan(m)):
-        raise ValueError("wilson_interval needs 0 <= count <= n")
-    z = float(norm.ppf(1.0 - (1.0 - float(confidence)) / 2.0))
-    z2 = z * z
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = k / m
-        denom = 1.0 + z2 / m
-        center = (p + z2 / (2.0 * m)) / denom
-        half = z * np.sqrt(p * (1.0 - p) / m + z2 / (4.0 * m * m)) / denom
-        low = np.clip(center - half, 0.0, 1.0)
-        high = np.clip(center + half, 0.0, 1.0)
-    # exact bounds at the edges (the closed form gives them up to rounding)
-    low = np.where(k == 0, 0.0, low)
-    high = np.where(k == m, 1.0, high)
-    empty = ~(m > 0)
-    low = np.where(empty, np.nan, low)
-    high = np.where(empty, np.nan, high)
-    if scalar:
-        return float(low), float(high)
-    return low, high
-
-
 # --------------------------------------------------------------------------- slices
 
-def _slice_attrs(s) -> tuple[str, ...]:
+def slice_attrs(s) -> tuple[str, ...]:
     """Attribute columns of a slice: () for overall."""
     if isinstance(s, str):
         return () if s == "overall" else (s,)
@@ -154,7 +119,7 @@ def _slice_attrs(s) -> tuple[str, ...]:
 
 def slice_name(s) -> str:
     """``"overall"``, ``"race"``, or ``"race+gender"`` for a tuple slice."""
-    attrs = _slice_attrs(s)
+    attrs = slice_attrs(s)
     return "+".join(attrs) if attrs else "overall"
 
 
@@ -165,13 +130,13 @@ def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset")
     the slice and listing the available attributes."""
     available = list(available)
     if spec is None or (isinstance(spec, str) and spec == "auto"):
-        out = [s for s in DEFAULT_SLICES if all(a in available for a in _slice_attrs(s))]
+        out = [s for s in DEFAULT_SLICES if all(a in available for a in slice_attrs(s))]
         return out + [a for a in available if a not in out]
     if isinstance(spec, str):
         spec = [spec]
     out = []
     for s in spec:
-        attrs = _slice_attrs(s)
+        attrs = slice_attrs(s)
         missing = [a for a in attrs if a not in available]
         if missing:
             hint = difflib.get_close_matches(missing[0], available, n=1)
@@ -185,7 +150,7 @@ def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset")
     return out
 
 
-def _value_order(attribute: str, values: Iterable[str],
+def value_order(attribute: str, values: Iterable[str],
                  orders: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """Declared values present first (declared order), then undeclared ones sorted.
     ``orders``: attribute -> declared values (default: the built-in FairFace orders)."""
@@ -404,7 +369,7 @@ def group_metrics(
     if missing:
         raise ValueError(f"predictions lack column(s) {missing}; have {list(predictions.columns)}")
     slices = list(slices)
-    slice_attrs = [_slice_attrs(s) for s in slices]
+    attrs_per_slice = [slice_attrs(s) for s in slices]
     if len({slice_name(s) for s in slices}) != len(slices):
         raise ValueError(f"duplicate slices in {slices!r}")
     if not 0.0 < float(confidence) < 1.0:
@@ -448,14 +413,14 @@ def group_metrics(
         rank = pd.to_numeric(df["true_rank"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     n_classes = label_items.len if label_items is not None else np.zeros(n_tax, np.int64)
 
-    used_attrs = sorted({a for attrs in slice_attrs for a in attrs if a in df.columns})
+    used_attrs = sorted({a for attrs in attrs_per_slice for a in attrs if a in df.columns})
     attr_cats: dict[str, pd.Categorical] = {
-        a: _factor(df[a], order=lambda vals, a=a: _value_order(a, vals, orders)) for a in used_attrs
+        a: _factor(df[a], order=lambda vals, a=a: value_order(a, vals, orders)) for a in used_attrs
     }
 
     conf = float(confidence)
     pieces: list[dict[str, np.ndarray]] = []
-    for s_idx, (s, attrs) in enumerate(zip(slices, slice_attrs)):
+    for s_idx, (s, attrs) in enumerate(zip(slices, attrs_per_slice)):
         if any(a not in df.columns for a in attrs):
             continue  # dataset lacks this attribute (resolve_slices refuses it earlier)
         name = slice_name(s)
@@ -556,7 +521,7 @@ def confusion(
     if any(c not in predictions.columns for c in ("taxonomy", "method", "true_label", "predicted_label")):
         return empty
     df = predictions[predictions["true_label"].notna()]
-    slices = [s for s in slices if all(a in df.columns for a in _slice_attrs(s))]
+    slices = [s for s in slices if all(a in df.columns for a in slice_attrs(s))]
     frames = []
     for tax in pd.unique(df["taxonomy"]):
         part = df[df["taxonomy"] == tax]
@@ -571,10 +536,10 @@ def confusion(
         for meth in pd.unique(part["method"]):
             rows = (part["method"] == meth).to_numpy()
             for s in slices:
-                attrs = list(_slice_attrs(s))
+                attrs = list(slice_attrs(s))
                 keys = base[rows].copy()
                 for a in attrs:
-                    keys[a] = _factor(part.loc[rows, a], order=lambda vals, a=a: _value_order(a, vals, orders))
+                    keys[a] = _factor(part.loc[rows, a], order=lambda vals, a=a: value_order(a, vals, orders))
                 counts = (keys.groupby([*attrs, "true_label", "predicted_label"], observed=True, sort=True)
                           .size().rename("count").reset_index())
                 counts = counts[counts["count"] > 0]
@@ -681,8 +646,6 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     ``harms``: taxonomy -> category -> harm (see :func:`metric_direction`).
     ``confidence``: default the metrics frame's ``attrs["confidence"]`` or 0.95.
     """
-    from .stats import CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z
-
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; choose {', '.join(CORRECTIONS)}")
     need = ["taxonomy", "method", "metric", "category", "slice", "group", "n", "value"]

@@ -35,6 +35,7 @@ import pandas as pd
 
 from .data.attributes import race_binary
 from .document import Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from .figures import DPI, save_figure
 from .metrics import DEFAULT_SLICES, group_metrics, wilson_interval
 from .outputs import safe_filename
 from .yamlio import load_yaml_file
@@ -639,7 +640,7 @@ def plot_table(card: pd.DataFrame, table: str, path: Path, tolerance: float = 2.
     from matplotlib.figure import Figure as MplFigure
 
     part = card[(card["kind"] == "figure") & (card["table"] == table) & card["primary"].astype(bool)]
-    fig = MplFigure(figsize=(7.2, 5.4), dpi=120)
+    fig = MplFigure(figsize=(7.2, 5.4), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     ref = part["reference"].to_numpy(float)
@@ -669,8 +670,7 @@ def plot_table(card: pd.DataFrame, table: str, path: Path, tolerance: float = 2.
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return save_figure(fig, path, tight=False)
 
 
 def card_title(context: CardContext, opts: ModelCardOptions) -> str:

@@ -216,10 +216,10 @@ def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | s
     image_store, _ = open_stores(model, cache_dir)
     jobs: list[tuple[FaceDataset, Any, Any]] = [(dataset, model, image_store)]
     if probe_train is not None and probe_features == "pre_projection":
-        from .embed import _variant_store
+        from .embed import variant_store
         from .linear_probe import PreProjectionView
 
-        view, fstore = PreProjectionView(model), _variant_store(image_store, {"features": probe_features})
+        view, fstore = PreProjectionView(model), variant_store(image_store, {"features": probe_features})
         jobs += [(dataset, view, fstore), (probe_train, view, fstore)]
     elif probe_train is not None:
         jobs.append((probe_train, model, image_store))
@@ -252,7 +252,7 @@ def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_ta
     ``options["features"]``: ``projected`` (the zero-shot embeddings, L2-normalised) or
     ``pre_projection`` (the image tower's output before the projection, unnormalised; both
     splits are encoded once more through :class:`~clipfair.linear_probe.PreProjectionView`)."""
-    from .embed import _variant_store
+    from .embed import variant_store
     from .linear_probe import FEATURES, PreProjectionView, fit_probe, probe_predictions
 
     targets = [t for t in taxonomies if t.target]
@@ -265,7 +265,7 @@ def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_ta
     encoder, fstore, eval_feats = model, store, eval_embeddings
     if features == "pre_projection":
         encoder = PreProjectionView(model)
-        fstore = _variant_store(store, {"features": features}) if store is not None else None
+        fstore = variant_store(store, {"features": features}) if store is not None else None
         if eval_dataset is None or eval_indices is None:
             raise ValueError("probe.features=pre_projection needs the evaluation dataset")
         with timed(timings, "embed_eval_pre_projection"):

@@ -173,16 +173,6 @@ def _center_crop_chw(img: torch.Tensor, ch: int, cw: int, offset: str = "floor")
     return img[:, top:top + ch, left:left + cw]
 
 
-def from_processor(image_processor: Any) -> ClipPreprocess | None:
-    """A :class:`ClipPreprocess` equivalent to a transformers ``image_processor``, or None.
-    Kept for callers of the old name: the transformers backend owns this mapping now
-    (:func:`clipfair.models.hf.spec_from_image_processor`); the core asks the model
-    (:meth:`clipfair.models.ImageTextModel.preprocess_spec`)."""
-    from .models.hf import spec_from_image_processor
-
-    return spec_from_image_processor(image_processor)
-
-
 def processor_pixels(image_processor: Any, images: Sequence[Image.Image]) -> torch.Tensor:
     """The reference: the checkpoint processor's float32 pixel values (N, 3, H, W)."""
     return image_processor(images=list(images), return_tensors="pt")["pixel_values"]

@@ -54,7 +54,7 @@ import pandas as pd
 import yaml
 
 from .registry import Registry
-from .taxonomy import Taxonomy, TaxonomyClass, _locate, _read_yaml, _scalar, check_template
+from .taxonomy import Taxonomy, TaxonomyClass, locate_file, read_yaml_mapping, scalar_text, check_template
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +157,16 @@ def _parse_query(raw: Any, where: str) -> Query:
     text = str(text)
     prompts = _strings(raw.get("prompts", [text]), f"{where} ({text})", "prompts")
     pool = raw.get("pool")
-    category = _scalar(raw.get("category", DEFAULT_CATEGORY), where, "category", QuerySetError)
-    return Query(text, tuple(prompts), category, None if pool is None else _scalar(pool, where, "pool", QuerySetError))
+    category = scalar_text(raw.get("category", DEFAULT_CATEGORY), where, "category", QuerySetError)
+    return Query(text, tuple(prompts), category, None if pool is None else scalar_text(pool, where, "pool", QuerySetError))
 
 
 def load_query_set(spec: str | Path) -> QuerySet:
     """A built-in query set by name, or a user's YAML file by path. Errors name the file and
     the entry."""
-    path = (_locate(str(spec), builtins=BUILTINS, kind="query set", error=QuerySetError)
+    path = (locate_file(str(spec), builtins=BUILTINS, kind="query set", error=QuerySetError)
             if not isinstance(spec, Path) else spec.resolve())
-    data = _read_yaml(path, kind="query set", error=QuerySetError, expect="name, templates, queries")
+    data = read_yaml_mapping(path, kind="query set", error=QuerySetError, expect="name, templates, queries")
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise QuerySetError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
@@ -187,7 +187,7 @@ def load_query_set(spec: str | Path) -> QuerySet:
                                 "queries must be unique")
         seen.add(query.text)
         queries.append(query)
-    text = {k: "" if data.get(k) is None else _scalar(data[k], f"{path} ({name})", k, QuerySetError)
+    text = {k: "" if data.get(k) is None else scalar_text(data[k], f"{path} ({name})", k, QuerySetError)
             for k in ("description", "source")}
     return QuerySet(name, tuple(templates), tuple(queries), text["description"], text["source"], str(path))
 
@@ -931,7 +931,7 @@ def _heatmap(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .report import DPI, _save
+    from .figures import DPI, save_figure
 
     sel = df[(df.query_set == query_set) & (df.attribute == attribute) & (df.desired == desired) & _k_eq(df, k)
              & ~df["query"].isin([MEAN_ROW, WORST_ROW])]
@@ -965,7 +965,7 @@ def _heatmap(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: 
     ax.set_xticklabels(values, rotation=30, ha="right", fontsize=8)
     ax.set_title(f"Skew@{k} by {attribute}: {query_set} (desired: {desired})", fontsize=10)
     fig.colorbar(im, ax=ax, label="Skew@k = ln(share in top k / desired share)", shrink=0.8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _mix(df: pd.DataFrame, query_set: str, query: str, attribute: str, desired: str, k) -> str:
@@ -1004,7 +1004,7 @@ def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
     into ``out_dir`` as ``retrieval_skew_<set>_<attribute>.png``). Reads only ``table``
     (the :func:`retrieval_bias` frame or its CSV)."""
     from .document import Bullets, Figure, Note, Section, Table, Text
-    from .report import _safe
+    from .outputs import safe_filename
 
     out_dir = Path(out_dir)
     o = options.to_dict() if isinstance(options, RetrievalOptions) else dict(options or {})
@@ -1056,7 +1056,7 @@ def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
                          caption=f"Mean and worst over the {n_q} queries (point [interval]); worst = highest "
                                  "MaxSkew / NDKL, Bias farthest from 0."))
         for attr in dict.fromkeys(d["attribute"]):
-            name = f"retrieval_skew_{_safe(qs)}_{_safe(attr)}.png"
+            name = f"retrieval_skew_{safe_filename(qs)}_{safe_filename(attr)}.png"
             if _heatmap(d, qs, attr, desired0, k, out_dir / name) is not None:
                 sub.append(Figure(name, f"Skew@{k} by {attr} for the {qs} queries (desired: {desired0}); "
                                         "grey 'absent' = no image with that value in the top k."))

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .document import Figure, Section, Table, Text
+from .figures import DPI, save_figure
 from .metrics import DEFAULT_DISPARITY_MIN_N, HIGHER, NEUTRAL, is_accuracy_metric, metric_direction
 from .stats import newcombe_diff
 from .taxonomy import Taxonomy, TaxonomyError
@@ -174,7 +175,7 @@ def plot_spread(metrics: pd.DataFrame, taxonomy: str, metric: str, category: str
         raise ValueError(f"no rows for {taxonomy}/{metric}/{category}/{slice}")
     groups = list(dict.fromkeys(m["group"]))
     sets = list(dict.fromkeys(m["template_set"]))
-    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) + 3.0), 4.8), dpi=120)
+    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) + 3.0), 4.8), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     for gi, g in enumerate(groups):
@@ -196,9 +197,7 @@ def plot_spread(metrics: pd.DataFrame, taxonomy: str, metric: str, category: str
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="template set", bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)
 
 
 def write_sensitivity(metrics: pd.DataFrame, out_dir: Path, harms: Mapping[str, Mapping[str, bool]] | None = None,

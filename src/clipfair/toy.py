@@ -594,7 +594,7 @@ def _train(model_dir, data_root, epochs, seed, captions_fn, child_animal_p, gend
     import torch.nn.functional as F
     from transformers import AutoProcessor, CLIPModel
 
-    from .models import _features
+    from .models import features
 
     model_dir, data_root = Path(model_dir), Path(data_root)
     t0 = time.perf_counter()
@@ -649,8 +649,8 @@ def _train(model_dir, data_root, epochs, seed, captions_fn, child_animal_p, gend
             pos = {c: j for j, c in enumerate(uniq)}
             target = torch.tensor([pos[c] for c in caps])
             enc = tok(uniq + [c for c in negatives if c not in pos], padding=True, return_tensors="pt")
-            img = _features(model.get_image_features(pixel_values=px))
-            txt = _features(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
+            img = features(model.get_image_features(pixel_values=px))
+            txt = features(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
             img = img / img.norm(dim=-1, keepdim=True)
             txt = txt / txt.norm(dim=-1, keepdim=True)
             scale = model.logit_scale.exp().clamp(max=100.0)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .base import (MODELS, PICKLE_SUFFIXES, ImageTextModel, ModelError, Pixels, Scoring, TextSettings,
                    resolve_device, resolve_dtype)
-from .hf import FAMILIES, ClipModel, _features, features, load_hf_clip
+from .hf import FAMILIES, ClipModel, features, load_hf_clip
 from . import open_clip_backend  # noqa: F401  (registers the "open_clip" loader; imports open_clip lazily)
 
 
@@ -41,5 +41,5 @@ def load_model(loader: str = "hf", **kwargs: Any) -> ImageTextModel:
 
 
 __all__ = ["FAMILIES", "model_config_keys", "MODELS", "PICKLE_SUFFIXES", "ClipModel", "ImageTextModel", "ModelError", "Pixels",
-           "Scoring", "TextSettings", "_features", "features", "load_hf_clip", "load_model", "resolve_device",
+           "Scoring", "TextSettings", "features", "load_hf_clip", "load_model", "resolve_device",
            "resolve_dtype"]

@@ -98,9 +98,6 @@ def features(out: Any) -> torch.Tensor:
     return pooled
 
 
-_features = features  # the name toy.py and older code import
-
-
 def _json_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
