@@ -258,7 +258,7 @@ def run_memory(sizes: list[int], image_size: int, arch: str, workdir: Path) -> l
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="ViT-B/32", help="clipfair.toy.ARCHITECTURES name (random weights)")
+    ap.add_argument("--arch", default="ViT-B/32", help="clipfair.models.toy.ARCHITECTURES name (random weights)")
     ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--image-size", type=int, default=448, help="JPEG side in pixels (FairFace: 448)")
     ap.add_argument("--batch-size", type=int, default=32)

@@ -4,6 +4,7 @@
   through the imports inside functions (a deferred import hides a cycle, it does not
   remove it);
 - no module imports another module's private name (``from .x import _y``);
+- only ``clipfair/models/`` imports transformers or open_clip;
 - one function saves every figure (:func:`clipfair.figures.save_figure`).
 """
 
@@ -154,6 +155,15 @@ def test_no_private_name_is_imported_from_another_module():
     private = [f"{mod}:{line} imports {name} from {target}" for mod, target, name, line, _f, _e in ROWS
                if name and name.startswith("_") and not name.startswith("__") and target != mod]
     assert private == []
+
+
+def test_only_models_imports_transformers_or_open_clip():
+    """At module level or inside functions: the backends (and the toy-model builder) in
+    clipfair/models/ are the only modules that touch transformers or open_clip."""
+    offenders = [f"{mod}:{line} imports {ext}" for mod, _t, _n, line, _f, ext in ROWS
+                 if ext in ("transformers", "open_clip") and not mod.startswith("clipfair.models")]
+    assert offenders == []
+    assert any(ext == "transformers" for mod, *_, ext in ROWS if mod == "clipfair.models.toy")
 
 
 def test_one_function_saves_every_figure():

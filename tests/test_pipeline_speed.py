@@ -26,7 +26,7 @@ from clipfair.models.hf import spec_from_image_processor
 from clipfair.preprocess import (DRAFT_TOLERANCE_MEAN_LEVELS, DRAFT_TOLERANCE_P99_LEVELS, EXACT_TOLERANCE,
                                  compare_draft, processor_pixels)
 from clipfair.synthetic import render_face
-from clipfair.toy import clip_image_processor
+from clipfair.models.toy import clip_image_processor
 
 
 # -- helpers -------------------------------------------------------------------------------
