@@ -5,12 +5,14 @@
   remove it);
 - no module imports another module's private name (``from .x import _y``);
 - only ``clipfair/models/`` imports transformers or open_clip;
+- every module's docstring names its layer and it imports nothing from a higher layer;
 - one function saves every figure (:func:`clipfair.figures.save_figure`).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "clipfair"
@@ -199,3 +201,24 @@ def test_save_figure_writes_a_reproducible_png(tmp_path):
     with Image.open(a) as im:
         assert im.size != (2 * DPI, 1 * DPI)  # cropped to the drawing
 
+
+#: the layers, bottom up (see the docstring of clipfair/__init__.py)
+LAYERS = ("utility", "data", "models", "stats", "report", "analyses", "run", "cli")
+
+
+def _layer(py: Path) -> str | None:
+    found = re.search(r"^Layer: (\w+)", ast.get_docstring(ast.parse(py.read_text(encoding="utf-8"))) or "", re.M)
+    return found.group(1) if found else None
+
+
+def test_every_module_names_its_layer():
+    missing = [m for m, py in MODULES.items() if m != PKG and _layer(py) not in LAYERS]
+    assert missing == []
+
+
+def test_no_module_imports_from_a_higher_layer():
+    layer = {m: _layer(py) for m, py in MODULES.items() if m != PKG}
+    upward = [f"{mod} ({layer[mod]}):{line} imports {target} ({layer[target]})"
+              for mod, target, _n, line, _f, _e in ROWS
+              if mod in layer and target in layer and LAYERS.index(layer[target]) > LAYERS.index(layer[mod])]
+    assert upward == []

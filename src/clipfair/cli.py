@@ -1,5 +1,7 @@
 """Command line: `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`, `clipfair collect`.
 
+Layer: cli.
+
 Hydra and `instantiate` live here only; the core takes typed objects.
 """
 

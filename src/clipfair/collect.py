@@ -1,5 +1,7 @@
 """`clipfair collect DIR...`: one table across many runs (a Hydra multirun folder, say).
 
+Layer: run (reads finished run folders).
+
 Finds the run folders under the given folders, keeps the finished ones (``run.json`` plus
 every output it vouches for) and lists the failed (``failed.json``, written by ``clipfair run``
 when a job stops) and unfinished ones (a Hydra job folder without outputs) apart, never mixed

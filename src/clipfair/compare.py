@@ -1,5 +1,7 @@
 """Side-by-side comparison of taxonomy variants, with significance tests.
 
+Layer: analyses.
+
 Two variants evaluated on the *same images* are compared image by image: for every group the
 difference in a rate (or accuracy) is tested with McNemar's exact test on the discordant
 images (those the two variants treat differently), with Newcombe's square-and-add interval

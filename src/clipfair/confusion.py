@@ -1,5 +1,7 @@
 """Confusion plots by group, from the long ``confusion.csv`` frame.
 
+Layer: report.
+
 Reads only the frames :func:`clipfair.metrics.confusion` and
 :func:`clipfair.metrics.group_metrics` produce (or their CSV copies); nothing is
 recomputed from predictions. Figures use matplotlib's object API

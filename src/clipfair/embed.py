@@ -1,5 +1,7 @@
 """Image and text embeddings, computed once and cached by content.
 
+Layer: run.
+
 Images are keyed by the sha256 of their bytes within a namespace of (model fingerprint,
 preprocessing, dtype), so a rerun encodes nothing, a changed image is re-encoded alone, and
 a changed model or preprocessing uses a fresh namespace. Encoding runs in chunks that are

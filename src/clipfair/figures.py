@@ -1,5 +1,7 @@
 """The one function that saves a figure.
 
+Layer: report.
+
 Every plot clipfair writes (report, confusion, compare, collect, sensitivity, retrieval,
 model card) is a matplotlib ``Figure`` on an Agg canvas at :data:`DPI` and goes to disk
 through :func:`save_figure`: a PNG at the figure's resolution, its folder created, with no

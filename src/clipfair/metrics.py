@@ -1,5 +1,7 @@
 """Per-group metrics with Wilson confidence intervals, and between-group disparities.
 
+Layer: stats.
+
 Pure functions on pandas DataFrames. The input is the long per-image predictions frame
 (one row per image x taxonomy x method); the output is a long metrics frame with one row
 per taxonomy x method x metric x category x slice x group (see :func:`group_metrics`).

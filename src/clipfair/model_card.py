@@ -1,5 +1,7 @@
 """The CLIP paper's FairFace figures and the model card's claims beside this run's values.
 
+Layer: analyses.
+
 Reference figures live in a data file (``references/clip_paper.yaml``) with their source
 (table, row, column, and the paper's words for figures from the text). Each is mapped onto
 clipfair's outputs (taxonomy role, method, metric, slice, group), measured as a count of n

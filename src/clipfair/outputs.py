@@ -1,6 +1,8 @@
 """Run folders: a run's outputs appear whole or not at all, two runs never mix, and every
 output file name is safe.
 
+Layer: utility (below data; imports no other clipfair module).
+
 * :func:`check_run_dir` (before any work): a folder that already holds another run's
   outputs is refused unless ``overwrite``; a folder that cannot be written is refused.
 * :func:`staged_outputs`: every output is written into a temporary folder beside the run

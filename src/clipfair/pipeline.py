@@ -1,5 +1,7 @@
 """The one place that wires the stages together.
 
+Layer: run.
+
 dataset -> image embeddings (cached) -> taxonomy class embeddings -> logits -> predictions
 -> per-group metrics -> tables/plots. Everything here takes typed objects; Hydra lives in
 :mod:`clipfair.cli`.

@@ -1,5 +1,7 @@
 """Fast image preprocessing that reproduces a model's resize / crop / normalise on uint8 pixels.
 
+Layer: models.
+
 The reference is the checkpoint's own (PIL-backend) processor: resize the shortest edge
 (PIL, the processor's resample filter, bicubic for CLIP), center crop (zero-padding an
 image smaller than the crop), rescale by 1/255 and normalise by mean/std, returning float32

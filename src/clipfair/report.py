@@ -1,5 +1,7 @@
 """The run's report: ``summary.md`` and ``report.html`` from one document, plus PNG plots.
 
+Layer: report.
+
 Everything here only reads the frames :func:`clipfair.metrics.group_metrics` and
 :func:`clipfair.metrics.disparities` produce (or their CSV copies); no metric is
 recomputed. The report is built as :mod:`clipfair.document` sections; that module renders

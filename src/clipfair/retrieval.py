@@ -1,6 +1,8 @@
 """Retrieval bias: rank a dataset's images for neutral text queries and measure how skewed
 the top k is by each demographic attribute (Geyik et al. 2019, arXiv:1905.01989).
 
+Layer: analyses.
+
 Ranking: images are ordered by cosine similarity between their (L2-normalised) embedding
 and the query's text embedding, highest first; **ties are broken by dataset order** (the
 earlier row ranks higher). Images whose value of an attribute is missing are left out of

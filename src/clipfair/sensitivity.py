@@ -1,5 +1,7 @@
 """Prompt sensitivity: the same taxonomy under several template sets.
 
+Layer: analyses.
+
 A taxonomy ``t`` evaluated with template set ``s`` is named ``t@s``. For every group the
 spread of its rate/accuracy across sets is reported (min, max, standard deviation). A
 *finding* (which group is worst for a metric in a slice) exists only where a direction is

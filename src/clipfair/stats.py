@@ -1,5 +1,7 @@
 """Intervals and tests for differences and ratios of proportions, and multiplicity corrections.
 
+Layer: stats.
+
 Vectorised over numpy arrays (scalars work too). Every interval takes ``confidence``.
 
 - :func:`newcombe_diff`: Newcombe's hybrid score interval for ``p1 - p2`` of two
@@ -22,7 +24,8 @@ import numpy as np
 from scipy.stats import binom, norm
 
 __all__ = ["z_value", "wilson_interval", "wilson", "newcombe_diff", "newcombe_paired_diff", "katz_ratio",
-           "two_proportion_z", "mcnemar_exact", "holm", "benjamini_hochberg", "CORRECTIONS", "CORRECTION_NAMES", "adjusted_confidence"]
+           "two_proportion_z", "mcnemar_exact", "holm", "benjamini_hochberg", "CORRECTIONS", "CORRECTION_NAMES",
+           "adjusted_confidence"]
 
 
 def z_value(confidence: float) -> float:

@@ -1,5 +1,7 @@
 """Class taxonomies: label sets with prompt templates, loaded from data-only YAML.
 
+Layer: data.
+
 File format (see README)::
 
     name: fairface_race              # unique; appears in every output

@@ -1,6 +1,8 @@
 """The toy world of the demo model: its captions, planted biases and corpus, and
 the zero-shot report of a toy model, computed by clipfair's own pipeline.
 
+Layer: run.
+
 The model side (tokenizer, config, random init, the contrastive training loop) is
 :mod:`clipfair.models.toy`, the only place that touches transformers. Here
 :func:`make_tiny_clip` builds such a model with a tokenizer learned from the built-in

@@ -1,4 +1,7 @@
-"""Face datasets: adapters (``load_dataset``), the FaceDataset object and label constants."""
+"""Face datasets: adapters (``load_dataset``), the FaceDataset object and label constants.
+
+Layer: data.
+"""
 
 from .adapters import DATASETS, ON_ERROR, UTKFACE_RACES, HFReader, load_dataset
 from .attributes import (

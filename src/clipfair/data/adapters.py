@@ -1,5 +1,7 @@
 """Dataset adapters: turn FairFace-style sources into :class:`FaceDataset` objects.
 
+Layer: data.
+
 Each adapter is a function registered in :data:`DATASETS` under a short name. It takes
 keyword arguments only (they come straight from the Hydra config group ``dataset``) and
 returns a :class:`FaceDataset` whose table holds a unique string ``image_id``, one

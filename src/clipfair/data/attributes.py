@@ -1,5 +1,7 @@
 """Attribute declarations: which columns a dataset's images are described by.
 
+Layer: data.
+
 A dataset declares its attributes as typed objects:
 
 :class:`Attribute`

@@ -1,4 +1,7 @@
-"""The dataset object every adapter returns."""
+"""The dataset object every adapter returns.
+
+Layer: data.
+"""
 
 from __future__ import annotations
 

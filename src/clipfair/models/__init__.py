@@ -1,5 +1,7 @@
 """CLIP-style models behind one contract (:class:`ImageTextModel`, see :mod:`.base`).
 
+Layer: models.
+
 ``load_model(loader="hf", ...)``: transformers CLIP / MetaCLIP / SigLIP / SigLIP 2 (:mod:`.hf`);
 ``load_model(loader="open_clip", ...)``: open_clip (:mod:`.open_clip_backend`, needs
 ``pip install clipfair[open_clip]``). Only these backend modules import transformers or open_clip.

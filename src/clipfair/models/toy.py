@@ -1,6 +1,8 @@
 """Tiny CLIP checkpoints built fully offline (tokenizer, config, random init)
 and their contrastive training loop. The transformers side of :mod:`clipfair.toy`.
 
+Layer: models.
+
 Nothing here downloads anything. :func:`make_tiny_clip` writes a directory that loads
 with ``transformers.AutoModel.from_pretrained`` / ``AutoProcessor.from_pretrained``
 exactly like ``openai/clip-vit-large-patch14`` does, but with a tokenizer whose BPE
