@@ -79,6 +79,28 @@ def test_auto_slices_cover_declared_attributes(custom_ds):
                                  "tone_band"]
 
 
+def test_the_dataset_declares_its_slice_preference_orders_and_plots(custom_ds, tmp_path):
+    """Nothing downstream assumes FairFace: a dataset declaring its own preferred slices,
+    value order and plotted slices gets them in metrics.csv, its group order and its plots."""
+    from dataclasses import replace
+
+    from clipfair.data.attributes import Attribute
+
+    declared = tuple(Attribute("region", values=tuple(reversed(REGIONS))) if a.name == "region" else a
+                     for a in custom_ds.declared)
+    ds = replace(custom_ds, declared=declared, default_slices=(("region", "skin_tone"), "region"),
+                 plot_slices={"accuracy": ("region",), "rate": ()})
+    ev = evaluate(ds, hand_clip(), [COLOUR_TAX], cache_dir=None, progress=False)
+    assert ev.info["slices"] == ["overall", "region+skin_tone", "region", "gender", "age", "skin_tone", "colour",
+                                 "tone_band"]
+    acc = ev.metrics[(ev.metrics["metric"] == "accuracy") & (ev.metrics["slice"] == "region")]
+    present = set(custom_ds.table["region"])
+    assert list(acc["group"]) == [r for r in reversed(REGIONS) if r in present]
+    written = write_outputs(ev, tmp_path / "out", {"test": True}, taxonomies=[COLOUR_TAX])
+    plots = sorted(p.name for p in written if p.suffix == ".png" and p.name.startswith(("accuracy_", "rates_")))
+    assert plots == ["accuracy_colour_target_zero_shot_region.png"]
+
+
 def test_misspelt_slice_is_an_error_before_encoding(custom_ds):
     model = hand_clip()
     with pytest.raises(SliceError, match=r"slice 'gender\+regoin': dataset 'csv' has no attribute 'regoin' "

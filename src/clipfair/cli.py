@@ -186,7 +186,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
 
         # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary
         ev.metrics = pd.concat([ev.metrics, race_scoring_metrics(
-            ev.predictions, card_opts.taxonomies["race"], slices, float(cfg.confidence))], ignore_index=True)
+            ev.predictions, card_opts.taxonomies["race"], slices, float(cfg.confidence),
+            orders=dataset.value_orders())], ignore_index=True)
     # every output goes to a staging folder, moved into out_dir only when all are written
     with staged_outputs(out_dir, overwrite) as stage:
         model_card_sections: list[Any] = []

@@ -266,13 +266,18 @@ def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, 
 
 
 def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path, *, metric: str = "accuracy",
-                   slices: Sequence[str] = ("race",), taxonomies: Sequence[str] | None = None,
+                   slices: Sequence[str] | None = None, taxonomies: Sequence[str] | None = None,
                    methods: Sequence[str] | None = None, categories: Sequence[str] | None = None,
                    min_n: int = 30, confidence: float = 0.95, base: Path | None = None) -> tuple[Document, list[Path]]:
-    """The cross-run summary as document sections, and the plots it shows (written to ``out_dir``)."""
+    """The cross-run summary as document sections, and the plots it shows (written to ``out_dir``).
+    ``slices``: default the first attribute slice the runs computed (their datasets' declared
+    order, e.g. race for FairFace)."""
     from .pipeline import DISCLAIMER
     from .outputs import safe_filename
 
+    if slices is None:
+        present = list(dict.fromkeys(table["slice"].astype(str))) if "slice" in table.columns else []
+        slices = [s for s in present if s != "overall" and "+" not in s][:1]
     base = base or out_dir
     finished = [r for r in runs if r.status == "finished"]
     left_out = [r for r in runs if r.status != "finished"]
@@ -367,7 +372,7 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--metric", default="accuracy", choices=sorted(HIGHER_IS_BETTER),
                     help="metric of the runs x groups tables (default accuracy)")
     ap.add_argument("--slice", dest="slices", action="append", default=None,
-                    help="slice of the tables, repeatable (default race)")
+                    help="slice of the tables, repeatable (default: the runs' first attribute slice, e.g. race)")
     ap.add_argument("--taxonomy", dest="taxonomies", action="append", default=None,
                     help="only these taxonomies, repeatable (default all with the metric)")
     ap.add_argument("--method", dest="methods", action="append", default=None, help="only these methods")
@@ -376,7 +381,7 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--min-n", type=int, default=30, help="smallest group headlined or compared (default 30)")
     ap.add_argument("--confidence", type=float, default=0.95, help="level of the gap intervals (default 0.95)")
     a = ap.parse_args(list(argv))
-    res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices or ["race"], taxonomies=a.taxonomies,
+    res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices, taxonomies=a.taxonomies,
                           methods=a.methods, categories=a.categories, min_n=a.min_n, confidence=a.confidence)
     runs = res["runs"]
     done = [r for r in runs if r.status == "finished"]

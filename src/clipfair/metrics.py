@@ -48,13 +48,11 @@ import pandas as pd
 
 import difflib
 
-from clipfair.data.attributes import BUILTIN, value_orders
 from clipfair.data.base import SliceError
 from clipfair.stats import (CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z,
                             wilson_interval)
 
 __all__ = [
-    "DEFAULT_SLICES",
     "METRIC_COLUMNS",
     "DISPARITY_COLUMNS",
     "metric_direction",
@@ -72,17 +70,6 @@ __all__ = [
     "disparities",
 ]
 
-DEFAULT_SLICES: tuple = (
-    "overall",
-    "race",
-    "gender",
-    "age",
-    "race_binary",
-    ("race", "gender"),
-    ("race_binary", "gender"),
-    ("age", "gender"),
-)
-
 METRIC_COLUMNS: tuple[str, ...] = (
     "taxonomy", "method", "metric", "category", "slice", "group",
     "n", "count", "value", "ci_low", "ci_high", "small",
@@ -98,9 +85,6 @@ METRICS: tuple[str, ...] = ("accuracy", "topk_accuracy", "rate", "label_rate", "
 #: label's share has no declared direction (harm or not), so its groups are not ranked
 UNRANKED_METRICS: frozenset[str] = frozenset({"worst_group_accuracy", "label_rate"})
 
-#: group order of the built-in FairFace attributes, used when no declared orders are given;
-#: unknown values come after, sorted
-CANONICAL_ORDER: dict[str, tuple[str, ...]] = value_orders(list(BUILTIN.values()))
 
 _REQUIRED = ("taxonomy", "method", "predicted_category")
 
@@ -125,14 +109,19 @@ def slice_name(s) -> str:
     return "+".join(attrs) if attrs else "overall"
 
 
-def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset") -> list:
-    """The slices to compute. ``"auto"`` (or None): :data:`DEFAULT_SLICES` whose attributes
-    ``available`` has, then every other available attribute on its own. A list: checked,
-    a slice naming an attribute not in ``available`` raises :class:`SliceError` naming
-    the slice and listing the available attributes."""
+def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset", preferred: Sequence = ()) -> list:
+    """The slices to compute. ``"auto"`` (or None): ``"overall"``, then the dataset's
+    ``preferred`` slices (its declaration, :attr:`clipfair.data.base.FaceDataset.default_slices`)
+    whose attributes ``available`` has, then every other available attribute on its own.
+    A list: checked, a slice naming an attribute not in ``available`` raises
+    :class:`SliceError` naming the slice and listing the available attributes."""
     available = list(available)
     if spec is None or (isinstance(spec, str) and spec == "auto"):
-        out = [s for s in DEFAULT_SLICES if all(a in available for a in slice_attrs(s))]
+        out: list = []
+        for s in ("overall", *preferred):
+            s = s if isinstance(s, str) else tuple(s)
+            if s not in out and all(a in available for a in slice_attrs(s)):
+                out.append(s)
         return out + [a for a in available if a not in out]
     if isinstance(spec, str):
         spec = [spec]
@@ -155,9 +144,9 @@ def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset")
 def value_order(attribute: str, values: Iterable[str],
                  orders: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """Declared values present first (declared order), then undeclared ones sorted.
-    ``orders``: attribute -> declared values (default: the built-in FairFace orders)."""
+    ``orders``: attribute -> declared values (the dataset's declarations; none: sorted)."""
     present = set(values)
-    canon = tuple((CANONICAL_ORDER if orders is None else orders).get(attribute, ()))
+    canon = tuple((orders or {}).get(attribute, ()))
     known = [v for v in canon if v in present]
     rest = sorted(present.difference(canon))
     return known + rest
@@ -337,7 +326,7 @@ def _worst_rows(cols: dict[str, np.ndarray], small_n: int) -> dict[str, np.ndarr
 def group_metrics(
     predictions: pd.DataFrame,
     categories: Mapping[str, Sequence[str]],
-    slices: Iterable = DEFAULT_SLICES,
+    slices: Iterable = ("overall",),
     confidence: float = 0.95,
     *,
     labels: Mapping[str, Sequence[str]] | None = None,
@@ -356,8 +345,10 @@ def group_metrics(
     category missing from the list is reported after the declared ones (with a warning);
     a taxonomy missing from the mapping gets its observed categories, sorted.
     ``labels``: the same for class labels (default: the observed labels, sorted).
-    ``orders``: attribute -> declared value order (the dataset's declarations; default
-    the built-in FairFace orders). ``topk``: the k of top-k accuracy. ``small_n``: groups
+    ``slices``: the slices to compute (the dataset's, see :func:`resolve_slices`).
+    ``orders``: attribute -> declared value order (the dataset's declarations,
+    :meth:`clipfair.data.base.FaceDataset.value_orders`; none: values sorted). ``topk``: the
+    k of top-k accuracy. ``small_n``: groups
     with fewer images are flagged ``small``.
 
     Returns a frame with columns :data:`METRIC_COLUMNS`. A slice whose attribute columns
@@ -503,7 +494,7 @@ def group_metrics(
 
 def confusion(
     predictions: pd.DataFrame,
-    slices: Iterable = DEFAULT_SLICES,
+    slices: Iterable = ("overall",),
     *,
     orders: Mapping[str, Sequence[str]] | None = None,
     labels: Mapping[str, Sequence[str]] | None = None,

@@ -79,7 +79,7 @@ def harms(taxonomies: Sequence[Taxonomy]) -> dict[str, dict[str, bool]]:
     return {t.name: dict(t.harms) for t in taxonomies}
 
 
-def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = M.DEFAULT_SLICES,
+def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = ("overall",),
           confidence: float = 0.95, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
           disparity_correction: str = "holm", *, orders: dict[str, Sequence[str]] | None = None,
           topk: Sequence[int] = (), small_n: int = M.SMALL_GROUP_N) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -111,7 +111,7 @@ def check_run(dataset: FaceDataset, taxonomies: Sequence[Taxonomy], slices: Sequ
     declared = {a.name: tuple(a.values) for a in dataset.declared}
     for t in taxonomies:
         check_target(t, declared, f"dataset {dataset.name!r}")
-    return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}")
+    return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}", dataset.default_slices)
 
 
 def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[Taxonomy], *,
@@ -171,7 +171,8 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
 
         with timed(timings, "retrieval"):
             retrieval_table = retrieval_bias(table, emb.embeddings, query_sets, texts, retrieval,
-                                             attributes=dataset.attributes)
+                                             attributes=dataset.attributes,
+                                             value_orders=dataset.value_orders())
         info["retrieval"] = {**retrieval.to_dict(), "query_sets": [
             {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in query_sets]}
     skipped = {**dataset.skipped}
@@ -196,6 +197,8 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
         counts.update(train_images=len(probe_train), train_images_encoded=train_emb.encoded,
                       train_images_from_cache=train_emb.cached)
     info["slices"] = [M.slice_name(s) for s in slices]
+    info["value_orders"] = {a: list(v) for a, v in orders.items()}  # the dataset's declared orders
+    info["plot_slices"] = {k: list(v) for k, v in dataset.plot_slices.items()}  # and which slices get plots
     return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, retrieval_table,
                       confusion=conf)
 
@@ -336,20 +339,24 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
     return ReportContext(
         title=f"clipfair results: {label}" + (f" on {data.get('name')}" if data.get("name") else ""),
         model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),
-        harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target})
+        harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target},
+        plot_slices=ev.info.get("plot_slices"))
 
 
 def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Path,
                      compare: dict[str, Any] | None = None,
-                     slices: Sequence[Any] = M.DEFAULT_SLICES, model: str = "") -> tuple[list[Path], list["Section"]]:
+                     slices: Sequence[Any] = ("overall",), model: str = "") -> tuple[list[Path], list["Section"]]:
     """Comparison of taxonomy variants (when ``compare`` is given) and prompt sensitivity
-    (when taxonomies were expanded over template sets). Returns paths and report sections."""
+    (when taxonomies were expanded over template sets). Returns paths and report sections.
+    Groups follow the dataset's declared value orders (``ev.info["value_orders"]``)."""
     from .compare import compare_paired, comparison_sections, plot_keys, write_comparison
     from .sensitivity import write_sensitivity
 
     written: list[Path] = []
     sections: list[Any] = []
     confidence = float(ev.metrics.attrs.get("confidence", 0.95))
+    plots = ev.info.get("plot_slices")
+    rate_plots = None if plots is None else plots.get("rate", ())
     if compare:
         names = [t.name for t in taxonomies]
         baseline = compare.get("baseline") or names[0]
@@ -360,12 +367,13 @@ def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Pa
         correction, alpha = compare.get("correction", "holm"), float(compare.get("alpha", 0.05))
         with timed(ev.timings, "compare"):
             cmp = compare_paired(ev.predictions, baseline, variants, {t.name: t.categories for t in taxonomies},
-                                 slices, correction=correction, alpha=alpha, confidence=confidence)
-            written += write_comparison(cmp, out_dir, correction, alpha, model=model)
-        sections += comparison_sections(cmp, correction, alpha, max_rows=15, images=plot_keys(cmp))
+                                 slices, correction=correction, alpha=alpha, confidence=confidence,
+                                 orders=ev.info.get("value_orders"))
+            written += write_comparison(cmp, out_dir, correction, alpha, model=model, plot_slices=rate_plots)
+        sections += comparison_sections(cmp, correction, alpha, max_rows=15, images=plot_keys(cmp, rate_plots))
     with timed(ev.timings, "sensitivity"):
         paths, secs = write_sensitivity(ev.metrics, out_dir, harms=harms(taxonomies), confidence=confidence,
-                                        model=model,
+                                        model=model, plot_slices=rate_plots,
                                         min_n=int(ev.disparities.attrs.get("min_n", M.DEFAULT_DISPARITY_MIN_N)))
     written += paths
     sections += secs
@@ -374,7 +382,7 @@ def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Pa
 
 def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False,
                   taxonomies: Sequence[Taxonomy] = (), compare: dict[str, Any] | None = None,
-                  slices: Sequence[Any] = M.DEFAULT_SLICES,
+                  slices: Sequence[Any] = ("overall",),
                   model_card_sections: Sequence[Any] = ()) -> list[Path]:
     """predictions.parquet, metrics.csv, disparities.csv, plots, summary.md, report.html,
     run.json, and, for variant runs, comparison.* and sensitivity.* files.

@@ -38,14 +38,9 @@ __all__ = [
     "plot_accuracy",
     "plot_category_rates",
     "write_report",
-    "ACCURACY_PLOT_SLICES",
-    "RATE_PLOT_SLICES",
     "DEMO_BANNER",
 ]
 
-#: slices that get an accuracy plot (when present) and a category-rate plot
-ACCURACY_PLOT_SLICES: tuple[str, ...] = ("race", "gender", "age")
-RATE_PLOT_SLICES: tuple[str, ...] = ("race", "age")
 TOP_FINDINGS = 15
 TOP_DISPARITIES = 20
 
@@ -60,7 +55,9 @@ class ReportContext:
     ``header``: (field, value) rows shown at the top; ``model``: a short model label used
     in plot titles; ``harms``: taxonomy -> category -> harm (True: lower is better, False:
     higher is better; missing: neutral); ``n_classes``: taxonomy -> number of classes (the
-    chance line of accuracy plots is 1 / n_classes)."""
+    chance line of accuracy plots is 1 / n_classes); ``plot_slices``: kind (``accuracy``,
+    ``rate``) -> the slices that get a plot, the dataset's declaration
+    (:attr:`clipfair.data.base.FaceDataset.plot_slices`; None: every single-attribute slice)."""
 
     title: str = "clipfair results"
     model: str = ""
@@ -71,6 +68,7 @@ class ReportContext:
     skipped: Mapping[str, int] = field(default_factory=dict)
     harms: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
     n_classes: Mapping[str, int] = field(default_factory=dict)
+    plot_slices: Mapping[str, Sequence[str]] | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -146,6 +144,14 @@ def _select(metrics: pd.DataFrame, **eq) -> pd.DataFrame:
 
 def _is_intersection(slice_name: str) -> bool:
     return "+" in str(slice_name)
+
+
+def _plot_slices(ctx: ReportContext, kind: str, have) -> list[str]:
+    """The slices of ``have`` (in its order) that get a ``kind`` plot (see ReportContext)."""
+    have = list(dict.fromkeys(str(s) for s in have))
+    if ctx.plot_slices is None:
+        return [s for s in have if s != "overall" and not _is_intersection(s)]
+    return [s for s in ctx.plot_slices.get(kind, ()) if s in have]
 
 
 def _metric_title(metric: str) -> str:
@@ -434,7 +440,7 @@ def _accuracy_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: Report
             if inter:
                 tb.append(Details(f"Intersections ({len(inter)} groups)", [Table(cols, inter, align=al)]))
             for mt in methods:
-                for sl in ACCURACY_PLOT_SLICES:
+                for sl in _plot_slices(ctx, "accuracy", sub["slice"]):
                     img = images.get((metric, tax, mt, sl))
                     if img:
                         tb.append(Figure(img, f"{tax} ({mt}): {metric.replace('_', ' ')} by {sl}"))
@@ -490,7 +496,7 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
                 inter = rows_for(_is_intersection)
                 if inter:
                     sec.append(Details(f"Intersections ({len(inter)} groups)", [Table(cols, inter, align=al)]))
-                for sl in RATE_PLOT_SLICES:
+                for sl in _plot_slices(ctx, "rate", sub["slice"]):
                     img = images.get((metric, tax, meth, sl))
                     if img:
                         sec.append(Figure(img, f"{tax} ({meth}): predicted category by {sl}"))
@@ -585,9 +591,9 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
         am = acc[acc["metric"] == metric]
         for tax in _unique(am["taxonomy"]):
             for meth in _unique(am.loc[am["taxonomy"] == tax, "method"]):
-                have = set(am.loc[(am["taxonomy"] == tax) & (am["method"] == meth), "slice"])
-                for sl in ACCURACY_PLOT_SLICES:
-                    if sl not in have or metric.startswith(SLICE_SUMMARY_PREFIX):  # one row per slice
+                have = am.loc[(am["taxonomy"] == tax) & (am["method"] == meth), "slice"]
+                for sl in _plot_slices(ctx, "accuracy", have):
+                    if metric.startswith(SLICE_SUMMARY_PREFIX):  # one row per slice
                         continue
                     prefix = "accuracy" if metric == "accuracy" else _safe(metric)
                     name = fname(f"{prefix}_{_safe(tax)}_{_safe(meth)}_{_safe(sl)}")
@@ -600,10 +606,8 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
         for tax in _rate_taxonomies(rate):
             methods = _unique(rate.loc[rate["taxonomy"] == tax, "method"])
             meth = "zero_shot" if "zero_shot" in methods else methods[0]
-            have = set(rate.loc[(rate["taxonomy"] == tax) & (rate["method"] == meth), "slice"])
-            for sl in RATE_PLOT_SLICES:
-                if sl not in have:
-                    continue
+            have = rate.loc[(rate["taxonomy"] == tax) & (rate["method"] == meth), "slice"]
+            for sl in _plot_slices(ctx, "rate", have):
                 prefix = "rates" if metric == "rate" else _safe(metric)
                 name = fname(f"{prefix}_{_safe(tax)}_{_safe(sl)}")
                 fig = _rates_figure(m, tax, sl, None, meth, ctx.model, metric, ctx.harms.get(tax))

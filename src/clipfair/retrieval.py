@@ -19,7 +19,8 @@ Metrics, per query x attribute x k x desired distribution (``q``):
 - ``ndkl``: (1/Z) sum_{i=1..k} KL(D_top-i || q) / log2(i + 1), Z = sum_{i=1..k} 1/log2(i + 1),
   KL with natural logarithms and 0 log 0 = 0 (the absent convention does not apply);
 - ``bias`` (attributes with exactly two values a, b): Bias@k = (n_a - n_b) / (n_a + n_b) in
-  [-1, 1], a and b in the attribute's canonical order (Male - Female), else sorted order.
+  [-1, 1], a and b in the attribute's declared order (the dataset's declaration, e.g. FairFace's
+  Male - Female), else sorted order.
 
 ``desired``: ``dataset`` (each value's share of the ranked images: demographic parity) or
 ``uniform`` (1 / number of values present: equal representation). ``k`` may be ``all``
@@ -487,11 +488,9 @@ class _Attr:
         return int((self.codes >= 0).sum())
 
 
-def _value_order(attr: str, present: Iterable[str]) -> list[str]:
-    from .data.attributes import CANONICAL
-
+def _value_order(present: Iterable[str], canon: Sequence[str] | None) -> list[str]:
+    """The declared order ``canon`` when it covers every present value, else sorted."""
     present = sorted({str(v) for v in present})
-    canon = CANONICAL.get(attr)
     if canon and set(present) <= set(canon):
         return [v for v in canon if v in present]
     return present
@@ -559,11 +558,14 @@ def _warn_once(msg: str) -> None:
 
 def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets: Sequence[QuerySet],
                    encode: Callable[[Sequence[str]], np.ndarray], options: RetrievalOptions,
-                   attributes: Sequence[str] | None = None) -> pd.DataFrame:
+                   attributes: Sequence[str] | None = None,
+                   value_orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """The long retrieval table (columns :data:`COLUMNS`) for ``query_sets`` ranked over the
     images of ``table`` (row i = ``image_embeddings[i]``). ``encode`` maps prompt strings to
     text embeddings (the zero-shot stage's cached :class:`clipfair.embed.TextEmbedder`).
-    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones)."""
+    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones);
+    ``value_orders``: their declared value orders (:meth:`clipfair.data.base.FaceDataset.value_orders`;
+    values of an attribute without one, or with undeclared values, are sorted)."""
     from .zeroshot import l2_normalize
 
     if len(table) != len(image_embeddings):
@@ -583,7 +585,7 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
     for pool_no, (pool_value, img_idx, unit_ids) in enumerate(_pools(table, units, options)):
         W = (_boot_counts(len(img_idx), options.bootstrap, np.random.default_rng([options.seed, pool_no]))
              if options.bootstrap else None)
-        pinfo = _pool_attributes(table.iloc[img_idx], attrs, pool_value, W, options)
+        pinfo = _pool_attributes(table.iloc[img_idx], attrs, pool_value, W, options, value_orders)
         whole = pool_value is None
         Xp, inv = (X, inv_norm) if whole else (X[img_idx], inv_norm[img_idx])
         kmax = max([k for k in options.k if k != "all"] or [1])
@@ -604,12 +606,13 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
 
 
 def _pool_attributes(sub: pd.DataFrame, attrs: Sequence[str], pool_value: str | None, W: np.ndarray | None,
-                     options: RetrievalOptions) -> list[_Attr]:
+                     options: RetrievalOptions,
+                     value_orders: Mapping[str, Sequence[str]] | None = None) -> list[_Attr]:
     out = []
     for a in attrs:
         fcodes, uniques = pd.factorize(sub[a], use_na_sentinel=True)  # missing -> -1
         names = [str(v) for v in uniques]
-        values = _value_order(a, names)
+        values = _value_order(names, (value_orders or {}).get(a))
         if len(values) < 2:
             _warn_once(f"retrieval: attribute {a!r} has {len(values)} value(s)"
                        f"{f' in pool {pool_value!r}' if pool_value is not None else ''}; skew is not defined, left out")

@@ -204,9 +204,12 @@ def plot_spread(metrics: pd.DataFrame, taxonomy: str, metric: str, category: str
 
 def write_sensitivity(metrics: pd.DataFrame, out_dir: Path, harms: Mapping[str, Mapping[str, bool]] | None = None,
                       confidence: float = 0.95, model: str = "",
-                      min_n: int = DEFAULT_DISPARITY_MIN_N) -> tuple[list[Path], list[Section]]:
-    """sensitivity.csv, sensitivity_findings.csv and spread plots by race and age;
-    returns the paths and the report sections (nothing when no taxonomy had template sets)."""
+                      min_n: int = DEFAULT_DISPARITY_MIN_N,
+                      plot_slices: Sequence[str] | None = None) -> tuple[list[Path], list[Section]]:
+    """sensitivity.csv, sensitivity_findings.csv and spread plots by each of ``plot_slices``
+    (the dataset's declared ones, e.g. FairFace's race and age; None: every single-attribute
+    slice); returns the paths and the report sections (nothing when no taxonomy had
+    template sets)."""
     spr, fnd = spread(metrics), findings(metrics, harms, confidence, min_n)
     if spr.empty:
         return [], []
@@ -214,9 +217,9 @@ def write_sensitivity(metrics: pd.DataFrame, out_dir: Path, harms: Mapping[str, 
     written = [out_dir / "sensitivity.csv", out_dir / "sensitivity_findings.csv"]
     spr.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
     fnd.to_csv(written[1], index=False, lineterminator="\n")
-    images = []  # a spread plot per taxonomy x method x metric x category, by race and by age
+    images = []  # a spread plot per taxonomy x method x metric x category, by each plotted slice
     for r in spr.drop_duplicates(["taxonomy", "method", "metric", "category", "slice"]).itertuples():
-        if r.slice not in ("race", "age"):
+        if (r.slice not in plot_slices) if plot_slices is not None else (r.slice == "overall" or "+" in r.slice):
             continue
         meth = "" if r.method == "zero_shot" else f"_{r.method}"
         name = safe_filename(f"sensitivity_{r.taxonomy}{meth}_{r.metric}{'_' + r.category if r.category else ''}"

@@ -7,6 +7,9 @@ from .adapters import DATASETS, ON_ERROR, UTKFACE_RACES, HFReader, load_dataset
 from .attributes import (
     AGE_BINS,
     FAIRFACE_ATTRIBUTES,
+    FAIRFACE_ORDERS,
+    FAIRFACE_PLOT_SLICES,
+    FAIRFACE_SLICES,
     RACE_BINARY_ATTRIBUTE,
     Attribute,
     AttributeDeclarationError,
@@ -29,6 +32,9 @@ from .images import ImageError
 __all__ = [
     "AGE_BINS",
     "FAIRFACE_ATTRIBUTES",
+    "FAIRFACE_ORDERS",
+    "FAIRFACE_PLOT_SLICES",
+    "FAIRFACE_SLICES",
     "RACE_BINARY_ATTRIBUTE",
     "Attribute",
     "AttributeDeclarationError",

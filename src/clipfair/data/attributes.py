@@ -301,6 +301,28 @@ def value_orders(declared: Sequence[AnyAttribute]) -> dict[str, tuple[str, ...]]
     return {a.name: tuple(a.values) for a in declared if a.values}
 
 
+#: FairFace's declared value orders (race, gender, age bins ascending, race_binary)
+FAIRFACE_ORDERS: dict[str, tuple[str, ...]] = value_orders(list(BUILTIN.values()))
+#: the slices ``slices: auto`` computes first for a dataset with FairFace's attributes (those
+#: whose attributes the dataset declares; then every other declared attribute on its own):
+#: the overall row, each attribute, and the intersections the CLIP paper reports. Every
+#: built-in layout (FairFace, UTKFace, CSV and Hugging Face datasets) declares this
+#: preference (:attr:`clipfair.data.base.FaceDataset.default_slices`).
+FAIRFACE_SLICES: tuple = (
+    "overall",
+    "race",
+    "gender",
+    "age",
+    "race_binary",
+    ("race", "gender"),
+    ("race_binary", "gender"),
+    ("age", "gender"),
+)
+#: the single-attribute slices that get a plot, by kind (``accuracy``: accuracy plots, ``rate``:
+#: category-rate, variant-shift and prompt-sensitivity plots); the rest are tables only
+FAIRFACE_PLOT_SLICES: dict[str, tuple[str, ...]] = {"accuracy": ("race", "gender", "age"), "rate": ("race", "age")}
+
+
 def _plain(obj: Any) -> Any:
     """Hydra's DictConfig / ListConfig as plain dicts and lists."""
     if isinstance(obj, Mapping):
