@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from clipfair.data import SliceError, load_dataset
+from clipfair.data.attributes import FAIRFACE_TAXONOMY_VALUES
 from clipfair.metrics import CONFUSION_COLUMNS, METRIC_COLUMNS
 from clipfair.pipeline import evaluate, write_outputs
 from clipfair.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, check_target, load_taxonomy
@@ -123,8 +124,13 @@ def test_target_labels_checked_against_declared_values(custom_ds, tmp_path):
     # values not declared: nothing to check against; a missing target attribute: no accuracy
     assert check_target(COLOUR_TAX, declared) is True
     assert check_target(load_taxonomy("fairface_race"), declared) is False
-    # the built-in FairFace taxonomies keep FairFace's values on datasets with other ones
-    assert check_target(load_taxonomy("fairface_race"), {"race": ("White", "Black", "Asian", "Indian", "Others")})
+    # the built-in FairFace taxonomies keep FairFace's values on datasets with other ones, as
+    # every built-in layout declares (FaceDataset.tolerated_values); without that declaration, no
+    utk = {"race": ("White", "Black", "Asian", "Indian", "Others")}
+    assert check_target(load_taxonomy("fairface_race"), utk, tolerated=FAIRFACE_TAXONOMY_VALUES)
+    assert custom_ds.tolerated_values == FAIRFACE_TAXONOMY_VALUES
+    with pytest.raises(TaxonomyError, match="'Latino_Hispanic' is not a value of target 'race'"):
+        check_target(load_taxonomy("fairface_race"), utk)
     with pytest.raises(TaxonomyError, match="matches value 'Asain'"):
         check_target(Taxonomy("r", ("{}",), (TaxonomyClass("Asian", ("Asian",), "race", ("Asain",)),),
                               target="race"), {"race": ("White", "Asian")})

@@ -110,7 +110,7 @@ def check_run(dataset: FaceDataset, taxonomies: Sequence[Taxonomy], slices: Sequ
     taxonomy file and class)."""
     declared = {a.name: tuple(a.values) for a in dataset.declared}
     for t in taxonomies:
-        check_target(t, declared, f"dataset {dataset.name!r}")
+        check_target(t, declared, f"dataset {dataset.name!r}", dataset.tolerated_values)
     return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}", dataset.default_slices)
 
 

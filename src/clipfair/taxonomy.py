@@ -45,7 +45,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .data.attributes import CANONICAL
 from .registry import Registry, RegistryError
 from .yamlio import YamlError, load_yaml_file
 
@@ -366,12 +365,14 @@ def validate(tax: Taxonomy) -> Taxonomy:
     return tax
 
 
-def check_target(tax: Taxonomy, attributes: Mapping[str, Sequence[str]], dataset: str = "the dataset") -> bool:
+def check_target(tax: Taxonomy, attributes: Mapping[str, Sequence[str]], dataset: str = "the dataset",
+                 tolerated: Mapping[str, Sequence[str]] | None = None) -> bool:
     """Check a target taxonomy against the dataset it is evaluated on (at evaluation time).
 
     ``attributes``: the dataset's attributes -> their declared values (empty: values not
     declared). A class label (or ``matches`` value) must be a declared value of the
-    target, or, for FairFace's race/gender/age, one of FairFace's canonical values (so the
+    target, or one of the values the dataset tolerates (``tolerated``, its declaration
+    :attr:`clipfair.data.base.FaceDataset.tolerated_values`: FairFace's values, so the
     built-in FairFace taxonomies run on datasets with other race values, e.g. UTKFace,
     where such classes are simply never right). Otherwise a TaxonomyError names the file,
     class and allowed values. Without declared values nothing can be checked. Returns
@@ -383,7 +384,7 @@ def check_target(tax: Taxonomy, attributes: Mapping[str, Sequence[str]], dataset
     declared = tuple(attributes[tax.target])
     if not declared:
         return True
-    allowed = set(declared) | set(CANONICAL.get(tax.target, ()))
+    allowed = set(declared) | set((tolerated or {}).get(tax.target, ()))
     for c in tax.classes:
         for v in c.correct_for:
             if v not in allowed:

@@ -318,6 +318,10 @@ FAIRFACE_SLICES: tuple = (
     ("race_binary", "gender"),
     ("age", "gender"),
 )
+#: values a target taxonomy may name though a dataset does not have them: FairFace's, so the
+#: built-in FairFace taxonomies run on datasets with other race values (e.g. UTKFace), where
+#: such classes are simply never right (:attr:`clipfair.data.base.FaceDataset.tolerated_values`)
+FAIRFACE_TAXONOMY_VALUES: dict[str, tuple[str, ...]] = dict(CANONICAL)
 #: the single-attribute slices that get a plot, by kind (``accuracy``: accuracy plots, ``rate``:
 #: category-rate, variant-shift and prompt-sensitivity plots); the rest are tables only
 FAIRFACE_PLOT_SLICES: dict[str, tuple[str, ...]] = {"accuracy": ("race", "gender", "age"), "rate": ("race", "age")}

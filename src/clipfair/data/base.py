@@ -17,6 +17,7 @@ from .attributes import (
     BUILTIN,
     FAIRFACE_PLOT_SLICES,
     FAIRFACE_SLICES,
+    FAIRFACE_TAXONOMY_VALUES,
     RACE_BINARY_ATTRIBUTE,
     AnyAttribute,
     AttributeDeclarationError,
@@ -112,6 +113,9 @@ class FaceDataset:
     default_slices: tuple = FAIRFACE_SLICES
     #: the slices that get plots, by kind (``accuracy``, ``rate``): the layout's declaration
     plot_slices: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(FAIRFACE_PLOT_SLICES))
+    #: attribute -> values a target taxonomy may name though this dataset lacks them (FairFace's,
+    #: so the built-in FairFace taxonomies run here; see clipfair.taxonomy.check_target)
+    tolerated_values: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(FAIRFACE_TAXONOMY_VALUES))
 
     def __post_init__(self) -> None:
         self.table = self.table.reset_index(drop=True)
