@@ -80,11 +80,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _hydra_overrides(folder: Path) -> list[str]:
-    import yaml
+    from .yamlio import YamlError, load_yaml_file
 
     try:
-        data = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        data = load_yaml_file(folder / ".hydra" / "overrides.yaml")
+    except (OSError, YamlError):
         return []
     return [str(x) for x in data] if isinstance(data, list) else []
 

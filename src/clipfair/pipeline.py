@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import metrics as M
 from .cache import unwritable_reason
+from .data.attributes import PREDICTION_COLUMNS
 from .data.base import FaceDataset
 from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
@@ -65,8 +66,7 @@ def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxono
     """Zero-shot predictions for every taxonomy on the same (cached) image embeddings, scored
     by the model family's own rule."""
     if not taxonomies:  # e.g. a retrieval-only run
-        return pd.DataFrame(columns=["image_id", "taxonomy", "method", "predicted_label", "predicted_category",
-                                     "score", "logit", "true_label", "correct", "true_rank", *attributes])
+        return pd.DataFrame(columns=[*PREDICTION_COLUMNS, *attributes])
     frames = [zero_shot_predictions(table, image_embeddings, class_embeddings(t, encode_texts),
                                     scoring, attributes) for t in taxonomies]
     return pd.concat(frames, ignore_index=True)

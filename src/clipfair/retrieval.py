@@ -51,10 +51,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .registry import Registry
 from .taxonomy import Taxonomy, TaxonomyClass, _locate, _read_yaml, _scalar, check_template
+from .yamlio import load_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def load_query_sets(specs: Iterable[str | Path]) -> list[QuerySet]:
 
 def _load_presets() -> dict[str, dict[str, Any]]:
     path = Path(str(importlib.resources.files("clipfair") / "references" / "retrieval_presets.yaml"))
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    return load_yaml_file(path)
 
 
 PRESETS: dict[str, dict[str, Any]] = _load_presets()

@@ -109,9 +109,11 @@ def race_binary(race: str) -> str:
 # --------------------------------------------------------------------- declarations
 
 
-#: names an attribute cannot have: the columns of predictions.parquet and the overall slice
-RESERVED_NAMES: tuple[str, ...] = ("image_id", "taxonomy", "method", "predicted_label", "predicted_category",
-                                   "score", "true_label", "correct", "true_rank", "overall")
+#: the columns every prediction has (predictions.parquet), in order; the attribute columns follow
+PREDICTION_COLUMNS: tuple[str, ...] = ("image_id", "taxonomy", "method", "predicted_label", "predicted_category",
+                                       "score", "logit", "true_label", "correct", "true_rank")
+#: names an attribute cannot have: every prediction column and the overall slice
+RESERVED_NAMES: tuple[str, ...] = (*PREDICTION_COLUMNS, "overall")
 
 
 def _text(value: object) -> str:
