@@ -171,6 +171,8 @@ def load_query_set(spec: str | Path) -> QuerySet:
     if unknown:
         raise QuerySetError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
     name = data.get("name")
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        name = str(name)  # the text as written (clipfair.yamlio)
     if not isinstance(name, str) or not name.strip():
         raise QuerySetError(f"{path}: 'name' is required and must be a non-empty string")
     templates = _strings(data.get("templates"), f"{path} ({name})", "templates")

@@ -200,7 +200,7 @@ class RunConfig:
 DATASET_KEYS = {"_target_": str, "name": str}
 MODEL_KEYS = {"_target_": str, "loader": str, "batch_size": int}
 #: keys of every dataset group that load_dataset takes itself (not the adapter)
-DATASET_EXTRA = ("max_image_bytes", "derived")
+DATASET_EXTRA = ("max_image_bytes", "derived", "missing_values")
 #: the smallest value of integer loader arguments (null is allowed: the loader's default)
 LOADER_MINIMUM = {"batch_size": 1, "limit": 0, "max_image_bytes": 1}
 #: the allowed values of loader arguments that take one of a few words

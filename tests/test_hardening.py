@@ -1,0 +1,110 @@
+"""Issue 26, second half: one test per numbered defect (4-12) of the attacker's trial.
+
+Output that cannot attack its reader (5, 6), models checked before they are built (4), and
+no silent wrong (7-12). Each test checks the behaviour against an independent reading (a
+CommonMark renderer, the csv module, a hand-written YAML expectation, ...).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from clipfair.data import DatasetError, load_dataset
+from clipfair.schema import ConfigError
+
+from fixtures_datasets import write_image, write_text, RED
+
+
+# ============================================================ 7: every prediction column is reserved
+
+
+def test_7_an_attribute_named_like_any_prediction_column_is_refused_at_load(tmp_path):
+    from clipfair.data.attributes import PREDICTION_COLUMNS
+    from clipfair.zeroshot import predictions_frame
+    from clipfair.taxonomy import Taxonomy, TaxonomyClass
+    import numpy as np
+
+    # the reserved list is exactly the columns predictions_frame writes (independent of the list)
+    tax = Taxonomy("t", ("{}",), (TaxonomyClass("a", ("a",), "x"), TaxonomyClass("b", ("b",), "y")))
+    frame = predictions_frame(pd.DataFrame({"image_id": ["x"]}), tax, np.array([[0.2, 0.8]]), "m", [])
+    assert tuple(frame.columns) == PREDICTION_COLUMNS
+    write_image(tmp_path / "a.jpg", RED)
+    for col in ["logit", *PREDICTION_COLUMNS]:
+        csv = write_text(tmp_path / "l.csv", [f"file,c", "a.jpg,v"])
+        with pytest.raises(DatasetError) as e:
+            load_dataset("csv", path=str(csv), race_column=None, gender_column=None, age_column=None,
+                         attributes={col: "c"})
+        msg = str(e.value)
+        assert len(msg.splitlines()) == 1 and f"attribute name {col!r} is reserved" in msg
+
+
+# ============================================================ 9: slices=[] is refused
+
+
+def test_9_an_empty_slice_list_is_refused_before_any_work(compose, tmp_path, monkeypatch):
+    from clipfair import cli
+
+    monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ConfigError) as e:
+        cli.run_from_config(compose(["progress=false", "slices=[]"]), tmp_path / "out")
+    assert str(e.value) == ("slices must be 'auto' or a non-empty list, e.g. [race, gender, [race, gender]], "
+                            "got []")
+    assert not (tmp_path / "out").exists()
+
+
+# ============================================================ 10: YAML 1.2 core, text as written
+
+#: YAML 1.1 would read these as 8, 31, 90, 1000, 1.5 and a date; as written they stay text
+AS_WRITTEN = ["010", "0x1F", "1:30", "1_000", "1.50", "2024-01-01", "0o17", "+5", "1e3", ".5", "yes", "NO"]
+
+
+def test_10_numbers_and_dates_in_data_files_keep_the_text_as_written(tmp_path):
+    from clipfair.retrieval import load_query_set
+    from clipfair.taxonomy import load_taxonomy
+    from clipfair.yamlio import loads
+
+    items = ", ".join(AS_WRITTEN)
+    tax = tmp_path / "t.yaml"
+    tax.write_text(f"name: 2024-01-01\ntemplates: ['a photo of {{}}.']\nclasses: [{items}]\n")
+    t = load_taxonomy(str(tax))
+    assert t.name == "2024-01-01"
+    assert list(t.labels) == AS_WRITTEN
+    qs = tmp_path / "q.yaml"
+    qs.write_text(f"name: q\ntemplates: ['a photo of {{}}.']\nqueries: [{items}]\n")
+    assert [q.text for q in load_query_set(str(qs)).queries] == AS_WRITTEN
+    # numbers are still numbers where numbers are expected, with the 1.2 core values
+    d = loads("a: [010, 0x1F, 0o17, 1.50, -3, .inf, true, null, 1:30, 2024-01-01]")["a"]
+    assert d[:5] == [10, 31, 15, 1.5, -3] and d[5] == float("inf") and d[6] is True and d[7] is None
+    assert d[8:] == ["1:30", "2024-01-01"] and all(type(x) is str for x in d[8:])
+
+
+# ============================================================ 11: missing-value spellings
+
+
+SPELLINGS = ["NaN", "nan", "None", "null", "N/A", "NA", ""]
+
+
+def test_11_missing_value_spellings_are_missing_counted_and_declarable(tmp_path, caplog):
+    import logging
+
+    rows = ["file,tone"]
+    for k, v in enumerate(["light", "dark", *SPELLINGS]):
+        write_image(tmp_path / f"{k}.jpg", RED)
+        rows.append(f"{k}.jpg,{v}")
+    csv = write_text(tmp_path / "l.csv", rows)
+    common = dict(path=str(csv), race_column=None, gender_column=None, age_column=None)
+    with caplog.at_level(logging.INFO, logger="clipfair.data.adapters"):
+        ds = load_dataset("csv", attributes={"tone": "tone"}, **common)
+    got = ds.table["tone"].tolist()
+    assert got[:2] == ["light", "dark"] and all(pd.isna(v) for v in got[2:])
+    assert f"{len(SPELLINGS)} of {len(rows) - 1} images have no tone value" in caplog.text
+    # declarable: only N/A (and empty cells) are missing; the other spellings are groups
+    ds = load_dataset("csv", attributes={"tone": "tone"}, missing_values=["N/A"], **common)
+    got = ds.table["tone"].tolist()
+    assert [v for v in got if not pd.isna(v)] == ["light", "dark", "NaN", "nan", "None", "null", "NA"]
+    # per attribute, and a value the declaration names is a value, not missing
+    ds = load_dataset("csv", attributes={"tone": {"values": ["light", "dark", "NA"]}}, **common)
+    assert ds.table["tone"].tolist()[7] == "NA" and pd.isna(ds.table["tone"].tolist()[6])
+    with pytest.raises(DatasetError, match="dataset.missing_values must be a list"):
+        load_dataset("csv", attributes={"tone": "tone"}, missing_values="NA", **common)
