@@ -108,3 +108,58 @@ def test_11_missing_value_spellings_are_missing_counted_and_declarable(tmp_path,
     assert ds.table["tone"].tolist()[7] == "NA" and pd.isna(ds.table["tone"].tolist()[6])
     with pytest.raises(DatasetError, match="dataset.missing_values must be a list"):
         load_dataset("csv", attributes={"tone": "tone"}, missing_values="NA", **common)
+
+
+# ============================================================ 12: SigLIP 2 text canonicalised
+
+
+def _reference_canonicalize(text: str) -> str:
+    """open_clip 3.3.0 ``tokenizer.canonicalize_text(basic_clean(text))`` as its SigLIP tokenizer
+    applies it (copied from open_clip/tokenizer.py, MIT licence; itself from big_vision's
+    prompt_engineering.py), without ftfy (not installed here; identity on these prompts)."""
+    import html
+    import string
+
+    text = html.unescape(html.unescape(text)).strip()  # basic_clean, less ftfy.fix_text
+    text = text.replace("_", " ")
+    text = text.translate(str.maketrans("", "", string.punctuation))
+    text = text.lower()
+    text = " ".join(text.split())
+    return text.strip()
+
+
+PROMPTS = ["a photo of a White man.", "A photo of a Black woman.", "a photo of a Latino_Hispanic person.",
+           "a photo of a Middle Eastern person.", "a photo of a person who is 20-29 years old.",
+           "A PHOTO OF A THIEF!", "a photo of a 'criminal'.", 'a photo of a "suspicious" person?',
+           "a photo of a  doctor ,  smiling", "  leading and trailing  ", "tabs\tand\nnewlines",
+           "a photo of a (young) nurse; at work", "an image of a CEO: portrait", "it's a photo of a chimpanzee",
+           "a photo of a man & a woman", "a photo of a man &amp; a woman", "a photo of a man &amp;amp; a woman",
+           "a photo of a gorilla...", "what-is-this", "snake_case_label", "a photo of an East Asian person.",
+           "a photo of a Southeast Asian person.", "a photo of an Indian person.", "100% human", "#hashtag @user",
+           "a/b\\c", "{curly} [square] <angle>", "a photo of a café owner.", "Ünïcödé Letters Stay",
+           "a photo of a person, who is a nurse.", "a picture of a homeless person.", "x+y=z", "~tilde~ `tick`",
+           "a photo of a non-binary person.", "a photo of a person aged 70+", "$money$ and |pipes|"]
+
+
+def test_12_siglip2_prompts_are_canonicalised_as_open_clip_does(tmp_path):
+    from clipfair.models import load_model
+    from clipfair.models.base import canonicalize_text
+    from clipfair.taxonomy import load_taxonomy
+
+    from tiny_families import make_tiny_siglip, make_tiny_siglip2
+
+    builtin = [p for name in ("fairface_race", "clip_denigration") for p in load_taxonomy(name).all_texts()]
+    for text in PROMPTS + builtin[:40]:
+        assert canonicalize_text(text) == _reference_canonicalize(text), text
+    siglip2 = load_model(name_or_path=str(make_tiny_siglip2(tmp_path / "s2")), device="cpu", dtype="float32")
+    assert siglip2.family == "siglip2" and siglip2.text_settings.canonicalize
+    enc = siglip2.tokenize(PROMPTS)
+    want = siglip2.tokenizer([_reference_canonicalize(p) for p in PROMPTS], padding="max_length",
+                             max_length=siglip2.context_length, truncation=True, return_tensors="pt")
+    assert enc["input_ids"].tolist() == want["input_ids"].tolist()
+    raw = siglip2.tokenizer(PROMPTS, padding="max_length", max_length=siglip2.context_length, truncation=True,
+                            return_tensors="pt")
+    assert enc["input_ids"].tolist() != raw["input_ids"].tolist()  # the tokenizer alone does not do it
+    # SigLIP (1)'s own tokenizer canonicalises itself: its prompts go in unchanged
+    siglip = load_model(name_or_path=str(make_tiny_siglip(tmp_path / "s1")), device="cpu", dtype="float32")
+    assert not siglip.text_settings.canonicalize and siglip._prepare(PROMPTS) == PROMPTS

@@ -18,7 +18,9 @@ Nothing outside the backends imports transformers or open_clip: the core calls o
 from __future__ import annotations
 
 import hashlib
+import html
 import logging
+import string
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,6 +118,19 @@ class Scoring:
         return {**asdict(self), "formula": self.formula()}
 
 
+def canonicalize_text(text: str) -> str:
+    """A prompt as SigLIP 2's authors feed it to the text tower: HTML entities unescaped, ``_``
+    as a space, ASCII punctuation (``string.punctuation``) removed, lower-cased, whitespace
+    collapsed (big_vision's ``prompt_engineering.canonicalize_text``; open_clip's SigLIP
+    tokenizer applies it after ftfy, whose mojibake repair is left out here)."""
+    text = html.unescape(html.unescape(str(text))).strip()
+    text = text.replace("_", " ").translate(_NO_PUNCTUATION).lower()
+    return " ".join(text.split())
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
 @dataclass(frozen=True)
 class TextSettings:
     """How a family tokenizes prompts (recorded in run.json and in the text cache key).
@@ -125,11 +140,14 @@ class TextSettings:
     ``max_length`` (always the full context: SigLIP pools the last position and was trained
     on full-length, unmasked sequences). ``attention_mask``: whether the mask is passed to
     the text tower. ``lowercase``: prompts are lower-cased before tokenizing.
+    ``canonicalize``: prompts are canonicalised as big_vision and open_clip do for SigLIP 2
+    (:func:`canonicalize_text`: lower-cased, ASCII punctuation removed, whitespace collapsed).
     """
 
     padding: str = "longest"
     attention_mask: bool = True
     lowercase: bool = False
+    canonicalize: bool = False
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)

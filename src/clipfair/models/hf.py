@@ -12,8 +12,10 @@ authors use them. A checkpoint of another ``model_type`` is refused unless
   ``padding="max_length"`` (transformers' docs: "make sure to set padding="max_length" as
   that's how the model was trained") and no attention mask (big_vision's text transformer
   has none). Its SentencePiece tokenizer lower-cases and strips punctuation itself.
-* SigLIP 2 (Tschannen et al. 2025): as SigLIP, with the Gemma tokenizer; trained on lower-cased
-  text, so prompts are lower-cased. The fixed-resolution checkpoints
+* SigLIP 2 (Tschannen et al. 2025): as SigLIP, with the Gemma tokenizer; trained on
+  canonicalised text, so prompts are canonicalised as big_vision and open_clip do (lower-cased,
+  punctuation removed, whitespace collapsed: :func:`~clipfair.models.base.canonicalize_text`;
+  transformers' Gemma tokenizer does not, which NVlabs/RADIO#142 measured costs ~12% zero-shot). The fixed-resolution checkpoints
   (``google/siglip2-base-patch16-224``) load as ``model_type`` siglip with a Gemma tokenizer;
   the NaFlex ones as ``siglip2`` (patch sequences: no fast uint8 path, the processor is used).
 * AltCLIP (Chen et al. 2022) and ALIGN (Jia et al. 2021): softmax; their text towers pool the
@@ -38,7 +40,7 @@ from PIL import Image
 
 from ..preprocess import ClipPreprocess
 from .base import (MODELS, PICKLE_SUFFIXES, ImageTextModel, ModelError, Pixels, Scoring, TextSettings,
-                   check_path_kind, hash_file, resolve_device, resolve_dtype, split_precision)
+                   canonicalize_text, check_path_kind, hash_file, resolve_device, resolve_dtype, split_precision)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,8 @@ CLIP = HFFamily("clip", ("clip",), "softmax", TextSettings("longest", True, Fals
                 "CLIP-style (OpenAI CLIP, MetaCLIP, CLIP fine-tunes)")
 SIGLIP = HFFamily("siglip", ("siglip",), "sigmoid", TextSettings("max_length", False, False),
                   "SigLIP (sigmoid loss; T5 SentencePiece tokenizer)")
-SIGLIP2 = HFFamily("siglip2", ("siglip2",), "sigmoid", TextSettings("max_length", False, True),
-                   "SigLIP 2 (sigmoid loss; Gemma tokenizer, lower-cased text)")
+SIGLIP2 = HFFamily("siglip2", ("siglip2",), "sigmoid", TextSettings("max_length", False, True, True),
+                   "SigLIP 2 (sigmoid loss; Gemma tokenizer, canonicalised text)")
 # [CLS] pooling with an attention mask: the padding length does not change the embedding
 ALTCLIP = HFFamily("altclip", ("altclip",), "softmax", TextSettings("longest", True, False),
                    "AltCLIP (XLM-R text tower, [CLS] pooling)")
@@ -177,6 +179,8 @@ class ClipModel(ImageTextModel):
         return int(dim or cfg.text_config.hidden_size)
 
     def _prepare(self, texts: Sequence[str]) -> list[str]:
+        if self.text.canonicalize:
+            return [canonicalize_text(t) for t in texts]
         return [t.lower() for t in texts] if self.text.lowercase else list(texts)
 
     def token_count(self, text: str) -> int:
