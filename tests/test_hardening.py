@@ -163,3 +163,57 @@ def test_12_siglip2_prompts_are_canonicalised_as_open_clip_does(tmp_path):
     # SigLIP (1)'s own tokenizer canonicalises itself: its prompts go in unchanged
     siglip = load_model(name_or_path=str(make_tiny_siglip(tmp_path / "s1")), device="cpu", dtype="float32")
     assert not siglip.text_settings.canonicalize and siglip._prepare(PROMPTS) == PROMPTS
+
+
+# ============================================================ 8: compare checks taxonomy fingerprints
+
+
+def _run_with_taxonomy(d, taxonomy, model="m"):
+    """A finished run folder whose run.json records ``taxonomy`` as `clipfair run` does."""
+    import json
+
+    d.mkdir(parents=True)
+    labels = taxonomy.labels
+    p = pd.DataFrame({"image_id": [f"i{i}" for i in range(40)], "taxonomy": taxonomy.name, "method": "zero_shot",
+                      "predicted_category": [taxonomy.classes[i % len(labels)].category for i in range(40)],
+                      "race": ["A"] * 20 + ["B"] * 20})
+    p.to_parquet(d / "predictions.parquet")
+    rows = [{"taxonomy": taxonomy.name, "method": "zero_shot", "metric": "rate", "category": cat, "slice": "race",
+             "group": g, "n": len(part), "count": int((part["predicted_category"] == cat).sum()),
+             "value": float((part["predicted_category"] == cat).mean()), "ci_low": 0.0, "ci_high": 1.0}
+            for g, part in p.groupby("race") for cat in taxonomy.categories]
+    pd.DataFrame(rows).to_csv(d / "metrics.csv", index=False)
+    (d / "run.json").write_text(json.dumps({
+        "model": {"name_or_path": model}, "dataset": {"name": "fixture", "fingerprint": "fp"},
+        "taxonomies": [{**taxonomy.to_dict(), "fingerprint": taxonomy.fingerprint()}]}))
+    return d
+
+
+def test_8_compare_refuses_same_named_taxonomies_with_different_classes_or_prompts(tmp_path, capsys):
+    from clipfair.cli import main
+    from clipfair.compare import CompareError, compare_runs
+    from clipfair.taxonomy import Taxonomy, TaxonomyClass
+
+    races = ["White", "Black", "East Asian", "Indian", "Latino_Hispanic", "Middle Eastern", "Southeast Asian"]
+    seven = Taxonomy("fixture_race", ("a photo of a {} person.",), tuple(TaxonomyClass(r, (r,), r) for r in races))
+    two = Taxonomy("fixture_race", ("a photo of a {} person.",), tuple(TaxonomyClass(r, (r,), r) for r in races[:2]))
+    reworded = Taxonomy("fixture_race", ("a face of a {}.",), seven.classes)
+    a = _run_with_taxonomy(tmp_path / "a", seven, "model-a")
+    b = _run_with_taxonomy(tmp_path / "b", two, "model-b")
+    c = _run_with_taxonomy(tmp_path / "c", reworded, "model-c")
+    same = _run_with_taxonomy(tmp_path / "same", seven, "model-d")
+    with pytest.raises(CompareError, match=r"taxonomy fixture_race has different classes in model-a .* and model-b"):
+        compare_runs([a, b])
+    with pytest.raises(CompareError, match="has different prompts in model-a"):
+        compare_runs([a, c])
+    assert len(compare_runs([a, same]))  # the same question: compared as before
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--allow-different-taxonomies" in err and not (tmp_path / "o").exists()
+    # with the option: compared, and the table says so on every row of that pair
+    assert main(["compare", str(a), str(b), str(c), "--out", str(tmp_path / "o"), "--allow-different-taxonomies"]) == 0
+    table = pd.read_csv(tmp_path / "o" / "comparison.csv", keep_default_na=False)
+    assert set(table["variant"]) == {"model-b: fixture_race (different classes)",
+                                     "model-c: fixture_race (different prompts)"}
+    assert "(different classes)" in (tmp_path / "o" / "comparison.md").read_text()
