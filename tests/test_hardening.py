@@ -217,3 +217,135 @@ def test_8_compare_refuses_same_named_taxonomies_with_different_classes_or_promp
     assert set(table["variant"]) == {"model-b: fixture_race (different classes)",
                                      "model-c: fixture_race (different prompts)"}
     assert "(different classes)" in (tmp_path / "o" / "comparison.md").read_text()
+
+
+# ============================================================ 5, 6: outputs that cannot attack their reader
+
+SCRIPT = "<script>alert(1)</script>"
+IMG = "<img src=x onerror=alert(1)>"
+MD_IMG = "![](http://ev.il/p.png)"
+JS_LINK = "[x](javascript:alert(1))"
+FORMULA = "=cmd|' /C calc'!A0"
+#: an attribute's hostile values, and values clipfair's own readers must give back as written
+TONES = [SCRIPT, FORMULA, "-", "=x", "'q", MD_IMG, "@SUM(1+1)", "+1+2", IMG, JS_LINK]
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """One run (demo model, zero-shot and retrieval) whose taxonomy, query set and custom
+    attribute carry script, image, link and formula strings in every place a user can put one."""
+    import yaml
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from clipfair.cli import register_resolvers, run_from_config
+
+    from fixtures_datasets import PALETTE
+
+    tmp = tmp_path_factory.mktemp("hostile")
+    rows = ["file,race,gender,age,tone"]
+    for k in range(20):
+        write_image(tmp / "img" / f"{k}.jpg", PALETTE[k % len(PALETTE)], size=16)
+        tone = TONES[k % len(TONES)].replace('"', '""')
+        rows.append(f'img/{k}.jpg,White,{"Male" if k % 2 else "Female"},20-29,"{tone}"')
+    csv = write_text(tmp / "labels.csv", rows)
+    tax = tmp / "evil.yaml"
+    tax.write_text(yaml.safe_dump({
+        "name": "evil_tax", "templates": ["{}"],
+        "classes": [{"label": SCRIPT, "category": FORMULA}, {"label": IMG, "category": JS_LINK},
+                    {"label": MD_IMG, "category": "@SUM(1+1)"}, {"label": "-x", "category": "-"}]}))
+    qs = tmp / "evilq.yaml"
+    qs.write_text(yaml.safe_dump({
+        "name": "evil" + SCRIPT, "templates": ["{}"],
+        "queries": [{"query": SCRIPT, "category": FORMULA}, {"query": MD_IMG, "category": JS_LINK},
+                    {"query": "=1+1", "category": IMG}]}))
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="clipfair.configs", version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[
+            "model=demo", "model.device=cpu", "dataset=csv", f"dataset.path={csv}", "+dataset.attributes={tone: tone}",
+            "dataset.missing_values=[]", f"cache.dir={tmp / 'cache'}", "progress=false", f"taxonomies=[{tax}]",
+            "slices=[overall,tone]", "small_group_n=0", "retrieval.enabled=true", f"retrieval.queries=[{qs}]",
+            "retrieval.k=[5]", "retrieval.attributes=[tone]", "retrieval.bootstrap.B=0",
+            "precision_audit=null"])
+    GlobalHydra.instance().clear()
+    out = tmp / "out"
+    run_from_config(cfg, out, ["model=demo"])
+    return out
+
+
+def test_5_markdown_outputs_render_no_html_images_or_links_from_user_strings(hostile_run):
+    from markdown_it import MarkdownIt
+
+    from clipfair.document import Document, Figure, Section, Table, Text, inline_markdown, to_markdown
+
+    render = MarkdownIt("commonmark").render  # raw HTML allowed, as CommonMark specifies
+    hostile = [SCRIPT, IMG, MD_IMG, JS_LINK, "[x]: javascript:alert(1)\n\n[x]", "<javascript:alert(1)>",
+               "![t](https://evil.example/t.png)", "\\<script>", "&lt;b&gt;", "**<b>x</b>**", "`<x>` `"]
+    # the one escaping function, unit by unit, and every block of the report model
+    doc = Document(SCRIPT, [Section(IMG, [Text(t) for t in hostile] + [Table(hostile, [hostile])]
+                                    + [Figure("plot.png", MD_IMG, JS_LINK)])])
+    html = render(to_markdown(doc))
+    for t in hostile:
+        out = render(inline_markdown(t))
+        assert "<script" not in out and "<img" not in out and "<a " not in out.replace('<a href="https://', ""), (t, out)
+    assert "<script" not in html and "onerror" not in html.replace("onerror=alert(1)&gt;", "")
+    assert html.count("<img") == 1 and '<img src="plot.png"' in html and "href=\"javascript" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # the text is shown, not dropped
+    # markup clipfair writes itself still renders
+    assert "<strong>n</strong>" in render(inline_markdown("**n** < 30 [95% CI]")) and "[95% CI]" in render(
+        inline_markdown("[95% CI]"))
+    # every Markdown file of a run with hostile names, labels, categories and attribute values
+    mds = sorted(hostile_run.glob("*.md"))
+    assert {"summary.md", "retrieval.md"} <= {p.name for p in mds}
+    for p in mds:
+        text = p.read_text()
+        html = render(text)
+        assert "<script" not in html and "onerror" not in html.replace("onerror=alert(1)&gt;", ""), p.name
+        assert "href=\"javascript" not in html and "ev.il" not in "".join(
+            part.split(">")[0] for part in html.split("<img")[1:]), p.name
+        for tag in html.split("<img")[1:]:  # only the run's own figures are images
+            assert tag.split('src="')[1].split('"')[0].endswith(".png") and "://" not in tag.split('"')[1], p.name
+    assert "&lt;script&gt;" in render((hostile_run / "summary.md").read_text())
+    assert "&lt;script&gt;" in render((hostile_run / "retrieval.md").read_text())
+
+
+def _formula_cells(path):
+    import csv
+
+    bad = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f):
+            for cell in row:
+                if cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+                    try:
+                        float(cell.rstrip("%"))
+                    except ValueError:
+                        bad.append(cell)
+    return bad
+
+
+def test_6_csv_text_cells_never_start_a_formula_and_clipfair_reads_them_back(hostile_run):
+    from clipfair.collect import _read_metrics
+    from clipfair.compare import load_run
+    from clipfair.outputs import read_csv
+
+    csvs = sorted(hostile_run.glob("*.csv"))
+    assert {"metrics.csv", "retrieval.csv"} <= {p.name for p in csvs}
+    for p in csvs:
+        assert _formula_cells(p) == [], p.name
+    raw = (hostile_run / "metrics.csv").read_text()
+    assert "'=cmd|' /C calc'!A0" in raw and ",'-," in raw and "''q" in raw  # OWASP's quote
+    # negative numbers are still numbers (a difference column of disparities.csv)
+    disp = pd.read_csv(hostile_run / "disparities.csv")
+    assert all(pd.api.types.is_numeric_dtype(disp[c]) for c in ("value", "ci_low", "ci_high") if c in disp)
+    # clipfair's own readers give back the values as written
+    for met in (read_csv(hostile_run / "metrics.csv", keep_default_na=False), load_run(hostile_run).metrics,
+                _read_metrics(hostile_run)):
+        groups = set(met.loc[met["slice"] == "tone", "group"])
+        assert groups == set(TONES)
+        assert {FORMULA, JS_LINK, "-", "@SUM(1+1)"} <= set(met["category"])
+        assert pd.api.types.is_numeric_dtype(met["value"])
+    ret = read_csv(hostile_run / "retrieval.csv", keep_default_na=False)
+    assert {SCRIPT, MD_IMG, "=1+1"} <= set(ret["query"]) and set(TONES) >= set(ret["attribute_value"]) - {""}

@@ -30,7 +30,7 @@ from .document import Document, Figure, Section, Table, Text, to_markdown
 from .metrics import DEFAULT_SLICES, _slice_attrs, _value_order, slice_name
 from .stats import (CORRECTION_NAMES, CORRECTIONS, benjamini_hochberg, holm, mcnemar_exact,  # noqa: F401
                     newcombe_diff, newcombe_paired_diff, two_proportion_z)
-from .outputs import safe_filename
+from .outputs import read_csv, safe_filename, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +341,8 @@ def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: f
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "comparison_side_by_side.csv"]
-    cmp.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
-    side_by_side(cmp).to_csv(written[2], index=False, float_format="%.6g", lineterminator="\n")
+    write_csv(cmp, written[0])
+    write_csv(side_by_side(cmp), written[2])
     images = plot_keys(cmp, plot_slices)
     for (metric, cat, sl), name in images.items():
         written.append(plot_variant_shift(cmp, metric, cat, sl, out_dir / name, model))
@@ -423,7 +423,7 @@ def load_run(run_dir: Path | str) -> Run:
         rec = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError) as e:
         raise CompareError(f"{run_dir / 'run.json'}: not readable JSON ({e})") from None
-    met = pd.read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"category": ""})
+    met = read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"category": ""})
     return Run(run_dir, pd.read_parquet(run_dir / "predictions.parquet"), met, rec)
 
 

@@ -25,6 +25,7 @@ from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
 from .models import ImageTextModel, Scoring
+from .outputs import write_csv
 from .record import write_json
 from .taxonomy import Taxonomy, check_target
 from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
@@ -394,7 +395,7 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     if ev.confusion is not None and len(ev.confusion):
         tables.append(("confusion.csv", ev.confusion))
     for name, df in tables:
-        df.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
+        write_csv(df, out / name)
         written.append(out / name)
     ctx = report_context(ev, record, taxonomies, demo)
     extra, sections = variant_analyses(ev, taxonomies, out, compare, slices, model=ctx.model)

@@ -1126,11 +1126,12 @@ def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
     """``retrieval.csv`` (the long table), ``retrieval.md`` and its heat maps. ``sections``: the
     :func:`retrieval_sections` of ``table`` when the caller already built them (for report.html)."""
     from .document import Document, to_markdown
+    from .outputs import write_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "retrieval.csv"
-    table.to_csv(csv, index=False, float_format="%.6g", lineterminator="\n")
+    write_csv(table, csv)
     before = set(out.glob("retrieval_skew_*.png"))
     if sections is None:
         sections = retrieval_sections(table, out, options)
