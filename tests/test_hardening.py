@@ -349,3 +349,91 @@ def test_6_csv_text_cells_never_start_a_formula_and_clipfair_reads_them_back(hos
         assert pd.api.types.is_numeric_dtype(met["value"])
     ret = read_csv(hostile_run / "retrieval.csv", keep_default_na=False)
     assert {SCRIPT, MD_IMG, "=1+1"} <= set(ret["query"]) and set(TONES) >= set(ret["attribute_value"]) - {""}
+
+
+# ============================================================ 4: models checked before they are built
+
+
+def _bomb_folder(tiny_model_dir, dest):
+    """The tiny CLIP's real weights beside a config that claims hidden size 32,768 and 64 layers."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_model_dir, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg["text_config"].update(hidden_size=32768, num_hidden_layers=64, intermediate_size=131072)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers: ~10-15 s
+def test_4_a_config_that_does_not_match_its_weights_is_refused_before_allocation(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from safetensors import safe_open
+
+    from clipfair.models import ModelError, load_model
+    from clipfair.models.base import safetensors_numel
+
+    # the header count is the number of stored values (read independently through safetensors)
+    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
+        truth = sum(f.get_tensor(k).numel() for k in f.keys())
+    assert safetensors_numel([tiny_model_dir / "model.safetensors"]) == truth
+    bomb = _bomb_folder(tiny_model_dir, tmp_path / "bomb")
+    # in a process limited to 3 GiB of address space (building the model would need ~3 TB)
+    code = textwrap.dedent(f"""
+        import resource, time
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        from clipfair.models import ModelError, load_model
+        t0 = time.time()
+        try:
+            load_model(name_or_path=r"{bomb}", device="cpu", dtype="float32")
+            print("LOADED")
+        except ModelError as e:
+            print(round(time.time() - t0, 2), e)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    seconds, msg = res.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert float(seconds) < 30 and len(msg.splitlines()) == 1
+    assert msg.startswith(f"model {bomb}: its config implies ") and f"but its weights hold {truth:,}" in msg
+
+
+def test_4_max_params_and_weights_that_hold_more_than_the_config(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from safetensors import safe_open
+
+    from clipfair.models import ModelError, load_model
+
+    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
+        truth = sum(f.get_tensor(k).numel() for k in f.keys())
+    # max_params: a cap on what a config may ask for (null: none); the real model passes
+    with pytest.raises(ModelError, match=r"implies [\d,]+ parameters, more than model.max_params = 1,000"):
+        load_model(name_or_path=str(tiny_model_dir), device="cpu", dtype="float32", max_params=1000)
+    with pytest.raises(ModelError, match="model.max_params must be a positive number"):
+        load_model(name_or_path=str(tiny_model_dir), device="cpu", dtype="float32", max_params=-1)
+    assert load_model(name_or_path=str(tiny_model_dir), device="cpu", dtype="float32", max_params=None).family == "clip"
+    # weights that hold more than the config describes (a config of 1 layer beside 2 layers' weights)
+    small = tmp_path / "small"
+    shutil.copytree(tiny_model_dir, small)
+    cfg = json.loads((small / "config.json").read_text())
+    cfg["vision_config"]["num_hidden_layers"] = 1
+    cfg["text_config"]["num_hidden_layers"] = 1
+    (small / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=f"but its weights hold {truth:,}"):
+        load_model(name_or_path=str(small), device="cpu", dtype="float32")
+
+
+def test_4_every_family_s_config_matches_its_weights(tmp_path):
+    """The check passes each supported family's real checkpoint (tied or shared weights, buffers)."""
+    from clipfair.models import load_model
+
+    from tiny_families import make_tiny_align, make_tiny_altclip, make_tiny_siglip, make_tiny_siglip2
+
+    for make in (make_tiny_siglip, make_tiny_siglip2, make_tiny_align, make_tiny_altclip):
+        folder = make(tmp_path / make.__name__)
+        assert load_model(name_or_path=str(folder), device="cpu", dtype="float32", max_params=10**9).family
