@@ -77,6 +77,10 @@ def test_10_numbers_and_dates_in_data_files_keep_the_text_as_written(tmp_path):
     d = loads("a: [010, 0x1F, 0o17, 1.50, -3, .inf, true, null, 1:30, 2024-01-01]")["a"]
     assert d[:5] == [10, 31, 15, 1.5, -3] and d[5] == float("inf") and d[6] is True and d[7] is None
     assert d[8:] == ["1:30", "2024-01-01"] and all(type(x) is str for x in d[8:])
+    import copy
+    import pickle
+
+    assert [str(x) for x in pickle.loads(pickle.dumps(copy.deepcopy(d[:4])))] == ["010", "0x1F", "0o17", "1.50"]
 
 
 # ============================================================ 11: missing-value spellings

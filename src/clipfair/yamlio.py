@@ -51,6 +51,9 @@ class YamlInt(int):
     def __str__(self) -> str:
         return self.text
 
+    def __getnewargs__(self) -> tuple:  # pickle and deepcopy keep the text
+        return (int(self), self.text)
+
     __format__ = lambda self, spec: self.text if not spec else int.__format__(int(self), spec)  # noqa: E731
 
 
@@ -66,6 +69,9 @@ class YamlFloat(float):
 
     def __str__(self) -> str:
         return self.text
+
+    def __getnewargs__(self) -> tuple:  # pickle and deepcopy keep the text
+        return (float(self), self.text)
 
     __format__ = lambda self, spec: self.text if not spec else float.__format__(float(self), spec)  # noqa: E731
 

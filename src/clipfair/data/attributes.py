@@ -204,9 +204,6 @@ class Attribute:
     def with_column(self, column: str | None) -> "Attribute":
         return Attribute(self.name, column, self.values, self.mapping, self.allow_missing, self.missing_values)
 
-    def with_missing_values(self, spellings: Sequence[str]) -> "Attribute":
-        return Attribute(self.name, self.column, self.values, self.mapping, self.allow_missing, tuple(spellings))
-
     def is_missing(self, value: object) -> bool:
         """An empty cell or one of ``missing_values`` (unless ``values``/``mapping`` name it)."""
         if _is_blank(value):
