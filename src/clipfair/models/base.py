@@ -101,7 +101,8 @@ def safetensors_numel(files: Sequence[Path]) -> int:
                         n *= int(d)
                     total += n
         except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
-            raise ModelError(f"{f}: not a readable safetensors file ({e}); save the weights again") from None
+            raise ModelError(f"could not load model weights {f}: not a readable safetensors file "
+                             f"({type(e).__name__}); a damaged or truncated weights file must be saved again") from None
     return total
 
 
