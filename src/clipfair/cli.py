@@ -107,6 +107,15 @@ except ImportError:  # pragma: no cover - hydra < 1.1
     _HydraCallback = object  # type: ignore[misc,assignment]
 
 
+class _Refused(BaseException):
+    """Carries a refusal out of a Hydra callback: Hydra turns an Exception raised by a callback
+    into a warning and goes on, so the refusal travels as a BaseException to `_hydra_run`."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class RunDirCheck(_HydraCallback):  # type: ignore[misc,valid-type]
     """Hydra callback (configs/config.yaml: hydra.callbacks): the results folder is checked
     before Hydra creates it or writes .hydra/ and the log into it, so a refused run writes
@@ -114,12 +123,20 @@ class RunDirCheck(_HydraCallback):  # type: ignore[misc,valid-type]
     job starts)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_results_folder(config, str(config.hydra.run.dir), write_probe=False)
+        from .outputs import OutputError
+
+        try:
+            check_results_folder(config, str(config.hydra.run.dir), write_probe=False)
+        except OutputError as e:
+            raise _Refused(e) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from .outputs import check_location
+        from .outputs import OutputError, check_location
 
-        check_location(str(config.hydra.sweep.dir), results_places(config))
+        try:
+            check_location(str(config.hydra.sweep.dir), results_places(config))
+        except OutputError as e:
+            raise _Refused(e) from None
 
 
 def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
@@ -412,11 +429,10 @@ def _hydra_run(argv: list[str]) -> None:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(130) from None
-    except Exception as e:  # e.g. the results folder refused by RunDirCheck, before Hydra made it
-        err = _user_error(e)
-        if full_error or err is None:
-            raise
-        print(f"clipfair: error: {err}", file=sys.stderr)
+    except _Refused as e:  # the results folder, refused by RunDirCheck before Hydra made it
+        if full_error:
+            raise e.error from None
+        print(f"clipfair: error: {e.error}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         if not full_error:

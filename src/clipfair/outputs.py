@@ -111,7 +111,7 @@ def _entries(d: Path) -> list[str]:
         out += [(rel / f).as_posix() for f in shown]
         if rel != Path(".") and not dirs and not files:
             out.append(rel.as_posix() + "/")
-    return out
+    return sorted(out)
 
 
 def manifest_of(folder: Path | str) -> dict[str, dict[str, Any]]:

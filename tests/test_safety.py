@@ -1,0 +1,209 @@
+"""Issue 26 (first half): clipfair deletes only what it wrote, and one-line errors before the work.
+
+One test per numbered defect (named test_<n>_...). The destructive cases run in temporary
+folders holding decoy user files that are checked byte for byte afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clipfair.outputs import OutputError, RunDirRefused
+
+from fixtures_datasets import FAIRFACE_HEADER, PALETTE, write_image
+
+LINE = "{file},20-29,{gender},{race},True"
+RACES = ["White", "Black", "East Asian", "Indian"]
+DEMO = ["model=demo"]
+
+
+def fairface(root: Path, n: int = 8) -> Path:
+    files = [f"val/{k}.jpg" for k in range(n)]
+    for k, f in enumerate(files):
+        write_image(root / f, PALETTE[k % len(PALETTE)], size=16)
+    rows = [LINE.format(file=f, gender="Female" if k % 2 else "Male", race=RACES[k % 4]) for k, f in enumerate(files)]
+    (root / "fairface_label_val.csv").write_text("\n".join([FAIRFACE_HEADER, *rows]) + "\n")
+    return root
+
+
+def small_run(root: Path, cache: Path, *extra: str) -> list[str]:
+    return [*DEMO, "model.device=cpu", "dataset=fairface", f"dataset.root={root}", f"cache.dir={cache}",
+            "progress=false", "taxonomies=[fairface_gender]", "slices=[overall,race]", *extra]
+
+
+def run_main(args: list[str]) -> int:
+    from clipfair.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as e:
+        return int(e.code)
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file and folder under ``folder`` (hidden ones too), files with their bytes."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(folder.rglob("*"))}
+
+
+def decoys(folder: Path) -> dict[str, bytes]:
+    """A user's own files: a document and a photo folder."""
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    (folder / "thesis.docx").write_bytes(b"PK\x03\x04 my thesis " * 100)
+    (folder / "photos" / "cat.jpg").write_bytes(b"\xff\xd8\xff cat")
+    return snapshot(folder)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(composed config, a finished run's folder) of a tiny run (8 images, the toy model)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from clipfair.cli import register_resolvers, run_from_config
+
+    tmp = tmp_path_factory.mktemp("finished")
+    root = fairface(tmp / "ff")
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="clipfair.configs", version_base="1.3"):
+        cfg = hydra_compose("config", overrides=small_run(root, tmp / "cache"))
+    GlobalHydra.instance().clear()
+    out = tmp / "out"
+    run_from_config(cfg, out, DEMO)
+    return cfg, out
+
+
+# ============================================================================ data loss
+
+def test_1_results_folder_is_the_dataset_root_refused_before_anything(tmp_path, capsys):
+    root = fairface(tmp_path / "ff")
+    before = snapshot(root)
+    code = run_main(["run", *small_run(root, tmp_path / "cache"), f"hydra.run.dir={root}", "overwrite=true"])
+    assert code == 2
+    err = one_line_error(capsys)
+    assert err == (f"clipfair: error: the results folder {root} is the dataset root {root}; clipfair writes and "
+                   "replaces files in its results folder: choose another with hydra.run.dir=...")
+    assert snapshot(root) == before  # nothing deleted, nothing written (no .hydra, cli.log, failed.json)
+    # inside it, or holding it, or the cache folder, or the home folder: refused the same way
+    for run_dir, how in [(root / "val" / "out", "lies inside the dataset root"),
+                         (tmp_path, "contains the dataset root"),
+                         (tmp_path / "cache" / "x", "lies inside the cache folder"),
+                         (Path.home(), "is the home folder")]:
+        assert run_main(["run", *small_run(root, tmp_path / "cache"), f"hydra.run.dir={run_dir}"]) == 2
+        assert how in one_line_error(capsys)
+    assert snapshot(root) == before and not (tmp_path / "cache").exists()
+
+
+def test_2_overwrite_never_deletes_a_users_files_and_a_refusal_writes_nothing(tmp_path, capsys):
+    root = fairface(tmp_path / "ff")
+    mine = tmp_path / "mine"
+    before = decoys(mine)
+    for extra in ([], ["overwrite=true"]):
+        assert run_main(["run", *small_run(root, tmp_path / "cache"), f"hydra.run.dir={mine}", *extra]) == 2
+        err = one_line_error(capsys)
+        assert f"the results folder {mine} holds files clipfair did not write (photos/cat.jpg, thesis.docx)" in err
+        assert "overwrite=" not in err  # never advises the flag that would delete them
+        assert snapshot(mine) == before  # byte for byte; no .hydra/, cli.log or failed.json
+    # an old run.json without a manifest is not taken for a run's outputs
+    (mine / "run.json").write_text('{"model": {"name_or_path": "x"}}')
+    before = snapshot(mine)
+    assert run_main(["run", *small_run(root, tmp_path / "cache"), f"hydra.run.dir={mine}", "overwrite=true"]) == 2
+    assert "did not write (photos/cat.jpg, run.json, thesis.docx)" in one_line_error(capsys)
+    assert snapshot(mine) == before
+
+
+def test_2_overwrite_removes_exactly_the_manifest_files(finished, tmp_path, capsys):
+    from clipfair.cli import run_from_config
+    from clipfair.outputs import read_manifest
+
+    cfg, out_a = finished
+    manifest = read_manifest(out_a)
+    assert manifest and "metrics.csv" in manifest and "predictions.parquet" in manifest
+    assert set(manifest) | {"run.json"} == {p.relative_to(out_a).as_posix() for p in out_a.rglob("*")
+                                             if p.is_file()}
+    m = manifest["metrics.csv"]
+    import hashlib
+
+    assert m == {"bytes": (out_a / "metrics.csv").stat().st_size,
+                 "sha256": hashlib.sha256((out_a / "metrics.csv").read_bytes()).hexdigest()}
+    out = tmp_path / "out"
+    shutil.copytree(out_a, out)
+    # without overwrite: refused, and here (only the earlier run's files) the advice is overwrite=true
+    with pytest.raises(RunDirRefused, match="already holds another run's outputs .*set overwrite=true"):
+        run_from_config(cfg, out, DEMO)
+    # a user's file beside the earlier run: refused, named, overwrite or not; nothing touched
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    ow = cfg.copy()
+    ow.overwrite = True
+    with pytest.raises(RunDirRefused) as e:
+        run_from_config(ow, out, DEMO)
+    assert "holds files that are not an earlier run's outputs (notes.txt)" in str(e.value)
+    assert "overwrite=" not in str(e.value)
+    assert snapshot(out) == before
+    (out / "notes.txt").unlink()
+    # an output changed since the run wrote it (the user edited it): refused, named
+    (out / "summary.md").write_text("my edits")
+    before = snapshot(out)
+    with pytest.raises(RunDirRefused, match=r"changed since it wrote them \(summary.md\)"):
+        run_from_config(ow, out, DEMO)
+    assert snapshot(out) == before
+    shutil.copy(out_a / "summary.md", out / "summary.md")
+    # hidden entries (Hydra's .hydra, .DS_Store) are neither counted nor removed
+    (out / ".hydra").mkdir()
+    (out / ".hydra" / "config.yaml").write_text("x: 1")
+    run_from_config(ow, out, DEMO)
+    assert (out / ".hydra" / "config.yaml").read_text() == "x: 1"
+    new = read_manifest(out)
+    assert set(new) | {"run.json"} == {p.relative_to(out).as_posix() for p in out.rglob("*")
+                                        if p.is_file() and not p.relative_to(out).as_posix().startswith(".")}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".clipfair-")]  # no staging left
+
+
+def test_3_cache_clear_removes_only_marked_entries(tmp_path, capsys):
+    import numpy as np
+
+    from clipfair.cache import MARKER, EmbeddingStore, list_entries
+    from clipfair.cli import main
+
+    project = tmp_path / "project"
+    for rel in ("webapp/site", "data/set1"):  # a project's folders that happen to hold */*/meta.json
+        (project / rel).mkdir(parents=True)
+        (project / rel / "meta.json").write_text('{"title": "mine"}')
+        (project / rel / "index.html").write_text("<p>mine</p>")
+    old = project / "image" / "0123456789abcdef0123"  # an entry of an older clipfair, no marker
+    old.mkdir(parents=True)
+    (old / "meta.json").write_text('{"cache_version": 1, "kind": "image"}')
+    store = EmbeddingStore(project, "image", {"model": "m"}, {"model_name": "demo"})
+    store.put(["a"], np.ones((1, 2), np.float32))
+    assert json.loads((store.dir / "meta.json").read_text())[MARKER] == "image"
+    before = snapshot(project)
+    assert main(["cache", "clear", "--dir", str(project)]) == 0
+    out = capsys.readouterr().out
+    assert f"removed 1 cache entry from {project}" in out
+    assert "3 folder(s) with a meta.json are not recognised" in out and "webapp/site" in out
+    assert not store.dir.exists()
+    assert snapshot(project) == {k: v for k, v in before.items() if not k.startswith(f"image/{store.dir.name}")}
+    assert [e.path for e in list_entries(project)] == []
+    # a marked entry holding a file the cache never writes is left alone too
+    store = EmbeddingStore(project, "image", {"model": "m2"})
+    (store.dir / "thesis.docx").write_text("mine")
+    assert main(["cache", "clear", "--dir", str(project)]) == 0
+    assert (store.dir / "thesis.docx").read_text() == "mine"
