@@ -207,3 +207,86 @@ def test_3_cache_clear_removes_only_marked_entries(tmp_path, capsys):
     (store.dir / "thesis.docx").write_text("mine")
     assert main(["cache", "clear", "--dir", str(project)]) == 0
     assert (store.dir / "thesis.docx").read_text() == "mine"
+
+
+# ============================================================================ one-line errors before the work
+
+@pytest.mark.parametrize("override, message", [
+    ("subset.seed=-1", "subset.seed must be a seed between 0 and 4294967295, got -1"),
+    ("retrieval.bootstrap.seed=-1", "retrieval.bootstrap.seed must be a seed between 0 and 4294967295, got -1"),
+    ("probe.seed=-1", "probe.seed must be a seed between 0 and 4294967295, got -1"),
+    ("slices=[[race,race]]", "slices must be a list of attributes or intersections of different attributes "
+                             "(e.g. [race, gender]); race is named twice in, got ['race', 'race']"),
+    ("retrieval.bootstrap.B=100000000", "retrieval.bootstrap.B must be a number of replicates between 0 and "
+                                        "100,000 (e.g. 1000; 0: no intervals), got 100000000"),
+])
+def test_13_bad_seeds_slices_and_bootstrap_are_one_line_before_any_work(compose, tmp_path, monkeypatch,
+                                                                        override, message):
+    from clipfair import cli
+    from clipfair.schema import ConfigError
+
+    monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ConfigError) as e:
+        cli.run_from_config(compose(["progress=false", "retrieval.enabled=true", override]), tmp_path / "out")
+    assert str(e.value) == message
+    assert not (tmp_path / "out").exists()
+
+
+def test_13_bootstrap_memory_and_repeated_slices_outside_the_schema():
+    from clipfair.data.base import SliceError
+    from clipfair.metrics import resolve_slices
+    from clipfair.retrieval import RetrievalOptions, RetrievalError, check_bootstrap_size
+
+    check_bootstrap_size(RetrievalOptions(bootstrap=1000), 1_000_000)  # 1 GB: allowed
+    with pytest.raises(RetrievalError) as e:
+        check_bootstrap_size(RetrievalOptions(bootstrap=100_000), 100_000)  # 10^10 bytes
+    assert str(e.value) == ("retrieval.bootstrap.B=100,000 over 100,000 images needs 9.3 GiB for the resample "
+                            "counts (at most 2 GiB); set retrieval.bootstrap.B to at most 21,474 (1000 is usual)")
+    with pytest.raises(SliceError, match=r"slice \['race', 'race'\]: names race twice"):
+        resolve_slices([("race", "race")], ["race", "gender"])
+
+
+def test_14_collect_skips_foreign_and_unreadable_runs_and_goes_on(finished, tmp_path, capsys):
+    _, out_a = finished
+    sweep = tmp_path / "sweep"
+    shutil.copytree(out_a, sweep / "0")
+    (sweep / "1").mkdir()
+    (sweep / "1" / "run.json").write_text('{"model": "some-model"}')
+    shutil.copytree(out_a, sweep / "2")
+    (sweep / "2" / "metrics.csv").write_text("")
+    shutil.copytree(out_a, sweep / "3")
+    (sweep / "3" / "metrics.csv").write_bytes(b"\xff\xfe\x00\x81binary\x00" * 20)
+    assert run_main(["collect", str(sweep)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"collected 1 finished run(s) into {sweep / 'collected.csv'}"
+    assert out[1:] == [
+        f"  left out (unreadable): {sweep / '1'}: {sweep / '1' / 'run.json'}: not a clipfair run record (its model "
+        "is not a mapping); was it written by `clipfair run`?",
+        f"  left out (unreadable): {sweep / '2'}: {sweep / '2' / 'metrics.csv'}: empty; not a finished clipfair run",
+        f"  left out (unreadable): {sweep / '3'}: {sweep / '3' / 'metrics.csv'}: not a readable CSV "
+        "(UnicodeDecodeError); was it written by `clipfair run`?"]
+    assert len(pd.read_csv(sweep / "collected.csv")) == len(pd.read_csv(out_a / "metrics.csv"))
+    assert run_main(["collect", str(sweep), "--confidence", "1.5"]) == 2
+    assert one_line_error(capsys) == ("clipfair: error: --confidence must be between 0 and 1 (exclusive), "
+                                      "e.g. 0.95, got 1.5")
+
+
+def test_14_compare_skips_foreign_runs_and_refuses_a_missing_method(finished, tmp_path, capsys):
+    _, out_a = finished
+    for name in ("a", "b", "foreign"):
+        shutil.copytree(out_a, tmp_path / name)
+    (tmp_path / "foreign" / "run.json").write_text('{"model": "some-model"}')
+    a, b, foreign = (str(tmp_path / n) for n in ("a", "b", "foreign"))
+    assert run_main(["compare", a, foreign]) == 2
+    assert one_line_error(capsys) == (
+        f"clipfair: error: {foreign}/run.json: not a clipfair run record (its model is not a mapping); was it "
+        "written by `clipfair run`?; fewer than two readable run folders left to compare")
+    assert run_main(["compare", a, b, foreign, "--out", str(tmp_path / "cmp")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"clipfair: skipped {foreign}/run.json: not a clipfair run record (its model is not a "
+                   "mapping); was it written by `clipfair run`?"]
+    cmp = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert len(cmp) and not cmp["variant"].astype(str).str.contains("foreign").any()
+    assert run_main(["compare", a, b, "--method", "linear_probe"]) == 2
+    assert one_line_error(capsys) == (f"clipfair: error: --method linear_probe: {a} has no linear_probe results "
+                                      "(run with probe.enabled=true); its methods: zero_shot")

@@ -182,6 +182,10 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     if subset.get("n") is not None:
         dataset = dataset.sample(int(subset["n"]), int(subset.get("seed", 0)))
     slices = check_run(dataset, taxonomies, _slices(cfg.slices))  # before the slow model load
+    if retrieval is not None:
+        from .retrieval import check_bootstrap_size
+
+        check_bootstrap_size(retrieval, len(dataset))
     if card_refs is not None:
         from .model_card import check_slices
 

@@ -495,6 +495,22 @@ def _value_order(attr: str, present: Iterable[str]) -> list[str]:
     return present
 
 
+#: the bootstrap's resample counts (B x images bytes) may take at most this much memory
+MAX_BOOTSTRAP_BYTES = 2 * 1024**3
+
+
+def check_bootstrap_size(options: RetrievalOptions, n_images: int) -> None:
+    """Before any image is embedded: refuse a bootstrap whose resample counts (B x n_images
+    bytes) would not fit in :data:`MAX_BOOTSTRAP_BYTES`."""
+    need = int(options.bootstrap) * int(n_images)
+    if need > MAX_BOOTSTRAP_BYTES:
+        most = MAX_BOOTSTRAP_BYTES // max(1, n_images)
+        raise RetrievalError(f"retrieval.bootstrap.B={options.bootstrap:,} over {n_images:,} images needs "
+                             f"{need / 1024**3:.1f} GiB for the resample counts (at most "
+                             f"{MAX_BOOTSTRAP_BYTES / 1024**3:.0f} GiB); set retrieval.bootstrap.B to at most "
+                             f"{most:,} (1000 is usual)")
+
+
 def _boot_counts(n: int, B: int, rng: np.random.Generator) -> np.ndarray:
     """(B, n) exact multinomial resample counts as uint8 (a count above 255 is clipped; with
     n images each count is Binomial(n, 1/n), so this never matters in practice)."""
