@@ -290,3 +290,103 @@ def test_14_compare_skips_foreign_runs_and_refuses_a_missing_method(finished, tm
     assert run_main(["compare", a, b, "--method", "linear_probe"]) == 2
     assert one_line_error(capsys) == (f"clipfair: error: --method linear_probe: {a} has no linear_probe results "
                                       "(run with probe.enabled=true); its methods: zero_shot")
+
+
+# ============================================================================ smaller points
+
+def test_15_rank_not_below_world_size_is_refused_at_start(tmp_path, monkeypatch, capsys):
+    from clipfair.distributed import DistributedError, from_env
+
+    with pytest.raises(DistributedError) as e:
+        from_env({"RANK": "3", "WORLD_SIZE": "2"})
+    assert str(e.value) == ("rank 3 is not in a world of 2 processes (RANK/WORLD_SIZE); a rank must be between 0 "
+                            "and the world size - 1: check the launcher's variables")
+    with pytest.raises(DistributedError, match="SLURM_PROCID/SLURM_STEP_NUM_TASKS"):
+        from_env({"SLURM_PROCID": "4", "SLURM_STEP_NUM_TASKS": "4"})
+    assert from_env({"RANK": "1", "WORLD_SIZE": "2"}).rank == 1
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run_main(["run", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert "rank 3 is not in a world of 2 processes" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_16_failed_overwrite_leaves_an_intact_run_without_failed_json(finished, tmp_path, capsys):
+    _, out_a = finished
+    out = tmp_path / "out"
+    shutil.copytree(out_a, out)
+    before = snapshot(out)
+    args = small_run(tmp_path / "no-such-data", tmp_path / "cache", f"hydra.run.dir={out}", "overwrite=true")
+    assert run_main(["run", *args]) == 2
+    assert "no-such-data" in one_line_error(capsys)
+    after = snapshot(out)
+    assert not (out / "failed.json").exists()
+    # the earlier run, whole (Hydra's own .hydra/ and cli.log aside)
+    assert {k: v for k, v in after.items() if not k.startswith(".hydra") and k != "cli.log"} == before
+    # a run that fails in an empty folder still leaves its failed.json for collect
+    assert run_main(["run", *small_run(tmp_path / "no-such-data", tmp_path / "cache"),
+                     f"hydra.run.dir={tmp_path / 'fresh'}"]) == 2
+    capsys.readouterr()
+    assert json.loads((tmp_path / "fresh" / "failed.json").read_text())["user_error"] is True
+
+
+def test_16_leftovers_of_dead_runs_are_removed_at_the_next_run(tmp_path):
+    import clipfair.outputs as O
+    from clipfair.cli import _remove_dead_scratch
+
+    dead, alive = _dead_pid(), os.getppid()
+    gone = tmp_path / f".clipfair-staging-out-{O._HOST}-{dead}-{'a' * 12}"
+    kept = tmp_path / f".clipfair-staging-out-{O._HOST}-{alive}-{'b' * 12}"
+    other_host = tmp_path / f".clipfair-old-out-{'0' * 8}-{dead}-{'c' * 12}"  # maybe alive elsewhere: kept
+    mine = tmp_path / ".clipfair-staging-notes"  # not one of ours by its name: kept
+    for d in (gone, kept, other_host, mine):
+        d.mkdir()
+        (d / "metrics.csv").write_text("x")
+    with O.staged_outputs(tmp_path / "out") as stage:
+        assert stage.name.startswith(f".clipfair-staging-out-{O._HOST}-{os.getpid()}-")
+        (stage / "a.txt").write_text("a")
+    assert not gone.exists() and kept.is_dir() and other_host.is_dir() and mine.is_dir()
+    old = os.stat(other_host).st_mtime - O.STALE_AFTER_S - 10
+    os.utime(other_host, (old, old))
+    O.remove_leftovers(tmp_path)
+    assert not other_host.exists() and kept.is_dir()
+    # rank > 0 scratch folders (torchrun killed them before they cleaned up)
+    scratch_dead, scratch_alive = tmp_path / f"clipfair-rank-{dead}-x1", tmp_path / f"clipfair-rank-{alive}-x2"
+    scratch_dead.mkdir()
+    scratch_alive.mkdir()
+    _remove_dead_scratch(tmp_path)
+    assert not scratch_dead.exists() and scratch_alive.is_dir()
+
+
+def test_17_retrieval_skips_attributes_with_many_values_unless_named_and_shows_progress(caplog, capsys):
+    import numpy as np
+
+    import clipfair.retrieval as R
+    from clipfair.retrieval import Query, QuerySet, RetrievalOptions
+
+    n = 120
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"image_id": [str(i) for i in range(n)], "person": [f"p{i % 60}" for i in range(n)],
+                          "gender": ["Male", "Female"] * (n // 2)})
+    emb = rng.normal(size=(n, 4)).astype(np.float32)
+    qs = QuerySet("hand", ("{}",), (Query("doctor", ("doctor",), "test", None),))
+
+    def encode(texts):
+        return np.array([[1.0, 0.0, 0.0, 0.0]] * len(texts), dtype=np.float32)
+
+    with caplog.at_level(logging.WARNING, logger="clipfair.retrieval"):
+        df = R.retrieval_bias(table, emb, [qs], encode, RetrievalOptions(k=(10,), bootstrap=0),
+                              attributes=["person", "gender"], progress=True)
+    assert set(df["attribute"]) == {"gender"}
+    assert ("retrieval: attribute 'person' has 60 distinct values (more than 50) and is left out; name it in "
+            "retrieval.attributes") in caplog.text
+    assert "retrieval" in capsys.readouterr().err  # tqdm's bar
+    named = R.retrieval_bias(table, emb, [qs], encode,
+                             RetrievalOptions(k=(10,), bootstrap=0, attributes=("person",)))
+    assert set(named["attribute"]) == {"person"}

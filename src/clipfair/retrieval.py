@@ -571,13 +571,19 @@ def _warn_once(msg: str) -> None:
         log.warning(msg)
 
 
+#: attributes of the default list (every declared one) with more values than this are left out
+MAX_DEFAULT_VALUES = 50
+
+
 def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets: Sequence[QuerySet],
                    encode: Callable[[Sequence[str]], np.ndarray], options: RetrievalOptions,
-                   attributes: Sequence[str] | None = None) -> pd.DataFrame:
+                   attributes: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
     """The long retrieval table (columns :data:`COLUMNS`) for ``query_sets`` ranked over the
     images of ``table`` (row i = ``image_embeddings[i]``). ``encode`` maps prompt strings to
     text embeddings (the zero-shot stage's cached :class:`clipfair.embed.TextEmbedder`).
-    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones)."""
+    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones, less
+    those with more than :data:`MAX_DEFAULT_VALUES` values: skipped with a warning unless named in
+    ``options.attributes``). ``progress``: a progress bar over the queries."""
     from .zeroshot import l2_normalize
 
     if len(table) != len(image_embeddings):
@@ -587,6 +593,13 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
     if missing:
         raise RetrievalError(f"retrieval.attributes: {missing} not in the dataset; its columns: "
                              f"{', '.join(map(str, table.columns))}")
+    if options.attributes is None:  # the default: attributes with very many values are left out
+        many = {a: int(table[a].nunique(dropna=True)) for a in attrs}
+        for a in [a for a in attrs if many[a] > MAX_DEFAULT_VALUES]:
+            log.warning("retrieval: attribute %r has %d distinct values (more than %d) and is left out; name it "
+                        "in retrieval.attributes to measure it anyway (slow: every value is a group)",
+                        a, many[a], MAX_DEFAULT_VALUES)
+        attrs = [a for a in attrs if many[a] <= MAX_DEFAULT_VALUES]
     if not attrs:
         raise RetrievalError("retrieval: no attribute to measure; set retrieval.attributes")
     X = np.asarray(image_embeddings, dtype=np.float32)  # not copied: scores are scaled per image instead
@@ -594,6 +607,9 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
     units = _units(query_sets, encode, options.prompts)
     U = l2_normalize(np.stack([u.embedding for u in units]))
     acc = _Accumulator(units, options)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(units), desc="retrieval", unit="query", disable=not progress, leave=False)
     for pool_no, (pool_value, img_idx, unit_ids) in enumerate(_pools(table, units, options)):
         W = (_boot_counts(len(img_idx), options.bootstrap, np.random.default_rng([options.seed, pool_no]))
              if options.bootstrap else None)
@@ -612,6 +628,8 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
             if W is not None:
                 for r, uid in enumerate(ids):
                     acc.add_replicates(uid, S[r], orders[r], pinfo, W, pool_value)
+            bar.update(len(ids))
+    bar.close()
     df = acc.frame()
     df.attrs["confidence"] = options.confidence
     return df
