@@ -390,3 +390,95 @@ def test_17_retrieval_skips_attributes_with_many_values_unless_named_and_shows_p
     named = R.retrieval_bias(table, emb, [qs], encode,
                              RetrievalOptions(k=(10,), bootstrap=0, attributes=("person",)))
     assert set(named["attribute"]) == {"person"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.attributes={tone: tone}",
+     "unknown config key dataset.attributes: allowed keys: _target_, derived, limit, max_image_bytes, name, on_error, "
+     "root, split; to add a new key write '+dataset.attributes=...', e.g. '+dataset.attributes={a: b}' for a mapping"),
+    ("template_sets={t: {plain: ['{}']}}",
+     "unknown config key template_sets.t: template_sets has no keys yet; add keys to a mapping with a leading +, "
+     "e.g. '+template_sets={t: ...}' or '+template_sets.t=...' (quote the whole override in the shell)"),
+    ("dataset.derived={band: {from: age}}",
+     "unknown config key dataset.derived.band: dataset.derived has no keys yet; add keys to a mapping with a "
+     "leading +, e.g. '+dataset.derived={band: ...}' or '+dataset.derived.band=...' (quote the whole override in "
+     "the shell)"),
+])
+def test_18_mapping_overrides_say_how_to_add_a_key(tmp_path, monkeypatch, capsys, override, message):
+    import clipfair.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_from_config", lambda cfg, *a, **k: seen.append(cfg))
+    assert run_main(["run", f"hydra.run.dir={tmp_path / 'run'}", override]) == 2
+    assert one_line_error(capsys) == f"clipfair: error: {message}"
+    assert run_main(["run", f"hydra.run.dir={tmp_path / 'run'}", "+" + override]) == 0  # the advice works
+    key = override.split("=")[0]
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.select(seen[-1], key)
+
+
+def test_18_unquoted_non_ascii_path_gets_a_hint_and_the_quoted_form_works(tmp_path, monkeypatch, capsys):
+    import clipfair.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_from_config", lambda cfg, out, *a, **k: seen.append(out))
+    assert run_main(["run", f"hydra.run.dir={tmp_path / 'résultats'}"]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("clipfair: error: LexerNoViableAltException") and len(err) < 400
+    assert err.endswith("(a value with spaces or non-ASCII characters must be quoted inside the override, and the "
+                        "override quoted for the shell, e.g. 'hydra.run.dir=\"/data/my results\"')")
+    assert run_main(["run", f"hydra.run.dir=\"{tmp_path / 'mes résultats'}\""]) == 0
+    assert seen == [tmp_path / "mes résultats"]
+
+
+def test_18_a_long_prompt_is_shortened_in_the_message(tmp_path):
+    from clipfair.taxonomy import TaxonomyError, load_taxonomy
+    from clipfair.zeroshot import check_prompt_lengths
+
+    long = " ".join(f"word{i}" for i in range(300))
+    p = tmp_path / "long.yaml"
+    p.write_text(f"name: long\ntemplates: ['a photo of {{}}.']\nclasses:\n  - {{label: x, prompts: ['{long}']}}\n"
+                 "  - {label: y, prompts: [short]}\n")
+    with pytest.raises(TaxonomyError) as e:
+        check_prompt_lengths(load_taxonomy(p), lambda t: len(t.split()), 77)
+    msg = str(e.value)
+    assert len(msg) < 300 and "\n" not in msg
+    assert "prompt 'a photo of word0 word1" in msg and "... (2,301 characters) is 303 tokens" in msg
+
+
+def test_18_topk_not_below_the_class_count_is_warned(tmp_path, compose, caplog):
+    from clipfair.cli import run_from_config
+
+    root = fairface(tmp_path / "ff")
+    cfg = compose(small_run(root, tmp_path / "cache", "topk=[2]"))
+    with caplog.at_level(logging.WARNING, logger="clipfair"):
+        run_from_config(cfg, tmp_path / "out", DEMO)
+    assert ("topk: k=2 is not below the 2 classes of taxonomy fairface_gender; its top-2 accuracy is left out"
+            in caplog.text)
+
+
+def test_18_a_file_that_is_no_checkpoint_is_refused_by_its_first_bytes(tmp_path):
+    import torch
+
+    from clipfair.models.open_clip_backend import _looks_like_checkpoint
+
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    pt = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(2)}, pt)
+    from safetensors.torch import save_file
+
+    st = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, str(st))
+    assert not _looks_like_checkpoint(text) and not _looks_like_checkpoint(tmp_path / "missing")
+    assert _looks_like_checkpoint(pt) and _looks_like_checkpoint(st)
+    try:
+        import open_clip  # noqa: F401
+    except Exception:  # noqa: BLE001 - the core venv has no open_clip: the loader's check is tested above
+        return
+    from clipfair.models import ModelError
+    from clipfair.models.open_clip_backend import load_open_clip
+
+    with pytest.raises(ModelError, match=f"model.pretrained {text} is not a checkpoint"):
+        load_open_clip("ViT-B-32", str(text), device="cpu")

@@ -333,8 +333,20 @@ def _hydra_error(e: Exception) -> str:
     key, parent = getattr(c, "key", None), getattr(c, "parent_node", None)
     if "Could not override" in str(e) and key is not None and parent is not None:
         full = str(getattr(c, "full_key", key))
-        return str(unknown_key(str(key), full[: len(full) - len(str(key))], [str(k) for k in parent.keys()]))
-    return " ".join(str(e).split())
+        at, allowed = full[: len(full) - len(str(key))], [str(k) for k in parent.keys()]
+        if not allowed:  # a mapping that is empty in the config, e.g. template_sets: {}
+            mapping = at.rstrip(".")
+            return (f"unknown config key {full}: {mapping} has no keys yet; add keys to a mapping with a leading +, "
+                    f"e.g. '+{mapping}={{{key}: ...}}' or '+{full}=...' (quote the whole override in the shell)")
+        msg = str(unknown_key(str(key), at, allowed))
+        if "did you mean" not in msg:  # e.g. dataset.attributes: a key the group does not have yet
+            msg += f"; to add a new key write '+{full}=...', e.g. '+{full}={{a: b}}' for a mapping"
+        return msg
+    text = " ".join(str(e).split())
+    if "LexerNoViableAltException" in text or "missing EQUAL" in text:
+        text += (" (a value with spaces or non-ASCII characters must be quoted inside the override, and the "
+                 "override quoted for the shell, e.g. 'hydra.run.dir=\"/data/my results\"')")
+    return text
 
 
 def _remove_dead_scratch(tmp: Path) -> None:
