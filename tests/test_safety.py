@@ -482,3 +482,21 @@ def test_18_a_file_that_is_no_checkpoint_is_refused_by_its_first_bytes(tmp_path)
 
     with pytest.raises(ModelError, match=f"model.pretrained {text} is not a checkpoint"):
         load_open_clip("ViT-B-32", str(text), device="cpu")
+
+
+def test_1_a_csv_dataset_folder_is_protected_too(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.csv").write_text("file,gender\na.jpg,Male\n")
+    before = snapshot(data)
+    assert run_main(["run", *DEMO, "dataset=csv", f"dataset.path={data / 'labels.csv'}",
+                     f"hydra.run.dir={data}", "overwrite=true"]) == 2
+    assert one_line_error(capsys) == (
+        f"clipfair: error: the results folder {data} contains the dataset file {data / 'labels.csv'}; clipfair "
+        "writes and "
+        "replaces files in its results folder: choose another with hydra.run.dir=...")
+    assert snapshot(data) == before
+    assert run_main(["run", *DEMO, "dataset=csv", f"dataset.path={data / 'labels.csv'}",
+                     f"hydra.run.dir={data / 'out'}"]) == 2
+    assert f"{data / 'out'} lies inside the dataset image folder {data};" in one_line_error(capsys)
+    assert snapshot(data) == before

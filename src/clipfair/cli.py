@@ -86,6 +86,13 @@ def results_places(cfg: Any) -> list[tuple[str, Any, bool]]:
 
     places: list[tuple[str, Any, bool]] = [("the dataset root", get("dataset.root"), True),
                                            ("the probe's dataset root", get("probe.train_dataset.root"), True)]
+    for key, what in (("dataset.path", "the dataset"), ("probe.train_dataset.path", "the probe dataset")):
+        local = get(key)  # a CSV file (its folder is the root when root is null) or a local data folder
+        if isinstance(local, str) and local and Path(local).expanduser().exists():
+            p = Path(local).expanduser()
+            places.append((f"{what} folder", p, True) if p.is_dir() else (f"{what} file", p, False))
+            if p.is_file() and get(key.replace(".path", ".root")) is None:
+                places.append((f"{what} image folder", p.parent, True))
     if get("cache.enabled") and isinstance(get("cache.dir"), str):
         places.append(("the cache folder", get("cache.dir"), True))
     places += [("clipfair's bundled demo folder", demo_dir(), True), ("the home folder", Path.home(), False)]
