@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clipfair.outputs import OutputError, RunDirRefused
+from clipfair.outputs import RunDirRefused
 
 from fixtures_datasets import FAIRFACE_HEADER, PALETTE, write_image
 
@@ -86,8 +86,26 @@ def finished(tmp_path_factory):
         cfg = hydra_compose("config", overrides=small_run(root, tmp / "cache"))
     GlobalHydra.instance().clear()
     out = tmp / "out"
-    run_from_config(cfg, out, DEMO)
+    handler = _Keep()
+    logging.getLogger("clipfair").addHandler(handler)
+    try:
+        run_from_config(cfg, out, DEMO)
+    finally:
+        logging.getLogger("clipfair").removeHandler(handler)
+    FINISHED_WARNINGS[:] = handler.messages
     return cfg, out
+
+
+FINISHED_WARNINGS: list[str] = []  # what the finished run warned
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 # ============================================================================ data loss
@@ -447,15 +465,11 @@ def test_18_a_long_prompt_is_shortened_in_the_message(tmp_path):
     assert "prompt 'a photo of word0 word1" in msg and "... (2,301 characters) is 303 tokens" in msg
 
 
-def test_18_topk_not_below_the_class_count_is_warned(tmp_path, compose, caplog):
-    from clipfair.cli import run_from_config
-
-    root = fairface(tmp_path / "ff")
-    cfg = compose(small_run(root, tmp_path / "cache", "topk=[2]"))
-    with caplog.at_level(logging.WARNING, logger="clipfair"):
-        run_from_config(cfg, tmp_path / "out", DEMO)
-    assert ("topk: k=2 is not below the 2 classes of taxonomy fairface_gender; its top-2 accuracy is left out"
-            in caplog.text)
+def test_18_topk_not_below_the_class_count_is_warned(finished):
+    _, out = finished  # topk=[5] (the default) on fairface_gender's 2 classes
+    assert ("topk: k=5 is not below the 2 classes of taxonomy fairface_gender; its top-5 accuracy is left out "
+            "(every image would be a hit): choose k < 2") in FINISHED_WARNINGS
+    assert "topk_accuracy" not in set(pd.read_csv(out / "metrics.csv")["metric"])
 
 
 def test_18_a_file_that_is_no_checkpoint_is_refused_by_its_first_bytes(tmp_path):
