@@ -8,7 +8,8 @@ functions alike (``tests/test_layers.py`` checks this, and that there is no impo
 - data: ``data/`` (datasets, attribute declarations), ``taxonomy``, ``synthetic``;
 - models: ``models/`` (the backends, the only code that imports transformers / open_clip;
   the offline toy-model builder), ``preprocess``;
-- stats: ``stats``, ``metrics`` (per-group metrics, intervals, disparities);
+- stats: ``stats``, ``metrics`` (per-group metrics, intervals, disparities), ``runfolder``
+  (the one reader of a finished run's ``run.json`` and ``metrics.csv``);
 - report: ``document``, ``figures``, ``report``, ``confusion`` (the report model, plots and
   the run's summary pages);
 - analyses: ``zeroshot``, ``linear_probe``, ``retrieval``, ``sensitivity``, ``compare``,

@@ -140,6 +140,11 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     slices = check_run(dataset, taxonomies, slices)
     for t in [*taxonomies, *(q.as_taxonomy() for q in query_sets)]:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
+        big = [k for k in topk if t.target and k >= len(t.classes)]
+        if big:
+            log.warning("topk: k=%s is not below the %d classes of taxonomy %s; its top-%s accuracy is left out "
+                        "(every image would be a hit): choose k < %d", ",".join(map(str, big)), len(t.classes),
+                        t.name, ",".join(map(str, big)), len(t.classes))
         if t.target and t.target not in dataset.attributes:
             log.warning("taxonomy %s: dataset %r has no %r attribute (its attributes: %s); evaluated "
                         "without accuracy", t.name, dataset.name, t.target, ", ".join(dataset.attributes))
@@ -172,7 +177,7 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
 
         with timed(timings, "retrieval"):
             retrieval_table = retrieval_bias(table, emb.embeddings, query_sets, texts, retrieval,
-                                             attributes=dataset.attributes,
+                                             attributes=dataset.attributes, progress=progress,
                                              value_orders=dataset.value_orders())
         info["retrieval"] = {**retrieval.to_dict(), "query_sets": [
             {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in query_sets]}
