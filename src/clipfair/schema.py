@@ -74,6 +74,7 @@ class ProbeConfig:
     sweep_max_train: int | None = 20000
     features: Literal["projected", "pre_projection"] = "projected"
     refine_steps_per_decade: int = 0
+    solver: Literal["torch", "sklearn"] = "torch"
 
     def check(self, at: str) -> None:
         _require(self.refine_steps_per_decade >= 0, f"{at}.refine_steps_per_decade", "a number >= 0 (0: grid only)",
