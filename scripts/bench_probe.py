@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1024, help="feature width (ViT-L/14 pre-projection: 1,024)")
     ap.add_argument("--sweep-max-train", type=int, default=20000)
     ap.add_argument("--n-eval", type=int, default=10954, help="evaluation rows (FairFace val: 10,954)")
-    ap.add_argument("--signal", type=float, default=0.12, help="class-mean scale against unit noise")
+    ap.add_argument("--signal", type=float, default=0.03, help="class-mean scale against unit noise")
     ap.add_argument("--sklearn-fits", type=int, default=3,
                     help="C values of each path scikit-learn fits (then extrapolated per fit)")
     ap.add_argument("--sklearn-full", action="store_true", help="scikit-learn's whole path, no extrapolation")
@@ -79,18 +79,20 @@ def main() -> None:
                 sweep_max_train=a.sweep_max_train, normalize=False, features="pre_projection")
     rng = np.random.default_rng(0)
     t_torch = t_sk = 0.0
+    cpu_torch = cpu_sk = 0.0  # process CPU seconds (all threads): the work, less the machine's other load
     max_diff, min_agree = 0.0, 1.0
     for name in a.targets.split(","):
         tax = load_taxonomy(name)
         labels = list(tax.labels)
         X, y, means = planted(a.n, a.dim, labels, rng, a.signal)
         Xe, ye, _ = planted(a.n_eval, a.dim, labels, rng, a.signal, means)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         ft = fit_probe(tax, X, y, solver="torch", **opts)
-        secs = time.perf_counter() - t
+        secs, cpu = time.perf_counter() - t, time.process_time() - c
         t_torch += secs
+        cpu_torch += cpu
         acc_e = float((ft.classifier.predict(Xe) == ye).mean())
-        print(f"{name:16s} {len(labels)} classes  torch  : {secs:7.1f} s ({ft.info['n_candidates']} sweep fits "
+        print(f"{name:16s} {len(labels)} classes  torch  : {secs:7.1f} s wall, {cpu:7.1f} s CPU ({ft.info['n_candidates']} sweep fits "
               f"{ft.info['sweep_seconds']:.1f} s + final {ft.info['final_seconds']:.1f} s), C_sweep="
               f"{ft.info['C_sweep']:.4g} -> C={ft.C:.4g}, held-out acc {ft.holdout_accuracy[ft.info['C_sweep']]:.4f}, "
               f"eval acc {acc_e:.4f}, final iterations {ft.info['n_iter']} (converged {ft.info['converged']}), "
@@ -104,9 +106,10 @@ def main() -> None:
             best = ft.info["C_sweep"]
             near = sorted(path, key=lambda c: abs(math.log10(c) - math.log10(best)))[:a.sklearn_fits]
             sk_opts = {**opts, "Cs": tuple(sorted(near)), "refine_steps_per_decade": 0}
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fs = fit_probe(tax, X, y, solver="sklearn", **sk_opts)
-        measured = time.perf_counter() - t
+        measured, cpu = time.perf_counter() - t, time.process_time() - c
+        cpu_sk += cpu
         n_sweep = len(fs.holdout_accuracy)
         if a.sklearn_full:
             est = measured
@@ -120,7 +123,7 @@ def main() -> None:
         same_C = fs.info["C_sweep"] == ft.info["C_sweep"]
         agree = float((ft.classifier.predict(Xe) == fs.classifier.predict(Xe)).mean())
         min_agree = min(min_agree, agree)
-        print(f"{name:16s} {len(labels)} classes  sklearn: {measured:7.1f} s measured for {n_sweep} sweep fits "
+        print(f"{name:16s} {len(labels)} classes  sklearn: {measured:7.1f} s wall ({cpu:.1f} s CPU) measured for {n_sweep} sweep fits "
               f"({fs.info['sweep_seconds']:.1f} s) + final ({fs.info['final_seconds']:.1f} s, {fs.info['n_iter']} "
               f"iterations, converged {fs.info['converged']}); whole path {'measured' if a.sklearn_full else 'extrapolated'}"
               f" {est:.1f} s; held-out accuracy differs by at most {diff:.3f} pp at {len(common)} shared C values; "
@@ -130,6 +133,10 @@ def main() -> None:
     sk = "n/a" if a.no_sklearn else f"{t_sk:.1f}"
     speed = "n/a" if a.no_sklearn else f"{t_sk / t_torch:.1f}"
     print(f"eval prediction agreement (min over probes): {min_agree * 100:.2f}%")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"torch CPU time {cpu_torch:.1f} s over {t_torch:.1f} s wall; sklearn CPU time measured {cpu_sk:.1f} s; "
+          f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores "
+          "(a shared machine: wall times include other people's work)")
     print(f"summary (probe): n={a.n} dim={a.dim} torch {t_torch:.1f} s, sklearn {sk} s, speedup {speed}, "
           f"max held-out accuracy difference {max_diff:.3f} pp{how}")
 
