@@ -29,6 +29,8 @@ import pandas as pd
 
 from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
 from .metrics import HIGHER_IS_BETTER, METRIC_COLUMNS
+from .outputs import write_csv
+from .runfolder import RunFolderError, read_metrics, read_record
 from .stats import newcombe_diff
 
 log = logging.getLogger(__name__)
@@ -80,11 +82,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _hydra_overrides(folder: Path) -> list[str]:
-    import yaml
+    from .yamlio import YamlError, load_yaml_file
 
     try:
-        data = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        data = load_yaml_file(folder / ".hydra" / "overrides.yaml")
+    except (OSError, YamlError):
         return []
     return [str(x) for x in data] if isinstance(data, list) else []
 
@@ -94,6 +96,11 @@ def _classify(folder: Path) -> RunFolder:
     if failed is not None:
         return RunFolder(folder, "failed", list(failed.get("overrides") or _hydra_overrides(folder)),
                          message=f"{failed.get('error', 'error')}: {failed.get('message', '')}")
+    if (folder / "run.json").exists():
+        try:
+            read_record(folder)
+        except RunFolderError as e:
+            return RunFolder(folder, "unreadable", _hydra_overrides(folder), message=str(e))
     record = _read_json(folder / "run.json") if (folder / "run.json").exists() else None
     missing = [f for f in OUTPUTS if not (folder / f).is_file()]
     if record is None or missing:
@@ -165,12 +172,7 @@ def _relative(path: Path, base: Path) -> str:
 # --------------------------------------------------------------------------- the table
 
 def _read_metrics(folder: Path) -> pd.DataFrame:
-    m = pd.read_csv(folder / "metrics.csv", keep_default_na=False, na_values={c: [""] for c in
-                                                                          ("n", "count", "value", "ci_low", "ci_high")})
-    missing = [c for c in METRIC_COLUMNS if c not in m.columns]
-    if missing:
-        raise CollectError(f"{folder / 'metrics.csv'}: no column(s) {missing}; was it written by clipfair run?")
-    return m
+    return read_metrics(folder, METRIC_COLUMNS)
 
 
 def collect(dirs: Sequence[Path | str]) -> tuple[pd.DataFrame, list[RunFolder]]:
@@ -182,7 +184,11 @@ def collect(dirs: Sequence[Path | str]) -> tuple[pd.DataFrame, list[RunFolder]]:
     for r in runs:
         if r.status != "finished":
             continue
-        m = _read_metrics(r.path)
+        try:
+            m = _read_metrics(r.path)
+        except RunFolderError as e:  # left out with its one line; the others are collected
+            r.status, r.message = "unreadable", str(e)
+            continue
         labels = {"run": _relative(r.path, base), "label": r.label, "model": r.model, "dataset": r.dataset,
                   "job": r.job, "overrides": " ".join(r.overrides)}
         frames.append(pd.concat([pd.DataFrame({k: [v] * len(m) for k, v in labels.items()}), m], axis=1))
@@ -349,7 +355,7 @@ def write_collected(dirs: Sequence[Path | str], out_dir: Path | str | None = Non
     out = Path(out_dir) if out_dir is not None else Path(dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     base = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
-    table.to_csv(out / "collected.csv", index=False, float_format="%.6g", lineterminator="\n")
+    write_csv(table, out / "collected.csv")
     doc, plots = build_document(table, runs, out, base=base, **options)
     (out / "collected.md").write_text(to_markdown(doc))
     (out / "collected.html").write_text(to_html(doc, base_dir=out))
@@ -373,6 +379,10 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--min-n", type=int, default=30, help="smallest group headlined or compared (default 30)")
     ap.add_argument("--confidence", type=float, default=0.95, help="level of the gap intervals (default 0.95)")
     a = ap.parse_args(list(argv))
+    if not 0 < a.confidence < 1:
+        raise CollectError(f"--confidence must be between 0 and 1 (exclusive), e.g. 0.95, got {a.confidence}")
+    if a.min_n < 1:
+        raise CollectError(f"--min-n must be a number of images >= 1, got {a.min_n}")
     res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices or ["race"], taxonomies=a.taxonomies,
                           methods=a.methods, categories=a.categories, min_n=a.min_n, confidence=a.confidence)
     runs = res["runs"]

@@ -19,11 +19,13 @@ import pandas as pd
 
 from . import metrics as M
 from .cache import unwritable_reason
+from .data.attributes import PREDICTION_COLUMNS
 from .data.base import FaceDataset
 from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
 from .models import ImageTextModel, Scoring
+from .outputs import write_csv
 from .record import write_json
 from .taxonomy import Taxonomy, check_target
 from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
@@ -65,8 +67,7 @@ def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxono
     """Zero-shot predictions for every taxonomy on the same (cached) image embeddings, scored
     by the model family's own rule."""
     if not taxonomies:  # e.g. a retrieval-only run
-        return pd.DataFrame(columns=["image_id", "taxonomy", "method", "predicted_label", "predicted_category",
-                                     "score", "logit", "true_label", "correct", "true_rank", *attributes])
+        return pd.DataFrame(columns=[*PREDICTION_COLUMNS, *attributes])
     frames = [zero_shot_predictions(table, image_embeddings, class_embeddings(t, encode_texts),
                                     scoring, attributes) for t in taxonomies]
     return pd.concat(frames, ignore_index=True)
@@ -137,6 +138,11 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     slices = check_run(dataset, taxonomies, slices)
     for t in [*taxonomies, *(q.as_taxonomy() for q in query_sets)]:  # fail fast, before any image is encoded
         check_prompt_lengths(t, model.token_count, model.context_length)
+        big = [k for k in topk if t.target and k >= len(t.classes)]
+        if big:
+            log.warning("topk: k=%s is not below the %d classes of taxonomy %s; its top-%s accuracy is left out "
+                        "(every image would be a hit): choose k < %d", ",".join(map(str, big)), len(t.classes),
+                        t.name, ",".join(map(str, big)), len(t.classes))
         if t.target and t.target not in dataset.attributes:
             log.warning("taxonomy %s: dataset %r has no %r attribute (its attributes: %s); evaluated "
                         "without accuracy", t.name, dataset.name, t.target, ", ".join(dataset.attributes))
@@ -169,7 +175,7 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
 
         with timed(timings, "retrieval"):
             retrieval_table = retrieval_bias(table, emb.embeddings, query_sets, texts, retrieval,
-                                             attributes=dataset.attributes)
+                                             attributes=dataset.attributes, progress=progress)
         info["retrieval"] = {**retrieval.to_dict(), "query_sets": [
             {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in query_sets]}
     skipped = {**dataset.skipped}
@@ -394,7 +400,7 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     if ev.confusion is not None and len(ev.confusion):
         tables.append(("confusion.csv", ev.confusion))
     for name, df in tables:
-        df.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
+        write_csv(df, out / name)
         written.append(out / name)
     ctx = report_context(ev, record, taxonomies, demo)
     extra, sections = variant_analyses(ev, taxonomies, out, compare, slices, model=ctx.model)
