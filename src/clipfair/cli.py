@@ -214,7 +214,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                          "features": str(cfg.probe.get("features", "projected")),
                          "refine_steps_per_decade": int(cfg.probe.get("refine_steps_per_decade", 0)),
                          "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
-                         "sweep_max_train": cfg.probe.sweep_max_train}
+                         "sweep_max_train": cfg.probe.sweep_max_train,
+                         "solver": str(cfg.probe.get("solver", "torch"))}
     embed_options = {"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
                      "fast_decode": cfg.embed.get("fast_decode", "auto"),
                      "gpu_decode": cfg.embed.get("gpu_decode", False),
