@@ -347,3 +347,100 @@ def test_variant_settings():
                         ({"colour": 1}, "unknown option")):
         with pytest.raises(AssociationError, match=needle):
             settings_from(bad)
+
+
+# ---------------------------------------------------------------------------- the analysis
+
+def _ctx(table, E, enc, tmp_path):
+    from clipfair.analyses import RunContext
+
+    class Lazy(RunContext):
+        image_reads = 0
+
+        @property
+        def image_embeddings(self):
+            type(self).image_reads += 1
+            return self._E
+
+        @image_embeddings.setter
+        def image_embeddings(self, v):
+            self._E = v
+    ctx = Lazy(table, E, attributes=[c for c in table.columns if c != "image_id"], encode_text=enc,
+               out_dir=tmp_path, seed=3)
+    return ctx
+
+
+def test_analysis_registers_writes_tables_and_report(tmp_path):
+    from clipfair.analyses import build_analysis, get_analysis
+    from clipfair.analyses.association import AssociationAnalysis, forest_order
+    from clipfair.document import Document, Figure, to_markdown
+
+    assert get_analysis("association") is AssociationAnalysis
+    rng = np.random.default_rng(12)
+    table = pd.DataFrame({"image_id": [f"i{k}" for k in range(30)], "race": ["White", "Black", "Indian"] * 10,
+                          "gender": ["Male", "Female"] * 15})
+    a = build_analysis("association", {"tests": ["young_old_names", "flowers_insects", "images_race_pleasant",
+                                                 "markedness_gender"], "bootstrap": 30, "n_permutations": 200})
+    assert a.needs.image_embeddings == "projected"
+    ctx = _ctx(table, _unit(rng.normal(size=(30, 16))), _encoder(), tmp_path)
+    assert a.run(ctx) is None
+    t = a.tables()
+    assert list(t["associations"].columns) == [
+        "test", "kind", "variant", "target_x", "target_y", "attribute_a", "attribute_b", "n_x", "n_y", "n_a",
+        "n_b", "effect_size", "ci_low", "ci_high", "ci_method", "p_value", "p_method", "n_permutations",
+        "p_adjusted", "difference", "sanity", "source"]
+    assert set(t["markedness"].group) == {"Male", "Female"}
+    assert forest_order(t["associations"]).test.iloc[0] == "flowers_insects"
+    secs = a.report_sections(None)
+    md = to_markdown(Document("r", secs))
+    assert "Association tests" in md and "flowers_insects (sanity)" in md and "Markedness" in md
+    figs = [b for b in secs[0].blocks if isinstance(b, Figure)]
+    assert figs and (tmp_path / figs[0].path).is_file()
+    assert ctx.info["association"]["images_used"] and ctx.info["association"]["seed"] == 3
+
+
+def test_text_only_analysis_declares_and_reads_no_images(tmp_path):
+    from clipfair.analyses import build_analysis
+
+    a = build_analysis("association", {"tests": ["flowers_insects", "math_arts"], "bootstrap": 0})
+    assert a.needs.image_embeddings == "none"
+    table = pd.DataFrame({"image_id": ["a"], "race": ["White"]})
+    ctx = _ctx(table, np.ones((1, 16)), _encoder(), tmp_path)
+    type(ctx).image_reads = 0
+    a.run(ctx)
+    assert type(ctx).image_reads == 0 and len(a.tables()["associations"]) == 2
+
+
+def test_bad_options_are_one_line_errors():
+    from clipfair.analyses import build_analysis
+
+    with pytest.raises(AssociationError, match="unknown association test 'nope'"):
+        build_analysis("association", {"tests": ["nope"]})
+    with pytest.raises(AssociationError, match="association: unknown option"):
+        build_analysis("association", {"tests": ["flowers_insects"], "permutations": 5})
+
+
+def test_collect_gives_d_per_model(tmp_path):
+    from clipfair.analyses.association import collect_associations, d_by_model, write_association
+
+    import json
+    for i, model in enumerate(["m1", "m2"]):
+        run = tmp_path / str(i)
+        out = run_tests(load_tests(["flowers_insects", "career_family"]), _encoder(8 + 8 * i),
+                        settings=Settings(bootstrap=0, n_permutations=100))
+        write_association(out, run)
+        # the files `clipfair collect` needs to call a folder a finished run
+        pd.DataFrame(columns=["taxonomy"]).to_parquet(run / "predictions.parquet")
+        from clipfair.metrics import METRIC_COLUMNS
+        pd.DataFrame(columns=METRIC_COLUMNS).to_csv(run / "metrics.csv", index=False)
+        pd.DataFrame(columns=["taxonomy"]).to_csv(run / "disparities.csv", index=False)
+        (run / "run.json").write_text(json.dumps({"model": {"name_or_path": model}, "dataset": {"name": "d"},
+                                                  "outputs": ["predictions.parquet", "metrics.csv",
+                                                              "disparities.csv", "associations.csv"]}))
+    c = collect_associations([tmp_path])
+    assert len(c) == 4
+    piv = d_by_model(c)
+    assert piv.shape == (2, 2) and list(piv.index) == ["flowers_insects", "career_family"]
+    for lab in piv.columns:
+        sub = c[c.label == lab].set_index("test")
+        assert piv.loc["career_family", lab] == pytest.approx(sub.loc["career_family", "effect_size"])
