@@ -444,3 +444,25 @@ def test_collect_gives_d_per_model(tmp_path):
     for lab in piv.columns:
         sub = c[c.label == lab].set_index("test")
         assert piv.loc["career_family", lab] == pytest.approx(sub.loc["career_family", "effect_size"])
+
+
+def test_run_association_on_a_tiny_model_encodes_images_only_when_needed(tiny_model_dir, fairface_root, tmp_path):
+    from clipfair.analyses.association import run_association
+    from clipfair.data import load_dataset
+    from clipfair.models import load_model
+
+    ds = load_dataset(name="fairface", root=str(fairface_root), split="val")
+    model = load_model(loader="hf", name_or_path=str(tiny_model_dir), dtype="float32", device="cpu")
+    cache = tmp_path / "cache"
+    r = run_association(ds, model, tmp_path / "text", {"tests": ["flowers_insects"], "bootstrap": 10},
+                        cache_dir=cache)
+    assert not r["images_encoded"]
+    assert not list((cache / "image").rglob("*.npz")) and list((cache / "text").rglob("*.npz"))
+    a = pd.read_csv(tmp_path / "text" / "associations.csv")
+    assert list(a.test) == ["flowers_insects"] and (tmp_path / "text" / "associations.md").is_file()
+    r = run_association(ds, model, tmp_path / "img", {"tests": ["images_gender_pleasant", "markedness_race"],
+                                                     "bootstrap": 10, "n_permutations": 99}, cache_dir=cache)
+    assert r["images_encoded"] and list((cache / "image").rglob("*.npz"))
+    a = pd.read_csv(tmp_path / "img" / "associations.csv")
+    assert a.n_x.iloc[0] + a.n_y.iloc[0] == len(ds.table)
+    assert (tmp_path / "img" / "markedness.csv").is_file()

@@ -38,6 +38,8 @@ from .base import Analysis, Needs, RunContext
 from .registry import register_analysis
 
 FOREST_PNG = "associations_forest.png"
+#: markedness groups with fewer images are marked "(small)" in the report
+SMALL_N = 30
 
 
 @register_analysis
@@ -199,13 +201,14 @@ def association_sections(outcome: Outcome, out_dir: Path | None) -> list[Any]:
                                "interval rest on very few items.", "warning"))
     m = outcome.markedness
     if len(m):
-        mrows = [[r.test, r.group, r.prompt, f"{r.n_unmarked}/{r.n}",
+        mrows = [[r.test, r.group, r.prompt, f"{r.n_unmarked}/{r.n}" + (" (small)" if r.n < SMALL_N else ""),
                   f"{100 * r.share:.1f}% [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]" if r.n else "n/a",
                   _p(r.p_homogeneity), r.design] for r in m.itertuples()]
         blocks.append(Section("Markedness", [
             Text("Share of each group's images whose closest prompt is the unmarked one (e.g. \"a photo of a "
                  "person\") rather than any prompt naming a group (Wolfe & Caliskan 2022), with Wilson intervals; "
-                 "p: chi-square test that every group has the same share."),
+                 f"p: chi-square test that every group has the same share. Groups under {SMALL_N} images are "
+                 "marked (small): read their share with its interval."),
             Table(["test", "group", "group prompt", "unmarked / n", "share [interval]", "p (equal shares)",
                    "design"], mrows, align="lllrrrl")]))
     if outcome.skipped:
@@ -229,6 +232,70 @@ def write_association(outcome: Outcome, out_dir: Path | str) -> list[Path]:
         tmp.replace(path)
         written.append(path)
     return written
+
+
+# ---------------------------------------------------------------------------- a run without the CLI
+
+class _LazyImagesContext(RunContext):
+    """A RunContext whose image embeddings are computed (or read from the cache) on first use."""
+
+    def __init__(self, table: pd.DataFrame, compute: Any, dim: int, **kw: Any) -> None:
+        self._compute, self._images, self._dim = compute, None, dim
+        super().__init__(table, np.zeros((0, dim), np.float32), **kw)
+
+    @property
+    def image_embeddings(self) -> np.ndarray:
+        if self._images is None:
+            self._images = self._compute()
+        return self._images
+
+    @image_embeddings.setter
+    def image_embeddings(self, value: np.ndarray) -> None:
+        if len(value):
+            self._images = value
+
+    @property
+    def images_computed(self) -> bool:
+        return self._images is not None
+
+
+def run_association(dataset: Any, model: Any, out_dir: Path | str, options: Mapping[str, Any] | None = None, *,
+                    cache_dir: Path | str | None = None, confidence: float = 0.95, seed: int = 0,
+                    progress: bool = False) -> dict[str, Any]:
+    """Run the association analysis on a dataset and model without the CLI: text embeddings
+    through the model's cached text embedder, image embeddings encoded (or read from the cache)
+    only when a test uses images. Writes ``associations.csv``, ``markedness.csv`` (when any)
+    and ``associations.md`` (with the forest plot) into ``out_dir``; returns
+    ``{"paths", "outcome", "images_encoded", "info"}``."""
+    from ..document import Document, to_markdown
+    from ..embed import TextEmbedder, embed_images, open_stores
+
+    analysis = AssociationAnalysis(**dict(options or {}))
+    image_store, text_store = open_stores(model, cache_dir)
+    emb_holder: dict[str, Any] = {}
+
+    def images() -> np.ndarray:
+        emb = embed_images(dataset, model, image_store, progress=progress)
+        emb_holder["emb"] = emb
+        if len(emb.indices) != len(dataset.table):
+            raise AssociationError(f"{len(dataset.table) - len(emb.indices)} images could not be encoded; "
+                                   "association tests need every image of the table")
+        return emb.embeddings
+    out = Path(out_dir)
+    ctx = _LazyImagesContext(dataset.table.reset_index(drop=True), images, 0, attributes=list(dataset.attributes),
+                             orders=dataset.value_orders(), encode_text=TextEmbedder(model, text_store),
+                             confidence=confidence, seed=seed, out_dir=out)
+    analysis.run(ctx)
+    assert analysis.outcome is not None
+    paths = write_association(analysis.outcome, out)
+    md = out / "associations.md"
+    md.write_text(to_markdown(Document("clipfair association tests", analysis.report_sections(out))),
+                  encoding="utf-8")
+    paths.append(md)
+    if (out / FOREST_PNG).is_file():
+        paths.append(out / FOREST_PNG)
+    return {"paths": paths, "outcome": analysis.outcome, "images_encoded": ctx.images_computed,
+            "info": ctx.info.get("association", {})}
 
 
 # ---------------------------------------------------------------------------- collect
@@ -271,4 +338,4 @@ def d_by_model(collected: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = ["AssociationAnalysis", "AssociationError", "association_sections", "collect_associations",
-           "d_by_model", "forest_order", "forest_plot", "write_association", "MARKEDNESS_COLUMNS", "FOREST_PNG"]
+           "d_by_model", "forest_order", "forest_plot", "run_association", "write_association", "MARKEDNESS_COLUMNS", "FOREST_PNG"]
