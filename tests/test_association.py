@@ -466,3 +466,10 @@ def test_run_association_on_a_tiny_model_encodes_images_only_when_needed(tiny_mo
     a = pd.read_csv(tmp_path / "img" / "associations.csv")
     assert a.n_x.iloc[0] + a.n_y.iloc[0] == len(ds.table)
     assert (tmp_path / "img" / "markedness.csv").is_file()
+
+
+def test_p_value_does_not_depend_on_bootstrap_replicates():
+    X, Y, A, B = _sets(13, nx=9, ny=9)
+    r0 = W.weat(X, Y, A, B, bootstrap=0, max_exact=10, n_permutations=500, seed=4)
+    r1 = W.weat(X, Y, A, B, bootstrap=200, max_exact=10, n_permutations=500, seed=4)
+    assert r0.p_value == r1.p_value and r0.p_method == "permutation_sampled"

@@ -285,10 +285,11 @@ def two_sample(u: Any, v: Any, variant: Variant = DEFAULT_VARIANT, *, max_exact:
 
     ``sizes``: (n_x, n_y, n_a, n_b) to record (default: len(u), len(v), 0, 0)."""
     u, v = np.asarray(u, float).ravel(), np.asarray(v, float).ravel()
-    rng = np.random.default_rng(seed)
+    # separate streams: the p-value does not change with the number of bootstrap replicates
+    boot_rng, perm_rng = (np.random.default_rng([seed, k]) for k in (1, 2))
     d = effect_size(u, v, variant.sd, variant.ddof)
-    lo, hi = bootstrap_interval(u, v, variant.sd, variant.ddof, bootstrap, confidence, rng)
-    p, how, n_perm = p_value(u, v, variant.p, max_exact, n_permutations, rng)
+    lo, hi = bootstrap_interval(u, v, variant.sd, variant.ddof, bootstrap, confidence, boot_rng)
+    p, how, n_perm = p_value(u, v, variant.p, max_exact, n_permutations, perm_rng)
     n_x, n_y, n_a, n_b = sizes if sizes is not None else (len(u), len(v), 0, 0)
     diff = float(u.mean() - v.mean()) if len(u) and len(v) else math.nan
     return Result(d, lo, hi, p, how, n_perm, int(n_x), int(n_y), int(n_a), int(n_b), diff)

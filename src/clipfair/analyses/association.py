@@ -48,6 +48,8 @@ class AssociationAnalysis(Analysis):
     outcomes = []   # test-level statistics only: associations.csv / markedness.csv, no per-image outcomes
     unit = "test"
     needs = Needs(image_embeddings="projected", text=True)
+    #: a bad test file or option is a user's mistake: one line from the CLI
+    errors = (AssociationError,)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
