@@ -444,6 +444,15 @@ def test_collect_gives_d_per_model(tmp_path):
     for lab in piv.columns:
         sub = c[c.label == lab].set_index("test")
         assert piv.loc["career_family", lab] == pytest.approx(sub.loc["career_family", "effect_size"])
+    # clipfair collect writes them beside collected.csv, with a section of d per run
+    from clipfair.collect import write_collected
+
+    res = write_collected([tmp_path], tmp_path / "out")
+    wide = pd.read_csv(tmp_path / "out" / "collected_associations_d.csv", index_col=0)
+    assert wide.shape == (2, 2) and wide.loc["flowers_insects"].to_numpy() == pytest.approx(
+        piv.loc["flowers_insects"].to_numpy(), rel=1e-5)
+    assert "Association tests across runs" in (tmp_path / "out" / "collected.md").read_text()
+    assert tmp_path / "out" / "collected_associations.csv" in res["paths"]
 
 
 def test_run_association_on_a_tiny_model_encodes_images_only_when_needed(tiny_model_dir, fairface_root, tmp_path):

@@ -328,16 +328,52 @@ def collect_associations(dirs: Sequence[Path | str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def collected_outputs(dirs: Sequence[Path | str], out_dir: Path | str) -> tuple[list[Path], list[Any]]:
+    """For ``clipfair collect``: when any finished run wrote ``associations.csv``, write
+    ``collected_associations.csv`` (every row, labelled by run) and
+    ``collected_associations_d.csv`` (tests x runs of d) into ``out_dir`` and return them with a
+    report section; else nothing."""
+    from ..document import Section, Table, Text
+
+    c = collect_associations(dirs)
+    if c.empty:
+        return [], []
+    out = Path(out_dir)
+    long_p, wide_p = out / "collected_associations.csv", out / "collected_associations_d.csv"
+    c.to_csv(long_p, index=False, float_format="%.6g", lineterminator="\n")
+    piv = d_by_model(c)
+    piv.to_csv(wide_p, float_format="%.6g", lineterminator="\n")
+    cell = {(k, lab): r for lab, sub in c.groupby("label", sort=False)
+            for k, r in zip(_keys(sub), sub.itertuples())}
+    rows = []
+    for test in piv.index:
+        row = [test]
+        for lab in piv.columns:
+            r = cell.get((test, lab))
+            row.append("" if r is None else f"{_fmt(r.effect_size)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+                       + ("*" if np.isfinite(r.p_adjusted) and r.p_adjusted < 0.05 else ""))
+        rows.append(row)
+    variants = ", ".join(f"`{v}`" for v in dict.fromkeys(c["variant"]))
+    sec = Section("Association tests across runs", [
+        Text(f"Effect size d [bootstrap interval over items] per test and run (variant {variants}); * marks "
+             "a Holm-adjusted p < 0.05 within its run. Compare runs only on the same tests and variant."),
+        Table(["test", *map(str, piv.columns)], rows, align="l" + "r" * len(piv.columns))])
+    return [long_p, wide_p], [sec]
+
+
+def _keys(df: pd.DataFrame) -> pd.Series:
+    return df["test"].where(df["kind"] != "sc_weat", df["test"] + ": " + df["target_x"].astype(str))
+
+
 def d_by_model(collected: pd.DataFrame) -> pd.DataFrame:
     """Tests (rows; SC-WEAT rows per prompt) x runs (columns, by label) of d: the Ghate et al.
     comparison across models."""
     if collected.empty:
         return pd.DataFrame()
-    key = collected["test"].where(collected["kind"] != "sc_weat", collected["test"] + ": " + collected["target_x"])
-    return (collected.assign(_key=key).pivot_table(index="_key", columns="label", values="effect_size",
+    return (collected.assign(_key=_keys(collected)).pivot_table(index="_key", columns="label", values="effect_size",
                                                     aggfunc="first", sort=False)
             .rename_axis(index="test", columns=None))
 
 
-__all__ = ["AssociationAnalysis", "AssociationError", "association_sections", "collect_associations",
+__all__ = ["AssociationAnalysis", "AssociationError", "association_sections", "collect_associations", "collected_outputs",
            "d_by_model", "forest_order", "forest_plot", "run_association", "write_association", "MARKEDNESS_COLUMNS", "FOREST_PNG"]
