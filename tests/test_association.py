@@ -482,3 +482,11 @@ def test_p_value_does_not_depend_on_bootstrap_replicates():
     r0 = W.weat(X, Y, A, B, bootstrap=0, max_exact=10, n_permutations=500, seed=4)
     r1 = W.weat(X, Y, A, B, bootstrap=200, max_exact=10, n_permutations=500, seed=4)
     assert r0.p_value == r1.p_value and r0.p_method == "permutation_sampled"
+
+
+def test_builtin_prompts_are_grammatical():
+    from test_builtin_prompts import CONSONANT_AN, VOWEL_SOUND
+
+    for t in load_tests():
+        for text in t.texts():
+            assert not VOWEL_SOUND.search(text) and not CONSONANT_AN.search(text), f"{t.name}: {text!r}"
