@@ -14,7 +14,7 @@ import pytest
 from scipy import stats as sps
 
 from clipfair import weat as W
-from clipfair.association_tests import (AssociationError, AssociationTest, ItemSet, Settings, load_test,
+from clipfair.association_tests import (AssociationError, Settings, load_test,
                                         load_tests, run_tests, settings_from)
 
 

@@ -25,7 +25,6 @@ Text-only tests need no image: when no configured test uses images, the analysis
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
