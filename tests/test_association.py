@@ -490,3 +490,38 @@ def test_builtin_prompts_are_grammatical():
     for t in load_tests():
         for text in t.texts():
             assert not VOWEL_SOUND.search(text) and not CONSONANT_AN.search(text), f"{t.name}: {text!r}"
+
+
+def test_experiment_association_runs_end_to_end(compose, tiny_model_dir, fairface_root, tmp_path):
+    """`clipfair run experiment=association` (in process): the built-ins on the run's images,
+    associations.csv, markedness.csv, the forest plot and the report section."""
+    from clipfair.cli import run_from_config
+
+    cfg = compose(["experiment=association", f"model.name_or_path={tiny_model_dir}", "model.device=cpu",
+                   f"dataset.root={fairface_root}", f"cache.dir={tmp_path / 'cache'}", "progress=false",
+                   "analyses.association.bootstrap=20", "analyses.association.n_permutations=99"])
+    out = tmp_path / "run"
+    run_from_config(cfg, out)
+    a = pd.read_csv(out / "associations.csv")
+    assert set(a.test) >= {"flowers_insects", "images_race_pleasant", "sc_american_white"}
+    assert (a.p_method == "permutation_sampled").all() and (a.n_permutations == 99).all()
+    assert (out / "markedness.csv").is_file() and (out / "associations_forest.png").is_file()
+    md = (out / "summary.md").read_text()
+    assert "## Association tests" in md and "associations_forest.png" in md
+    import json
+
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["association"]["variant"].startswith("ghate2025") and rec["association"]["images_used"]
+
+
+def test_cli_bad_association_test_is_one_line(tmp_path, capsys):
+    from clipfair.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntargets: {x: {name: a, words: [p]}}\n")
+    with pytest.raises(SystemExit) as ex:
+        main(["run", "experiment=association", f"analyses.association.tests=[{bad}]",
+              f"hydra.run.dir={tmp_path / 'run'}", "progress=false"])
+    err = capsys.readouterr().err.strip()
+    assert ex.value.code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert str(bad) in err and "targets.y is missing" in err

@@ -89,6 +89,19 @@ class AssociationAnalysis(Analysis):
         out_dir = _out_dir(results) or self._out_dir
         return association_sections(self.outcome, out_dir)
 
+    def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Any:
+        """``associations.csv``, ``markedness.csv`` (when any), the forest plot and the section."""
+        from .base import Written
+
+        if self.outcome is None:
+            return Written()
+        out = Path(out_dir)
+        paths = write_association(self.outcome, out)
+        sections = association_sections(self.outcome, out)
+        if (out / FOREST_PNG).is_file():
+            paths.append(out / FOREST_PNG)
+        return Written(paths, sections)
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["tests"] = [{"name": t.name, "kind": t.kind, "source": t.source, "file": t.where} for t in self.tests]
