@@ -311,8 +311,8 @@ def test_include_merges_slots_and_template_applies(tmp_path):
      "attributes: {a: {name: c, words: [q]}, b: {name: d, words: [r]}}", "targets.x (a): 'words' must be a non-empty"),
     ("name: t\ntemplate: 'a photo'\ntargets: {x: {name: a, words: [p]}, y: {name: b, words: [q]}}\n"
      "attributes: {a: {name: c, words: [q]}, b: {name: d, words: [r]}}", "must contain '{}' exactly once"),
-    ("name: t\ntargets: {x: {name: a, images: {folder: x}}, y: {name: b, words: [q]}}\n"
-     "attributes: {a: {name: c, words: [q]}, b: {name: d, words: [r]}}", "a folder or CSV of images is not supported"),
+    ("name: t\ntargets: {x: {name: a, images: {folder: x, values: [v]}}, y: {name: b, words: [q]}}\n"
+     "attributes: {a: {name: c, words: [q]}, b: {name: d, words: [r]}}", "'images' must be one of"),
     ("name: t\nkind: sc_weat\ntargets: {x: {name: a, words: [p]}, y: {name: b, words: [q]}}\n"
      "attributes: {a: {name: c, words: [q]}, b: {name: d, words: [r]}}", "an SC-WEAT has one target set"),
     ("name: t\nkind: markedness\nattribute: race\ngroups: []\n", "'groups' must be a non-empty list"),
@@ -525,3 +525,50 @@ def test_cli_bad_association_test_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert ex.value.code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert str(bad) in err and "targets.y is missing" in err
+
+
+def test_image_sets_from_a_csv_or_a_folder(tiny_model_dir, fairface_root, tmp_path):
+    """Targets given as a folder and a CSV of images outside the run's dataset, encoded by the
+    run's model; d equals a WEAT on those images' embeddings computed directly."""
+    import shutil
+
+    from clipfair.analyses.association import run_association
+    from clipfair.data import load_dataset
+    from clipfair.embed import embed_images
+    from clipfair.models import load_model
+
+    imgs = sorted((fairface_root / "val").glob("*.jpg"))[:12]
+    (tmp_path / "folder").mkdir()
+    for p in imgs[:5]:
+        shutil.copy(p, tmp_path / "folder" / p.name)
+    (tmp_path / "csvimgs").mkdir()
+    for p in imgs[5:12]:
+        shutil.copy(p, tmp_path / "csvimgs" / p.name)
+    (tmp_path / "csvimgs" / "list.csv").write_text("path\n" + "".join(f"{p.name}\n" for p in imgs[5:12]))
+    test = tmp_path / "t.yaml"
+    test.write_text("include: flowers_insects\nname: ext\n"
+                    "targets: {x: {name: folder set, images: {folder: folder}},\n"
+                    "          y: {name: csv set, images: {csv: csvimgs/list.csv, column: path}}}\n")
+    t = load_test(test)
+    assert t.x.folder == str((tmp_path / "folder").resolve()) and t.y.column == "path"
+    assert t.needs_images and not t.needs_dataset_images
+
+    ds = load_dataset(name="fairface", root=str(fairface_root), split="val")
+    model = load_model(loader="hf", name_or_path=str(tiny_model_dir), dtype="float32", device="cpu")
+    r = run_association(ds, model, tmp_path / "out", {"tests": [str(test)], "bootstrap": 0}, cache_dir=None)
+    assert not r["images_encoded"]            # the run's own dataset images were not needed
+    row = r["outcome"].associations.iloc[0]
+    assert (row.n_x, row.n_y) == (5, 7)
+    from clipfair.association_tests import image_set_dataset
+
+    X = embed_images(image_set_dataset(t.x), model, None, progress=False).embeddings
+    Y = embed_images(image_set_dataset(t.y), model, None, progress=False).embeddings
+    from clipfair.embed import TextEmbedder
+
+    enc = TextEmbedder(model, None)
+    direct = W.weat(X, Y, enc(t.a.texts()), enc(t.b.texts()), bootstrap=0)
+    assert row.effect_size == pytest.approx(direct.effect_size, rel=1e-6)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("include: flowers_insects\nname: b\ntargets: {x: {name: f, images: {folder: nowhere}}}\n")
+    with pytest.raises(AssociationError, match="images.folder 'nowhere': no such folder"):
+        load_test(bad)

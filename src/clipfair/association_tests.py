@@ -11,7 +11,10 @@ A test file (built-ins in ``clipfair/associations/``; see the README)::
     attributes: {a: {name: pleasant, words: [love, peace]}, b: {name: unpleasant, words: [war, filth]}}
 
 A set (x, y, a, b) is either words/prompts (``words``, with an optional ``template`` of its
-own) or an image set of the run's dataset, ``images: {attribute: race, values: [White]}``.
+own) or an image set: a slice of the run's dataset, ``images: {attribute: race, values:
+[White]}``, a CSV of image paths, ``images: {csv: my_images.csv, column: file}`` (paths relative
+to the CSV's folder), or a folder of image files, ``images: {folder: my_images/}`` (both
+relative to the test file's folder).
 ``sc_weat`` has ``targets: {x: ...}`` only: one SC-WEAT per word of x against a and b.
 ``markedness`` has ``attribute``, ``unmarked`` (the unmarked prompt), ``template`` and
 ``groups`` (a list of the attribute's values, or a mapping value -> word for the template),
@@ -68,17 +71,28 @@ class ItemSet:
     template: str | None = None
     attribute: str | None = None
     values: tuple[str, ...] = ()
+    #: images outside the run's dataset: a CSV (``column`` holds paths relative to its folder)
+    #: or a folder of image files (absolute paths, resolved against the test file's folder)
+    csv: str | None = None
+    column: str = "file"
+    folder: str | None = None
 
     @property
     def is_images(self) -> bool:
-        return self.attribute is not None
+        return self.attribute is not None or self.is_external
+
+    @property
+    def is_external(self) -> bool:
+        return self.csv is not None or self.folder is not None
 
     def texts(self) -> list[str]:
         return [self.template.format(w) if self.template else w for w in self.words]
 
     def describe(self) -> str:
-        if self.is_images:
+        if self.attribute is not None:
             return f"{self.name} (images: {self.attribute} in {list(self.values)})"
+        if self.is_external:
+            return f"{self.name} (images: {Path(self.csv or self.folder).name})"
         return self.name
 
 
@@ -107,6 +121,11 @@ class AssociationTest:
     @property
     def needs_images(self) -> bool:
         return self.kind == "markedness" or any(s.is_images for s in self.sets)
+
+    @property
+    def needs_dataset_images(self) -> bool:
+        """Whether the test reads the run's dataset images (a slice, or markedness)."""
+        return self.kind == "markedness" or any(s.attribute is not None for s in self.sets)
 
     def texts(self) -> list[str]:
         if self.kind == "markedness":
@@ -159,7 +178,7 @@ def _template(raw: Any, where: str) -> str | None:
     return str(raw)
 
 
-def _parse_set(raw: Any, where: str, default_template: str | None) -> ItemSet:
+def _parse_set(raw: Any, where: str, default_template: str | None, base_dir: Path = Path(".")) -> ItemSet:
     if not isinstance(raw, dict):
         raise _fail(where, "a set must be a mapping with 'name' and 'words' (or 'images')")
     unknown = set(raw) - SET_KEYS
@@ -177,14 +196,34 @@ def _parse_set(raw: Any, where: str, default_template: str | None) -> ItemSet:
     if "template" in raw:
         raise _fail(where, f"set {name!r}: 'template' applies to words, not images")
     img = raw["images"]
-    if not isinstance(img, dict) or set(img) != IMAGE_KEYS:
-        raise _fail(where, f"set {name!r}: 'images' must be {{attribute: <dataset attribute>, values: [..]}} "
-                    "(a folder or CSV of images is not supported)")
-    attr = _scalar(img["attribute"], f"{where} ({name})", "images.attribute", AssociationError)
-    return ItemSet(name, attribute=attr, values=_words(img["values"], f"{where} ({name})", "images.values"))
+    forms = ("{attribute: <dataset attribute>, values: [..]} (a slice of the run's dataset), {csv: <file>, "
+             "column: <path column, default file>} or {folder: <folder of images>}")
+    if not isinstance(img, dict) or set(img) not in (IMAGE_KEYS, {"csv"}, {"csv", "column"}, {"folder"}):
+        raise _fail(where, f"set {name!r}: 'images' must be one of {forms}")
+    w = f"{where} ({name})"
+    if "attribute" in img:
+        attr = _scalar(img["attribute"], w, "images.attribute", AssociationError)
+        return ItemSet(name, attribute=attr, values=_words(img["values"], w, "images.values"))
+    key = "csv" if "csv" in img else "folder"
+    rel = Path(_scalar(img[key], w, f"images.{key}", AssociationError)).expanduser()
+    found = rel if rel.is_absolute() else base_dir / rel
+    if not (found.is_file() if key == "csv" else found.is_dir()):
+        raise _fail(w, f"images.{key} {str(rel)!r}: no such {'file' if key == 'csv' else 'folder'} "
+                    f"(relative paths are read from {base_dir})")
+    if key == "csv":
+        col = _scalar(img.get("column", "file"), w, "images.column", AssociationError)
+        return ItemSet(name, csv=str(found.resolve()), column=col)
+    return ItemSet(name, folder=str(found.resolve()))
 
 
-def _merge(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+ORIGINS = "__origins__"   # (group, slot) -> the folder of the file that defined the set
+
+
+def _own_origins(data: dict[str, Any], folder: Path) -> dict[tuple[str, str], Path]:
+    return {(g, s): folder for g in ("targets", "attributes") if isinstance(data.get(g), dict) for s in data[g]}
+
+
+def _merge(base: dict[str, Any], data: dict[str, Any], folder: Path) -> dict[str, Any]:
     out = {k: v for k, v in base.items() if k not in ("name", "description", "sanity")}
     for k, v in data.items():
         if k == "include":
@@ -193,6 +232,7 @@ def _merge(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
             out[k] = {**out[k], **v}
         else:
             out[k] = v
+    out[ORIGINS] = {**base.get(ORIGINS, {}), **_own_origins(data, folder)}
     return out
 
 
@@ -211,7 +251,7 @@ def _load_raw(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere: 
     if unknown:
         raise _fail(str(path), f"unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
     if "include" not in data:
-        return dict(data)
+        return {**data, ORIGINS: _own_origins(data, path.parent)}
     inc = data["include"]
     if not isinstance(inc, str) or not inc.strip():
         raise _fail(str(path), "'include' must be one association test name or path")
@@ -224,7 +264,7 @@ def _load_raw(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere: 
         else:
             raise AssociationError(str(e).replace("the taxonomy's folder", "the test's folder")) from None
     base = _load_raw(found, (*stack, path), allow_include_anywhere)
-    return _merge(base, data)
+    return _merge(base, data, path.parent)
 
 
 def load_test(spec: str | Path, allow_include_anywhere: bool = False) -> AssociationTest:
@@ -232,6 +272,7 @@ def load_test(spec: str | Path, allow_include_anywhere: bool = False) -> Associa
     path = (_locate(str(spec), builtins=BUILTINS, kind="association test", error=AssociationError)
             if not isinstance(spec, Path) else spec.resolve())
     d = _load_raw(path, allow_include_anywhere=allow_include_anywhere)
+    origins = d.pop(ORIGINS, {})
     where = str(path)
     name = d.get("name")
     if name is None or not str(name).strip():
@@ -289,7 +330,7 @@ def load_test(spec: str | Path, allow_include_anywhere: bool = False) -> Associa
         for s in slots:
             if s not in raw:
                 raise _fail(where, f"{group}.{s} is missing")
-            sets[s] = _parse_set(raw[s], f"{where}: {group}.{s}", tpl)
+            sets[s] = _parse_set(raw[s], f"{where}: {group}.{s}", tpl, origins.get((group, s), path.parent))
     if kind == "sc_weat" and sets["x"].is_images:
         raise _fail(where, "targets.x of an SC-WEAT must be words/prompts (one SC-WEAT per prompt)")
     if kind == "sc_weat" and sets["a"].is_images != sets["b"].is_images:
@@ -361,13 +402,39 @@ def _image_rows(table: pd.DataFrame | None, s: ItemSet, test: AssociationTest) -
     return rows
 
 
+def image_set_dataset(s: ItemSet) -> Any:
+    """The images of a CSV or folder set as a :class:`clipfair.data.FaceDataset` (no attributes)."""
+    import tempfile
+
+    from .data import load_dataset
+    from .data.base import DatasetError
+
+    exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+    try:
+        if s.csv is not None:
+            return load_dataset(name="csv", path=s.csv, image_column=s.column, race_column=None,
+                                gender_column=None, age_column=None)
+        files = sorted(p.name for p in Path(str(s.folder)).iterdir() if p.is_file() and p.suffix.lower() in exts)
+        if not files:
+            raise AssociationError(f"image set {s.name!r}: no image files ({', '.join(sorted(exts))}) in {s.folder}")
+        listing = Path(tempfile.mkdtemp(prefix="clipfair-images-")) / "images.csv"
+        listing.write_text("file\n" + "".join(f'"{f}"\n' for f in files), encoding="utf-8")
+        return load_dataset(name="csv", path=str(listing), root=s.folder, race_column=None, gender_column=None,
+                            age_column=None)
+    except DatasetError as e:
+        raise AssociationError(f"image set {s.name!r}: {e}") from None
+
+
 def run_tests(tests: Sequence[AssociationTest], encode_text: Callable[[list[str]], np.ndarray],
               table: pd.DataFrame | None = None,
               image_embeddings: np.ndarray | Callable[[], np.ndarray] | None = None,
-              settings: Settings | None = None) -> Outcome:
+              settings: Settings | None = None,
+              embed_images: Callable[[ItemSet], np.ndarray] | None = None) -> Outcome:
     """Run association tests. ``encode_text`` maps prompts to embeddings (all texts are
     encoded in one call); ``image_embeddings`` (aligned with ``table``'s rows) may be a
     callable, called only when a test needs images, so text-only tests encode no images.
+    ``embed_images(item_set)``: the embeddings of a CSV / folder image set (e.g. through
+    :func:`image_set_dataset` and the run's image encoder); without it such tests are skipped.
     A test whose image sets the dataset cannot form (no such attribute, fewer than
     ``min_images`` images) is skipped with a warning and listed in ``Outcome.skipped``."""
     st = settings or Settings()
@@ -386,9 +453,19 @@ def run_tests(tests: Sequence[AssociationTest], encode_text: Callable[[list[str]
                                 dtype=np.float64)
         return images
 
+    external: dict[ItemSet, np.ndarray] = {}
+
     def emb(s: ItemSet, test: AssociationTest) -> np.ndarray | str:
         if not s.is_images:
             return T[[tix[t] for t in s.texts()]]
+        if s.is_external:
+            if embed_images is None:
+                return f"image set {s.describe()} needs an image encoder (none was given)"
+            if s not in external:
+                external[s] = np.asarray(embed_images(s), dtype=np.float64)
+            if len(external[s]) < st.min_images:
+                return f"image set {s.describe()} has {len(external[s])} images (fewer than {st.min_images})"
+            return external[s]
         rows = _image_rows(table, s, test)
         if isinstance(rows, str):
             return rows
@@ -430,7 +507,7 @@ def run_tests(tests: Sequence[AssociationTest], encode_text: Callable[[list[str]
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["p_adjusted"] = holm(df["p_value"].to_numpy(float)) if len(df) else []
     mk = pd.concat(mrows, ignore_index=True) if mrows else pd.DataFrame(columns=MARKEDNESS_COLUMNS)
-    return Outcome(df, mk[MARKEDNESS_COLUMNS], skipped, images is not None)
+    return Outcome(df, mk[MARKEDNESS_COLUMNS], skipped, images is not None or bool(external))
 
 
 def _markedness(test: AssociationTest, T: np.ndarray, tix: Mapping[str, int], table: pd.DataFrame | None,

@@ -31,8 +31,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..association_tests import (COLUMNS, MARKEDNESS_COLUMNS, AssociationError, Outcome, load_tests, run_tests,
-                                 settings_from)
+from ..association_tests import (COLUMNS, MARKEDNESS_COLUMNS, AssociationError, Outcome, image_set_dataset,
+                                 load_tests, run_tests, settings_from)
 from .base import Analysis, Needs, RunContext
 from .registry import register_analysis
 
@@ -57,7 +57,7 @@ class AssociationAnalysis(Analysis):
             self._tests_spec = [self._tests_spec]
         self.tests = load_tests(None if self._tests_spec is None else list(self._tests_spec))
         settings_from(options)   # validate the options now (one-line error), again with the run's seed at run
-        uses_images = any(t.needs_images for t in self.tests)
+        uses_images = any(t.needs_dataset_images for t in self.tests)
         # an instance-level declaration: text-only tests ask the run for no image embeddings
         self.needs = Needs(image_embeddings="projected" if uses_images else "none", text=True)
         self.outcome: Outcome | None = None
@@ -66,8 +66,13 @@ class AssociationAnalysis(Analysis):
     def run(self, ctx: RunContext) -> None:
         st = settings_from(self.options, confidence=ctx.confidence, seed=ctx.seed)
         self._out_dir = ctx.out_dir
+
+        def external(s: Any) -> np.ndarray:   # a CSV / folder image set, through the run's image encoder
+            store = ctx.service("image_store")()
+            return ctx.service("embed")(image_set_dataset(s), None, store).embeddings
+
         self.outcome = run_tests(self.tests, ctx.encode_text, ctx.table,
-                                 lambda: ctx.image_embeddings, st)
+                                 lambda: ctx.image_embeddings, st, embed_images=external)
         ctx.info.setdefault("association", {}).update({
             "tests": [t.name for t in self.tests], "variant": st.variant.label,
             "n_permutations": st.n_permutations, "max_exact": st.max_exact, "bootstrap": st.bootstrap,
@@ -298,7 +303,10 @@ def run_association(dataset: Any, model: Any, out_dir: Path | str, options: Mapp
     out = Path(out_dir)
     ctx = _LazyImagesContext(dataset.table.reset_index(drop=True), images, 0, attributes=list(dataset.attributes),
                              orders=dataset.value_orders(), encode_text=TextEmbedder(model, text_store),
-                             confidence=confidence, seed=seed, out_dir=out)
+                             confidence=confidence, seed=seed, out_dir=out, services={
+                                 "image_store": lambda: image_store,
+                                 "embed": lambda ds, encoder=None, store=None: embed_images(
+                                     ds, model if encoder is None else encoder, store, progress=progress)})
     analysis.run(ctx)
     assert analysis.outcome is not None
     paths = write_association(analysis.outcome, out)
