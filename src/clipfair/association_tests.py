@@ -417,10 +417,11 @@ def image_set_dataset(s: ItemSet) -> Any:
         files = sorted(p.name for p in Path(str(s.folder)).iterdir() if p.is_file() and p.suffix.lower() in exts)
         if not files:
             raise AssociationError(f"image set {s.name!r}: no image files ({', '.join(sorted(exts))}) in {s.folder}")
-        listing = Path(tempfile.mkdtemp(prefix="clipfair-images-")) / "images.csv"
-        listing.write_text("file\n" + "".join(f'"{f}"\n' for f in files), encoding="utf-8")
-        return load_dataset(name="csv", path=str(listing), root=s.folder, race_column=None, gender_column=None,
-                            age_column=None)
+        with tempfile.TemporaryDirectory(prefix="clipfair-images-") as tmp:  # the listing is read at load
+            listing = Path(tmp) / "images.csv"
+            pd.DataFrame({"file": files}).to_csv(listing, index=False)
+            return load_dataset(name="csv", path=str(listing), root=s.folder, race_column=None,
+                                gender_column=None, age_column=None)
     except DatasetError as e:
         raise AssociationError(f"image set {s.name!r}: {e}") from None
 
