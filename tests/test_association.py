@@ -319,6 +319,8 @@ def test_include_merges_slots_and_template_applies(tmp_path):
     ("name: t\ntargets: {x: {name: a, words: [p, p]}, y: {name: b, words: [q]}}\n"
      "attributes: {a: {name: c, words: [q]}, b: {name: d, words: [r]}}", "more than once"),
     ("include: t.yaml\nname: t\n", "include cycle"),
+    ("include: images_race_pleasant\nname: t\ntargets: {y: {name: W, images: {attribute: race, values: [White, Indian]}}}",
+     "image sets x and y share race value(s) ['White']"),
     ("name: t\nkind: wat\n", "'kind' must be one of"),
 ])
 def test_bad_definitions_name_file_and_entry(tmp_path, text, needle):

@@ -335,6 +335,12 @@ def load_test(spec: str | Path, allow_include_anywhere: bool = False) -> Associa
         raise _fail(where, "targets.x of an SC-WEAT must be words/prompts (one SC-WEAT per prompt)")
     if kind == "sc_weat" and sets["a"].is_images != sets["b"].is_images:
         raise _fail(where, "attributes a and b of an SC-WEAT must both be words or both be images")
+    for one, two in (("x", "y"), ("a", "b")):
+        s1, s2 = sets.get(one), sets.get(two)
+        if (s1 is not None and s2 is not None and s1.attribute is not None and s1.attribute == s2.attribute
+                and set(s1.values) & set(s2.values)):
+            raise _fail(where, f"image sets {one} and {two} share {s1.attribute} value(s) "
+                        f"{sorted(set(s1.values) & set(s2.values))}: the two sets must not overlap")
     names = [s.name for s in sets.values()]
     if len(set(names)) != len(names):
         raise _fail(where, f"set names must differ, got {names}")

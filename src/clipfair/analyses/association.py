@@ -172,7 +172,9 @@ def forest_plot(df: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     ax.set_yticks(y)
     ax.set_yticklabels([_label(r) + (" (sanity)" if r.sanity else "") for r in d.itertuples()], fontsize=8)
     ax.set_xlabel("effect size d (bootstrap interval over items)")
-    ax.set_xlim(-2.1, 2.1)
+    reach = np.nanmax(np.abs(np.concatenate([d_val, lo, hi]))) if np.isfinite(d_val).any() else 2.0
+    lim = max(2.1, float(reach) + 0.1) if np.isfinite(reach) else 2.1
+    ax.set_xlim(-lim, lim)
     ax.set_title(title or "Association tests: effect size d", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     for side in ("top", "right"):
@@ -196,7 +198,7 @@ def association_sections(outcome: Outcome, out_dir: Path | None) -> list[Any]:
         blocks.append(Text(
             f"Each row tests whether targets X sit closer to attribute words A than targets Y do (WEAT), or a "
             f"single prompt closer to set A than to set B (SC-WEAT), in the model's embedding space. d is the "
-            f"effect size (difference of mean associations over their SD; |d| can reach 2); p is one-sided "
+            f"effect size (difference of mean associations over their SD{'; |d| is below 2' if 'sd=joint' in v else ''}); p is one-sided "
             f"(H1: d > 0) and Holm-adjusted over the {len(a)} rows of this run. Variant: `{v}`. Intervals: "
             f"{conf.split(' (')[0]}, which describes the choice of items, not the model's sampling. "
             "The sanity test (flowers vs insects) is shown first so the scale of d can be read."))
