@@ -218,6 +218,10 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
                           orders=orders, topk=topk, small_n=small_group_n, extra=extra)
         met = add_result_columns(met, table, slices, analysis={a.method or a.name: a.name for a in analyses},
                                  harms=harms(taxonomies))
+        if len(met) and topk:  # the k of top-k rows, from the configured k (the category names it for display)
+            ks = {f"top-{int(k)}": int(k) for k in topk}
+            met["k"] = [ks.get(c) if m == "topk_accuracy" else None for m, c in zip(met["metric"], met["category"])]
+            met["k"] = met["k"].astype("Int64")
         met.attrs["confidence"] = float(confidence)
         conf = confusion(preds, taxonomies, slices, orders)
     skipped = dict(ctx.skipped)
