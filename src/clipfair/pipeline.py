@@ -26,6 +26,7 @@ from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
 from .models import ImageTextModel, Scoring
+from .outputs import write_csv
 from .record import write_json
 from .taxonomy import Taxonomy, check_target
 from .analyses import Analysis, RunContext, build_analysis, get_analysis
@@ -356,7 +357,7 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     if ev.confusion is not None and len(ev.confusion):
         tables.append(("confusion.csv", ev.confusion))
     for name, df in tables:
-        df.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
+        write_csv(df, out / name)
         written.append(out / name)
     ctx = report_context(ev, record, taxonomies, demo)
     analyses = list(ev.analyses) if ev.analyses is not None else [build_analysis("prompt_sensitivity", {})]
