@@ -574,3 +574,18 @@ def test_image_sets_from_a_csv_or_a_folder(tiny_model_dir, fairface_root, tmp_pa
     bad.write_text("include: flowers_insects\nname: b\ntargets: {x: {name: f, images: {folder: nowhere}}}\n")
     with pytest.raises(AssociationError, match="images.folder 'nowhere': no such folder"):
         load_test(bad)
+
+
+def test_text_cells_are_guarded_against_spreadsheet_formulas(tmp_path):
+    from clipfair.analyses.association import write_association
+    from clipfair.outputs import read_csv
+
+    t = tmp_path / "f.yaml"
+    t.write_text("name: f\nkind: sc_weat\ntargets: {x: {name: p, words: ['=HYPERLINK(1)', 'plain']}}\n"
+                 "attributes: {a: {name: a, words: [love, joy]}, b: {name: b, words: [war, pain]}}\n")
+    out = run_tests([load_test(t)], _encoder(), settings=Settings(bootstrap=0))
+    write_association(out, tmp_path / "o")
+    raw = (tmp_path / "o" / "associations.csv").read_text()
+    assert "'=HYPERLINK(1)" in raw and "\n=HYPERLINK" not in raw and ",=HYPERLINK" not in raw
+    back = read_csv(tmp_path / "o" / "associations.csv")
+    assert list(back.target_x) == ["=HYPERLINK(1)", "plain"]

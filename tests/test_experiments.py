@@ -20,7 +20,8 @@ TINY = ["dataset=demo", "model=demo", "progress=false", "dataset.limit=60", "pro
 #: what each experiment must have written (beyond metrics.csv, disparities.csv, report.html, run.json)
 FILES = {"compare_denigration": ["comparison.csv"], "compare_race": ["comparison.csv"],
          "model_card": ["model_card.csv", "model_card.md"], "prompt_sensitivity": ["sensitivity.csv"],
-         "retrieval_bias": ["retrieval.csv", "retrieval.md"]}
+         "retrieval_bias": ["retrieval.csv", "retrieval.md"],
+         "association": ["associations.csv", "markedness.csv", "associations_forest.png"]}
 
 
 def test_every_experiment_is_listed():

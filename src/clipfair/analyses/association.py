@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..association_tests import (COLUMNS, MARKEDNESS_COLUMNS, AssociationError, Outcome, image_set_dataset,
                                  load_tests, run_tests, settings_from)
+from ..outputs import read_csv, write_csv
 from .base import Analysis, Needs, RunContext
 from .registry import register_analysis
 
@@ -249,7 +250,7 @@ def write_association(outcome: Outcome, out_dir: Path | str) -> list[Path]:
             continue
         path = out / f"{name}.csv"
         tmp = path.with_suffix(".csv.tmp")
-        df.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+        write_csv(df, tmp)   # text cells guarded against spreadsheet formulas
         tmp.replace(path)
         written.append(path)
     return written
@@ -337,7 +338,7 @@ def collect_associations(dirs: Sequence[Path | str]) -> pd.DataFrame:
         f = r.path / "associations.csv"
         if r.status != "finished" or not f.is_file():
             continue
-        a = pd.read_csv(f, keep_default_na=False, na_values={c: [""] for c in
+        a = read_csv(f, keep_default_na=False, na_values={c: [""] for c in
                         ("effect_size", "ci_low", "ci_high", "p_value", "p_adjusted", "n_permutations")})
         try:
             rel = str(r.path.resolve().relative_to(base)) or "."
@@ -362,9 +363,9 @@ def collected_outputs(dirs: Sequence[Path | str], out_dir: Path | str) -> tuple[
         return [], []
     out = Path(out_dir)
     long_p, wide_p = out / "collected_associations.csv", out / "collected_associations_d.csv"
-    c.to_csv(long_p, index=False, float_format="%.6g", lineterminator="\n")
+    write_csv(c, long_p)
     piv = d_by_model(c)
-    piv.to_csv(wide_p, float_format="%.6g", lineterminator="\n")
+    write_csv(piv.reset_index(), wide_p)
     cell = {(k, lab): r for lab, sub in c.groupby("label", sort=False)
             for k, r in zip(_keys(sub), sub.itertuples())}
     rows = []
