@@ -439,7 +439,9 @@ def test_collect_gives_d_per_model(tmp_path):
         (run / "run.json").write_text(json.dumps({"model": {"name_or_path": model}, "dataset": {"name": "d"},
                                                   "outputs": ["predictions.parquet", "metrics.csv",
                                                               "disparities.csv", "associations.csv"]}))
-    c = collect_associations([tmp_path])
+    from clipfair.collect import collect
+
+    c = collect_associations(collect([tmp_path])[1], tmp_path.resolve())
     assert len(c) == 4
     piv = d_by_model(c)
     assert piv.shape == (2, 2) and list(piv.index) == ["flowers_insects", "career_family"]
@@ -458,7 +460,7 @@ def test_collect_gives_d_per_model(tmp_path):
 
 
 def test_run_association_on_a_tiny_model_encodes_images_only_when_needed(tiny_model_dir, fairface_root, tmp_path):
-    from clipfair.analyses.association import run_association
+    from clipfair.association_run import run_association
     from clipfair.data import load_dataset
     from clipfair.models import load_model
 
@@ -534,7 +536,7 @@ def test_image_sets_from_a_csv_or_a_folder(tiny_model_dir, fairface_root, tmp_pa
     run's model; d equals a WEAT on those images' embeddings computed directly."""
     import shutil
 
-    from clipfair.analyses.association import run_association
+    from clipfair.association_run import run_association
     from clipfair.data import load_dataset
     from clipfair.embed import embed_images
     from clipfair.models import load_model

@@ -1,5 +1,7 @@
 """Association test definitions (YAML data) and a runner that needs no CLI.
 
+Layer: analyses.
+
 A test file (built-ins in ``clipfair/associations/``; see the README)::
 
     name: flowers_insects
@@ -31,6 +33,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -41,7 +44,8 @@ import pandas as pd
 from . import weat as W
 from .registry import Registry
 from .stats import holm
-from .taxonomy import TaxonomyError, _check_include, _locate, _read_yaml, _scalar, check_template
+from .taxonomy import (ALLOW_INCLUDE_ENV, TaxonomyError, builtin_dir as taxonomy_dir, check_template, locate_file,
+                       read_yaml_mapping, scalar_text)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +166,7 @@ def _words(raw: Any, where: str, key: str) -> tuple[str, ...]:
         raw = [raw]
     if not isinstance(raw, list) or not raw:
         raise _fail(where, f"{key!r} must be a non-empty list of strings")
-    out = [_scalar(w, where, f"{key}[{i}]", AssociationError).strip() for i, w in enumerate(raw)]
+    out = [scalar_text(w, where, f"{key}[{i}]", AssociationError).strip() for i, w in enumerate(raw)]
     if any(not w for w in out):
         raise _fail(where, f"{key!r} has an empty entry")
     dup = sorted({w for w in out if out.count(w) > 1})
@@ -186,7 +190,7 @@ def _parse_set(raw: Any, where: str, default_template: str | None, base_dir: Pat
         raise _fail(where, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(SET_KEYS)}")
     if "name" not in raw or raw["name"] is None or not str(raw["name"]).strip():
         raise _fail(where, "'name' is required")
-    name = _scalar(raw["name"], where, "name", AssociationError)
+    name = scalar_text(raw["name"], where, "name", AssociationError)
     has_w, has_i = "words" in raw, "images" in raw
     if has_w == has_i:
         raise _fail(where, f"set {name!r} needs exactly one of 'words' or 'images'")
@@ -202,16 +206,16 @@ def _parse_set(raw: Any, where: str, default_template: str | None, base_dir: Pat
         raise _fail(where, f"set {name!r}: 'images' must be one of {forms}")
     w = f"{where} ({name})"
     if "attribute" in img:
-        attr = _scalar(img["attribute"], w, "images.attribute", AssociationError)
+        attr = scalar_text(img["attribute"], w, "images.attribute", AssociationError)
         return ItemSet(name, attribute=attr, values=_words(img["values"], w, "images.values"))
     key = "csv" if "csv" in img else "folder"
-    rel = Path(_scalar(img[key], w, f"images.{key}", AssociationError)).expanduser()
+    rel = Path(scalar_text(img[key], w, f"images.{key}", AssociationError)).expanduser()
     found = rel if rel.is_absolute() else base_dir / rel
     if not (found.is_file() if key == "csv" else found.is_dir()):
         raise _fail(w, f"images.{key} {str(rel)!r}: no such {'file' if key == 'csv' else 'folder'} "
                     f"(relative paths are read from {base_dir})")
     if key == "csv":
-        col = _scalar(img.get("column", "file"), w, "images.column", AssociationError)
+        col = scalar_text(img.get("column", "file"), w, "images.column", AssociationError)
         return ItemSet(name, csv=str(found.resolve()), column=col)
     return ItemSet(name, folder=str(found.resolve()))
 
@@ -236,16 +240,28 @@ def _merge(base: dict[str, Any], data: dict[str, Any], folder: Path) -> dict[str
     return out
 
 
-def _inside_builtins(p: Path) -> bool:
-    root = builtin_dir().resolve()
-    return root in p.resolve().parents
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _check_include(found: Path, spec: str, including: Path, top: Path, allow_anywhere: bool) -> None:
+    """As taxonomies: an include stays in the top file's folder tree or the built-ins (association
+    tests' or taxonomies'), unless allowed (argument or CLIPFAIR_ALLOW_INCLUDE_ANYWHERE=1)."""
+    if allow_anywhere or os.environ.get(ALLOW_INCLUDE_ENV, "").lower() in ("1", "true", "yes"):
+        return
+    real = found.resolve()
+    if any(_inside(real, r.resolve()) for r in (builtin_dir(), taxonomy_dir(), top.resolve().parent)):
+        return
+    raise AssociationError(
+        f"{including}: include {spec!r} is outside {top.resolve().parent} (the test's folder) and not a "
+        f"built-in; copy the file there, or set {ALLOW_INCLUDE_ENV}=1 to allow it")
 
 
 def _load_raw(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere: bool = False) -> dict[str, Any]:
     if path in stack:
         chain = " -> ".join(str(p) for p in (*stack, path))
         raise AssociationError(f"{path}: include cycle ({chain})")
-    data = _read_yaml(path, kind="association test", error=AssociationError,
+    data = read_yaml_mapping(path, kind="association test", error=AssociationError,
                       expect="name, targets, attributes")
     unknown = set(data) - TOP_KEYS
     if unknown:
@@ -255,21 +271,15 @@ def _load_raw(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere: 
     inc = data["include"]
     if not isinstance(inc, str) or not inc.strip():
         raise _fail(str(path), "'include' must be one association test name or path")
-    found = _locate(inc, path.parent, builtins=BUILTINS, kind="association test", error=AssociationError)
-    try:
-        _check_include(found, inc, path, (stack or (path,))[0], allow_include_anywhere)
-    except TaxonomyError as e:  # taxonomy's rule (the built-ins or the top file's folder tree)
-        if _inside_builtins(found):
-            pass
-        else:
-            raise AssociationError(str(e).replace("the taxonomy's folder", "the test's folder")) from None
+    found = locate_file(inc, path.parent, builtins=BUILTINS, kind="association test", error=AssociationError)
+    _check_include(found, inc, path, (stack or (path,))[0], allow_include_anywhere)
     base = _load_raw(found, (*stack, path), allow_include_anywhere)
     return _merge(base, data, path.parent)
 
 
 def load_test(spec: str | Path, allow_include_anywhere: bool = False) -> AssociationTest:
     """A built-in test by name or a user's YAML file by path; errors name the file and entry."""
-    path = (_locate(str(spec), builtins=BUILTINS, kind="association test", error=AssociationError)
+    path = (locate_file(str(spec), builtins=BUILTINS, kind="association test", error=AssociationError)
             if not isinstance(spec, Path) else spec.resolve())
     d = _load_raw(path, allow_include_anywhere=allow_include_anywhere)
     origins = d.pop(ORIGINS, {})
@@ -277,7 +287,7 @@ def load_test(spec: str | Path, allow_include_anywhere: bool = False) -> Associa
     name = d.get("name")
     if name is None or not str(name).strip():
         raise _fail(where, "'name' is required and must be a non-empty string")
-    name = _scalar(name, where, "name", AssociationError)
+    name = scalar_text(name, where, "name", AssociationError)
     where = f"{path} ({name})"
     kind = d.get("kind", "weat")
     if kind not in KINDS:
@@ -285,7 +295,7 @@ def load_test(spec: str | Path, allow_include_anywhere: bool = False) -> Associa
     sanity = d.get("sanity", False)
     if not isinstance(sanity, bool):
         raise _fail(where, "'sanity' must be true or false")
-    text = {k: "" if d.get(k) is None else _scalar(d[k], where, k, AssociationError)
+    text = {k: "" if d.get(k) is None else scalar_text(d[k], where, k, AssociationError)
             for k in ("description", "source")}
     tpl = _template(d.get("template"), where)
     common = dict(name=name, kind=kind, description=text["description"], source=text["source"],
@@ -294,15 +304,15 @@ def load_test(spec: str | Path, allow_include_anywhere: bool = False) -> Associa
         for k in ("targets", "attributes"):
             if k in d:
                 raise _fail(where, f"a markedness test has no {k!r}; give attribute, unmarked, template, groups")
-        attr = _scalar(d.get("attribute"), where, "attribute", AssociationError)
-        unmarked = _scalar(d.get("unmarked", "a photo of a person"), where, "unmarked", AssociationError)
+        attr = scalar_text(d.get("attribute"), where, "attribute", AssociationError)
+        unmarked = scalar_text(d.get("unmarked", "a photo of a person"), where, "unmarked", AssociationError)
         raw = d.get("groups")
         if isinstance(raw, list):
             vals = _words(raw, where, "groups")
             pairs = [(v, v) for v in vals]
         elif isinstance(raw, dict) and raw:
-            pairs = [(_scalar(k, where, "groups", AssociationError),
-                      _scalar(v, where, f"groups[{k}]", AssociationError)) for k, v in raw.items()]
+            pairs = [(scalar_text(k, where, "groups", AssociationError),
+                      scalar_text(v, where, f"groups[{k}]", AssociationError)) for k, v in raw.items()]
         else:
             raise _fail(where, "'groups' must be a non-empty list of the attribute's values or a mapping "
                         "value -> prompt word")

@@ -375,7 +375,7 @@ def write_collected(dirs: Sequence[Path | str], out_dir: Path | str | None = Non
     doc, plots = build_document(table, runs, out, base=base, **options)
     from .analyses.association import collected_outputs  # runs that wrote associations.csv
 
-    extra, sections = collected_outputs(dirs, out)
+    extra, sections = collected_outputs(runs, base, out)
     doc.sections.extend(sections)
     (out / "collected.md").write_text(to_markdown(doc))
     (out / "collected.html").write_text(to_html(doc, base_dir=out))

@@ -1,5 +1,7 @@
 """Association statistics: WEAT, SC-WEAT and markedness on embeddings (numpy/scipy only, no I/O).
 
+Layer: stats.
+
 Notation (Caliskan et al. 2017): target sets X, Y and attribute sets A, B of unit vectors;
 ``s(w, A, B) = mean_a cos(w, a) - mean_b cos(w, b)`` is one target item's association.
 

@@ -1,4 +1,6 @@
-"""Association tests as an analysis (layer: analyses): WEAT, SC-WEAT and markedness.
+"""Association tests as an analysis: WEAT, SC-WEAT and markedness.
+
+Layer: analyses.
 
 Config (``analyses: {association: {...}}``; ``experiment=association`` runs the built-ins)::
 
@@ -180,9 +182,9 @@ def forest_plot(df: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     ax.grid(axis="x", alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png", bbox_inches="tight", metadata={"Software": None})
+    from ..figures import save_figure
+
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -256,83 +258,14 @@ def write_association(outcome: Outcome, out_dir: Path | str) -> list[Path]:
     return written
 
 
-# ---------------------------------------------------------------------------- a run without the CLI
-
-class _LazyImagesContext(RunContext):
-    """A RunContext whose image embeddings are computed (or read from the cache) on first use."""
-
-    def __init__(self, table: pd.DataFrame, compute: Any, dim: int, **kw: Any) -> None:
-        self._compute, self._images, self._dim = compute, None, dim
-        super().__init__(table, np.zeros((0, dim), np.float32), **kw)
-
-    @property
-    def image_embeddings(self) -> np.ndarray:
-        if self._images is None:
-            self._images = self._compute()
-        return self._images
-
-    @image_embeddings.setter
-    def image_embeddings(self, value: np.ndarray) -> None:
-        if len(value):
-            self._images = value
-
-    @property
-    def images_computed(self) -> bool:
-        return self._images is not None
-
-
-def run_association(dataset: Any, model: Any, out_dir: Path | str, options: Mapping[str, Any] | None = None, *,
-                    cache_dir: Path | str | None = None, confidence: float = 0.95, seed: int = 0,
-                    progress: bool = False) -> dict[str, Any]:
-    """Run the association analysis on a dataset and model without the CLI: text embeddings
-    through the model's cached text embedder, image embeddings encoded (or read from the cache)
-    only when a test uses images. Writes ``associations.csv``, ``markedness.csv`` (when any)
-    and ``associations.md`` (with the forest plot) into ``out_dir``; returns
-    ``{"paths", "outcome", "images_encoded", "info"}``."""
-    from ..document import Document, to_markdown
-    from ..embed import TextEmbedder, embed_images, open_stores
-
-    analysis = AssociationAnalysis(**dict(options or {}))
-    image_store, text_store = open_stores(model, cache_dir)
-    emb_holder: dict[str, Any] = {}
-
-    def images() -> np.ndarray:
-        emb = embed_images(dataset, model, image_store, progress=progress)
-        emb_holder["emb"] = emb
-        if len(emb.indices) != len(dataset.table):
-            raise AssociationError(f"{len(dataset.table) - len(emb.indices)} images could not be encoded; "
-                                   "association tests need every image of the table")
-        return emb.embeddings
-    out = Path(out_dir)
-    ctx = _LazyImagesContext(dataset.table.reset_index(drop=True), images, 0, attributes=list(dataset.attributes),
-                             orders=dataset.value_orders(), encode_text=TextEmbedder(model, text_store),
-                             confidence=confidence, seed=seed, out_dir=out, services={
-                                 "image_store": lambda: image_store,
-                                 "embed": lambda ds, encoder=None, store=None: embed_images(
-                                     ds, model if encoder is None else encoder, store, progress=progress)})
-    analysis.run(ctx)
-    assert analysis.outcome is not None
-    paths = write_association(analysis.outcome, out)
-    md = out / "associations.md"
-    md.write_text(to_markdown(Document("clipfair association tests", analysis.report_sections(out))),
-                  encoding="utf-8")
-    paths.append(md)
-    if (out / FOREST_PNG).is_file():
-        paths.append(out / FOREST_PNG)
-    return {"paths": paths, "outcome": analysis.outcome, "images_encoded": ctx.images_computed,
-            "info": ctx.info.get("association", {})}
-
-
 # ---------------------------------------------------------------------------- collect
 
-def collect_associations(dirs: Sequence[Path | str]) -> pd.DataFrame:
-    """The ``associations.csv`` of every finished run under ``dirs`` in one long table, each row
-    labelled by its run (``run``, ``label``, ``model``, ``dataset``, as ``clipfair collect`` labels
-    runs). Pivot it with :func:`d_by_model` for one table of d per model."""
-    from ..collect import collect
-
-    _, runs = collect(dirs)
-    base = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
+def collect_associations(runs: Sequence[Any], base: Path | str) -> pd.DataFrame:
+    """The ``associations.csv`` of every finished run in one long table, each row labelled by
+    its run (``run``, ``label``, ``model``, ``dataset``). ``runs``: ``clipfair collect``'s run
+    folders (:func:`clipfair.collect.collect`; each with path, status, label, model, dataset);
+    ``base``: the folder run paths are shown relative to. Pivot with :func:`d_by_model`."""
+    base = Path(base)
     frames = []
     for r in runs:
         f = r.path / "associations.csv"
@@ -351,14 +284,14 @@ def collect_associations(dirs: Sequence[Path | str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def collected_outputs(dirs: Sequence[Path | str], out_dir: Path | str) -> tuple[list[Path], list[Any]]:
+def collected_outputs(runs: Sequence[Any], base: Path | str, out_dir: Path | str) -> tuple[list[Path], list[Any]]:
     """For ``clipfair collect``: when any finished run wrote ``associations.csv``, write
     ``collected_associations.csv`` (every row, labelled by run) and
     ``collected_associations_d.csv`` (tests x runs of d) into ``out_dir`` and return them with a
     report section; else nothing."""
     from ..document import Section, Table, Text
 
-    c = collect_associations(dirs)
+    c = collect_associations(runs, base)
     if c.empty:
         return [], []
     out = Path(out_dir)
@@ -399,4 +332,4 @@ def d_by_model(collected: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = ["AssociationAnalysis", "AssociationError", "association_sections", "collect_associations", "collected_outputs",
-           "d_by_model", "forest_order", "forest_plot", "run_association", "write_association", "MARKEDNESS_COLUMNS", "FOREST_PNG"]
+           "d_by_model", "forest_order", "forest_plot", "write_association", "MARKEDNESS_COLUMNS", "FOREST_PNG"]
