@@ -299,7 +299,9 @@ def _fake_run(folder: Path, model: str, overrides: list[str], metrics: pd.DataFr
     (folder / "run.json").write_text(json.dumps({
         "overrides": overrides, "model": {"name_or_path": model}, "demo": False,
         "dataset": {"name": "fairface", "source": {"split": "val"}}, "counts": {"images_evaluated": 100},
-        "hydra": {"job_num": job, "choices": {"model": "hf"}}}))
+        "hydra": {"job_num": job, "choices": {"model": "hf"}},
+        # run.json records each taxonomy's finding categories (issue 21); collect ranks rates of those only
+        "findings": {"clip_denigration": ["non_human", "crime_related"]}}))
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
 

@@ -43,7 +43,8 @@ class Text:
 
 @dataclass
 class Note:
-    """A call-out paragraph (Markdown block quote); ``kind`` is ``info`` or ``warning``."""
+    """A call-out paragraph (Markdown block quote); ``kind`` is ``info``, ``warning`` or ``danger``
+    (a red banner: the model does not work)."""
 
     text: str
     kind: str = "info"
@@ -127,7 +128,10 @@ def _md_blocks(blocks: Sequence[Block], level: int, out: list[str]) -> None:
         elif isinstance(b, Text):
             out += [b.text, ""]
         elif isinstance(b, Note):
-            prefix = "**Warning:** " if b.kind == "warning" else ""
+            prefix = {"warning": "**Warning:** ", "danger": "🛑 **"}.get(b.kind, "")
+            if b.kind == "danger":
+                out += [f"> {prefix}{b.text}**", ""]
+                continue
             out += ["> " + line if line else ">" for line in (prefix + b.text).split("\n")]
             out.append("")
         elif isinstance(b, Bullets):
@@ -257,6 +261,7 @@ h3{font-size:1.1rem;margin-top:1.6rem}h4,h5,h6{font-size:1rem}
 code{background:#edf2f7;padding:0 .25rem;border-radius:3px;font-size:.9em}
 .note{border-left:4px solid #4c72b0;background:#f0f5ff;padding:.5rem .9rem;margin:.8rem 0}
 .note.warning{border-color:#c44e52;background:#fff5f5}
+.note.danger{border:2px solid #b00020;background:#b00020;color:#fff;font-weight:600;font-size:1.05rem}
 .tablewrap{overflow-x:auto;margin:.6rem 0 1rem}
 table{border-collapse:collapse;font-size:.88rem}
 th,td{border:1px solid #e2e8f0;padding:.25rem .55rem;vertical-align:top}

@@ -25,6 +25,8 @@ from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
 from .models import ImageTextModel, Scoring
 from .record import write_json
+from .sanity import annotate_findings, chance_gates
+from .sanity import verdict as sanity_verdict
 from .taxonomy import Taxonomy, check_target
 from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
 
@@ -185,6 +187,12 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
         met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n, disparity_correction,
                           orders=orders, topk=topk, small_n=small_group_n)
         conf = confusion(preds, taxonomies, slices, orders)
+        # sanity gates before any finding: accuracy vs chance per target taxonomy, random weights
+        n_cls = {t.name: len(t.classes) for t in taxonomies if t.target and t.target in dataset.attributes}
+        info["sanity"] = sanity_verdict(chance_gates(preds, n_cls, confidence),
+                                        (getattr(model, "info", None) or {}).get("random_weights"))
+        info["findings"] = {t.name: list(t.findings) for t in taxonomies}
+        disp = annotate_findings(disp, info["findings"], info["sanity"])
     for k, v in emb.skipped.items():
         skipped[k] = skipped.get(k, 0) + v
     counts = {"images_in_dataset": len(dataset), "images_evaluated": len(emb.indices),
@@ -334,7 +342,8 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
     return ReportContext(
         title=f"clipfair results: {label}" + (f" on {data.get('name')}" if data.get("name") else ""),
         model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),
-        harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target})
+        harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target},
+        sanity=ev.info.get("sanity") or {})
 
 
 def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Path,

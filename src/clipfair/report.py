@@ -70,6 +70,8 @@ class ReportContext:
     skipped: Mapping[str, int] = field(default_factory=dict)
     harms: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
     n_classes: Mapping[str, int] = field(default_factory=dict)
+    #: run.json's ``sanity`` record (:func:`clipfair.sanity.verdict`): its banner leads every document
+    sanity: Mapping = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -320,6 +322,8 @@ def plot_category_rates(metrics: pd.DataFrame, taxonomy: str, slice: str, path,
 def header_blocks(ctx: ReportContext) -> list[Block]:
     """The top of a run's documents: demo banner, disclaimer, skipped items, the run table."""
     blocks: list[Block] = []
+    if (ctx.sanity or {}).get("banner"):
+        blocks.append(Note(ctx.sanity["banner"], kind="danger"))
     if ctx.demo:
         blocks.append(Note(DEMO_BANNER, kind="warning"))
     if ctx.disclaimer:
@@ -347,13 +351,26 @@ def _finding_text(r) -> str:
 
 
 def _distinct_findings(sig: pd.DataFrame) -> pd.DataFrame:
-    """Significant rows, largest first, without repeats: a slice's group-vs-overall row when
-    its worst-vs-best (or highest-vs-lowest) row is already a finding, and the mirror image
-    of a finding (the same two groups and size in a complementary category, e.g. human and
-    non_human of a two-way split)."""
+    """Findings in reading order, without repeats.
+
+    Order: rates of the categories a taxonomy declares as a finding's harm first (what the audit
+    is about), then accuracies; within each, by how sure the difference is at least as large (the
+    end of the adjusted interval nearest 0), the first row of each taxonomy x method x metric x
+    category before any second one (one headline per "what"). Left out: a slice's
+    group-vs-overall row when its worst-vs-best (or highest-vs-lowest) row is already a finding,
+    and the mirror image of a finding (the same two groups and size in a complementary
+    category)."""
+    from .analyses.specs import metric_spec
+
     if sig.empty:
         return sig
-    sig = sig.reindex(sig["difference"].abs().sort_values(ascending=False, kind="stable").index)
+    lo = sig["adj_ci_low"].astype(float) if "adj_ci_low" in sig.columns else sig["difference"].astype(float)
+    hi = sig["adj_ci_high"].astype(float) if "adj_ci_high" in sig.columns else sig["difference"].astype(float)
+    sure = np.minimum(lo.abs(), hi.abs()).fillna(sig["difference"].abs())
+    tier = [0 if (metric_spec(str(m)) is not None and metric_spec(str(m)).direction_from_harm) else 1
+            for m in sig["metric"]]
+    sig = sig.assign(_tier=tier, _sure=sure.to_numpy(), _size=sig["difference"].abs().to_numpy())
+    sig = sig.sort_values(["_tier", "_sure", "_size"], ascending=[True, False, False], kind="stable")
     key = ["taxonomy", "method", "metric", "category", "slice"]
     ext = {tuple(k) for k in sig.loc[sig["comparison"] != TO_OVERALL, key].itertuples(index=False, name=None)}
     keep, seen = [], set()
@@ -366,26 +383,68 @@ def _distinct_findings(sig: pd.DataFrame) -> pd.DataFrame:
             continue
         seen.add(mirror)
         keep.append(i)
-    return sig.loc[keep]
+    out = sig.loc[keep]
+    what = out[["taxonomy", "method", "metric", "category"]].astype(str).agg("|".join, axis=1)
+    first = ~what.duplicated()
+    out = pd.concat([out[first.to_numpy()], out[~first.to_numpy()]])
+    return out.drop(columns=["_tier", "_sure", "_size"])
 
 
-def _findings_section(disp: pd.DataFrame) -> Section:
+def sanity_section(sanity: Mapping | None) -> Section | None:
+    """"Does the model work?": overall accuracy per target taxonomy and method against chance."""
+    from .sanity import CHANCE_RULE
+
+    gates = list((sanity or {}).get("gates") or [])
+    rw = (sanity or {}).get("random_weights")
+    if not gates and not rw:
+        return None
+    blocks: list[Block] = []
+    if rw:
+        blocks.append(Note(f"Randomly initialised weights: {rw}.", kind="warning"))
+    if gates:
+        lvl = float(gates[0].get("adjusted_level", 0.95))
+        blocks.append(Text(f"Overall accuracy per target taxonomy [Wilson interval at the Bonferroni-adjusted level "
+                           f"{100 * lvl:.4g}% over the {len(gates)} gate(s)] against chance; {CHANCE_RULE}. A model "
+                           "works on a taxonomy when the interval's lower end is above chance; otherwise its "
+                           "differences between groups are noise, not findings."))
+        blocks.append(Table(["taxonomy", "method", "n", "accuracy [adjusted CI]", "chance", "works?"],
+                            [[g["taxonomy"], g["method"], str(int(g["n"])),
+                              f"{_pct(g['accuracy'])} [{_pct_bare(g['adj_ci_low'])}, {_pct_bare(g['adj_ci_high'])}]",
+                              f"{_pct(g['chance'])} ({'always ' + str(g['majority_class']) if g['majority_share'] >= 1.0 / g['n_classes'] else '1/' + str(g['n_classes'])})",
+                              "yes" if g["above_chance"] and not rw else "**NO: at chance**" if not g["above_chance"]
+                              else "**NO: random weights**"]
+                             for g in gates], align="llrrrl"))
+    return Section("Does the model work?", blocks)
+
+
+def _findings_section(disp: pd.DataFrame, ctx: ReportContext | None = None) -> Section:
+    from .sanity import AT_CHANCE_NOTE, finding_rows, noise_keys
+
     conf = _confidence(disp) or 0.95
     corr = {"holm": "Holm-Bonferroni", "bh": "Benjamini-Hochberg"}.get(disp.attrs.get("correction", "holm"),
                                                                       disp.attrs.get("correction", "holm"))
     level = disp.attrs.get("adjusted_confidence")
     tested = disp[disp["p_value"].notna()] if len(disp) else disp
-    sig = disp[disp["significant"].astype(bool)] if len(disp) else disp
     blocks: list[Block] = [Text(
-        f"Differences between groups whose multiplicity-adjusted interval excludes 0, largest first "
-        f"(of {len(tested)} comparisons in `disparities.csv`: worst vs best group or highest vs lowest, and "
-        f"the group farthest from overall; p-values adjusted with {corr} over the whole table"
+        f"Candidate findings: differences between groups whose multiplicity-adjusted interval excludes 0, on a "
+        f"metric with a declared direction (accuracies, and the rates of the categories each taxonomy declares as "
+        f"the harm of a finding), largest first (of {len(tested)} comparisons in `disparities.csv`: worst vs best "
+        f"group or highest vs lowest, and the group farthest from the rest of the images (\"vs overall\"); "
+        f"p-values adjusted with {corr} over the whole table"
         + (f", intervals at the adjusted level {100 * level:.4g}%" if level else "") + "). "
         f"Groups smaller than {disp.attrs.get('min_n', 'the minimum')} images are not compared. "
-        "A category without a declared direction is described as highest/lowest, never worst/best. "
+        "Other significant rows (a category without a declared direction, or one a taxonomy routes on purpose) are "
+        "described in the tables below, never findings. "
         "Cannot show: causes, differences among groups too small to compare, or whether the dataset's "
         "labels are right.")]
-    sig = _distinct_findings(sig)
+    everything, failed = noise_keys((ctx.sanity if ctx else None) or {})
+    if everything:
+        blocks.append(Note(f"No findings: {AT_CHANCE_NOTE} (see \"Does the model work?\").", kind="warning"))
+        return Section("Key findings", blocks)
+    if failed:
+        blocks.append(Note("Left out, " + AT_CHANCE_NOTE + ": " + ", ".join(f"{t} ({m})" for t, m in sorted(failed))
+                           + ".", kind="warning"))
+    sig = _distinct_findings(finding_rows(disp))
     if sig.empty:
         blocks.append(Note(f"No difference between groups is significant at {_num(100 * conf)}% after adjustment. "
                            "That is not evidence that the groups are treated alike: small groups give wide intervals."))
@@ -393,7 +452,7 @@ def _findings_section(disp: pd.DataFrame) -> Section:
         blocks.append(Bullets([_finding_text(r) for r in sig.head(TOP_FINDINGS).itertuples(index=False)],
                               ordered=True))
         if len(sig) > TOP_FINDINGS:
-            blocks.append(Text(f"{len(sig) - TOP_FINDINGS} more significant differences in `disparities.csv`."))
+            blocks.append(Text(f"{len(sig) - TOP_FINDINGS} more findings in `disparities.csv` (column `finding`)."))
     return Section("Key findings", blocks)
 
 
@@ -560,8 +619,11 @@ def summary_document(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: Repo
     d.attrs = dict(getattr(disparities, "attrs", {}))
     images = images or {}
     sections: list[Section] = []
+    gate = sanity_section(ctx.sanity)
+    if gate is not None:
+        sections.append(gate)
     if len(d):
-        sections.append(_findings_section(d))
+        sections.append(_findings_section(d, ctx))
     sections += _accuracy_sections(m, images, ctx)
     sections += _rate_sections(m, images, ctx)
     sections += _disparity_sections(d)

@@ -170,11 +170,12 @@ def _fingerprint(model_cfg: Any, model: torch.nn.Module) -> str:
 @MODELS.register("open_clip")
 def load_open_clip(name: str | None = None, pretrained: str | None = None, device: str = "auto",
                    dtype: str = "auto", batch_size: int = 64, config_file: str | None = None,
-                   cache_dir: str | None = None) -> OpenClipModel:
+                   cache_dir: str | None = None, allow_random: bool = False) -> OpenClipModel:
     """Load an open_clip model: a built-in architecture ``name`` with ``pretrained`` weights (a tag
     such as ``laion2b_s34b_b79k``, or a local weights file), ``hf-hub:org/repo``, or
     ``local-dir:/folder``. ``config_file``: a model config JSON to register first (a custom
-    architecture)."""
+    architecture). A built-in architecture without ``pretrained`` has random weights: an error
+    unless ``allow_random`` (then recorded as ``random_weights`` in run.json)."""
     if not name:
         raise ModelError("model.loader=open_clip needs model.name (e.g. ViT-B-32 with model.pretrained="
                          "laion2b_s34b_b79k, or hf-hub:org/repo, or local-dir:/folder)")
@@ -197,6 +198,13 @@ def load_open_clip(name: str | None = None, pretrained: str | None = None, devic
     if pretrained and Path(pretrained).expanduser().exists() and Path(pretrained).expanduser().is_dir():
         raise ModelError(f"model.pretrained {pretrained} is a folder; give a weights file or a tag "
                          f"(open_clip.list_pretrained_tags_by_model({name!r}))")
+    random_weights = None
+    if not pretrained and not name.startswith(("hf-hub:", _LOCAL_DIR)):
+        random_weights = f"open_clip: model.pretrained=null gives {name} randomly initialised weights"
+        if not allow_random:
+            raise ModelError(f"model.pretrained is not set: open_clip's {name} would have random weights; give a "
+                             f"weights tag (open_clip.list_pretrained_tags_by_model({name!r})) or a weights file, or "
+                             "set model.allow_random=true to audit an untrained model on purpose")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     try:
@@ -219,5 +227,7 @@ def load_open_clip(name: str | None = None, pretrained: str | None = None, devic
         model_cfg = open_clip.get_model_config(name) if not name.startswith("hf-hub:") else name
     info = {"loader": "open_clip", "class": type(model).__name__, "open_clip": open_clip.__version__,
             "pretrained": pretrained, "tokenizer": type(tokenizer).__name__}
+    if random_weights:
+        info["random_weights"] = random_weights
     return OpenClipModel(model, tokenizer, transform, shown, dev, dt, text_dtype, batch_size,
                          _fingerprint(model_cfg, model), info, embed_dim)
