@@ -232,9 +232,11 @@ def test_label_rate_rows_of_a_category_less_taxonomy_are_rendered(hand_metrics):
     extra = pd.DataFrame([_row("open", "zero_shot", "label_rate", lab, "race", g, 10, k, 0.1, 0.9)
                           for g, ks in (("White", (6, 4)), ("Black", (2, 8))) for lab, k in zip(("doctor", "nurse"), ks)])
     m = pd.concat([hand_metrics, extra], ignore_index=True)
-    md = summary_markdown(m, disparities(m, min_n=1))
+    # issue 21 (defect 6): a label is headed by its category and that category's direction, not "(neutral)"
+    md = summary_markdown(m, disparities(m, min_n=1),
+                          _ctx(label_categories={"open": {"doctor": "occupation", "nurse": "occupation"}}))
     sec = _section(md, "Predicted labels")
-    assert "| slice | group | n | doctor (neutral) | nurse (neutral) |" in sec
+    assert "| slice | group | n | doctor (occupation, neutral) | nurse (occupation, neutral) |" in sec
     assert _md_rows(sec, ("race", "Black"))[0][3] == "20.0% [10.0–90.0]"
 
 

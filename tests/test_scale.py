@@ -352,7 +352,8 @@ def test_collect_labels_finished_runs_and_lists_the_others(tmp_path):
     assert "data:image/png;base64," in html and "Largest disparity per run" in html
 
     # largest disparity: an independent pandas computation over groups of n >= 30
-    disp = largest_disparities(table, min_n=30).set_index("label")
+    declared = {lab: {"clip_denigration": ["non_human"]} for lab in table["label"].unique()}  # as run.json says
+    disp = largest_disparities(table, min_n=30, findings=declared).set_index("label")
     t = table[(table["slice"] != "overall") & (table["n"] >= 30)]
     for label, run in t.groupby("label"):
         spans = run.groupby(["taxonomy", "metric", "category", "slice"])["value"].agg(lambda v: v.max() - v.min())

@@ -198,7 +198,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                               if subset.get("n") is not None else f"all {len(dataset)} images"),
                 templates={t.name: list(t.templates) for t in taxonomies}, demo=demo,
                 linear_probe=ev.info.get("linear_probe") or {}, precision=ev.info.get("precision") or {},
-                extra_choices={"model dtype": str(model.dtype).replace("torch.", "")})
+                extra_choices={"model dtype": str(model.dtype).replace("torch.", "")},
+                banner=str((ev.info.get("sanity") or {}).get("banner") or ""))
             _, model_card_sections = write_model_card(ev.predictions, ev.metrics, card_opts, stage, context)
         write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices,
                       model_card_sections=model_card_sections)

@@ -426,6 +426,8 @@ class CardContext:
     linear_probe: dict[str, Any] = field(default_factory=dict)  # run.json's linear_probe entry
     precision: dict[str, Any] = field(default_factory=dict)  # run.json's precision entry
     extra_choices: dict[str, Any] = field(default_factory=dict)
+    #: run.json's sanity banner (random weights, accuracy at chance): leads the card when set
+    banner: str = ""
 
 
 def _f(v: float, nd: int = 1) -> str:
@@ -470,6 +472,8 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
     framing = [
         Note(("**Demo run on a toy model and synthetic faces: nothing here says anything about CLIP or "
               "any real model.**"), "warning")] if context.demo else []
+    if context.banner:
+        framing.insert(0, Note(context.banner, "danger"))
     framing += [
         Text(f"Model: `{context.model or 'unknown'}`. " + (
             "These are the weights the references name, so this is a **reproduction attempt** of published "

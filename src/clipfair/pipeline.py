@@ -343,7 +343,8 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
         title=f"clipfair results: {label}" + (f" on {data.get('name')}" if data.get("name") else ""),
         model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),
         harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target},
-        sanity=ev.info.get("sanity") or {})
+        sanity=ev.info.get("sanity") or {},
+        label_categories={t.name: {c.label: c.category for c in t.classes} for t in taxonomies})
 
 
 def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Path,

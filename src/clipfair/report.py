@@ -72,6 +72,9 @@ class ReportContext:
     n_classes: Mapping[str, int] = field(default_factory=dict)
     #: run.json's ``sanity`` record (:func:`clipfair.sanity.verdict`): its banner leads every document
     sanity: Mapping = field(default_factory=dict)
+    #: taxonomy -> class label -> its category (label tables and plots name each label's category
+    #: and the category's declared direction)
+    label_categories: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -266,16 +269,44 @@ def plot_accuracy(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str,
     return _save(_accuracy_figure(metrics, taxonomy, method, slice, model, n_classes), path)
 
 
+def series_colors(n: int) -> list:
+    """``n`` distinct colours: matplotlib's 10-colour cycle up to 10, tab20 up to 20, then evenly
+    spaced hues (never a repeated colour for two series of one plot)."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        cmap = colormaps["tab20"]
+        return [cmap(i) for i in range(n)]
+    cmap = colormaps["turbo"]
+    return [cmap(0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+
+
+def _harm_word(h: bool | None) -> str:
+    return {True: "harm", False: "not a harm", None: "neutral"}[h]
+
+
+def label_heading(label: str, taxonomy_labels: Mapping[str, str] | None, harms: Mapping[str, bool] | None) -> str:
+    """A class label with its category and that category's declared direction, e.g.
+    ``gorilla (non_human, harm)``; a label of unknown category: ``label (category unknown)``."""
+    cat = (taxonomy_labels or {}).get(label)
+    if cat is None:
+        return f"{label} (category unknown)"
+    return f"{label} ({cat}, {_harm_word((harms or {}).get(cat))})"
+
+
 def _grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.DataFrame]]) -> None:
-    """Bars per group, one colour per series, with interval error bars. Each series is a
-    label and its rows (``group``, ``value``, ``ci_low``, ``ci_high``); values in percent."""
+    """Bars per group, one colour per series (:func:`series_colors`), with interval error bars.
+    Each series is a label and its rows (``group``, ``value``, ``ci_low``, ``ci_high``); values in percent."""
     x = np.arange(len(groups))
     width = 0.8 / len(series)
+    colors = series_colors(len(series))
     for i, (label, rows) in enumerate(series):
         r = rows.set_index("group").reindex(groups)
         v = r["value"].to_numpy(dtype=float)
         pos = x - 0.4 + width * (i + 0.5)
-        ax.bar(pos, np.nan_to_num(v) * 100.0, width=width * 0.95, color=f"C{i % 10}", label=label,
+        ax.bar(pos, np.nan_to_num(v) * 100.0, width=width * 0.95, color=colors[i], label=label,
                edgecolor="none")
         ax.errorbar(pos, np.nan_to_num(v) * 100.0,
                     yerr=_errors(v, r["ci_low"].to_numpy(float), r["ci_high"].to_numpy(float)),
@@ -284,7 +315,8 @@ def _grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.Data
 
 def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
                   categories: Sequence[str] | None = None, method: str = "zero_shot", model: str = "",
-                  metric: str = "rate", harms: Mapping[str, bool] | None = None) -> MplFigure:
+                  metric: str = "rate", harms: Mapping[str, bool] | None = None,
+                  label_categories: Mapping[str, str] | None = None) -> MplFigure:
     m = _clean(metrics)
     rows = _rows_or_raise(m, metric, taxonomy, method, slice)
     present = _unique(rows["category"])
@@ -300,12 +332,16 @@ def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
     fig = _new_figure(labels, len(cats), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
     suffix = {True: " (harm)", False: "", None: " (neutral)"}
-    _grouped_bars(ax, groups, [(cat + suffix[(harms or {}).get(cat)], rows[rows["category"] == cat])
-                               for cat in cats])
+    is_label = metric == "label_rate"
+    names = [label_heading(c, label_categories, harms) if is_label else c + suffix[(harms or {}).get(c)]
+             for c in cats]
+    _grouped_bars(ax, groups, [(name, rows[rows["category"] == cat]) for name, cat in zip(names, cats)])
+    what = "predicted label" if is_label else "predicted category"
     _style_axis(fig, ax, labels, "share of group's images (%)",
-                _title(model, taxonomy, method, f"predicted category by {slice} "
+                _title(model, taxonomy, method, f"{what} by {slice} "
                                                  f"(error bars: Wilson {_confidence_label(m)})"), len(cats))
-    ax.legend(title="category", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    ax.legend(title="label (category, direction)" if is_label else "category (direction)", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8, ncol=2 if len(cats) > 14 else 1)
     fig.tight_layout()
     return fig
 
@@ -524,7 +560,10 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
         if not taxes:
             continue
         blocks: list[Block] = [Text(
-            f"Cells: share of the group's images predicted into each category [Wilson {ci}]; n = the group's "
+            f"Cells: share of the group's images predicted into each "
+            + ("class label, headed by the label's category and that category's declared direction (harm, not a "
+               "harm, neutral); a description of how the classifier answers, never a disparity"
+               if metric == "label_rate" else "category") + f" [Wilson {ci}]; n = the group's "
             "images; (small): too few images to compare. A category declared a harm is marked (harm); one declared not a harm is plain; one without a "
             "declared direction is (neutral) and only described. Covers what the model picks among the offered "
             "classes only: a different class list or prompt wording can move these rates (see the comparison and "
@@ -538,7 +577,10 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
             for meth in _unique(rate.loc[rate["taxonomy"] == tax, "method"]):
                 sub = rate[(rate["taxonomy"] == tax) & (rate["method"] == meth)]
                 cats = _unique(sub["category"])
-                heads = [c + {True: " (harm)", False: "", None: " (neutral)"}[harms.get(c)] for c in cats]
+                if metric == "label_rate":  # a class label: its category and that category's direction
+                    heads = [label_heading(c, ctx.label_categories.get(tax), harms) for c in cats]
+                else:
+                    heads = [c + {True: " (harm)", False: "", None: " (neutral)"}[harms.get(c)] for c in cats]
                 cell = {(s, g, c): _value_ci(v, lo, hi) for s, g, c, v, lo, hi in
                         zip(sub["slice"], sub["group"], sub["category"], sub["value"], sub["ci_low"], sub["ci_high"])}
                 nmap = {(s, g): int(n) for s, g, n in zip(sub["slice"], sub["group"], sub["n"])}
@@ -558,7 +600,8 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
                 for sl in RATE_PLOT_SLICES:
                     img = images.get((metric, tax, meth, sl))
                     if img:
-                        sec.append(Figure(img, f"{tax} ({meth}): predicted category by {sl}"))
+                        sec.append(Figure(img, f"{tax} ({meth}): predicted "
+                                               f"{'label' if metric == 'label_rate' else 'category'} by {sl}"))
                 tb.append(Section(title, sec))
             blocks += tb
         out.append(Section(_metric_title(metric), blocks))
@@ -674,7 +717,8 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
                     continue
                 prefix = "rates" if metric == "rate" else _safe(metric)
                 name = fname(f"{prefix}_{_safe(tax)}_{_safe(sl)}")
-                fig = _rates_figure(m, tax, sl, None, meth, ctx.model, metric, ctx.harms.get(tax))
+                fig = _rates_figure(m, tax, sl, None, meth, ctx.model, metric, ctx.harms.get(tax),
+                                    ctx.label_categories.get(tax))
                 written.append(_save(fig, out_dir / name))
                 images[(metric, tax, meth, sl)] = name
     return written, images
