@@ -472,8 +472,6 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
     framing = [
         Note(("**Demo run on a toy model and synthetic faces: nothing here says anything about CLIP or "
               "any real model.**"), "warning")] if context.demo else []
-    if context.banner:
-        framing.insert(0, Note(context.banner, "danger"))
     framing += [
         Text(f"Model: `{context.model or 'unknown'}`. " + (
             "These are the weights the references name, so this is a **reproduction attempt** of published "
@@ -698,7 +696,8 @@ def write_model_card(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: Mod
         written.append(plot_table(card, table, out_dir / name, opts.tolerance_pp))
         plots[table] = name
     sections = card_sections(card, opts, context, plots)
-    doc = Document(card_title(context, opts), sections)
+    doc = Document(card_title(context, opts), sections,
+                   intro=[Note(context.banner, "danger")] if context.banner else [])
     (out_dir / "model_card.md").write_text(to_markdown(doc))
     (out_dir / "model_card.html").write_text(to_html(doc, base_dir=out_dir))
     written += [out_dir / "model_card.md", out_dir / "model_card.html"]

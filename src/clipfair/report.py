@@ -464,7 +464,8 @@ def _findings_section(disp: pd.DataFrame, ctx: ReportContext | None = None) -> S
     blocks: list[Block] = [Text(
         f"Candidate findings: differences between groups whose multiplicity-adjusted interval excludes 0, on a "
         f"metric with a declared direction (accuracies, and the rates of the categories each taxonomy declares as "
-        f"the harm of a finding), largest first (of {len(tested)} comparisons in `disparities.csv`: worst vs best "
+        f"the harm of a finding), harm rates first, then the surest (the end of the adjusted interval nearest 0) "
+        f"first (of {len(tested)} comparisons in `disparities.csv`: worst vs best "
         f"group or highest vs lowest, and the group farthest from the rest of the images (\"vs overall\"); "
         f"p-values adjusted with {corr} over the whole table"
         + (f", intervals at the adjusted level {100 * level:.4g}%" if level else "") + "). "

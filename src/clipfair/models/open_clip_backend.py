@@ -37,7 +37,9 @@ def _import_open_clip() -> Any:
     except Exception as e:  # noqa: BLE001 - ImportError, or torchvision failing to import
         raise ModelError(f"model.loader=open_clip needs open_clip_torch and a torchvision that imports "
                          f"with this torch ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                         "pip install 'clipfair[open_clip]'") from None
+                         "open_clip needs a torch of its own: create ./.venv-openclip with `bash scripts/setup.sh "
+                         "openclip` and run .venv-openclip/bin/clipfair (installing it into this environment cannot "
+                         "work: see the README)") from None
     return open_clip
 
 
