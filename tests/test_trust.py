@@ -342,3 +342,79 @@ def test_open_clip_error_advises_its_own_environment(monkeypatch):
         ocb._import_open_clip()
     msg = str(e.value)
     assert ".venv-openclip" in msg and "scripts/setup.sh openclip" in msg and "pip install 'clipfair" not in msg
+
+
+def test_an_unknown_value_error_counts_every_invalid_row(tmp_path):
+    from fixtures_datasets import write_fairface_split
+
+    from clipfair.data import DatasetError, load_dataset
+
+    rows = [f"val/{i}.jpg,20-29,Male,{r},True" for i, r in enumerate(["Martian"] * 3 + ["Venusian"] * 2 + ["White"])]
+    write_fairface_split(tmp_path, "val", rows)
+    with pytest.raises(DatasetError) as e:
+        load_dataset("fairface", root=str(tmp_path))
+    msg = str(e.value)
+    assert "(and 2 more rows with this value)" in msg and "5 rows in all have a value of column 'race'" in msg
+
+
+def test_retrieval_queries_without_enabled_run_retrieval_with_a_warning(caplog):
+    import logging
+
+    from clipfair.analyses.compose import shorthand_entries
+    from clipfair.schema import RetrievalConfig
+
+    class Cfg:
+        taxonomies: list = []
+        probe = type("P", (), {"enabled": False})()
+        precision_audit = None
+        compare = None
+        template_sets: dict = {}
+        model_card = None
+        retrieval = RetrievalConfig(queries=["occupations_neutral"])
+
+    with caplog.at_level(logging.WARNING, logger="clipfair"):
+        out = shorthand_entries(Cfg())
+    assert out["retrieval_bias"]["queries"] == ["occupations_neutral"]
+    assert "without retrieval.enabled=true" in caplog.text
+
+
+def test_vs_overall_is_explained_in_the_report():
+    from clipfair.report import summary_markdown
+
+    rng = np.random.default_rng(5)
+    n = 300
+    race = rng.choice(["A", "B", "C"], n)
+    truth = rng.choice(["x", "y"], n).tolist()
+    pred = [t if (r != "C" or rng.random() < 0.5) else ("x" if t == "y" else "y") for t, r in zip(truth, race)]
+    p = _preds("tax", truth, pred).assign(race=race, predicted_category="class")
+    m = group_metrics(p, {"tax": ["class"]}, slices=["overall", "race"])
+    md = summary_markdown(m, disparities(m, min_n=10))
+    sec = md.split("## Largest differences between groups")[1]
+    assert "\"vs overall\"" in sec and "the rest of the images" in sec
+
+
+def test_model_card_cells_show_the_interval_their_verdict_used(tmp_path):
+    from test_model_card import fig, opts, preds_frame, write_refs
+
+    from clipfair.model_card import CardContext, write_model_card
+
+    p = preds_frame()
+    met = group_metrics(p, {"R": ["race"], "D": ["human", "non_human", "crime_related"]})
+    refs = write_refs(tmp_path, [fig("w", "Table A", "race", "accuracy", "race_binary", "White", 99.9),
+                                 fig("nw", "Table A", "race", "accuracy", "race_binary", "Non-White", 0.1)],
+                      tables={"Table A": "race accuracy"}, reference_models=["x"])
+    o = opts(refs)
+    (tmp_path / "out").mkdir()
+    write_model_card(p, met, o, tmp_path / "out", CardContext(model="m"))
+    card = pd.read_csv(tmp_path / "out" / "model_card.csv")
+    md = (tmp_path / "out" / "model_card.md").read_text()
+    assert "verdict's interval (adjusted)" in md
+    measured = card[(card["table"] == "Table A") & (card["n"] > 0)]
+    assert len(measured)
+    for r in measured.itertuples():
+        cell = f"[{r.adj_ci_low:.1f}-{r.adj_ci_high:.1f}] ({100 * r.adj_confidence:.4g}%)"
+        line = [x for x in md.splitlines() if x.startswith(f"| {r.row} |") and cell in x]
+        assert line, cell
+        # the verdict agrees with the interval shown: consistent iff the paper's value lies inside it
+        inside = r.adj_ci_low <= r.reference_high and r.adj_ci_high >= r.reference_low
+        assert (r.verdict == "consistent") == inside

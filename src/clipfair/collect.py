@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .analyses.specs import is_ranked, metric_spec
-from .metrics import HIGHER_IS_BETTER, METRIC_COLUMNS, SLICE_SUMMARY_PREFIX
+from .analyses.specs import is_ranked, metric_spec, metric_specs
+from .metrics import METRIC_COLUMNS, SLICE_SUMMARY_PREFIX
 from .sanity import AT_CHANCE_NOTE
 from .stats import newcombe_diff
 
@@ -217,10 +217,14 @@ def candidate_rows(table: pd.DataFrame, findings: dict[str, dict[str, list[str]]
     purpose (``human`` beside ``child``)."""
     findings = findings or {}
     out = []
-    for lab, tax, met, cat in zip(table["label"], table["taxonomy"], table["metric"],
-                                  table["category"].astype(object).where(table["category"].notna(), "")):
+    given = (table["direction"].astype(object).where(table["direction"].notna(), "").astype(str)
+             if "direction" in table.columns else pd.Series("", index=table.index))
+    for lab, tax, met, cat, dirn in zip(table["label"], table["taxonomy"], table["metric"],
+                                        table["category"].astype(object).where(table["category"].notna(), ""), given):
         spec = metric_spec(str(met))
-        if spec is None or not is_ranked(str(met)) or str(met).startswith(SLICE_SUMMARY_PREFIX):
+        if spec is None:  # a user analysis's outcome: the direction its run wrote into metrics.csv
+            out.append(dirn in ("higher_is_better", "lower_is_better"))
+        elif not is_ranked(str(met)) or str(met).startswith(SLICE_SUMMARY_PREFIX):
             out.append(False)
         elif spec.direction_from_harm:
             out.append(str(cat) in set(findings.get(str(lab), {}).get(str(tax), ())))
@@ -410,8 +414,9 @@ def main(argv: Sequence[str]) -> int:
                                  description="Gather finished runs (e.g. a multirun folder) into one table.")
     ap.add_argument("dirs", nargs="+", type=Path, help="folders holding run folders (searched recursively)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: the first folder)")
-    ap.add_argument("--metric", default="accuracy", choices=sorted(HIGHER_IS_BETTER),
-                    help="metric of the runs x groups tables (default accuracy)")
+    ap.add_argument("--metric", default="accuracy",
+                    help="metric of the runs x groups tables (default accuracy; any metric in the runs' "
+                         f"metrics.csv, e.g. {', '.join(sorted(metric_specs()))} or a user analysis's outcome)")
     ap.add_argument("--slice", dest="slices", action="append", default=None,
                     help="slice of the tables, repeatable (default race)")
     ap.add_argument("--taxonomy", dest="taxonomies", action="append", default=None,

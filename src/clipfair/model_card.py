@@ -493,7 +493,8 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
              f"interval; **differs**: the interval excludes it (the difference and its interval are given); "
              f"**not measured**: no images for it here. Verdicts use intervals Bonferroni-adjusted over the "
              f"measured cells of each table (level 1 - {1 - opts.confidence:g}/m), so a table that differs is "
-             f"a family-wise finding; the cells show the {conf} interval."),
+             f"a family-wise finding; the cells show the {conf} interval and, beside it, the adjusted interval "
+             f"the verdict used (its level in brackets)."),
         Text(f"Practical equivalence (`model_card.tolerance_pp` = {opts.tolerance_pp:g} points, an additional "
              f"margin, not part of the verdict): *within* when the whole difference interval lies inside "
              f"±{opts.tolerance_pp:g}, *beyond* when wholly outside, else *undetermined*."),
@@ -548,11 +549,13 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
             diff = (f"{r.difference:+.1f} [{r.diff_low:+.1f}, {r.diff_high:+.1f}]"
                     if r.verdict == "differs" else "")
             col = f"{r.column} ({r.scoring})" if r.scoring else r.column
-            rows.append([r.row, col, ref, here, int(r.n), f"**{r.verdict}**" if r.verdict == "differs"
+            used = (f"[{_f(r.adj_ci_low)}-{_f(r.adj_ci_high)}] ({100 * r.adj_confidence:.4g}%)"
+                    if r.n and r.adj_ci_low == r.adj_ci_low else "–")
+            rows.append([r.row, col, ref, here, int(r.n), used, f"**{r.verdict}**" if r.verdict == "differs"
                          else r.verdict, diff, r.equivalence])
-        blocks.append(Table(["row", "column", "paper", f"here [{conf} CI]", "n", "verdict",
-                             "difference [adjusted CI]", f"±{opts.tolerance_pp:g} pp"], rows,
-                            align="llrrrllr"))
+        blocks.append(Table(["row", "column", "paper", f"here [{conf} CI]", "n", "verdict's interval (adjusted)",
+                             "verdict", "difference [adjusted CI]", f"±{opts.tolerance_pp:g} pp"], rows,
+                            align="llrrrrllr"))
         quotes = [f"{r.row}: “{r.quote}”" for r in part.drop_duplicates("id").itertuples() if r.quote]
         if quotes:
             blocks.append(Details("The paper's words", [Bullets(quotes)]))

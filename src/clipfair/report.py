@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
 from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from .analyses.specs import metric_spec
 from .metrics import HIGHER, LOWER, METRIC_COLUMNS, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
 
 from .outputs import safe_filename
@@ -129,8 +130,15 @@ def _unique(values: Iterable) -> list:
 
 
 def _acc_mask(m: pd.DataFrame) -> np.ndarray:
-    """Rows of accuracy-like metrics (a boolean array, also for an empty frame)."""
+    """Rows of accuracy-like metrics (a boolean array, also for an empty frame), as the metric
+    registry declares them."""
     return np.array([is_accuracy_metric(x) for x in m["metric"]], dtype=bool)
+
+
+def _share_mask(m: pd.DataFrame) -> np.ndarray:
+    """Rows of category / label shares (the registry's metrics whose direction is the taxonomy's
+    harm declaration); other analyses' outcomes get their own sections."""
+    return np.array([bool((s := metric_spec(x)) and s.direction_from_harm) for x in m["metric"]], dtype=bool)
 
 
 def _n_cell(n, min_n: int) -> str:
@@ -554,7 +562,7 @@ def _rate_taxonomies(rate: pd.DataFrame) -> list[str]:
 def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportContext) -> list[Section]:
     out = []
     ci = _confidence_label(m)
-    for metric in _unique(m.loc[~_acc_mask(m), "metric"]):
+    for metric in _unique(m.loc[_share_mask(m), "metric"]):
         rate = m[m["metric"] == metric]
         taxes = _rate_taxonomies(rate)
         single = [t for t in _unique(rate["taxonomy"]) if t not in taxes]
@@ -619,8 +627,10 @@ def _disparity_sections(disp: pd.DataFrame) -> list[Section]:
         f"highest vs the lowest (neutral), among groups of at least {disp.attrs.get('min_n', '?')} images. "
         f"Difference in percentage points with Newcombe's hybrid score {ci} and the multiplicity-adjusted "
         f"interval; ratio with the Katz log {ci}. Largest {TOP_DISPARITIES} by size; every row, and each slice's "
-        "group farthest from overall, are in `disparities.csv`. Cannot show: differences between groups that were "
-        "too small to compare, or causes.")]
+        "group farthest from overall, are in `disparities.csv`. \"vs overall\" (comparison `to_overall`): the "
+        "group's value against the value over all images; its interval and test compare the group with the rest "
+        "of the images (the other groups together, independent samples), mapped onto group − overall. "
+        "Cannot show: differences between groups that were too small to compare, or causes.")]
     if len(ext):
         top = ext.reindex(ext["difference"].abs().sort_values(ascending=False, kind="stable").index)
         top = top.head(TOP_DISPARITIES)
@@ -656,6 +666,8 @@ def summary_document(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: Repo
     ctx = ctx or ReportContext()
     m = _clean(metrics)
     d = _clean(disparities) if len(disparities) else disparities
+    if len(d) and "kind" in d.columns:  # differences of means are in their analysis's own section
+        d = d[d["kind"].fillna("proportion").astype(str) != "mean"]
     if not ctx.min_n and "min_n" in getattr(disparities, "attrs", {}):
         ctx = replace(ctx, min_n=int(disparities.attrs["min_n"]))
     if len(d) and "comparison" not in d.columns:
@@ -707,7 +719,7 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
                                            else None, metric)
                     written.append(_save(fig, out_dir / name))
                     images[(metric, tax, meth, sl)] = name
-    for metric in _unique(m.loc[~_acc_mask(m), "metric"]):
+    for metric in _unique(m.loc[_share_mask(m), "metric"]):
         rate = m[m["metric"] == metric]
         for tax in _rate_taxonomies(rate):
             methods = _unique(rate.loc[rate["taxonomy"] == tax, "method"])
