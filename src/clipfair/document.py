@@ -105,6 +105,8 @@ class Section:
     title: str
     blocks: list[Block] = field(default_factory=list)
     anchor: str = ""
+    #: HTML only: the section's body is folded (a <details> under its heading), open on a click
+    folded: bool = False
 
 
 @dataclass
@@ -221,6 +223,12 @@ def _html_blocks(blocks: Sequence[Block], level: int, out: list[str], base_dir: 
             slug = b.anchor or _slug(b.title, used)
             toc.append((level, slug, b.title))
             h = min(level, 6)
+            if b.folded:
+                out.append(f'<section id="{html.escape(slug)}"><details class="fold"><summary><h{h}>'
+                           f'{inline_html(b.title)}</h{h}></summary>')
+                _html_blocks(b.blocks, level + 1, out, base_dir, used, toc)
+                out.append("</details></section>")
+                continue
             out.append(f'<section id="{html.escape(slug)}"><h{h}>{inline_html(b.title)}</h{h}>')
             _html_blocks(b.blocks, level + 1, out, base_dir, used, toc)
             out.append("</section>")
@@ -261,6 +269,7 @@ h3{font-size:1.1rem;margin-top:1.6rem}h4,h5,h6{font-size:1rem}
 code{background:#edf2f7;padding:0 .25rem;border-radius:3px;font-size:.9em}
 .note{border-left:4px solid #4c72b0;background:#f0f5ff;padding:.5rem .9rem;margin:.8rem 0}
 .note.warning{border-color:#c44e52;background:#fff5f5}
+details.fold>summary{cursor:pointer;list-style:revert}details.fold>summary>h2,details.fold>summary>h3{display:inline}
 .note.danger{border:2px solid #b00020;background:#b00020;color:#fff;font-weight:600;font-size:1.05rem}
 .tablewrap{overflow-x:auto;margin:.6rem 0 1rem}
 table{border-collapse:collapse;font-size:.88rem}

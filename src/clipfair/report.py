@@ -434,6 +434,43 @@ def _distinct_findings(sig: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns=["_tier", "_sure", "_size"])
 
 
+FOREST_MAX = 15
+FOREST_PNG = "findings_forest.png"
+
+
+def forest_figure(findings: pd.DataFrame, model: str = "") -> MplFigure:
+    """One forest plot of the findings (in reading order, first at the top): each difference in
+    percentage points with its multiplicity-adjusted interval; red: a harm rate (higher is worse
+    for the group), blue: an accuracy (lower is worse); the line at 0 is no difference."""
+    f = findings.head(FOREST_MAX)
+    labels = [f"{r.taxonomy} · {r.metric}{' of ' + r.category if r.category else ''} by {r.slice}: "
+              f"{r.group} vs {r.reference}" for r in f.itertuples(index=False)]
+    fig = MplFigure(figsize=(9.5, 0.42 * len(f) + 1.4), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(f))[::-1]
+    d = 100 * f["difference"].to_numpy(float)
+    lo = 100 * f["adj_ci_low"].to_numpy(float)
+    hi = 100 * f["adj_ci_high"].to_numpy(float)
+    colors = ["#c44e52" if str(x) == LOWER else "#4c72b0" for x in f["direction"]]
+    for yi, di, l_, h_, c in zip(y, d, lo, hi, colors):
+        ax.plot([l_, h_], [yi, yi], color=c, lw=2)
+        ax.plot([di], [yi], "o", color=c, ms=6)
+    ax.axvline(0, color="#444444", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=7.5)
+    ax.set_xlabel("difference, percentage points (group − reference), with the adjusted interval")
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Line2D([], [], color="#c44e52", marker="o", label="harm rate (higher is worse)"),
+                       Line2D([], [], color="#4c72b0", marker="o", label="accuracy (lower is worse)")],
+              loc="lower right", fontsize=7.5, frameon=False)
+    ax.set_title((f"{model}: " if model else "") + "key findings, surest first", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def sanity_section(sanity: Mapping | None) -> Section | None:
     """"Does the model work?": overall accuracy per target taxonomy and method against chance."""
     from .sanity import CHANCE_RULE
@@ -461,7 +498,8 @@ def sanity_section(sanity: Mapping | None) -> Section | None:
     return Section("Does the model work?", blocks)
 
 
-def _findings_section(disp: pd.DataFrame, ctx: ReportContext | None = None) -> Section:
+def _findings_section(disp: pd.DataFrame, ctx: ReportContext | None = None,
+                      images: Mapping[tuple, str] | None = None) -> Section:
     from .sanity import AT_CHANCE_NOTE, finding_rows, noise_keys
 
     conf = _confidence(disp) or 0.95
@@ -498,6 +536,10 @@ def _findings_section(disp: pd.DataFrame, ctx: ReportContext | None = None) -> S
                               ordered=True))
         if len(sig) > TOP_FINDINGS:
             blocks.append(Text(f"{len(sig) - TOP_FINDINGS} more findings in `disparities.csv` (column `finding`)."))
+        forest = (images or {}).get(("forest",))
+        if forest:
+            blocks.append(Figure(forest, "The findings above: differences with their adjusted intervals "
+                                         "(red: harm rates, blue: accuracies)"))
     return Section("Key findings", blocks)
 
 
@@ -679,11 +721,12 @@ def summary_document(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: Repo
     if gate is not None:
         sections.append(gate)
     if len(d):
-        sections.append(_findings_section(d, ctx))
-    sections += _accuracy_sections(m, images, ctx)
-    sections += _rate_sections(m, images, ctx)
-    sections += _disparity_sections(d)
-    sections += list(extra_sections)
+        sections.append(_findings_section(d, ctx, images))
+    rest = [*_accuracy_sections(m, images, ctx), *_rate_sections(m, images, ctx), *_disparity_sections(d),
+            *extra_sections]
+    for sec in rest:  # report.html: everything after the findings is folded (summary.md is unchanged)
+        sec.folded = True
+    sections += rest
     return Document(ctx.title, sections, intro=header_blocks(ctx))
 
 
@@ -772,13 +815,24 @@ def write_report(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir, ctx:
     out_dir.mkdir(parents=True, exist_ok=True)
     m = _clean(metrics)
     written, images = _plots(m, out_dir, ctx)
+    if len(disparities) and "comparison" in disparities.columns:
+        from .sanity import finding_rows, noise_keys
+
+        everything, _ = noise_keys(ctx.sanity)
+        found = _distinct_findings(finding_rows(_clean(disparities)))
+        if not everything and len(found):
+            written.append(_save(forest_figure(found, ctx.model), out_dir / FOREST_PNG))
+            images[("forest",)] = FOREST_PNG
     doc = summary_document(m, disparities, ctx, images, extra_sections)
     summary = out_dir / "summary.md"
     summary.write_text(to_markdown(doc), encoding="utf-8")
     written.append(summary)
+    for sec in html_sections:
+        sec.folded = True
     doc.sections += list(html_sections)
     other = _other_plots(doc, out_dir)
     if other is not None:
+        other.folded = True
         doc.sections.append(other)
     page = out_dir / "report.html"
     page.write_text(to_html(doc, base_dir=out_dir), encoding="utf-8")
