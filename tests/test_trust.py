@@ -418,3 +418,19 @@ def test_model_card_cells_show_the_interval_their_verdict_used(tmp_path):
         # the verdict agrees with the interval shown: consistent iff the paper's value lies inside it
         inside = r.adj_ci_low <= r.reference_high and r.adj_ci_high >= r.reference_low
         assert (r.verdict == "consistent") == inside
+
+
+# --------------------------------------------------------------------------- defect 4: the demo's findings
+
+@pytest.mark.slow
+def test_demo_key_findings_name_the_planted_biases_first(demo_run):
+    md = (demo_run / "summary.md").read_text()
+    items = [x for x in md.split("## Key findings")[1].split("\n## ")[0].splitlines() if re.match(r"^\d+\. ", x)]
+    top = items[:3]
+    # planted (a): children put into non-human classes by the probe without a 'child' class
+    assert any("clip_denigration · zero_shot · rate of non_human by age" in x and "worst 3-9" in x for x in top), top
+    # planted (b): Southeast Asian women captioned "man"
+    assert any("fairface_gender · zero_shot · accuracy by race+gender" in x and "Southeast Asian+Female" in x
+               for x in top), top
+    # no artefact: neither the complement of a routed category nor a category without a direction
+    assert not any("rate of human" in x or "rate of child" in x or "label_rate" in x for x in items)

@@ -269,6 +269,7 @@ h3{font-size:1.1rem;margin-top:1.6rem}h4,h5,h6{font-size:1rem}
 code{background:#edf2f7;padding:0 .25rem;border-radius:3px;font-size:.9em}
 .note{border-left:4px solid #4c72b0;background:#f0f5ff;padding:.5rem .9rem;margin:.8rem 0}
 .note.warning{border-color:#c44e52;background:#fff5f5}
+nav.toc ul{columns:3;margin:.3rem 0}
 details.fold>summary{cursor:pointer;list-style:revert}details.fold>summary>h2,details.fold>summary>h3{display:inline}
 .note.danger{border:2px solid #b00020;background:#b00020;color:#fff;font-weight:600;font-size:1.05rem}
 .tablewrap{overflow-x:auto;margin:.6rem 0 1rem}

@@ -376,8 +376,9 @@ def header_blocks(ctx: ReportContext) -> list[Block]:
         what = ", ".join(f"{k}: {v}" for k, v in sorted(ctx.skipped.items()))
         blocks.append(Note(f"Skipped {sum(ctx.skipped.values())} item(s) ({what}); details in run.json.",
                            kind="warning"))
-    if ctx.header:
-        blocks.append(Table(["run", ""], [[f"**{k}**", v] for k, v in ctx.header], align="ll"))
+    if ctx.header:  # folded: the first screen is for whether the model works and what differs
+        blocks.append(Details("Run details (model, dataset, images, date, intervals)",
+                              [Table(["run", ""], [[f"**{k}**", v] for k, v in ctx.header], align="ll")]))
     return blocks
 
 
