@@ -1,6 +1,9 @@
-"""Command line: `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`, `clipfair collect`.
+"""Command line (layer: the edge): `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`,
+`clipfair collect`.
 
-Hydra and `instantiate` live here only; the core takes typed objects.
+Hydra and `instantiate` live here only; the core takes typed objects (the config validated by
+:func:`clipfair.schema.validate`) and the analyses composed from the registry
+(:mod:`clipfair.analyses.compose`); this module names no analysis.
 """
 
 from __future__ import annotations
