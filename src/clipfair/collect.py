@@ -1,5 +1,7 @@
 """`clipfair collect DIR...`: one table across many runs (a Hydra multirun folder, say).
 
+Layer: run (reads finished run folders).
+
 Finds the run folders under the given folders, keeps the finished ones (``run.json`` plus
 every output it vouches for) and lists the failed (``failed.json``, written by ``clipfair run``
 when a job stops) and unfinished ones (a Hydra job folder without outputs) apart, never mixed
@@ -30,7 +32,8 @@ import pandas as pd
 from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
 from .analyses.specs import is_ranked, metric_spec, metric_specs
 from .metrics import METRIC_COLUMNS, SLICE_SUMMARY_PREFIX
-from .outputs import read_csv, write_csv
+from .outputs import write_csv
+from .runfolder import RunFolderError, read_metrics, read_record
 from .sanity import AT_CHANCE_NOTE
 from .stats import newcombe_diff
 
@@ -108,6 +111,11 @@ def _classify(folder: Path) -> RunFolder:
     if failed is not None:
         return RunFolder(folder, "failed", list(failed.get("overrides") or _hydra_overrides(folder)),
                          message=f"{failed.get('error', 'error')}: {failed.get('message', '')}")
+    if (folder / "run.json").exists():
+        try:
+            read_record(folder)
+        except RunFolderError as e:
+            return RunFolder(folder, "unreadable", _hydra_overrides(folder), message=str(e))
     record = _read_json(folder / "run.json") if (folder / "run.json").exists() else None
     missing = [f for f in OUTPUTS if not (folder / f).is_file()]
     if record is None or missing:
@@ -179,12 +187,7 @@ def _relative(path: Path, base: Path) -> str:
 # --------------------------------------------------------------------------- the table
 
 def _read_metrics(folder: Path) -> pd.DataFrame:
-    m = read_csv(folder / "metrics.csv", keep_default_na=False, na_values={c: [""] for c in
-                                                                          ("n", "count", "value", "ci_low", "ci_high")})
-    missing = [c for c in METRIC_COLUMNS if c not in m.columns]
-    if missing:
-        raise CollectError(f"{folder / 'metrics.csv'}: no column(s) {missing}; was it written by clipfair run?")
-    return m
+    return read_metrics(folder, METRIC_COLUMNS)
 
 
 def collect(dirs: Sequence[Path | str]) -> tuple[pd.DataFrame, list[RunFolder]]:
@@ -196,7 +199,11 @@ def collect(dirs: Sequence[Path | str]) -> tuple[pd.DataFrame, list[RunFolder]]:
     for r in runs:
         if r.status != "finished":
             continue
-        m = _read_metrics(r.path)
+        try:
+            m = _read_metrics(r.path)
+        except RunFolderError as e:  # left out with its one line; the others are collected
+            r.status, r.message = "unreadable", str(e)
+            continue
         labels = {"run": _relative(r.path, base), "label": r.label, "model": r.model, "dataset": r.dataset,
                   "job": r.job, "overrides": " ".join(r.overrides)}
         frames.append(pd.concat([pd.DataFrame({k: [v] * len(m) for k, v in labels.items()}), m], axis=1))
@@ -295,26 +302,32 @@ def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | No
 
 
 def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path) -> Path:
-    from .report import _grouped_bars, _new_figure, _save, _style_axis
+    from .figures import save_figure
+    from .report import grouped_bars, new_figure, style_axis
 
     ticks = ["\n".join(str(g).split("+")) for g in groups]  # one line per value, never split inside a name
-    fig = _new_figure(ticks, len(labels), legend_right=True)
+    fig = new_figure(ticks, len(labels), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
-    _grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels])
-    _style_axis(fig, ax, ticks, ylabel, title + "\n(error bars: Wilson intervals)", len(labels))
+    grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels])
+    style_axis(fig, ax, ticks, ylabel, title + "\n(error bars: Wilson intervals)", len(labels))
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path, *, metric: str = "accuracy",
-                   slices: Sequence[str] = ("race",), taxonomies: Sequence[str] | None = None,
+                   slices: Sequence[str] | None = None, taxonomies: Sequence[str] | None = None,
                    methods: Sequence[str] | None = None, categories: Sequence[str] | None = None,
                    min_n: int = 30, confidence: float = 0.95, base: Path | None = None) -> tuple[Document, list[Path]]:
-    """The cross-run summary as document sections, and the plots it shows (written to ``out_dir``)."""
+    """The cross-run summary as document sections, and the plots it shows (written to ``out_dir``).
+    ``slices``: default the first attribute slice the runs computed (their datasets' declared
+    order, e.g. race for FairFace)."""
     from .pipeline import DISCLAIMER
-    from .report import _safe
+    from .outputs import safe_filename
 
+    if slices is None:
+        present = list(dict.fromkeys(table["slice"].astype(str))) if "slice" in table.columns else []
+        slices = [s for s in present if s != "overall" and "+" not in s][:1]
     base = base or out_dir
     finished = [r for r in runs if r.status == "finished"]
     left_out = [r for r in runs if r.status != "finished"]
@@ -362,7 +375,7 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
             groups = list(dict.fromkeys(sub["group"]))
             cells = {(r.label, r.group): _cell(r, min_n) for r in sub.itertuples(index=False)}
             what = f"{metric}{f' of {cat}' if cat else ''} · {tax} · {meth} by {sl}"
-            name = "collected_" + "_".join(_safe(x) for x in (metric, tax, meth, *([cat] if cat else []), sl)) + ".png"
+            name = "collected_" + "_".join(safe_filename(x) for x in (metric, tax, meth, *([cat] if cat else []), sl)) + ".png"
             ylabel = "accuracy (%)" if metric == "accuracy" else "share of the group's images (%)"
             written.append(_plot(sub, labels, groups, ylabel, what, out_dir / name))
             tables.append(Section(what, [
@@ -419,7 +432,7 @@ def main(argv: Sequence[str]) -> int:
                     help="metric of the runs x groups tables (default accuracy; any metric in the runs' "
                          f"metrics.csv, e.g. {', '.join(sorted(metric_specs()))} or a user analysis's outcome)")
     ap.add_argument("--slice", dest="slices", action="append", default=None,
-                    help="slice of the tables, repeatable (default race)")
+                    help="slice of the tables, repeatable (default: the runs' first attribute slice, e.g. race)")
     ap.add_argument("--taxonomy", dest="taxonomies", action="append", default=None,
                     help="only these taxonomies, repeatable (default all with the metric)")
     ap.add_argument("--method", dest="methods", action="append", default=None, help="only these methods")
@@ -428,7 +441,11 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--min-n", type=int, default=30, help="smallest group headlined or compared (default 30)")
     ap.add_argument("--confidence", type=float, default=0.95, help="level of the gap intervals (default 0.95)")
     a = ap.parse_args(list(argv))
-    res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices or ["race"], taxonomies=a.taxonomies,
+    if not 0 < a.confidence < 1:
+        raise CollectError(f"--confidence must be between 0 and 1 (exclusive), e.g. 0.95, got {a.confidence}")
+    if a.min_n < 1:
+        raise CollectError(f"--min-n must be a number of images >= 1, got {a.min_n}")
+    res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices, taxonomies=a.taxonomies,
                           methods=a.methods, categories=a.categories, min_n=a.min_n, confidence=a.confidence)
     runs = res["runs"]
     done = [r for r in runs if r.status == "finished"]

@@ -1,5 +1,7 @@
 """Side-by-side comparison of taxonomy variants, with significance tests.
 
+Layer: analyses.
+
 Two variants evaluated on the *same images* are compared image by image: for every group the
 difference in a rate (or accuracy) is tested with McNemar's exact test on the discordant
 images (those the two variants treat differently), with Newcombe's square-and-add interval
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from .document import Document, Figure, Section, Table, Text, to_markdown
-from .metrics import DEFAULT_SLICES, _slice_attrs, _value_order, slice_name
+from .figures import DPI, save_figure
+from .metrics import slice_attrs, slice_name, value_order
 from .stats import (CORRECTION_NAMES, CORRECTIONS, benjamini_hochberg, holm, mcnemar_exact,  # noqa: F401
                     newcombe_diff, newcombe_paired_diff, two_proportion_z)
 from .outputs import read_csv, safe_filename, write_csv
@@ -50,7 +54,7 @@ LABEL_KEYS = ("taxonomy", "baseline_label", "variant_label")
 def slice_groups(frame: pd.DataFrame, s: Any) -> pd.Series | None:
     """Group label of each row for slice ``s`` (NA where an attribute is missing);
     None when the frame lacks one of the slice's attribute columns."""
-    attrs = _slice_attrs(s)
+    attrs = slice_attrs(s)
     if not attrs:
         return pd.Series("all", index=frame.index, dtype=object)
     if any(a not in frame.columns for a in attrs):
@@ -65,12 +69,14 @@ def slice_groups(frame: pd.DataFrame, s: Any) -> pd.Series | None:
     return label.where(~missing, other=None)
 
 
-def group_order(frame: pd.DataFrame, s: Any, labels: Sequence[str]) -> list[str]:
-    """Groups of a slice in canonical order (e.g. FairFace's race order, age bins ascending)."""
-    attrs = _slice_attrs(s)
+def group_order(frame: pd.DataFrame, s: Any, labels: Sequence[str],
+                orders: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Groups of a slice in the dataset's declared value ``orders`` (e.g. FairFace's race
+    order, age bins ascending); undeclared values sorted."""
+    attrs = slice_attrs(s)
     if not attrs:
         return ["all"]
-    orders = [_value_order(a, frame[a].dropna().astype(str).unique()) for a in attrs]
+    orders = [value_order(a, frame[a].dropna().astype(str).unique(), orders) for a in attrs]
     rank = {}
     import itertools
 
@@ -103,7 +109,7 @@ def _metric_specs(tax_b: pd.DataFrame, tax_v: pd.DataFrame, categories: Mapping[
 
 def _paired_rows(pred: pd.DataFrame, baseline: str, variants: Sequence[str],
                  categories: Mapping[str, Sequence[str]], slices: Sequence[Any],
-                 confidence: float) -> list[dict[str, Any]]:
+                 confidence: float, orders: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     base = pred[pred["taxonomy"] == baseline].set_index("image_id")
     if base.empty:
         raise ValueError(f"baseline taxonomy {baseline!r} not in predictions; have "
@@ -132,7 +138,7 @@ def _paired_rows(pred: pd.DataFrame, baseline: str, variants: Sequence[str],
                 df["a"] = (df["xb"] == 1) & (df["xv"] == 1)
                 agg = df.groupby("g", sort=False).agg(n=("xb", "size"), sb=("xb", "sum"), sv=("xv", "sum"),
                                                       a=("a", "sum"), b=("b", "sum"), c=("c", "sum"))
-                for grp in group_order(bb, s, agg.index.tolist()):
+                for grp in group_order(bb, s, agg.index.tolist(), orders):
                     r = agg.loc[grp]
                     n, a_, b_, c_ = float(r["n"]), float(r["a"]), float(r["b"]), float(r["c"])
                     # variant - baseline: the variant is the "first" proportion of the pair
@@ -147,15 +153,17 @@ def _paired_rows(pred: pd.DataFrame, baseline: str, variants: Sequence[str],
 
 def compare_paired(predictions: pd.DataFrame, baseline: str, variants: Sequence[str],
                    categories: Mapping[str, Sequence[str]] | None = None,
-                   slices: Sequence[Any] = DEFAULT_SLICES, method: str = "zero_shot",
-                   confidence: float = 0.95, correction: str = "holm", alpha: float = 0.05) -> pd.DataFrame:
+                   slices: Sequence[Any] = ("overall",), method: str = "zero_shot",
+                   confidence: float = 0.95, correction: str = "holm", alpha: float = 0.05,
+                   orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Compare each variant taxonomy with ``baseline`` on the same images (McNemar exact).
+    ``slices`` and ``orders``: the dataset's (see :func:`clipfair.metrics.group_metrics`).
 
     Accuracy is compared when both have a target; rates for every category both share.
     diff = variant - baseline with Newcombe's paired square-and-add interval at ``confidence``.
     """
     pred = predictions[predictions["method"] == method] if "method" in predictions else predictions
-    rows = _paired_rows(pred, baseline, variants, categories or {}, slices, confidence)
+    rows = _paired_rows(pred, baseline, variants, categories or {}, slices, confidence, orders)
     return _finish(rows, correction, alpha, confidence)
 
 
@@ -320,7 +328,7 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
     tax = str(part["taxonomy"].iloc[0])
     variants = [part["baseline_label"].iloc[0], *dict.fromkeys(part["variant_label"])]
     groups = list(dict.fromkeys(part["group"]))
-    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) * max(1, len(variants) / 3) + 3.5), 4.8), dpi=120)
+    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) * max(1, len(variants) / 3) + 3.5), 4.8), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     width = 0.8 / len(variants)
@@ -359,9 +367,7 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
     ax.grid(axis="y", alpha=0.3)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)
 
 
 def plot_name(metric: str, category: str, slice: str, taxonomy: str = "") -> str:
@@ -370,20 +376,22 @@ def plot_name(metric: str, category: str, slice: str, taxonomy: str = "") -> str
                          f"_{slice}", ".png")
 
 
-def plot_keys(cmp: pd.DataFrame, plot_slices: Sequence[str] = ("race", "age")) -> dict[tuple, str]:
-    """(taxonomy, metric, category, slice) -> plot file name, for the slices that get a plot
-    (across runs the name carries the taxonomy)."""
+def plot_keys(cmp: pd.DataFrame, plot_slices: Sequence[str] | None = None) -> dict[tuple, str]:
+    """(taxonomy, metric, category, slice) -> plot file name, for the slices that get a plot: the
+    dataset's declared ``plot_slices`` (None: every single-attribute slice); across runs the name
+    carries the taxonomy."""
     if not len(cmp):
         return {}
     cmp = with_labels(cmp)
     keys = cmp[["taxonomy", "metric", "category", "slice", "baseline_label"]].drop_duplicates(
         ["taxonomy", "metric", "category", "slice"])
     return {(t, m, c, s): plot_name(m, c, s, t if t != b else "") for t, m, c, s, b in
-            keys.itertuples(index=False, name=None) if s in plot_slices}
+            keys.itertuples(index=False, name=None)
+            if (s in plot_slices if plot_slices is not None else s != "overall" and "+" not in s)}
 
 
 def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: float,
-                     plot_slices: Sequence[str] = ("race", "age"), model: str = "") -> list[Path]:
+                     plot_slices: Sequence[str] | None = None, model: str = "") -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "comparison_side_by_side.csv"]
@@ -458,19 +466,56 @@ def taxonomy_difference(base: Run, other: Run, name: str) -> str | None:
     return None
 
 
+#: the metrics.csv columns compare reads
+COMPARE_COLUMNS = ("taxonomy", "method", "metric", "category", "slice", "group", "n", "count", "value")
+
+
 def load_run(run_dir: Path | str) -> Run:
     """A finished run folder (its outputs are moved in only when all are written);
     :class:`clipfair.outputs.OutputError` otherwise."""
     from .outputs import require_finished_run
 
+    from .runfolder import read_metrics, read_record
+
     run_dir = Path(run_dir)
     require_finished_run(run_dir)
+    rec = read_record(run_dir)  # RunFolderError: one line naming the file
+    met = read_metrics(run_dir, COMPARE_COLUMNS).fillna({"category": ""})
     try:
-        rec = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CompareError(f"{run_dir / 'run.json'}: not readable JSON ({e})") from None
-    met = read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"category": ""})
-    return Run(run_dir, pd.read_parquet(run_dir / "predictions.parquet"), met, rec)
+        pred = pd.read_parquet(run_dir / "predictions.parquet")
+    except Exception as e:  # pyarrow raises several types for a damaged or foreign file
+        raise CompareError(f"{run_dir / 'predictions.parquet'}: not readable ({type(e).__name__}); "
+                           "was it written by `clipfair run`?") from None
+    return Run(run_dir, pred, met, rec)
+
+
+def readable_runs(run_dirs: Sequence[Path], method: str = "zero_shot") -> list[Path]:
+    """The run folders that `compare` can read, each other one skipped with a one-line
+    warning naming it and why (CompareError when fewer than two are left). A run without
+    results of ``method`` (e.g. linear_probe without probe.enabled) is an error."""
+    from .outputs import require_finished_run
+    from .runfolder import RunFolderError, read_metrics, read_record
+
+    good, skipped = [], []
+    for d in map(Path, run_dirs):
+        require_finished_run(d)  # an unfinished or missing run: an error, as before
+        try:
+            read_record(d)
+            met = read_metrics(d, COMPARE_COLUMNS)
+        except RunFolderError as e:  # a foreign or damaged run folder: skipped with one line
+            skipped.append(" ".join(str(e).split()))
+            continue
+        methods = sorted(set(met["method"].astype(str)))
+        if method not in methods:
+            hint = " (run with probe.enabled=true)" if method == "linear_probe" else ""
+            raise CompareError(f"--method {method}: {d} has no {method} results{hint}; its methods: "
+                               f"{', '.join(methods) or 'none'}")
+        good.append(d)
+    if skipped and len(good) < 2:
+        raise CompareError(f"{skipped[0]}; fewer than two readable run folders left to compare")
+    for why in skipped:
+        print(f"clipfair: skipped {why}", file=sys.stderr)
+    return good
 
 
 def _label_runs(runs: Sequence[Run]) -> None:
@@ -486,16 +531,35 @@ def _label_runs(runs: Sequence[Run]) -> None:
             r.label = f"{r.label} #{seen[r.label]}"
 
 
+def run_slices_and_orders(run: Run) -> tuple[list[Any], dict[str, list[str]]]:
+    """The slices a finished run computed (as its ``metrics.csv`` lists them) and its
+    dataset's declared value orders (``run.json``'s ``value_orders``; for older runs, the
+    group order of ``metrics.csv``, which follows the declarations)."""
+    met = run.metrics
+    slices: list[Any] = []
+    for name in dict.fromkeys(met["slice"].astype(str)) if "slice" in met else ():
+        attrs = tuple(name.split("+"))
+        slices.append(name if len(attrs) == 1 else attrs)
+    declared = run.record.get("value_orders")
+    if isinstance(declared, dict):
+        return slices, {str(a): [str(v) for v in vs] for a, vs in declared.items()}
+    orders = {name: list(dict.fromkeys(met.loc[met["slice"] == name, "group"].astype(str)))
+              for name in slices if isinstance(name, str) and name != "overall"}
+    return slices, orders
+
+
 def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correction: str = "holm",
                  alpha: float = 0.05, method: str = "zero_shot", confidence: float = 0.95,
-                 slices: Sequence[Any] = DEFAULT_SLICES, allow_different_taxonomies: bool = False) -> pd.DataFrame:
+                 slices: Sequence[Any] | None = None, allow_different_taxonomies: bool = False) -> pd.DataFrame:
     """Compare each taxonomy of the baseline run with the same-named taxonomy of every other
     run. ``baseline``: a run folder (or its label); default the first. Rows are named
     ``<run label>: <taxonomy>``. Runs on the same images (equal dataset fingerprints) are
     compared image by image, others from their counts. One correction over all rows.
     Same-named taxonomies whose classes or prompts differ (run.json) are refused, or with
     ``allow_different_taxonomies`` compared with the row named ``<run label>: <taxonomy>
-    (different classes)`` / ``(different prompts)``."""
+    (different classes)`` / ``(different prompts)``.
+    ``slices``: default the baseline run's; groups follow its declared value orders
+    (:func:`run_slices_and_orders`)."""
     if len(run_dirs) < 2:
         raise CompareError("give at least two run folders to compare")
     runs = [load_run(d) for d in run_dirs]
@@ -508,6 +572,8 @@ def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correcti
                                f"({', '.join(str(r.path) for r in runs)}) or labels ({', '.join(r.label for r in runs)})")
         base = hits[0]
     others = [r for r in runs if r is not base]
+    base_slices, orders = run_slices_and_orders(base)
+    slices = base_slices if slices is None else slices
     rows: list[dict[str, Any]] = []
     paired_any = False
     base_taxes = list(dict.fromkeys(base.predictions["taxonomy"].astype(str)))
@@ -533,7 +599,7 @@ def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correcti
                 vp = r.predictions[r.predictions["taxonomy"] == tax].assign(taxonomy=vname)
                 pred = pd.concat([bp, vp], ignore_index=True)
                 pred = pred[pred["method"] == method] if "method" in pred else pred
-                new = _paired_rows(pred, bname, [vname], {}, slices, confidence)
+                new = _paired_rows(pred, bname, [vname], {}, slices, confidence, orders)
                 paired_any = True
             else:
                 bm = base.metrics[(base.metrics["taxonomy"] == tax) & (base.metrics["method"] == method)]
@@ -568,7 +634,8 @@ def main(argv: Sequence[str]) -> int:
     if not 0 < a.confidence < 1 or not 0 < a.alpha < 1:
         raise CompareError("--confidence and --alpha must be between 0 and 1")
     # a user's mistake (CompareError, OutputError) becomes one line in clipfair.cli.main
-    cmp = compare_runs(a.runs, a.baseline, a.correction, a.alpha, a.method, a.confidence,
+    runs = readable_runs(a.runs, a.method)
+    cmp = compare_runs(runs, a.baseline, a.correction, a.alpha, a.method, a.confidence,
                        allow_different_taxonomies=a.allow_different_taxonomies)
     out = a.out or (Path(cmp.attrs["runs"][cmp.attrs["baseline_run"]]) / "compare")
     written = write_comparison(cmp, out, a.correction, a.alpha)

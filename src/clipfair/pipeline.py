@@ -91,7 +91,7 @@ def harms(taxonomies: Sequence[Taxonomy]) -> dict[str, dict[str, bool]]:
     return {t.name: dict(t.harms) for t in taxonomies}
 
 
-def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = M.DEFAULT_SLICES,
+def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = ("overall",),
           confidence: float = 0.95, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
           disparity_correction: str = "holm", *, orders: dict[str, Sequence[str]] | None = None,
           topk: Sequence[int] = (), small_n: int = M.SMALL_GROUP_N,
@@ -129,8 +129,8 @@ def check_run(dataset: FaceDataset, taxonomies: Sequence[Taxonomy], slices: Sequ
     taxonomy file and class)."""
     declared = {a.name: tuple(a.values) for a in dataset.declared}
     for t in taxonomies:
-        check_target(t, declared, f"dataset {dataset.name!r}")
-    return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}")
+        check_target(t, declared, f"dataset {dataset.name!r}", dataset.tolerated_values)
+    return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}", dataset.default_slices)
 
 
 def check_analyses(analyses: Sequence[Analysis], dataset: FaceDataset, taxonomies: Sequence[Taxonomy],
@@ -178,6 +178,12 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     timings: dict[str, float] = {}
     slices = check_run(dataset, taxonomies, slices)
     check_analyses(analyses, dataset, taxonomies, slices, model, confidence)  # before any image is encoded
+    for t in taxonomies:
+        big = [k for k in topk if t.target and k >= len(t.classes)]
+        if big:
+            log.warning("topk: k=%s is not below the %d classes of taxonomy %s; its top-%s accuracy is left out "
+                        "(every image would be a hit): choose k < %d", ",".join(map(str, big)), len(t.classes),
+                        t.name, ",".join(map(str, big)), len(t.classes))
     if cache_dir is not None and (why := unwritable_reason(cache_dir)) is not None:
         log.warning("cache folder %s cannot be written (%s); running without the cache", cache_dir, why)
         cache_dir = None
@@ -240,6 +246,8 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
               "images_encoded": emb.encoded, "images_from_cache": emb.cached,
               "taxonomies": len(taxonomies), **ctx.counts}
     info["slices"] = [M.slice_name(s) for s in slices]
+    info["value_orders"] = {a: list(v) for a, v in orders.items()}  # the dataset's declared orders
+    info["plot_slices"] = {k: list(v) for k, v in dataset.plot_slices.items()}  # and which slices get plots
     info["analyses"] = [a.describe() for a in analyses]
     ev = Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, confusion=conf,
                     analyses=analyses, context=ctx, outcomes=outcomes)
@@ -338,12 +346,13 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
         model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),
         harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target},
         sanity=ev.info.get("sanity") or {},
-        label_categories={t.name: {c.label: c.category for c in t.classes} for t in taxonomies})
+        label_categories={t.name: {c.label: c.category for c in t.classes} for t in taxonomies},
+        plot_slices=ev.info.get("plot_slices"))
 
 
 def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False,
                   taxonomies: Sequence[Taxonomy] = (), compare: dict[str, Any] | None = None,
-                  slices: Sequence[Any] = M.DEFAULT_SLICES,
+                  slices: Sequence[Any] = ("overall",),
                   model_card_sections: Sequence[Any] = ()) -> list[Path]:
     """predictions.parquet, metrics.csv, disparities.csv, confusion.csv, plots, summary.md,
     report.html, run.json, and every analysis's own files and report sections

@@ -1,9 +1,15 @@
-"""Face datasets: adapters (``load_dataset``), the FaceDataset object and label constants."""
+"""Face datasets: adapters (``load_dataset``), the FaceDataset object and label constants.
+
+Layer: data.
+"""
 
 from .adapters import DATASETS, ON_ERROR, UTKFACE_RACES, HFReader, load_dataset
 from .attributes import (
     AGE_BINS,
     FAIRFACE_ATTRIBUTES,
+    FAIRFACE_ORDERS,
+    FAIRFACE_PLOT_SLICES,
+    FAIRFACE_SLICES,
     RACE_BINARY_ATTRIBUTE,
     Attribute,
     AttributeDeclarationError,
@@ -26,6 +32,9 @@ from .images import ImageError
 __all__ = [
     "AGE_BINS",
     "FAIRFACE_ATTRIBUTES",
+    "FAIRFACE_ORDERS",
+    "FAIRFACE_PLOT_SLICES",
+    "FAIRFACE_SLICES",
     "RACE_BINARY_ATTRIBUTE",
     "Attribute",
     "AttributeDeclarationError",
