@@ -51,3 +51,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi
+# headless Chromium for tests/test_report_browser.py (the report measured in a real browser); optional:
+# installed where missing and apt-get is usable as root, else that test is skipped
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing chromium (for the report's browser test) ..."
+  (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+    apt-get install -y -q chromium >/dev/null 2>&1; }) || echo "chromium not installed: the browser test is skipped"
+fi

@@ -48,3 +48,21 @@ def compose():
     with initialize_config_module(config_module="clipfair.configs", version_base="1.3"):
         yield lambda overrides: hydra_compose("config", overrides=list(overrides))
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The bundled demo, run once per session as `bash scripts/demo.sh` runs it (probe on); the
+    run's folder (its wall time in seconds in ``.wall_s``)."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "clipfair", "run", f"hydra.run.dir={out}", "probe.enabled=true",
+                          "progress=false"], capture_output=True, text=True, timeout=1200,
+                         env={**os.environ, "CLIPFAIR_CACHE": str(tmp_path_factory.mktemp("demo-cache"))})
+    assert res.returncode == 0, res.stderr[-2000:]
+    (out / ".wall_s").write_text(f"{time.perf_counter() - t0:.1f}")
+    return out

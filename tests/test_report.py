@@ -140,9 +140,10 @@ def test_key_findings_hold_only_significant_differences(planted):
         rows = sig[(sig.taxonomy == tax) & (sig.method == meth) & (sig.category == cat) & (sig.slice == sl)]
         assert len(rows), line
         assert re.search(r"\(n=\d+\).*\(n=\d+\)", line) and "adjusted interval [" in line
-    # largest first
-    sizes = [abs(float(re.search(r"difference ([+-]\d+\.\d) pp", x).group(1))) for x in items]
-    assert sizes == sorted(sizes, reverse=True)
+    # surest first: the end of the adjusted interval nearest 0 (issue 21: "how sure"), harm rates before accuracies
+    sure = [min(abs(float(a)), abs(float(b))) for a, b in
+            (re.search(r"adjusted interval \[([+-]?\d+\.\d), ([+-]?\d+\.\d)\]", x).groups() for x in items)]
+    assert sure == sorted(sure, reverse=True)
     # the planted harm is found; gender accuracy (no real difference) is not a finding
     assert any("rate of non_human by race**: worst B" in x for x in items)
     assert not any("accuracy" in x for x in items)
@@ -154,12 +155,16 @@ def test_planted_neutral_category_is_never_called_worst(planted):
     md = summary_markdown(m, d, _ctx(harms=HARMS))
     decoy = [line for line in md.splitlines() if "decoy" in line and ("worst" in line or "highest" in line)]
     assert decoy and all("worst" not in line and "best" not in line for line in decoy)
-    assert any("rate of decoy by race**: highest C" in line for line in decoy)
+    # issue 21: a category without a declared direction is described (highest vs lowest in the table of
+    # differences), never a key finding (this test used to expect it among the key findings)
+    assert any("| race | highest: C" in line for line in decoy)
+    assert "decoy" not in _section(md, "Key findings")
     assert "decoy (neutral)" in md and "non_human (harm)" in md
-    # without any declaration nothing is ranked at all
+    # without any declaration nothing is ranked at all, and no rate is a finding
     md0 = summary_markdown(m, disparities(m), _ctx())
-    rates = [line for line in md0.splitlines() if "· rate of" in line]
+    rates = [line for line in md0.splitlines() if "rate ·" in line and "| race |" in line]
     assert rates and not any("worst" in line for line in rates)
+    assert "rate of" not in _section(md0, "Key findings")
 
 
 def test_no_significant_difference_says_so(hand_metrics):
@@ -227,9 +232,11 @@ def test_label_rate_rows_of_a_category_less_taxonomy_are_rendered(hand_metrics):
     extra = pd.DataFrame([_row("open", "zero_shot", "label_rate", lab, "race", g, 10, k, 0.1, 0.9)
                           for g, ks in (("White", (6, 4)), ("Black", (2, 8))) for lab, k in zip(("doctor", "nurse"), ks)])
     m = pd.concat([hand_metrics, extra], ignore_index=True)
-    md = summary_markdown(m, disparities(m, min_n=1))
+    # issue 21 (defect 6): a label is headed by its category and that category's direction, not "(neutral)"
+    md = summary_markdown(m, disparities(m, min_n=1),
+                          _ctx(label_categories={"open": {"doctor": "occupation", "nurse": "occupation"}}))
     sec = _section(md, "Predicted labels")
-    assert "| slice | group | n | doctor (neutral) | nurse (neutral) |" in sec
+    assert "| slice | group | n | doctor (occupation, neutral) | nurse (occupation, neutral) |" in sec
     assert _md_rows(sec, ("race", "Black"))[0][3] == "20.0% [10.0–90.0]"
 
 

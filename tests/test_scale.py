@@ -299,7 +299,9 @@ def _fake_run(folder: Path, model: str, overrides: list[str], metrics: pd.DataFr
     (folder / "run.json").write_text(json.dumps({
         "overrides": overrides, "model": {"name_or_path": model}, "demo": False,
         "dataset": {"name": "fairface", "source": {"split": "val"}}, "counts": {"images_evaluated": 100},
-        "hydra": {"job_num": job, "choices": {"model": "hf"}}}))
+        "hydra": {"job_num": job, "choices": {"model": "hf"}},
+        # run.json records each taxonomy's finding categories (issue 21); collect ranks rates of those only
+        "findings": {"clip_denigration": ["non_human", "crime_related"]}}))
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
 
@@ -350,7 +352,8 @@ def test_collect_labels_finished_runs_and_lists_the_others(tmp_path):
     assert "data:image/png;base64," in html and "Largest disparity per run" in html
 
     # largest disparity: an independent pandas computation over groups of n >= 30
-    disp = largest_disparities(table, min_n=30).set_index("label")
+    declared = {lab: {"clip_denigration": ["non_human"]} for lab in table["label"].unique()}  # as run.json says
+    disp = largest_disparities(table, min_n=30, findings=declared).set_index("label")
     t = table[(table["slice"] != "overall") & (table["n"] >= 30)]
     for label, run in t.groupby("label"):
         spans = run.groupby(["taxonomy", "metric", "category", "slice"])["value"].agg(lambda v: v.max() - v.min())

@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .analyses.base import HIGHER, LOWER, NEUTRAL
-from .analyses.specs import metric_spec, metric_specs
-from .metrics import METRIC_COLUMNS
+from .analyses.specs import is_ranked, metric_spec, metric_specs
+from .metrics import METRIC_COLUMNS, SLICE_SUMMARY_PREFIX
 from .outputs import write_csv
 from .runfolder import RunFolderError, read_metrics, read_record
+from .sanity import AT_CHANCE_NOTE
 from .stats import newcombe_diff
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,17 @@ class RunFolder:
     @property
     def job(self) -> int | None:
         return (self.record.get("hydra") or {}).get("job_num")
+
+    @property
+    def banner(self) -> str:
+        """run.json's sanity banner ('' when the model passed its gates, or an older run)."""
+        return str((self.record.get("sanity") or {}).get("banner") or "")
+
+    @property
+    def findings(self) -> dict[str, list[str]]:
+        """taxonomy -> the categories whose rate may be a finding (run.json; older runs: none)."""
+        f = self.record.get("findings")
+        return {str(k): [str(c) for c in v] for k, v in f.items()} if isinstance(f, dict) else {}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -206,17 +217,47 @@ def collect(dirs: Sequence[Path | str]) -> tuple[pd.DataFrame, list[RunFolder]]:
 DISPARITY_KEYS = ["taxonomy", "method", "metric", "category", "slice"]
 
 
-def largest_disparities(table: pd.DataFrame, min_n: int = 30, confidence: float = 0.95) -> pd.DataFrame:
-    """Per run, the largest gap between two groups of one slice (the overall slice left out;
-    groups with at least ``min_n`` images), with Newcombe's interval for the gap at a
-    Bonferroni-adjusted level: the gap was picked from every pair of groups the run offers,
-    so the level is ``1 - (1 - confidence) / pairs``. ``finding`` is true when that interval
-    excludes zero."""
-    cols = ["label", *DISPARITY_KEYS, "high_group", "high_value", "high_n", "low_group", "low_value", "low_n",
-            "gap", "gap_ci_low", "gap_ci_high", "pairs", "adjusted_confidence", "finding"]
+def candidate_rows(table: pd.DataFrame, findings: dict[str, dict[str, list[str]]] | None = None) -> pd.Series:
+    """Rows of the collected table that may give a finding: a metric with a declared direction
+    (accuracies), or a rate of a category the run's taxonomy declares as a finding's harm
+    (``findings``: run label -> taxonomy -> categories, from run.json). Never ``label_rate`` (a
+    target taxonomy's own classes: a confusion description) nor a rate of a category routed on
+    purpose (``human`` beside ``child``)."""
+    findings = findings or {}
     out = []
+    given = (table["direction"].astype(object).where(table["direction"].notna(), "").astype(str)
+             if "direction" in table.columns else pd.Series("", index=table.index))
+    for lab, tax, met, cat, dirn in zip(table["label"], table["taxonomy"], table["metric"],
+                                        table["category"].astype(object).where(table["category"].notna(), ""), given):
+        spec = metric_spec(str(met))
+        if spec is None:  # a user analysis's outcome: the direction its run wrote into metrics.csv
+            out.append(dirn in ("higher_is_better", "lower_is_better"))
+        elif not is_ranked(str(met)) or str(met).startswith(SLICE_SUMMARY_PREFIX):
+            out.append(False)
+        elif spec.direction_from_harm:
+            out.append(str(cat) in set(findings.get(str(lab), {}).get(str(tax), ())))
+        else:
+            out.append(spec.direction != "neutral")
+    return pd.Series(out, index=table.index, dtype=bool)
+
+
+def largest_disparities(table: pd.DataFrame, min_n: int = 30, confidence: float = 0.95,
+                        findings: dict[str, dict[str, list[str]]] | None = None,
+                        noise: set[str] | None = None) -> pd.DataFrame:
+    """Per run, the largest gap between two groups of one slice (the overall slice left out;
+    groups with at least ``min_n`` images) among the rows that may give a finding
+    (:func:`candidate_rows`), with Newcombe's interval for the gap at a Bonferroni-adjusted
+    level: the gap was picked from every pair of groups those rows offer, so the level is
+    ``1 - (1 - confidence) / pairs``. ``finding`` is true when that interval excludes zero and
+    the run's model passed its sanity gates (``noise``: labels of runs that did not; their
+    ``note`` says so)."""
+    cols = ["label", *DISPARITY_KEYS, "high_group", "high_value", "high_n", "low_group", "low_value", "low_n",
+            "gap", "gap_ci_low", "gap_ci_high", "pairs", "adjusted_confidence", "finding", "note"]
+    out = []
+    noise = noise or set()
     t = table[(table["slice"] != "overall") & (table["n"] >= min_n) & table["value"].notna()
               & table["count"].notna()]
+    t = t[candidate_rows(t, findings)] if len(t) else t
     for label, run in t.groupby("label", sort=False):
         g = run.groupby(DISPARITY_KEYS, sort=False)
         sizes = g.size()
@@ -229,9 +270,10 @@ def largest_disparities(table: pd.DataFrame, min_n: int = 30, confidence: float 
         hi, lo = run.loc[i_hi.iloc[k]], run.loc[i_lo.iloc[k]]
         level = 1.0 - (1.0 - confidence) / pairs
         low, high = (float(v) for v in newcombe_diff(hi["count"], hi["n"], lo["count"], lo["n"], level))
+        at_chance = label in noise
         out.append([label, *(hi[c] for c in DISPARITY_KEYS), hi["group"], float(hi["value"]), int(hi["n"]),
                     lo["group"], float(lo["value"]), int(lo["n"]), float(gaps[k]), low, high, pairs, level,
-                    bool(low > 0)])
+                    bool(low > 0) and not at_chance, AT_CHANCE_NOTE if at_chance else ""])
     return pd.DataFrame(out, columns=cols)
 
 
@@ -289,7 +331,12 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
     base = base or out_dir
     finished = [r for r in runs if r.status == "finished"]
     left_out = [r for r in runs if r.status != "finished"]
-    intro: list[Any] = [Note(DISCLAIMER)]
+    broken = [r for r in finished if r.banner]
+    intro: list[Any] = []
+    if broken:
+        intro.append(Note(f"{len(broken)} run(s) whose model does not work (random weights or accuracy at chance): "
+                          + "; ".join(f"{r.label}: {r.banner}" for r in broken), "danger"))
+    intro.append(Note(DISCLAIMER))
     if any(r.record.get("demo") for r in finished):
         intro.append(Note("Some runs used the bundled **toy model** (synthetic faces, planted biases): "
                           "their numbers say nothing about CLIP or any real model.", "warning"))
@@ -300,10 +347,12 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
         "here, so overlapping intervals say nothing either way. Demographic labels are annotators' perceptions."))
     sections: list[Section] = []
     sections.append(Section("Runs", [Table(
-        ["label", "model", "dataset", "images", "job", "folder"],
-        [[r.label, r.model, r.dataset, (r.record.get("counts") or {}).get("images_evaluated", "–"),
+        ["label", "model", "model works?", "dataset", "images", "job", "folder"],
+        [[r.label, r.model, "**NO**: " + AT_CHANCE_NOTE if r.banner else
+          ("yes" if r.record.get("sanity") else "not checked (older run)"), r.dataset,
+          (r.record.get("counts") or {}).get("images_evaluated", "–"),
           "–" if r.job is None else r.job, f"`{_relative(r.path, base)}`"] for r in finished],
-        align="lllrrl")]))
+        align="llllrrl")]))
     if left_out:
         sections.append(Section("Runs left out", [
             Note(f"{len(left_out)} run(s) did not finish and are not in any table below.", "warning"),
@@ -337,25 +386,21 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
         tables.append(Text(f"No {metric} rows for the chosen taxonomies, methods and slices ({', '.join(slices)})."))
     sections.append(Section(f"{metric} across runs", tables))
 
-    disp = largest_disparities(table, min_n, confidence)
-    words = {HIGHER: "the lower group is worse off (higher is better)",
-             LOWER: "the higher group is worse off (lower is better)",
-             NEUTRAL: "neither is worse (no declared direction)"}
-    worse = {}
-    for m in dict.fromkeys(disp["metric"]) if len(disp) else ():
-        s = metric_spec(m)
-        worse[m] = ("whether a higher share is a harm depends on the category" if s is not None and s.direction_from_harm
-                    else words[s.direction] if s is not None else "as the run's metrics.csv states (direction column)")
+    disp = largest_disparities(table, min_n, confidence, findings={r.label: r.findings for r in finished},
+                               noise={r.label for r in broken})
     rows = [[d.label, f"{d.metric}{f' of {d.category}' if d.category else ''} · {d.taxonomy} · {d.method}", d.slice,
              f"{d.high_group} {_pct(d.high_value)} (n={d.high_n})", f"{d.low_group} {_pct(d.low_value)} (n={d.low_n})",
              f"{100 * d.gap:.1f} [{100 * d.gap_ci_low:.1f}, {100 * d.gap_ci_high:.1f}]",
-             "**yes**" if d.finding else "no"] for d in disp.itertuples(index=False)]
+             d.note if d.note else "**yes**" if d.finding else "no"] for d in disp.itertuples(index=False)]
     sections.append(Section("Largest disparity per run", [
-        Text(f"Per run, the largest gap between the higher and the lower group of one slice, over every "
-             f"taxonomy, method, metric and category, among groups of at least {min_n} images. The gap's "
+        Text(f"Per run, the largest gap between the higher and the lower group of one slice, over the metrics "
+             f"with a declared direction (accuracies: the lower group is worse off) and the rates of the "
+             f"categories each taxonomy declares as a finding's harm (the higher group is worse off), among "
+             f"groups of at least {min_n} images. Label rates (a target taxonomy's own classes: how the classifier "
+             f"answers, not a disparity) and rates of categories without a declared harm are left out. The gap's "
              f"interval (Newcombe's hybrid score interval) is Bonferroni-adjusted for every pair of groups the "
-             f"gap was picked from, so a **finding** is a gap whose adjusted interval excludes zero. Direction: "
-             + "; ".join(f"{m}: {w}" for m, w in worse.items()) + "."),
+             f"gap was picked from, so a **finding** is a gap whose adjusted interval excludes zero, from a model "
+             f"that passed its sanity gates."),
         Table(["run", "what", "slice", "higher", "lower", "gap pp [adjusted CI]", "finding"], rows, align="lllllrl")
         if rows else Text(f"No run has two groups of at least {min_n} images in a slice.")]))
     return Document("clipfair: runs collected", sections, intro), written

@@ -44,7 +44,11 @@ class CompareError(ValueError):
 
 COMPARISON_COLUMNS = ("baseline", "variant", "metric", "category", "slice", "group", "n",
                       "baseline_value", "variant_value", "diff", "diff_ci_low", "diff_ci_high",
-                      "test", "p_value", "p_adjusted", "significant")
+                      "test", "p_value", "p_adjusted", "significant", "taxonomy", "baseline_label", "variant_label")
+#: what one comparison row is about: the taxonomy compared (across runs: the shared taxonomy; within a
+#: run: the baseline taxonomy), and the column headers of its two sides (across runs: the run labels;
+#: within a run: the taxonomy names). Every rendered table and plot is keyed by these columns.
+LABEL_KEYS = ("taxonomy", "baseline_label", "variant_label")
 
 
 def slice_groups(frame: pd.DataFrame, s: Any) -> pd.Series | None:
@@ -196,26 +200,48 @@ def _finish(rows: list[dict[str, Any]], correction: str, alpha: float, confidenc
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; choose {', '.join(CORRECTIONS)}")
     df = pd.DataFrame(rows, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_adjusted", "significant")])
+    df = with_labels(df)
     df["p_adjusted"] = CORRECTIONS[correction](df["p_value"].to_numpy(float)) if len(df) else []
     df["significant"] = df["p_adjusted"] < alpha
     df.attrs.update(correction=correction, alpha=alpha, confidence=confidence)
     return df[list(COMPARISON_COLUMNS)]
 
 
+def with_labels(cmp: pd.DataFrame) -> pd.DataFrame:
+    """``cmp`` with :data:`LABEL_KEYS` filled (a table from an older clipfair: the baseline
+    taxonomy and the baseline / variant names)."""
+    out = cmp.copy()
+    for col, default in (("taxonomy", "baseline"), ("baseline_label", "baseline"), ("variant_label", "variant")):
+        if col not in out.columns:
+            out[col] = out[default] if default in out.columns else ""
+        out[col] = out[col].astype(object)
+        empty = out[col].isna() | (out[col].astype(str) == "")
+        if empty.any() and default in out.columns:
+            out.loc[empty, col] = out.loc[empty, default]
+        out[col] = out[col].astype(str)
+    return out
+
+
 def side_by_side(cmp: pd.DataFrame) -> pd.DataFrame:
-    """One row per metric x category x slice x group; the baseline's value and every
-    variant's value side by side, each variant followed by its significance flag."""
-    key = ["metric", "category", "slice", "group"]
+    """One row per taxonomy x metric x category x slice x group: the baseline's value and every
+    variant's value side by side (columns named by ``baseline_label`` / ``variant_label``), each
+    variant followed by its significance flag. Built from the rows' own key columns: a value
+    sits only beside values of the same taxonomy, metric, category, slice and group."""
+    key = ["taxonomy", "metric", "category", "slice", "group"]
     if cmp.empty:
         return pd.DataFrame(columns=key)
-    base = cmp.drop_duplicates(key).set_index(key)[["n", "baseline_value"]]
-    base = base.rename(columns={"baseline_value": str(cmp["baseline"].iloc[0])})
-    cols = [base]
-    for v, part in cmp.groupby("variant", sort=False):
-        part = part.set_index(key)
-        cols.append(part[["variant_value", "significant"]].rename(
-            columns={"variant_value": str(v), "significant": f"{v} significant"}))
-    return pd.concat(cols, axis=1).reset_index()
+    cmp = with_labels(cmp)
+    parts = []
+    for tax, part in cmp.groupby("taxonomy", sort=False):
+        base = part.drop_duplicates(key).set_index(key)[["n", "baseline_value"]]
+        base = base.rename(columns={"baseline_value": str(part["baseline_label"].iloc[0])})
+        cols = [base]
+        for v, vp in part.groupby("variant_label", sort=False):
+            vp = vp.set_index(key)
+            cols.append(vp[["variant_value", "significant"]].rename(
+                columns={"variant_value": str(v), "significant": f"{v} significant"}))
+        parts.append(pd.concat(cols, axis=1).reset_index())
+    return pd.concat(parts, ignore_index=True, sort=False)
 
 
 def _pct(x: float) -> str:
@@ -239,13 +265,16 @@ def comparison_sections(cmp: pd.DataFrame, correction: str, alpha: float, max_ro
         f"interval). Multiple-comparison correction: {CORRECTION_NAMES[correction]} over all {len(cmp)} "
         f"comparisons; significant = adjusted p < {alpha}. Covers the groups of the slices shown; cannot show "
         "why a variant moves a group, and a difference that is not significant is not evidence of no effect.")]
+    cmp = with_labels(cmp)
     wide = side_by_side(cmp)
-    variants = list(dict.fromkeys(cmp["variant"])) if len(cmp) else []
-    for (metric, cat), part in (wide.groupby(["metric", "category"], sort=False) if len(cmp) else []):
+    for (tax, metric, cat), part in (wide.groupby(["taxonomy", "metric", "category"], sort=False) if len(cmp) else []):
         part = part[~part["slice"].astype(str).str.contains("+", regex=False)]
         if part.empty:
             continue
-        base = str(cmp["baseline"].iloc[0])
+        rows_of = cmp[(cmp["taxonomy"] == tax) & (cmp["metric"] == metric) & (cmp["category"] == cat)]
+        base = str(rows_of["baseline_label"].iloc[0])
+        variants = [v for v in dict.fromkeys(rows_of["variant_label"]) if v in part.columns]
+        across = base != tax  # across runs: the headers are run labels, the taxonomy is named in the title
         rows = []
         for r in part.to_dict("records"):
             cells = [_pct(r[base])] + [
@@ -253,21 +282,23 @@ def comparison_sections(cmp: pd.DataFrame, correction: str, alpha: float, max_ro
                 for v in variants]
             rows.append([r["slice"], r["group"], int(r["n"]), *cells])
         sec = [Table(["slice", "group", "n", base, *variants], rows, align="llr" + "r" * (1 + len(variants)))]
-        for (mm, cc, sl), img in (images or {}).items():
-            if (mm, cc) == (metric, cat):
-                sec.append(Figure(img, f"{metric}{f' of {cat}' if cat else ''} by {sl}"))
-        blocks.append(Section(f"Side by side: {metric}{f' of {cat!r}' if cat else ''} (* significant vs {base})",
-                              sec))
+        for key, img in (images or {}).items():
+            tt, mm, cc, sl = key if len(key) == 4 else (tax, *key)
+            if (tt, mm, cc) == (tax, metric, cat):
+                sec.append(Figure(img, f"{tax + ' · ' if across else ''}{metric}{f' of {cat}' if cat else ''} by {sl}"))
+        blocks.append(Section(f"Side by side: {tax + ' · ' if across else ''}{metric}{f' of {cat!r}' if cat else ''} "
+                              f"(* significant vs {base})", sec))
     for (b, v), part in (cmp.groupby(["baseline", "variant"], sort=False) if len(cmp) else []):
         sig = part[part["significant"]]
         show = part.reindex(part["diff"].abs().sort_values(ascending=False, kind="stable").index).head(max_rows)
         rows = [[r.metric, r.category or "–", r.slice, r.group, r.n, _pct(r.baseline_value), _pct(r.variant_value),
                  f"{_pp(r.diff)} [{_pp(r.diff_ci_low)}, {_pp(r.diff_ci_high)}]", f"{r.p_adjusted:.3g}",
                  "yes" if r.significant else ""] for r in show.itertuples()]
+        bl, vl = str(part["baseline_label"].iloc[0]), str(part["variant_label"].iloc[0])
         blocks.append(Section(f"{v} vs {b}", [
             Text(f"{len(sig)} of {len(part)} group differences are significant; the {len(show)} largest:"),
-            Table(["metric", "category", "slice", "group", "n", "baseline", "variant", "diff pp [CI]", "p adj.",
-                   "significant"], rows, align="llllrrrrrc")]))
+            Table(["metric", "category", "slice", "group", "n", f"baseline ({bl})", f"variant ({vl})", "diff pp [CI]",
+                   "p adj.", "significant"], rows, align="llllrrrrrc")]))
     return [Section(title, blocks)]
 
 
@@ -279,16 +310,23 @@ def comparison_markdown(cmp: pd.DataFrame, correction: str, alpha: float, max_ro
 
 
 def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str, path: Path,
-                       model: str = "") -> Path:
+                       model: str = "", taxonomy: str | None = None) -> Path:
     """Each group's value under the baseline and every variant: dodged points per group (the
     variants are not ordered, so nothing joins them); a ring marks a significant change."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
 
+    cmp = with_labels(cmp)
     part = cmp[(cmp["metric"] == metric) & (cmp["category"] == category) & (cmp["slice"] == slice)]
+    if taxonomy is not None:
+        part = part[part["taxonomy"] == taxonomy]
     if part.empty:
-        raise ValueError(f"no comparison rows for {metric}/{category}/{slice}")
-    variants = [part["baseline"].iloc[0], *dict.fromkeys(part["variant"])]
+        raise ValueError(f"no comparison rows for {taxonomy or ''}/{metric}/{category}/{slice}")
+    if part["taxonomy"].nunique() > 1:
+        raise ValueError(f"comparison rows of several taxonomies ({', '.join(part['taxonomy'].unique())}) for "
+                         f"{metric}/{category}/{slice}: name one")
+    tax = str(part["taxonomy"].iloc[0])
+    variants = [part["baseline_label"].iloc[0], *dict.fromkeys(part["variant_label"])]
     groups = list(dict.fromkeys(part["group"]))
     fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) * max(1, len(variants) / 3) + 3.5), 4.8), dpi=DPI)
     FigureCanvasAgg(fig)
@@ -301,7 +339,7 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
             if j == 0:
                 y, s_ = pg["baseline_value"].iloc[0], False
             else:
-                pv = pg[pg["variant"] == v]
+                pv = pg[pg["variant_label"] == v]
                 if pv.empty:
                     continue
                 y, s_ = pv["variant_value"].iloc[0], bool(pv["significant"].iloc[0])
@@ -322,7 +360,9 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
         ax.axvline(i - 0.5, color="#eeeeee", lw=0.8, zorder=0)
     what = "accuracy" if metric == "accuracy" else f"rate of '{category}'"
     ax.set_ylabel(f"{what} (%)")
-    ax.set_title(f"{model + ': ' if model else ''}{what} by {slice}, baseline and variants\n"
+    across = str(variants[0]) != tax
+    ax.set_title(f"{model + ': ' if model else ''}{tax + ': ' if across else ''}{what} by {slice}, "
+                 f"baseline {variants[0]} and {'other runs' if across else 'variants'}\n"
                  "(ringed: significant change vs baseline)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, fontsize=8)
@@ -330,17 +370,23 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
     return save_figure(fig, path)
 
 
-def plot_name(metric: str, category: str, slice: str) -> str:
-    """File name of the comparison plot of one metric / category / slice."""
-    return safe_filename(f"compare_{metric}{'_' + category if category else ''}_{slice}", ".png")
+def plot_name(metric: str, category: str, slice: str, taxonomy: str = "") -> str:
+    """File name of the comparison plot of one (taxonomy,) metric / category / slice."""
+    return safe_filename(f"compare_{taxonomy + '_' if taxonomy else ''}{metric}{'_' + category if category else ''}"
+                         f"_{slice}", ".png")
 
 
 def plot_keys(cmp: pd.DataFrame, plot_slices: Sequence[str] | None = None) -> dict[tuple, str]:
-    """(metric, category, slice) -> plot file name, for the slices that get a plot: the
-    dataset's declared ``plot_slices`` (None: every single-attribute slice)."""
-    keys = cmp[["metric", "category", "slice"]].drop_duplicates() if len(cmp) else []
-    return {(m, c, s): plot_name(m, c, s) for m, c, s in
-            (keys.itertuples(index=False, name=None) if len(cmp) else [])
+    """(taxonomy, metric, category, slice) -> plot file name, for the slices that get a plot: the
+    dataset's declared ``plot_slices`` (None: every single-attribute slice); across runs the name
+    carries the taxonomy."""
+    if not len(cmp):
+        return {}
+    cmp = with_labels(cmp)
+    keys = cmp[["taxonomy", "metric", "category", "slice", "baseline_label"]].drop_duplicates(
+        ["taxonomy", "metric", "category", "slice"])
+    return {(t, m, c, s): plot_name(m, c, s, t if t != b else "") for t, m, c, s, b in
+            keys.itertuples(index=False, name=None)
             if (s in plot_slices if plot_slices is not None else s != "overall" and "+" not in s)}
 
 
@@ -352,8 +398,8 @@ def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: f
     write_csv(cmp, written[0])
     write_csv(side_by_side(cmp), written[2])
     images = plot_keys(cmp, plot_slices)
-    for (metric, cat, sl), name in images.items():
-        written.append(plot_variant_shift(cmp, metric, cat, sl, out_dir / name, model))
+    for (tax, metric, cat, sl), name in images.items():
+        written.append(plot_variant_shift(cmp, metric, cat, sl, out_dir / name, model, taxonomy=tax))
     written[1].write_text(comparison_markdown(cmp, correction, alpha, images=images))
     return written
 
@@ -553,13 +599,14 @@ def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correcti
                 vp = r.predictions[r.predictions["taxonomy"] == tax].assign(taxonomy=vname)
                 pred = pd.concat([bp, vp], ignore_index=True)
                 pred = pred[pred["method"] == method] if "method" in pred else pred
-                rows += _paired_rows(pred, bname, [vname], {}, slices, confidence, orders)
+                new = _paired_rows(pred, bname, [vname], {}, slices, confidence, orders)
                 paired_any = True
             else:
                 bm = base.metrics[(base.metrics["taxonomy"] == tax) & (base.metrics["method"] == method)]
                 vm = r.metrics[(r.metrics["taxonomy"] == tax) & (r.metrics["method"] == method)]
                 met = pd.concat([bm.assign(taxonomy=bname), vm.assign(taxonomy=vname)], ignore_index=True)
-                rows += _unpaired_rows(met, bname, [vname], confidence)
+                new = _unpaired_rows(met, bname, [vname], confidence)
+            rows += [{**x, "taxonomy": tax, "baseline_label": base.label, "variant_label": r.label} for x in new]
     if not rows:
         raise CompareError(f"the runs share no taxonomy name with the baseline {base.label} "
                            f"(its taxonomies: {', '.join(base_taxes)})")

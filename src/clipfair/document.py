@@ -54,7 +54,8 @@ class Text:
 
 @dataclass
 class Note:
-    """A call-out paragraph (Markdown block quote); ``kind`` is ``info`` or ``warning``."""
+    """A call-out paragraph (Markdown block quote); ``kind`` is ``info``, ``warning`` or ``danger``
+    (a red banner: the model does not work)."""
 
     text: str
     kind: str = "info"
@@ -115,6 +116,8 @@ class Section:
     title: str
     blocks: list[Block] = field(default_factory=list)
     anchor: str = ""
+    #: HTML only: the section's body is folded (a <details> under its heading), open on a click
+    folded: bool = False
 
 
 @dataclass
@@ -177,7 +180,10 @@ def _md_blocks(blocks: Sequence[Block], level: int, out: list[str]) -> None:
         elif isinstance(b, Text):
             out += [inline_markdown(b.text), ""]
         elif isinstance(b, Note):
-            prefix = "**Warning:** " if b.kind == "warning" else ""
+            prefix = {"warning": "**Warning:** ", "danger": "🛑 **"}.get(b.kind, "")
+            if b.kind == "danger":
+                out += [f"> {prefix}{inline_markdown(b.text)}**", ""]
+                continue
             out += ["> " + line if line else ">" for line in inline_markdown(prefix + b.text).split("\n")]
             out.append("")
         elif isinstance(b, Bullets):
@@ -268,6 +274,12 @@ def _html_blocks(blocks: Sequence[Block], level: int, out: list[str], base_dir: 
             slug = b.anchor or _slug(b.title, used)
             toc.append((level, slug, b.title))
             h = min(level, 6)
+            if b.folded:
+                out.append(f'<section id="{html.escape(slug)}"><details class="fold"><summary><h{h}>'
+                           f'{inline_html(b.title)}</h{h}></summary>')
+                _html_blocks(b.blocks, level + 1, out, base_dir, used, toc)
+                out.append("</details></section>")
+                continue
             out.append(f'<section id="{html.escape(slug)}"><h{h}>{inline_html(b.title)}</h{h}>')
             _html_blocks(b.blocks, level + 1, out, base_dir, used, toc)
             out.append("</section>")
@@ -308,6 +320,9 @@ h3{font-size:1.1rem;margin-top:1.6rem}h4,h5,h6{font-size:1rem}
 code{background:#edf2f7;padding:0 .25rem;border-radius:3px;font-size:.9em}
 .note{border-left:4px solid #4c72b0;background:#f0f5ff;padding:.5rem .9rem;margin:.8rem 0}
 .note.warning{border-color:#c44e52;background:#fff5f5}
+nav.toc ul{columns:3;margin:.3rem 0}
+details.fold>summary{cursor:pointer;list-style:revert}details.fold>summary>h2,details.fold>summary>h3{display:inline}
+.note.danger{border:2px solid #b00020;background:#b00020;color:#fff;font-weight:600;font-size:1.05rem}
 .tablewrap{overflow-x:auto;margin:.6rem 0 1rem}
 table{border-collapse:collapse;font-size:.88rem}
 th,td{border:1px solid #e2e8f0;padding:.25rem .55rem;vertical-align:top}

@@ -502,6 +502,8 @@ class CardContext:
     linear_probe: dict[str, Any] = field(default_factory=dict)  # run.json's linear_probe entry
     precision: dict[str, Any] = field(default_factory=dict)  # run.json's precision entry
     extra_choices: dict[str, Any] = field(default_factory=dict)
+    #: run.json's sanity banner (random weights, accuracy at chance): leads the card when set
+    banner: str = ""
 
 
 def _f(v: float, nd: int = 1) -> str:
@@ -567,7 +569,8 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
              f"interval; **differs**: the interval excludes it (the difference and its interval are given); "
              f"**not measured**: no images for it here. Verdicts use intervals Bonferroni-adjusted over the "
              f"measured cells of each table (level 1 - {1 - opts.confidence:g}/m), so a table that differs is "
-             f"a family-wise finding; the cells show the {conf} interval."),
+             f"a family-wise finding; the cells show the {conf} interval and, beside it, the adjusted interval "
+             f"the verdict used (its level in brackets)."),
         Text("The paper's own figures are measurements too. Where its sample size is known (the *paper n* "
              "shown beside the value, from the reference file's `paper_n`), the verdict reads the two-sample "
              "(Newcombe) interval of the difference, which counts both sides' uncertainty: consistent when it "
@@ -634,11 +637,18 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
             diff = (f"{r.difference:+.1f} [{r.diff_low:+.1f}, {r.diff_high:+.1f}]"
                     if r.verdict == "differs" else "")
             col = f"{r.column} ({r.scoring})" if r.scoring else r.column
-            rows.append([r.row, col, ref, here, int(r.n), f"**{r.verdict}**" if r.verdict == "differs"
+            pn = getattr(r, "paper_n", np.nan)
+            if r.n and pn == pn and pn and r.diff_low == r.diff_low:  # two-sample rule: the difference's interval
+                used = (f"difference [{r.diff_low:+.1f}, {r.diff_high:+.1f}] (two-sample, "
+                        f"{100 * r.adj_confidence:.4g}%)")
+            else:
+                used = (f"[{_f(r.adj_ci_low)}-{_f(r.adj_ci_high)}] ({100 * r.adj_confidence:.4g}%)"
+                        if r.n and r.adj_ci_low == r.adj_ci_low else "–")
+            rows.append([r.row, col, ref, here, int(r.n), used, f"**{r.verdict}**" if r.verdict == "differs"
                          else r.verdict, diff, r.equivalence])
-        blocks.append(Table(["row", "column", "paper", f"here [{conf} CI]", "n", "verdict",
-                             "difference [adjusted CI]", f"±{opts.tolerance_pp:g} pp"], rows,
-                            align="llrrrllr"))
+        blocks.append(Table(["row", "column", "paper", f"here [{conf} CI]", "n", "verdict's interval (adjusted)",
+                             "verdict", "difference [adjusted CI]", f"±{opts.tolerance_pp:g} pp"], rows,
+                            align="llrrrrllr"))
         quotes = [f"{r.row}: “{r.quote}”" for r in part.drop_duplicates("id").itertuples() if r.quote]
         if quotes:
             blocks.append(Details("The paper's words", [Bullets(quotes)]))
@@ -837,7 +847,8 @@ def write_model_card(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: Mod
         written.append(plot_table(card, table, out_dir / name, opts.tolerance_pp))
         plots[table] = name
     sections = card_sections(card, opts, context, plots)
-    doc = Document(card_title(context, opts), sections)
+    doc = Document(card_title(context, opts), sections,
+                   intro=[Note(context.banner, "danger")] if context.banner else [])
     (out_dir / "model_card.md").write_text(to_markdown(doc))
     (out_dir / "model_card.html").write_text(to_html(doc, base_dir=out_dir))
     written += [out_dir / "model_card.md", out_dir / "model_card.html"]

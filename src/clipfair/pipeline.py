@@ -28,6 +28,8 @@ from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open
 from .models import ImageTextModel, Scoring
 from .outputs import write_csv
 from .record import write_json
+from .sanity import annotate_findings, chance_gates
+from .sanity import verdict as sanity_verdict
 from .taxonomy import Taxonomy, check_target
 from .analyses import Analysis, RunContext, build_analysis, get_analysis
 from .analyses import compose
@@ -231,6 +233,12 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
             met["k"] = met["k"].astype("Int64")
         met.attrs["confidence"] = float(confidence)
         conf = confusion(preds, taxonomies, slices, orders)
+        # sanity gates before any finding: accuracy vs chance per target taxonomy, random weights
+        n_cls = {t.name: len(t.classes) for t in taxonomies if t.target and t.target in dataset.attributes}
+        info["sanity"] = sanity_verdict(chance_gates(preds, n_cls, confidence),
+                                        (getattr(model, "info", None) or {}).get("random_weights"))
+        info["findings"] = {t.name: list(t.findings) for t in taxonomies}
+        disp = annotate_findings(disp, info["findings"], info["sanity"])
     skipped = dict(ctx.skipped)
     for k, v in emb.skipped.items():
         skipped[k] = skipped.get(k, 0) + v
@@ -337,6 +345,8 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
         title=f"clipfair results: {label}" + (f" on {data.get('name')}" if data.get("name") else ""),
         model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),
         harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target},
+        sanity=ev.info.get("sanity") or {},
+        label_categories={t.name: {c.label: c.category for c in t.classes} for t in taxonomies},
         plot_slices=ev.info.get("plot_slices"))
 
 

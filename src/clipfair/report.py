@@ -69,6 +69,11 @@ class ReportContext:
     skipped: Mapping[str, int] = field(default_factory=dict)
     harms: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
     n_classes: Mapping[str, int] = field(default_factory=dict)
+    #: run.json's ``sanity`` record (:func:`clipfair.sanity.verdict`): its banner leads every document
+    sanity: Mapping = field(default_factory=dict)
+    #: taxonomy -> class label -> its category (label tables and plots name each label's category
+    #: and the category's declared direction)
+    label_categories: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     plot_slices: Mapping[str, Sequence[str]] | None = None
 
 
@@ -272,16 +277,44 @@ def plot_accuracy(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str,
     return save_figure(_accuracy_figure(metrics, taxonomy, method, slice, model, n_classes), path)
 
 
+def series_colors(n: int) -> list:
+    """``n`` distinct colours: matplotlib's 10-colour cycle up to 10, tab20 up to 20, then evenly
+    spaced hues (never a repeated colour for two series of one plot)."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        cmap = colormaps["tab20"]
+        return [cmap(i) for i in range(n)]
+    cmap = colormaps["turbo"]
+    return [cmap(0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+
+
+def _harm_word(h: bool | None) -> str:
+    return {True: "harm", False: "not a harm", None: "neutral"}[h]
+
+
+def label_heading(label: str, taxonomy_labels: Mapping[str, str] | None, harms: Mapping[str, bool] | None) -> str:
+    """A class label with its category and that category's declared direction, e.g.
+    ``gorilla (non_human, harm)``; a label of unknown category: ``label (category unknown)``."""
+    cat = (taxonomy_labels or {}).get(label)
+    if cat is None:
+        return f"{label} (category unknown)"
+    return f"{label} ({cat}, {_harm_word((harms or {}).get(cat))})"
+
+
 def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.DataFrame]]) -> None:
-    """Bars per group, one colour per series, with interval error bars. Each series is a
-    label and its rows (``group``, ``value``, ``ci_low``, ``ci_high``); values in percent."""
+    """Bars per group, one colour per series (:func:`series_colors`), with interval error bars.
+    Each series is a label and its rows (``group``, ``value``, ``ci_low``, ``ci_high``); values in percent."""
     x = np.arange(len(groups))
     width = 0.8 / len(series)
+    colors = series_colors(len(series))
     for i, (label, rows) in enumerate(series):
         r = rows.set_index("group").reindex(groups)
         v = r["value"].to_numpy(dtype=float)
         pos = x - 0.4 + width * (i + 0.5)
-        ax.bar(pos, np.nan_to_num(v) * 100.0, width=width * 0.95, color=f"C{i % 10}", label=label,
+        ax.bar(pos, np.nan_to_num(v) * 100.0, width=width * 0.95, color=colors[i], label=label,
                edgecolor="none")
         ax.errorbar(pos, np.nan_to_num(v) * 100.0,
                     yerr=_errors(v, r["ci_low"].to_numpy(float), r["ci_high"].to_numpy(float)),
@@ -290,7 +323,8 @@ def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.DataF
 
 def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
                   categories: Sequence[str] | None = None, method: str = "zero_shot", model: str = "",
-                  metric: str = "rate", harms: Mapping[str, bool] | None = None) -> MplFigure:
+                  metric: str = "rate", harms: Mapping[str, bool] | None = None,
+                  label_categories: Mapping[str, str] | None = None) -> MplFigure:
     m = _clean(metrics)
     rows = _rows_or_raise(m, metric, taxonomy, method, slice)
     present = _unique(rows["category"])
@@ -306,12 +340,16 @@ def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
     fig = new_figure(labels, len(cats), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
     suffix = {True: " (harm)", False: "", None: " (neutral)"}
-    grouped_bars(ax, groups, [(cat + suffix[(harms or {}).get(cat)], rows[rows["category"] == cat])
-                              for cat in cats])
+    is_label = metric == "label_rate"
+    names = [label_heading(c, label_categories, harms) if is_label else c + suffix[(harms or {}).get(c)]
+             for c in cats]
+    grouped_bars(ax, groups, [(name, rows[rows["category"] == cat]) for name, cat in zip(names, cats)])
+    what = "predicted label" if is_label else "predicted category"
     style_axis(fig, ax, labels, "share of group's images (%)",
-               _title(model, taxonomy, method, f"predicted category by {slice} "
-                                                f"(error bars: Wilson {_confidence_label(m)})"), len(cats))
-    ax.legend(title="category", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+                _title(model, taxonomy, method, f"{what} by {slice} "
+                                                 f"(error bars: Wilson {_confidence_label(m)})"), len(cats))
+    ax.legend(title="label (category, direction)" if is_label else "category (direction)", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8, ncol=2 if len(cats) > 14 else 1)
     fig.tight_layout()
     return fig
 
@@ -328,6 +366,8 @@ def plot_category_rates(metrics: pd.DataFrame, taxonomy: str, slice: str, path,
 def header_blocks(ctx: ReportContext) -> list[Block]:
     """The top of a run's documents: demo banner, disclaimer, skipped items, the run table."""
     blocks: list[Block] = []
+    if (ctx.sanity or {}).get("banner"):
+        blocks.append(Note(ctx.sanity["banner"], kind="danger"))
     if ctx.demo:
         blocks.append(Note(DEMO_BANNER, kind="warning"))
     if ctx.disclaimer:
@@ -336,8 +376,9 @@ def header_blocks(ctx: ReportContext) -> list[Block]:
         what = ", ".join(f"{k}: {v}" for k, v in sorted(ctx.skipped.items()))
         blocks.append(Note(f"Skipped {sum(ctx.skipped.values())} item(s) ({what}); details in run.json.",
                            kind="warning"))
-    if ctx.header:
-        blocks.append(Table(["run", ""], [[f"**{k}**", v] for k, v in ctx.header], align="ll"))
+    if ctx.header:  # folded: the first screen is for whether the model works and what differs
+        blocks.append(Details("Run details (model, dataset, images, date, intervals)",
+                              [Table(["run", ""], [[f"**{k}**", v] for k, v in ctx.header], align="ll")]))
     return blocks
 
 
@@ -355,13 +396,26 @@ def _finding_text(r) -> str:
 
 
 def _distinct_findings(sig: pd.DataFrame) -> pd.DataFrame:
-    """Significant rows, largest first, without repeats: a slice's group-vs-overall row when
-    its worst-vs-best (or highest-vs-lowest) row is already a finding, and the mirror image
-    of a finding (the same two groups and size in a complementary category, e.g. human and
-    non_human of a two-way split)."""
+    """Findings in reading order, without repeats.
+
+    Order: rates of the categories a taxonomy declares as a finding's harm first (what the audit
+    is about), then accuracies; within each, by how sure the difference is at least as large (the
+    end of the adjusted interval nearest 0), the first row of each taxonomy x method x metric x
+    category before any second one (one headline per "what"). Left out: a slice's
+    group-vs-overall row when its worst-vs-best (or highest-vs-lowest) row is already a finding,
+    and the mirror image of a finding (the same two groups and size in a complementary
+    category)."""
+    from .analyses.specs import metric_spec
+
     if sig.empty:
         return sig
-    sig = sig.reindex(sig["difference"].abs().sort_values(ascending=False, kind="stable").index)
+    lo = sig["adj_ci_low"].astype(float) if "adj_ci_low" in sig.columns else sig["difference"].astype(float)
+    hi = sig["adj_ci_high"].astype(float) if "adj_ci_high" in sig.columns else sig["difference"].astype(float)
+    sure = np.minimum(lo.abs(), hi.abs()).fillna(sig["difference"].abs())
+    tier = [0 if (metric_spec(str(m)) is not None and metric_spec(str(m)).direction_from_harm) else 1
+            for m in sig["metric"]]
+    sig = sig.assign(_tier=tier, _sure=sure.to_numpy(), _size=sig["difference"].abs().to_numpy())
+    sig = sig.sort_values(["_tier", "_sure", "_size"], ascending=[True, False, False], kind="stable")
     key = ["taxonomy", "method", "metric", "category", "slice"]
     ext = {tuple(k) for k in sig.loc[sig["comparison"] != TO_OVERALL, key].itertuples(index=False, name=None)}
     keep, seen = [], set()
@@ -374,26 +428,107 @@ def _distinct_findings(sig: pd.DataFrame) -> pd.DataFrame:
             continue
         seen.add(mirror)
         keep.append(i)
-    return sig.loc[keep]
+    out = sig.loc[keep]
+    what = out[["taxonomy", "method", "metric", "category"]].astype(str).agg("|".join, axis=1)
+    first = ~what.duplicated()
+    out = pd.concat([out[first.to_numpy()], out[~first.to_numpy()]])
+    return out.drop(columns=["_tier", "_sure", "_size"])
 
 
-def _findings_section(disp: pd.DataFrame) -> Section:
+FOREST_MAX = 15
+FOREST_PNG = "findings_forest.png"
+
+
+def forest_figure(findings: pd.DataFrame, model: str = "") -> MplFigure:
+    """One forest plot of the findings (in reading order, first at the top): each difference in
+    percentage points with its multiplicity-adjusted interval; red: a harm rate (higher is worse
+    for the group), blue: an accuracy (lower is worse); the line at 0 is no difference."""
+    f = findings.head(FOREST_MAX)
+    labels = [f"{r.taxonomy} · {r.metric}{' of ' + r.category if r.category else ''} by {r.slice}: "
+              f"{r.group} vs {r.reference}" for r in f.itertuples(index=False)]
+    fig = MplFigure(figsize=(9.5, 0.42 * len(f) + 1.4), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(f))[::-1]
+    d = 100 * f["difference"].to_numpy(float)
+    lo = 100 * f["adj_ci_low"].to_numpy(float)
+    hi = 100 * f["adj_ci_high"].to_numpy(float)
+    colors = ["#c44e52" if str(x) == LOWER else "#4c72b0" for x in f["direction"]]
+    for yi, di, l_, h_, c in zip(y, d, lo, hi, colors):
+        ax.plot([l_, h_], [yi, yi], color=c, lw=2)
+        ax.plot([di], [yi], "o", color=c, ms=6)
+    ax.axvline(0, color="#444444", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=7.5)
+    ax.set_xlabel("difference, percentage points (group − reference), with the adjusted interval")
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Line2D([], [], color="#c44e52", marker="o", label="harm rate (higher is worse)"),
+                       Line2D([], [], color="#4c72b0", marker="o", label="accuracy (lower is worse)")],
+              loc="lower right", fontsize=7.5, frameon=False)
+    ax.set_title((f"{model}: " if model else "") + "key findings, surest first", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def sanity_section(sanity: Mapping | None) -> Section | None:
+    """"Does the model work?": overall accuracy per target taxonomy and method against chance."""
+    from .sanity import CHANCE_RULE
+
+    gates = list((sanity or {}).get("gates") or [])
+    rw = (sanity or {}).get("random_weights")
+    if not gates and not rw:
+        return None
+    blocks: list[Block] = []
+    if rw:
+        blocks.append(Note(f"Randomly initialised weights: {rw}.", kind="warning"))
+    if gates:
+        lvl = float(gates[0].get("adjusted_level", 0.95))
+        blocks.append(Text(f"Overall accuracy per target taxonomy [Wilson interval at the Bonferroni-adjusted level "
+                           f"{100 * lvl:.4g}% over the {len(gates)} gate(s)] against chance; {CHANCE_RULE}. A model "
+                           "works on a taxonomy when the interval's lower end is above chance; otherwise its "
+                           "differences between groups are noise, not findings."))
+        blocks.append(Table(["taxonomy", "method", "n", "accuracy [adjusted CI]", "chance", "works?"],
+                            [[g["taxonomy"], g["method"], str(int(g["n"])),
+                              f"{_pct(g['accuracy'])} [{_pct_bare(g['adj_ci_low'])}, {_pct_bare(g['adj_ci_high'])}]",
+                              f"{_pct(g['chance'])} ({'always ' + str(g['majority_class']) if g['majority_share'] >= 1.0 / g['n_classes'] else '1/' + str(g['n_classes'])})",
+                              "yes" if g["above_chance"] and not rw else "**NO: at chance**" if not g["above_chance"]
+                              else "**NO: random weights**"]
+                             for g in gates], align="llrrrl"))
+    return Section("Does the model work?", blocks)
+
+
+def _findings_section(disp: pd.DataFrame, ctx: ReportContext | None = None,
+                      images: Mapping[tuple, str] | None = None) -> Section:
+    from .sanity import AT_CHANCE_NOTE, finding_rows, noise_keys
+
     conf = _confidence(disp) or 0.95
     corr = {"holm": "Holm-Bonferroni", "bh": "Benjamini-Hochberg"}.get(disp.attrs.get("correction", "holm"),
                                                                       disp.attrs.get("correction", "holm"))
     level = disp.attrs.get("adjusted_confidence")
     tested = disp[disp["p_value"].notna()] if len(disp) else disp
-    sig = disp[disp["significant"].astype(bool)] if len(disp) else disp
     blocks: list[Block] = [Text(
-        f"Differences between groups whose multiplicity-adjusted interval excludes 0, largest first "
-        f"(of {len(tested)} comparisons in `disparities.csv`: worst vs best group or highest vs lowest, and "
-        f"the group farthest from overall; p-values adjusted with {corr} over the whole table"
+        f"Candidate findings: differences between groups whose multiplicity-adjusted interval excludes 0, on a "
+        f"metric with a declared direction (accuracies, and the rates of the categories each taxonomy declares as "
+        f"the harm of a finding), harm rates first, then the surest (the end of the adjusted interval nearest 0) "
+        f"first (of {len(tested)} comparisons in `disparities.csv`: worst vs best "
+        f"group or highest vs lowest, and the group farthest from the rest of the images (\"vs overall\"); "
+        f"p-values adjusted with {corr} over the whole table"
         + (f", intervals at the adjusted level {100 * level:.4g}%" if level else "") + "). "
         f"Groups smaller than {disp.attrs.get('min_n', 'the minimum')} images are not compared. "
-        "A category without a declared direction is described as highest/lowest, never worst/best. "
+        "Other significant rows (a category without a declared direction, or one a taxonomy routes on purpose) are "
+        "described in the tables below, never findings. "
         "Cannot show: causes, differences among groups too small to compare, or whether the dataset's "
         "labels are right.")]
-    sig = _distinct_findings(sig)
+    everything, failed = noise_keys((ctx.sanity if ctx else None) or {})
+    if everything:
+        blocks.append(Note(f"No findings: {AT_CHANCE_NOTE} (see \"Does the model work?\").", kind="warning"))
+        return Section("Key findings", blocks)
+    if failed:
+        blocks.append(Note("Left out, " + AT_CHANCE_NOTE + ": " + ", ".join(f"{t} ({m})" for t, m in sorted(failed))
+                           + ".", kind="warning"))
+    sig = _distinct_findings(finding_rows(disp))
     if sig.empty:
         blocks.append(Note(f"No difference between groups is significant at {_num(100 * conf)}% after adjustment. "
                            "That is not evidence that the groups are treated alike: small groups give wide intervals."))
@@ -401,7 +536,11 @@ def _findings_section(disp: pd.DataFrame) -> Section:
         blocks.append(Bullets([_finding_text(r) for r in sig.head(TOP_FINDINGS).itertuples(index=False)],
                               ordered=True))
         if len(sig) > TOP_FINDINGS:
-            blocks.append(Text(f"{len(sig) - TOP_FINDINGS} more significant differences in `disparities.csv`."))
+            blocks.append(Text(f"{len(sig) - TOP_FINDINGS} more findings in `disparities.csv` (column `finding`)."))
+        forest = (images or {}).get(("forest",))
+        if forest:
+            blocks.append(Figure(forest, "The findings above: differences with their adjusted intervals "
+                                         "(red: harm rates, blue: accuracies)"))
     return Section("Key findings", blocks)
 
 
@@ -473,7 +612,10 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
         if not taxes:
             continue
         blocks: list[Block] = [Text(
-            f"Cells: share of the group's images predicted into each category [Wilson {ci}]; n = the group's "
+            f"Cells: share of the group's images predicted into each "
+            + ("class label, headed by the label's category and that category's declared direction (harm, not a "
+               "harm, neutral); a description of how the classifier answers, never a disparity"
+               if metric == "label_rate" else "category") + f" [Wilson {ci}]; n = the group's "
             "images; (small): too few images to compare. A category declared a harm is marked (harm); one declared not a harm is plain; one without a "
             "declared direction is (neutral) and only described. Covers what the model picks among the offered "
             "classes only: a different class list or prompt wording can move these rates (see the comparison and "
@@ -487,7 +629,10 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
             for meth in _unique(rate.loc[rate["taxonomy"] == tax, "method"]):
                 sub = rate[(rate["taxonomy"] == tax) & (rate["method"] == meth)]
                 cats = _unique(sub["category"])
-                heads = [c + {True: " (harm)", False: "", None: " (neutral)"}[harms.get(c)] for c in cats]
+                if metric == "label_rate":  # a class label: its category and that category's direction
+                    heads = [label_heading(c, ctx.label_categories.get(tax), harms) for c in cats]
+                else:
+                    heads = [c + {True: " (harm)", False: "", None: " (neutral)"}[harms.get(c)] for c in cats]
                 cell = {(s, g, c): _value_ci(v, lo, hi) for s, g, c, v, lo, hi in
                         zip(sub["slice"], sub["group"], sub["category"], sub["value"], sub["ci_low"], sub["ci_high"])}
                 nmap = {(s, g): int(n) for s, g, n in zip(sub["slice"], sub["group"], sub["n"])}
@@ -507,7 +652,8 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
                 for sl in _plot_slices(ctx, "rate", sub["slice"]):
                     img = images.get((metric, tax, meth, sl))
                     if img:
-                        sec.append(Figure(img, f"{tax} ({meth}): predicted category by {sl}"))
+                        sec.append(Figure(img, f"{tax} ({meth}): predicted "
+                                               f"{'label' if metric == 'label_rate' else 'category'} by {sl}"))
                 tb.append(Section(title, sec))
             blocks += tb
         out.append(Section(_metric_title(metric), blocks))
@@ -524,8 +670,10 @@ def _disparity_sections(disp: pd.DataFrame) -> list[Section]:
         f"highest vs the lowest (neutral), among groups of at least {disp.attrs.get('min_n', '?')} images. "
         f"Difference in percentage points with Newcombe's hybrid score {ci} and the multiplicity-adjusted "
         f"interval; ratio with the Katz log {ci}. Largest {TOP_DISPARITIES} by size; every row, and each slice's "
-        "group farthest from overall, are in `disparities.csv`. Cannot show: differences between groups that were "
-        "too small to compare, or causes.")]
+        "group farthest from overall, are in `disparities.csv`. \"vs overall\" (comparison `to_overall`): the "
+        "group's value against the value over all images; its interval and test compare the group with the rest "
+        "of the images (the other groups together, independent samples), mapped onto group − overall. "
+        "Cannot show: differences between groups that were too small to compare, or causes.")]
     if len(ext):
         top = ext.reindex(ext["difference"].abs().sort_values(ascending=False, kind="stable").index)
         top = top.head(TOP_DISPARITIES)
@@ -570,12 +718,16 @@ def summary_document(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: Repo
     d.attrs = dict(getattr(disparities, "attrs", {}))
     images = images or {}
     sections: list[Section] = []
+    gate = sanity_section(ctx.sanity)
+    if gate is not None:
+        sections.append(gate)
     if len(d):
-        sections.append(_findings_section(d))
-    sections += _accuracy_sections(m, images, ctx)
-    sections += _rate_sections(m, images, ctx)
-    sections += _disparity_sections(d)
-    sections += list(extra_sections)
+        sections.append(_findings_section(d, ctx, images))
+    rest = [*_accuracy_sections(m, images, ctx), *_rate_sections(m, images, ctx), *_disparity_sections(d),
+            *extra_sections]
+    for sec in rest:  # report.html: everything after the findings is folded (summary.md is unchanged)
+        sec.folded = True
+    sections += rest
     return Document(ctx.title, sections, intro=header_blocks(ctx))
 
 
@@ -620,7 +772,8 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
             for sl in _plot_slices(ctx, "rate", have):
                 prefix = "rates" if metric == "rate" else _safe(metric)
                 name = fname(f"{prefix}_{_safe(tax)}_{_safe(sl)}")
-                fig = _rates_figure(m, tax, sl, None, meth, ctx.model, metric, ctx.harms.get(tax))
+                fig = _rates_figure(m, tax, sl, None, meth, ctx.model, metric, ctx.harms.get(tax),
+                                    ctx.label_categories.get(tax))
                 written.append(save_figure(fig, out_dir / name))
                 images[(metric, tax, meth, sl)] = name
     return written, images
@@ -661,13 +814,24 @@ def write_report(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir, ctx:
     out_dir.mkdir(parents=True, exist_ok=True)
     m = _clean(metrics)
     written, images = _plots(m, out_dir, ctx)
+    if len(disparities) and "comparison" in disparities.columns:
+        from .sanity import finding_rows, noise_keys
+
+        everything, _ = noise_keys(ctx.sanity)
+        found = _distinct_findings(finding_rows(_clean(disparities)))
+        if not everything and len(found):
+            written.append(save_figure(forest_figure(found, ctx.model), out_dir / FOREST_PNG))
+            images[("forest",)] = FOREST_PNG
     doc = summary_document(m, disparities, ctx, images, extra_sections)
     summary = out_dir / "summary.md"
     summary.write_text(to_markdown(doc), encoding="utf-8")
     written.append(summary)
+    for sec in html_sections:
+        sec.folded = True
     doc.sections += list(html_sections)
     other = _other_plots(doc, out_dir)
     if other is not None:
+        other.folded = True
         doc.sections.append(other)
     page = out_dir / "report.html"
     page.write_text(to_html(doc, base_dir=out_dir), encoding="utf-8")

@@ -32,6 +32,11 @@ rank groups best / worst::
 
 A variant inherits its base's declarations (those of categories it still has) and may
 override or add its own.
+
+Findings: ``findings: [non_human, crime_related]`` names the categories whose rate is the harm
+a key finding may be about (default: the categories declared ``harm: true``). A rate of any
+other category (e.g. ``human``, whose complement includes a ``child`` class routed on purpose)
+is described, never a finding.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ log = logging.getLogger(__name__)
 ALLOW_INCLUDE_ENV = "CLIPFAIR_ALLOW_INCLUDE_ANYWHERE"
 
 TOP_KEYS = {"name", "description", "templates", "target", "classes", "include",
-            "add_classes", "remove_classes", "categories"}
+            "add_classes", "remove_classes", "categories", "findings"}
 CATEGORY_KEYS = {"harm"}
 CLASS_KEYS = {"label", "prompts", "category", "matches"}
 DEFAULT_CATEGORY = "class"
@@ -89,6 +94,15 @@ class Taxonomy:
     #: declared direction per reporting category: (category, harm) pairs; harm=True means
     #: lower is better, False higher is better, None neutral (as undeclared categories)
     harms: tuple[tuple[str, bool | None], ...] = ()
+    #: the categories whose rate counts as the harm for a finding (``findings:`` in the YAML);
+    #: empty: those declared ``harm: true``. A category routed on purpose (e.g. ``child``) does
+    #: not turn its complement (``human``) into a harm: only these rates become findings.
+    finding_categories: tuple[str, ...] = ()
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        """The categories a rate finding may be about (declared, else the harms)."""
+        return self.finding_categories or tuple(c for c, h in self.harms if h)
 
     def harm(self, category: str) -> bool | None:
         """True (a harm: lower is better), False (not a harm: higher is better) or None
@@ -124,6 +138,8 @@ class Taxonomy:
                          **({"matches": list(c.matches)} if c.matches else {})} for c in self.classes]
         if self.harms:
             d["categories"] = {c: {"harm": h} for c, h in self.harms}
+        if self.finding_categories:
+            d["findings"] = list(self.finding_categories)
         return d
 
     def fingerprint(self) -> str:
@@ -272,6 +288,20 @@ def _parse_categories(raw: Any, path: Path) -> dict[str, bool | None]:
     return out
 
 
+def _parse_findings(raw: Any, classes: Sequence[TaxonomyClass], path: Path) -> list[str]:
+    """``findings: [non_human, crime_related]``: categories of the taxonomy's classes."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise TaxonomyError(f"{path}: 'findings' must be a list of category names, e.g. [non_human, crime_related]")
+    have = {c.category for c in classes}
+    stray = [x for x in raw if x not in have]
+    if stray:
+        raise TaxonomyError(f"{path}: findings: {stray} are not categories of its classes; class categories: "
+                            f"{sorted(have)}")
+    return list(dict.fromkeys(raw))
+
+
 def _check_declared(declared: dict[str, bool | None], classes: Sequence[TaxonomyClass], path: Path) -> None:
     have = {c.category for c in classes}
     stray = sorted(set(declared) - have)
@@ -322,6 +352,10 @@ def _load_dict(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere:
         own = _parse_categories(data["categories"], path) if "categories" in data else {}
         _check_declared(own, classes, path)
         merged["harms"] = {**harms, **own}
+        if "findings" in data:
+            merged["findings"] = _parse_findings(data["findings"], classes, path)
+        elif base.get("findings"):
+            merged["findings"] = [c for c in base["findings"] if c in have]
         merged["source"] = f"{path} (includes {base['source']})"
         return merged
     for k in ("add_classes", "remove_classes"):
@@ -333,6 +367,8 @@ def _load_dict(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere:
     out["classes"] = _parse_classes(data["classes"], path, "classes")
     out["harms"] = _parse_categories(data["categories"], path) if "categories" in data else {}
     _check_declared(out["harms"], out["classes"], path)
+    if "findings" in data:
+        out["findings"] = _parse_findings(data["findings"], out["classes"], path)
     out["source"] = str(path)
     return out
 
@@ -418,6 +454,7 @@ def load_taxonomy(spec: str | Path, allow_include_anywhere: bool = False) -> Tax
         description=scalar_text(d.get("description", ""), f"{path} ({name})", "description"),
         source=d["source"],
         harms=tuple(d.get("harms", {}).items()),
+        finding_categories=tuple(d.get("findings") or ()),
     )
     validate(tax)
     if len(tax.classes) == 1:

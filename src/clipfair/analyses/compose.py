@@ -30,7 +30,13 @@ def shorthand_entries(cfg: Any) -> dict[str, dict[str, Any]]:
         out["linear_probe"] = {k: v for k, v in asdict(cfg.probe).items() if k not in PROBE_RUN_KEYS}
     if cfg.precision_audit is not None:
         out["precision_audit"] = asdict(cfg.precision_audit)
-    if cfg.retrieval.enabled:
+    if cfg.retrieval.queries and not cfg.retrieval.enabled:  # issue 21: never silently no retrieval
+        import logging
+
+        logging.getLogger("clipfair").warning(
+            "retrieval.queries=%s is set without retrieval.enabled=true: running retrieval for them "
+            "(set retrieval.enabled=true to say so, or drop retrieval.queries)", list(cfg.retrieval.queries))
+    if cfg.retrieval.enabled or cfg.retrieval.queries:
         out["retrieval_bias"] = {k: v for k, v in asdict(cfg.retrieval).items() if k != "enabled"}
     if cfg.compare is not None:
         out["variant_comparison"] = asdict(cfg.compare)

@@ -66,7 +66,8 @@ class ModelCard(Analysis):
             image_subset=self.image_subset or f"all {len(ds)} images",
             templates={t.name: list(t.templates) for t in ctx.taxonomies}, demo=bool(report.demo),
             linear_probe=ev.info.get("linear_probe") or {}, precision=ev.info.get("precision") or {},
-            extra_choices={"model dtype": str(model.dtype).replace("torch.", "")})
+            extra_choices={"model dtype": str(model.dtype).replace("torch.", "")},
+            banner=str((ev.info.get("sanity") or {}).get("banner") or ""))
         paths, sections = write_model_card(ev.predictions, ev.metrics, self.opts, out_dir, context)
         return Written(paths, [], [Section("Model card reproduction", list(sections))] if sections else [])
 

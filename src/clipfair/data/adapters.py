@@ -323,16 +323,21 @@ def _canonical_labels(frame: pd.DataFrame, columns: Mapping[str, str],
 
         codes, uniques = pd.factorize(frame[col].astype(object), use_na_sentinel=False)
         mapped: list[str | None] = []
+        failed: list[tuple[np.ndarray, str]] = []
         for k, raw in enumerate(uniques):
             try:
                 mapped.append(convert(raw))
             except LabelError as e:
                 mapped.append(None)
-                rows = np.flatnonzero(codes == k)
-                also = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
                 msg = str(e).replace(repr(raw), _show(raw))  # a huge cell is not echoed whole
-                issues.flag(rows, f"unknown_{attr}",
-                            f"{where(int(rows[0]))}{also}, column {col!r}: {_clip(msg, 400)}")
+                failed.append((np.flatnonzero(codes == k), msg))
+        total = sum(len(rows) for rows, _ in failed)
+        for rows, msg in failed:
+            also = f" (and {len(rows) - 1} more rows with this value)" if len(rows) > 1 else ""
+            every = (f"; {total} rows in all have a value of column {col!r} that is not allowed"
+                     if len(failed) > 1 else "")
+            issues.flag(rows, f"unknown_{attr}",
+                        f"{where(int(rows[0]))}{also}, column {col!r}: {_clip(msg, 400)}{every}")
         out[attr] = [mapped[c] for c in codes]
     return out
 

@@ -450,13 +450,16 @@ def _resolve_config(name_or_path: str, kw: dict[str, Any], allow_unknown_family:
 def load_hf_clip(name_or_path: str, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 64, trust_remote_code: bool = False,
                  allow_pickle: bool = False, revision: str | None = None,
-                 allow_unknown_family: bool = False, max_params: int | float | None = DEFAULT_MAX_PARAMS) -> ClipModel:
+                 allow_unknown_family: bool = False, max_params: int | float | None = DEFAULT_MAX_PARAMS,
+                 allow_random: bool = False) -> ClipModel:
     """Load a transformers CLIP / MetaCLIP / SigLIP / SigLIP 2 checkpoint (hub id or local folder).
 
     Before the model is built, the parameter count its config implies (a model built on the
     meta device) is compared with ``max_params`` (None: no cap) and with the values its
     safetensors weights hold (their headers): a config that does not describe its weights is
-    refused before any memory is allocated for it."""
+    refused before any memory is allocated for it. Weights the checkpoint lacks (transformers'
+    "newly initialized" missing keys) are random: an error unless ``allow_random`` (then recorded
+    as ``random_weights`` in run.json)."""
     from transformers import AutoModel, AutoProcessor
 
     path = check_path_kind(name_or_path, "folder")
@@ -479,13 +482,23 @@ def load_hf_clip(name_or_path: str, device: str = "auto", dtype: str = "auto",
     check_parameter_count(f"model {name_or_path}", _implied_parameters(config, kw),
                           _stored_parameters(name_or_path, path, kw), max_params)
     try:
-        model = AutoModel.from_pretrained(name_or_path, use_safetensors=None if allow_pickle else True, **kw)
+        model, loading = AutoModel.from_pretrained(name_or_path, use_safetensors=None if allow_pickle else True,
+                                                   output_loading_info=True, **kw)
         processor = AutoProcessor.from_pretrained(name_or_path, **kw)
     except Exception as e:  # OSError for missing files; SafetensorError etc. for damaged ones
         if not allow_pickle and "safetensors" in str(e).lower():
             hint = ("only pickle-based weights are available; set model.allow_pickle=true if you trust "
                     "the source")
         raise ModelError(f"could not load model {name_or_path!r}: {e}\n→ {hint}") from None
+    missing = sorted(str(k) for k in (loading or {}).get("missing_keys", ()) or ())
+    random_weights = None
+    if missing:
+        random_weights = (f"transformers: {len(missing)} weight(s) missing from the checkpoint were newly "
+                          f"initialised, e.g. {missing[0]}")
+        if not allow_random:
+            raise ModelError(f"{name_or_path!r}: {len(missing)} weight(s) are missing from the checkpoint and would "
+                             f"be randomly initialised (e.g. {missing[0]}); give a complete checkpoint, or set "
+                             "model.allow_random=true to audit it anyway (every report then leads with a banner)")
     for fn in ("get_image_features", "get_text_features"):
         if not hasattr(model, fn):
             raise ModelError(f"{name_or_path!r} loads as {type(model).__name__}, which has no {fn}; "
@@ -513,6 +526,8 @@ def load_hf_clip(name_or_path: str, device: str = "auto", dtype: str = "auto",
             "transformers": transformers.__version__, "tokenizer": type(processor.tokenizer).__name__}
     if family_for(model_type) is None:
         info["allow_unknown_family"] = True
+    if random_weights:
+        info["random_weights"] = random_weights
     return ClipModel(model=model, processor=processor, name_or_path=name_or_path, device=dev, dtype=dt,
                      logit_scale=logit_scale, batch_size=int(batch_size),
                      fingerprint=_fingerprint(name_or_path, model), info=info, spec=family,

@@ -39,7 +39,9 @@ def _import_open_clip() -> Any:
     except Exception as e:  # noqa: BLE001 - ImportError, or torchvision failing to import
         raise ModelError(f"model.loader=open_clip needs open_clip_torch and a torchvision that imports "
                          f"with this torch ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                         "pip install 'clipfair[open_clip]'") from None
+                         "open_clip needs a torch of its own: create ./.venv-openclip with `bash scripts/setup.sh "
+                         "openclip` and run .venv-openclip/bin/clipfair (installing it into this environment cannot "
+                         "work: see the README)") from None
     return open_clip
 
 
@@ -188,11 +190,12 @@ def _looks_like_checkpoint(path: Path) -> bool:
 @MODELS.register("open_clip")
 def load_open_clip(name: str | None = None, pretrained: str | None = None, device: str = "auto",
                    dtype: str = "auto", batch_size: int = 64, config_file: str | None = None,
-                   cache_dir: str | None = None) -> OpenClipModel:
+                   cache_dir: str | None = None, allow_random: bool = False) -> OpenClipModel:
     """Load an open_clip model: a built-in architecture ``name`` with ``pretrained`` weights (a tag
     such as ``laion2b_s34b_b79k``, or a local weights file), ``hf-hub:org/repo``, or
     ``local-dir:/folder``. ``config_file``: a model config JSON to register first (a custom
-    architecture)."""
+    architecture). A built-in architecture without ``pretrained`` has random weights: an error
+    unless ``allow_random`` (then recorded as ``random_weights`` in run.json)."""
     if not name:
         raise ModelError("model.loader=open_clip needs model.name (e.g. ViT-B-32 with model.pretrained="
                          "laion2b_s34b_b79k, or hf-hub:org/repo, or local-dir:/folder)")
@@ -220,6 +223,13 @@ def load_open_clip(name: str | None = None, pretrained: str | None = None, devic
         raise ModelError(f"model.pretrained {pretrained} is not a checkpoint (neither a PyTorch .pt/.bin file nor "
                          f"safetensors); give open_clip weights for {name} or a tag "
                          f"(open_clip.list_pretrained_tags_by_model({name!r}))")
+    random_weights = None
+    if not pretrained and not name.startswith(("hf-hub:", _LOCAL_DIR)):
+        random_weights = f"open_clip: model.pretrained=null gives {name} randomly initialised weights"
+        if not allow_random:
+            raise ModelError(f"model.pretrained is not set: open_clip's {name} would have random weights; give a "
+                             f"weights tag (open_clip.list_pretrained_tags_by_model({name!r})) or a weights file, or "
+                             "set model.allow_random=true to audit an untrained model on purpose")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     try:
@@ -245,5 +255,7 @@ def load_open_clip(name: str | None = None, pretrained: str | None = None, devic
         model_cfg = open_clip.get_model_config(name) if not name.startswith("hf-hub:") else name
     info = {"loader": "open_clip", "class": type(model).__name__, "open_clip": open_clip.__version__,
             "pretrained": pretrained, "tokenizer": type(tokenizer).__name__}
+    if random_weights:
+        info["random_weights"] = random_weights
     return OpenClipModel(model, tokenizer, transform, shown, dev, dt, text_dtype, batch_size,
                          _fingerprint(model_cfg, model), info, embed_dim)
