@@ -71,8 +71,13 @@ PROMPT_MODES = ("ensemble", "per_template")
 METRICS = ("share", "skew", "max_skew", "min_skew", "ndkl", "bias")
 AGGREGATED = ("max_skew", "min_skew", "ndkl", "bias")
 MEAN_ROW, WORST_ROW = "(mean over queries)", "(worst over queries)"
-COLUMNS = ["query_set", "query", "category", "attribute", "attribute_value", "k", "metric", "value",
-           "ci_low", "ci_high", "n_images", "desired_share", "desired", "absent", "pool", "prompts"]
+BASE_COLUMNS = ["query_set", "query", "category", "attribute", "attribute_value", "k", "metric", "value",
+                "ci_low", "ci_high", "n_images", "desired_share", "desired", "absent", "pool", "prompts"]
+#: columns added by issue 21 (after :data:`BASE_COLUMNS`): each row's null expectation, its test of
+#: no association (adjusted), and the interval the report shows (which may be none, with the reason)
+NULL_COLUMNS = ["null_mean", "excess", "p_value", "p_adjusted", "significant", "p_method",
+                "interval_low", "interval_high", "interval_method"]
+COLUMNS = BASE_COLUMNS + NULL_COLUMNS
 
 
 class RetrievalError(ValueError):
@@ -224,7 +229,8 @@ DEFAULTS: dict[str, Any] = {"queries": DEFAULT_QUERIES, "k": (10, 100, 1000), "a
 class RetrievalOptions:
     queries: tuple[str, ...] = DEFAULT_QUERIES
     k: tuple[int | str, ...] = (10, 100, 1000)
-    attributes: tuple[str, ...] | None = None  # None: every attribute column the dataset declares
+    # None: every attribute column the dataset declares; a tuple of names is an intersection
+    attributes: tuple[str | tuple[str, ...], ...] | None = None
     desired: tuple[str, ...] = ("dataset", "uniform")
     absent: str = "neg_inf"
     prompts: str = "ensemble"
@@ -235,6 +241,9 @@ class RetrievalOptions:
     chunk_size: int = 128
     preset: str | None = None
     from_preset: tuple[str, ...] = field(default=())
+    permutations: int = 1000   # label shuffles of the permutation null (NDKL; MaxSkew where not exact)
+    correction: str = "holm"   # the run's disparity_correction: holm | bh
+    normalize_images: bool = True  # False: rank by unnormalised image features (Berg et al.'s code)
 
     def __post_init__(self) -> None:
         bad = [d for d in self.desired if d not in DESIRED]
@@ -255,10 +264,19 @@ class RetrievalOptions:
             raise RetrievalError(f"confidence {self.confidence} must be between 0 and 1")
         if self.chunk_size < 1:
             raise RetrievalError("retrieval.chunk_size must be >= 1")
+        if self.permutations < 0:
+            raise RetrievalError(f"retrieval.permutations: {self.permutations} must be >= 0 (0: no NDKL test)")
+        if self.correction not in ("holm", "bh"):
+            raise RetrievalError(f"correction {self.correction!r} not allowed; use holm or bh")
+        for a in self.attributes or ():
+            if isinstance(a, tuple) and (len(a) < 2 or not all(isinstance(x, str) and x for x in a)):
+                raise RetrievalError(f"retrieval.attributes: {list(a)} must be an attribute name or a list of "
+                                     "two or more names (an intersection, e.g. [race, gender])")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+        return {k: ([list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v)
+                for k, v in d.items()}
 
 
 def _k_value(x: Any) -> int | str:
@@ -275,13 +293,21 @@ def _tuple(x: Any) -> tuple:
     return tuple(x) if isinstance(x, (list, tuple)) else (x,)
 
 
-def options_from_config(block: Mapping[str, Any] | None, confidence: float = 0.95) -> RetrievalOptions | None:
+def _attribute_spec(a: Any) -> str | tuple[str, ...]:
+    """An attribute name, or an intersection given as a list of names."""
+    if isinstance(a, (list, tuple)):
+        return tuple(str(x) for x in a)
+    return str(a)
+
+
+def options_from_config(block: Mapping[str, Any] | None, confidence: float = 0.95,
+                        correction: str = "holm") -> RetrievalOptions | None:
     """The ``retrieval:`` config block as options (None when the block is off). A preset
     fills every option left null; options set explicitly win."""
     if not block or not block.get("enabled", False):
         return None
     allowed = {"enabled", "queries", "k", "attributes", "desired", "absent", "prompts", "pool", "bootstrap",
-               "chunk_size", "preset"}
+               "chunk_size", "preset", "permutations", "normalize_images"}
     unknown = set(block) - allowed
     if unknown:
         raise RetrievalError(f"retrieval: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -304,12 +330,15 @@ def options_from_config(block: Mapping[str, Any] | None, confidence: float = 0.9
     return RetrievalOptions(
         queries=tuple(str(q) for q in _tuple(values["queries"])),
         k=tuple(_k_value(k) for k in _tuple(values["k"])),
-        attributes=None if values["attributes"] is None else tuple(str(a) for a in _tuple(values["attributes"])),
+        attributes=None if values["attributes"] is None else tuple(_attribute_spec(a) for a in _tuple(values["attributes"])),
         desired=tuple(str(d) for d in _tuple(values["desired"])),
         absent=str(values["absent"]), prompts=str(values["prompts"]),
         pool=None if values["pool"] is None else str(values["pool"]),
         bootstrap=int(boot.get("B", 1000)), seed=int(boot.get("seed", 0)), confidence=float(confidence),
-        chunk_size=int(block.get("chunk_size") or 128), preset=preset, from_preset=tuple(from_preset))
+        chunk_size=int(block.get("chunk_size") or 128), preset=preset, from_preset=tuple(from_preset),
+        permutations=int(1000 if block.get("permutations") is None else block["permutations"]),
+        correction=str(correction),
+        normalize_images=bool(True if block.get("normalize_images") is None else block["normalize_images"]))
 
 
 # --------------------------------------------------------------------------- ranking
@@ -485,14 +514,23 @@ class _Attr:
         return int((self.codes >= 0).sum())
 
 
-def _value_order(attr: str, present: Iterable[str]) -> list[str]:
+def _natural_key(v: str) -> tuple:
+    """Numbers by value, then text: "2" before "10" (never lexical order for numbered values)."""
+    import re
+
+    return tuple((0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t)
+                 for t in re.split(r"(\d+(?:\.\d+)?)", str(v)) if t != "")
+
+
+def _value_order(attr: str, present: Iterable[str], orders: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The attribute's declared order (the dataset's declaration, else the built-in FairFace
+    orders) for the values present, then undeclared values in natural order."""
     from .data.attributes import CANONICAL
 
-    present = sorted({str(v) for v in present})
-    canon = CANONICAL.get(attr)
-    if canon and set(present) <= set(canon):
-        return [v for v in canon if v in present]
-    return present
+    present = {str(v) for v in present}
+    declared = [str(v) for v in ((orders or {}).get(attr) or CANONICAL.get(attr) or ())]
+    known = [v for v in declared if v in present]
+    return known + sorted(present.difference(known), key=_natural_key)
 
 
 def _boot_counts(n: int, B: int, rng: np.random.Generator) -> np.ndarray:
@@ -557,31 +595,41 @@ def _warn_once(msg: str) -> None:
 
 def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets: Sequence[QuerySet],
                    encode: Callable[[Sequence[str]], np.ndarray], options: RetrievalOptions,
-                   attributes: Sequence[str] | None = None) -> pd.DataFrame:
+                   attributes: Sequence[str] | None = None,
+                   orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """The long retrieval table (columns :data:`COLUMNS`) for ``query_sets`` ranked over the
     images of ``table`` (row i = ``image_embeddings[i]``). ``encode`` maps prompt strings to
     text embeddings (the zero-shot stage's cached :class:`clipfair.embed.TextEmbedder`).
-    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones)."""
+    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones); an
+    entry that is a tuple of names is their intersection (values ``White+Male``). ``orders``:
+    the dataset's declared value orders (:meth:`FaceDataset.value_orders`): values, tables and
+    heat maps follow them. Every row carries its test of no association (:func:`_add_null_columns`)."""
     from .zeroshot import l2_normalize
 
     if len(table) != len(image_embeddings):
         raise RetrievalError(f"{len(table)} table rows but {len(image_embeddings)} image embeddings")
-    attrs = list(options.attributes if options.attributes is not None else attributes or [])
-    missing = [a for a in attrs if a not in table.columns]
+    specs = list(options.attributes if options.attributes is not None else attributes or [])
+    missing = [a for s in specs for a in ((s,) if isinstance(s, str) else s) if a not in table.columns]
     if missing:
         raise RetrievalError(f"retrieval.attributes: {missing} not in the dataset; its columns: "
                              f"{', '.join(map(str, table.columns))}")
-    if not attrs:
+    if not specs:
         raise RetrievalError("retrieval: no attribute to measure; set retrieval.attributes")
+    table, vorders = _with_intersections(table, specs, dict(orders or {}))
+    attrs = [s if isinstance(s, str) else "+".join(s) for s in specs]
     X = np.asarray(image_embeddings, dtype=np.float32)  # not copied: scores are scaled per image instead
     inv_norm = (1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", X, X)), 1e-12)).astype(np.float32)
+    if not options.normalize_images:  # Berg et al.'s eval_ranking: unnormalised image . normalised text
+        inv_norm = np.ones_like(inv_norm)
     units = _units(query_sets, encode, options.prompts)
     U = l2_normalize(np.stack([u.embedding for u in units]))
     acc = _Accumulator(units, options)
     for pool_no, (pool_value, img_idx, unit_ids) in enumerate(_pools(table, units, options)):
         W = (_boot_counts(len(img_idx), options.bootstrap, np.random.default_rng([options.seed, pool_no]))
              if options.bootstrap else None)
-        pinfo = _pool_attributes(table.iloc[img_idx], attrs, pool_value, W, options)
+        pinfo = _pool_attributes(table.iloc[img_idx], attrs, pool_value, W, options, vorders)
+        for a_no, at in enumerate(pinfo):
+            acc.nulls[(pool_value, at.name)] = _attribute_nulls(at, options, (options.seed, 21, pool_no, a_no))
         whole = pool_value is None
         Xp, inv = (X, inv_norm) if whole else (X[img_idx], inv_norm[img_idx])
         kmax = max([k for k in options.k if k != "all"] or [1])
@@ -596,18 +644,42 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
             if W is not None:
                 for r, uid in enumerate(ids):
                     acc.add_replicates(uid, S[r], orders[r], pinfo, W, pool_value)
-    df = acc.frame()
+    df = _add_null_columns(acc.frame(), acc)
     df.attrs["confidence"] = options.confidence
     return df
 
 
+def _with_intersections(table: pd.DataFrame, specs: Sequence[str | tuple[str, ...]],
+                        orders: dict[str, Sequence[str]]) -> tuple[pd.DataFrame, dict[str, Sequence[str]]]:
+    """``table`` with a column ``a+b`` for each intersection (value ``x+y``, missing when a part
+    is), its declared order the product of the parts' orders (first part major)."""
+    inter = [s for s in specs if not isinstance(s, str)]
+    if not inter:
+        return table, orders
+    table = table.copy()
+    for parts in inter:
+        name = "+".join(parts)
+        cols = [table[a] for a in parts]
+        ok = np.logical_and.reduce([c.notna().to_numpy() for c in cols])
+        joined = pd.Series(["+".join(str(c.iloc[i]) for c in cols) if ok[i] else None for i in range(len(table))],
+                           index=table.index, dtype=object)
+        table[name] = joined
+        present = set(joined.dropna())
+        order = [""]
+        for a in parts:
+            vals = _value_order(a, table[a].dropna().astype(str), orders)
+            order = [f"{p}+{v}" if p else v for p in order for v in vals]
+        orders[name] = [v for v in order if v in present]
+    return table, orders
+
+
 def _pool_attributes(sub: pd.DataFrame, attrs: Sequence[str], pool_value: str | None, W: np.ndarray | None,
-                     options: RetrievalOptions) -> list[_Attr]:
+                     options: RetrievalOptions, orders: Mapping[str, Sequence[str]] | None = None) -> list[_Attr]:
     out = []
     for a in attrs:
         fcodes, uniques = pd.factorize(sub[a], use_na_sentinel=True)  # missing -> -1
         names = [str(v) for v in uniques]
-        values = _value_order(a, names)
+        values = _value_order(a, names, orders)
         if len(values) < 2:
             _warn_once(f"retrieval: attribute {a!r} has {len(values)} value(s)"
                        f"{f' in pool {pool_value!r}' if pool_value is not None else ''}; skew is not defined, left out")
@@ -684,6 +756,9 @@ class _Accumulator:
         self.pool: dict[int, str | None] = {}
         self.pending: dict[int, list] = {}
         self.agg: dict[tuple, dict[str, Any]] = {}
+        self.pool_caps: dict[tuple, np.ndarray] = {}  # (pool value, attr) -> value counts of the pool
+        self.nulls: dict[tuple, dict] = {}  # (pool value, attr) -> (k, desired) -> metric -> _Null
+        self.set_ci: dict[tuple, tuple] = {}  # (set, attr, desired, k, metric) -> mean's interval
 
     def _slot(self, store: dict, key: tuple, metric: str, shape: tuple) -> np.ndarray:
         d = store.setdefault(key, {})
@@ -700,6 +775,7 @@ class _Accumulator:
 
     def add_points(self, ids: np.ndarray, S: np.ndarray, orders: np.ndarray, at: _Attr, pool_value) -> None:
         self._register(at)
+        self.pool_caps[(pool_value, at.name)] = np.bincount(at.codes[at.codes >= 0], minlength=len(at.values))
         A, nu = len(at.values), len(self.units)
         C = at.codes[orders]
         for uid in ids:
@@ -830,16 +906,41 @@ class _Accumulator:
                       desired_share=np.full(self.nq, np.nan))
                 for qs in dict.fromkeys(qs_name[have]):
                     sel = have & (qs_name == qs)
+                    self._set_interval((qs, attr, d, str(k), m), metrics[m], qids, qorder[sel])
                     blocks.extend(self._aggregates(qs, attr, d, k, m, label, qv[sel], n_q[sel], pool[sel]))
         if not blocks:
-            return pd.DataFrame(columns=COLUMNS)
-        cols = {c: np.concatenate([b[c] for b in blocks]) for c in [*COLUMNS, "_q"]}
+            return pd.DataFrame(columns=BASE_COLUMNS)
+        cols = {c: np.concatenate([b[c] for b in blocks]) for c in [*BASE_COLUMNS, "_q"]}
         order = np.argsort(cols.pop("_q"), kind="stable")
         df = pd.DataFrame({c: v[order] for c, v in cols.items()})
         for c in ("value", "ci_low", "ci_high", "desired_share"):
             df[c] = df[c].astype(np.float64)
         df["n_images"] = df["n_images"].astype(np.int64)
         return df
+
+    def _set_interval(self, key: tuple, unit_vals: np.ndarray, qids: np.ndarray, set_qids: np.ndarray) -> None:
+        """The interval of a query set's mean that resamples its queries and, with per-template
+        prompts, its templates (two-way: one template draw for every query of a replicate):
+        the image-sampling noise enters through each query's observed value. Percentile, seeded."""
+        o = self.o
+        if not o.bootstrap:
+            self.set_ci[key] = (math.nan, math.nan, I_NONE_B0)
+            return
+        rows = [np.asarray(unit_vals[qids == q], dtype=np.float64) for q in set_qids]
+        rng = np.random.default_rng([o.seed, 7, len(self.set_ci)])
+        B = o.bootstrap
+        if len({len(r) for r in rows}) == 1 and len(rows[0]) > 1:
+            V = np.stack(rows)
+            qi = rng.integers(0, len(V), (B, len(V)))
+            ti = rng.integers(0, V.shape[1], (B, V.shape[1]))
+            reps = V[qi[:, :, None], ti[:, None, :]].mean(axis=(1, 2))
+            how = I_QUERY.format(t=" and templates")
+        else:
+            v = np.array([r.mean() for r in rows])
+            reps = v[rng.integers(0, len(v), (B, len(v)))].mean(axis=1)
+            how = I_QUERY.format(t="")
+        lo, hi = _quantiles(reps, o.confidence)
+        self.set_ci[key] = (float(lo), float(hi), how)
 
     def _aggregates(self, qs: str, attr: str, d: str, k, m: str, label: str, pts: np.ndarray, n_q: np.ndarray,
                     pools: np.ndarray) -> list[dict[str, Any]]:
@@ -1136,3 +1237,291 @@ def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
     md.write_text(to_markdown(Document("clipfair retrieval bias", list(sections), intro=list(intro))), encoding="utf-8")
     pngs = sorted(set(out.glob("retrieval_skew_*.png")) - before) or sorted(out.glob("retrieval_skew_*.png"))
     return [csv, *pngs, md]
+
+
+# --------------------------------------------------------------------------- tests of no association
+
+#: count vectors enumerated at most for an exact MaxSkew / MinSkew null (else: permutations)
+ENUM_LIMIT = 200_000
+P_HYPERGEOM = "hypergeometric exact (two-sided, probability-ordered)"
+P_HYPERGEOM_MEAN = "hypergeometric exact (two-sided) at the template mean's nearer integers, larger p"
+P_EXACT = "multivariate hypergeometric exact (one-sided)"
+P_PERM = "permutation (B={B}, one-sided)"
+P_NONE_SET = "none: a summary over queries (its queries' own tests decide findings)"
+I_BOOT = "image bootstrap percentile"
+I_QUERY = "bootstrap over queries{t} (percentile)"
+I_NONE_STAT = ("none: resampled rankings repeat images, so the image bootstrap of MaxSkew / MinSkew / NDKL runs "
+               "off the point (spread: ci_low, ci_high); read the test and the excess over the null mean")
+I_NONE_OUT = "none: the image bootstrap's percentile interval excludes the point (spread: ci_low, ci_high)"
+I_NONE_WORST = "none: a maximum over queries has no resampling interval that covers it"
+I_NONE_B0 = "none (bootstrap B = 0)"
+
+
+def hypergeom_test(x: int, n: int, N: int, k: int) -> float:
+    """Two-sided exact p of ``x`` successes in ``k`` draws without replacement from ``n``
+    items of which ``N`` are successes: the summed probability of every count no more
+    likely than ``x`` (the rule of Fisher's exact test)."""
+    pmf = _hypergeom_pmf(n, N, k)
+    return float(min(1.0, pmf[pmf <= pmf[int(x)] * (1 + 1e-7)].sum()))
+
+
+_PMF: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _hypergeom_pmf(n: int, N: int, k: int) -> np.ndarray:
+    """P(X = x) for x = 0..k (0 outside the support)."""
+    key = (int(n), int(N), int(k))
+    if key not in _PMF:
+        from scipy.stats import hypergeom
+
+        if len(_PMF) > 4096:
+            _PMF.clear()
+        _PMF[key] = hypergeom.pmf(np.arange(key[2] + 1), key[0], key[1], key[2])
+    return _PMF[key]
+
+
+def _count_p(x: float, n: int, N: int, k: int) -> float:
+    """:func:`hypergeom_test` of a count; a non-integer count (the mean over templates) takes
+    the larger p of its two nearer integers."""
+    lo, hi = math.floor(x + 1e-9), math.ceil(x - 1e-9)
+    return max(hypergeom_test(lo, n, N, k), hypergeom_test(hi, n, N, k))
+
+
+def _skew_of_counts(x: np.ndarray, k: int, q: float, absent: str) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.log(x / k) - math.log(q)
+    fill = {"neg_inf": -math.inf, "inverse_k": math.log(1.0 / k) - math.log(q), "zero": 0.0}[absent]
+    return np.where(x > 0, s, fill)
+
+
+def _expect(pmf: np.ndarray, values: np.ndarray) -> float:
+    """E[values] under pmf; -inf / +inf when an infinite value has positive probability."""
+    live = pmf > 0
+    v = values[live]
+    if np.isneginf(v).any():
+        return -math.inf
+    if np.isposinf(v).any():
+        return math.inf
+    return float(np.sum(pmf[live] * v))
+
+
+def count_vectors(caps: Sequence[int], k: int) -> np.ndarray:
+    """Every vector y with 0 <= y_a <= caps[a] and sum y = k, as rows (the support of the
+    multivariate hypergeometric distribution)."""
+    caps = np.asarray(caps, dtype=np.int64)
+    after = np.concatenate([np.cumsum(caps[::-1])[::-1][1:], [0]])
+    vecs, rem = np.zeros((1, 0), dtype=np.int64), np.array([int(k)], dtype=np.int64)
+    for j, c in enumerate(caps):
+        lo, hi = np.maximum(0, rem - after[j]), np.minimum(c, rem)
+        cnt = np.maximum(hi - lo + 1, 0)
+        idx = np.repeat(np.arange(len(vecs)), cnt)
+        y = lo[idx] + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        vecs, rem = np.column_stack([vecs[idx], y]), rem[idx] - y
+    return vecs
+
+
+def n_count_vectors(caps: Sequence[int], k: int, limit: int = ENUM_LIMIT) -> int:
+    """How many rows :func:`count_vectors` would return (counted up to ``limit + 1``)."""
+    ways = np.zeros(int(k) + 1, dtype=np.float64)
+    ways[0] = 1.0
+    for c in caps:
+        cs = np.concatenate([[0.0], np.cumsum(ways)])
+        j = np.arange(int(k) + 1)
+        ways = np.minimum(cs[j + 1] - cs[np.maximum(j - int(c), 0)], float(limit + 1))
+    return int(min(ways[int(k)], limit + 1))
+
+
+def mvhypergeom_logpmf(vecs: np.ndarray, caps: Sequence[int]) -> np.ndarray:
+    from scipy.special import gammaln
+
+    caps = np.asarray(caps, dtype=np.float64)
+    n, k = caps.sum(), vecs[0].sum() if len(vecs) else 0
+
+    def lchoose(a, b):
+        return gammaln(a + 1) - gammaln(b + 1) - gammaln(a - b + 1)
+
+    return lchoose(caps[None, :], vecs).sum(axis=1) - lchoose(n, k)
+
+
+@dataclass
+class _Null:
+    """The null distribution of one statistic: support values with probabilities (exact) or
+    B permutation replicates (weights None)."""
+    values: np.ndarray
+    weights: np.ndarray | None
+    method: str
+
+    @property
+    def mean(self) -> float:
+        if self.weights is None:
+            return _expect(np.full(len(self.values), 1.0 / len(self.values)), self.values)
+        return _expect(self.weights, self.values)
+
+    def p(self, obs: float, upper: bool) -> float:
+        """P(statistic at least as extreme as ``obs``) in the tail named (ties count)."""
+        if np.isnan(obs):
+            return math.nan
+        tol = 1e-9 * max(1.0, abs(obs)) if np.isfinite(obs) else 0.0
+        hit = self.values >= obs - tol if upper else self.values <= obs + tol
+        if self.weights is None:
+            return float((1 + hit.sum()) / (1 + len(self.values)))
+        return float(min(1.0, self.weights[hit].sum()))
+
+
+def permutation_null(codes: np.ndarray, cuts: Sequence[int], desired: Mapping[str, np.ndarray], absent: str,
+                     B: int, rng: np.random.Generator) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+    """Each metric of ``B`` rankings whose labels are the pool's labels (``codes``, no missing)
+    shuffled at random: the null of no association between a ranking and the attribute.
+    Returns cut -> desired -> metric -> (B,) replicates."""
+    L = max(cuts)
+    perm = np.empty((B, L), dtype=np.int64)
+    for b in range(B):
+        perm[b] = rng.permutation(codes)[:L]
+    return _batched_prefix(perm, sorted(set(cuts)), {d: np.asarray(q) for d, q in desired.items()}, absent)
+
+
+def _attribute_nulls(at: _Attr, options: "RetrievalOptions", seed: Sequence[int]) -> dict[tuple, dict[str, _Null]]:
+    """(k, desired) -> metric -> :class:`_Null` for max_skew, min_skew (exact by enumeration of
+    the top-k count vectors where there are at most :data:`ENUM_LIMIT`, else permutations) and
+    ndkl (permutations), for one attribute in one pool. Query-independent: under the null the
+    labels at the ranked positions are a random arrangement of the pool's labels."""
+    valid = at.codes[at.codes >= 0]
+    n = len(valid)
+    caps = np.bincount(valid, minlength=len(at.values))
+    ks = {k: (n if k == "all" else int(k)) for k in options.k if (n if k == "all" else int(k)) <= n}
+    out: dict[tuple, dict[str, _Null]] = {}
+    B = options.permutations
+    perm = (permutation_null(valid, sorted(set(ks.values())), at.desired_point, options.absent, B,
+                             np.random.default_rng(list(seed))) if ks and B > 0 else None)
+    pm = P_PERM.format(B=B)
+    for k, kk in ks.items():
+        exact = n_count_vectors(caps, kk) <= ENUM_LIMIT
+        if exact:
+            vecs = count_vectors(caps, kk)
+            w = np.exp(mvhypergeom_logpmf(vecs, caps))
+        for d, q in at.desired_point.items():
+            nulls: dict[str, _Null] = {}
+            if exact:
+                st = _skew_stats(vecs.astype(np.float64), np.full((len(vecs), 1), float(kk)),
+                                 np.broadcast_to(q, vecs.shape), options.absent)
+                nulls["max_skew"] = _Null(st["max_skew"], w, P_EXACT)
+                nulls["min_skew"] = _Null(st["min_skew"], w, P_EXACT)
+            elif perm is not None:
+                nulls["max_skew"] = _Null(perm[kk][d]["max_skew"], None, pm)
+                nulls["min_skew"] = _Null(perm[kk][d]["min_skew"], None, pm)
+            if perm is not None:
+                nulls["ndkl"] = _Null(perm[kk][d]["ndkl"], None, pm)
+            out[(k, d)] = nulls
+    return out
+
+
+def _add_null_columns(df: pd.DataFrame, acc: "_Accumulator") -> pd.DataFrame:
+    """Every row beside its null of no association (columns :data:`NULL_COLUMNS`).
+
+    share / skew / bias rows: the exact hypergeometric test of the value's top-k count within
+    the ranked pool (a two-valued attribute has one test; it does not depend on ``desired``);
+    null_mean: the count's exact expectation under that null (share N_a / n; skew with the
+    run's absent convention; bias 2 N_a / n - 1). max_skew / min_skew / ndkl rows: the upper
+    (MinSkew: lower) tail of :func:`_attribute_nulls`. p-values are adjusted with the run's
+    correction within each family (count tests; MaxSkew; MinSkew; NDKL), each test counted
+    once. Mean rows: the mean of their queries' null means, no test; worst rows: neither."""
+    from .stats import CORRECTIONS
+
+    o = acc.o
+    nrow = len(df)
+    null_mean, pval = np.full(nrow, np.nan), np.full(nrow, np.nan)
+    ilo, ihi = np.full(nrow, np.nan), np.full(nrow, np.nan)
+    pmeth, imeth = np.full(nrow, "", dtype=object), np.full(nrow, "", dtype=object)
+    ident: list[tuple | None] = [None] * nrow
+    qid_of = {(u.query_set, u.query.text): u.qid for u in acc.units}
+    share = {(r.query_set, r.query, r.attribute, r.attribute_value, str(r.k), r.desired): r.value
+             for r in df[df.metric == "share"].itertuples(index=False)}
+    per_t = o.prompts == "per_template"
+    pcache: dict[tuple, float] = {}
+    mcache: dict[tuple, float] = {}
+    agg_rows: list[int] = []
+    for i, r in enumerate(df.itertuples(index=False)):
+        m, ks = r.metric, str(r.k)
+        if r.query in (MEAN_ROW, WORST_ROW):
+            agg_rows.append(i)
+            continue
+        pv = acc.pool.get(qid_of[(r.query_set, r.query)])
+        caps, values = acc.pool_caps[(pv, r.attribute)], acc.values[r.attribute]
+        n = int(caps.sum())
+        kk = n if ks == "all" else int(ks)
+        if m in ("share", "skew", "bias"):
+            a = 0 if (m == "bias" or len(values) == 2) else values.index(r.attribute_value)
+            x = share[(r.query_set, r.query, r.attribute, values[a], ks, r.desired)] * kk
+            key = (n, int(caps[a]), kk, round(x, 9))
+            if key not in pcache:
+                pcache[key] = _count_p(x, n, int(caps[a]), kk)
+            pval[i] = pcache[key]
+            pmeth[i] = P_HYPERGEOM_MEAN if per_t else P_HYPERGEOM
+            ident[i] = ("count", r.query_set, r.query, r.attribute, a, ks)
+            own = 0 if m == "bias" else values.index(r.attribute_value)
+            if m == "share":
+                null_mean[i] = caps[own] / n
+            elif m == "bias":
+                null_mean[i] = 2 * caps[0] / n - 1
+            else:
+                mk = (n, int(caps[own]), kk, float(r.desired_share), o.absent)
+                if mk not in mcache:
+                    mcache[mk] = _expect(_hypergeom_pmf(n, int(caps[own]), kk),
+                                         _skew_of_counts(np.arange(kk + 1, dtype=np.float64), kk,
+                                                         float(r.desired_share), o.absent))
+                null_mean[i] = mcache[mk]
+            if not o.bootstrap:
+                imeth[i] = I_NONE_B0
+            elif r.ci_low <= r.value <= r.ci_high:
+                ilo[i], ihi[i], imeth[i] = r.ci_low, r.ci_high, I_BOOT
+            else:
+                imeth[i] = I_NONE_OUT
+        else:
+            nul = acc.nulls.get((pv, r.attribute), {}).get((r.k, r.desired), {}).get(m)
+            if nul is not None:
+                null_mean[i] = nul.mean
+                pval[i] = nul.p(r.value, upper=m != "min_skew")
+                pmeth[i] = nul.method + ("; templates: the null of one ranking (conservative)" if per_t else "")
+                ident[i] = (m, r.query_set, r.query, r.attribute, ks, r.desired)
+            imeth[i] = I_NONE_B0 if not o.bootstrap else I_NONE_STAT
+    # set-level rows: the mean of the queries' null means; the interval over queries (and templates)
+    if agg_rows:
+        tmp = df.assign(_nm=null_mean, _ks=df["k"].astype(str))
+        tmp = tmp[~tmp["query"].isin([MEAN_ROW, WORST_ROW])]
+        means = {key: float(np.mean(g.to_numpy())) for key, g in
+                 tmp.groupby(["query_set", "attribute", "desired", "_ks", "metric"], sort=False)["_nm"]}
+        for i in agg_rows:
+            r = df.iloc[i]
+            key = (r.query_set, r.attribute, r.desired, str(r.k), r.metric)
+            if r["query"] == MEAN_ROW:
+                null_mean[i] = means.get(key, math.nan)
+                lo, hi, how = acc.set_ci.get(key, (math.nan, math.nan, I_NONE_B0))
+                if how.startswith("none") or (lo <= r.value <= hi):
+                    ilo[i], ihi[i], imeth[i] = lo, hi, how
+                else:
+                    imeth[i] = "none: the bootstrap over queries excludes the point"
+            else:
+                imeth[i] = I_NONE_WORST
+            pmeth[i] = P_NONE_SET
+    # adjustment within each family, each distinct test once
+    padj = np.full(nrow, np.nan)
+    for fam in ("count", "max_skew", "min_skew", "ndkl"):
+        rows = [i for i in range(nrow) if ident[i] is not None and ident[i][0] == fam and not np.isnan(pval[i])]
+        if not rows:
+            continue
+        first: dict[tuple, int] = {}
+        for i in rows:
+            first.setdefault(ident[i], i)
+        uniq = list(first)
+        adj = dict(zip(uniq, CORRECTIONS[o.correction](np.array([pval[first[t]] for t in uniq]))))
+        for i in rows:
+            padj[i] = adj[ident[i]]
+    out = df.copy()
+    fin = np.isfinite(null_mean) & np.isfinite(out["value"].to_numpy(np.float64))
+    out["null_mean"] = null_mean
+    out["excess"] = np.where(fin, out["value"].to_numpy(np.float64) - np.where(fin, null_mean, 0.0), np.nan)
+    out["p_value"], out["p_adjusted"] = pval, padj
+    out["significant"] = np.nan_to_num(padj, nan=1.0) < 1.0 - o.confidence
+    out["p_method"] = pmeth
+    out["interval_low"], out["interval_high"], out["interval_method"] = ilo, ihi, imeth
+    return out
