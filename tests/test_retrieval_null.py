@@ -341,3 +341,89 @@ def test_unnormalised_image_features_rank_as_berg_et_al_code():
     assert row(raw, "share", 2, value="Male").value != row(cos, "share", 2, value="Male").value
     assert R.options_from_config({"enabled": True, "normalize_images": False}).normalize_images is False
     assert R.options_from_config({"enabled": True}).normalize_images is True
+
+
+# --------------------------------------------------------------------------- the report
+
+def planted():
+    """200 images; query 'q' ranks 40 women first (a planted association), 'r' at random."""
+    rng = np.random.default_rng(9)
+    n = 200
+    gender = np.array(["Male", "Female"] * (n // 2))
+    race = rng.choice(["a", "b", "c", "rare"], n, p=[0.4, 0.3, 0.28, 0.02])
+    table = pd.DataFrame({"image_id": range(n), "gender": gender, "race": race})
+    a = 0.7 * (np.where(gender == "Female", 0.5, 0.0) + rng.uniform(0, 0.5, n))  # cosine with q
+    b = rng.uniform(0, 0.7, n)                                                  # cosine with r
+    emb = np.stack([a, b, np.sqrt(1 - a ** 2 - b ** 2)], axis=1).astype(np.float32)
+    return table, emb, {"q": [1.0, 0.0, 0.0], "r": [0.0, 1.0, 0.0]}
+
+
+def test_report_findings_come_from_the_adjusted_test_and_heat_maps_mark_cells(tmp_path):
+    import re
+
+    from clipfair.document import Document, to_markdown
+
+    table, emb, vec = planted()
+    opts = RetrievalOptions(k=(40,), attributes=("gender", "race"), bootstrap=100, permutations=200)
+    df = R.retrieval_bias(table, emb, [qset("q", "r")], encoder(vec), opts)
+    assert row(df, "skew", 40, value="Female").significant
+    assert not row(df, "skew", 40, query="r", value="Female").significant
+    md = to_markdown(Document("t", R.retrieval_sections(df, tmp_path, opts)))
+    assert "adjusted test of no association rejects" in md and "interval excludes 0" in md  # says why not
+    line = next(ln for ln in md.splitlines() if ln.startswith("| q ") and "Female" in ln)
+    assert "| yes |" in line
+    # every 'x [a, b]' the report shows contains x
+    for x, a, b in re.findall(r"(−?[\d.]+|−∞) \[(−?[\d.]+|−∞), (−?[\d.]+|−∞)\]", md):
+        f = [(-math.inf if t == "−∞" else float(t.replace("−", "-"))) for t in (x, a, b)]
+        assert f[1] <= f[0] <= f[2], (x, a, b)
+    assert "(null " in md and "queries with a MaxSkew finding" in md
+    # heat map cells: * where the adjusted test rejects, † where the value is expected < 5 times
+    sel, queries, values, z, S, T = R.heat_data(df, "hand", "race", "dataset", 40)
+    assert values == ["a", "b", "c", "rare"]
+    assert T[:, values.index("rare")].all() and not T[:, values.index("a")].any()
+    sig = {(r.query, r.attribute_value) for r in df[(df.metric == "skew") & (df.attribute == "race")
+                                                     & (df.desired == "dataset") & df.significant].itertuples()}
+    assert {(q, v) for i, q in enumerate(queries) for j, v in enumerate(values) if S[i, j]} == sig
+    _, gq, gv, _, GS, _ = R.heat_data(df, "hand", "gender", "dataset", 40)
+    assert GS[gq.index("q")].all() and not GS[gq.index("r")].any()
+    assert (tmp_path / "retrieval_skew_hand_race.png").stat().st_size > 1000
+
+
+def test_sections_read_a_table_written_before_the_null_columns(tmp_path):
+    from clipfair.document import Document, to_markdown
+
+    table, emb, vec = planted()
+    opts = RetrievalOptions(k=(40,), attributes=("gender",), bootstrap=20, permutations=0)
+    df = R.retrieval_bias(table, emb, [qset("q", "r")], encoder(vec), opts)[R.BASE_COLUMNS]
+    md = to_markdown(Document("t", R.retrieval_sections(df, tmp_path, opts)))
+    assert "Retrieval bias" in md
+
+
+def test_visogender_sd_over_occupations_beside_the_mean(tmp_path):
+    from clipfair.document import Document, to_markdown
+
+    rng = np.random.default_rng(6)
+    occs = ["doctor", "nurse", "pilot", "chef"]
+    n = 120
+    table = pd.DataFrame({"image_id": range(n), "occupation": np.repeat(occs, n // 4),
+                          "gender": rng.choice(["Male", "Female"], n)})
+    emb = rng.normal(size=(n, 3)).astype(np.float32)
+    vec = {o: rng.normal(size=3).tolist() for o in occs}
+    opts = R.options_from_config({"enabled": True, "preset": "visogender", "k": [5, 10], "queries": ["x"],
+                                  "bootstrap": {"B": 0}, "permutations": 0})
+    df = R.retrieval_bias(table, emb, [qset(*occs)], encoder(vec), opts)
+    vals = [row(df, "max_skew", 10, query=o).value for o in occs]
+    sd = float(pd.Series(vals).std())  # pandas: ddof = 1, as VisoGender's summary_stats.py
+    assert R.sd_over_queries(vals) == pytest.approx(sd)
+    md = to_markdown(Document("t", R.retrieval_sections(df, tmp_path, opts)))
+    line = next(ln for ln in md.splitlines() if "max_skew@10" in ln)
+    assert f"{sd:.2f}".replace("-", "−") in line and "SD over queries" in md
+
+
+def test_social_counterfactuals_preset_cites_their_code_and_conventions():
+    p = R.PRESETS["social_counterfactuals"]
+    text = " ".join(str(p[k]) for k in ("source", "differs"))
+    assert "IntelLabs/multimodal_cognitive_ai" in text and "SocialCounterfactuals/evaluation" in text
+    assert "No public code" not in text
+    for phrase in ("number of groups", "not a KL divergence", "ranking index"):
+        assert phrase in text, phrase

@@ -99,7 +99,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     check_run_dir(out_dir, overwrite)
     template_sets = _plain(cfg.get("template_sets")) or {}
     # validate before the slow parts
-    retrieval = options_from_config(_plain(cfg.get("retrieval")), float(cfg.confidence))
+    retrieval = options_from_config(_plain(cfg.get("retrieval")), float(cfg.confidence),
+                                    correction=str(cfg.get("disparity_correction", "holm")))
     query_sets = load_query_sets(retrieval.queries) if retrieval is not None else []
     tax_specs = list(cfg.taxonomies or [])
     taxonomies = (expand_template_sets(load_taxonomies(tax_specs), template_sets)

@@ -169,7 +169,7 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
 
         with timed(timings, "retrieval"):
             retrieval_table = retrieval_bias(table, emb.embeddings, query_sets, texts, retrieval,
-                                             attributes=dataset.attributes)
+                                             attributes=dataset.attributes, orders=dataset.value_orders())
         info["retrieval"] = {**retrieval.to_dict(), "query_sets": [
             {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in query_sets]}
     skipped = {**dataset.skipped}

@@ -1013,9 +1013,20 @@ def _fmt(x: float, digits: int = 2) -> str:
 
 
 def _with_ci(row: pd.Series) -> str:
-    if pd.isna(row["ci_low"]):
+    """The value with the interval the run decided to show (``interval_low/high``; the
+    image bootstrap's ``ci_low/high`` only in tables written before issue 21): never an
+    interval that excludes its point."""
+    lo, hi = ("interval_low", "interval_high") if "interval_low" in row.index else ("ci_low", "ci_high")
+    if pd.isna(row[lo]) or not (row[lo] <= row["value"] <= row[hi]):
         return _fmt(row["value"])
-    return f"{_fmt(row['value'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
+    return f"{_fmt(row['value'])} [{_fmt(row[lo])}, {_fmt(row[hi])}]"
+
+
+def _with_null(row: pd.Series) -> str:
+    """A set mean with its interval and its null expectation."""
+    out = _with_ci(row)
+    nm = row.get("null_mean", math.nan)
+    return out if pd.isna(nm) else f"{out} (null {_fmt(nm)})"
 
 
 def _report_k(df: pd.DataFrame) -> int | str:
@@ -1029,25 +1040,22 @@ def _k_eq(df: pd.DataFrame, k: int | str) -> pd.Series:
 
 def _heatmap(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: int | str, path: Path,
              max_rows: int = 40) -> Path | None:
+    """Skew@k per query (rows, by MaxSkew) and value (columns, in the attribute's declared order:
+    the table's row order). A cell whose adjusted test of no association rejects is marked ``*``
+    (bold); a value expected fewer than :data:`TINY_EXPECTED` times in the top k is marked ``†``
+    (grey text): one image moves its skew a lot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from .report import DPI, _save
 
-    sel = df[(df.query_set == query_set) & (df.attribute == attribute) & (df.desired == desired) & _k_eq(df, k)
-             & ~df["query"].isin([MEAN_ROW, WORST_ROW])]
-    skew = sel[sel.metric == "skew"]
-    if skew.empty:
+    data = heat_data(df, query_set, attribute, desired, k, max_rows)
+    if data is None:
         return None
-    mx = sel[sel.metric == "max_skew"].set_index("query")["value"]
-    queries = list(mx.sort_values(ascending=False, kind="stable").index[:max_rows])
-    values = list(dict.fromkeys(skew["attribute_value"]))
-    grid = skew.pivot_table(index="query", columns="attribute_value", values="value", aggfunc="first")
-    grid = grid.reindex(index=queries, columns=values)
-    z = grid.to_numpy(dtype=np.float64)
+    sel, queries, values, z, S, T = data
     finite = z[np.isfinite(z)]
     lim = max(0.1, float(np.abs(finite).max()) if finite.size else 1.0)
-    fig = Figure(figsize=(min(2.5 + 0.9 * len(values), 14.0), 1.4 + 0.28 * len(queries)), dpi=DPI)
+    fig = Figure(figsize=(min(2.5 + 0.9 * len(values), 14.0), 1.6 + 0.28 * len(queries)), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(np.ma.masked_invalid(np.where(np.isfinite(z), z, np.nan)), cmap="RdBu_r", vmin=-lim, vmax=lim,
@@ -1057,16 +1065,50 @@ def _heatmap(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: 
         for j in range(z.shape[1]):
             v = z[i, j]
             text = "absent" if np.isneginf(v) else ("" if np.isnan(v) else f"{v:.2f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if np.isfinite(v) and abs(v) > 0.6 * lim else "black")
+            text += ("*" if S[i, j] else "") + ("†" if T[i, j] else "")
+            color = ("#555555" if T[i, j] else
+                     "white" if np.isfinite(v) and abs(v) > 0.6 * lim else "black")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color,
+                    fontweight="bold" if S[i, j] else "normal", fontstyle="italic" if T[i, j] else "normal")
     cats = sel.drop_duplicates("query").set_index("query")["category"]
     ax.set_yticks(np.arange(len(queries)))
     ax.set_yticklabels([f"{q} ({cats.get(q, '')})" for q in queries], fontsize=8)
     ax.set_xticks(np.arange(len(values)))
     ax.set_xticklabels(values, rotation=30, ha="right", fontsize=8)
-    ax.set_title(f"Skew@{k} by {attribute}: {query_set} (desired: {desired})", fontsize=10)
+    ax.set_title(f"Skew@{k} by {attribute}: {query_set} (desired: {desired})\n"
+                 "* adjusted test rejects no association · † expected < "
+                 f"{TINY_EXPECTED:g} in the top {k}", fontsize=9)
     fig.colorbar(im, ax=ax, label="Skew@k = ln(share in top k / desired share)", shrink=0.8)
     return _save(fig, path)
+
+
+def heat_data(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: int | str, max_rows: int = 40):
+    """What a heat map shows: (rows of the selection, queries by MaxSkew, values in the table's
+    order, Skew grid, significant cells, tiny cells); None without skew rows."""
+    df = _ensure_null_columns(df.copy())
+    sel = df[(df.query_set == query_set) & (df.attribute == attribute) & (df.desired == desired) & _k_eq(df, k)
+             & ~df["query"].isin([MEAN_ROW, WORST_ROW])]
+    skew = sel[sel.metric == "skew"]
+    if skew.empty:
+        return None
+    mx = sel[sel.metric == "max_skew"].set_index("query")["value"]
+    queries = list(mx.sort_values(ascending=False, kind="stable").index[:max_rows])
+    values = list(dict.fromkeys(skew["attribute_value"]))
+
+    def grid(col: pd.Series) -> pd.DataFrame:
+        return (skew.assign(_v=col).pivot_table(index="query", columns="attribute_value", values="_v", aggfunc="first",
+                                                sort=False).reindex(index=queries, columns=values))
+
+    z = grid(skew["value"]).to_numpy(dtype=np.float64)
+    S = grid(skew["significant"].astype(float)).fillna(0).to_numpy() > 0
+    T = grid(pd.Series(_tiny(skew).astype(float), index=skew.index)).fillna(0).to_numpy() > 0
+    return sel, queries, values, z, S, T
+
+
+def _tiny(rows: pd.DataFrame) -> np.ndarray:
+    """Per share / skew row: its value is expected fewer than TINY_EXPECTED times in the top k."""
+    kk = np.array([float(n) if str(k) == "all" else float(k) for k, n in zip(rows["k"], rows["n_images"])])
+    return (rows["desired_share"].to_numpy(np.float64) * kk) < TINY_EXPECTED
 
 
 def _mix(df: pd.DataFrame, query_set: str, query: str, attribute: str, desired: str, k) -> str:
@@ -1079,8 +1121,13 @@ def _mix(df: pd.DataFrame, query_set: str, query: str, attribute: str, desired: 
 def _conventions(df: pd.DataFrame, options: Mapping[str, Any] | None) -> list[str]:
     o = dict(options or {})
     first = df.iloc[0] if len(df) else None
+    corr = {"holm": "Holm-Bonferroni", "bh": "Benjamini-Hochberg"}.get(o.get("correction", "holm"), "Holm-Bonferroni")
+    B = o.get("bootstrap", "?")
     items = [
-        "Ranking: cosine similarity between each image and the query's text embedding, highest first; "
+        ("Ranking: cosine similarity between each image and the query's text embedding, highest first; "
+         if o.get("normalize_images", True) else
+         "Ranking: the unnormalised image features times the normalised text embedding (Berg et al.'s code as "
+         "written; `retrieval.normalize_images=false`), highest first; ") +
         "ties broken by dataset order; images missing an attribute are left out of that attribute's ranking.",
         f"k: {', '.join(str(k) for k in o.get('k', sorted(df['k'].astype(str).unique())))} "
         "(`all` = the whole ranking).",
@@ -1092,8 +1139,23 @@ def _conventions(df: pd.DataFrame, options: Mapping[str, Any] | None) -> list[st
         "embedding per query; `per_template`: one ranking per template, the metric averaged over templates).",
         "Pools: " + (f"each query ranks only the images whose `{o['pool']}` equals the query (or its `pool`)."
                      if o.get("pool") else "none (every query ranks the whole evaluation set)."),
-        f"Intervals: {int(o.get('confidence', 0.95) * 100)}% percentile bootstrap over images, "
-        f"B = {o.get('bootstrap', '?')}, seed {o.get('seed', '?')}" + (" (B = 0: no intervals)." if o.get("bootstrap") == 0 else "."),
+        "Tests of no association (null: the attribute's labels are unrelated to the ranking, i.e. the top k is a "
+        "random k of the ranked pool): each value's top-k count by the exact hypergeometric test (two-sided; one "
+        "test for a two-valued attribute, also Bias@k's); MaxSkew and MinSkew by the exact multivariate "
+        f"hypergeometric distribution of the top-k counts (by {o.get('permutations', 1000)} label shuffles when it "
+        f"has more than {ENUM_LIMIT:,} count vectors); NDKL by {o.get('permutations', 1000)} label shuffles over "
+        f"the pool's images (seed {o.get('seed', '?')}; smallest possible p = 1/(B+1)). p-values adjusted "
+        f"({corr}) within each family (count tests, MaxSkew, MinSkew, NDKL) over every test of the run. "
+        "`null mean`: the statistic's expectation under that null (MaxSkew and NDKL are ≥ 0 by construction, "
+        "so 0 is not their null); `excess` in retrieval.csv = value − null mean."
+        + (" Per-template prompts: a query's value is a mean over templates, tested against the null of one "
+           "ranking (conservative)." if o.get("prompts") == "per_template" else ""),
+        (f"Intervals ({int(o.get('confidence', 0.95) * 100)}%): per query, share / Skew / Bias show the percentile "
+         f"bootstrap over images (B = {B}, seed {o.get('seed', '?')}) when it contains the point, else none; "
+         "MaxSkew, MinSkew and NDKL per query show none (resampled rankings repeat images and run above the "
+         "point: their spread stays in retrieval.csv's ci_low / ci_high); a query set's mean shows a bootstrap "
+         "over its queries (and templates), whose values carry each query's image noise; the worst over queries "
+         "shows none." if B != 0 else "Intervals: none (bootstrap B = 0)."),
     ]
     return items
 
@@ -1109,7 +1171,7 @@ def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
 
     out_dir = Path(out_dir)
     o = options.to_dict() if isinstance(options, RetrievalOptions) else dict(options or {})
-    df = table.copy()
+    df = _ensure_null_columns(table.copy())
     df["k"] = [k if str(k) == "all" else int(k) for k in df["k"]]
     for c in ("category", "attribute_value", "pool"):
         df[c] = df[c].fillna("").astype(str)
@@ -1120,14 +1182,12 @@ def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
              "the values, NDKL a rank-discounted KL divergence of the top-i mix from the desired mix (0 = fair), "
              "Bias@k = (n_a − n_b)/(n_a + n_b) for a two-valued attribute (Geyik et al. 2019; Berg et al. 2022)."),
         Bullets(_conventions(df, o)),
-        Note(f"A skew is called a **finding** only when its interval excludes 0. Values expected fewer than "
+        Note(f"A value is called a **finding** only when its adjusted test of no association rejects at "
+             f"α = {1 - float(o.get('confidence', 0.95)):g} (not when an interval excludes 0: Skew of a pool's own "
+             f"shares moves by chance, MaxSkew and NDKL are never below 0). Values expected fewer than "
              f"{TINY_EXPECTED:g} times in the top k (k × desired share) are marked † and never headlined: one "
              "image moves their skew a lot. Labels are annotators' perceptions; a ranking shows what the model "
              "associates with a query, not anything about the people pictured."),
-        Note("Resampling images puts copies of one image side by side in a replicate's ranking, so its top k "
-             "holds fewer distinct images than the real one: bootstrap replicates of MaxSkew and NDKL run "
-             "higher than the point value, and their percentile interval can sit above it. Read those "
-             "intervals as the spread of the statistic, not as bias-corrected bounds."),
     ]
     if o.get("preset"):
         p = PRESETS[o["preset"]]
@@ -1146,21 +1206,30 @@ def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
         d = df[df.query_set == qs]
         sub: list[Any] = []
         agg = d[d["query"].isin([MEAN_ROW, WORST_ROW]) & d.metric.isin(["max_skew", "min_skew", "ndkl", "bias"])]
+        per_q = d[~d["query"].isin([MEAN_ROW, WORST_ROW])]
+        n_q = per_q["query"].nunique()
         rows = []
         for (attr, des, kk), g in agg.groupby(["attribute", "desired", "k"], sort=False):
-            cell = {(r.query, r.metric): _with_ci(pd.Series(r._asdict())) for r in g.itertuples()}
-            rows.append([attr, des, str(kk), int(g.n_images.iloc[0]),
+            cell = {(r.query, r.metric): (_with_null(pd.Series(r._asdict())) if r.query == MEAN_ROW
+                                          else _fmt(r.value)) for r in g.itertuples()}
+            tested = per_q[(per_q.attribute == attr) & (per_q.desired == des) & _k_eq(per_q, kk)
+                           & (per_q.metric == "max_skew")]
+            found = f"{int(tested['significant'].astype(bool).sum())} / {len(tested)}"
+            rows.append([attr, des, str(kk), int(g.n_images.iloc[0]), found,
                          *[cell.get((row, m), "–") for m in ("max_skew", "ndkl", "bias") for row in (MEAN_ROW, WORST_ROW)]])
-        n_q = d.loc[~d["query"].isin([MEAN_ROW, WORST_ROW]), "query"].nunique()
-        sub.append(Table(["attribute", "desired", "k", "n images", "MaxSkew mean", "MaxSkew worst", "NDKL mean",
-                          "NDKL worst", "Bias mean", "Bias worst"], rows, align="lllrrrrrrr",
-                         caption=f"Mean and worst over the {n_q} queries (point [interval]); worst = highest "
-                                 "MaxSkew / NDKL, Bias farthest from 0."))
+        sub.append(Table(["attribute", "desired", "k", "n images", "queries with a MaxSkew finding", "MaxSkew mean",
+                          "MaxSkew worst", "NDKL mean", "NDKL worst", "Bias mean", "Bias worst"], rows,
+                         align="lllrrrrrrrr",
+                         caption=f"Mean over the {n_q} queries [interval over queries] (null: the mean's expectation "
+                                 "under no association), and the worst (highest MaxSkew / NDKL, Bias farthest from "
+                                 "0; no interval). A finding: the query's adjusted test rejects no association."))
         for attr in dict.fromkeys(d["attribute"]):
             name = f"retrieval_skew_{_safe(qs)}_{_safe(attr)}.png"
             if _heatmap(d, qs, attr, desired0, k, out_dir / name) is not None:
-                sub.append(Figure(name, f"Skew@{k} by {attr} for the {qs} queries (desired: {desired0}); "
-                                        "grey 'absent' = no image with that value in the top k."))
+                sub.append(Figure(name, f"Skew@{k} by {attr} for the {qs} queries (desired: {desired0}), values in "
+                                        f"the attribute's declared order; grey 'absent' = no image with that value in "
+                                        f"the top k; * = the adjusted test rejects no association; † = expected fewer "
+                                        f"than {TINY_EXPECTED:g} times (grey italic, never headlined)."))
             sub.append(_most_skewed(d, qs, attr, desired0, k, max_queries))
         blocks.append(Section(f"Query set {qs}", sub))
     return [Section("Retrieval bias", blocks)]
@@ -1171,27 +1240,30 @@ def _most_skewed(d: pd.DataFrame, qs: str, attr: str, desired: str, k, max_queri
 
     sel = d[(d.attribute == attr) & (d.desired == desired) & _k_eq(d, k) & ~d["query"].isin([MEAN_ROW, WORST_ROW])]
     skew = sel[sel.metric == "skew"].copy()
-    kk = int(sel.n_images.iloc[0]) if str(k) == "all" and len(sel) else (int(k) if str(k) != "all" else 0)
-    skew["tiny"] = skew["desired_share"] * kk < TINY_EXPECTED
-    # headline: each query's largest skew among values that are not tiny
-    ok = skew[~skew["tiny"] & np.isfinite(skew["value"])]
-    best = ok.sort_values("value", ascending=False, kind="stable").drop_duplicates("query").head(max_queries)
+    skew["tiny"] = _tiny(skew)
+    # headline: each query's largest skew among values that are not tiny; findings first
+    ok = skew[~skew["tiny"] & np.isfinite(skew["value"])].copy()
+    ok["sig_"] = ok["significant"].astype(bool)
+    best = (ok.sort_values("value", ascending=False, kind="stable").drop_duplicates("query")
+            .sort_values("sig_", ascending=False, kind="stable").head(max_queries))
     rows = []
     for r in best.itertuples():
-        finding = "yes" if (not pd.isna(r.ci_low) and r.ci_low > 0) else "no"
+        finding = "yes" if r.sig_ else "no"
         ms = sel[(sel["query"] == r.query) & (sel.metric == "min_skew")]
         tiny_vals = skew[(skew["query"] == r.query) & skew["tiny"]]["attribute_value"].tolist()
-        rows.append([r.query, r.category, r.attribute_value, _with_ci(pd.Series(r._asdict())), finding,
+        rows.append([r.query, r.category, r.attribute_value, _with_ci(pd.Series(r._asdict())),
+                     "–" if pd.isna(r.p_adjusted) else f"{r.p_adjusted:.2g}", finding,
                      _with_ci(ms.iloc[0]) if len(ms) else "–",
                      _mix(d, qs, r.query, attr, desired, k) + (f" (†: {', '.join(tiny_vals)})" if tiny_vals else ""),
                      int(r.n_images)])
     if not rows:
         return Text(f"No query has a {attr} value expected at least {TINY_EXPECTED:g} times in the top {k} "
                     f"(desired: {desired}); nothing is headlined. The full table is retrieval.csv.")
-    return Table(["query", "category", "most over-represented", f"Skew@{k} [CI]", "finding", f"MinSkew@{k}",
-                  f"top-{k} mix (vs desired)", "n images"], rows, align="lllrlrlr",
-                 caption=f"The {len(rows)} most skewed queries by {attr} at k = {k} (desired: {desired}), by their "
-                         "largest skew over values that are not tiny (†).")
+    return Table(["query", "category", "most over-represented", f"Skew@{k} [CI]", "p adj.", "finding",
+                  f"MinSkew@{k}", f"top-{k} mix (vs desired)", "n images"], rows, align="lllrrlrlr",
+                 caption=f"The {len(rows)} most skewed queries by {attr} at k = {k} (desired: {desired}): findings "
+                         "(the value's adjusted exact test of no association rejects) first, then by the largest "
+                         "skew over values that are not tiny (†).")
 
 
 def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list[Any]:
@@ -1200,6 +1272,7 @@ def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list
     from .document import Note
 
     rows, missing = [], []
+    per_q = df[~df["query"].isin([MEAN_ROW, WORST_ROW])]
     for metric, k in headline:
         sel = df[(df.metric == metric) & (df["query"] == MEAN_ROW)]
         if k is not None:
@@ -1207,16 +1280,37 @@ def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list
         if sel.empty:
             missing.append(f"{metric}@{k if k is not None else 'k'}")
         for r in sel.itertuples():
-            rows.append([r.query_set, r.attribute, r.desired, f"{metric}@{r.k}", _with_ci(pd.Series(r._asdict())),
-                         int(r.n_images)])
+            vals = per_q[(per_q.query_set == r.query_set) & (per_q.attribute == r.attribute)
+                         & (per_q.desired == r.desired) & (per_q.metric == metric) & _k_eq(per_q, r.k)]["value"]
+            rows.append([r.query_set, r.attribute, r.desired, f"{metric}@{r.k}", _with_null(pd.Series(r._asdict())),
+                         _fmt(sd_over_queries(vals)), int(len(vals)), int(r.n_images)])
     out: list[Any] = []
     if rows:
-        out.append(Table(["query set", "attribute", "desired", "metric", "mean over queries [CI]", "n images"], rows,
-                         align="lllllr", caption="The paper's reported quantities, as computed here (mean over queries)."))
+        out.append(Table(["query set", "attribute", "desired", "metric", "mean over queries [CI] (null)",
+                          "SD over queries", "queries", "n images"], rows, align="llllrrrr",
+                         caption="The paper's reported quantities, as computed here: the mean over queries and, as "
+                                 "VisoGender reports beside it, the standard deviation over queries (occupations; "
+                                 "ddof = 1, as their summary_stats.py)."))
     if missing:
         out.append(Note(f"Not computed in this run: {', '.join(missing)} (k larger than the ranked images, or the "
                         "metric's k was overridden).", "warning"))
     return out
+
+
+def sd_over_queries(values: Iterable[float]) -> float:
+    """The sample standard deviation (ddof = 1) of per-query values (NaN below 2 finite values)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(np.std(v, ddof=1)) if len(v) >= 2 else math.nan
+
+
+def _ensure_null_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A table written before issue 21 read back: the new columns, empty."""
+    for c in NULL_COLUMNS:
+        if c not in df.columns:
+            df[c] = False if c == "significant" else ("" if c.endswith("method") else np.nan)
+    df["significant"] = df["significant"].fillna(False).astype(bool)
+    return df
 
 
 def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
@@ -1425,6 +1519,8 @@ def _add_null_columns(df: pd.DataFrame, acc: "_Accumulator") -> pd.DataFrame:
     (MinSkew: lower) tail of :func:`_attribute_nulls`. p-values are adjusted with the run's
     correction within each family (count tests; MaxSkew; MinSkew; NDKL), each test counted
     once. Mean rows: the mean of their queries' null means, no test; worst rows: neither."""
+    from .analyses.base import HIGHER
+    from .analyses.specs import direction
     from .stats import CORRECTIONS
 
     o = acc.o
@@ -1480,7 +1576,7 @@ def _add_null_columns(df: pd.DataFrame, acc: "_Accumulator") -> pd.DataFrame:
             nul = acc.nulls.get((pv, r.attribute), {}).get((r.k, r.desired), {}).get(m)
             if nul is not None:
                 null_mean[i] = nul.mean
-                pval[i] = nul.p(r.value, upper=m != "min_skew")
+                pval[i] = nul.p(r.value, upper=direction(m) != HIGHER)  # the harmful tail, from the registry
                 pmeth[i] = nul.method + ("; templates: the null of one ranking (conservative)" if per_t else "")
                 ident[i] = (m, r.query_set, r.query, r.attribute, ks, r.desired)
             imeth[i] = I_NONE_B0 if not o.bootstrap else I_NONE_STAT
