@@ -427,3 +427,20 @@ def test_social_counterfactuals_preset_cites_their_code_and_conventions():
     assert "No public code" not in text
     for phrase in ("number of groups", "not a KL divergence", "ranking index"):
         assert phrase in text, phrase
+
+
+def test_report_header_has_no_question_mark_for_a_retrieval_run():
+    """Defect 9: a retrieval-only run's header said 'groups of at least ? images'."""
+    from clipfair import metrics as M
+    from clipfair.pipeline import Evaluation, report_context, score
+
+    preds = pd.DataFrame(columns=["image_id", "taxonomy", "method", "predicted_label", "predicted_category",
+                                  "score", "logit", "true_label", "correct", "true_rank", "race"])
+    met, disp = score(preds, [], ["race"], 0.95, 40, "bh")
+    assert disp.empty and disp.attrs["min_n"] == 40 and disp.attrs["correction"] == "bh"
+    ev = Evaluation(preds, met, disp, info={"retrieval": {"correction": "bh"}})
+    ctx = report_context(ev, {"model": {"name_or_path": "m"}, "dataset": {"name": "d"}})
+    text = " ".join(v for _, v in ctx.header)
+    assert "at least ?" not in text and "groups of at least" not in text  # no zero-shot table to describe
+    assert "retrieval tests" in dict(ctx.header)
+    assert M.disparities(met, min_n=7).attrs["min_n"] == 7
