@@ -1366,11 +1366,20 @@ def _hypergeom_pmf(n: int, N: int, k: int) -> np.ndarray:
     """P(X = x) for x = 0..k (0 outside the support)."""
     key = (int(n), int(N), int(k))
     if key not in _PMF:
-        from scipy.stats import hypergeom
+        from scipy.special import gammaln
 
         if len(_PMF) > 4096:
             _PMF.clear()
-        _PMF[key] = hypergeom.pmf(np.arange(key[2] + 1), key[0], key[1], key[2])
+        n_, N_, k_ = key
+        x = np.arange(k_ + 1, dtype=np.float64)
+        ok = (x <= N_) & (k_ - x <= n_ - N_)
+        xs = np.where(ok, x, 0.0)
+
+        def lchoose(a, b):
+            return gammaln(a + 1) - gammaln(b + 1) - gammaln(a - b + 1)
+
+        logp = lchoose(N_, xs) + lchoose(n_ - N_, k_ - xs) - lchoose(n_, k_)
+        _PMF[key] = np.where(ok, np.exp(logp), 0.0)
     return _PMF[key]
 
 
