@@ -444,3 +444,28 @@ def test_report_header_has_no_question_mark_for_a_retrieval_run():
     assert "at least ?" not in text and "groups of at least" not in text  # no zero-shot table to describe
     assert "retrieval tests" in dict(ctx.header)
     assert M.disparities(met, min_n=7).attrs["min_n"] == 7
+
+
+@pytest.mark.slow
+def test_cli_intersection_unnormalised_and_null_columns(tmp_path, tiny_model_dir, fairface_root):
+    from test_cli import run_cli
+
+    out = tmp_path / "run"
+    run_cli("run", "experiment=retrieval_bias", f"model.name_or_path={tiny_model_dir}",
+            f"dataset.root={fairface_root}", f"hydra.run.dir={out}", "progress=false",
+            "retrieval.queries=[clip_denigration_words]", "retrieval.k=[5]", "retrieval.bootstrap.B=10",
+            "retrieval.attributes=[[race,gender],gender]", "retrieval.normalize_images=false",
+            "retrieval.permutations=50", "disparity_correction=bh")
+    df = pd.read_csv(out / "retrieval.csv")
+    assert list(df.columns) == R.COLUMNS
+    assert set(df.attribute) == {"race+gender", "gender"}
+    assert df[df.metric == "skew"].attribute_value[df.attribute == "race+gender"].iloc[0] == "White+Male"
+    per_q = df[~df["query"].isin([R.MEAN_ROW, R.WORST_ROW])]
+    assert per_q.p_value.notna().all() and per_q.null_mean.notna().all()
+    import json
+
+    r = json.loads((out / "run.json").read_text())["retrieval"]
+    assert r["normalize_images"] is False and r["correction"] == "bh" and r["attributes"] == [["race", "gender"], "gender"]
+    md = (out / "retrieval.md").read_text()
+    assert "unnormalised image features" in md and "Benjamini-Hochberg" in md
+    assert "at least ?" not in md
