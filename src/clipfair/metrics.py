@@ -778,6 +778,10 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     n2 = np.where(to_ov, d["rest_n"], d["reference_n"])
     x2 = np.where(to_ov, d["rest_x"], d["rx"])
     n1, x1 = d["n"].to_numpy(float), d["x"].to_numpy(float)
+    mean_rows = (d["kind"] == "mean").to_numpy() if "kind" in d.columns else np.zeros(len(d), bool)
+    if mean_rows.any():  # x holds a mean row's sums: the proportion formulas below get a placeholder
+        mu1, mu2 = x1 / n1, x2 / n2
+        x1, x2 = np.where(mean_rows, 0.0, x1), np.where(mean_rows, 0.0, x2)
     w = np.where(to_ov, n1 / np.where(to_ov, d["reference_n"], 1.0), 0.0)  # group share of overall
     scale = 1.0 - w  # group - overall = (1 - w) * (group - rest)
     lo, hi = newcombe_diff(x1, n1, x2, n2, confidence)
@@ -791,9 +795,7 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
         d["ratio_ci_low"] = np.where(to_ov, to_overall_ratio(rlo), rlo)
         d["ratio_ci_high"] = np.where(to_ov, to_overall_ratio(rhi), rhi)
     d["p_value"] = two_proportion_z(x1, n1, x2, n2)
-    mean_rows = (d["kind"] == "mean").to_numpy() if "kind" in d.columns else np.zeros(len(d), bool)
     if mean_rows.any():  # means: Welch's difference of means, group vs reference (or vs the rest)
-        mu1, mu2 = x1 / n1, x2 / n2
         s1, s2 = d["sd1"].to_numpy(float), d["sd2"].to_numpy(float)
         wlo, whi, wp = welch_diff(mu1, s1, n1, mu2, s2, n2, confidence)
         d.loc[mean_rows, "ci_low"] = (scale * wlo)[mean_rows]

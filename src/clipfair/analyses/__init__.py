@@ -8,8 +8,8 @@ per-unit outcomes into per-group rows with intervals, disparities, report sectio
 """
 
 from .base import (DIRECTIONS, HIGHER, KINDS, LOWER, MEAN, NEUTRAL, PROPORTION, Analysis, AnalysisError,
-                   MetricSpec, Needs, RunContext)
+                   MetricSpec, Needs, RunContext, Written)
 from .registry import available, build_analysis, get_analysis, register_analysis
 
 __all__ = ["Analysis", "AnalysisError", "DIRECTIONS", "HIGHER", "KINDS", "LOWER", "MEAN", "MetricSpec", "NEUTRAL",
-           "Needs", "PROPORTION", "RunContext", "available", "build_analysis", "get_analysis", "register_analysis"]
+           "Needs", "PROPORTION", "RunContext", "Written", "available", "build_analysis", "get_analysis", "register_analysis"]

@@ -135,6 +135,14 @@ class RunContext:
         self.timings: dict[str, float] = timings if timings is not None else {}
         self.shared: dict[str, Any] = {}
         self._services = dict(services or {})
+        #: the run's own tallies (run.json counts / skipped) that analyses add to
+        self.counts: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
+        #: rows of the dataset's table that were evaluated (readable images), aligned with ``table``
+        self.indices: np.ndarray | None = None
+        #: the run's cached text embedder (raw model output; ``encode_text`` L2-normalises)
+        self.text_embedder: Callable[[list[str]], np.ndarray] | None = encode_text
+        self.options: dict[str, Any] = {}
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """L2-normalised text embeddings of the run's model, one row per text (cached)."""
@@ -166,6 +174,16 @@ class RunContext:
             raise AnalysisError(f"this run provides no {name!r}; declare it in the analysis's needs") from None
 
 
+@dataclass
+class Written:
+    """What an analysis wrote: files, report sections (summary.md and report.html) and
+    sections shown in report.html only (beside a document of their own)."""
+
+    paths: list[Path] = field(default_factory=list)
+    sections: list[Any] = field(default_factory=list)
+    html_sections: list[Any] = field(default_factory=list)
+
+
 class Analysis:
     """Base class of every analysis (see the module docstring and docs/analyses.md).
 
@@ -182,8 +200,47 @@ class Analysis:
     taxonomy: ClassVar[str | None] = None
     method: ClassVar[str | None] = None
 
+    #: run() returns classification predictions (one row per image x taxonomy x method, the
+    #: columns of predictions.parquet) scored by the core's classification metrics, instead of
+    #: per-unit outcomes
+    predictions: ClassVar[bool] = False
+    #: exception types this analysis raises for a user's mistake (the CLI prints them on one line)
+    errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)
+
+    # ------------------------------------------------------------------ optional lifecycle hooks
+    def adjust_taxonomies(self, taxonomies: list[Any]) -> list[Any]:
+        """The run's taxonomies as this analysis needs them (e.g. expanded over template sets);
+        called once, before anything is checked or encoded."""
+        return taxonomies
+
+    def check(self, ctx: "RunContext") -> None:
+        """Checks before any image is encoded (``ctx.table`` and ``ctx.image_embeddings`` are
+        not there yet): raise a one-line error for a configuration that cannot run."""
+
+    def embed_jobs(self, dataset: Any, model: Any, store: Any) -> list[tuple[Any, Any, Any]]:
+        """``(dataset, encoder, store)`` that this analysis will encode beyond the evaluation
+        split's projected embeddings (a multi-process run embeds them in shards first)."""
+        return []
+
+    def finish(self, ev: Any, ctx: "RunContext") -> None:
+        """After the core scored every analysis (``ev.metrics`` / ``ev.disparities`` are there):
+        analyses that read other analyses' results (comparison, model card) do their work here."""
+
+    def write(self, out_dir: Path, ev: Any, ctx: "RunContext", report: Any) -> "Written":
+        """Write this analysis's files into ``out_dir`` and return them with its report sections.
+        Default: :meth:`tables` as ``<name>.csv`` and the generic section of its outcomes."""
+        from .engine import analysis_sections
+
+        paths = []
+        for name, df in self.tables().items():
+            path = Path(out_dir) / f"{name}.csv"
+            df.to_csv(path, index=False, float_format="%.6g", lineterminator="\n")
+            paths.append(path)
+        sections = [*analysis_sections(self, ev.metrics, ev.disparities), *self.report_sections(ev)]
+        return Written(paths, sections)
 
     def run(self, ctx: RunContext) -> pd.DataFrame | None:
         """Per-unit outcomes: the unit column, the attribute columns it carries and one column per

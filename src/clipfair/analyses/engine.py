@@ -160,18 +160,28 @@ def add_result_columns(met: pd.DataFrame, table: pd.DataFrame | None, slices: Se
     built from them, never split)."""
     out = met.copy()
     harms = harms or {}
-    if "analysis" not in out.columns:
-        if isinstance(analysis, str):
-            out["analysis"] = analysis
-        else:
-            out["analysis"] = [analysis.get(m, m) for m in out["method"]] if len(out) else pd.Series(dtype=object)
-    if "direction" not in out.columns:
-        cat = out["category"].astype(object).where(out["category"].notna(), "") if len(out) else out["category"]
-        out["direction"] = [spec_direction(m, c, harms.get(t)) for t, m, c in
-                            zip(out["taxonomy"], out["metric"], cat)]
-    for col, get in (("kind", lambda s: s.kind), ("interval", lambda s: s.interval)):
+
+    def todo(col: str) -> np.ndarray:
+        """Rows whose ``col`` is not filled yet (rows of another engine)."""
         if col not in out.columns:
-            out[col] = [get(metric_spec(m)) if metric_spec(m) else "" for m in out["metric"]]
+            out[col] = pd.Series([None] * len(out), index=out.index, dtype=object)
+        v = out[col]
+        return (v.isna() | (v.astype(str) == "")).to_numpy()
+
+    rows = todo("analysis")
+    if rows.any():
+        out.loc[rows, "analysis"] = ([analysis] * int(rows.sum()) if isinstance(analysis, str)
+                                     else [analysis.get(m, m) for m in out.loc[rows, "method"]])
+    rows = todo("direction")
+    if rows.any():
+        part = out.loc[rows]
+        cat = part["category"].astype(object).where(part["category"].notna(), "")
+        out.loc[rows, "direction"] = [spec_direction(m, c, harms.get(t)) for t, m, c in
+                                      zip(part["taxonomy"], part["metric"], cat)]
+    for col, get in (("kind", lambda s: s.kind), ("interval", lambda s: s.interval)):
+        rows = todo(col)
+        if rows.any():
+            out.loc[rows, col] = [get(metric_spec(m)) if metric_spec(m) else "" for m in out.loc[rows, "metric"]]
     if "sd" not in out.columns:
         out["sd"] = np.nan
     if table is not None:

@@ -73,6 +73,16 @@ def get_analysis(name: str) -> type[Analysis]:
                         "_target_: my_module.MyAnalysis")
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The user-error types of every built-in and registered analysis (and AnalysisError)."""
+    for name in BUILTIN_MODULES:
+        get_analysis(name)
+    found: list[type[BaseException]] = [AnalysisError]
+    for name in ANALYSES.names():
+        found += [e for e in ANALYSES.get(name).errors if e not in found]
+    return tuple(found)
+
+
 def available() -> list[str]:
     return sorted({*ANALYSES.names(), *BUILTIN_MODULES})
 
@@ -88,5 +98,5 @@ def build_analysis(key: str, options: dict[str, Any] | None) -> Analysis:
         raise AnalysisError(f"analyses.{key}: {e}") from None
 
 
-__all__ = ["ANALYSES", "BUILTIN_MODULES", "available", "build_analysis", "get_analysis", "import_path",
+__all__ = ["ANALYSES", "BUILTIN_MODULES", "available", "user_errors", "build_analysis", "get_analysis", "import_path",
            "register_analysis"]
