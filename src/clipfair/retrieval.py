@@ -1460,6 +1460,10 @@ class _Null:
             return _expect(np.full(len(self.values), 1.0 / len(self.values)), self.values)
         return _expect(self.weights, self.values)
 
+    def p_many(self, obs: np.ndarray, upper: bool) -> np.ndarray:
+        """:meth:`p` of each observed value."""
+        return np.array([self.p(float(x), upper) for x in np.asarray(obs, dtype=np.float64)])
+
     def p(self, obs: float, upper: bool) -> float:
         """P(statistic at least as extreme as ``obs``) in the tail named (ties count)."""
         if np.isnan(obs):
@@ -1524,10 +1528,11 @@ def _add_null_columns(df: pd.DataFrame, acc: "_Accumulator") -> pd.DataFrame:
     share / skew / bias rows: the exact hypergeometric test of the value's top-k count within
     the ranked pool (a two-valued attribute has one test; it does not depend on ``desired``);
     null_mean: the count's exact expectation under that null (share N_a / n; skew with the
-    run's absent convention; bias 2 N_a / n - 1). max_skew / min_skew / ndkl rows: the upper
-    (MinSkew: lower) tail of :func:`_attribute_nulls`. p-values are adjusted with the run's
-    correction within each family (count tests; MaxSkew; MinSkew; NDKL), each test counted
-    once. Mean rows: the mean of their queries' null means, no test; worst rows: neither."""
+    run's absent convention; bias 2 N_a / n - 1). max_skew / min_skew / ndkl rows: the harmful
+    tail (direction from the metric registry) of :func:`_attribute_nulls`. p-values are
+    adjusted with the run's correction within each family (count tests; MaxSkew; MinSkew;
+    NDKL), each test counted once. Mean rows: the mean of their queries' null means, no test;
+    worst rows: neither. Vectorised per (pool, attribute, k)."""
     from .analyses.base import HIGHER
     from .analyses.specs import direction
     from .stats import CORRECTIONS
@@ -1537,94 +1542,122 @@ def _add_null_columns(df: pd.DataFrame, acc: "_Accumulator") -> pd.DataFrame:
     null_mean, pval = np.full(nrow, np.nan), np.full(nrow, np.nan)
     ilo, ihi = np.full(nrow, np.nan), np.full(nrow, np.nan)
     pmeth, imeth = np.full(nrow, "", dtype=object), np.full(nrow, "", dtype=object)
-    ident: list[tuple | None] = [None] * nrow
-    qid_of = {(u.query_set, u.query.text): u.qid for u in acc.units}
-    share = {(r.query_set, r.query, r.attribute, r.attribute_value, str(r.k), r.desired): r.value
-             for r in df[df.metric == "share"].itertuples(index=False)}
+    fam = np.full(nrow, "", dtype=object)
+    test_id = np.full(nrow, "", dtype=object)
+    if nrow == 0:
+        return _set_null_columns(df, null_mean, pval, np.full(nrow, np.nan), o, pmeth, ilo, ihi, imeth)
     per_t = o.prompts == "per_template"
-    pcache: dict[tuple, float] = {}
-    mcache: dict[tuple, float] = {}
-    agg_rows: list[int] = []
-    for i, r in enumerate(df.itertuples(index=False)):
-        m, ks = r.metric, str(r.k)
-        if r.query in (MEAN_ROW, WORST_ROW):
-            agg_rows.append(i)
+    metric = df["metric"].astype(str).to_numpy()
+    ks = df["k"].astype(str).to_numpy()
+    query = df["query"].astype(str).to_numpy()
+    qset = df["query_set"].astype(str).to_numpy()
+    attr = df["attribute"].astype(str).to_numpy()
+    aval = df["attribute_value"].astype(str).to_numpy()
+    desired = df["desired"].astype(str).to_numpy()
+    value = df["value"].to_numpy(np.float64)
+    dshare = df["desired_share"].to_numpy(np.float64)
+    agg = np.isin(query, [MEAN_ROW, WORST_ROW])
+    qid_of = {(u.query_set, u.query.text): u.qid for u in acc.units}
+    pool_key = np.array([None if g else acc.pool.get(qid_of[(s_, q_)]) for s_, q_, g in zip(qset, query, agg)],
+                        dtype=object)
+    # each share / skew / bias row's observed count of its test's value: the share of that value
+    is_count = np.isin(metric, ["share", "skew", "bias"]) & ~agg
+    share_of = {(s_, q_, a_, v_, k_, d_): x for s_, q_, a_, v_, k_, d_, x, m_ in
+                zip(qset, query, attr, aval, ks, desired, value, metric) if m_ == "share"}
+    pool_str = np.array(["\x00" if v is None else str(v) for v in pool_key], dtype=object)
+    grp = pd.Series(np.arange(nrow)).groupby([pool_str, attr, ks], sort=False, dropna=False)
+    for _, idx in grp:
+        idx = idx.to_numpy()
+        idx = idx[~agg[idx]]
+        if not len(idx):
             continue
-        pv = acc.pool.get(qid_of[(r.query_set, r.query)])
-        caps, values = acc.pool_caps[(pv, r.attribute)], acc.values[r.attribute]
+        i0 = idx[0]
+        pv, at = pool_key[i0], attr[i0]
+        caps, values = acc.pool_caps[(pv, at)], acc.values[at]
         n = int(caps.sum())
-        kk = n if ks == "all" else int(ks)
-        if m in ("share", "skew", "bias"):
-            a = 0 if (m == "bias" or len(values) == 2) else values.index(r.attribute_value)
-            x = share[(r.query_set, r.query, r.attribute, values[a], ks, r.desired)] * kk
-            key = (n, int(caps[a]), kk, round(x, 9))
-            if key not in pcache:
-                pcache[key] = _count_p(x, n, int(caps[a]), kk)
-            pval[i] = pcache[key]
-            pmeth[i] = P_HYPERGEOM_MEAN if per_t else P_HYPERGEOM
-            ident[i] = ("count", r.query_set, r.query, r.attribute, a, ks)
-            own = 0 if m == "bias" else values.index(r.attribute_value)
-            if m == "share":
-                null_mean[i] = caps[own] / n
-            elif m == "bias":
-                null_mean[i] = 2 * caps[0] / n - 1
-            else:
-                mk = (n, int(caps[own]), kk, float(r.desired_share), o.absent)
-                if mk not in mcache:
-                    mcache[mk] = _expect(_hypergeom_pmf(n, int(caps[own]), kk),
-                                         _skew_of_counts(np.arange(kk + 1, dtype=np.float64), kk,
-                                                         float(r.desired_share), o.absent))
-                null_mean[i] = mcache[mk]
+        kk = n if ks[i0] == "all" else int(ks[i0])
+        vindex = {v: j for j, v in enumerate(values)}
+        # count tests
+        c = idx[is_count[idx]]
+        if len(c):
+            own = np.array([0 if metric[i] == "bias" else vindex[aval[i]] for i in c])
+            a = np.zeros(len(c), dtype=np.int64) if len(values) == 2 else own
+            x = np.array([share_of[(qset[i], query[i], at, values[a_], ks[i], desired[i])] * kk
+                          for i, a_ in zip(c, a)])
+            keys = list(zip(a.tolist(), np.round(x, 9).tolist()))
+            cache = {key: _count_p(key[1], n, int(caps[key[0]]), kk) for key in dict.fromkeys(keys)}
+            pval[c] = [cache[key] for key in keys]
+            pmeth[c] = P_HYPERGEOM_MEAN if per_t else P_HYPERGEOM
+            fam[c] = "count"
+            test_id[c] = [f"{qset[i]}\x1f{query[i]}\x1f{at}\x1f{a_}\x1f{ks[i]}" for i, a_ in zip(c, a)]
+            m_c = metric[c]
+            null_mean[c] = np.where(m_c == "share", caps[own] / n, np.where(m_c == "bias", 2 * caps[0] / n - 1, np.nan))
+            sk = m_c == "skew"
+            if sk.any():
+                mkeys = list(zip(own[sk].tolist(), dshare[c][sk].tolist()))
+                mcache = {key: _expect(_hypergeom_pmf(n, int(caps[key[0]]), kk),
+                                       _skew_of_counts(np.arange(kk + 1, dtype=np.float64), kk, key[1], o.absent))
+                          for key in dict.fromkeys(mkeys)}
+                null_mean[c[sk]] = [mcache[key] for key in mkeys]
             if not o.bootstrap:
-                imeth[i] = I_NONE_B0
-            elif r.ci_low <= r.value <= r.ci_high:
-                ilo[i], ihi[i], imeth[i] = r.ci_low, r.ci_high, I_BOOT
+                imeth[c] = I_NONE_B0
             else:
-                imeth[i] = I_NONE_OUT
-        else:
-            nul = acc.nulls.get((pv, r.attribute), {}).get((r.k, r.desired), {}).get(m)
-            if nul is not None:
-                null_mean[i] = nul.mean
-                pval[i] = nul.p(r.value, upper=direction(m) != HIGHER)  # the harmful tail, from the registry
-                pmeth[i] = nul.method + ("; templates: the null of one ranking (conservative)" if per_t else "")
-                ident[i] = (m, r.query_set, r.query, r.attribute, ks, r.desired)
-            imeth[i] = I_NONE_B0 if not o.bootstrap else I_NONE_STAT
+                lo, hi = df["ci_low"].to_numpy(np.float64)[c], df["ci_high"].to_numpy(np.float64)[c]
+                inside = (lo <= value[c]) & (value[c] <= hi)
+                ilo[c], ihi[c] = np.where(inside, lo, np.nan), np.where(inside, hi, np.nan)
+                imeth[c] = np.where(inside, I_BOOT, I_NONE_OUT)
+        # MaxSkew / MinSkew / NDKL
+        st = idx[~is_count[idx]]
+        imeth[st] = I_NONE_B0 if not o.bootstrap else I_NONE_STAT
+        nulls = acc.nulls.get((pv, at), {})
+        for (d, m), sub in pd.Series(st).groupby([desired[st], metric[st]], sort=False, dropna=False):
+            sub = sub.to_numpy()
+            k_obj = "all" if ks[sub[0]] == "all" else int(ks[sub[0]])
+            nul = nulls.get((k_obj, d), {}).get(m)
+            if nul is None:
+                continue
+            null_mean[sub] = nul.mean
+            pval[sub] = nul.p_many(value[sub], upper=direction(m) != HIGHER)  # the harmful tail
+            pmeth[sub] = nul.method + ("; templates: the null of one ranking (conservative)" if per_t else "")
+            fam[sub] = m
+            test_id[sub] = [f"{qset[i]}\x1f{query[i]}\x1f{at}\x1f{ks[i]}\x1f{d}" for i in sub]
     # set-level rows: the mean of the queries' null means; the interval over queries (and templates)
-    if agg_rows:
-        tmp = df.assign(_nm=null_mean, _ks=df["k"].astype(str))
-        tmp = tmp[~tmp["query"].isin([MEAN_ROW, WORST_ROW])]
-        means = {key: float(np.mean(g.to_numpy())) for key, g in
-                 tmp.groupby(["query_set", "attribute", "desired", "_ks", "metric"], sort=False)["_nm"]}
-        for i in agg_rows:
-            r = df.iloc[i]
-            key = (r.query_set, r.attribute, r.desired, str(r.k), r.metric)
-            if r["query"] == MEAN_ROW:
-                null_mean[i] = means.get(key, math.nan)
-                lo, hi, how = acc.set_ci.get(key, (math.nan, math.nan, I_NONE_B0))
-                if how.startswith("none") or (lo <= r.value <= hi):
-                    ilo[i], ihi[i], imeth[i] = lo, hi, how
-                else:
-                    imeth[i] = "none: the bootstrap over queries excludes the point"
-            else:
-                imeth[i] = I_NONE_WORST
+    if agg.any():
+        tmp = pd.DataFrame({"s": qset, "a": attr, "d": desired, "k": ks, "m": metric, "nm": null_mean})[~agg]
+        means = {key: float(np.mean(g.to_numpy())) for key, g in tmp.groupby(["s", "a", "d", "k", "m"], sort=False)["nm"]}
+        for i in np.flatnonzero(agg):
+            key = (qset[i], attr[i], desired[i], ks[i], metric[i])
             pmeth[i] = P_NONE_SET
+            if query[i] != MEAN_ROW:
+                imeth[i] = I_NONE_WORST
+                continue
+            null_mean[i] = means.get(key, math.nan)
+            lo, hi, how = acc.set_ci.get(key, (math.nan, math.nan, I_NONE_B0))
+            if how.startswith("none") or (lo <= value[i] <= hi):
+                ilo[i], ihi[i], imeth[i] = lo, hi, how
+            else:
+                imeth[i] = "none: the bootstrap over queries excludes the point"
     # adjustment within each family, each distinct test once
     padj = np.full(nrow, np.nan)
-    for fam in ("count", "max_skew", "min_skew", "ndkl"):
-        rows = [i for i in range(nrow) if ident[i] is not None and ident[i][0] == fam and not np.isnan(pval[i])]
-        if not rows:
+    for f in ("count", "max_skew", "min_skew", "ndkl"):
+        rows = np.flatnonzero((fam == f) & ~np.isnan(pval))
+        if not len(rows):
             continue
-        first: dict[tuple, int] = {}
-        for i in rows:
-            first.setdefault(ident[i], i)
-        uniq = list(first)
-        adj = dict(zip(uniq, CORRECTIONS[o.correction](np.array([pval[first[t]] for t in uniq]))))
-        for i in rows:
-            padj[i] = adj[ident[i]]
+        ids, first, inv = np.unique(test_id[rows].astype(str), return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # tests in table order
+        adj = np.empty(len(ids))
+        adj[order] = CORRECTIONS[o.correction](pval[rows[first[order]]])
+        padj[rows] = adj[inv.reshape(-1)]
+    return _set_null_columns(df, null_mean, pval, padj, o, pmeth, ilo, ihi, imeth)
+
+
+def _set_null_columns(df: pd.DataFrame, null_mean, pval, padj, o: "RetrievalOptions", pmeth, ilo, ihi,
+                      imeth) -> pd.DataFrame:
     out = df.copy()
-    fin = np.isfinite(null_mean) & np.isfinite(out["value"].to_numpy(np.float64))
+    v = out["value"].to_numpy(np.float64)
+    fin = np.isfinite(null_mean) & np.isfinite(v)
     out["null_mean"] = null_mean
-    out["excess"] = np.where(fin, out["value"].to_numpy(np.float64) - np.where(fin, null_mean, 0.0), np.nan)
+    out["excess"] = np.where(fin, v - np.where(fin, null_mean, 0.0), np.nan)
     out["p_value"], out["p_adjusted"] = pval, padj
     out["significant"] = np.nan_to_num(padj, nan=1.0) < 1.0 - o.confidence
     out["p_method"] = pmeth
