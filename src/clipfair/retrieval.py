@@ -948,7 +948,7 @@ class _Accumulator:
         Worst: the highest MaxSkew / NDKL, the lowest MinSkew, the Bias farthest from 0."""
         a = self.agg.get((qs, attr, d, k, m), {})
         mean_b = a["sum"] / a["count"] if "sum" in a else None
-        worst_b = a.get("min") if m == "min_skew" else a.get("absmax") if m == "bias" else a.get("max")
+        worst_b = a.get(_worst_kind(m))
         n_img = int(pd.Series(n_q).groupby(pools).first().sum()) if self.o.pool else int(n_q.max())
         out = []
         for name, val, rep in ((MEAN_ROW, float(np.mean(pts)), mean_b), (WORST_ROW, _worst(m, pts), worst_b)):
@@ -991,10 +991,23 @@ def _fold(a: dict, b: np.ndarray) -> None:
     a["absmax"] = np.where(np.abs(b) > np.abs(a["absmax"]), b, a["absmax"])
 
 
-def _worst(metric: str, xs: np.ndarray) -> float:
-    if metric == "min_skew":
-        return float(np.nanmin(xs))
+def _worst_kind(metric: str) -> str:
+    """How a set's worst query is chosen, from the metric registry's direction: ``min`` for a
+    higher-is-better metric (MinSkew), ``max`` for a lower-is-better one (MaxSkew, NDKL);
+    Bias@K, whose harm is distance from 0 either way, ``absmax``."""
+    from .analyses.base import HIGHER
+    from .analyses.specs import direction
+
     if metric == "bias":
+        return "absmax"
+    return "min" if direction(metric) == HIGHER else "max"
+
+
+def _worst(metric: str, xs: np.ndarray) -> float:
+    how = _worst_kind(metric)
+    if how == "min":
+        return float(np.nanmin(xs))
+    if how == "absmax":
         return float(xs[np.nanargmax(np.abs(xs))])
     return float(np.nanmax(xs))
 
