@@ -469,3 +469,21 @@ def test_cli_intersection_unnormalised_and_null_columns(tmp_path, tiny_model_dir
     md = (out / "retrieval.md").read_text()
     assert "unnormalised image features" in md and "Benjamini-Hochberg" in md
     assert "at least ?" not in md
+
+
+def test_report_warns_when_permutations_cannot_reach_holm(tmp_path):
+    from clipfair.document import Document, to_markdown
+
+    table, emb, vec = planted()
+    vec = {**vec, **{f"x{i}": np.random.default_rng(i).normal(size=3).tolist() for i in range(4)}}
+    kw = dict(k=(10, 40), attributes=("gender", "race"), bootstrap=0)
+    few = RetrievalOptions(permutations=20, **kw)
+    df = R.retrieval_bias(table, emb, [qset(*vec)], encoder(vec), few)
+    m = len(df[(df.metric == "ndkl") & ~df["query"].isin([R.MEAN_ROW, R.WORST_ROW])])  # 6 x 2 x 2 x 2 = 48
+    assert 1 / 21 > 0.05 / m
+    md = to_markdown(Document("t", R.retrieval_sections(df, tmp_path, few)))
+    assert f"at least {math.ceil(m / 0.05)}" in md
+    many = RetrievalOptions(permutations=2000, **kw)
+    df2 = R.retrieval_bias(table, emb, [qset(*vec)], encoder(vec), many)
+    assert "label shuffles the smallest permutation p" not in to_markdown(
+        Document("t", R.retrieval_sections(df2, tmp_path, many)))

@@ -1202,6 +1202,9 @@ def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
              "image moves their skew a lot. Labels are annotators' perceptions; a ranking shows what the model "
              "associates with a query, not anything about the people pictured."),
     ]
+    floor = _permutation_floor_note(df, o)
+    if floor is not None:
+        blocks.append(floor)
     if o.get("preset"):
         p = PRESETS[o["preset"]]
         blocks.append(Section(f"Conventions of {p['title']}", [
@@ -1308,6 +1311,30 @@ def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list
         out.append(Note(f"Not computed in this run: {', '.join(missing)} (k larger than the ranked images, or the "
                         "metric's k was overridden).", "warning"))
     return out
+
+
+def _permutation_floor_note(df: pd.DataFrame, o: Mapping[str, Any]):
+    """A warning when Holm's first threshold is below the smallest p that B label shuffles can
+    give (1 / (B + 1)): then no permutation-tested row can be a finding."""
+    from .document import Note
+
+    if "p_method" not in df.columns or o.get("correction", "holm") != "holm":
+        return None
+    perm = df[df["p_method"].astype(str).str.startswith("permutation") & df["p_value"].notna()]
+    if perm.empty:
+        return None
+    B = int(o.get("permutations", 1000))
+    alpha = 1.0 - float(o.get("confidence", 0.95))
+    worst = 0
+    for _, g in perm.groupby("metric"):
+        m = len(g.drop_duplicates(["query_set", "query", "attribute", "k", "desired"]))
+        worst = max(worst, m)
+    if 1.0 / (B + 1) <= alpha / worst:
+        return None
+    need = int(math.ceil(worst / alpha))
+    return Note(f"With {B} label shuffles the smallest permutation p is 1/{B + 1}, above Holm's first threshold "
+                f"α/m = {alpha:g}/{worst}: no permutation-tested row (NDKL) can be a finding in this run. "
+                f"Set retrieval.permutations to at least {need} (or disparity_correction=bh).", "warning")
 
 
 def sd_over_queries(values: Iterable[float]) -> float:
