@@ -57,14 +57,15 @@ def _golden_taxonomy(tmp_path: Path):
     return load_taxonomies([str(path)])[0]
 
 
-def _reference(folder: Path, images, text_inputs=("input_ids", "attention_mask"), max_length: int | None = None):
+def _reference(folder: Path, images, text_inputs=("input_ids", "attention_mask"), max_length: int | None = None,
+               prompts: list[str] = PROMPTS):
     """The library's own forward: processor(text, images, padding="max_length") -> model(**inputs)."""
     from transformers import AutoModel, AutoProcessor
 
     model = AutoModel.from_pretrained(folder).eval()
     proc = AutoProcessor.from_pretrained(folder)
     kw = {"max_length": max_length} if max_length else {}
-    inputs = proc(text=PROMPTS, images=images, padding="max_length", return_tensors="pt", **kw)
+    inputs = proc(text=prompts, images=images, padding="max_length", return_tensors="pt", **kw)
     keep = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask") or k in text_inputs}
     with torch.no_grad():
         out = model(**keep)
@@ -149,8 +150,12 @@ def test_siglip2_naflex_matches_transformers_forward(siglip2_dir, tmp_path):
     assert model.text_settings.lowercase and not model.text_settings.attention_mask
     assert model.preprocess_spec() is None  # patch sequences: the processor is used
     # Siglip2Tokenizer also returns an attention mask; SigLIP 2's text tower was trained without
-    # one (big_vision), so the reference is the library's forward on the input ids alone
-    _assert_golden(model, siglip2_dir, tmp_path, text_inputs=("input_ids",))
+    # one (big_vision), so the reference is the library's forward on the input ids alone, of the
+    # prompts canonicalised as big_vision / open_clip do (transformers' tokenizer does not)
+    from clipfair.models.base import canonicalize_text
+
+    _assert_golden(model, siglip2_dir, tmp_path, text_inputs=("input_ids",),
+                   prompts=[canonicalize_text(p) for p in PROMPTS])
 
 
 def test_siglip2_naflex_patches_go_through_the_embedding_pipeline(siglip2_dir, fairface_root):
@@ -194,7 +199,7 @@ def test_describe_records_family_scoring_and_text_settings(siglip_dir):
     d = load_model(name_or_path=str(siglip_dir), device="cpu", dtype="float32").describe()
     assert d["family"] == "siglip" and d["scoring"]["rule"] == "sigmoid"
     assert d["scoring"]["logit_bias"] == pytest.approx(-2.5) and "sigmoid(10·cos - 2.5)" == d["scoring"]["formula"]
-    assert d["text"] == {"padding": "max_length", "attention_mask": False, "lowercase": False,
+    assert d["text"] == {"padding": "max_length", "attention_mask": False, "lowercase": False, "canonicalize": False,
                          "context_length": 32, "dtype": "float32"}
     json.dumps(d)  # run.json-serialisable
 

@@ -37,3 +37,16 @@ def test_outputs_equal_the_recorded_ones(case, tmp_path):
             diff = (new[c].to_numpy() != old[c].to_numpy())
             assert not diff.any(), (f"{case}/{name}: column {c!r} differs in {int(diff.sum())} rows, e.g. row "
                                     f"{int(diff.argmax())}: {new[c].iloc[diff.argmax()]!r} != {old[c].iloc[diff.argmax()]!r}")
+        if name == "metrics.csv":  # the results model's key columns (issue 20, part 3)
+            assert new["analysis"].isin(["zero_shot", "linear_probe", "model_card"]).all()
+            own = new[new["metric"] != "accuracy_race_binary"]  # the model card's rescoring is its own
+            assert (own.loc[own["method"] == "linear_probe", "analysis"] == "linear_probe").all()
+            assert (new.loc[new["metric"] == "accuracy_race_binary", "analysis"] == "model_card").all()
+            top = new[new["metric"] == "topk_accuracy"]
+            assert (top["k"] == top["category"].str.removeprefix("top-")).all() and len(top)
+            if case == "sensitivity_probe_retrieval":
+                var = new[new["taxonomy"].str.contains("@")]
+                assert (var["variant_of"] + "@" + var["template_set"] == var["taxonomy"]).all() and len(var)
+                assert (new.loc[~new["taxonomy"].str.contains("@"), "template_set"] == "").all()
+            inter = new[new["slice"] == "race+gender"]
+            assert (inter["race"] + "+" + inter["gender"] == inter["group"]).all() and len(inter)

@@ -31,6 +31,7 @@ from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_
 from .analyses.base import HIGHER, LOWER, NEUTRAL
 from .analyses.specs import metric_spec, metric_specs
 from .metrics import METRIC_COLUMNS
+from .outputs import read_csv, write_csv
 from .stats import newcombe_diff
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _hydra_overrides(folder: Path) -> list[str]:
-    import yaml
+    from .yamlio import YamlError, load_yaml_file
 
     try:
-        data = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        data = load_yaml_file(folder / ".hydra" / "overrides.yaml")
+    except (OSError, YamlError):
         return []
     return [str(x) for x in data] if isinstance(data, list) else []
 
@@ -167,7 +168,7 @@ def _relative(path: Path, base: Path) -> str:
 # --------------------------------------------------------------------------- the table
 
 def _read_metrics(folder: Path) -> pd.DataFrame:
-    m = pd.read_csv(folder / "metrics.csv", keep_default_na=False, na_values={c: [""] for c in
+    m = read_csv(folder / "metrics.csv", keep_default_na=False, na_values={c: [""] for c in
                                                                           ("n", "count", "value", "ci_low", "ci_high")})
     missing = [c for c in METRIC_COLUMNS if c not in m.columns]
     if missing:
@@ -357,7 +358,7 @@ def write_collected(dirs: Sequence[Path | str], out_dir: Path | str | None = Non
     out = Path(out_dir) if out_dir is not None else Path(dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     base = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
-    table.to_csv(out / "collected.csv", index=False, float_format="%.6g", lineterminator="\n")
+    write_csv(table, out / "collected.csv")
     doc, plots = build_document(table, runs, out, base=base, **options)
     (out / "collected.md").write_text(to_markdown(doc))
     (out / "collected.html").write_text(to_html(doc, base_dir=out))

@@ -30,7 +30,7 @@ from .document import Document, Figure, Section, Table, Text, to_markdown
 from .metrics import DEFAULT_SLICES, _slice_attrs, _value_order, slice_name
 from .stats import (CORRECTION_NAMES, CORRECTIONS, benjamini_hochberg, holm, mcnemar_exact,  # noqa: F401
                     newcombe_diff, newcombe_paired_diff, two_proportion_z)
-from .outputs import safe_filename
+from .outputs import read_csv, safe_filename, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +341,8 @@ def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: f
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "comparison_side_by_side.csv"]
-    cmp.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
-    side_by_side(cmp).to_csv(written[2], index=False, float_format="%.6g", lineterminator="\n")
+    write_csv(cmp, written[0])
+    write_csv(side_by_side(cmp), written[2])
     images = plot_keys(cmp, plot_slices)
     for (metric, cat, sl), name in images.items():
         written.append(plot_variant_shift(cmp, metric, cat, sl, out_dir / name, model))
@@ -373,6 +373,44 @@ class Run:
     def fingerprint(self) -> Any:
         return (self.record.get("dataset") or {}).get("fingerprint")
 
+    def taxonomy_spec(self, name: str) -> dict[str, Any] | None:
+        """What a taxonomy of this run asked: its classes (label, prompts, category) and its
+        templates, from run.json (a template-set variant ``name@set``: the base taxonomy's
+        classes with the set's templates); None when run.json does not record it."""
+        from .sensitivity import SEP
+
+        recs = {str(t.get("name")): t for t in (self.record.get("taxonomies") or []) if isinstance(t, Mapping)}
+        base, _, tset = name.partition(SEP)
+        rec = recs.get(name) or (recs.get(base) if tset else None)
+        if rec is None or not isinstance(rec.get("classes"), list):
+            return None
+        templates = rec.get("templates")
+        if rec is not recs.get(name) and tset != "default":
+            sets = ((self.record.get("config") or {}).get("template_sets") or {}).get(base) or {}
+            templates = sets.get(tset)
+            templates = [templates] if isinstance(templates, str) else templates
+        classes = [(str(c.get("label")), [str(p) for p in c.get("prompts") or []], str(c.get("category")))
+                   for c in rec["classes"] if isinstance(c, Mapping)]
+        return {"classes": classes, "templates": None if templates is None else [str(t) for t in templates]}
+
+
+def taxonomy_difference(base: Run, other: Run, name: str) -> str | None:
+    """"different classes" / "different prompts" when the two runs' taxonomies ``name`` ask a
+    different question (classes, or prompts and templates, differ; see :meth:`Run.taxonomy_spec`),
+    else None. A run whose run.json does not record the taxonomy is compared with a warning."""
+    a, b = base.taxonomy_spec(name), other.taxonomy_spec(name)
+    if a is None or b is None:
+        log.warning("taxonomy %s: %s does not record its classes and prompts in run.json; compared "
+                    "without checking that both runs asked the same question", name,
+                    base.label if a is None else other.label)
+        return None
+    if [(lab, cat) for lab, _, cat in a["classes"]] != [(lab, cat) for lab, _, cat in b["classes"]]:
+        return "different classes"
+    if [p for _, p, _ in a["classes"]] != [p for _, p, _ in b["classes"]] or (
+            a["templates"] is not None and b["templates"] is not None and a["templates"] != b["templates"]):
+        return "different prompts"
+    return None
+
 
 def load_run(run_dir: Path | str) -> Run:
     """A finished run folder (its outputs are moved in only when all are written);
@@ -385,7 +423,7 @@ def load_run(run_dir: Path | str) -> Run:
         rec = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError) as e:
         raise CompareError(f"{run_dir / 'run.json'}: not readable JSON ({e})") from None
-    met = pd.read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"category": ""})
+    met = read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"category": ""})
     return Run(run_dir, pd.read_parquet(run_dir / "predictions.parquet"), met, rec)
 
 
@@ -404,11 +442,14 @@ def _label_runs(runs: Sequence[Run]) -> None:
 
 def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correction: str = "holm",
                  alpha: float = 0.05, method: str = "zero_shot", confidence: float = 0.95,
-                 slices: Sequence[Any] = DEFAULT_SLICES) -> pd.DataFrame:
+                 slices: Sequence[Any] = DEFAULT_SLICES, allow_different_taxonomies: bool = False) -> pd.DataFrame:
     """Compare each taxonomy of the baseline run with the same-named taxonomy of every other
     run. ``baseline``: a run folder (or its label); default the first. Rows are named
     ``<run label>: <taxonomy>``. Runs on the same images (equal dataset fingerprints) are
-    compared image by image, others from their counts. One correction over all rows."""
+    compared image by image, others from their counts. One correction over all rows.
+    Same-named taxonomies whose classes or prompts differ (run.json) are refused, or with
+    ``allow_different_taxonomies`` compared with the row named ``<run label>: <taxonomy>
+    (different classes)`` / ``(different prompts)``."""
     if len(run_dirs) < 2:
         raise CompareError("give at least two run folders to compare")
     runs = [load_run(d) for d in run_dirs]
@@ -431,6 +472,16 @@ def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correcti
                 log.warning("%s has no taxonomy %s; not compared", r.label, tax)
                 continue
             vname = f"{r.label}: {tax}"
+            differs = taxonomy_difference(base, r, tax)
+            if differs and not allow_different_taxonomies:
+                raise CompareError(
+                    f"taxonomy {tax} has {differs} in {base.label} ({base.path}) and {r.label} ({r.path}): "
+                    "the runs asked different questions; rerun one with the other's taxonomy, or pass "
+                    "--allow-different-taxonomies to compare them anyway (labelled in the table)")
+            if differs:
+                vname = f"{vname} ({differs})"
+                log.warning("taxonomy %s: %s has %s than %s; compared as asked, labelled", tax, r.label,
+                            differs, base.label)
             if base.fingerprint is not None and base.fingerprint == r.fingerprint:
                 bp = base.predictions[base.predictions["taxonomy"] == tax].assign(taxonomy=bname)
                 vp = r.predictions[r.predictions["taxonomy"] == tax].assign(taxonomy=vname)
@@ -463,11 +514,15 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--confidence", type=float, default=0.95, help="level of the difference intervals")
     ap.add_argument("--method", default="zero_shot", help="zero_shot or linear_probe")
+    ap.add_argument("--allow-different-taxonomies", action="store_true",
+                    help="compare same-named taxonomies whose classes or prompts differ, labelled "
+                         "'(different classes)' / '(different prompts)' in the table (default: refused)")
     a = ap.parse_args(list(argv))
     if not 0 < a.confidence < 1 or not 0 < a.alpha < 1:
         raise CompareError("--confidence and --alpha must be between 0 and 1")
     # a user's mistake (CompareError, OutputError) becomes one line in clipfair.cli.main
-    cmp = compare_runs(a.runs, a.baseline, a.correction, a.alpha, a.method, a.confidence)
+    cmp = compare_runs(a.runs, a.baseline, a.correction, a.alpha, a.method, a.confidence,
+                       allow_different_taxonomies=a.allow_different_taxonomies)
     out = a.out or (Path(cmp.attrs["runs"][cmp.attrs["baseline_run"]]) / "compare")
     written = write_comparison(cmp, out, a.correction, a.alpha)
     print(f"{int(cmp['significant'].sum())} of {len(cmp)} differences significant "

@@ -10,6 +10,15 @@ writes Markdown by hand.
 Inline markup inside text and table cells is a small, fixed subset rendered by both
 renderers alike: ``**bold**``, ``*emphasis*``, ```code``` and ``[text](url)``.
 
+Every string is escaped by the renderer, so a user's string (a taxonomy or query name, a
+label, category, attribute value, path) cannot attack the reader: :func:`inline_html` for
+HTML, :func:`inline_markdown` for Markdown (the one escaping function of every ``.md``
+clipfair writes). Outside the markup subset, characters a CommonMark renderer would read
+as HTML, an image, a link, an entity or a code span are backslash-escaped; a link
+is kept only when its URL is ``http(s):``, ``#...`` or a relative path (the same rule as
+HTML), so ``<script>``, ``<img onerror=...>``, ``![](http://...)`` and ``[x](javascript:...)``
+render as the text they are.
+
 Usage::
 
     doc = Document("clipfair results", [
@@ -31,7 +40,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 __all__ = ["Text", "Note", "Bullets", "Table", "Figure", "Details", "Section", "Document", "Block",
-           "to_markdown", "to_html"]
+           "to_markdown", "to_html", "inline_markdown", "inline_html"]
 
 
 @dataclass
@@ -113,30 +122,70 @@ class Document:
     intro: list[Block] = field(default_factory=list)
 
 
+# --------------------------------------------------------------------------- escaping
+
+_INLINE = re.compile(r"(\*\*(?P<b>.+?)\*\*)|(`(?P<c>[^`]+)`)|(\[(?P<lt>[^\]]+)\]\((?P<lu>[^)\s]+)\))"
+                     r"|((?<![\w*])\*(?P<i>[^*\s][^*]*?)\*(?![\w*]))")
+_SAFE_URL = re.compile(r"^(https?:|#|[\w./-]+$)")
+#: what CommonMark could read as raw HTML or an autolink (``<`` before a tag or scheme), an
+#: entity, the end of a link or image text (``](``, ``][``, ``]:``), a code span or an escape;
+#: "p < 0.05" and "[95% CI]" stay as they are
+_MD_SPECIAL = re.compile(r"(\\|`|<(?=[A-Za-z/!?])|&(?=#?\w+;)|\](?=[(\[:])|!(?=\[))")
+
+
+def _md_plain(text: str) -> str:
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def inline_markdown(text: object) -> str:
+    """``text`` for a Markdown document: the inline subset (**bold**, *em*, `code`, [t](url)
+    with a safe URL) kept, everything else escaped (see the module docstring)."""
+    s = str(text)
+    out, pos = [], 0
+    for m in _INLINE.finditer(s):
+        out.append(_md_plain(s[pos:m.start()]))
+        if m.group("b") is not None:
+            out.append(f"**{inline_markdown(m.group('b'))}**")
+        elif m.group("c") is not None:
+            out.append(f"`{m.group('c')}`")  # a code span shows its content as text in CommonMark
+        elif m.group("lt") is not None:
+            url = m.group("lu")
+            if out[-1].endswith("!"):  # "![t](url)" would be an image
+                out[-1] = out[-1][:-1] + "\\!"
+            out.append(f"[{inline_markdown(m.group('lt'))}]({url})" if _SAFE_URL.match(url)
+                       else _md_plain(m.group(0)))
+        else:
+            out.append(f"*{inline_markdown(m.group('i'))}*")
+        pos = m.end()
+    out.append(_md_plain(s[pos:]))
+    return "".join(out)
+
+
 # --------------------------------------------------------------------------- Markdown
 
 def _md_cell(x: object) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
+    return inline_markdown(x).replace("|", "\\|").replace("\n", " ")
 
 
 def _md_blocks(blocks: Sequence[Block], level: int, out: list[str]) -> None:
     for b in blocks:
         if isinstance(b, Section):
-            out += ["#" * min(level, 6) + " " + b.title, ""]
+            out += ["#" * min(level, 6) + " " + inline_markdown(b.title).replace("\n", " "), ""]
             _md_blocks(b.blocks, level + 1, out)
         elif isinstance(b, Text):
-            out += [b.text, ""]
+            out += [inline_markdown(b.text), ""]
         elif isinstance(b, Note):
             prefix = "**Warning:** " if b.kind == "warning" else ""
-            out += ["> " + line if line else ">" for line in (prefix + b.text).split("\n")]
+            out += ["> " + line if line else ">" for line in inline_markdown(prefix + b.text).split("\n")]
             out.append("")
         elif isinstance(b, Bullets):
             for i, item in enumerate(b.items, 1):
+                item = inline_markdown(item).replace("\n", " ")
                 out.append(f"{i}. {item}" if b.ordered else f"- {item}")
             out.append("")
         elif isinstance(b, Table):
             if b.caption:
-                out += [b.caption, ""]
+                out += [inline_markdown(b.caption), ""]
             sep = {"l": "---", "r": "---:", "c": ":---:"}
             out.append("| " + " | ".join(_md_cell(c) for c in b.columns) + " |")
             out.append("| " + " | ".join(sep[a] for a in b.align) + " |")
@@ -144,9 +193,12 @@ def _md_blocks(blocks: Sequence[Block], level: int, out: list[str]) -> None:
                 out.append("| " + " | ".join(_md_cell(c) for c in r) + " |")
             out.append("")
         elif isinstance(b, Figure):
-            out += [f"![{b.alt or b.caption}]({b.path})", ""]
+            path = b.path if _SAFE_URL.match(b.path) else b.path.replace(" ", "%20")
+            path = path.replace("(", "%28").replace(")", "%29").replace("<", "%3C").replace(">", "%3E")
+            alt = re.sub(r"([\\`<>&\[\]!*_])", r"\\\1", b.alt or b.caption).replace("\n", " ")
+            out += [f"![{alt}]({path})", ""]
             if b.caption and b.alt and b.alt != b.caption:  # else the alt text already says it
-                out += [f"*{b.caption}*", ""]
+                out += [f"*{inline_markdown(b.caption)}*", ""]
         elif isinstance(b, Details):
             out += ["<details>", f"<summary>{html.escape(b.summary)}</summary>", ""]
             _md_blocks(b.blocks, level, out)
@@ -156,16 +208,13 @@ def _md_blocks(blocks: Sequence[Block], level: int, out: list[str]) -> None:
 
 
 def to_markdown(doc: Document) -> str:
-    out: list[str] = [f"# {doc.title}", ""]
+    out: list[str] = ["# " + inline_markdown(doc.title).replace("\n", " "), ""]
     _md_blocks(doc.intro, 2, out)
     _md_blocks(doc.sections, 2, out)
     return "\n".join(out).rstrip("\n") + "\n"
 
 
 # --------------------------------------------------------------------------- HTML
-
-_INLINE = re.compile(r"(\*\*(?P<b>.+?)\*\*)|(`(?P<c>[^`]+)`)|(\[(?P<lt>[^\]]+)\]\((?P<lu>[^)\s]+)\))"
-                     r"|((?<![\w*])\*(?P<i>[^*\s][^*]*?)\*(?![\w*]))")
 
 
 def inline_html(text: object) -> str:
@@ -180,7 +229,7 @@ def inline_html(text: object) -> str:
             out.append(f"<code>{html.escape(m.group('c'))}</code>")
         elif m.group("lt") is not None:
             url = m.group("lu")
-            safe = url if re.match(r"^(https?:|#|[\w./-]+$)", url) else "#"
+            safe = url if _SAFE_URL.match(url) else "#"
             out.append(f'<a href="{html.escape(safe)}">{inline_html(m.group("lt"))}</a>')
         else:
             out.append(f"<em>{inline_html(m.group('i'))}</em>")

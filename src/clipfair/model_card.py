@@ -36,7 +36,7 @@ import pandas as pd
 from .data.attributes import race_binary
 from .document import Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
 from .metrics import DEFAULT_SLICES, group_metrics, wilson_interval
-from .outputs import safe_filename
+from .outputs import safe_filename, write_csv
 from .yamlio import load_yaml_file
 
 ROLES = ("race", "gender", "age", "denigration", "denigration_child")
@@ -686,7 +686,7 @@ def write_model_card(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: Mod
     out_dir = Path(out_dir)
     card = reproduce(predictions, metrics, opts)
     written = [out_dir / "model_card.csv"]
-    card.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
+    write_csv(card, written[0])
     plots = {}
     for table in dict.fromkeys(card.loc[card["kind"] == "figure", "table"]):
         name = safe_filename("model_card_" + "".join(ch if ch.isalnum() else "_" for ch in table.lower()).strip("_"),

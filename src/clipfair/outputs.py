@@ -10,6 +10,12 @@ output file name is safe.
   writes it into the folder it is given.
 * :func:`safe_filename`: the one place output file names are made from taxonomy,
   category or slice names (which may hold ``/``, spaces, ...).
+* :func:`write_csv` / :func:`read_csv`: the one CSV writer of every output table and its
+  reader. A text cell that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+  return is written with a leading ``'`` so that a spreadsheet reads it as text, never as a
+  formula (OWASP's rule for CSV injection); a cell that begins with ``'`` gets one more, so
+  :func:`read_csv` undoes exactly what was added. Numbers, negative ones included, and text
+  that is a plain number (``-0.5``, ``+3``, ``-12%``) are written as they are.
 """
 
 from __future__ import annotations
@@ -21,13 +27,55 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import pandas as pd
 
 #: entries of a run folder that are not a run's outputs: Hydra's config copy (.hydra) and log,
 #: hidden files (no output is hidden)
 _NOT_OUTPUTS = re.compile(r"^(\..*|.*\.log)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@+=-]+")
 _MAX_NAME = 150  # characters of a file name (file systems allow 255 bytes)
+
+
+#: first characters a spreadsheet reads as the start of a formula (OWASP: CSV injection)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?%?$")
+
+
+def csv_text(value: object) -> object:
+    """A cell as :func:`write_csv` writes it: text that a spreadsheet would run as a formula
+    (or that begins with ``'``) gets a leading ``'``; anything else unchanged."""
+    if isinstance(value, str) and value and (
+            value[0] == "'" or (value.startswith(FORMULA_START) and not _PLAIN_NUMBER.match(value))):
+        return "'" + value
+    return value
+
+
+def _csv_untext(value: object) -> object:
+    return value[1:] if isinstance(value, str) and value.startswith("'") else value
+
+
+def write_csv(df: "pd.DataFrame", path: Path | str, float_format: str | None = "%.6g") -> None:
+    """Write an output table (no index, ``\\n`` line ends), its text cells and column names
+    through :func:`csv_text`; numeric columns are untouched."""
+    out = df.copy()
+    for col in out.columns:
+        if not (pd.api.types.is_numeric_dtype(out[col]) or pd.api.types.is_bool_dtype(out[col])):
+            out[col] = out[col].map(csv_text)
+    out.columns = [csv_text(str(c)) for c in out.columns]
+    out.to_csv(path, index=False, float_format=float_format, lineterminator="\n")
+
+
+def read_csv(path: Path | str, **kwargs: Any) -> "pd.DataFrame":
+    """Read a table :func:`write_csv` wrote (``kwargs`` as for ``pandas.read_csv``), undoing its
+    leading ``'`` on text cells and column names."""
+    df = pd.read_csv(path, **kwargs)
+    for col in df.columns:
+        if not (pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col])):
+            df[col] = df[col].map(_csv_untext)
+    df.columns = [_csv_untext(str(c)) for c in df.columns]
+    return df
 
 
 class OutputError(RuntimeError):

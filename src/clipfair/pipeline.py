@@ -26,6 +26,7 @@ from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
 from .models import ImageTextModel, Scoring
+from .outputs import write_csv
 from .record import write_json
 from .taxonomy import Taxonomy, check_target
 from .analyses import Analysis, RunContext, build_analysis, get_analysis
@@ -218,6 +219,10 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
                           orders=orders, topk=topk, small_n=small_group_n, extra=extra)
         met = add_result_columns(met, table, slices, analysis={a.method or a.name: a.name for a in analyses},
                                  harms=harms(taxonomies))
+        if len(met) and topk:  # the k of top-k rows, from the configured k (the category names it for display)
+            ks = {f"top-{int(k)}": int(k) for k in topk}
+            met["k"] = [ks.get(c) if m == "topk_accuracy" else None for m, c in zip(met["metric"], met["category"])]
+            met["k"] = met["k"].astype("Int64")
         met.attrs["confidence"] = float(confidence)
         conf = confusion(preds, taxonomies, slices, orders)
     skipped = dict(ctx.skipped)
@@ -357,7 +362,7 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     if ev.confusion is not None and len(ev.confusion):
         tables.append(("confusion.csv", ev.confusion))
     for name, df in tables:
-        df.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
+        write_csv(df, out / name)
         written.append(out / name)
     ctx = report_context(ev, record, taxonomies, demo)
     analyses = list(ev.analyses) if ev.analyses is not None else [build_analysis("prompt_sensitivity", {})]

@@ -51,10 +51,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .registry import Registry
 from .taxonomy import Taxonomy, TaxonomyClass, _locate, _read_yaml, _scalar, check_template
+from .yamlio import load_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,8 @@ def load_query_set(spec: str | Path) -> QuerySet:
     if unknown:
         raise QuerySetError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
     name = data.get("name")
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        name = str(name)  # the text as written (clipfair.yamlio)
     if not isinstance(name, str) or not name.strip():
         raise QuerySetError(f"{path}: 'name' is required and must be a non-empty string")
     templates = _strings(data.get("templates"), f"{path} ({name})", "templates")
@@ -216,7 +218,7 @@ def load_query_sets(specs: Iterable[str | Path]) -> list[QuerySet]:
 
 def _load_presets() -> dict[str, dict[str, Any]]:
     path = Path(str(importlib.resources.files("clipfair") / "references" / "retrieval_presets.yaml"))
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    return load_yaml_file(path)
 
 
 PRESETS: dict[str, dict[str, Any]] = _load_presets()
@@ -1359,11 +1361,12 @@ def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
     """``retrieval.csv`` (the long table), ``retrieval.md`` and its heat maps. ``sections``: the
     :func:`retrieval_sections` of ``table`` when the caller already built them (for report.html)."""
     from .document import Document, to_markdown
+    from .outputs import write_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "retrieval.csv"
-    table.to_csv(csv, index=False, float_format="%.6g", lineterminator="\n")
+    write_csv(table, csv)
     before = set(out.glob("retrieval_skew_*.png"))
     if sections is None:
         sections = retrieval_sections(table, out, options)

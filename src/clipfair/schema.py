@@ -195,6 +195,8 @@ class RunConfig:
         _require(0 < self.confidence < 1, "confidence", "between 0 and 1 (exclusive), e.g. 0.95", self.confidence)
         _require(self.disparity_min_n >= 1, "disparity_min_n", "a number of images >= 1", self.disparity_min_n)
         _require(all(k >= 1 for k in self.topk), "topk", "a list of k >= 1, e.g. [5]", self.topk)
+        _require(self.slices != [], "slices", "'auto' or a non-empty list, e.g. [race, gender, [race, gender]]",
+                 self.slices)
         _require(self.small_group_n >= 0, "small_group_n", "a number of images >= 0", self.small_group_n)
         _require(bool(self.taxonomies) or self.retrieval.enabled or any(v is not None for v in self.analyses.values()),
                  "taxonomies", "a non-empty list, e.g. [fairface_race] (or retrieval.enabled=true, or analyses)",
@@ -205,7 +207,7 @@ class RunConfig:
 DATASET_KEYS = {"_target_": str, "name": str}
 MODEL_KEYS = {"_target_": str, "loader": str, "batch_size": int}
 #: keys of every dataset group that load_dataset takes itself (not the adapter)
-DATASET_EXTRA = ("max_image_bytes", "derived")
+DATASET_EXTRA = ("max_image_bytes", "derived", "missing_values")
 #: the smallest value of integer loader arguments (null is allowed: the loader's default)
 LOADER_MINIMUM = {"batch_size": 1, "limit": 0, "max_image_bytes": 1}
 #: the allowed values of loader arguments that take one of a few words

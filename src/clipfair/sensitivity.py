@@ -21,7 +21,7 @@ from .document import Figure, Section, Table, Text
 from .metrics import DEFAULT_DISPARITY_MIN_N, HIGHER, NEUTRAL, is_accuracy_metric, metric_direction
 from .stats import newcombe_diff
 from .taxonomy import Taxonomy, TaxonomyError
-from .outputs import safe_filename
+from .outputs import safe_filename, write_csv
 
 SEP = "@"
 SPREAD_COLUMNS = ("taxonomy", "method", "metric", "category", "slice", "group", "n_sets",
@@ -211,8 +211,8 @@ def write_sensitivity(metrics: pd.DataFrame, out_dir: Path, harms: Mapping[str, 
         return [], []
     out_dir = Path(out_dir)
     written = [out_dir / "sensitivity.csv", out_dir / "sensitivity_findings.csv"]
-    spr.to_csv(written[0], index=False, float_format="%.6g", lineterminator="\n")
-    fnd.to_csv(written[1], index=False, lineterminator="\n")
+    write_csv(spr, written[0])
+    write_csv(fnd, written[1], float_format=None)
     images = []  # a spread plot per taxonomy x method x metric x category, by race and by age
     for r in spr.drop_duplicates(["taxonomy", "method", "metric", "category", "slice"]).itertuples():
         if r.slice not in ("race", "age"):

@@ -228,8 +228,8 @@ def _parse_classes(raw: Any, path: Path, key: str) -> list[TaxonomyClass]:
     out = []
     for i, c in enumerate(raw):
         where = f"{path}: {key}[{i}]"
-        if isinstance(c, str):
-            c = {"label": c}
+        if isinstance(c, (str, int, float)) and not isinstance(c, bool):  # a number: its text as written
+            c = {"label": str(c)}
         if not isinstance(c, dict):
             raise TaxonomyError(f"{where}: a class must be a mapping with 'label' (and optional prompts, category)")
         unknown = set(c) - CLASS_KEYS

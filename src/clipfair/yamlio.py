@@ -6,8 +6,14 @@
 * a cap on alias expansion: a document whose anchors and aliases (``&a`` / ``*a``) would
   expand to more than :data:`MAX_NODES` nodes (a "billion laughs" bomb) or that refers to
   itself is refused before any value is built, so no later ``str()`` can blow up;
-* YAML 1.2 booleans: only ``true`` / ``false`` are booleans; YAML 1.1's ``on``, ``off``,
-  ``yes``, ``no``, ``y``, ``n`` (any case) stay strings, so a prompt ``[NO]`` is "NO";
+* the YAML 1.2 core schema: only ``true`` / ``false`` are booleans (YAML 1.1's ``on``,
+  ``off``, ``yes``, ``no``, ``y``, ``n`` stay strings, so a prompt ``[NO]`` is "NO"); only
+  1.2 core numbers are numbers (``12``, ``-3``, ``0o17``, ``0x1F``, ``1.5``, ``1e3``, ``.inf``,
+  ``.nan``); YAML 1.1's sexagesimal ``1:30``, ``1_000`` and dates ``2024-01-01`` stay
+  strings. A number keeps the text it was written as: ``str()`` of the value read from
+  ``010`` is "010" and of ``1.50`` is "1.50" (:class:`YamlInt` / :class:`YamlFloat` are
+  ``int`` / ``float`` otherwise), so wherever a string is expected (a query, prompt, label,
+  name) the text is as written;
 * syntax errors reported as ``file: not valid YAML at line L, column C: problem``, without
   echoing the file's content.
 
@@ -32,8 +38,46 @@ class YamlError(ValueError):
     """A YAML data file that is too large, malformed, or an alias bomb."""
 
 
+class YamlInt(int):
+    """An int read from a data file that remembers its source text (``str()`` gives it)."""
+
+    text: str
+
+    def __new__(cls, value: int, text: str) -> "YamlInt":
+        obj = super().__new__(cls, value)
+        obj.text = text
+        return obj
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __getnewargs__(self) -> tuple:  # pickle and deepcopy keep the text
+        return (int(self), self.text)
+
+    __format__ = lambda self, spec: self.text if not spec else int.__format__(int(self), spec)  # noqa: E731
+
+
+class YamlFloat(float):
+    """A float read from a data file that remembers its source text (``str()`` gives it)."""
+
+    text: str
+
+    def __new__(cls, value: float, text: str) -> "YamlFloat":
+        obj = super().__new__(cls, value)
+        obj.text = text
+        return obj
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __getnewargs__(self) -> tuple:  # pickle and deepcopy keep the text
+        return (float(self), self.text)
+
+    __format__ = lambda self, spec: self.text if not spec else float.__format__(float(self), spec)  # noqa: E731
+
+
 class _DataLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and a check of the composed node graph."""
+    """SafeLoader with the YAML 1.2 core schema's resolvers and a check of the composed node graph."""
 
     max_nodes = MAX_NODES
 
@@ -44,13 +88,49 @@ class _DataLoader(yaml.SafeLoader):
         return node
 
 
-# YAML 1.2 booleans only: drop the 1.1 bool resolver (yes/no/on/off/y/n) and add true/false back
-_DataLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_DataLoader.add_implicit_resolver("tag:yaml.org,2002:bool",
-                                  re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                  list("tTfF"))
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+
+# the YAML 1.2 core schema's implicit types only (plus the merge key "<<"): every other plain
+# scalar - 1.1's yes/no/on/off, 1:30, 1_000, 0b101, dates - is a string
+_DataLoader.yaml_implicit_resolvers = {}
+for _tag, _rx, _first in (
+        ("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]),
+        ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")),
+        ("tag:yaml.org,2002:int", _INT, list("-+0123456789")),
+        ("tag:yaml.org,2002:float", _FLOAT, list("-+.0123456789")),
+        ("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])):
+    _DataLoader.add_implicit_resolver(_tag, _rx, _first)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    t = text.strip()
+    try:
+        if t.startswith("0o"):
+            return YamlInt(int(t[2:], 8), text)
+        if t.startswith("0x"):
+            return YamlInt(int(t[2:], 16), text)
+        return YamlInt(int(t, 10), text)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 integer",
+                                                node.start_mark) from None
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = str(loader.construct_scalar(node))
+    t = text.strip().lower().lstrip("+")
+    try:
+        value = float(t.replace(".inf", "inf").replace(".nan", "nan"))
+    except ValueError:
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 number",
+                                                node.start_mark) from None
+    return YamlFloat(value, text)
+
+
+_DataLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_DataLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 def _check_expansion(root: yaml.Node, limit: int) -> None:

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .data.attributes import PREDICTION_COLUMNS
 from .models.base import Scoring
 from .taxonomy import Taxonomy, TaxonomyError
 
@@ -104,6 +105,8 @@ def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray
         df["true_label"] = pd.array([None] * len(df), dtype="object")
         df["correct"] = pd.array([None] * len(df), dtype="boolean")
         df["true_rank"] = pd.array([None] * len(df), dtype="Int64")
+    if tuple(df.columns) != PREDICTION_COLUMNS:  # a new column must be a reserved name too
+        raise AssertionError(f"prediction columns {list(df.columns)} differ from PREDICTION_COLUMNS")
     for a in attributes:
         if a in table.columns:
             df[a] = table[a].to_numpy()

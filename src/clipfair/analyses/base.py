@@ -232,12 +232,13 @@ class Analysis:
     def write(self, out_dir: Path, ev: Any, ctx: "RunContext", report: Any) -> "Written":
         """Write this analysis's files into ``out_dir`` and return them with its report sections.
         Default: :meth:`tables` as ``<name>.csv`` and the generic section of its outcomes."""
+        from ..outputs import write_csv
         from .engine import analysis_sections
 
         paths = []
         for name, df in self.tables().items():
             path = Path(out_dir) / f"{name}.csv"
-            df.to_csv(path, index=False, float_format="%.6g", lineterminator="\n")
+            write_csv(df, path)
             paths.append(path)
         sections = [*analysis_sections(self, ev.metrics, ev.disparities), *self.report_sections(ev)]
         return Written(paths, sections)

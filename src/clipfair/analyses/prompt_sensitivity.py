@@ -25,10 +25,27 @@ class PromptSensitivity(Analysis):
     def adjust_taxonomies(self, taxonomies: list[Any]) -> list[Any]:
         from ..sensitivity import expand_template_sets
 
-        return expand_template_sets(taxonomies, self.template_sets) if self.template_sets else taxonomies
+        if not self.template_sets:
+            return taxonomies
+        out = expand_template_sets(taxonomies, self.template_sets)
+        # variant name -> (taxonomy, template set): the names are built from the values, never split
+        from ..sensitivity import SEP
+
+        self.variants = {f"{t.name}{SEP}{set_name}": (t.name, set_name) for t in taxonomies
+                         if t.name in self.template_sets for set_name in ["default", *self.template_sets[t.name]]}
+        return out
 
     def run(self, ctx: RunContext) -> None:
         return None
+
+    def finish(self, ev: Any, ctx: RunContext) -> None:
+        """The results-model key columns ``variant_of`` and ``template_set`` of the variants' rows."""
+        variants = getattr(self, "variants", {})
+        if not variants or not len(ev.metrics):
+            return
+        tax = ev.metrics["taxonomy"]
+        ev.metrics["variant_of"] = [variants.get(t, ("", ""))[0] for t in tax]
+        ev.metrics["template_set"] = [variants.get(t, ("", ""))[1] for t in tax]
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
         from ..metrics import DEFAULT_DISPARITY_MIN_N

@@ -101,6 +101,28 @@ Converter = Callable[[object], str]
 
 # --------------------------------------------------------------------------- loading
 
+def _with_missing_values(kwargs: dict[str, Any], spellings: Any, takes_attributes: bool) -> dict[str, Any]:
+    """``kwargs`` with ``dataset.missing_values`` put into every declared attribute that does
+    not list its own."""
+    if isinstance(spellings, (str, bytes)) or not isinstance(spellings, Sequence) or not all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in spellings):
+        raise DatasetError(f"dataset.missing_values must be a list of spellings, e.g. [NaN, N/A, None], "
+                           f"got {spellings!r}")
+    from .attributes import _plain
+
+    attrs = _plain(kwargs.get("attributes"))
+    if not takes_attributes or not isinstance(attrs, Mapping):
+        return kwargs  # a malformed declaration is the adapter's error to report
+    out = {}
+    for attr_name, body in attrs.items():
+        if body is None or isinstance(body, (str, int)):
+            body = {} if body is None else {"column": str(body)}
+        if isinstance(body, Mapping) and "missing_values" not in body:
+            body = {**body, "missing_values": [str(v) for v in spellings]}
+        out[attr_name] = body
+    return {**kwargs, "attributes": out}
+
+
 
 def load_dataset(name: str, derived: Mapping[str, Any] | None = None, **kwargs: Any) -> FaceDataset:
     """Build the dataset adapter ``name`` with ``kwargs`` and apply ``limit`` (first N rows).
@@ -112,6 +134,10 @@ def load_dataset(name: str, derived: Mapping[str, Any] | None = None, **kwargs: 
     missing arguments raise a DatasetError listing the ones the adapter accepts.
     ``max_image_bytes`` (every adapter): image files larger than this are refused from their
     size before they are read (None: no limit).
+    ``missing_values`` (adapters with ``attributes``): the spellings that mean a missing
+    value in every declared attribute without its own ``missing_values`` (None: the default
+    :data:`clipfair.data.attributes.DEFAULT_MISSING_VALUES`; ``[]``: only empty cells).
+    Missing values are left out of the attribute's slices and counted in the log.
     """
     try:
         derived_attrs = parse_derived(derived)
@@ -123,6 +149,9 @@ def load_dataset(name: str, derived: Mapping[str, Any] | None = None, **kwargs: 
                            f"got {max_image_bytes!r}")
     adapter = DATASETS.get(name)
     signature = inspect.signature(adapter)
+    missing_values = kwargs.pop("missing_values", None)
+    if missing_values is not None:
+        kwargs = _with_missing_values(kwargs, missing_values, "attributes" in signature.parameters)
     try:
         signature.bind(**kwargs)
     except TypeError as e:
@@ -130,6 +159,11 @@ def load_dataset(name: str, derived: Mapping[str, Any] | None = None, **kwargs: 
         raise DatasetError(f"dataset {name!r}: {e}; accepted arguments: {accepted}") from None
     # adapters apply limit themselves; this guards adapters registered elsewhere
     ds = adapter(**kwargs).limit(kwargs.get("limit")).with_derived(derived_attrs)
+    for a in ds.declared:
+        if a.name in ds.table.columns and (n := int(ds.table[a.name].isna().sum())):
+            _log.info("dataset %r: %d of %d images have no %s value (empty or one of %s); they are left "
+                      "out of its slices", name, n, len(ds.table), a.name,
+                      ", ".join(getattr(a, "missing_values", ())) or "-")
     if hasattr(ds.reader, "max_bytes"):
         ds.reader.max_bytes = None if max_image_bytes is None else int(max_image_bytes)
     return ds

@@ -109,9 +109,17 @@ def race_binary(race: str) -> str:
 # --------------------------------------------------------------------- declarations
 
 
-#: names an attribute cannot have: the columns of predictions.parquet and the overall slice
-RESERVED_NAMES: tuple[str, ...] = ("image_id", "taxonomy", "method", "predicted_label", "predicted_category",
-                                   "score", "true_label", "correct", "true_rank", "overall")
+#: the columns every prediction has (predictions.parquet), in order; the attribute columns follow
+PREDICTION_COLUMNS: tuple[str, ...] = ("image_id", "taxonomy", "method", "predicted_label", "predicted_category",
+                                       "score", "logit", "true_label", "correct", "true_rank")
+#: names an attribute cannot have: every prediction column and the overall slice
+RESERVED_NAMES: tuple[str, ...] = (*PREDICTION_COLUMNS, "overall")
+
+
+#: spellings of a missing value in a data file (besides an empty cell); ``dataset.missing_values``
+#: replaces the list for a dataset's custom attributes, an attribute's own ``missing_values`` for it
+DEFAULT_MISSING_VALUES: tuple[str, ...] = ("NaN", "nan", "NAN", "None", "none", "null", "Null", "NULL",
+                                           "N/A", "n/a", "NA", "<NA>", "#N/A")
 
 
 def _text(value: object) -> str:
@@ -146,6 +154,9 @@ class Attribute:
     ``{"1": light, "2": light}``), applied before the check against ``values``.
     ``allow_missing``: an empty cell is a missing value (left out of this attribute's
     slices) instead of an error.
+    ``missing_values``: the spellings that mean a missing value, like an empty cell
+    (default :data:`DEFAULT_MISSING_VALUES`: NaN, None, null, N/A, NA, ...); a spelling
+    that ``values`` or ``mapping`` names is a value.
     """
 
     name: str
@@ -153,6 +164,7 @@ class Attribute:
     values: tuple[str, ...] = ()
     mapping: Mapping[str, str] = field(default_factory=dict)
     allow_missing: bool = True
+    missing_values: tuple[str, ...] = DEFAULT_MISSING_VALUES
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -165,6 +177,11 @@ class Attribute:
                 f"attribute name {self.name!r} is reserved (a column of every prediction or the "
                 f"'overall' slice: {', '.join(RESERVED_NAMES)}); choose another name")
         object.__setattr__(self, "values", tuple(_text(v) for v in self.values))
+        if isinstance(self.missing_values, str) or not all(
+                isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in self.missing_values):
+            raise AttributeDeclarationError(f"attribute {self.name!r}: missing_values must be a list of "
+                                            f"spellings, e.g. [NaN, N/A], got {self.missing_values!r}")
+        object.__setattr__(self, "missing_values", tuple(str(v).strip() for v in self.missing_values))
         object.__setattr__(self, "mapping", {_text(k): _text(v) for k, v in dict(self.mapping).items()})
         if len(set(self.values)) != len(self.values):
             raise AttributeDeclarationError(f"attribute {self.name!r}: duplicate values in {list(self.values)}")
@@ -185,14 +202,21 @@ class Attribute:
         return self.column or self.name
 
     def with_column(self, column: str | None) -> "Attribute":
-        return Attribute(self.name, column, self.values, self.mapping, self.allow_missing)
+        return Attribute(self.name, column, self.values, self.mapping, self.allow_missing, self.missing_values)
+
+    def is_missing(self, value: object) -> bool:
+        """An empty cell or one of ``missing_values`` (unless ``values``/``mapping`` name it)."""
+        if _is_blank(value):
+            return True
+        text = _text(value)
+        return text in self.missing_values and _key(text) not in self._lookup  # type: ignore[attr-defined]
 
     def convert(self, value: object, where: str = "") -> str | None:
         """The attribute's value for a raw ``value`` (None: missing); LabelError naming
         ``where`` if it is missing (and missing values are not allowed) or not an allowed
         value."""
         loc = f"{where}: " if where else ""
-        if _is_blank(value):
+        if self.is_missing(value):
             if self.allow_missing:
                 return None
             raise LabelError(f"{loc}missing {self.name} value; allowed values: {', '.join(self.values)}")
@@ -308,7 +332,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-_ATTRIBUTE_KEYS = ("column", "values", "mapping", "allow_missing")
+_ATTRIBUTE_KEYS = ("column", "values", "mapping", "allow_missing", "missing_values")
 
 
 def parse_attributes(spec: Mapping[str, Any] | None) -> list[Attribute]:
@@ -337,8 +361,11 @@ def parse_attributes(spec: Mapping[str, Any] | None) -> list[Attribute]:
         if base is not None and not values:
             values, mapping = list(base.values), {**base.mapping, **mapping}
         try:
+            mv = body.get("missing_values")
             out.append(Attribute(name, body.get("column"), tuple(values), mapping,
-                                 bool(body.get("allow_missing", base is None))))
+                                 bool(body.get("allow_missing", base is None)),
+                                 DEFAULT_MISSING_VALUES if mv is None else
+                                 (tuple(mv) if isinstance(mv, list) else mv)))
         except AttributeDeclarationError as e:
             raise AttributeDeclarationError(f"{where}: {e}") from None
     return out

@@ -11,7 +11,7 @@ import inspect
 import logging
 from typing import Any
 
-from .base import (MODELS, PICKLE_SUFFIXES, ImageTextModel, ModelError, Pixels, Scoring, TextSettings,
+from .base import (DEFAULT_MAX_PARAMS, MODELS, PICKLE_SUFFIXES, ImageTextModel, ModelError, Pixels, Scoring, TextSettings,
                    resolve_device, resolve_dtype)
 from .hf import FAMILIES, ClipModel, _features, features, load_hf_clip
 from . import open_clip_backend  # noqa: F401  (registers the "open_clip" loader; imports open_clip lazily)
@@ -35,6 +35,8 @@ def load_model(loader: str = "hf", **kwargs: Any) -> ImageTextModel:
     fn = MODELS.get(loader)
     params = inspect.signature(fn).parameters
     for k, v in kwargs.items():
+        if k == "max_params" and v == DEFAULT_MAX_PARAMS:
+            continue  # the shared default (the open_clip loader does not check it)
         if k not in params and v not in (None, False):
             log.warning("model.%s=%r does not apply to model.loader=%s; ignored", k, v, loader)
     return fn(**{k: v for k, v in kwargs.items() if k in params})

@@ -18,7 +18,9 @@ Nothing outside the backends imports transformers or open_clip: the core calls o
 from __future__ import annotations
 
 import hashlib
+import html
 import logging
+import string
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,6 +73,55 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+#: the largest model a loader builds unless ``model.max_params`` says otherwise (null: no cap)
+DEFAULT_MAX_PARAMS = 20_000_000_000
+#: the largest safetensors header read (the format allows 100 MB)
+_MAX_HEADER = 100_000_000
+
+
+def safetensors_numel(files: Sequence[Path]) -> int:
+    """The number of values stored in safetensors ``files``, from their headers alone (the
+    8-byte length and the JSON header; no tensor is read). ModelError for a file that is not
+    safetensors."""
+    import json
+    import struct
+
+    total = 0
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                if not 0 < size <= _MAX_HEADER:
+                    raise ValueError(f"header of {size} bytes")
+                header = json.loads(fh.read(size))
+            for key, info in header.items():
+                if key != "__metadata__":
+                    n = 1
+                    for d in info["shape"]:
+                        n *= int(d)
+                    total += n
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+            raise ModelError(f"could not load model weights {f}: not a readable safetensors file "
+                             f"({type(e).__name__}); a damaged or truncated weights file must be saved again") from None
+    return total
+
+
+def check_parameter_count(where: str, implied: int | None, stored: int | None, max_params: Any) -> None:
+    """Before a model is built: ModelError when the parameter count its config implies
+    (``implied``) is more than ``max_params`` or differs from the values stored in its
+    weights (``stored``) by more than 2% (and 1,000); None: not known, not checked."""
+    if max_params is not None and (isinstance(max_params, bool) or not isinstance(max_params, (int, float))
+                                   or max_params <= 0):
+        raise ModelError(f"model.max_params must be a positive number of parameters or null, got {max_params!r}")
+    if implied is not None and stored is not None and abs(implied - stored) > max(0.02 * max(implied, stored), 1000):
+        raise ModelError(f"{where}: its config implies {implied:,} parameters but its weights hold {stored:,}; "
+                         "the config does not describe these weights (save the model again with save_pretrained)")
+    if implied is not None and max_params is not None and implied > max_params:
+        raise ModelError(f"{where}: its config implies {implied:,} parameters, more than model.max_params = "
+                         f"{int(max_params):,}; raise model.max_params (or set it to null) if this is the model "
+                         "you mean to load")
+
+
 def hash_file(path: Path, h: "hashlib._Hash") -> None:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -116,6 +167,19 @@ class Scoring:
         return {**asdict(self), "formula": self.formula()}
 
 
+def canonicalize_text(text: str) -> str:
+    """A prompt as SigLIP 2's authors feed it to the text tower: HTML entities unescaped, ``_``
+    as a space, ASCII punctuation (``string.punctuation``) removed, lower-cased, whitespace
+    collapsed (big_vision's ``prompt_engineering.canonicalize_text``; open_clip's SigLIP
+    tokenizer applies it after ftfy, whose mojibake repair is left out here)."""
+    text = html.unescape(html.unescape(str(text))).strip()
+    text = text.replace("_", " ").translate(_NO_PUNCTUATION).lower()
+    return " ".join(text.split())
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
 @dataclass(frozen=True)
 class TextSettings:
     """How a family tokenizes prompts (recorded in run.json and in the text cache key).
@@ -125,11 +189,14 @@ class TextSettings:
     ``max_length`` (always the full context: SigLIP pools the last position and was trained
     on full-length, unmasked sequences). ``attention_mask``: whether the mask is passed to
     the text tower. ``lowercase``: prompts are lower-cased before tokenizing.
+    ``canonicalize``: prompts are canonicalised as big_vision and open_clip do for SigLIP 2
+    (:func:`canonicalize_text`: lower-cased, ASCII punctuation removed, whitespace collapsed).
     """
 
     padding: str = "longest"
     attention_mask: bool = True
     lowercase: bool = False
+    canonicalize: bool = False
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)

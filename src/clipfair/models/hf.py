@@ -12,8 +12,10 @@ authors use them. A checkpoint of another ``model_type`` is refused unless
   ``padding="max_length"`` (transformers' docs: "make sure to set padding="max_length" as
   that's how the model was trained") and no attention mask (big_vision's text transformer
   has none). Its SentencePiece tokenizer lower-cases and strips punctuation itself.
-* SigLIP 2 (Tschannen et al. 2025): as SigLIP, with the Gemma tokenizer; trained on lower-cased
-  text, so prompts are lower-cased. The fixed-resolution checkpoints
+* SigLIP 2 (Tschannen et al. 2025): as SigLIP, with the Gemma tokenizer; trained on
+  canonicalised text, so prompts are canonicalised as big_vision and open_clip do (lower-cased,
+  punctuation removed, whitespace collapsed: :func:`~clipfair.models.base.canonicalize_text`;
+  transformers' Gemma tokenizer does not, which NVlabs/RADIO#142 measured costs ~12% zero-shot). The fixed-resolution checkpoints
   (``google/siglip2-base-patch16-224``) load as ``model_type`` siglip with a Gemma tokenizer;
   the NaFlex ones as ``siglip2`` (patch sequences: no fast uint8 path, the processor is used).
 * AltCLIP (Chen et al. 2022) and ALIGN (Jia et al. 2021): softmax; their text towers pool the
@@ -37,8 +39,8 @@ import torch
 from PIL import Image
 
 from ..preprocess import ClipPreprocess
-from .base import (MODELS, PICKLE_SUFFIXES, ImageTextModel, ModelError, Pixels, Scoring, TextSettings,
-                   check_path_kind, hash_file, resolve_device, resolve_dtype, split_precision)
+from .base import (DEFAULT_MAX_PARAMS, MODELS, PICKLE_SUFFIXES, ImageTextModel, ModelError, Pixels, Scoring,
+                   TextSettings, canonicalize_text, check_parameter_count, check_path_kind, safetensors_numel, hash_file, resolve_device, resolve_dtype, split_precision)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,8 @@ CLIP = HFFamily("clip", ("clip",), "softmax", TextSettings("longest", True, Fals
                 "CLIP-style (OpenAI CLIP, MetaCLIP, CLIP fine-tunes)")
 SIGLIP = HFFamily("siglip", ("siglip",), "sigmoid", TextSettings("max_length", False, False),
                   "SigLIP (sigmoid loss; T5 SentencePiece tokenizer)")
-SIGLIP2 = HFFamily("siglip2", ("siglip2",), "sigmoid", TextSettings("max_length", False, True),
-                   "SigLIP 2 (sigmoid loss; Gemma tokenizer, lower-cased text)")
+SIGLIP2 = HFFamily("siglip2", ("siglip2",), "sigmoid", TextSettings("max_length", False, True, True),
+                   "SigLIP 2 (sigmoid loss; Gemma tokenizer, canonicalised text)")
 # [CLS] pooling with an attention mask: the padding length does not change the embedding
 ALTCLIP = HFFamily("altclip", ("altclip",), "softmax", TextSettings("longest", True, False),
                    "AltCLIP (XLM-R text tower, [CLS] pooling)")
@@ -177,6 +179,8 @@ class ClipModel(ImageTextModel):
         return int(dim or cfg.text_config.hidden_size)
 
     def _prepare(self, texts: Sequence[str]) -> list[str]:
+        if self.text.canonicalize:
+            return [canonicalize_text(t) for t in texts]
         return [t.lower() for t in texts] if self.text.lowercase else list(texts)
 
     def token_count(self, text: str) -> int:
@@ -371,9 +375,58 @@ def _fingerprint(name_or_path: str, model: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _resolve_family(name_or_path: str, kw: dict[str, Any], allow_unknown_family: bool,
-                    hint: str) -> tuple[HFFamily, str | None]:
-    """The family of a checkpoint from its config alone (before loading weights)."""
+def _implied_parameters(config: Any, kw: dict[str, Any]) -> int | None:
+    """The number of values the model ``config`` describes (parameters and persistent
+    buffers), counted on a model built on the meta device (no memory for weights); None when
+    it cannot be built there."""
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            model = AutoModel.from_config(config, trust_remote_code=kw.get("trust_remote_code", False))
+        n = sum(p.numel() for p in model.parameters())
+        # persistent buffers (BatchNorm statistics, position ids) are stored beside the weights
+        n += sum(b.numel() for m in model.modules() for name, b in m._buffers.items()
+                 if b is not None and name not in m._non_persistent_buffers_set)
+        return int(n)
+    except Exception as e:  # noqa: BLE001 - a model class that cannot be built on meta
+        log.warning("could not count the parameters the model config implies (%s: %s); loading without "
+                    "that check", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        return None
+
+
+def _stored_parameters(name_or_path: str, path: Path | None, kw: dict[str, Any]) -> int | None:
+    """The number of values in the checkpoint's safetensors weights, from their headers: the
+    local folder's files (the index's shards, else model.safetensors, else every
+    ``*.safetensors``), or a hub repo's headers (None when they cannot be read: offline,
+    pickle-only weights)."""
+    if path is not None:
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                raise ModelError(f"{index}: not a readable safetensors index; save the model again") from None
+            files = [path / str(f) for f in shards]
+        elif (path / "model.safetensors").is_file():
+            files = [path / "model.safetensors"]
+        else:
+            files = sorted(path.glob("*.safetensors"))
+        return safetensors_numel(files) if files else None
+    try:
+        from huggingface_hub import get_safetensors_metadata
+
+        meta = get_safetensors_metadata(name_or_path, revision=kw.get("revision"))
+        return int(sum(meta.parameter_count.values()))
+    except Exception as e:  # noqa: BLE001 - offline, no safetensors, private repo
+        log.info("%s: safetensors headers not readable from the hub (%s); its parameter count is "
+                 "checked against model.max_params only", name_or_path, type(e).__name__)
+        return None
+
+
+def _resolve_config(name_or_path: str, kw: dict[str, Any], allow_unknown_family: bool,
+                    hint: str) -> tuple[HFFamily, str | None, Any]:
+    """The family, model_type and config of a checkpoint (before loading weights)."""
     from transformers import AutoConfig
 
     try:
@@ -383,7 +436,7 @@ def _resolve_family(name_or_path: str, kw: dict[str, Any], allow_unknown_family:
     model_type = getattr(config, "model_type", None)
     fam = family_for(model_type)
     if fam is not None:
-        return fam, model_type
+        return fam, model_type, config
     if not allow_unknown_family:
         raise ModelError(
             f"{name_or_path!r} is model_type {model_type!r}, not a contrastive image-text family clipfair "
@@ -391,15 +444,20 @@ def _resolve_family(name_or_path: str, kw: dict[str, Any], allow_unknown_family:
             "to try it with CLIP's settings (recorded in run.json)")
     log.warning("%s: model_type %r is not a known family; trying CLIP's settings "
                 "(model.allow_unknown_family=true)", name_or_path, model_type)
-    return CLIP, model_type
+    return CLIP, model_type, config
 
 
 @MODELS.register("hf")
 def load_hf_clip(name_or_path: str, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 64, trust_remote_code: bool = False,
                  allow_pickle: bool = False, revision: str | None = None,
-                 allow_unknown_family: bool = False) -> ClipModel:
-    """Load a transformers CLIP / MetaCLIP / SigLIP / SigLIP 2 checkpoint (hub id or local folder)."""
+                 allow_unknown_family: bool = False, max_params: int | float | None = DEFAULT_MAX_PARAMS) -> ClipModel:
+    """Load a transformers CLIP / MetaCLIP / SigLIP / SigLIP 2 checkpoint (hub id or local folder).
+
+    Before the model is built, the parameter count its config implies (a model built on the
+    meta device) is compared with ``max_params`` (None: no cap) and with the values its
+    safetensors weights hold (their headers): a config that does not describe its weights is
+    refused before any memory is allocated for it."""
     from transformers import AutoModel, AutoProcessor
 
     path = check_path_kind(name_or_path, "folder")
@@ -415,9 +473,12 @@ def load_hf_clip(name_or_path: str, device: str = "auto", dtype: str = "auto",
     hint = ("check the hub id and your network, or give a local folder saved with save_pretrained"
             if path is None else "the folder must hold a model saved with save_pretrained (safetensors); "
             "a damaged or truncated weights file must be saved again")
-    family, model_type = _resolve_family(name_or_path, kw, allow_unknown_family, hint)
+    family, model_type, config = _resolve_config(name_or_path, kw, allow_unknown_family, hint)
     if path is not None:
         _check_local_files(path, files, allow_pickle)
+    check_parameter_count(f"model {name_or_path}", None, None, max_params)  # the value itself first
+    check_parameter_count(f"model {name_or_path}", _implied_parameters(config, kw),
+                          _stored_parameters(name_or_path, path, kw), max_params)
     try:
         model = AutoModel.from_pretrained(name_or_path, use_safetensors=None if allow_pickle else True, **kw)
         processor = AutoProcessor.from_pretrained(name_or_path, **kw)
