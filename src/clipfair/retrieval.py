@@ -535,6 +535,22 @@ def _value_order(attr: str, present: Iterable[str], orders: Mapping[str, Sequenc
     return known + sorted(present.difference(known), key=_natural_key)
 
 
+#: the bootstrap's resample counts (B x images bytes) may take at most this much memory
+MAX_BOOTSTRAP_BYTES = 2 * 1024**3
+
+
+def check_bootstrap_size(options: RetrievalOptions, n_images: int) -> None:
+    """Before any image is embedded: refuse a bootstrap whose resample counts (B x n_images
+    bytes) would not fit in :data:`MAX_BOOTSTRAP_BYTES`."""
+    need = int(options.bootstrap) * int(n_images)
+    if need > MAX_BOOTSTRAP_BYTES:
+        most = MAX_BOOTSTRAP_BYTES // max(1, n_images)
+        raise RetrievalError(f"retrieval.bootstrap.B={options.bootstrap:,} over {n_images:,} images needs "
+                             f"{need / 1024**3:.1f} GiB for the resample counts (at most "
+                             f"{MAX_BOOTSTRAP_BYTES / 1024**3:.0f} GiB); set retrieval.bootstrap.B to at most "
+                             f"{most:,} (1000 is usual)")
+
+
 def _boot_counts(n: int, B: int, rng: np.random.Generator) -> np.ndarray:
     """(B, n) exact multinomial resample counts as uint8 (a count above 255 is clipped; with
     n images each count is Binomial(n, 1/n), so this never matters in practice)."""
@@ -595,17 +611,24 @@ def _warn_once(msg: str) -> None:
         log.warning(msg)
 
 
+#: attributes of the default list (every declared one) with more values than this are left out
+MAX_DEFAULT_VALUES = 50
+
+
 def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets: Sequence[QuerySet],
                    encode: Callable[[Sequence[str]], np.ndarray], options: RetrievalOptions,
                    attributes: Sequence[str] | None = None,
-                   orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+                   orders: Mapping[str, Sequence[str]] | None = None, progress: bool = False) -> pd.DataFrame:
     """The long retrieval table (columns :data:`COLUMNS`) for ``query_sets`` ranked over the
     images of ``table`` (row i = ``image_embeddings[i]``). ``encode`` maps prompt strings to
     text embeddings (the zero-shot stage's cached :class:`clipfair.embed.TextEmbedder`).
-    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones); an
-    entry that is a tuple of names is their intersection (values ``White+Male``). ``orders``:
-    the dataset's declared value orders (:meth:`FaceDataset.value_orders`): values, tables and
-    heat maps follow them. Every row carries its test of no association (:func:`_add_null_columns`)."""
+    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones, less
+    those with more than :data:`MAX_DEFAULT_VALUES` values: skipped with a warning unless named in
+    ``options.attributes``); an entry that is a tuple of names is their intersection (values
+    ``White+Male``). ``orders``: the dataset's declared value orders
+    (:meth:`FaceDataset.value_orders`): values, tables and heat maps follow them. Every row
+    carries its test of no association (:func:`_add_null_columns`). ``progress``: a progress bar
+    over the queries."""
     from .zeroshot import l2_normalize
 
     if len(table) != len(image_embeddings):
@@ -615,6 +638,13 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
     if missing:
         raise RetrievalError(f"retrieval.attributes: {missing} not in the dataset; its columns: "
                              f"{', '.join(map(str, table.columns))}")
+    if options.attributes is None:  # the default: attributes with very many values are left out
+        many = {a: int(table[a].nunique(dropna=True)) for a in specs}
+        for a in [a for a in specs if many[a] > MAX_DEFAULT_VALUES]:
+            log.warning("retrieval: attribute %r has %d distinct values (more than %d) and is left out; name it "
+                        "in retrieval.attributes to measure it anyway (slow: every value is a group)",
+                        a, many[a], MAX_DEFAULT_VALUES)
+        specs = [a for a in specs if many[a] <= MAX_DEFAULT_VALUES]
     if not specs:
         raise RetrievalError("retrieval: no attribute to measure; set retrieval.attributes")
     table, vorders = _with_intersections(table, specs, dict(orders or {}))
@@ -626,6 +656,9 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
     units = _units(query_sets, encode, options.prompts)
     U = l2_normalize(np.stack([u.embedding for u in units]))
     acc = _Accumulator(units, options)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(units), desc="retrieval", unit="query", disable=not progress, leave=False)
     for pool_no, (pool_value, img_idx, unit_ids) in enumerate(_pools(table, units, options)):
         W = (_boot_counts(len(img_idx), options.bootstrap, np.random.default_rng([options.seed, pool_no]))
              if options.bootstrap else None)
@@ -646,6 +679,8 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
             if W is not None:
                 for r, uid in enumerate(ids):
                     acc.add_replicates(uid, S[r], orders[r], pinfo, W, pool_value)
+            bar.update(len(ids))
+    bar.close()
     df = _add_null_columns(acc.frame(), acc)
     df.attrs["confidence"] = options.confidence
     return df
@@ -1523,11 +1558,18 @@ def permutation_null(codes: np.ndarray, cuts: Sequence[int], desired: Mapping[st
     """Each metric of ``B`` rankings whose labels are the pool's labels (``codes``, no missing)
     shuffled at random: the null of no association between a ranking and the attribute.
     Returns cut -> desired -> metric -> (B,) replicates."""
-    L = max(cuts)
-    perm = np.empty((B, L), dtype=np.int64)
-    for b in range(B):
-        perm[b] = rng.permutation(codes)[:L]
-    return _batched_prefix(perm, sorted(set(cuts)), {d: np.asarray(q) for d, q in desired.items()}, absent)
+    L, A = max(cuts), max(1, int(codes.max()) + 1 if len(codes) else 1)
+    cuts = sorted(set(cuts))
+    dq = {d: np.asarray(q) for d, q in desired.items()}
+    step = max(1, CELLS // max(1, L * A))  # shuffles per batch: memory bounded as the bootstrap's
+    parts = []
+    for b0 in range(0, B, step):
+        perm = np.empty((min(step, B - b0), L), dtype=np.int64)
+        for b in range(len(perm)):
+            perm[b] = rng.permutation(codes)[:L]
+        parts.append(_batched_prefix(perm, cuts, dq, absent))
+    return {c: {d: {m: np.concatenate([p[c][d][m] for p in parts]) for m in parts[0][c][d]} for d in dq}
+            for c in cuts}
 
 
 def _attribute_nulls(at: _Attr, options: "RetrievalOptions", seed: Sequence[int]) -> dict[tuple, dict[str, _Null]]:

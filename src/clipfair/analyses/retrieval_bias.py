@@ -58,7 +58,8 @@ class RetrievalBias(Analysis):
             self.opts = replace(self.opts, correction=str(correction))
         with timed(ctx.timings, "retrieval"):
             self.table = retrieval_bias(ctx.table, ctx.image_embeddings, self.query_sets, ctx.text_embedder,
-                                        self.opts, attributes=ctx.attributes, orders=ctx.orders)
+                                        self.opts, attributes=ctx.attributes, orders=ctx.orders,
+                                        progress=bool(ctx.progress))
         ctx.info["retrieval"] = {**self.opts.to_dict(), "query_sets": [
             {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in self.query_sets]}
         return None
