@@ -729,7 +729,9 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
                              "reference_n": on, "rx": ox, "reference_value": ov,
                              "rest_n": rest_n, "rest_x": rest_x, "kind": "proportion"})
     if not rows:
-        return _empty_disparities()
+        out = _empty_disparities()  # the reading rules still travel (the report header quotes min_n)
+        out.attrs.update(confidence=float(confidence), correction=correction, min_n=int(min_n))
+        return out
     d = pd.DataFrame(rows)
     for c in ("n", "x", "reference_n", "rx", "rest_n", "rest_x", "value", "reference_value", "sd1", "sd2"):
         if c not in d.columns:

@@ -337,10 +337,15 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
     header.append(("clipfair", str((record.get("packages") or {}).get("clipfair") or __version__)))
     conf = ev.metrics.attrs.get("confidence")
     d = ev.disparities.attrs
-    if conf:
+    if conf and taxonomies:
         header.append(("intervals", f"Wilson {100 * conf:g}% for rates; differences compared between groups of "
-                                    f"at least {d.get('min_n', '?')} images, p-values adjusted "
+                                    f"at least {d.get('min_n', M.DEFAULT_DISPARITY_MIN_N)} images, p-values adjusted "
                                     f"({d.get('correction', 'holm')}) over the whole table"))
+    r = ev.info.get("retrieval")
+    if r:
+        header.append(("retrieval tests", f"each value's top-k count against no association (exact hypergeometric), "
+                                          f"MaxSkew / NDKL against label shuffles; p-values adjusted "
+                                          f"({r.get('correction', 'holm')}) within each family over the run"))
     return ReportContext(
         title=f"clipfair results: {label}" + (f" on {data.get('name')}" if data.get("name") else ""),
         model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),

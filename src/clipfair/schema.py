@@ -162,7 +162,7 @@ class RetrievalConfig:
     enabled: bool = False
     queries: list[str] | None = None
     k: list[Union[int, Literal["all"]]] | None = None
-    attributes: list[str] | None = None
+    attributes: list[Union[str, list[str]]] | None = None  # a list of names: their intersection
     desired: list[Literal["dataset", "uniform"]] | None = None
     absent: Literal["neg_inf", "inverse_k", "zero"] | None = None
     prompts: Literal["ensemble", "per_template"] | None = None
@@ -170,11 +170,14 @@ class RetrievalConfig:
     bootstrap: RetrievalBootstrapConfig = field(default_factory=RetrievalBootstrapConfig)
     chunk_size: int = 128
     preset: Literal["berg2022", "social_counterfactuals", "visogender"] | None = None
+    permutations: int = 1000
+    normalize_images: bool = True
 
     def check(self, at: str) -> None:
         _require(self.k is None or all(k == "all" or k >= 1 for k in self.k), f"{at}.k",
                  "a list of numbers >= 1 or 'all'", self.k)
         _require(self.chunk_size >= 1, f"{at}.chunk_size", "a number of queries >= 1", self.chunk_size)
+        _require(self.permutations >= 0, f"{at}.permutations", "a number of label shuffles >= 0", self.permutations)
 
 
 @dataclass

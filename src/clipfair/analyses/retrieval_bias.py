@@ -1,9 +1,11 @@
 """Retrieval bias (layer: analyses): rank the evaluation images for each neutral query and measure
-how skewed the top k is (:mod:`clipfair.retrieval`: Skew@k, MaxSkew, MinSkew, NDKL, Bias@K with
-bootstrap intervals); writes retrieval.csv, retrieval.md and heat maps."""
+how skewed the top k is (:mod:`clipfair.retrieval`: Skew@k, MaxSkew, MinSkew, NDKL, Bias@K, each
+beside its null of no association with an adjusted test); writes retrieval.csv, retrieval.md and
+heat maps."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,7 +42,8 @@ class RetrievalBias(Analysis):
         from ..zeroshot import check_prompt_lengths
 
         if self.block and self.opts.confidence != ctx.confidence:
-            self.opts = options_from_config({**self.block, "enabled": True}, ctx.confidence)
+            self.opts = options_from_config({**self.block, "enabled": True}, ctx.confidence,
+                                            correction=self.opts.correction)
         if ctx.dataset is not None:
             from ..retrieval import check_bootstrap_size
 
@@ -54,10 +57,13 @@ class RetrievalBias(Analysis):
         from ..pipeline import timed
         from ..retrieval import retrieval_bias
 
+        correction = getattr(ctx.config, "disparity_correction", None)  # the run's, for the tests' adjustment
+        if correction and str(correction) != self.opts.correction:
+            self.opts = replace(self.opts, correction=str(correction))
         with timed(ctx.timings, "retrieval"):
             self.table = retrieval_bias(ctx.table, ctx.image_embeddings, self.query_sets, ctx.text_embedder,
-                                        self.opts, attributes=ctx.attributes, progress=ctx.progress,
-                                        value_orders=ctx.orders)
+                                        self.opts, attributes=ctx.attributes, orders=ctx.orders,
+                                        progress=bool(ctx.progress))
         ctx.info["retrieval"] = {**self.opts.to_dict(), "query_sets": [
             {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in self.query_sets]}
         return None
