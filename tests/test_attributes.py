@@ -41,7 +41,12 @@ def test_custom_attributes_travel_into_predictions_metrics_and_confusion(custom_
     for a in ("skin_tone", "region", "tone_band", "gender", "age", "colour"):
         assert a in p.columns
     m = ev.metrics
-    assert list(m.columns) == list(METRIC_COLUMNS)
+    # the existing columns first, then the results model's key columns and the group's values
+    from clipfair.analyses.engine import KEY_COLUMNS
+
+    assert list(m.columns[: len(METRIC_COLUMNS) + len(KEY_COLUMNS)]) == [*METRIC_COLUMNS, *KEY_COLUMNS]
+    tr = m[m["slice"] == "tone_band+region"].iloc[0]
+    assert tr["group"] == f"{tr['tone_band']}+{tr['region']}"  # the display name is built from the values
     assert list(pd.unique(m["slice"])) == ["overall", "skin_tone", "region", "tone_band", "tone_band+region",
                                           "gender+region"]
     # the hand model classifies solid red / green / blue exactly

@@ -66,7 +66,9 @@ def test_columns_and_directions(table):
     plain = _row(d, "rate", "plain", "race", "highest_vs_lowest")
     assert (plain.group, plain.reference, plain.direction) == ("B", "A", NEUTRAL)
     assert not ((d.category == "plain") & (d.comparison == "worst_vs_best")).any()
-    assert metric_direction("top5_accuracy", "", None) == metric_direction("accuracy_race_binary", "", None) == HIGHER
+    # directions come from the metric registry, never from a name's tokens (issue 20)
+    assert metric_direction("topk_accuracy", "", None) == metric_direction("accuracy_race_binary", "", None) == HIGHER
+    assert metric_direction("top5_accuracy", "", None) == NEUTRAL  # not a registered metric
     assert metric_direction("inaccuracy_score", "", None) == NEUTRAL
     assert metric_direction("label_rate", "x", {"x": True}) == LOWER
 

@@ -1,6 +1,9 @@
-"""Command line: `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`, `clipfair collect`.
+"""Command line (layer: the edge): `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`,
+`clipfair collect`.
 
-Hydra and `instantiate` live here only; the core takes typed objects.
+Hydra and `instantiate` live here only; the core takes typed objects (the config validated by
+:func:`clipfair.schema.validate`) and the analyses composed from the registry
+(:mod:`clipfair.analyses.compose`); this module names no analysis.
 """
 
 from __future__ import annotations
@@ -66,101 +69,96 @@ def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
                       "model.name_or_path=<hub id or local folder> (model=demo runs the toy on purpose)")
 
 
-def check_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
-    """Validate the whole config against the typed schema (clipfair.schema) before any work."""
+def check_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> "RunConfig":
+    """Validate the whole config against the typed schema (clipfair.schema) before any work;
+    returns the typed config, which is what the core receives."""
     from .schema import validate
 
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    validate(plain, sorted(OmegaConf.missing_keys(cfg)))
+    run = validate(plain, sorted(OmegaConf.missing_keys(cfg)))
     _require_model(plain, overrides)
+    return run
+
+
+def _analyses(cfg: DictConfig, run: Any, dataset: Any) -> list[Any]:
+    """The run's analyses, composed from the registry (clipfair.analyses.compose): the
+    ``analyses:`` mapping and today's shorthand keys. Run-level inputs an analysis takes as an
+    object are built here, at the edge: a linear probe's train split (Hydra instantiate)."""
+    from hydra.utils import instantiate
+
+    from .analyses import compose
+
+    def probe_train(opts: dict[str, Any]) -> dict[str, Any]:
+        if "train" in opts:
+            return opts
+        if run.probe.train_dataset:
+            train = instantiate(cfg.probe.train_dataset, _convert_="all")
+        else:
+            train = instantiate(cfg.dataset, split=run.probe.train_split, limit=run.probe.train_limit,
+                                _convert_="all")
+        return {**opts, "train": train}
+
+    subset = run.subset
+
+    def card(opts: dict[str, Any]) -> dict[str, Any]:
+        return {**opts, "confidence": float(run.confidence),
+                "image_subset": (f"seeded random {subset.n} (seed {subset.seed})" if subset.n is not None
+                                 else f"all {len(dataset)} images")}
+
+    return compose.build(compose.entries(run), extra={"linear_probe": probe_train, "model_card": card})
 
 
 def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
                     hydra_info: dict[str, Any] | None = None) -> Path:
     """Run one configured experiment and write every output into ``out_dir``.
 
-    Under torchrun or an srun step of several tasks, every process embeds its shard of the
-    images into the shared cache; rank 0 then scores and writes the outputs, the others return
-    without writing anything."""
+    The analyses come from the registry (``analyses:`` and the shorthand keys); this function
+    names none of them. Under torchrun or an srun step of several tasks, every process embeds
+    its shard of the images into the shared cache; rank 0 then scores and writes the outputs,
+    the others return without writing anything."""
     from hydra.utils import instantiate
 
     from . import distributed
     from .outputs import check_run_dir, staged_outputs
-    from .pipeline import check_run, embed_shard, evaluate, write_outputs
+    from .pipeline import check_analyses, check_run, embed_shard, evaluate, write_outputs
     from .record import build_record
     from .taxonomy import load_taxonomies
 
-    from .sensitivity import expand_template_sets
-
-    from .retrieval import load_query_sets, options_from_config
-
-    check_config(cfg, overrides)
-    overwrite = bool(cfg.get("overwrite", False))
-    check_run_dir(out_dir, overwrite)
-    template_sets = _plain(cfg.get("template_sets")) or {}
-    # validate before the slow parts
-    retrieval = options_from_config(_plain(cfg.get("retrieval")), float(cfg.confidence))
-    query_sets = load_query_sets(retrieval.queries) if retrieval is not None else []
-    tax_specs = list(cfg.taxonomies or [])
-    taxonomies = (expand_template_sets(load_taxonomies(tax_specs), template_sets)
-                  if tax_specs or retrieval is None else [])  # retrieval may run on its own
-    card_opts, card_refs = None, None
-    if cfg.get("model_card"):
-        from .model_card import ModelCardOptions, read_references
-
-        card_opts = ModelCardOptions(**{**_plain(cfg.model_card), "confidence": float(cfg.confidence)})
-        card_refs = read_references(card_opts.references)
+    run = check_config(cfg, overrides)
+    check_run_dir(out_dir, run.overwrite)
+    dataset = None  # the analyses' options are validated before the slow parts
     dist = distributed.from_env()
-    dcfg = cfg.get("distributed") or {}
-    distributed.setup(dist, float(dcfg.get("timeout_min", 720)), str(dcfg.get("backend", "auto")))
+    distributed.setup(dist, float(run.distributed.timeout_min), str(run.distributed.backend))
     dataset = instantiate(cfg.dataset, _convert_="all")
-    subset = cfg.get("subset") or {}
-    if subset.get("n") is not None:
-        dataset = dataset.sample(int(subset["n"]), int(subset.get("seed", 0)))
-    slices = check_run(dataset, taxonomies, _slices(cfg.slices))  # before the slow model load
-    if card_refs is not None:
-        from .model_card import check_slices
-
-        check_slices(card_refs, slices)  # e.g. the paper's age bands (dataset.derived)
+    if run.subset.n is not None:
+        dataset = dataset.sample(int(run.subset.n), int(run.subset.seed))
+    analyses = _analyses(cfg, run, dataset)
+    taxonomies = load_taxonomies(run.taxonomies) if run.taxonomies else []
+    for a in analyses:  # e.g. prompt sensitivity's variants taxonomy@set
+        taxonomies = a.adjust_taxonomies(taxonomies)
+    slices = check_run(dataset, taxonomies, _slices(run.slices))  # before the slow model load
+    check_analyses(analyses, dataset, taxonomies, slices, None, float(run.confidence))
     model = instantiate(cfg.model, _convert_="all")
-    cache_dir = cfg.cache.dir if cfg.cache.enabled else None
-    log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies", dataset.name, len(dataset),
-             model.name_or_path, model.device, str(model.dtype).replace("torch.", ""), len(taxonomies))
-    probe_train, probe_options = None, None
-    if cfg.probe.enabled:
-        if cfg.probe.get("train_dataset"):
-            probe_train = instantiate(cfg.probe.train_dataset, _convert_="all")
-        else:
-            probe_train = instantiate(cfg.dataset, split=cfg.probe.train_split, limit=cfg.probe.train_limit,
-                                      _convert_="all")
-        probe_options = {"Cs": list(cfg.probe.Cs), "holdout": float(cfg.probe.holdout),
-                         "features": str(cfg.probe.get("features", "projected")),
-                         "refine_steps_per_decade": int(cfg.probe.get("refine_steps_per_decade", 0)),
-                         "seed": int(cfg.probe.seed), "max_iter": int(cfg.probe.max_iter),
-                         "sweep_max_train": cfg.probe.sweep_max_train}
-    embed_options = {"fast_preprocess": cfg.embed.get("fast_preprocess", "auto"),
-                     "fast_decode": cfg.embed.get("fast_decode", "auto"),
-                     "gpu_decode": cfg.embed.get("gpu_decode", False),
-                     "compile": bool(cfg.embed.get("compile", False))}
-    embed_settings = dict(num_workers=cfg.embed.get("num_workers", "auto"), chunk_size=int(cfg.embed.chunk_size),
-                          on_error=str(cfg.dataset.get("on_error", "raise")), progress=bool(cfg.progress))
+    cache_dir = run.cache.dir if run.cache.enabled else None
+    log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies; analyses: %s", dataset.name, len(dataset),
+             model.name_or_path, model.device, str(model.dtype).replace("torch.", ""), len(taxonomies),
+             ", ".join(a.name for a in analyses))
+    embed_options = {"fast_preprocess": run.embed.fast_preprocess, "fast_decode": run.embed.fast_decode,
+                     "gpu_decode": run.embed.gpu_decode, "compile": bool(run.embed.compile)}
+    embed_settings = dict(num_workers=run.embed.num_workers, chunk_size=int(run.embed.chunk_size),
+                          on_error=str(cfg.dataset.get("on_error", "raise")), progress=bool(run.progress))
     shards = None
     if dist.enabled:  # every rank embeds its shard into the shared cache; rank 0 goes on
-        mine = embed_shard(dataset, model, cache_dir, dist, probe_train=probe_train,
-                           probe_features=(probe_options or {}).get("features", "projected"),
-                           **embed_settings, **embed_options)
+        mine = embed_shard(dataset, model, cache_dir, dist, analyses=analyses, **embed_settings, **embed_options)
         shards = {**dist.describe(), "ranks": distributed.barrier(mine)}  # waits for every rank's shard
         if not dist.is_main:
             log.info("rank %d of %d: shard embedded; rank 0 writes the outputs", dist.rank, dist.world_size)
             return out_dir
     ev = evaluate(dataset, model, taxonomies, cache_dir=cache_dir, slices=slices,
-                  confidence=float(cfg.confidence), probe_train=probe_train, probe_options=probe_options,
-                  disparity_min_n=int(cfg.get("disparity_min_n", 30)), embed_options=embed_options,
-                  disparity_correction=str(cfg.get("disparity_correction", "holm")),
-                  precision_audit=_plain(cfg.get("precision_audit")),
-                  topk=[int(k) for k in (_plain(cfg.get("topk")) or [])],
-                  small_group_n=int(cfg.get("small_group_n", 30)),
-                  retrieval=retrieval, query_sets=query_sets, **embed_settings)
+                  confidence=float(run.confidence), analyses=analyses, config=run,
+                  disparity_min_n=int(run.disparity_min_n), embed_options=embed_options,
+                  disparity_correction=str(run.disparity_correction),
+                  topk=[int(k) for k in run.topk], small_group_n=int(run.small_group_n), **embed_settings)
     if shards is not None and ev.counts.get("images_encoded"):
         log.warning("%d images were not in the cache after every rank's shard and were encoded by rank 0 "
                     "(set embed.fast_decode to true or false so that all ranks decode alike)",
@@ -176,32 +174,9 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
                  "skipped_at_load_items": dataset.skipped_items[:1000]},
         taxonomies=[{**t.to_dict(), "source": t.source, "fingerprint": t.fingerprint()} for t in taxonomies],
         demo=demo, hydra=hydra_info, distributed=shards)
-    compare = _plain(cfg.get("compare")) or None
-    if card_opts is not None:
-        import pandas as pd
-
-        from .model_card import race_scoring_metrics
-
-        # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary
-        ev.metrics = pd.concat([ev.metrics, race_scoring_metrics(
-            ev.predictions, card_opts.taxonomies["race"], slices, float(cfg.confidence))], ignore_index=True)
     # every output goes to a staging folder, moved into out_dir only when all are written
-    with staged_outputs(out_dir, overwrite) as stage:
-        model_card_sections: list[Any] = []
-        if card_opts is not None:  # before write_outputs: report.html holds the card's sections and plots
-            from .model_card import CardContext, padding_statement, write_model_card
-
-            context = CardContext(
-                model=model.name_or_path, dataset=f"{dataset.name} {dataset.source}",
-                padding=padding_statement(dataset.source),
-                image_subset=(f"seeded random {subset['n']} (seed {subset.get('seed', 0)})"
-                              if subset.get("n") is not None else f"all {len(dataset)} images"),
-                templates={t.name: list(t.templates) for t in taxonomies}, demo=demo,
-                linear_probe=ev.info.get("linear_probe") or {}, precision=ev.info.get("precision") or {},
-                extra_choices={"model dtype": str(model.dtype).replace("torch.", "")})
-            _, model_card_sections = write_model_card(ev.predictions, ev.metrics, card_opts, stage, context)
-        write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, compare=compare, slices=slices,
-                      model_card_sections=model_card_sections)
+    with staged_outputs(out_dir, run.overwrite) as stage:
+        write_outputs(ev, stage, record, demo=demo, taxonomies=taxonomies, slices=slices)
     log.info("wrote results to %s", out_dir)
     return out_dir
 
@@ -209,22 +184,21 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
 def _user_error(e: BaseException) -> BaseException | None:
     """The user-facing error (bad data, taxonomy, model, config value) behind ``e``, if any;
     Hydra's instantiate wraps errors raised by the dataset and model loaders."""
-    from .compare import CompareError
     from .data.attributes import LabelError
     from .data.base import DatasetError
     from .data.images import ImageError
-    from .model_card import ModelCardError
     from .models import ModelError
     from .outputs import OutputError, os_error_message
     from .registry import RegistryError
-    from .retrieval import RetrievalError
     from .schema import ConfigError
     from .taxonomy import TaxonomyError
 
     from .distributed import DistributedError
 
+    from .analyses.registry import user_errors
+
     known = (TaxonomyError, DatasetError, LabelError, ImageError, ModelError, RegistryError, ConfigError,
-             OutputError, CompareError, RetrievalError, ModelCardError, DistributedError)
+             OutputError, DistributedError, *user_errors())
     while e is not None:
         if isinstance(e, known):
             return e
@@ -371,6 +345,9 @@ def _cache_cmd(argv: list[str]) -> int:
     return 0
 
 
+#: the commands beside `run` and `cache`: name -> module with main(argv)
+COMMANDS = {"compare": "clipfair.compare", "collect": "clipfair.collect"}
+
 USAGE = """usage: clipfair <command> [args]
 
 commands:
@@ -394,24 +371,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cmd == "cache":
         return _cache_cmd(rest)
-    if cmd == "compare":
-        from .compare import main as compare_main
+    if cmd in COMMANDS:
+        import importlib
 
+        module = importlib.import_module(COMMANDS[cmd])
         try:
-            return compare_main(rest)
-        except Exception as e:  # an unfinished or missing run folder: one line
-            err = _user_error(e)
+            return module.main(rest)
+        except Exception as e:  # an unfinished or missing run folder, a bad option: one line
+            err = _user_error(e) or (e if type(e).__name__ == "CollectError" else None)
             if err is None:
                 raise
             print(f"clipfair: error: {err}", file=sys.stderr)
-            return 2
-    if cmd == "collect":
-        from .collect import CollectError, main as collect_main
-
-        try:
-            return collect_main(rest)
-        except CollectError as e:
-            print(f"clipfair: error: {e}", file=sys.stderr)
             return 2
     print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2

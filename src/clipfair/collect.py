@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 
 from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .metrics import HIGHER_IS_BETTER, METRIC_COLUMNS
+from .analyses.base import HIGHER, LOWER, NEUTRAL
+from .analyses.specs import metric_spec, metric_specs
+from .metrics import METRIC_COLUMNS
 from .outputs import read_csv, write_csv
 from .stats import newcombe_diff
 
@@ -323,8 +325,14 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
     sections.append(Section(f"{metric} across runs", tables))
 
     disp = largest_disparities(table, min_n, confidence)
-    worse = {m: "the lower group is worse off (higher is better)" if up else
-             "whether a higher share is a harm depends on the category" for m, up in HIGHER_IS_BETTER.items()}
+    words = {HIGHER: "the lower group is worse off (higher is better)",
+             LOWER: "the higher group is worse off (lower is better)",
+             NEUTRAL: "neither is worse (no declared direction)"}
+    worse = {}
+    for m in dict.fromkeys(disp["metric"]) if len(disp) else ():
+        s = metric_spec(m)
+        worse[m] = ("whether a higher share is a harm depends on the category" if s is not None and s.direction_from_harm
+                    else words[s.direction] if s is not None else "as the run's metrics.csv states (direction column)")
     rows = [[d.label, f"{d.metric}{f' of {d.category}' if d.category else ''} · {d.taxonomy} · {d.method}", d.slice,
              f"{d.high_group} {_pct(d.high_value)} (n={d.high_n})", f"{d.low_group} {_pct(d.low_value)} (n={d.low_n})",
              f"{100 * d.gap:.1f} [{100 * d.gap_ci_low:.1f}, {100 * d.gap_ci_high:.1f}]",
@@ -362,8 +370,9 @@ def main(argv: Sequence[str]) -> int:
                                  description="Gather finished runs (e.g. a multirun folder) into one table.")
     ap.add_argument("dirs", nargs="+", type=Path, help="folders holding run folders (searched recursively)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: the first folder)")
-    ap.add_argument("--metric", default="accuracy", choices=sorted(HIGHER_IS_BETTER),
-                    help="metric of the runs x groups tables (default accuracy)")
+    ap.add_argument("--metric", default="accuracy",
+                    help="metric of the runs x groups tables (default accuracy; any metric in the runs' "
+                         f"metrics.csv, e.g. {', '.join(sorted(metric_specs()))} or a user analysis's outcome)")
     ap.add_argument("--slice", dest="slices", action="append", default=None,
                     help="slice of the tables, repeatable (default race)")
     ap.add_argument("--taxonomy", dest="taxonomies", action="append", default=None,

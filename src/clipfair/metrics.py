@@ -47,6 +47,10 @@ from scipy.stats import norm
 
 import difflib
 
+from clipfair.analyses.specs import BUILTIN_METRICS
+from clipfair.analyses.specs import direction as spec_direction
+from clipfair.analyses.specs import is_accuracy as spec_is_accuracy
+from clipfair.analyses.specs import is_ranked, kind as spec_kind
 from clipfair.data.attributes import BUILTIN, value_orders
 from clipfair.data.base import SliceError
 
@@ -91,7 +95,7 @@ SMALL_GROUP_N = 30
 METRICS: tuple[str, ...] = ("accuracy", "topk_accuracy", "rate", "label_rate", "worst_group_accuracy")
 #: metrics disparities leave out: worst-group accuracy summarises a slice already, and a
 #: label's share has no declared direction (harm or not), so its groups are not ranked
-UNRANKED_METRICS: frozenset[str] = frozenset({"worst_group_accuracy", "label_rate"})
+UNRANKED_METRICS: frozenset[str] = frozenset(s.name for s in BUILTIN_METRICS if not s.ranked)
 
 #: group order of the built-in FairFace attributes, used when no declared orders are given;
 #: unknown values come after, sorted
@@ -601,6 +605,7 @@ DISPARITY_COLUMNS: tuple[str, ...] = (
     "group", "n", "value", "reference", "reference_n", "reference_value",
     "difference", "ci_low", "ci_high", "ratio", "ratio_ci_low", "ratio_ci_high",
     "p_value", "p_adjusted", "adj_ci_low", "adj_ci_high", "significant", "n_groups", "too_small",
+    "kind",
 )
 
 #: directions in disparities.csv: which value of a metric is better for a group
@@ -609,35 +614,28 @@ HIGHER, LOWER, NEUTRAL = "higher_is_better", "lower_is_better", "neutral"
 WORST_VS_BEST, HIGHEST_VS_LOWEST, TO_OVERALL = "worst_vs_best", "highest_vs_lowest", "to_overall"
 DEFAULT_DISPARITY_MIN_N = 30
 #: the metrics whose direction does not depend on a declaration (True: higher is better);
-#: a rate's direction is the taxonomy's ``harm`` declaration of its category (False here:
-#: "not higher-is-better by itself"; see :func:`metric_direction`). Used by clipfair.collect.
-HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "topk_accuracy": True, "accuracy_race_binary": True,
-                                     "rate": False}
+#: a rate's direction is the taxonomy's ``harm`` declaration of its category. Derived from the
+#: metric registry (:mod:`clipfair.analyses.specs`), kept for readers of this name.
+HIGHER_IS_BETTER: dict[str, bool] = {s.name: s.direction == HIGHER for s in BUILTIN_METRICS
+                                     if s.kind == "proportion" and s.ranked}
 #: metrics that already summarise a slice in one row (e.g. ``worst_group_accuracy``): no
 #: differences between groups are computed for them
 SLICE_SUMMARY_PREFIX = "worst_group"
 
 
 def is_accuracy_metric(metric: str) -> bool:
-    """``accuracy`` and its kinds (``top5_accuracy``, ``accuracy_race_binary``, ...)."""
-    return "accuracy" in str(metric).split("_")
+    """An accuracy-like metric (``accuracy``, ``topk_accuracy``, ``accuracy_race_binary``, ...),
+    as the metric registry declares it."""
+    return spec_is_accuracy(str(metric))
 
 
 def metric_direction(metric: str, category: str, harms: Mapping[str, bool | None] | None = None) -> str:
-    """Whether higher or lower is better for a group, or neutral (no ranking).
-
-    Accuracies (``accuracy``, ``top5_accuracy``, ``accuracy_race_binary``, ...) are
-    higher-is-better. A rate of a
-    category (``rate``, ``label_rate``) follows the taxonomy's declared direction
-    (``harms[category]``: True = a harm, lower is better; False = higher is better);
-    undeclared categories and unknown metrics are neutral.
+    """Whether higher or lower is better for a group, or neutral (no ranking), from the metric
+    registry: accuracies are higher-is-better; a rate of a category (``rate``, ``label_rate``)
+    follows the taxonomy's declared direction (``harms[category]``: True = a harm, lower is
+    better; False = higher is better); undeclared categories and unknown metrics are neutral.
     """
-    if is_accuracy_metric(metric):
-        return HIGHER
-    h = (harms or {}).get(category)
-    if h is None:
-        return NEUTRAL
-    return LOWER if h else HIGHER
+    return spec_direction(str(metric), category, harms)
 
 
 def _empty_disparities() -> pd.DataFrame:
@@ -681,7 +679,7 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     ``harms``: taxonomy -> category -> harm (see :func:`metric_direction`).
     ``confidence``: default the metrics frame's ``attrs["confidence"]`` or 0.95.
     """
-    from .stats import CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z
+    from .stats import CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z, welch_diff
 
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; choose {', '.join(CORRECTIONS)}")
@@ -695,19 +693,34 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     m = metrics.copy()
     # a metrics CSV read back with pandas turns the empty accuracy category into NaN
     m["category"] = m["category"].astype(object).where(m["category"].notna(), "")
-    m = m[m["value"].notna() & (m["n"] > 0) & ~m["metric"].isin(UNRANKED_METRICS)
+    ranked = np.array([is_ranked(x) for x in m["metric"]], dtype=bool)
+    m = m[m["value"].notna() & (m["n"] > 0) & ranked & ~m["metric"].isin(UNRANKED_METRICS)
           & ~m["metric"].astype(str).str.startswith(SLICE_SUMMARY_PREFIX)].reset_index(drop=True)
+    # the kind (proportion / mean) and a row's direction: the results table's own columns where it
+    # has them (a user analysis's rows), else the metric registry
+    if "kind" not in m.columns:
+        m["kind"] = [spec_kind(x) for x in m["metric"]]
+    m["kind"] = m["kind"].astype(object).where(m["kind"].notna() & (m["kind"].astype(str) != ""),
+                                               [spec_kind(x) for x in m["metric"]])
+    if "sd" not in m.columns:
+        m["sd"] = np.nan
     if "count" not in m.columns:
         m["count"] = np.rint(m["value"].to_numpy(float) * m["n"].to_numpy(float))
+    is_mean = (m["kind"] == "mean").to_numpy()
+    m.loc[is_mean, "count"] = m.loc[is_mean, "value"].astype(float) * m.loc[is_mean, "n"].astype(float)  # sums
+    row_direction = m["direction"] if "direction" in m.columns else None
     keys = ["taxonomy", "method", "metric", "category"]
-    overall = {tuple(k): (float(r["n"]), float(r["count"]), float(r["value"]))
+    overall = {tuple(k): (float(r["n"]), float(r["count"]), float(r["value"]), float(r["sd"]))
                for k, r in zip(m.loc[m["slice"] == "overall", keys].itertuples(index=False, name=None),
-                               m.loc[m["slice"] == "overall", ["n", "count", "value"]].to_dict("records"))}
+                               m.loc[m["slice"] == "overall", ["n", "count", "value", "sd"]].to_dict("records"))}
     m = m[m["slice"] != "overall"]
     rows: list[dict] = []
     for key, part in m.groupby(keys + ["slice"], sort=False, dropna=False):
         tax, meth, metric, cat, sl = key
-        direction = metric_direction(metric, cat, harms.get(tax))
+        given = row_direction.loc[part.index[0]] if row_direction is not None else None
+        direction = (str(given) if isinstance(given, str) and given
+                     else metric_direction(metric, cat, harms.get(tax)))
+        mean_kind = part["kind"].iloc[0] == "mean"
         ok = part[part["n"] >= min_n]
         small = part[part["n"] < min_n]
         base = {"taxonomy": tax, "method": meth, "metric": metric, "category": cat, "direction": direction,
@@ -728,22 +741,33 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
         ra, rb = ok.iloc[a], ok.iloc[b]
         rows.append({**base, "comparison": comp, "group": ra["group"], "n": ra["n"], "x": ra["count"],
                      "value": ra["value"], "reference": rb["group"], "reference_n": rb["n"],
-                     "rx": rb["count"], "reference_value": rb["value"]})
+                     "rx": rb["count"], "reference_value": rb["value"], "kind": "mean" if mean_kind else "proportion",
+                     "sd1": ra["sd"], "sd2": rb["sd"]})
         o = overall.get((tax, meth, metric, cat))
         if o is not None:
-            on, ox, ov = o
+            on, ox, ov, osd = o
             far = int(np.argmax(np.abs(v - ov)))
             rf = ok.iloc[far]
             rest_n, rest_x = on - float(rf["n"]), ox - float(rf["count"])
-            if rest_n > 0 and 0 <= rest_x <= rest_n:
+            if mean_kind and rest_n > 1:
+                # the rest of the units' mean and sd, from the overall and the group's sums of squares
+                n1, m1, s1 = float(rf["n"]), float(rf["value"]), float(rf["sd"])
+                ss = (on - 1) * osd ** 2 + on * ov ** 2 - ((n1 - 1) * s1 ** 2 + n1 * m1 ** 2)
+                rest_mean = rest_x / rest_n
+                rest_var = max((ss - rest_n * rest_mean ** 2) / (rest_n - 1), 0.0)
+                rows.append({**base, "comparison": TO_OVERALL, "group": rf["group"], "n": rf["n"],
+                             "x": rf["count"], "value": rf["value"], "reference": "overall",
+                             "reference_n": on, "rx": ox, "reference_value": ov, "rest_n": rest_n,
+                             "rest_x": rest_x, "kind": "mean", "sd1": s1, "sd2": np.sqrt(rest_var)})
+            elif not mean_kind and rest_n > 0 and 0 <= rest_x <= rest_n:
                 rows.append({**base, "comparison": TO_OVERALL, "group": rf["group"], "n": rf["n"],
                              "x": rf["count"], "value": rf["value"], "reference": "overall",
                              "reference_n": on, "rx": ox, "reference_value": ov,
-                             "rest_n": rest_n, "rest_x": rest_x})
+                             "rest_n": rest_n, "rest_x": rest_x, "kind": "proportion"})
     if not rows:
         return _empty_disparities()
     d = pd.DataFrame(rows)
-    for c in ("n", "x", "reference_n", "rx", "rest_n", "rest_x", "value", "reference_value"):
+    for c in ("n", "x", "reference_n", "rx", "rest_n", "rest_x", "value", "reference_value", "sd1", "sd2"):
         if c not in d.columns:
             d[c] = np.nan
         d[c] = d[c].astype(float)
@@ -752,6 +776,10 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     n2 = np.where(to_ov, d["rest_n"], d["reference_n"])
     x2 = np.where(to_ov, d["rest_x"], d["rx"])
     n1, x1 = d["n"].to_numpy(float), d["x"].to_numpy(float)
+    mean_rows = (d["kind"] == "mean").to_numpy() if "kind" in d.columns else np.zeros(len(d), bool)
+    if mean_rows.any():  # x holds a mean row's sums: the proportion formulas below get a placeholder
+        mu1, mu2 = x1 / n1, x2 / n2
+        x1, x2 = np.where(mean_rows, 0.0, x1), np.where(mean_rows, 0.0, x2)
     w = np.where(to_ov, n1 / np.where(to_ov, d["reference_n"], 1.0), 0.0)  # group share of overall
     scale = 1.0 - w  # group - overall = (1 - w) * (group - rest)
     lo, hi = newcombe_diff(x1, n1, x2, n2, confidence)
@@ -765,6 +793,13 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
         d["ratio_ci_low"] = np.where(to_ov, to_overall_ratio(rlo), rlo)
         d["ratio_ci_high"] = np.where(to_ov, to_overall_ratio(rhi), rhi)
     d["p_value"] = two_proportion_z(x1, n1, x2, n2)
+    if mean_rows.any():  # means: Welch's difference of means, group vs reference (or vs the rest)
+        s1, s2 = d["sd1"].to_numpy(float), d["sd2"].to_numpy(float)
+        wlo, whi, wp = welch_diff(mu1, s1, n1, mu2, s2, n2, confidence)
+        d.loc[mean_rows, "ci_low"] = (scale * wlo)[mean_rows]
+        d.loc[mean_rows, "ci_high"] = (scale * whi)[mean_rows]
+        d.loc[mean_rows, "p_value"] = wp[mean_rows]
+        d.loc[mean_rows, ["ratio_ci_low", "ratio_ci_high"]] = np.nan
     p_adj = CORRECTIONS[correction](d["p_value"].to_numpy(float))
     d["p_adjusted"] = p_adj
     alpha = 1.0 - float(confidence)
@@ -773,6 +808,10 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     level = adjusted_confidence(correction, confidence, int(tested.sum()), selected)
     alo, ahi = newcombe_diff(x1, n1, x2, n2, level)
     d["adj_ci_low"], d["adj_ci_high"] = scale * alo, scale * ahi
+    if mean_rows.any():
+        walo, wahi, _ = welch_diff(mu1, s1, n1, mu2, s2, n2, level)
+        d.loc[mean_rows, "adj_ci_low"] = (scale * walo)[mean_rows]
+        d.loc[mean_rows, "adj_ci_high"] = (scale * wahi)[mean_rows]
     d["significant"] = (p_adj < alpha) & ((d["adj_ci_low"] > 0) | (d["adj_ci_high"] < 0)).to_numpy()
     out = d.reindex(columns=list(DISPARITY_COLUMNS))
     out["significant"] = out["significant"].astype(bool)

@@ -1,8 +1,10 @@
-"""The one place that wires the stages together.
+"""The one place that wires the stages together (layer: run).
 
-dataset -> image embeddings (cached) -> taxonomy class embeddings -> logits -> predictions
--> per-group metrics -> tables/plots. Everything here takes typed objects; Hydra lives in
-:mod:`clipfair.cli`.
+dataset -> image embeddings (cached, once) -> the configured analyses (composed from the
+registry, :mod:`clipfair.analyses`; this module names none of them) -> one results table
+(classification predictions scored together, other outcomes through the outcome engine) ->
+disparities -> each analysis's files -> report. Everything here takes typed objects; Hydra
+lives in :mod:`clipfair.cli`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from .models import ImageTextModel, Scoring
 from .outputs import write_csv
 from .record import write_json
 from .taxonomy import Taxonomy, check_target
-from .zeroshot import check_prompt_lengths, class_embeddings, zero_shot_predictions
+from .analyses import Analysis, RunContext, build_analysis, get_analysis
+from .analyses import compose
+from .analyses.engine import add_result_columns, outcome_metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,14 @@ class Evaluation:
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-    retrieval: pd.DataFrame | None = None  # clipfair.retrieval's long table, when requested
+    retrieval: pd.DataFrame | None = None  # the retrieval analysis's long table, when requested
     #: confusion counts of target taxonomies (metrics.CONFUSION_COLUMNS)
     confusion: pd.DataFrame | None = None
+    #: the analyses that ran (None: an Evaluation built by hand) and the run context they saw
+    analyses: list[Analysis] | None = None
+    context: RunContext | None = None
+    #: per-unit outcomes of analyses that return them (analysis name -> frame)
+    outcomes: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @contextmanager
@@ -65,12 +74,15 @@ def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxono
                        encode_texts: TextEmbedder, scoring: Scoring,
                        attributes: Sequence[str]) -> pd.DataFrame:
     """Zero-shot predictions for every taxonomy on the same (cached) image embeddings, scored
-    by the model family's own rule."""
-    if not taxonomies:  # e.g. a retrieval-only run
-        return pd.DataFrame(columns=[*PREDICTION_COLUMNS, *attributes])
-    frames = [zero_shot_predictions(table, image_embeddings, class_embeddings(t, encode_texts),
-                                    scoring, attributes) for t in taxonomies]
-    return pd.concat(frames, ignore_index=True)
+    by the model family's own rule (the ``zero_shot`` analysis, called directly)."""
+    ctx = RunContext(table, image_embeddings, attributes=attributes, encode_text=encode_texts,
+                     taxonomies=taxonomies, model=_Scored(scoring))
+    return get_analysis("zero_shot")().run(ctx)
+
+
+@dataclass
+class _Scored:
+    scoring: Scoring
 
 
 def harms(taxonomies: Sequence[Taxonomy]) -> dict[str, dict[str, bool]]:
@@ -81,14 +93,21 @@ def harms(taxonomies: Sequence[Taxonomy]) -> dict[str, dict[str, bool]]:
 def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = M.DEFAULT_SLICES,
           confidence: float = 0.95, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
           disparity_correction: str = "holm", *, orders: dict[str, Sequence[str]] | None = None,
-          topk: Sequence[int] = (), small_n: int = M.SMALL_GROUP_N) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-group metrics, and disparities over groups with at least ``disparity_min_n`` images
-    (directions from the taxonomies' declarations, p-values adjusted over the whole table).
-    ``orders``: the dataset's declared value orders; ``topk``, ``small_n``: see group_metrics."""
+          topk: Sequence[int] = (), small_n: int = M.SMALL_GROUP_N,
+          extra: Sequence[pd.DataFrame] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-group metrics of the classification predictions, and disparities over groups with at
+    least ``disparity_min_n`` images (directions from the metric registry and the taxonomies'
+    declarations, p-values adjusted over the whole table). ``extra``: per-group rows of other
+    analyses (:func:`clipfair.analyses.engine.outcome_metrics`), in the same table and the same
+    adjustment. ``orders``: the dataset's declared value orders; ``topk``, ``small_n``: see
+    group_metrics."""
     cats = {t.name: t.categories for t in taxonomies}
     met = M.group_metrics(predictions, cats, slices=slices, confidence=confidence,
                           labels={t.name: t.labels for t in taxonomies}, orders=orders, topk=topk,
                           small_n=small_n)
+    if extra:
+        met = pd.concat([met, *[e for e in extra if len(e)]], ignore_index=True)
+        met.attrs["confidence"] = float(confidence)
     return met, M.disparities(met, min_n=disparity_min_n, harms=harms(taxonomies), confidence=confidence,
                               correction=disparity_correction)
 
@@ -113,6 +132,17 @@ def check_run(dataset: FaceDataset, taxonomies: Sequence[Taxonomy], slices: Sequ
     return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}")
 
 
+def check_analyses(analyses: Sequence[Analysis], dataset: FaceDataset, taxonomies: Sequence[Taxonomy],
+                   slices: Sequence[Any], model: ImageTextModel | None = None, confidence: float = 0.95) -> None:
+    """Every analysis's own checks before any image is encoded (``model`` None: before the
+    model is loaded; checks that need it wait)."""
+    ctx = RunContext(None, np.zeros((0, 0), np.float32), attributes=dataset.attributes,
+                     orders=dataset.value_orders(), confidence=confidence, slices=slices, model=model,
+                     dataset=dataset, taxonomies=taxonomies)
+    for a in analyses:
+        a.check(ctx)
+
+
 def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[Taxonomy], *,
              cache_dir: Path | str | None = None, slices: Sequence[Any] | str = "auto",
              confidence: float = 0.95, batch_size: int | None = None, num_workers: int | str = 0,
@@ -123,107 +153,119 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
              disparity_correction: str = "holm",
              topk: Sequence[int] = (), small_group_n: int = M.SMALL_GROUP_N,
              retrieval: Any = None, query_sets: Sequence[Any] = (),
-             precision_audit: dict[str, Any] | None = None) -> Evaluation:
-    """Zero-shot evaluation of ``taxonomies`` on ``dataset`` (images encoded once), plus
-    linear probes for every target taxonomy when a ``probe_train`` split is given, plus
-    retrieval bias (:mod:`clipfair.retrieval`) of ``query_sets`` when ``retrieval`` options
-    are given (same image embeddings, same cached text embedder).
+             precision_audit: dict[str, Any] | None = None,
+             analyses: Sequence[Analysis] | None = None, config: Any = None, seed: int = 0) -> Evaluation:
+    """Run ``analyses`` (from the registry, see :mod:`clipfair.analyses.compose`) on ``dataset``
+    with ``model``: the images are encoded once (cached) and every analysis sees the same
+    :class:`~clipfair.analyses.RunContext`. Classification analyses' predictions are scored
+    together (:func:`score`); other analyses' per-unit outcomes go through the outcome engine
+    into the same results table and the same disparities adjustment.
+
+    Without ``analyses``, the keyword spelling composes them: zero-shot of ``taxonomies``, a
+    linear probe when a ``probe_train`` split is given (``probe_options``), retrieval bias of
+    ``query_sets`` when ``retrieval`` options are given, the precision audit with
+    ``precision_audit`` (``{n, seed}``).
     ``slices``: a list, or "auto" (see :func:`clipfair.metrics.resolve_slices`); a slice
     naming an attribute the dataset lacks is an error. ``topk``: k of top-k accuracy;
     ``small_group_n``: groups with fewer images are flagged ``small``.
     ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
-    (fast_preprocess, fast_decode, gpu_decode, compile). ``precision_audit``: ``{n, seed}`` of
-    :func:`clipfair.precision.run_precision_audit` (recorded as ``info["precision"]``)."""
+    (fast_preprocess, fast_decode, gpu_decode, compile). ``config``: the typed run config."""
+    if analyses is None:
+        analyses = compose.legacy(taxonomies, probe_train=probe_train, probe_options=probe_options,
+                                  retrieval=retrieval, query_sets=query_sets, precision_audit=precision_audit)
+    analyses = list(analyses)
     timings: dict[str, float] = {}
     slices = check_run(dataset, taxonomies, slices)
-    for t in [*taxonomies, *(q.as_taxonomy() for q in query_sets)]:  # fail fast, before any image is encoded
-        check_prompt_lengths(t, model.token_count, model.context_length)
-        if t.target and t.target not in dataset.attributes:
-            log.warning("taxonomy %s: dataset %r has no %r attribute (its attributes: %s); evaluated "
-                        "without accuracy", t.name, dataset.name, t.target, ", ".join(dataset.attributes))
+    check_analyses(analyses, dataset, taxonomies, slices, model, confidence)  # before any image is encoded
     if cache_dir is not None and (why := unwritable_reason(cache_dir)) is not None:
         log.warning("cache folder %s cannot be written (%s); running without the cache", cache_dir, why)
         cache_dir = None
     image_store, text_store = open_stores(model, cache_dir)
-    # the same embedding settings for the evaluation split and the probe's train split
+    # the same embedding settings for every split and feature kind an analysis encodes
     embed_kw = dict(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
                     on_error=on_error, progress=progress, stats=stats, **(embed_options or {}))
     with timed(timings, "embed_images"):
         emb: ImageEmbeddings = embed_images(dataset, model, image_store, **embed_kw)
     table = dataset.table.iloc[emb.indices].reset_index(drop=True)
     texts = TextEmbedder(model, text_store, stats)
-    with timed(timings, "zero_shot"):
-        preds = predict_taxonomies(table, emb.embeddings, taxonomies, texts, model.scoring,
-                                   dataset.attributes)
+    orders = dataset.value_orders()
     info: dict[str, Any] = {"embed_images": emb.info,
                             "scoring": {"family": model.family, **model.scoring.describe()}}
-    if precision_audit is not None:
-        from .precision import run_precision_audit
-
-        with timed(timings, "precision_audit"):
-            info["precision"] = run_precision_audit(
-                dataset, model, emb.indices, lambda: {t.name: class_embeddings(t, texts).weights for t in taxonomies},
-                confidence=confidence, **precision_audit)
-    retrieval_table = None
-    if retrieval is not None:
-        from .retrieval import retrieval_bias
-
-        with timed(timings, "retrieval"):
-            retrieval_table = retrieval_bias(table, emb.embeddings, query_sets, texts, retrieval,
-                                             attributes=dataset.attributes)
-        info["retrieval"] = {**retrieval.to_dict(), "query_sets": [
-            {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in query_sets]}
-    skipped = {**dataset.skipped}
-    if probe_train is not None:
-        probe_preds, info["linear_probe"], train_emb = linear_probes(
-            probe_train, model, image_store, table, emb.embeddings, taxonomies, dataset.attributes,
-            timings, embed_kw, probe_options or {}, eval_dataset=dataset, eval_indices=emb.indices)
-        preds = pd.concat([preds, probe_preds], ignore_index=True)
-        for k, v in {**probe_train.skipped, **train_emb.skipped}.items():
-            skipped[f"train_{k}"] = skipped.get(f"train_{k}", 0) + v
-    orders = dataset.value_orders()
+    ctx = RunContext(table, emb.embeddings, attributes=dataset.attributes, orders=orders, encode_text=texts,
+                     config=config, confidence=confidence, seed=seed, progress=progress, slices=slices,
+                     model=model, dataset=dataset, taxonomies=taxonomies, info=info, timings=timings,
+                     services={"embed": lambda ds, encoder=None, store=None: embed_images(
+                         ds, model if encoder is None else encoder, store, **embed_kw),
+                               "image_store": lambda: image_store})
+    ctx.indices = emb.indices
+    ctx.skipped.update(dataset.skipped)
+    prediction_frames: list[pd.DataFrame] = []
+    outcomes: dict[str, pd.DataFrame] = {}
+    for a in analyses:
+        with timed(timings, a.name):
+            res = a.run(ctx)
+        if res is None:
+            continue
+        if a.predictions:
+            prediction_frames.append(res)
+        else:
+            outcomes[a.name] = res
+    preds = (pd.concat(prediction_frames, ignore_index=True) if len(prediction_frames) > 1
+             else prediction_frames[0] if prediction_frames else
+             pd.DataFrame(columns=["image_id", "taxonomy", "method", "predicted_category", *dataset.attributes]))
     with timed(timings, "metrics"):
+        extra = [outcome_metrics(outcomes[a.name], a, slices, orders=orders, confidence=confidence,
+                                 small_n=small_group_n, seed=seed) for a in analyses if a.name in outcomes]
         met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n, disparity_correction,
-                          orders=orders, topk=topk, small_n=small_group_n)
+                          orders=orders, topk=topk, small_n=small_group_n, extra=extra)
+        met = add_result_columns(met, table, slices, analysis={a.method or a.name: a.name for a in analyses},
+                                 harms=harms(taxonomies))
+        if len(met) and topk:  # the k of top-k rows, from the configured k (the category names it for display)
+            ks = {f"top-{int(k)}": int(k) for k in topk}
+            met["k"] = [ks.get(c) if m == "topk_accuracy" else None for m, c in zip(met["metric"], met["category"])]
+            met["k"] = met["k"].astype("Int64")
+        met.attrs["confidence"] = float(confidence)
         conf = confusion(preds, taxonomies, slices, orders)
+    skipped = dict(ctx.skipped)
     for k, v in emb.skipped.items():
         skipped[k] = skipped.get(k, 0) + v
     counts = {"images_in_dataset": len(dataset), "images_evaluated": len(emb.indices),
               "images_encoded": emb.encoded, "images_from_cache": emb.cached,
-              "taxonomies": len(taxonomies)}
-    if probe_train is not None:
-        counts.update(train_images=len(probe_train), train_images_encoded=train_emb.encoded,
-                      train_images_from_cache=train_emb.cached)
+              "taxonomies": len(taxonomies), **ctx.counts}
     info["slices"] = [M.slice_name(s) for s in slices]
-    return Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, retrieval_table,
-                      confusion=conf)
+    info["analyses"] = [a.describe() for a in analyses]
+    ev = Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, confusion=conf,
+                    analyses=analyses, context=ctx, outcomes=outcomes)
+    for a in analyses:
+        a.finish(ev, ctx)
+    ev.retrieval = next((t for a in analyses for n, t in a.tables().items() if n == "retrieval"), None)
+    return ev
 
 
 def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | str | None, dist: Dist, *,
-                probe_train: FaceDataset | None = None, probe_features: str = "projected",
+                analyses: Sequence[Analysis] = (), probe_train: FaceDataset | None = None,
+                probe_features: str = "projected",
                 batch_size: int | None = None, **embed_kw: Any) -> dict[str, Any]:
     """The sharding hook of a multi-process run: this process encodes its share of every
-    split it will need (whole batches, round-robin: :func:`clipfair.distributed.shard_indices`)
-    into the shared content-addressed cache: the evaluation split and, with a linear probe, the
-    train split (both through :class:`~clipfair.linear_probe.PreProjectionView` for
-    ``probe_features=pre_projection``, as :func:`linear_probes` encodes them). After a barrier,
-    rank 0 runs :func:`evaluate`, which then finds every embedding in the cache. ``embed_kw``:
-    the keyword arguments of :func:`clipfair.embed.embed_images`. Returns what this rank did."""
+    split the run's analyses will need (whole batches, round-robin:
+    :func:`clipfair.distributed.shard_indices`) into the shared content-addressed cache: the
+    evaluation split and each analysis's :meth:`~clipfair.analyses.Analysis.embed_jobs` (e.g. a
+    linear probe's train split, pre-projection features). After a barrier, rank 0 runs
+    :func:`evaluate`, which then finds every embedding in the cache. ``probe_train`` /
+    ``probe_features``: the keyword spelling of a linear probe's jobs. ``embed_kw``: the keyword
+    arguments of :func:`clipfair.embed.embed_images`. Returns what this rank did."""
     why = "the cache is off" if cache_dir is None else unwritable_reason(cache_dir)
     if why is not None:
         raise DistributedError(
             f"a run over {dist.world_size} processes shares embeddings through the cache, but {why}: set "
             "cache.enabled=true and cache.dir to a folder every process can write")
     image_store, _ = open_stores(model, cache_dir)
+    analyses = list(analyses)
+    if probe_train is not None:
+        analyses.append(build_analysis("linear_probe", {"train": probe_train, "features": probe_features}))
     jobs: list[tuple[FaceDataset, Any, Any]] = [(dataset, model, image_store)]
-    if probe_train is not None and probe_features == "pre_projection":
-        from .embed import _variant_store
-        from .linear_probe import PreProjectionView
-
-        view, fstore = PreProjectionView(model), _variant_store(image_store, {"features": probe_features})
-        jobs += [(dataset, view, fstore), (probe_train, view, fstore)]
-    elif probe_train is not None:
-        jobs.append((probe_train, model, image_store))
+    for a in analyses:
+        jobs += a.embed_jobs(dataset, model, image_store)
     bs = int(batch_size or model.batch_size)
     done: list[dict[str, Any]] = []
     for ds, encoder, store in jobs:
@@ -242,54 +284,6 @@ def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | s
                 entry["unreadable"] = True  # a shard of only unreadable images; rank 0 reports them
         done.append(entry)
     return {"rank": dist.rank, "batch_size": bs, "shards": done}
-
-
-def linear_probes(train: FaceDataset, model: ImageTextModel, store: Any, eval_table: pd.DataFrame,
-                  eval_embeddings: np.ndarray, taxonomies: Sequence[Taxonomy], attributes: Sequence[str],
-                  timings: dict[str, float], embed_kw: dict[str, Any], options: dict[str, Any],
-                  eval_dataset: FaceDataset | None = None,
-                  eval_indices: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[str, Any], ImageEmbeddings]:
-    """Fit a probe per target taxonomy on ``train``'s (cached) features; predict eval.
-    ``options["features"]``: ``projected`` (the zero-shot embeddings, L2-normalised) or
-    ``pre_projection`` (the image tower's output before the projection, unnormalised; both
-    splits are encoded once more through :class:`~clipfair.linear_probe.PreProjectionView`)."""
-    from .embed import _variant_store
-    from .linear_probe import FEATURES, PreProjectionView, fit_probe, probe_predictions
-
-    targets = [t for t in taxonomies if t.target]
-    if not targets:
-        raise ValueError("linear probe requested but no taxonomy has a target (e.g. fairface_race)")
-    options = dict(options)
-    features = str(options.pop("features", "projected"))
-    if features not in FEATURES:
-        raise ValueError(f"probe.features must be one of {', '.join(FEATURES)}, got {features!r}")
-    encoder, fstore, eval_feats = model, store, eval_embeddings
-    if features == "pre_projection":
-        encoder = PreProjectionView(model)
-        fstore = _variant_store(store, {"features": features}) if store is not None else None
-        if eval_dataset is None or eval_indices is None:
-            raise ValueError("probe.features=pre_projection needs the evaluation dataset")
-        with timed(timings, "embed_eval_pre_projection"):
-            eemb = embed_images(eval_dataset, encoder, fstore, **embed_kw)
-        pos = {int(i): j for j, i in enumerate(eemb.indices)}
-        eval_feats = eemb.embeddings[[pos[int(i)] for i in eval_indices]]
-    with timed(timings, "embed_train"):
-        temb = embed_images(train, encoder, fstore, **embed_kw)
-    ttable = train.table.iloc[temb.indices].reset_index(drop=True)
-    frames, info = [], {"n_train_images": int(len(temb.indices)), "features": features}
-    with timed(timings, "linear_probe"):
-        for t in targets:
-            if t.target not in ttable.columns or t.target not in eval_table.columns:
-                log.warning("linear probe for %s skipped: the dataset has no %r column", t.name, t.target)
-                info[t.name] = {"skipped": f"the dataset has no {t.target!r} column"}
-                continue
-            fit = fit_probe(t, temb.embeddings, ttable[t.target].tolist(), features=features,
-                            normalize=features == "projected", **options)
-            frames.append(probe_predictions(fit, eval_table, eval_feats, attributes))
-            info[t.name] = {"C": fit.C, "holdout_accuracy": fit.holdout_accuracy, "n_train": fit.n_train,
-                            "fit_seconds": round(fit.fit_seconds, 3), **fit.info}
-    preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "taxonomy"])
-    return preds, info, temb
 
 
 def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[Taxonomy] = (),
@@ -338,50 +332,19 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
         harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target})
 
 
-def variant_analyses(ev: Evaluation, taxonomies: Sequence[Taxonomy], out_dir: Path,
-                     compare: dict[str, Any] | None = None,
-                     slices: Sequence[Any] = M.DEFAULT_SLICES, model: str = "") -> tuple[list[Path], list["Section"]]:
-    """Comparison of taxonomy variants (when ``compare`` is given) and prompt sensitivity
-    (when taxonomies were expanded over template sets). Returns paths and report sections."""
-    from .compare import compare_paired, comparison_sections, plot_keys, write_comparison
-    from .sensitivity import write_sensitivity
-
-    written: list[Path] = []
-    sections: list[Any] = []
-    confidence = float(ev.metrics.attrs.get("confidence", 0.95))
-    if compare:
-        names = [t.name for t in taxonomies]
-        baseline = compare.get("baseline") or names[0]
-        variants = compare.get("variants") or [n for n in names if n != baseline]
-        for n in [baseline, *variants]:
-            if n not in names:
-                raise ValueError(f"compare: taxonomy {n!r} is not in this run; taxonomies: {', '.join(names)}")
-        correction, alpha = compare.get("correction", "holm"), float(compare.get("alpha", 0.05))
-        with timed(ev.timings, "compare"):
-            cmp = compare_paired(ev.predictions, baseline, variants, {t.name: t.categories for t in taxonomies},
-                                 slices, correction=correction, alpha=alpha, confidence=confidence)
-            written += write_comparison(cmp, out_dir, correction, alpha, model=model)
-        sections += comparison_sections(cmp, correction, alpha, max_rows=15, images=plot_keys(cmp))
-    with timed(ev.timings, "sensitivity"):
-        paths, secs = write_sensitivity(ev.metrics, out_dir, harms=harms(taxonomies), confidence=confidence,
-                                        model=model,
-                                        min_n=int(ev.disparities.attrs.get("min_n", M.DEFAULT_DISPARITY_MIN_N)))
-    written += paths
-    sections += secs
-    return written, sections
-
-
 def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False,
                   taxonomies: Sequence[Taxonomy] = (), compare: dict[str, Any] | None = None,
                   slices: Sequence[Any] = M.DEFAULT_SLICES,
                   model_card_sections: Sequence[Any] = ()) -> list[Path]:
-    """predictions.parquet, metrics.csv, disparities.csv, plots, summary.md, report.html,
-    run.json, and, for variant runs, comparison.* and sensitivity.* files.
+    """predictions.parquet, metrics.csv, disparities.csv, confusion.csv, plots, summary.md,
+    report.html, run.json, and every analysis's own files and report sections
+    (:meth:`clipfair.analyses.Analysis.write`: comparison.*, sensitivity.*, retrieval.*,
+    model_card.*, a user analysis's tables ...).
 
-    ``model_card_sections``: the model card as report sections (from
-    :func:`clipfair.model_card.write_model_card`); they go into ``report.html`` only, under one
-    heading, beside ``model_card.md``.
-    Plots already in ``out_dir`` (e.g. the model card's) are shown in ``report.html`` too."""
+    ``compare``: the keyword spelling of the variant comparison (for an Evaluation whose
+    analyses do not include it); ``model_card_sections``: report sections shown in report.html
+    only, under one heading. Plots already in ``out_dir`` are shown in ``report.html`` too."""
+    from .confusion import write_confusion_plots
     from .document import Section
     from .report import write_report
 
@@ -398,23 +361,24 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
         write_csv(df, out / name)
         written.append(out / name)
     ctx = report_context(ev, record, taxonomies, demo)
-    extra, sections = variant_analyses(ev, taxonomies, out, compare, slices, model=ctx.model)
-    if ev.confusion is not None and len(ev.confusion):  # before the report: report.html shows the plots
-        from .confusion import write_confusion_plots
-
+    analyses = list(ev.analyses) if ev.analyses is not None else [build_analysis("prompt_sensitivity", {})]
+    if compare and not any(a.name == "variant_comparison" for a in analyses):
+        analyses.insert(0, build_analysis("variant_comparison", dict(compare)))
+    run_ctx = ev.context or RunContext(None, np.zeros((0, 0), np.float32), attributes=[],
+                                       confidence=float(ev.metrics.attrs.get("confidence", 0.95)), slices=slices,
+                                       taxonomies=taxonomies)
+    if not run_ctx.taxonomies:
+        run_ctx.taxonomies = list(taxonomies)
+    sections: list[Any] = []
+    html_only: list[Section] = []  # sections with a file of their own, also shown in report.html
+    for a in analyses:  # before the report: report.html shows their plots and sections
+        w = a.write(out, ev, run_ctx, ctx)
+        written += w.paths
+        sections += w.sections
+        html_only += w.html_sections
+    if ev.confusion is not None and len(ev.confusion):
         with timed(ev.timings, "report"):
             written += write_confusion_plots(ev.confusion, ev.metrics, out, {t.name: t.labels for t in taxonomies})
-    written += extra
-    html_only: list[Section] = []  # sections with a file of their own, also shown in report.html
-    if ev.retrieval is not None:  # before the report: report.html shows its tables and plots
-        from .report import header_blocks
-        from .retrieval import retrieval_sections, write_retrieval
-
-        with timed(ev.timings, "retrieval_report"):
-            rsec = retrieval_sections(ev.retrieval, out, ev.info.get("retrieval"))
-            written += write_retrieval(ev.retrieval, out, ev.info.get("retrieval"), intro=header_blocks(ctx),
-                                       sections=rsec)
-        html_only += rsec
     if model_card_sections:
         html_only.append(Section("Model card reproduction", list(model_card_sections)))
     with timed(ev.timings, "report"):

@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
 from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from .analyses.specs import metric_spec
 from .metrics import HIGHER, LOWER, METRIC_COLUMNS, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
 
 from .outputs import safe_filename
@@ -124,8 +125,15 @@ def _unique(values: Iterable) -> list:
 
 
 def _acc_mask(m: pd.DataFrame) -> np.ndarray:
-    """Rows of accuracy-like metrics (a boolean array, also for an empty frame)."""
+    """Rows of accuracy-like metrics (a boolean array, also for an empty frame), as the metric
+    registry declares them."""
     return np.array([is_accuracy_metric(x) for x in m["metric"]], dtype=bool)
+
+
+def _share_mask(m: pd.DataFrame) -> np.ndarray:
+    """Rows of category / label shares (the registry's metrics whose direction is the taxonomy's
+    harm declaration); other analyses' outcomes get their own sections."""
+    return np.array([bool((s := metric_spec(x)) and s.direction_from_harm) for x in m["metric"]], dtype=bool)
 
 
 def _n_cell(n, min_n: int) -> str:
@@ -458,7 +466,7 @@ def _rate_taxonomies(rate: pd.DataFrame) -> list[str]:
 def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportContext) -> list[Section]:
     out = []
     ci = _confidence_label(m)
-    for metric in _unique(m.loc[~_acc_mask(m), "metric"]):
+    for metric in _unique(m.loc[_share_mask(m), "metric"]):
         rate = m[m["metric"] == metric]
         taxes = _rate_taxonomies(rate)
         single = [t for t in _unique(rate["taxonomy"]) if t not in taxes]
@@ -553,6 +561,8 @@ def summary_document(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: Repo
     ctx = ctx or ReportContext()
     m = _clean(metrics)
     d = _clean(disparities) if len(disparities) else disparities
+    if len(d) and "kind" in d.columns:  # differences of means are in their analysis's own section
+        d = d[d["kind"].fillna("proportion").astype(str) != "mean"]
     if not ctx.min_n and "min_n" in getattr(disparities, "attrs", {}):
         ctx = replace(ctx, min_n=int(disparities.attrs["min_n"]))
     if len(d) and "comparison" not in d.columns:
@@ -601,7 +611,7 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
                                            else None, metric)
                     written.append(_save(fig, out_dir / name))
                     images[(metric, tax, meth, sl)] = name
-    for metric in _unique(m.loc[~_acc_mask(m), "metric"]):
+    for metric in _unique(m.loc[_share_mask(m), "metric"]):
         rate = m[m["metric"] == metric]
         for tax in _rate_taxonomies(rate):
             methods = _unique(rate.loc[rate["taxonomy"] == tax, "method"])

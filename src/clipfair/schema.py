@@ -67,7 +67,7 @@ class ProbeConfig:
     train_split: str = "train"
     train_dataset: dict[str, Any] | None = None
     train_limit: int | None = None
-    Cs: list[float] = field(default_factory=lambda: [1.0])
+    Cs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])
     holdout: float = 0.2
     seed: int = 0
     max_iter: int = 1000
@@ -184,6 +184,9 @@ class RunConfig:
     progress: bool = True
     overwrite: bool = False
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    #: analyses by name: {name: {options}} (``_target_: my_module.MyAnalysis`` for a user's own;
+    #: null turns a shorthand's analysis off); see clipfair.analyses.compose
+    analyses: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     def check(self, at: str) -> None:
         _require(0 < self.confidence < 1, "confidence", "between 0 and 1 (exclusive), e.g. 0.95", self.confidence)
@@ -192,8 +195,9 @@ class RunConfig:
         _require(self.slices != [], "slices", "'auto' or a non-empty list, e.g. [race, gender, [race, gender]]",
                  self.slices)
         _require(self.small_group_n >= 0, "small_group_n", "a number of images >= 0", self.small_group_n)
-        _require(bool(self.taxonomies) or self.retrieval.enabled, "taxonomies",
-                 "a non-empty list, e.g. [fairface_race] (or retrieval.enabled=true)", self.taxonomies)
+        _require(bool(self.taxonomies) or self.retrieval.enabled or any(v is not None for v in self.analyses.values()),
+                 "taxonomies", "a non-empty list, e.g. [fairface_race] (or retrieval.enabled=true, or analyses)",
+                 self.taxonomies)
 
 
 #: keys of the dataset / model groups checked here; the others are the loader's arguments

@@ -56,6 +56,27 @@ def newcombe_diff(x1, n1, x2, n2, confidence: float = 0.95):
     return np.clip(low, -1.0, 1.0), np.clip(high, -1.0, 1.0)
 
 
+def welch_diff(m1, s1, n1, m2, s2, n2, confidence: float = 0.95):
+    """(low, high, p) of Welch's interval and two-sided t-test for a difference of means
+    ``m1 - m2`` (standard deviations ``s1``, ``s2``; NaN where a group has fewer than 2 units)."""
+    from scipy.stats import t as t_dist
+
+    m1, s1, n1, m2, s2, n2 = _arrays(m1, s1, n1, m2, s2, n2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v1, v2 = s1 ** 2 / n1, s2 ** 2 / n2
+        se = np.sqrt(v1 + v2)
+        df = (v1 + v2) ** 2 / (v1 ** 2 / (n1 - 1) + v2 ** 2 / (n2 - 1))
+        d = m1 - m2
+        q = t_dist.ppf(0.5 + float(confidence) / 2.0, df)
+        p = 2.0 * t_dist.sf(np.abs(d / se), df)
+    bad = (n1 < 2) | (n2 < 2) | ~np.isfinite(se)
+    zero = ~bad & (se == 0)  # no spread at all: the difference is exact
+    low, high = np.where(zero, d, d - q * se), np.where(zero, d, d + q * se)
+    p = np.where(zero, np.where(d == 0, 1.0, 0.0), p)
+    nan = np.full_like(d, np.nan)
+    return np.where(bad, nan, low), np.where(bad, nan, high), np.where(bad, nan, p)
+
+
 def newcombe_paired_diff(a, b, c, d, confidence: float = 0.95):
     """(low, high) for ``p1 - p2`` on paired items: ``a`` both 1, ``b`` first 1 second 0,
     ``c`` first 0 second 1, ``d`` both 0; ``p1 = (a+b)/n``, ``p2 = (a+c)/n``

@@ -1,0 +1,273 @@
+"""The analysis contract (layer: analyses; depends on nothing above it).
+
+An *analysis* is one kind of evaluation (zero-shot classification, linear probe, retrieval bias,
+a user's own ...). It declares what it needs (:class:`Needs`) and the outcomes it measures
+(:class:`MetricSpec`), and returns per-unit outcomes from :meth:`Analysis.run`; the core
+(:mod:`clipfair.analyses.engine`) turns those into per-group rows of ``metrics.csv`` with
+intervals, rows of ``disparities.csv``, a report section and ``clipfair collect`` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+HIGHER, LOWER, NEUTRAL = "higher_is_better", "lower_is_better", "neutral"
+DIRECTIONS = (HIGHER, LOWER, NEUTRAL)
+PROPORTION, MEAN = "proportion", "mean"
+KINDS = (PROPORTION, MEAN)
+#: interval methods of a mean outcome's per-group rows
+MEAN_INTERVALS = ("t", "bootstrap")
+
+
+class AnalysisError(ValueError):
+    """A misdeclared or misbehaving analysis (one line naming the analysis and what to fix)."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One measured quantity.
+
+    ``direction``: which value is better for a group (``higher_is_better``, ``lower_is_better``,
+    ``neutral``: groups are compared highest vs lowest, never ranked as worse or better).
+    ``kind``: ``proportion`` (0/1 per unit; Wilson intervals per group, Newcombe intervals of
+    differences) or ``mean`` (a real number per unit; per-group interval by ``interval``, ``t``
+    or ``bootstrap``; Welch intervals of differences).
+    ``direction_from_harm``: the direction is the taxonomy's ``harm`` declaration of the row's
+    category (a harm: lower is better; declared not a harm: higher is better; undeclared:
+    ``direction``), as for the built-in ``rate``.
+    ``ranked``: False leaves the metric out of disparities (e.g. ``label_rate``, or a summary
+    of a slice such as ``worst_group_accuracy``).
+    """
+
+    name: str
+    direction: str
+    kind: str
+    description: str = ""
+    interval: str = ""  # proportion: "wilson"; mean: "t" (default) or "bootstrap"
+    direction_from_harm: bool = False
+    ranked: bool = True
+    #: an accuracy-like metric (report's accuracy sections, compare's accuracy rows)
+    accuracy: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise AnalysisError(f"MetricSpec needs a non-empty name, got {self.name!r}")
+        if self.direction not in DIRECTIONS:
+            raise AnalysisError(f"metric {self.name!r}: direction must be one of {', '.join(DIRECTIONS)}, "
+                                f"got {self.direction!r}")
+        if self.kind not in KINDS:
+            raise AnalysisError(f"metric {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind == MEAN and self.interval not in ("", *MEAN_INTERVALS):
+            raise AnalysisError(f"metric {self.name!r}: a mean's interval is one of {', '.join(MEAN_INTERVALS)}, "
+                                f"got {self.interval!r}")
+        if self.kind == PROPORTION and self.interval not in ("", "wilson"):
+            raise AnalysisError(f"metric {self.name!r}: a proportion's interval is wilson, got {self.interval!r}")
+        if not self.interval:
+            object.__setattr__(self, "interval", "wilson" if self.kind == PROPORTION else "t")
+
+    def resolve_direction(self, category: str = "", harms: Mapping[str, bool | None] | None = None) -> str:
+        """The direction of one row: the declared harm of ``category`` when the spec says so."""
+        if self.direction_from_harm:
+            h = (harms or {}).get(category)
+            if h is not None:
+                return LOWER if h else HIGHER
+        return self.direction
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an analysis needs from the run; the run computes each shared input once.
+
+    ``image_embeddings``: ``projected`` (the model's L2-normalised image embeddings, in
+    :attr:`RunContext.image_embeddings`), ``pre_projection`` (also the image tower's output
+    before the projection, :meth:`RunContext.features`), or ``none``.
+    ``splits``: the dataset splits it reads (``eval``; ``train`` for e.g. a probe's training
+    set: :meth:`RunContext.train`). ``text``: whether it encodes text (:meth:`RunContext.encode_text`).
+    """
+
+    image_embeddings: str = "projected"
+    splits: tuple[str, ...] = ("eval",)
+    text: bool = True
+
+
+class RunContext:
+    """What an analysis sees of the run: the evaluated images and the run's model.
+
+    ``table``: one row per evaluated image, column ``image_id`` and every declared attribute;
+    ``image_embeddings``: L2-normalised, rows aligned with ``table``; ``attributes`` the
+    declared attributes and ``orders`` their value orders; ``encode_text(texts)`` the
+    L2-normalised text embeddings of the run's model (cached). ``config`` is the typed run
+    config (:class:`clipfair.schema.RunConfig`) where the run has one; ``confidence``,
+    ``seed``, ``out_dir``, ``progress`` as configured. ``shared`` holds inputs computed once
+    per run and used by several analyses (e.g. zero-shot predictions): read them through
+    :meth:`get_shared`.
+    """
+
+    def __init__(self, table: pd.DataFrame, image_embeddings: np.ndarray, *, attributes: Sequence[str],
+                 orders: Mapping[str, Sequence[str]] | None = None,
+                 encode_text: Callable[[list[str]], np.ndarray] | None = None,
+                 config: Any = None, confidence: float = 0.95, seed: int = 0, out_dir: Path | None = None,
+                 progress: bool = False, slices: Sequence[Any] = ("overall",), model: Any = None,
+                 dataset: Any = None, taxonomies: Sequence[Any] = (), info: dict[str, Any] | None = None,
+                 timings: dict[str, float] | None = None, services: Mapping[str, Callable[..., Any]] | None = None
+                 ) -> None:
+        self.table = table
+        self.image_embeddings = image_embeddings
+        self.attributes = list(attributes)
+        self.orders = {k: list(v) for k, v in (orders or {}).items()}
+        self._encode = encode_text
+        self._text_cache: dict[str, np.ndarray] = {}
+        self.config = config
+        self.confidence = float(confidence)
+        self.seed = int(seed)
+        self.out_dir = out_dir
+        self.progress = bool(progress)
+        self.slices = list(slices)
+        self.model = model
+        self.dataset = dataset
+        self.taxonomies = list(taxonomies)
+        self.info: dict[str, Any] = info if info is not None else {}
+        self.timings: dict[str, float] = timings if timings is not None else {}
+        self.shared: dict[str, Any] = {}
+        self._services = dict(services or {})
+        #: the run's own tallies (run.json counts / skipped) that analyses add to
+        self.counts: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
+        #: rows of the dataset's table that were evaluated (readable images), aligned with ``table``
+        self.indices: np.ndarray | None = None
+        #: the run's cached text embedder (raw model output; ``encode_text`` L2-normalises)
+        self.text_embedder: Callable[[list[str]], np.ndarray] | None = encode_text
+        self.options: dict[str, Any] = {}
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised text embeddings of the run's model, one row per text (cached)."""
+        if self._encode is None:
+            raise AnalysisError("this run has no text encoder")
+        texts = [str(t) for t in texts]
+        todo = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if todo:
+            emb = np.asarray(self._encode(todo), dtype=np.float32)
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+            self._text_cache.update(zip(todo, emb))
+        if not texts:
+            return np.zeros((0, self.image_embeddings.shape[1] if self.image_embeddings.ndim == 2 else 0),
+                            dtype=np.float32)
+        return np.stack([self._text_cache[t] for t in texts])
+
+    def get_shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A shared input, computed once per run by the first analysis that asks for it."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
+
+    def service(self, name: str) -> Callable[..., Any]:
+        """A run service (e.g. ``train`` for the probe's training split, ``features`` for
+        pre-projection features), provided by the pipeline according to :class:`Needs`."""
+        try:
+            return self._services[name]
+        except KeyError:
+            raise AnalysisError(f"this run provides no {name!r}; declare it in the analysis's needs") from None
+
+
+@dataclass
+class Written:
+    """What an analysis wrote: files, report sections (summary.md and report.html) and
+    sections shown in report.html only (beside a document of their own)."""
+
+    paths: list[Path] = field(default_factory=list)
+    sections: list[Any] = field(default_factory=list)
+    html_sections: list[Any] = field(default_factory=list)
+
+
+class Analysis:
+    """Base class of every analysis (see the module docstring and docs/analyses.md).
+
+    Subclasses set ``name`` and ``outcomes``, take their options (config
+    ``analyses.<name>.{...}``) as keyword arguments, and implement :meth:`run`.
+    """
+
+    name: ClassVar[str] = ""
+    outcomes: ClassVar[list[MetricSpec]] = []
+    #: the unit column of run()'s frame (one row per unit)
+    unit: ClassVar[str] = "image_id"
+    needs: ClassVar[Needs] = Needs()
+    #: the ``taxonomy`` / ``method`` key columns of this analysis's metrics rows (default: its name)
+    taxonomy: ClassVar[str | None] = None
+    method: ClassVar[str | None] = None
+
+    #: run() returns classification predictions (one row per image x taxonomy x method, the
+    #: columns of predictions.parquet) scored by the core's classification metrics, instead of
+    #: per-unit outcomes
+    predictions: ClassVar[bool] = False
+    #: exception types this analysis raises for a user's mistake (the CLI prints them on one line)
+    errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)
+
+    # ------------------------------------------------------------------ optional lifecycle hooks
+    def adjust_taxonomies(self, taxonomies: list[Any]) -> list[Any]:
+        """The run's taxonomies as this analysis needs them (e.g. expanded over template sets);
+        called once, before anything is checked or encoded."""
+        return taxonomies
+
+    def check(self, ctx: "RunContext") -> None:
+        """Checks before any image is encoded (``ctx.table`` and ``ctx.image_embeddings`` are
+        not there yet): raise a one-line error for a configuration that cannot run."""
+
+    def embed_jobs(self, dataset: Any, model: Any, store: Any) -> list[tuple[Any, Any, Any]]:
+        """``(dataset, encoder, store)`` that this analysis will encode beyond the evaluation
+        split's projected embeddings (a multi-process run embeds them in shards first)."""
+        return []
+
+    def finish(self, ev: Any, ctx: "RunContext") -> None:
+        """After the core scored every analysis (``ev.metrics`` / ``ev.disparities`` are there):
+        analyses that read other analyses' results (comparison, model card) do their work here."""
+
+    def write(self, out_dir: Path, ev: Any, ctx: "RunContext", report: Any) -> "Written":
+        """Write this analysis's files into ``out_dir`` and return them with its report sections.
+        Default: :meth:`tables` as ``<name>.csv`` and the generic section of its outcomes."""
+        from ..outputs import write_csv
+        from .engine import analysis_sections
+
+        paths = []
+        for name, df in self.tables().items():
+            path = Path(out_dir) / f"{name}.csv"
+            write_csv(df, path)
+            paths.append(path)
+        sections = [*analysis_sections(self, ev.metrics, ev.disparities), *self.report_sections(ev)]
+        return Written(paths, sections)
+
+    def run(self, ctx: RunContext) -> pd.DataFrame | None:
+        """Per-unit outcomes: the unit column, the attribute columns it carries and one column per
+        declared outcome (0/1 for a proportion, a real number for a mean; NaN: not measured).
+        Analyses that write their own tables only may return None."""
+        raise NotImplementedError
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Extra long tables this analysis writes (``<name>.csv``), after :meth:`run`."""
+        return {}
+
+    def report_sections(self, results: Any) -> list[Any]:
+        """Optional extra report blocks (:mod:`clipfair.document` sections)."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """What run.json records about this analysis."""
+        return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "options": _jsonable(self.options)}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return repr(x)

@@ -1,0 +1,90 @@
+"""Composing a run's analyses from its config (layer: analyses): the ``analyses:`` mapping
+(``{name: {...options}}``, each with ``_target_`` allowed) and today's shorthand keys
+(``probe.enabled``, ``retrieval.enabled``, ``model_card``, ``template_sets``, ``compare``,
+``precision_audit``), in one order: classification first (its predictions are scored together),
+then the analyses that read other analyses' results."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from .base import Analysis, AnalysisError
+from .registry import build_analysis
+
+#: the order built-in analyses run in; user analyses come after, in config order
+ORDER = ("zero_shot", "linear_probe", "precision_audit", "retrieval_bias", "variant_comparison",
+         "prompt_sensitivity", "model_card")
+
+#: probe.* keys that are not the fit's options
+PROBE_RUN_KEYS = ("enabled", "train_split", "train_dataset", "train_limit")
+
+
+def shorthand_entries(cfg: Any) -> dict[str, dict[str, Any]]:
+    """``analyses:`` entries spelt by today's keys of the typed config (:class:`clipfair.schema.RunConfig`)."""
+    from dataclasses import asdict
+
+    out: dict[str, dict[str, Any]] = {}
+    if cfg.taxonomies:
+        out["zero_shot"] = {}
+    if cfg.probe.enabled:
+        out["linear_probe"] = {k: v for k, v in asdict(cfg.probe).items() if k not in PROBE_RUN_KEYS}
+    if cfg.precision_audit is not None:
+        out["precision_audit"] = asdict(cfg.precision_audit)
+    if cfg.retrieval.enabled:
+        out["retrieval_bias"] = {k: v for k, v in asdict(cfg.retrieval).items() if k != "enabled"}
+    if cfg.compare is not None:
+        out["variant_comparison"] = asdict(cfg.compare)
+    if cfg.template_sets or cfg.taxonomies:
+        out["prompt_sensitivity"] = {"template_sets": dict(cfg.template_sets)}
+    if cfg.model_card:
+        out["model_card"] = dict(cfg.model_card)
+    return out
+
+
+def entries(cfg: Any) -> dict[str, dict[str, Any]]:
+    """Every analysis entry of a run: the shorthands, then ``analyses:`` (whose entries win;
+    an entry set to null turns a shorthand off)."""
+    out = shorthand_entries(cfg)
+    for key, opts in (getattr(cfg, "analyses", None) or {}).items():
+        if opts is None or opts is False:
+            out.pop(key, None)
+            continue
+        if opts is True:
+            opts = {}
+        if not isinstance(opts, Mapping):
+            raise AnalysisError(f"analyses.{key} must be a mapping of options (or null), got {opts!r}")
+        out[key] = {**out.get(key, {}), **dict(opts)}
+    return out
+
+
+def build(entries_: Mapping[str, Mapping[str, Any]],
+          extra: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None) -> list[Analysis]:
+    """The analyses of ``entries_`` in run order; ``extra[name](options)`` adds run-level inputs
+    to an entry's options (e.g. the probe's train split, built at the CLI edge)."""
+    keys = [k for k in ORDER if k in entries_] + [k for k in entries_ if k not in ORDER]
+    built = []
+    for key in keys:
+        opts = dict(entries_[key])
+        if extra and key in extra:
+            opts = extra[key](opts)
+        built.append(build_analysis(key, opts))
+    return built
+
+
+def legacy(taxonomies: Sequence[Any], *, probe_train: Any = None, probe_options: Mapping[str, Any] | None = None,
+           retrieval: Any = None, query_sets: Sequence[Any] = (),
+           precision_audit: Mapping[str, Any] | None = None) -> list[Analysis]:
+    """The analyses of :func:`clipfair.pipeline.evaluate`'s keyword spelling (zero-shot always;
+    a linear probe with ``probe_train``; retrieval with ``retrieval`` options; the precision audit)."""
+    e: dict[str, dict[str, Any]] = {"zero_shot": {}}
+    if probe_train is not None:
+        e["linear_probe"] = {**dict(probe_options or {}), "train": probe_train}
+    if precision_audit is not None:
+        e["precision_audit"] = dict(precision_audit)
+    if retrieval is not None:
+        e["retrieval_bias"] = {"options": retrieval, "query_sets": list(query_sets)}
+    e["prompt_sensitivity"] = {}
+    return build(e)
+
+
+__all__ = ["ORDER", "build", "entries", "legacy", "shorthand_entries"]

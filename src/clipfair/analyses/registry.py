@@ -1,0 +1,102 @@
+"""The analysis registry (layer: analyses): names -> :class:`~clipfair.analyses.base.Analysis`
+subclasses. Built-in analyses register when their module is first imported (lazily, like the
+model backends); a user's class is named by its import path (config ``_target_``)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, TypeVar
+
+from ..registry import Registry, RegistryError
+from .base import Analysis, AnalysisError
+
+A = TypeVar("A", bound=type)
+
+ANALYSES: Registry[type[Analysis]] = Registry("analysis")
+
+#: built-in analysis name -> the module that registers it (imported on first lookup)
+BUILTIN_MODULES: dict[str, str] = {
+    "zero_shot": "clipfair.analyses.zero_shot",
+    "linear_probe": "clipfair.analyses.linear_probe",
+    "retrieval_bias": "clipfair.analyses.retrieval_bias",
+    "prompt_sensitivity": "clipfair.analyses.prompt_sensitivity",
+    "variant_comparison": "clipfair.analyses.variant_comparison",
+    "precision_audit": "clipfair.analyses.precision_audit",
+    "model_card": "clipfair.analyses.model_card",
+}
+
+
+def register_analysis(cls: A | None = None, *, name: str | None = None) -> Any:
+    """Class decorator: ``@register_analysis`` registers ``cls`` under ``cls.name``."""
+
+    def deco(c: A) -> A:
+        if not (isinstance(c, type) and issubclass(c, Analysis)):
+            raise AnalysisError(f"{c!r} is not a subclass of clipfair.analyses.Analysis")
+        key = name or c.name
+        if not key:
+            raise AnalysisError(f"analysis class {c.__qualname__} has no name")
+        if key in ANALYSES and ANALYSES.get(key) is c:
+            return c
+        ANALYSES.add(key, c)
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def import_path(path: str) -> Any:
+    """The object at ``package.module.Name`` (one-line errors)."""
+    mod, _, attr = str(path).rpartition(".")
+    if not mod:
+        raise AnalysisError(f"_target_ {path!r} is not an import path like my_module.MyAnalysis")
+    try:
+        module = importlib.import_module(mod)
+    except ImportError as e:
+        raise AnalysisError(f"_target_ {path!r}: cannot import {mod!r} ({e}); put its folder on PYTHONPATH") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise AnalysisError(f"_target_ {path!r}: module {mod!r} has no {attr!r}") from None
+
+
+def get_analysis(name: str) -> type[Analysis]:
+    """The analysis class registered as ``name``, or at the import path ``name``."""
+    if name not in ANALYSES and name in BUILTIN_MODULES:
+        importlib.import_module(BUILTIN_MODULES[name])
+    if name in ANALYSES:
+        return ANALYSES.get(name)
+    if "." in name:
+        cls = import_path(name)
+        if not (isinstance(cls, type) and issubclass(cls, Analysis)):
+            raise AnalysisError(f"_target_ {name!r} is not a subclass of clipfair.analyses.Analysis")
+        return cls
+    raise RegistryError(f"unknown analysis {name!r}; available: {', '.join(available())}; or give "
+                        "_target_: my_module.MyAnalysis")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The user-error types of every built-in and registered analysis (and AnalysisError)."""
+    for name in BUILTIN_MODULES:
+        get_analysis(name)
+    found: list[type[BaseException]] = [AnalysisError]
+    for name in ANALYSES.names():
+        found += [e for e in ANALYSES.get(name).errors if e not in found]
+    return tuple(found)
+
+
+def available() -> list[str]:
+    return sorted({*ANALYSES.names(), *BUILTIN_MODULES})
+
+
+def build_analysis(key: str, options: dict[str, Any] | None) -> Analysis:
+    """An analysis instance from a config entry ``analyses.<key>: {_target_?, ...options}``."""
+    opts = dict(options or {})
+    target = opts.pop("_target_", None)
+    cls = get_analysis(str(target) if target else key)
+    try:
+        return cls(**opts)
+    except TypeError as e:
+        raise AnalysisError(f"analyses.{key}: {e}") from None
+
+
+__all__ = ["ANALYSES", "BUILTIN_MODULES", "available", "user_errors", "build_analysis", "get_analysis", "import_path",
+           "register_analysis"]

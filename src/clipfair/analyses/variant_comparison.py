@@ -1,0 +1,48 @@
+"""Variant comparison (layer: analyses): taxonomy variants of one run compared image by image with
+the baseline (:mod:`clipfair.compare`: paired differences, McNemar tests, comparison.* files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..compare import CompareError
+from .base import Analysis, Needs, RunContext, Written
+from .registry import register_analysis
+
+
+@register_analysis
+class VariantComparison(Analysis):
+    """Each variant taxonomy against the baseline, on the same images."""
+
+    name = "variant_comparison"
+    errors = (CompareError,)
+    needs = Needs(image_embeddings="none", splits=(), text=False)
+
+    def __init__(self, baseline: str | None = None, variants: Sequence[str] | None = None,
+                 correction: str = "holm", alpha: float = 0.05) -> None:
+        super().__init__(baseline=baseline, variants=None if variants is None else list(variants),
+                         correction=correction, alpha=alpha)
+        self.baseline, self.variants = baseline, None if variants is None else list(variants)
+        self.correction, self.alpha = str(correction or "holm"), float(alpha)
+
+    def run(self, ctx: RunContext) -> None:
+        return None
+
+    def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
+        from ..compare import compare_paired, comparison_sections, plot_keys, write_comparison
+        from ..pipeline import timed
+
+        names = [t.name for t in ctx.taxonomies]
+        baseline = self.baseline or names[0]
+        variants = self.variants or [n for n in names if n != baseline]
+        for n in [baseline, *variants]:
+            if n not in names:
+                raise ValueError(f"compare: taxonomy {n!r} is not in this run; taxonomies: {', '.join(names)}")
+        confidence = float(ev.metrics.attrs.get("confidence", ctx.confidence))
+        with timed(ev.timings, "compare"):
+            cmp = compare_paired(ev.predictions, baseline, variants, {t.name: t.categories for t in ctx.taxonomies},
+                                 ctx.slices, correction=self.correction, alpha=self.alpha, confidence=confidence)
+            paths = write_comparison(cmp, out_dir, self.correction, self.alpha, model=report.model)
+        return Written(paths, comparison_sections(cmp, self.correction, self.alpha, max_rows=15,
+                                                  images=plot_keys(cmp)))

@@ -1,0 +1,50 @@
+"""Done-when of issue 20: the outputs of small runs on the demo data equal, in every column they had
+before the analyses refactor, the files recorded from the old code (tests/golden/, made by
+tests/golden/cases.py at commit 6b14feb). New columns may be added; rows and values may not change."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+GOLDEN = Path(__file__).parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+from cases import CASES, run_case  # noqa: E402
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_outputs_equal_the_recorded_ones(case, tmp_path):
+    out = run_case(case, tmp_path / case, tmp_path / "cache")
+    recorded = sorted((GOLDEN / case).glob("*.csv.gz"))
+    assert recorded, f"no recorded outputs for {case}"
+    for gz in recorded:
+        name = gz.name[: -len(".gz")]
+        old = read(gz)
+        assert (out / name).exists(), f"{case}: {name} is no longer written"
+        new = read(out / name)
+        missing = [c for c in old.columns if c not in new.columns]
+        assert not missing, f"{case}/{name}: columns {missing} are gone"
+        assert len(new) == len(old), f"{case}/{name}: {len(new)} rows, recorded {len(old)}"
+        for c in old.columns:
+            diff = (new[c].to_numpy() != old[c].to_numpy())
+            assert not diff.any(), (f"{case}/{name}: column {c!r} differs in {int(diff.sum())} rows, e.g. row "
+                                    f"{int(diff.argmax())}: {new[c].iloc[diff.argmax()]!r} != {old[c].iloc[diff.argmax()]!r}")
+        if name == "metrics.csv":  # the results model's key columns (issue 20, part 3)
+            assert new["analysis"].isin(["zero_shot", "linear_probe", "model_card"]).all()
+            assert (new.loc[new["method"] == "linear_probe", "analysis"] == "linear_probe").all()
+            top = new[new["metric"] == "topk_accuracy"]
+            assert (top["k"] == top["category"].str.removeprefix("top-")).all() and len(top)
+            if case == "sensitivity_probe_retrieval":
+                var = new[new["taxonomy"].str.contains("@")]
+                assert (var["variant_of"] + "@" + var["template_set"] == var["taxonomy"]).all() and len(var)
+                assert (new.loc[~new["taxonomy"].str.contains("@"), "template_set"] == "").all()
+            inter = new[new["slice"] == "race+gender"]
+            assert (inter["race"] + "+" + inter["gender"] == inter["group"]).all() and len(inter)
