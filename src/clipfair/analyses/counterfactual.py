@@ -237,40 +237,55 @@ def set_rows(scores: pd.DataFrame, attrs: Sequence[str]) -> pd.DataFrame:
     member (ties: the first, and ``n_top`` how many tie), its attributes, every member's
     attributes, score and top label, and per varied attribute value its top-member credit
     (``top:<attr>=<value>``: the share of the tied top members with that value) and its share
-    of the members (``share:<attr>=<value>``)."""
-    rows: list[dict[str, Any]] = []
-    for (tax, label, sid), g in scores.groupby(["taxonomy", "label", "set_id"], sort=False):
-        p = g["p"].to_numpy(float)
-        m = len(g)
-        r: dict[str, Any] = {"set_id": sid, "taxonomy": tax, "label": label,
-                             "target_label": g["target_label"].iloc[0], "subject": g["subject"].iloc[0],
-                             "varies": g["varies"].iloc[0], "n_members": m,
-                             "flip": int(g["top_label"].nunique() > 1)}
-        members = ["; ".join(f"{a}={v}" for a in attrs if isinstance((v := row[a]), str) and v)
-                   for row in g[list(attrs)].to_dict("records")]
-        r["members"] = " | ".join(members)
-        r["member_top_labels"] = " | ".join(map(str, g["top_label"]))
-        if np.isfinite(p).all() and m:
-            r["delta_p"] = float(p.max() - p.min())
-            r["member_scores"] = " | ".join(f"{x:.6g}" for x in p)
-            is_top = p == p.max()
-            k = int(is_top.sum())
-            first = int(np.flatnonzero(is_top)[0])
-            r.update(n_top=k, top_member=g["image_id"].iloc[first], top_member_attributes=members[first],
-                     top_score=float(p.max()))
-            for a in attrs:
-                vals = g[a].to_numpy(object)
-                present = [v for v in pd.unique(vals) if isinstance(v, str) and v]
-                if len(present) < 2:
-                    continue  # the attribute does not vary in this set
-                for v in present:
-                    mine = vals == v
-                    r[f"top:{a}={v}"] = float((is_top & mine).sum() / k)
-                    r[f"share:{a}={v}"] = float(mine.sum() / m)
-        else:
-            r["delta_p"] = np.nan
-        rows.append(r)
-    return pd.DataFrame(rows)
+    of the members (``share:<attr>=<value>``). Vectorised over sets (no loop over sets)."""
+    df = scores.reset_index(drop=True)
+    keys = ["taxonomy", "label", "set_id"]
+    gid = df.groupby(keys, sort=False).ngroup().to_numpy()
+    first = pd.Series(np.arange(len(df))).groupby(gid).first().to_numpy()
+    g = df.groupby(gid, sort=True)
+    p = df["p"].to_numpy(float)
+    pmax = g["p"].transform("max").to_numpy(float)
+    pmin = g["p"].transform("min").to_numpy(float)
+    finite = pd.Series(np.isfinite(p)).groupby(gid).all().to_numpy()
+    is_top = np.isfinite(p) & (p == pmax)
+    k = pd.Series(is_top.astype(float)).groupby(gid).transform("sum").to_numpy()
+    member = pd.Series([""] * len(df), dtype=object)
+    for a in attrs:
+        v = df[a]
+        ok = v.notna() & (v.astype(str) != "")
+        part = (a + "=" + v.astype(str)).where(ok, "")
+        member = np.where((member != "") & (part != ""), member + "; " + part, member + part)
+        member = pd.Series(member, dtype=object)
+    out = pd.DataFrame({c: df[c].to_numpy()[first] for c in ["set_id", "taxonomy", "label", "target_label",
+                                                              "subject", "varies"]})
+    out["n_members"] = g.size().to_numpy()
+    out["flip"] = (g["top_label"].nunique().to_numpy() > 1).astype(int)
+    out["members"] = member.groupby(gid).agg(" | ".join).to_numpy()
+    out["member_top_labels"] = df["top_label"].astype(str).groupby(gid).agg(" | ".join).to_numpy()
+    out["delta_p"] = np.where(finite, (pmax - pmin)[first], np.nan)
+    out["member_scores"] = np.where(finite, pd.Series([f"{x:.6g}" for x in p]).groupby(gid).agg(" | ".join)
+                                    .to_numpy(), "")
+    tops = pd.DataFrame({"gid": gid, "i": np.arange(len(df))})[is_top].groupby("gid")["i"].first()
+    top_i = tops.reindex(np.arange(len(out))).to_numpy()
+    has = ~np.isnan(top_i.astype(float))
+    ti = np.where(has, top_i, 0).astype(int)
+    out["n_top"] = np.where(has, k[first], np.nan)
+    out["top_member"] = np.where(has, df["image_id"].to_numpy()[ti], None)
+    out["top_member_attributes"] = np.where(has, member.to_numpy()[ti], None)
+    out["top_score"] = np.where(has, p[ti], np.nan)
+    cols: dict[str, np.ndarray] = {}
+    for a in attrs:
+        v = df[a].where(df[a].notna() & (df[a].astype(str) != ""))
+        varies = (v.groupby(gid).nunique() >= 2).to_numpy() & finite
+        for val in pd.unique(v.dropna()):
+            mine = (v == val).to_numpy()
+            credit = pd.Series((is_top & mine) / np.maximum(k, 1)).groupby(gid).sum().to_numpy()
+            share = pd.Series(mine.astype(float)).groupby(gid).mean().to_numpy()
+            present = pd.Series(mine).groupby(gid).any().to_numpy()
+            use = varies & present
+            cols[f"top:{a}={val}"] = np.where(use, credit, np.nan)
+            cols[f"share:{a}={val}"] = np.where(use, share, np.nan)
+    return pd.concat([out, pd.DataFrame(cols)], axis=1)
 
 
 def _boot(x: np.ndarray, B: int, rng: np.random.Generator, ys: np.ndarray | None = None) -> list[np.ndarray]:
