@@ -39,7 +39,9 @@ def test_outputs_equal_the_recorded_ones(case, tmp_path):
                                     f"{int(diff.argmax())}: {new[c].iloc[diff.argmax()]!r} != {old[c].iloc[diff.argmax()]!r}")
         if name == "metrics.csv":  # the results model's key columns (issue 20, part 3)
             assert new["analysis"].isin(["zero_shot", "linear_probe", "model_card"]).all()
-            assert (new.loc[new["method"] == "linear_probe", "analysis"] == "linear_probe").all()
+            own = new[new["metric"] != "accuracy_race_binary"]  # the model card's rescoring is its own
+            assert (own.loc[own["method"] == "linear_probe", "analysis"] == "linear_probe").all()
+            assert (new.loc[new["metric"] == "accuracy_race_binary", "analysis"] == "model_card").all()
             top = new[new["metric"] == "topk_accuracy"]
             assert (top["k"] == top["category"].str.removeprefix("top-")).all() and len(top)
             if case == "sensitivity_probe_retrieval":

@@ -21,7 +21,6 @@ import pandas as pd
 
 from . import metrics as M
 from .cache import unwritable_reason
-from .data.attributes import PREDICTION_COLUMNS
 from .data.base import FaceDataset
 from .data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices

@@ -63,6 +63,13 @@ def get_analysis(name: str) -> type[Analysis]:
     """The analysis class registered as ``name``, or at the import path ``name``."""
     if name not in ANALYSES and name in BUILTIN_MODULES:
         importlib.import_module(BUILTIN_MODULES[name])
+    elif name not in ANALYSES and name.isidentifier() and name not in _NOT_ANALYSES:
+        # a module of this package named like the analysis registers it on import (a new built-in
+        # analysis is one file in clipfair/analyses/, no edit here)
+        from importlib.util import find_spec
+
+        if find_spec(f"{__package__}.{name}") is not None:
+            importlib.import_module(f"{__package__}.{name}")
     if name in ANALYSES:
         return ANALYSES.get(name)
     if "." in name:
@@ -76,16 +83,31 @@ def get_analysis(name: str) -> type[Analysis]:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The user-error types of every built-in and registered analysis (and AnalysisError)."""
-    for name in BUILTIN_MODULES:
-        get_analysis(name)
+    for name in {*BUILTIN_MODULES, *_package_modules()}:
+        try:
+            get_analysis(name)
+        except Exception:  # a module that registers nothing under its own name
+            continue
     found: list[type[BaseException]] = [AnalysisError]
     for name in ANALYSES.names():
         found += [e for e in ANALYSES.get(name).errors if e not in found]
     return tuple(found)
 
 
+#: modules of this package that are not analyses
+_NOT_ANALYSES = frozenset({"base", "compose", "engine", "registry", "specs"})
+
+
+def _package_modules() -> list[str]:
+    import pkgutil
+    from pathlib import Path
+
+    return [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+            if m.name not in _NOT_ANALYSES and not m.name.startswith("_")]
+
+
 def available() -> list[str]:
-    return sorted({*ANALYSES.names(), *BUILTIN_MODULES})
+    return sorted({*ANALYSES.names(), *BUILTIN_MODULES, *_package_modules()})
 
 
 def build_analysis(key: str, options: dict[str, Any] | None) -> Analysis:

@@ -9,13 +9,12 @@ from typing import Any
 
 import pandas as pd
 
+from ..data.attributes import PREDICTION_COLUMNS
 from .base import Analysis, Needs, RunContext
 from .registry import register_analysis
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ["image_id", "taxonomy", "method", "predicted_label", "predicted_category", "score", "logit",
-                      "true_label", "correct", "true_rank"]
 
 
 @register_analysis
