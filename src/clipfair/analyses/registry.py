@@ -23,7 +23,6 @@ BUILTIN_MODULES: dict[str, str] = {
     "variant_comparison": "clipfair.analyses.variant_comparison",
     "precision_audit": "clipfair.analyses.precision_audit",
     "model_card": "clipfair.analyses.model_card",
-    "counterfactual": "clipfair.analyses.counterfactual",
 }
 
 
