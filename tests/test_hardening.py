@@ -274,7 +274,7 @@ def hostile_run(tmp_path_factory):
             "retrieval.k=[5]", "retrieval.attributes=[tone]", "retrieval.bootstrap.B=0",
             "precision_audit=null"])
     GlobalHydra.instance().clear()
-    out = tmp / "out"
+    out = tmp_path_factory.mktemp("hostile_out") / "out"
     run_from_config(cfg, out, ["model=demo"])
     return out
 

@@ -614,7 +614,8 @@ def test_concurrent_writers_never_corrupt_the_cache(tmp_path):
     chunks = sorted(store.dir.glob("chunk-*.npz"))
     assert len(chunks) == workers * n_chunks
     assert not [f for f in files if f.endswith((".damaged", ".tmp"))], files
-    assert json.loads((store.dir / "meta.json").read_text()) == store.namespace
+    meta = json.loads((store.dir / "meta.json").read_text())
+    assert meta.pop("clipfair_cache") == store.kind and meta == store.namespace  # the entry's marker + namespace
     seen = set()
     for path in chunks:  # every entry and its checksum
         with np.load(path, allow_pickle=False) as z:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -32,6 +33,10 @@ from filelock import FileLock
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # 2: images are decoded with their EXIF orientation applied
+#: every entry's meta.json carries this key (value: the kind of entry); `cache clear` removes
+#: only folders whose meta.json has it, a cache_version and the files the cache writes
+MARKER = "clipfair_cache"
+_ENTRY_FILE = re.compile(r"^(meta\.json|\.lock|chunk-[0-9a-f]{32}\.npz(\.damaged)?|\.(meta\.json|chunk-[0-9a-f]{32}\.npz)\..*\.tmp)$")
 
 
 def default_cache_dir() -> Path:
@@ -114,7 +119,7 @@ class EmbeddingStore:
     def _ensure_meta(self) -> None:
         meta = self.dir / "meta.json"
         if not meta.exists():
-            atomic_write_bytes(meta, json.dumps({**self.info, **self.namespace}, indent=2, sort_keys=True,
+            atomic_write_bytes(meta, json.dumps({**self.info, **self.namespace, MARKER: self.kind}, indent=2, sort_keys=True,
                                                 default=str).encode())
 
     # -- reading -------------------------------------------------------------------------
@@ -216,9 +221,20 @@ class CacheEntry:
     meta: dict[str, Any]
     n_chunks: int
     size_bytes: int
+    recognised: bool = True  # False: a folder that looks like an entry but lacks the cache's marker
 
 
-def list_entries(root: Path | str | None = None) -> list[CacheEntry]:
+def _recognised(d: Path, meta: dict[str, Any], files: list[Path]) -> bool:
+    """A cache entry written by this cache: meta.json with the marker naming its kind folder and a
+    cache_version, and nothing in the folder but the files the cache writes."""
+    return (meta.get(MARKER) == d.parent.name and isinstance(meta.get("cache_version"), int)
+            and all(p.is_file() and not p.is_symlink() and _ENTRY_FILE.match(p.name) for p in d.iterdir())
+            and bool(files))
+
+
+def list_entries(root: Path | str | None = None, unrecognised: bool = False) -> list[CacheEntry]:
+    """The cache's entries under ``root`` (with ``unrecognised``: also folders ``*/*/meta.json``
+    that are not, flagged ``recognised=False``; they are never removed)."""
     root = Path(root) if root else default_cache_dir()
     out = []
     for meta in sorted(root.glob("*/*/meta.json")):
@@ -227,14 +243,19 @@ def list_entries(root: Path | str | None = None) -> list[CacheEntry]:
             m = json.loads(meta.read_text())
         except (OSError, ValueError):
             m = {}
+        m = m if isinstance(m, dict) else {}
         files = [p for p in d.iterdir() if p.is_file()]
-        out.append(CacheEntry(d.parent.name, d, m, sum(p.name.startswith("chunk-") and p.suffix == ".npz"
-                                                       for p in files), sum(p.stat().st_size for p in files)))
+        ok = _recognised(d, m, files)
+        if ok or unrecognised:
+            out.append(CacheEntry(d.parent.name, d, m, sum(p.name.startswith("chunk-") and p.suffix == ".npz"
+                                                           for p in files), sum(p.stat().st_size for p in files),
+                                  ok))
     return out
 
 
 def clear(root: Path | str | None = None, match: str | None = None) -> int:
-    """Remove cache namespaces (all, or those whose meta mentions ``match``). Returns count."""
+    """Remove cache namespaces (all, or those whose meta mentions ``match``). Returns count.
+    Only folders carrying the cache's marker are removed (see :func:`list_entries`)."""
     n = 0
     for e in list_entries(root):
         if match and match not in json.dumps(e.meta) and match not in str(e.path):

@@ -108,6 +108,77 @@ def _analyses(cfg: DictConfig, run: Any, dataset: Any) -> list[Any]:
     return compose.build(compose.entries(run), extra={"linear_probe": probe_train, "model_card": card})
 
 
+def results_places(cfg: Any) -> list[tuple[str, Any, bool]]:
+    """The places a results folder must not be, contain or (where True) lie inside: the dataset
+    roots, the cache folder, the bundled demo folder; and the home folder (is or contains)."""
+    def get(key: str) -> Any:
+        try:
+            return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        except Exception:  # an interpolation that fails here fails in check_config with its message
+            return None
+
+    places: list[tuple[str, Any, bool]] = [("the dataset root", get("dataset.root"), True),
+                                           ("the probe's dataset root", get("probe.train_dataset.root"), True)]
+    for key, what in (("dataset.path", "the dataset"), ("probe.train_dataset.path", "the probe dataset")):
+        local = get(key)  # a CSV file (its folder is the root when root is null) or a local data folder
+        if isinstance(local, str) and local and Path(local).expanduser().exists():
+            p = Path(local).expanduser()
+            places.append((f"{what} folder", p, True) if p.is_dir() else (f"{what} file", p, False))
+            if p.is_file() and get(key.replace(".path", ".root")) is None:
+                places.append((f"{what} image folder", p.parent, True))
+    if get("cache.enabled") and isinstance(get("cache.dir"), str):
+        places.append(("the cache folder", get("cache.dir"), True))
+    places += [("clipfair's bundled demo folder", demo_dir(), True), ("the home folder", Path.home(), False)]
+    return [(w, p, inside) for w, p, inside in places if isinstance(p, (str, Path)) and str(p)]
+
+
+def check_results_folder(cfg: Any, out_dir: Path | str, write_probe: bool = True) -> None:
+    """Before any work: the results folder is in an allowed place and holds nothing but an
+    earlier run's recorded outputs (replaced only with overwrite=true); see clipfair.outputs."""
+    from .outputs import check_location, check_run_dir
+
+    check_location(out_dir, results_places(cfg))
+    check_run_dir(out_dir, bool(OmegaConf.select(cfg, "overwrite", default=False)), write_probe=write_probe)
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra < 1.1
+    _HydraCallback = object  # type: ignore[misc,assignment]
+
+
+class _Refused(BaseException):
+    """Carries a refusal out of a Hydra callback: Hydra turns an Exception raised by a callback
+    into a warning and goes on, so the refusal travels as a BaseException to `_hydra_run`."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class RunDirCheck(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Hydra callback (configs/config.yaml: hydra.callbacks): the results folder is checked
+    before Hydra creates it or writes .hydra/ and the log into it, so a refused run writes
+    nothing there. A sweep's folder is checked for its place (each job's folder again when the
+    job starts)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .outputs import OutputError
+
+        try:
+            check_results_folder(config, str(config.hydra.run.dir), write_probe=False)
+        except OutputError as e:
+            raise _Refused(e) from None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .outputs import OutputError, check_location
+
+        try:
+            check_location(str(config.hydra.sweep.dir), results_places(config))
+        except OutputError as e:
+            raise _Refused(e) from None
+
+
 def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
                     hydra_info: dict[str, Any] | None = None) -> Path:
     """Run one configured experiment and write every output into ``out_dir``.
@@ -119,13 +190,13 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     from hydra.utils import instantiate
 
     from . import distributed
-    from .outputs import check_run_dir, staged_outputs
+    from .outputs import staged_outputs
     from .pipeline import check_analyses, check_run, embed_shard, evaluate, write_outputs
     from .record import build_record
     from .taxonomy import load_taxonomies
 
     run = check_config(cfg, overrides)
-    check_run_dir(out_dir, run.overwrite)
+    check_results_folder(cfg, out_dir)
     dataset = None  # the analyses' options are validated before the slow parts
     dist = distributed.from_env()
     distributed.setup(dist, float(run.distributed.timeout_min), str(run.distributed.backend))
@@ -138,6 +209,11 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         taxonomies = a.adjust_taxonomies(taxonomies)
     slices = check_run(dataset, taxonomies, _slices(run.slices))  # before the slow model load
     check_analyses(analyses, dataset, taxonomies, slices, None, float(run.confidence))
+    for a in analyses:
+        if a.name == "retrieval_bias":  # the bootstrap's memory, before any image is embedded
+            from .retrieval import check_bootstrap_size
+
+            check_bootstrap_size(a.opts, len(dataset))
     model = instantiate(cfg.model, _convert_="all")
     cache_dir = run.cache.dir if run.cache.enabled else None
     log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies; analyses: %s", dataset.name, len(dataset),
@@ -239,8 +315,39 @@ def _hydra_error(e: Exception) -> str:
     key, parent = getattr(c, "key", None), getattr(c, "parent_node", None)
     if "Could not override" in str(e) and key is not None and parent is not None:
         full = str(getattr(c, "full_key", key))
-        return str(unknown_key(str(key), full[: len(full) - len(str(key))], [str(k) for k in parent.keys()]))
-    return " ".join(str(e).split())
+        at, allowed = full[: len(full) - len(str(key))], [str(k) for k in parent.keys()]
+        if not allowed:  # a mapping that is empty in the config, e.g. template_sets: {}
+            mapping = at.rstrip(".")
+            return (f"unknown config key {full}: {mapping} has no keys yet; add keys to a mapping with a leading +, "
+                    f"e.g. '+{mapping}={{{key}: ...}}' or '+{full}=...' (quote the whole override in the shell)")
+        msg = str(unknown_key(str(key), at, allowed))
+        if "did you mean" not in msg:  # e.g. dataset.attributes: a key the group does not have yet
+            msg += f"; to add a new key write '+{full}=...', e.g. '+{full}={{a: b}}' for a mapping"
+        return msg
+    text = " ".join(str(e).split())
+    if "LexerNoViableAltException" in text or "missing EQUAL" in text:
+        text += (" (a value with spaces or non-ASCII characters must be quoted inside the override, and the "
+                 "override quoted for the shell, e.g. 'hydra.run.dir=\"/data/my results\"')")
+    return text
+
+
+def _remove_dead_scratch(tmp: Path) -> None:
+    """Scratch folders of ranks > 0 (``clipfair-rank-<pid>-*``) whose process is gone (a
+    torchrun failure kills them before they clean up)."""
+    import re
+    import shutil
+
+    from .outputs import pid_alive
+
+    try:
+        children = list(tmp.iterdir())
+    except OSError:
+        return
+    for p in children:
+        m = re.match(r"^clipfair-rank-(\d+)-", p.name)
+        if m and p.is_dir() and not p.is_symlink() and p.stat().st_uid == os.getuid() \
+                and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _hydra_run(argv: list[str]) -> None:
@@ -250,6 +357,7 @@ def _hydra_run(argv: list[str]) -> None:
 
     from .collect import FAILED_FILE  # why a job stopped, for `clipfair collect`
     from .distributed import DistributedError, from_env
+    from .outputs import RunDirRefused, _own_failed_note
     from .record import write_json
 
     register_resolvers()
@@ -258,7 +366,8 @@ def _hydra_run(argv: list[str]) -> None:
     def app(cfg: DictConfig) -> None:
         hc = HydraConfig.get()
         out, info = Path(hc.runtime.output_dir), _hydra_info(hc)
-        (out / FAILED_FILE).unlink(missing_ok=True)
+        if _own_failed_note(out / FAILED_FILE):
+            (out / FAILED_FILE).unlink(missing_ok=True)
         try:
             run_from_config(cfg, out, list(hc.overrides.task), hydra_info=info)
         except KeyboardInterrupt:
@@ -266,9 +375,12 @@ def _hydra_run(argv: list[str]) -> None:
             raise SystemExit(130) from None
         except Exception as e:  # a user's mistake gets its message, not a traceback
             err = _user_error(e)
-            write_json(out / FAILED_FILE, {"error": type(err or e).__name__, "message": str(err or e),
-                                           "user_error": err is not None, "overrides": list(hc.overrides.task),
-                                           "hydra": info})
+            # a refused folder gets nothing; an intact earlier run keeps its folder as it was
+            if not isinstance(err, RunDirRefused) and not (out / "run.json").exists():
+                write_json(out / FAILED_FILE, {"error": type(err or e).__name__, "message": str(err or e),
+                                               "user_error": err is not None,
+                                               "overrides": list(hc.overrides.task),
+                                               "hydra": info})
             if err is None:
                 raise
             message = f"clipfair: error: {err}"
@@ -288,7 +400,8 @@ def _hydra_run(argv: list[str]) -> None:
     if rank > 0:  # only rank 0 writes outputs: the others run in a scratch folder
         import tempfile
 
-        scratch = tempfile.mkdtemp(prefix="clipfair-rank-")
+        _remove_dead_scratch(Path(tempfile.gettempdir()))
+        scratch = tempfile.mkdtemp(prefix=f"clipfair-rank-{os.getpid()}-")
         argv = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
         argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}"]
     sys.argv = ["clipfair run", *argv]
@@ -314,6 +427,11 @@ def _hydra_run(argv: list[str]) -> None:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(130) from None
+    except _Refused as e:  # the results folder, refused by RunDirCheck before Hydra made it
+        if full_error:
+            raise e.error from None
+        print(f"clipfair: error: {e.error}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         if not full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -332,16 +450,23 @@ def _cache_cmd(argv: list[str]) -> int:
     p.add_argument("--match", default=None, help="with clear: only entries whose metadata contains this text")
     a = p.parse_args(argv)
     root = Path(a.dir).expanduser() if a.dir else default_cache_dir()
+    found = list_entries(root, unrecognised=True)
+    strangers = [e for e in found if not e.recognised]
     if a.action == "list":
-        entries = list_entries(root)
+        entries = [e for e in found if e.recognised]
         print(f"cache {root}: {len(entries)} entries")
         for e in entries:
             m = e.meta
             print(f"  {e.kind:5s} {e.path.name}  {e.size_bytes / 1e6:8.2f} MB  {e.n_chunks:4d} chunks  "
                   f"model={m.get('model_name', '?')} ({m.get('model', '?')}) dtype={m.get('dtype', '?')}")
-        return 0
-    n = clear(root, a.match)
-    print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} from {root}")
+    else:
+        n = clear(root, a.match)
+        print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} from {root}")
+    if strangers:
+        shown = ", ".join(str(e.path) for e in strangers[:5]) + (f" and {len(strangers) - 5} more"
+                                                                if len(strangers) > 5 else "")
+        print(f"{len(strangers)} folder(s) with a meta.json are not recognised as this cache's entries (no "
+              f"clipfair cache marker, or files the cache does not write) and were left alone: {shown}")
     return 0
 
 

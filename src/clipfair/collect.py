@@ -31,7 +31,8 @@ from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_
 from .analyses.base import HIGHER, LOWER, NEUTRAL
 from .analyses.specs import metric_spec, metric_specs
 from .metrics import METRIC_COLUMNS
-from .outputs import read_csv, write_csv
+from .outputs import write_csv
+from .runfolder import RunFolderError, read_metrics, read_record
 from .stats import newcombe_diff
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,11 @@ def _classify(folder: Path) -> RunFolder:
     if failed is not None:
         return RunFolder(folder, "failed", list(failed.get("overrides") or _hydra_overrides(folder)),
                          message=f"{failed.get('error', 'error')}: {failed.get('message', '')}")
+    if (folder / "run.json").exists():
+        try:
+            read_record(folder)
+        except RunFolderError as e:
+            return RunFolder(folder, "unreadable", _hydra_overrides(folder), message=str(e))
     record = _read_json(folder / "run.json") if (folder / "run.json").exists() else None
     missing = [f for f in OUTPUTS if not (folder / f).is_file()]
     if record is None or missing:
@@ -168,12 +174,7 @@ def _relative(path: Path, base: Path) -> str:
 # --------------------------------------------------------------------------- the table
 
 def _read_metrics(folder: Path) -> pd.DataFrame:
-    m = read_csv(folder / "metrics.csv", keep_default_na=False, na_values={c: [""] for c in
-                                                                          ("n", "count", "value", "ci_low", "ci_high")})
-    missing = [c for c in METRIC_COLUMNS if c not in m.columns]
-    if missing:
-        raise CollectError(f"{folder / 'metrics.csv'}: no column(s) {missing}; was it written by clipfair run?")
-    return m
+    return read_metrics(folder, METRIC_COLUMNS)
 
 
 def collect(dirs: Sequence[Path | str]) -> tuple[pd.DataFrame, list[RunFolder]]:
@@ -185,7 +186,11 @@ def collect(dirs: Sequence[Path | str]) -> tuple[pd.DataFrame, list[RunFolder]]:
     for r in runs:
         if r.status != "finished":
             continue
-        m = _read_metrics(r.path)
+        try:
+            m = _read_metrics(r.path)
+        except RunFolderError as e:  # left out with its one line; the others are collected
+            r.status, r.message = "unreadable", str(e)
+            continue
         labels = {"run": _relative(r.path, base), "label": r.label, "model": r.model, "dataset": r.dataset,
                   "job": r.job, "overrides": " ".join(r.overrides)}
         frames.append(pd.concat([pd.DataFrame({k: [v] * len(m) for k, v in labels.items()}), m], axis=1))
@@ -383,6 +388,10 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--min-n", type=int, default=30, help="smallest group headlined or compared (default 30)")
     ap.add_argument("--confidence", type=float, default=0.95, help="level of the gap intervals (default 0.95)")
     a = ap.parse_args(list(argv))
+    if not 0 < a.confidence < 1:
+        raise CollectError(f"--confidence must be between 0 and 1 (exclusive), e.g. 0.95, got {a.confidence}")
+    if a.min_n < 1:
+        raise CollectError(f"--min-n must be a number of images >= 1, got {a.min_n}")
     res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices or ["race"], taxonomies=a.taxonomies,
                           methods=a.methods, categories=a.categories, min_n=a.min_n, confidence=a.confidence)
     runs = res["runs"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -412,19 +413,56 @@ def taxonomy_difference(base: Run, other: Run, name: str) -> str | None:
     return None
 
 
+#: the metrics.csv columns compare reads
+COMPARE_COLUMNS = ("taxonomy", "method", "metric", "category", "slice", "group", "n", "count", "value")
+
+
 def load_run(run_dir: Path | str) -> Run:
     """A finished run folder (its outputs are moved in only when all are written);
     :class:`clipfair.outputs.OutputError` otherwise."""
     from .outputs import require_finished_run
 
+    from .runfolder import read_metrics, read_record
+
     run_dir = Path(run_dir)
     require_finished_run(run_dir)
+    rec = read_record(run_dir)  # RunFolderError: one line naming the file
+    met = read_metrics(run_dir, COMPARE_COLUMNS).fillna({"category": ""})
     try:
-        rec = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CompareError(f"{run_dir / 'run.json'}: not readable JSON ({e})") from None
-    met = read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"category": ""})
-    return Run(run_dir, pd.read_parquet(run_dir / "predictions.parquet"), met, rec)
+        pred = pd.read_parquet(run_dir / "predictions.parquet")
+    except Exception as e:  # pyarrow raises several types for a damaged or foreign file
+        raise CompareError(f"{run_dir / 'predictions.parquet'}: not readable ({type(e).__name__}); "
+                           "was it written by `clipfair run`?") from None
+    return Run(run_dir, pred, met, rec)
+
+
+def readable_runs(run_dirs: Sequence[Path], method: str = "zero_shot") -> list[Path]:
+    """The run folders that `compare` can read, each other one skipped with a one-line
+    warning naming it and why (CompareError when fewer than two are left). A run without
+    results of ``method`` (e.g. linear_probe without probe.enabled) is an error."""
+    from .outputs import require_finished_run
+    from .runfolder import RunFolderError, read_metrics, read_record
+
+    good, skipped = [], []
+    for d in map(Path, run_dirs):
+        require_finished_run(d)  # an unfinished or missing run: an error, as before
+        try:
+            read_record(d)
+            met = read_metrics(d, COMPARE_COLUMNS)
+        except RunFolderError as e:  # a foreign or damaged run folder: skipped with one line
+            skipped.append(" ".join(str(e).split()))
+            continue
+        methods = sorted(set(met["method"].astype(str)))
+        if method not in methods:
+            hint = " (run with probe.enabled=true)" if method == "linear_probe" else ""
+            raise CompareError(f"--method {method}: {d} has no {method} results{hint}; its methods: "
+                               f"{', '.join(methods) or 'none'}")
+        good.append(d)
+    if skipped and len(good) < 2:
+        raise CompareError(f"{skipped[0]}; fewer than two readable run folders left to compare")
+    for why in skipped:
+        print(f"clipfair: skipped {why}", file=sys.stderr)
+    return good
 
 
 def _label_runs(runs: Sequence[Run]) -> None:
@@ -521,7 +559,8 @@ def main(argv: Sequence[str]) -> int:
     if not 0 < a.confidence < 1 or not 0 < a.alpha < 1:
         raise CompareError("--confidence and --alpha must be between 0 and 1")
     # a user's mistake (CompareError, OutputError) becomes one line in clipfair.cli.main
-    cmp = compare_runs(a.runs, a.baseline, a.correction, a.alpha, a.method, a.confidence,
+    runs = readable_runs(a.runs, a.method)
+    cmp = compare_runs(runs, a.baseline, a.correction, a.alpha, a.method, a.confidence,
                        allow_different_taxonomies=a.allow_different_taxonomies)
     out = a.out or (Path(cmp.attrs["runs"][cmp.attrs["baseline_run"]]) / "compare")
     written = write_comparison(cmp, out, a.correction, a.alpha)

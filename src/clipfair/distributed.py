@@ -80,8 +80,17 @@ def first_host(nodelist: str) -> str:
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Dist:
-    """Rank and world size from torchrun's variables, else SLURM's (an srun step), else one process."""
-    env = os.environ if env is None else env
+    """Rank and world size from torchrun's variables, else SLURM's (an srun step), else one
+    process. A rank outside ``0 .. world size - 1`` is refused (it would wait at the barrier)."""
+    d = _from_env(os.environ if env is None else env)
+    if d.world_size < 1 or not 0 <= d.rank < d.world_size:
+        var = "RANK/WORLD_SIZE" if d.source == "torchrun" else "SLURM_PROCID/SLURM_STEP_NUM_TASKS"
+        raise DistributedError(f"rank {d.rank} is not in a world of {d.world_size} processes ({var}); "
+                               "a rank must be between 0 and the world size - 1: check the launcher's variables")
+    return d
+
+
+def _from_env(env: Mapping[str, str]) -> Dist:
     if "WORLD_SIZE" in env and "RANK" in env:
         return Dist(_int(env, "RANK"), _int(env, "WORLD_SIZE"), int(env.get("LOCAL_RANK", "0")),
                     env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")), "torchrun",

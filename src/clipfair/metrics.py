@@ -176,6 +176,10 @@ def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset")
     out = []
     for s in spec:
         attrs = _slice_attrs(s)
+        twice = sorted({a for a in attrs if attrs.count(a) > 1})
+        if twice:
+            raise SliceError(f"slice {list(attrs)}: names {', '.join(twice)} twice; an intersection crosses "
+                             "different attributes, e.g. [race, gender]: fix the slices setting")
         missing = [a for a in attrs if a not in available]
         if missing:
             hint = difflib.get_close_matches(missing[0], available, n=1)

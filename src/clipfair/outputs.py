@@ -21,15 +21,22 @@ output file name is safe.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
+import logging
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 #: entries of a run folder that are not a run's outputs: Hydra's config copy (.hydra) and log,
 #: hidden files (no output is hidden)
@@ -113,35 +120,217 @@ def os_error_message(e: OSError, writing: Path | str | None = None) -> str | Non
     return None
 
 
-def check_run_dir(run_dir: Path | str, overwrite: bool = False) -> None:
-    """Before any work: refuse ``run_dir`` if it holds another run's outputs (unless
-    ``overwrite``) or if its folder cannot be written (the staging folder goes beside it)."""
+#: run.json's key holding the manifest of the files a run wrote ({relative path: {bytes, sha256}})
+MANIFEST_KEY = "outputs"
+#: files in a run folder that are clipfair's own without a manifest entry: Hydra's job log and
+#: the note `clipfair run` leaves when a job stops (collect reads it)
+_OWN_FILES = ("cli.log", "failed.json")
+_SHOWN = 5  # file names a refusal names before "and N more"
+
+
+class RunDirRefused(OutputError):
+    """A results folder refused before any work (it holds files clipfair did not write, or lies
+    in a place it must not write to); nothing is written into it."""
+
+
+def _shown(names: list[str]) -> str:
+    more = len(names) - _SHOWN
+    return ", ".join(names[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _entries(d: Path) -> list[str]:
+    """Relative paths of the non-hidden files (and empty folders, with a trailing /) under
+    ``d``; anything under a hidden name (.hydra, .DS_Store, ...) is left out."""
+    out = []
+    for root, dirs, files in os.walk(d):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        rel = Path(root).relative_to(d)
+        shown = [f for f in sorted(files) if not f.startswith(".")]
+        out += [(rel / f).as_posix() for f in shown]
+        if rel != Path(".") and not dirs and not files:
+            out.append(rel.as_posix() + "/")
+    return sorted(out)
+
+
+def manifest_of(folder: Path | str) -> dict[str, dict[str, Any]]:
+    """{relative path: {bytes, sha256}} of every file under ``folder`` except run.json (which
+    holds the manifest)."""
+    d = Path(folder)
+    return {rel: {"bytes": (d / rel).stat().st_size, "sha256": _file_sha256(d / rel)}
+            for rel in _entries(d) if rel != "run.json" and not rel.endswith("/")}
+
+
+def write_manifest(folder: Path | str) -> None:
+    """Record in ``folder``/run.json the files the run wrote there (nothing without run.json)."""
+    d = Path(folder)
+    if not (d / "run.json").is_file():
+        return
+    rec = json.loads((d / "run.json").read_text())
+    rec[MANIFEST_KEY] = {"files": manifest_of(d)}
+    (d / "run.json").write_text(json.dumps(rec, indent=2, default=str) + "\n")
+
+
+def read_manifest(folder: Path | str) -> dict[str, dict[str, Any]] | None:
+    """The manifest of the run in ``folder`` (None: no run.json, or one without a manifest)."""
+    p = Path(folder) / "run.json"
+    try:
+        rec = json.loads(p.read_text())
+        files = rec[MANIFEST_KEY]["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        return None
+    return files
+
+
+def _own_failed_note(p: Path) -> bool:
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "user_error" in data and "message" in data
+
+
+def _removable(d: Path, overwrite: bool) -> list[str]:
+    """The files an overwrite of ``d`` removes (its earlier run's manifest files, each
+    unchanged since written); raises RunDirRefused for a folder holding anything else."""
+    entries = _entries(d) if d.is_dir() else []
+    entries = [e for e in entries if not (e == "cli.log" or (e == "failed.json" and _own_failed_note(d / e)))]
+    if not entries:
+        return []
+    manifest = read_manifest(d)
+    if manifest is None:
+        raise RunDirRefused(f"the results folder {d} holds files clipfair did not write ({_shown(entries)}); "
+                            "clipfair never deletes them: choose a new or empty folder with hydra.run.dir=...")
+    others = [e for e in entries if e != "run.json" and e not in manifest]
+    if others:
+        raise RunDirRefused(f"the results folder {d} holds files that are not an earlier run's outputs "
+                            f"({_shown(others)}); clipfair deletes only the files a run recorded writing: "
+                            "move them away or choose a new folder with hydra.run.dir=...")
+    if not overwrite:
+        raise RunDirRefused(f"the results folder {d} already holds another run's outputs ({_shown(entries)}); "
+                            "choose a new folder (hydra.run.dir=...) or set overwrite=true to replace them")
+    changed = [rel for rel, m in manifest.items() if (d / rel).is_file()
+               and ((d / rel).stat().st_size != m.get("bytes") or _file_sha256(d / rel) != m.get("sha256"))]
+    if changed:
+        raise RunDirRefused(f"the results folder {d} holds an earlier run's files that changed since it wrote "
+                            f"them ({_shown(changed)}); clipfair does not delete them: move them away or "
+                            "choose a new folder with hydra.run.dir=...")
+    return [rel for rel in manifest if (d / rel).is_file()] + ["run.json"]
+
+
+def _resolved(p: Path | str) -> Path:
+    return Path(os.path.abspath(Path(p).expanduser()))
+
+
+def check_location(run_dir: Path | str, places: Sequence[tuple[str, Path | str | None, bool]]) -> None:
+    """Refuse a results folder that is or contains one of ``places`` ((what, path, also_inside)),
+    or, where ``also_inside``, lies inside it (e.g. the dataset root, the cache folder)."""
+    d = _resolved(run_dir)
+    dr = Path(os.path.realpath(d))
+    for what, place, inside in places:
+        if not place:
+            continue
+        p = _resolved(place)
+        pr = Path(os.path.realpath(p))
+        for a, b in ((d, p), (dr, pr)):
+            if a == b or a in b.parents:
+                how = "is" if a == b else "contains"
+            elif inside and b in a.parents:
+                how = "lies inside"
+            else:
+                continue
+            raise RunDirRefused(f"the results folder {run_dir} {how} {what} {place}; clipfair writes and "
+                                "replaces files in its results folder: choose another with hydra.run.dir=...")
+
+
+def check_run_dir(run_dir: Path | str, overwrite: bool = False, write_probe: bool = True) -> None:
+    """Before any work: refuse ``run_dir`` if it holds anything but an earlier run's recorded
+    outputs, or those unless ``overwrite``, or if its folder cannot be written (the staging
+    folder goes beside it)."""
     d = Path(run_dir)
     if d.exists() and not d.is_dir():
-        raise OutputError(f"the results folder {d} is a file; choose another with hydra.run.dir=...")
-    old = run_outputs(d)
-    if old and not overwrite:
-        shown = ", ".join(old[:5]) + (", ..." if len(old) > 5 else "")
-        raise OutputError(f"the results folder {d} already holds another run's outputs ({shown}); "
-                          "choose a new folder (hydra.run.dir=...) or set overwrite=true to replace them")
+        raise RunDirRefused(f"the results folder {d} is a file; choose another with hydra.run.dir=...")
+    _removable(d, overwrite)
+    if not write_probe:
+        return
     probe = d.parent / f".clipfair-probe-{uuid.uuid4().hex}"
     try:
         d.mkdir(parents=True, exist_ok=True)
         probe.mkdir()
         probe.rmdir()
     except OSError as e:
-        raise OutputError(f"the results folder {d} cannot be written ({e.strerror or e}); "
-                          "choose another with hydra.run.dir=...") from None
+        raise RunDirRefused(f"the results folder {d} cannot be written ({e.strerror or e}); "
+                            "choose another with hydra.run.dir=...") from None
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_LEFTOVER = re.compile(r"^\.clipfair-(staging|old)-.*-([0-9a-f]{8})-(\d+)-[0-9a-f]{12}$")
+STALE_AFTER_S = 24 * 3600  # a leftover of another machine (or an unreadable owner) is removed after this
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _leftover_dead(path: Path, host: str, pid: int) -> bool:
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return False
+    if host == _HOST and pid != os.getpid():
+        return not pid_alive(pid)
+    return age > STALE_AFTER_S
+
+
+def remove_leftovers(parent: Path | str) -> list[Path]:
+    """Remove the staging / trash folders a killed run left in ``parent`` (their names carry the
+    owner's host and pid: only a dead owner's on this machine, or any older than a day)."""
+    removed = []
+    try:
+        children = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for p in children:
+        m = _LEFTOVER.match(p.name)
+        if m and p.is_dir() and not p.is_symlink() and _leftover_dead(p, m.group(2), int(m.group(3))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    if removed:
+        log.info("removed %d folder(s) left by killed runs in %s", len(removed), parent)
+    return removed
+
+
+def _tag() -> str:
+    return f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 @contextmanager
 def staged_outputs(run_dir: Path | str, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty folder beside ``run_dir`` to write every output into; when the block
-    finishes, move its contents into ``run_dir`` (after moving ``run_dir``'s previous outputs
-    out, when ``overwrite``). If the block fails, the staging folder is removed and
-    ``run_dir`` keeps what it had; a disk-full error becomes a one-line OutputError."""
+    finishes, record the files in run.json's manifest and move them into ``run_dir`` (after
+    moving ``run_dir``'s previous run's recorded outputs out, when ``overwrite``). If the block
+    fails, the staging folder is removed and ``run_dir`` keeps what it had; a disk-full error
+    becomes a one-line OutputError."""
     d = Path(run_dir)
-    stage = d.parent / f".clipfair-staging-{d.name}-{uuid.uuid4().hex[:12]}"
+    remove_leftovers(d.parent)
+    stage = d.parent / f".clipfair-staging-{d.name}-{_tag()}"
     try:
         stage.mkdir(parents=True)
     except OSError as e:
@@ -149,6 +338,7 @@ def staged_outputs(run_dir: Path | str, overwrite: bool = False) -> Iterator[Pat
                           "choose another with hydra.run.dir=...") from None
     try:
         yield stage
+        write_manifest(stage)
         _commit(stage, d, overwrite)
     except OSError as e:
         shutil.rmtree(stage, ignore_errors=True)
@@ -163,15 +353,24 @@ def staged_outputs(run_dir: Path | str, overwrite: bool = False) -> Iterator[Pat
 
 def _commit(stage: Path, run_dir: Path, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    old = run_outputs(run_dir)
-    if old and not overwrite:
-        raise OutputError(f"{run_dir} received another run's outputs while this run was working "
-                          f"({', '.join(old[:5])}); this run's outputs are not written")
-    trash = run_dir.parent / f".clipfair-old-{run_dir.name}-{uuid.uuid4().hex[:12]}"
+    try:
+        old = _removable(run_dir, overwrite)
+    except RunDirRefused as e:
+        raise OutputError(f"{run_dir} changed while this run was working ({e}); this run's outputs are "
+                          "not written") from None
+    trash = run_dir.parent / f".clipfair-old-{run_dir.name}-{_tag()}"
     if old:  # renames on one file system: no space needed, nothing half-written
         trash.mkdir()
-        for name in old:
-            os.replace(run_dir / name, trash / name)
+        for i, rel in enumerate(old):
+            os.replace(run_dir / rel, trash / str(i))
+        for rel in old:  # folders the earlier run made, now empty
+            for parent in (run_dir / rel).parents:
+                if parent == run_dir or run_dir not in parent.parents:
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
     for p in sorted(stage.iterdir()):
         os.replace(p, run_dir / p.name)
     stage.rmdir()

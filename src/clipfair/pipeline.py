@@ -176,6 +176,12 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     timings: dict[str, float] = {}
     slices = check_run(dataset, taxonomies, slices)
     check_analyses(analyses, dataset, taxonomies, slices, model, confidence)  # before any image is encoded
+    for t in taxonomies:
+        big = [k for k in topk if t.target and k >= len(t.classes)]
+        if big:
+            log.warning("topk: k=%s is not below the %d classes of taxonomy %s; its top-%s accuracy is left out "
+                        "(every image would be a hit): choose k < %d", ",".join(map(str, big)), len(t.classes),
+                        t.name, ",".join(map(str, big)), len(t.classes))
     if cache_dir is not None and (why := unwritable_reason(cache_dir)) is not None:
         log.warning("cache folder %s cannot be written (%s); running without the cache", cache_dir, why)
         cache_dir = None

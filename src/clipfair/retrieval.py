@@ -497,6 +497,22 @@ def _value_order(attr: str, present: Iterable[str]) -> list[str]:
     return present
 
 
+#: the bootstrap's resample counts (B x images bytes) may take at most this much memory
+MAX_BOOTSTRAP_BYTES = 2 * 1024**3
+
+
+def check_bootstrap_size(options: RetrievalOptions, n_images: int) -> None:
+    """Before any image is embedded: refuse a bootstrap whose resample counts (B x n_images
+    bytes) would not fit in :data:`MAX_BOOTSTRAP_BYTES`."""
+    need = int(options.bootstrap) * int(n_images)
+    if need > MAX_BOOTSTRAP_BYTES:
+        most = MAX_BOOTSTRAP_BYTES // max(1, n_images)
+        raise RetrievalError(f"retrieval.bootstrap.B={options.bootstrap:,} over {n_images:,} images needs "
+                             f"{need / 1024**3:.1f} GiB for the resample counts (at most "
+                             f"{MAX_BOOTSTRAP_BYTES / 1024**3:.0f} GiB); set retrieval.bootstrap.B to at most "
+                             f"{most:,} (1000 is usual)")
+
+
 def _boot_counts(n: int, B: int, rng: np.random.Generator) -> np.ndarray:
     """(B, n) exact multinomial resample counts as uint8 (a count above 255 is clipped; with
     n images each count is Binomial(n, 1/n), so this never matters in practice)."""
@@ -557,13 +573,19 @@ def _warn_once(msg: str) -> None:
         log.warning(msg)
 
 
+#: attributes of the default list (every declared one) with more values than this are left out
+MAX_DEFAULT_VALUES = 50
+
+
 def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets: Sequence[QuerySet],
                    encode: Callable[[Sequence[str]], np.ndarray], options: RetrievalOptions,
-                   attributes: Sequence[str] | None = None) -> pd.DataFrame:
+                   attributes: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
     """The long retrieval table (columns :data:`COLUMNS`) for ``query_sets`` ranked over the
     images of ``table`` (row i = ``image_embeddings[i]``). ``encode`` maps prompt strings to
     text embeddings (the zero-shot stage's cached :class:`clipfair.embed.TextEmbedder`).
-    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones)."""
+    Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones, less
+    those with more than :data:`MAX_DEFAULT_VALUES` values: skipped with a warning unless named in
+    ``options.attributes``). ``progress``: a progress bar over the queries."""
     from .zeroshot import l2_normalize
 
     if len(table) != len(image_embeddings):
@@ -573,6 +595,13 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
     if missing:
         raise RetrievalError(f"retrieval.attributes: {missing} not in the dataset; its columns: "
                              f"{', '.join(map(str, table.columns))}")
+    if options.attributes is None:  # the default: attributes with very many values are left out
+        many = {a: int(table[a].nunique(dropna=True)) for a in attrs}
+        for a in [a for a in attrs if many[a] > MAX_DEFAULT_VALUES]:
+            log.warning("retrieval: attribute %r has %d distinct values (more than %d) and is left out; name it "
+                        "in retrieval.attributes to measure it anyway (slow: every value is a group)",
+                        a, many[a], MAX_DEFAULT_VALUES)
+        attrs = [a for a in attrs if many[a] <= MAX_DEFAULT_VALUES]
     if not attrs:
         raise RetrievalError("retrieval: no attribute to measure; set retrieval.attributes")
     X = np.asarray(image_embeddings, dtype=np.float32)  # not copied: scores are scaled per image instead
@@ -580,6 +609,9 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
     units = _units(query_sets, encode, options.prompts)
     U = l2_normalize(np.stack([u.embedding for u in units]))
     acc = _Accumulator(units, options)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(units), desc="retrieval", unit="query", disable=not progress, leave=False)
     for pool_no, (pool_value, img_idx, unit_ids) in enumerate(_pools(table, units, options)):
         W = (_boot_counts(len(img_idx), options.bootstrap, np.random.default_rng([options.seed, pool_no]))
              if options.bootstrap else None)
@@ -598,6 +630,8 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
             if W is not None:
                 for r, uid in enumerate(ids):
                     acc.add_replicates(uid, S[r], orders[r], pinfo, W, pool_value)
+            bar.update(len(ids))
+    bar.close()
     df = acc.frame()
     df.attrs["confidence"] = options.confidence
     return df

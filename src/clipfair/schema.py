@@ -33,6 +33,16 @@ class ConfigError(ValueError):
     """A config value that is missing, unknown, of the wrong type or out of range."""
 
 
+#: seeds go to numpy's generators: 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
+#: retrieval bootstrap replicates: percentile intervals need a few thousand; more only costs time
+MAX_BOOTSTRAP = 100_000
+
+
+def _check_seed(value: Any, key: str) -> None:
+    _require(0 <= value <= MAX_SEED, key, f"a seed between 0 and {MAX_SEED}", value)
+
+
 # ------------------------------------------------------------------------------- groups
 
 
@@ -48,6 +58,7 @@ class SubsetConfig:
 
     def check(self, at: str) -> None:
         _require(self.n is None or self.n >= 1, f"{at}.n", "a number of images >= 1 or null", self.n)
+        _check_seed(self.seed, f"{at}.seed")
 
 
 @dataclass
@@ -76,6 +87,7 @@ class ProbeConfig:
     refine_steps_per_decade: int = 0
 
     def check(self, at: str) -> None:
+        _check_seed(self.seed, f"{at}.seed")
         _require(self.refine_steps_per_decade >= 0, f"{at}.refine_steps_per_decade", "a number >= 0 (0: grid only)",
                  self.refine_steps_per_decade)
         _require(bool(self.Cs) and all(c > 0 for c in self.Cs), f"{at}.Cs", "a non-empty list of numbers > 0",
@@ -95,6 +107,7 @@ class PrecisionAuditConfig:
 
     def check(self, at: str) -> None:
         _require(self.n >= 0, f"{at}.n", "a number of images >= 0 (0: off)", self.n)
+        _check_seed(self.seed, f"{at}.seed")
 
 
 @dataclass
@@ -136,7 +149,9 @@ class RetrievalBootstrapConfig:
     seed: int = 0
 
     def check(self, at: str) -> None:
-        _require(self.B >= 0, f"{at}.B", "a number of replicates >= 0", self.B)
+        _require(0 <= self.B <= MAX_BOOTSTRAP, f"{at}.B",
+                 f"a number of replicates between 0 and {MAX_BOOTSTRAP:,} (e.g. 1000; 0: no intervals)", self.B)
+        _check_seed(self.seed, f"{at}.seed")
 
 
 @dataclass
@@ -195,6 +210,10 @@ class RunConfig:
         _require(self.slices != [], "slices", "'auto' or a non-empty list, e.g. [race, gender, [race, gender]]",
                  self.slices)
         _require(self.small_group_n >= 0, "small_group_n", "a number of images >= 0", self.small_group_n)
+        for s in self.slices if isinstance(self.slices, list) else []:
+            twice = sorted({a for a in s if s.count(a) > 1}) if isinstance(s, list) else []
+            _require(not twice, "slices", f"a list of attributes or intersections of different attributes "
+                     f"(e.g. [race, gender]); {', '.join(twice)} is named twice in", s)
         _require(bool(self.taxonomies) or self.retrieval.enabled or any(v is not None for v in self.analyses.values()),
                  "taxonomies", "a non-empty list, e.g. [fairface_race] (or retrieval.enabled=true, or analyses)",
                  self.taxonomies)

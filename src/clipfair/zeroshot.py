@@ -33,6 +33,13 @@ class ClassEmbeddings:
     weights: np.ndarray  # (n_classes, dim), L2-normalised
 
 
+def short_text(text: str, most: int = 80) -> str:
+    """``text`` quoted for a one-line message: at most ``most`` characters of it, then how long
+    it was (a 300-word prompt stays a short line)."""
+    t = " ".join(str(text).split())
+    return repr(t) if len(t) <= most else f"{t[:most]!r}... ({len(t):,} characters)"
+
+
 def check_prompt_lengths(taxonomy: Taxonomy, token_count: Callable[[str], int], context_length: int) -> None:
     """Refuse prompts the text encoder would silently truncate; name file, class and text."""
     for cls, texts in zip(taxonomy.classes, taxonomy.class_texts()):
@@ -40,7 +47,8 @@ def check_prompt_lengths(taxonomy: Taxonomy, token_count: Callable[[str], int], 
             n = token_count(t)
             if n > context_length:
                 raise TaxonomyError(
-                    f"{taxonomy.source} ({taxonomy.name}): class {cls.label!r}: prompt {t!r} is {n} tokens, "
+                    f"{taxonomy.source} ({taxonomy.name}): class {short_text(cls.label, 40)}: prompt "
+                    f"{short_text(t)} is {n} tokens, "
                     f"longer than the text encoder's context of {context_length}; shorten the prompt or template")
 
 

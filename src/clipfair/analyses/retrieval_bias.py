@@ -52,7 +52,7 @@ class RetrievalBias(Analysis):
 
         with timed(ctx.timings, "retrieval"):
             self.table = retrieval_bias(ctx.table, ctx.image_embeddings, self.query_sets, ctx.text_embedder,
-                                        self.opts, attributes=ctx.attributes)
+                                        self.opts, attributes=ctx.attributes, progress=ctx.progress)
         ctx.info["retrieval"] = {**self.opts.to_dict(), "query_sets": [
             {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in self.query_sets]}
         return None

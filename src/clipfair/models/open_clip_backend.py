@@ -167,6 +167,22 @@ def _fingerprint(model_cfg: Any, model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _looks_like_checkpoint(path: Path) -> bool:
+    """A weights file by its first bytes: torch.save's zip (PK..), a legacy pickle (0x80
+    protocol byte) or safetensors (8-byte header length, then a JSON header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return True
+    if len(head) == 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        return 2 <= n <= 100_000_000 and n + 8 <= path.stat().st_size
+    return False
+
+
 @MODELS.register("open_clip")
 def load_open_clip(name: str | None = None, pretrained: str | None = None, device: str = "auto",
                    dtype: str = "auto", batch_size: int = 64, config_file: str | None = None,
@@ -197,6 +213,11 @@ def load_open_clip(name: str | None = None, pretrained: str | None = None, devic
     if pretrained and Path(pretrained).expanduser().exists() and Path(pretrained).expanduser().is_dir():
         raise ModelError(f"model.pretrained {pretrained} is a folder; give a weights file or a tag "
                          f"(open_clip.list_pretrained_tags_by_model({name!r}))")
+    local = bool(pretrained) and Path(pretrained).expanduser().is_file()
+    if local and not _looks_like_checkpoint(Path(pretrained).expanduser()):
+        raise ModelError(f"model.pretrained {pretrained} is not a checkpoint (neither a PyTorch .pt/.bin file nor "
+                         f"safetensors); give open_clip weights for {name} or a tag "
+                         f"(open_clip.list_pretrained_tags_by_model({name!r}))")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     try:
@@ -206,7 +227,10 @@ def load_open_clip(name: str | None = None, pretrained: str | None = None, devic
         tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001 - unknown tag, missing file, network
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelError(f"could not load open_clip model {name!r} (pretrained={pretrained!r}): {first}; "
+        if local:
+            raise ModelError(f"could not load open_clip model {name!r} from the file {pretrained}: {first[:200]}; "
+                             f"check that it holds weights of {name}") from None
+        raise ModelError(f"could not load open_clip model {name!r} (pretrained={pretrained!r}): {first[:200]}; "
                          "check the name / tag (open_clip.list_pretrained()) and your network") from None
     model.eval()
     text_dtype = split_precision(model, dt, ("visual",))
