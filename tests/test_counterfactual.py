@@ -341,3 +341,111 @@ def test_a_dataset_without_sets_is_one_line(tmp_path, monkeypatch, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "clipfair: error:" in err and "set_column" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- VisoGender caption sets
+
+def make_visogender(root: Path, n_op: int = 24, n_oo: int = 12, missing: int = 2) -> Path:
+    rng = np.random.default_rng(5)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    occs = [("doctor", "patient"), ("teacher", "student"), ("chef", "customer")]
+    op = ["IDX\tSector\tSpecialisation\tOccupation\tParticipant\tURL type\tOccupation_perceived_gender\t"
+          "Participant_perceived_gender"]
+    genders = ["masculine", "feminine"]
+    for i in range(n_op):
+        o, p = occs[i % 3]
+        op.append(f"op{i}\tHealth\tx\t{o}\t{p}\thttp://example.invalid/{i}.jpg\t{genders[i % 2]}\t{genders[(i // 2) % 2]}")
+    oo = ["IDX\tSector\tSpecialisation\tOccupation\tObject\tURL type\tOccupation_perceived_gender"]
+    for i in range(n_oo):
+        o = occs[i % 3][0]
+        oo.append(f"oo{i}\tHealth\tx\t{o}\tstethoscope\thttp://example.invalid/o{i}.jpg\t{genders[i % 2]}")
+    (root / "OP_Visogender_test.tsv").write_text("\n".join(op) + "\n")
+    (root / "OO_Visogender_test.tsv").write_text("\n".join(oo) + "\n")
+    ids = [f"op{i}" for i in range(n_op)] + [f"oo{i}" for i in range(n_oo)]
+    for k, idx in enumerate(ids[missing:]):   # the first `missing` images were never downloaded
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+            root / "images" / (f"{idx}.jpg" if k % 2 else f"{idx}.png"))
+    return root
+
+
+def test_visogender_layout(tmp_path):
+    root = make_visogender(tmp_path)
+    ds = load_dataset("visogender", root=str(root))
+    t = ds.table
+    assert len(t) == 34 and ds.skipped == {"missing_image": 2}
+    assert set(t["scene"]) == {"one-person", "two-person"}
+    two = t[t["scene"] == "two-person"]
+    assert ((two["gender_pair"] == "same") == (two["occupation_gender"] == two["participant_gender"])).all()
+    assert t.loc[t["scene"] == "one-person", "participant_gender"].isna().all()
+    assert t.loc[t["set_id"] == "oo1", "other"].item() == "stethoscope"
+    with pytest.raises(DatasetError, match="not found"):
+        load_dataset("visogender", root=str(root), on_error="raise")
+
+
+def test_resolution_accuracy_against_pandas_and_statsmodels(tmp_path):
+    root = make_visogender(tmp_path, missing=0)
+    ds = load_dataset("visogender", root=str(root))
+    dim = 32
+    enc = _encoder(dim)
+    rng = np.random.default_rng(2)
+    emb = _norm(rng.normal(size=(len(ds), dim)).astype(np.float32))
+    ctx = RunContext(ds.table, emb, attributes=ds.attributes, encode_text=enc, model=_Model(), dataset=ds)
+    a = Counterfactual(small_sets=5)
+    a.check(ctx)
+    a.run(ctx)
+    assert a.mode == "captions"
+    # independent: captions written here, scored by cosine, pandas groupbys
+    recs = []
+    for r in ds.table.to_dict("records"):
+        temps = [("occupation_first", "The {o} and {p} {x}", r["occupation_gender"])]
+        if r["scene"] == "two-person":
+            temps.append(("participant_first", "The {x} and {p} {o}", r["participant_gender"]))
+        e = emb[ds.table.index[ds.table["image_id"] == r["image_id"]][0]]
+        for name, tpl, ref in temps:
+            s = {p: float(e @ _norm(enc([tpl.format(o=r["subject"], x=r["other"], p=p)]))[0])
+                 for p in ("his", "her", "their")}
+            want = "his" if ref == "masculine" else "her"
+            recs.append({"template": name, "scene": r["scene"], "pair": r["gender_pair"], "ref": ref,
+                         "ok": int(s[want] > max(v for k, v in s.items() if k != want))})
+    df = pd.DataFrame(recs)
+    got = a.table
+    for tpl in ("all", "occupation_first", "participant_first"):
+        for grp in ("all", "one-person", "two-person", "same-gender", "different-gender"):
+            part = df if tpl == "all" else df[df["template"] == tpl]
+            part = (part if grp == "all" else part[part["scene"] == grp] if grp.endswith("person")
+                    else part[part["pair"] == grp.split("-")[0]])
+            sel = got[(got["label"] == tpl) & (got["varies"] == grp)]
+            if not len(part):
+                assert not len(sel)
+                continue
+            xs = {}
+            for g in ("masculine", "feminine"):
+                c = part.loc[part["ref"] == g, "ok"]
+                xs[g] = (c.sum(), len(c))
+                r = sel[(sel["metric"] == "resolution_accuracy") & (sel["attribute_value"] == g)].iloc[0]
+                lo, hi = proportion_confint(c.sum(), len(c), method="wilson")
+                assert (r["value"], r["ci_low"], r["ci_high"], r["n_sets"]) == (
+                    pytest.approx(c.mean()), pytest.approx(lo), pytest.approx(hi), len(c))
+            gap = sel[sel["metric"] == "ra_gap"].iloc[0]
+            (xm, nm), (xf, nf) = xs["masculine"], xs["feminine"]
+            pm, pf = xm / nm, xf / nf
+            lm, um = proportion_confint(xm, nm, method="wilson")
+            lf, uf = proportion_confint(xf, nf, method="wilson")   # Newcombe's method 10, by hand
+            assert gap["value"] == pytest.approx(pm - pf)
+            assert gap["ci_low"] == pytest.approx(max(-1, pm - pf - np.sqrt((pm - lm) ** 2 + (uf - pf) ** 2)))
+            assert gap["ci_high"] == pytest.approx(min(1, pm - pf + np.sqrt((um - pm) ** 2 + (pf - lf) ** 2)))
+
+
+@pytest.mark.slow
+def test_experiment_visogender_end_to_end(tmp_path, monkeypatch):
+    from clipfair.cli import main
+
+    root = make_visogender(tmp_path / "vg")
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    rc = main(["run", "experiment=visogender", f"dataset.root={root}", "model=demo", "progress=false",
+               f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"])
+    assert rc in (0, None)
+    table = pd.read_csv(out / "counterfactual.csv")
+    assert {"resolution_accuracy", "ra_gap"} <= set(table["metric"])
+    assert "Counterfactual caption sets (VisoGender)" in (out / "summary.md").read_text()

@@ -254,3 +254,98 @@ def pairs(*, root: str | None = None, limit: int | None = None, on_error: str = 
     return _finish("pairs", frame.drop(columns=["race", "gender"]), frame["file"].tolist(), lab, {},
                    lambda kept: FileReader([paths[i] for i in kept]), issues,
                    {"adapter": "pairs", "root": str(root_path), "set_column": "set_id"}, limit, declared)
+
+
+# --------------------------------------------------------------------------- VisoGender
+
+#: perceived-gender spellings of the VisoGender TSVs -> masculine / feminine
+_VG_GENDER = {"masculine": "masculine", "male": "masculine", "man": "masculine", "m": "masculine",
+              "feminine": "feminine", "female": "feminine", "woman": "feminine", "f": "feminine"}
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def _vg_gender(value: object, where: str) -> str:
+    v = str(value or "").strip().lower()
+    if v not in _VG_GENDER:
+        raise DatasetError(f"{where}: perceived gender {value!r} is not one of masculine / feminine (or male / "
+                           "female); fix the row")
+    return _VG_GENDER[v]
+
+
+@DATASETS.register("visogender")
+def visogender(*, root: str | None = None, images: str | None = None, limit: int | None = None,
+               on_error: str = "skip") -> FaceDataset:
+    """VisoGender (Hall et al., NeurIPS 2023 D&B; CC-BY-4.0; images by URL). ``root`` holds its
+    TSVs, ``OP_*.tsv`` (occupation + participant: columns ``IDX, Sector, Specialisation,
+    Occupation, Participant, URL ..., Occupation_perceived_gender,
+    Participant_perceived_gender``) and/or ``OO_*.tsv`` (occupation + object: ``Object`` and
+    no participant gender); ``images`` (default ``root/images``) the images you downloaded
+    from the TSVs' URLs, each named by its ``IDX`` (``<IDX>.jpg`` / ``.png`` / ...). Rows whose
+    image is not there are skipped and counted (``on_error=skip``, the default: many URLs have
+    gone) or an error (``on_error=raise``). Attributes: ``set_id`` (IDX), ``subject`` (the
+    occupation), ``scene`` (``one-person`` / ``two-person``), ``occupation_gender``,
+    ``participant_gender`` and ``gender_pair`` (``same`` / ``different``; two-person only),
+    ``other`` (the participant or object)."""
+    if not root:
+        raise DatasetError("dataset visogender needs dataset.root: the folder holding OP_*.tsv / OO_*.tsv")
+    root_path = Path(str(root)).expanduser()
+    img_dir = Path(str(images)).expanduser() if images else root_path / "images"
+    tsvs = sorted(root_path.glob("OP_*.tsv")) + sorted(root_path.glob("OO_*.tsv"))
+    if not tsvs:
+        raise DatasetError(f"no VisoGender TSVs (OP_*.tsv / OO_*.tsv) in {root_path}; check dataset.root")
+    on_disk = {}
+    if img_dir.is_dir():
+        for p in img_dir.iterdir():
+            if p.suffix.lower() in _IMAGE_EXT:
+                on_disk.setdefault(p.stem, p)
+    recs = []
+    for tsv in tsvs:
+        kind = tsv.name[:2]
+        try:
+            df = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise DatasetError(f"cannot read VisoGender TSV {tsv}: {str(e)[:200]}") from None
+        df.columns = [c.strip() for c in df.columns]
+        other = "Participant" if kind == "OP" else "Object"
+        need = ["IDX", "Occupation", other, "Occupation_perceived_gender"] + (
+            ["Participant_perceived_gender"] if kind == "OP" else [])
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise DatasetError(f"{tsv}: no column(s) {', '.join(missing)} (its columns: {', '.join(df.columns)}); "
+                               "this is not a VisoGender TSV")
+        for i, r in enumerate(df.to_dict("records")):
+            where = f"{tsv} row {i + 1}"
+            og = _vg_gender(r["Occupation_perceived_gender"], where)
+            pg = _vg_gender(r["Participant_perceived_gender"], where) if kind == "OP" else None
+            recs.append({"idx": str(r["IDX"]).strip(), "occupation": r["Occupation"].strip(),
+                         "other": r[other].strip(), "scene": "two-person" if kind == "OP" else "one-person",
+                         "occupation_gender": og, "participant_gender": pg,
+                         "gender_pair": (None if pg is None else "same" if pg == og else "different"),
+                         "sector": r.get("Sector", ""), "tsv": tsv.name})
+    frame = pd.DataFrame(recs)
+    issues = _RowIssues(on_error)
+    where = [f"{r['tsv']} IDX {r['idx']}" for r in recs]
+    missing_rows = [i for i, r in enumerate(recs) if r["idx"] not in on_disk]
+    issues.flag(missing_rows, "missing_image",
+                f"{len(missing_rows)} VisoGender images not found in {img_dir} (named by IDX, e.g. "
+                f"{recs[missing_rows[0]]['idx'] if missing_rows else ''}.jpg); download them from the TSVs' URLs "
+                "(see the README) or set dataset.images")
+    _check = {}
+    for i, r in enumerate(recs):
+        if r["idx"] in _check:
+            raise DatasetError(f"{where[i]}: IDX {r['idx']!r} appears twice (also {where[_check[r['idx']]]})")
+        _check[r["idx"]] = i
+    paths = [on_disk.get(r["idx"]) for r in recs]
+    lab = {"set_id": frame["idx"].tolist(), "subject": frame["occupation"].tolist(), "scene": frame["scene"].tolist(),
+           "occupation_gender": frame["occupation_gender"].tolist(),
+           "participant_gender": frame["participant_gender"].tolist(), "gender_pair": frame["gender_pair"].tolist(),
+           "other": frame["other"].tolist()}
+    declared = [Attribute("set_id", allow_missing=False), Attribute("subject"), Attribute("scene"),
+                Attribute("occupation_gender", values=("masculine", "feminine")),
+                Attribute("participant_gender", values=("masculine", "feminine")),
+                Attribute("gender_pair", values=("same", "different")), Attribute("other")]
+    return _finish("visogender", frame.drop(columns=["occupation", "other", "scene", "occupation_gender",
+                                                     "participant_gender", "gender_pair"]),
+                   frame["idx"].tolist(), lab, {}, lambda kept: FileReader([paths[i] for i in kept]), issues,
+                   {"adapter": "visogender", "root": str(root_path), "images": str(img_dir),
+                    "tsvs": [str(t) for t in tsvs], "set_column": "set_id"}, limit, declared)
