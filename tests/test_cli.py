@@ -82,6 +82,11 @@ def test_every_experiment_composes_and_names_valid_taxonomies(hydra_compose, opt
 
         assert load_query_sets(options_from_config(cfg["retrieval"]).queries)
         return
+    if not cfg["taxonomies"] and cfg.get("analyses"):  # analyses on their own (e.g. association)
+        from clipfair.analyses import build_analysis
+
+        assert all(build_analysis(k, v) for k, v in cfg["analyses"].items() if v is not None)
+        return
     taxa = expand_template_sets(load_taxonomies(cfg["taxonomies"]), cfg.get("template_sets") or {})
     assert len(taxa) >= 1
 

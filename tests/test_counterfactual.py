@@ -326,7 +326,8 @@ def test_experiment_counterfactual_end_to_end_through_the_cli(tmp_path, monkeypa
     summary = (out / "summary.md").read_text()
     assert "## Counterfactual sets" in summary and "3 counterfactual sets" in summary
     run = json.loads((out / "run.json").read_text())
-    assert any(a.get("name") == "counterfactual" for a in run["info"]["analyses"]) if "info" in run else True
+    assert any(a.get("name") == "counterfactual" for a in run["analyses"])
+    assert run["counterfactual"]["sets"] == 3 and run["counterfactual"]["bootstrap"] == 100
     preds = pd.read_parquet(out / "predictions.parquet")
     assert "set_id" in preds.columns   # the per-image rows carry their set
 

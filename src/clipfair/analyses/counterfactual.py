@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .base import HIGHER, LOWER, MEAN, NEUTRAL, PROPORTION, Analysis, AnalysisError, MetricSpec, Needs, RunContext
+from .base import HIGHER, LOWER, MEAN, NEUTRAL, PROPORTION, Analysis, MetricSpec, Needs, RunContext
 from .registry import register_analysis
 from .specs import register_all
 
