@@ -180,9 +180,9 @@ def zero_shot_agreement(model_a, emb_a, model_b, emb_b, taxonomies) -> dict[str,
 def decode_only(ds, model, n: int) -> dict[str, float]:
     """Single-process images/s of reading + decoding + preprocessing, per path."""
     from clipfair.embed import _Decoded
-    from clipfair.preprocess import from_processor
+    from clipfair.models.hf import spec_from_image_processor
 
-    spec = from_processor(model.image_processor)
+    spec = spec_from_image_processor(model.image_processor)
     paths = {"processor (HF, float32)": (None, None), "fast uint8": (spec, None)}
     if spec is not None:
         paths["fast uint8 + JPEG draft"] = (spec, spec.draft_size())
@@ -258,7 +258,7 @@ def run_memory(sizes: list[int], image_size: int, arch: str, workdir: Path) -> l
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="ViT-B/32", help="clipfair.toy.ARCHITECTURES name (random weights)")
+    ap.add_argument("--arch", default="ViT-B/32", help="clipfair.models.toy.ARCHITECTURES name (random weights)")
     ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--image-size", type=int, default=448, help="JPEG side in pixels (FairFace: 448)")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from clipfair.embed import resolve_num_workers
     from clipfair.models import load_hf_clip
-    from clipfair.preprocess import compare_draft, from_processor
+    from clipfair.models.hf import spec_from_image_processor
+    from clipfair.preprocess import compare_draft
     from clipfair.taxonomy import load_taxonomies
     from clipfair.toy import make_tiny_clip
 
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             for di, dtype in enumerate(dtypes):
                 model = load_hf_clip(str(mdir), device=device, dtype=dtype, batch_size=a.batch_size)
                 nw = resolve_num_workers(a.num_workers, model.device)
-                spec = from_processor(model.image_processor)
+                spec = spec_from_image_processor(model.image_processor)
                 # pre-made pixels: what the processor gives for these very images
                 pixels = [model.preprocess([ds.load_image(i) for i in range(s, min(s + a.batch_size, len(ds)))])
                           for s in range(0, len(ds), a.batch_size)]

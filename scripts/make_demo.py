@@ -126,11 +126,11 @@ path = files("clipfair") / "demo" / "model"
 model, processor = AutoModel.from_pretrained(path), AutoProcessor.from_pretrained(path)
 ```
 
-* architecture "tiny" (`clipfair.toy.ARCHITECTURES`): ViT with 32x32 input, 8x8 patches,
+* architecture "tiny" (`clipfair.models.toy.ARCHITECTURES`): ViT with 32x32 input, 8x8 patches,
   width 64, 2 layers, 2 heads; text transformer width 64, 2 layers, context 32;
   projection 32; CLIP's image mean/std, bicubic resize to 32 + centre crop;
 * tokenizer: CLIP-format byte-level BPE (`vocab.json`, `merges.txt`) learned by
-  `clipfair.toy.build_tokenizer` from the built-in taxonomy prompts and the training
+  `clipfair.models.toy.build_tokenizer` from the built-in taxonomy prompts and the training
   captions (each such word is one token; other text falls back to bytes);
 * initialised with seed {a.seed} (`clipfair.toy.make_tiny_clip`) and trained by
   `clipfair.toy.train_toy_clip` for {a.epochs} epochs ({train['steps']} steps, batch 128,

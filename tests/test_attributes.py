@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from clipfair.data import SliceError, load_dataset
+from clipfair.data.attributes import FAIRFACE_TAXONOMY_VALUES
 from clipfair.metrics import CONFUSION_COLUMNS, METRIC_COLUMNS
 from clipfair.pipeline import evaluate, write_outputs
 from clipfair.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, check_target, load_taxonomy
@@ -84,6 +85,28 @@ def test_auto_slices_cover_declared_attributes(custom_ds):
                                  "tone_band"]
 
 
+def test_the_dataset_declares_its_slice_preference_orders_and_plots(custom_ds, tmp_path):
+    """Nothing downstream assumes FairFace: a dataset declaring its own preferred slices,
+    value order and plotted slices gets them in metrics.csv, its group order and its plots."""
+    from dataclasses import replace
+
+    from clipfair.data.attributes import Attribute
+
+    declared = tuple(Attribute("region", values=tuple(reversed(REGIONS))) if a.name == "region" else a
+                     for a in custom_ds.declared)
+    ds = replace(custom_ds, declared=declared, default_slices=(("region", "skin_tone"), "region"),
+                 plot_slices={"accuracy": ("region",), "rate": ()})
+    ev = evaluate(ds, hand_clip(), [COLOUR_TAX], cache_dir=None, progress=False)
+    assert ev.info["slices"] == ["overall", "region+skin_tone", "region", "gender", "age", "skin_tone", "colour",
+                                 "tone_band"]
+    acc = ev.metrics[(ev.metrics["metric"] == "accuracy") & (ev.metrics["slice"] == "region")]
+    present = set(custom_ds.table["region"])
+    assert list(acc["group"]) == [r for r in reversed(REGIONS) if r in present]
+    written = write_outputs(ev, tmp_path / "out", {"test": True}, taxonomies=[COLOUR_TAX])
+    plots = sorted(p.name for p in written if p.suffix == ".png" and p.name.startswith(("accuracy_", "rates_")))
+    assert plots == ["accuracy_colour_target_zero_shot_region.png"]
+
+
 def test_misspelt_slice_is_an_error_before_encoding(custom_ds):
     model = hand_clip()
     with pytest.raises(SliceError, match=r"slice 'gender\+regoin': dataset 'csv' has no attribute 'regoin' "
@@ -106,8 +129,13 @@ def test_target_labels_checked_against_declared_values(custom_ds, tmp_path):
     # values not declared: nothing to check against; a missing target attribute: no accuracy
     assert check_target(COLOUR_TAX, declared) is True
     assert check_target(load_taxonomy("fairface_race"), declared) is False
-    # the built-in FairFace taxonomies keep FairFace's values on datasets with other ones
-    assert check_target(load_taxonomy("fairface_race"), {"race": ("White", "Black", "Asian", "Indian", "Others")})
+    # the built-in FairFace taxonomies keep FairFace's values on datasets with other ones, as
+    # every built-in layout declares (FaceDataset.tolerated_values); without that declaration, no
+    utk = {"race": ("White", "Black", "Asian", "Indian", "Others")}
+    assert check_target(load_taxonomy("fairface_race"), utk, tolerated=FAIRFACE_TAXONOMY_VALUES)
+    assert custom_ds.tolerated_values == FAIRFACE_TAXONOMY_VALUES
+    with pytest.raises(TaxonomyError, match="'Latino_Hispanic' is not a value of target 'race'"):
+        check_target(load_taxonomy("fairface_race"), utk)
     with pytest.raises(TaxonomyError, match="matches value 'Asain'"):
         check_target(Taxonomy("r", ("{}",), (TaxonomyClass("Asian", ("Asian",), "race", ("Asain",)),),
                               target="race"), {"race": ("White", "Asian")})

@@ -29,7 +29,9 @@ def test_outputs_equal_the_recorded_ones(case, tmp_path):
         name = gz.name[: -len(".gz")]
         old = read(gz)
         assert (out / name).exists(), f"{case}: {name} is no longer written"
-        new = read(out / name)
+        from clipfair.outputs import read_csv  # undoes the CSV-injection quoting of text cells (main, f7adab4)
+
+        new = read_csv(out / name, dtype=str, keep_default_na=False)
         missing = [c for c in old.columns if c not in new.columns]
         assert not missing, f"{case}/{name}: columns {missing} are gone"
         assert len(new) == len(old), f"{case}/{name}: {len(new)} rows, recorded {len(old)}"

@@ -13,15 +13,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score
 
-from clipfair.data.attributes import AGE_BINS, GENDERS, RACES
+from clipfair.data.attributes import AGE_BINS, FAIRFACE_ORDERS, FAIRFACE_SLICES, GENDERS, RACES
 from clipfair.metrics import (
-    DEFAULT_SLICES,
     METRIC_COLUMNS,
     disparities,
-    group_metrics,
     slice_name,
+    value_order,
     wilson_interval,
 )
+from clipfair.metrics import group_metrics as _group_metrics
+
+#: these tests use FairFace's attributes: its declared slice preference and value orders
+DEFAULT_SLICES = FAIRFACE_SLICES
+
+
+def group_metrics(predictions, categories, slices=FAIRFACE_SLICES, *args, orders=FAIRFACE_ORDERS, **kwargs):
+    """clipfair.metrics.group_metrics with FairFace's declarations (what a FairFace dataset passes)."""
+    return _group_metrics(predictions, categories, slices, *args, orders=orders, **kwargs)
 
 CATEGORIES = {
     "race_cls": ["race", "non_human", "crime_related"],  # crime_related: never predicted
@@ -614,8 +622,12 @@ def test_confusion_maps_values_onto_classes_with_matches():
 
 def test_resolve_slices_auto_and_misspelt_slice_error():
     avail = ["race", "gender", "age", "race_binary", "skin_tone"]
-    assert resolve_slices("auto", avail) == [*DEFAULT_SLICES, "skin_tone"]
-    assert resolve_slices("auto", ["gender", "region"]) == ["overall", "gender", "region"]
+    assert resolve_slices("auto", avail, preferred=FAIRFACE_SLICES) == [*FAIRFACE_SLICES, "skin_tone"]
+    assert resolve_slices("auto", ["gender", "region"], preferred=FAIRFACE_SLICES) == ["overall", "gender", "region"]
+    # no declared preference: overall and each attribute; a preference names its own intersections
+    assert resolve_slices("auto", avail) == ["overall", *avail]
+    assert resolve_slices("auto", ["gender", "region"], preferred=[["region", "gender"], "overall"]) == [
+        "overall", ("region", "gender"), "gender", "region"]
     assert resolve_slices(["overall", ["gender", "skin_tone"]], avail) == ["overall", ("gender", "skin_tone")]
     with pytest.raises(SliceError, match=r"slice 'gender\+skintone': dataset 'x' has no attribute "
                                          r"'skintone' \(did you mean 'skin_tone'\?\); available "
@@ -623,3 +635,19 @@ def test_resolve_slices_auto_and_misspelt_slice_error():
         resolve_slices(["overall", ["gender", "skintone"]], avail, "dataset 'x'")
     with pytest.raises(SliceError, match="slice 'service_test'.*available attributes: gender;"):
         resolve_slices(["service_test"], ["gender"])
+
+
+def test_group_order_comes_from_the_declared_orders_not_from_fairface():
+    """metrics knows no dataset: without declared orders values are sorted; with them,
+    declared values first in their order, undeclared ones after, sorted."""
+    vals = ["White", "Black", "Indian", "zz"]
+    assert value_order("race", vals) == sorted(vals)
+    assert value_order("race", vals, FAIRFACE_ORDERS) == ["White", "Black", "Indian", "zz"]
+    assert value_order("race", vals, {"race": ("Indian", "White")}) == ["Indian", "White", "Black", "zz"]
+    p = pd.DataFrame({"taxonomy": "t", "method": "zero_shot", "predicted_category": "c",
+                      "race": ["White", "Black", "Indian", "White"]})
+    plain = _group_metrics(p, {"t": ["c"]}, ["race"])
+    assert list(plain.loc[plain.metric == "rate", "group"]) == ["Black", "Indian", "White"]
+    declared = _group_metrics(p, {"t": ["c"]}, ["race"], orders={"race": ("White", "Indian", "Black")})
+    assert list(declared.loc[declared.metric == "rate", "group"]) == ["White", "Indian", "Black"]
+    assert list(_group_metrics(p, {"t": ["c"]})["slice"].unique()) == ["overall"]  # no slice assumed

@@ -22,10 +22,11 @@ from clipfair.cache import EmbeddingStore
 from clipfair.data.base import FaceDataset, FileReader
 from clipfair.embed import EmbedStats, auto_num_workers, embed_images, image_namespace, plan_preprocessing
 from clipfair.models import load_hf_clip
+from clipfair.models.hf import spec_from_image_processor
 from clipfair.preprocess import (DRAFT_TOLERANCE_MEAN_LEVELS, DRAFT_TOLERANCE_P99_LEVELS, EXACT_TOLERANCE,
-                                 compare_draft, from_processor, processor_pixels)
+                                 compare_draft, processor_pixels)
 from clipfair.synthetic import render_face
-from clipfair.toy import clip_image_processor
+from clipfair.models.toy import clip_image_processor
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def _images() -> list[Image.Image]:
 @pytest.mark.parametrize("image_size", [32, 224])
 def test_fast_uint8_preprocessing_matches_the_clip_processor(image_size):
     proc = clip_image_processor(image_size)
-    spec = from_processor(proc)
+    spec = spec_from_image_processor(proc)
     assert spec is not None
     ims = _images()
     for im in ims:  # one at a time: images of any size
@@ -107,15 +108,15 @@ def test_processor_without_a_fast_equivalent_uses_the_processor():
     class Odd:
         backend = "torchvision"
 
-    assert from_processor(Odd()) is None
+    assert spec_from_image_processor(Odd()) is None
     proc = clip_image_processor(32)
     proc.do_pad = True
-    assert from_processor(proc) is None
+    assert spec_from_image_processor(proc) is None
 
 
 def test_device_resize_is_close_to_pil():
     """The GPU path resizes decoded tensors with torch's antialiased bicubic: close to PIL."""
-    spec = from_processor(clip_image_processor(224))
+    spec = spec_from_image_processor(clip_image_processor(224))
     for im in _images():
         ref = spec.to_uint8(im).astype(np.int16)
         t = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
@@ -133,7 +134,7 @@ def test_draft_decoding_is_within_its_stated_tolerance(tmp_path, tiny):
     """Large JPEGs: draft decoding is used by fast_decode=auto, is within the pixel tolerance,
     and changes the embeddings only slightly; small JPEGs: draft is a no-op, not used."""
     big = _dataset(tmp_path / "big", 12, size=160)  # 5x the tiny model's 32 px: scale 1/4
-    spec = from_processor(tiny.image_processor)
+    spec = spec_from_image_processor(tiny.image_processor)
     stats = compare_draft(spec, [big.read_bytes(i) for i in range(len(big))])
     assert stats["reduced"] == 12
     assert stats["mean_levels"] <= DRAFT_TOLERANCE_MEAN_LEVELS and stats["p99_levels"] <= DRAFT_TOLERANCE_P99_LEVELS

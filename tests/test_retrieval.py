@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from clipfair import retrieval as R
+from clipfair.data.attributes import FAIRFACE_ORDERS
 from clipfair.retrieval import Query, QuerySet, RetrievalOptions
 
 
@@ -36,7 +37,7 @@ def one_query_set(*names: str, templates=("{}",), pools: dict | None = None) -> 
 
 def run(table, emb, qs, vectors, **kw) -> pd.DataFrame:
     opts = RetrievalOptions(**{"bootstrap": 0, **kw})
-    return R.retrieval_bias(table, emb, [qs], encoder(vectors), opts)
+    return R.retrieval_bias(table, emb, [qs], encoder(vectors), opts, value_orders=FAIRFACE_ORDERS)
 
 
 def pick(df, metric, k, query="q", value=None, desired="dataset", attribute="gender"):
@@ -305,7 +306,7 @@ def test_berg2022_preset_reproduces_their_formula():
     table, emb = ranking_dataset(labels, "race")
     opts = preset_options("berg2022", k=[4, "all"], queries=["q"], attributes=["race"])
     assert (opts.absent, opts.prompts, opts.desired) == ("inverse_k", "per_template", ("uniform", "dataset"))
-    df = R.retrieval_bias(table, emb, [one_query_set("q")], encoder({"q": [1, 0]}), opts)
+    df = R.retrieval_bias(table, emb, [one_query_set("q")], encoder({"q": [1, 0]}), opts, value_orders=FAIRFACE_ORDERS)
     # debias-vision-lang compute_skew_metrics: p = top_n_count / top_n, p = 1/top_n if 0;
     # eq_opp desired = 1/#labels, dem_par = count/len; maxskew = max(0, skews)
     top = labels[:4]
@@ -332,7 +333,7 @@ def test_social_counterfactuals_preset_reproduces_their_formula():
     emb = ranked_images([0.9, 0.8, 0.7, 0.6, 0.9, 0.8, 0.7, 0.6])
     opts = preset_options("social_counterfactuals", k=[2], queries=["q"], attributes=["race"])
     assert (opts.absent, opts.pool, opts.desired) == ("zero", "occupation", ("dataset",))
-    df = R.retrieval_bias(table, emb, [one_query_set("chef", "pilot")], encoder({"chef": [1, 0], "pilot": [1, 0]}), opts)
+    df = R.retrieval_bias(table, emb, [one_query_set("chef", "pilot")], encoder({"chef": [1, 0], "pilot": [1, 0]}), opts, value_orders=FAIRFACE_ORDERS)
     # chef: top 2 = White, Black of N = 4 (White 2, Black 1, Asian 1), K = 2
     chef = {"White": math.log((1 / 2) / (2 / 4)), "Black": math.log((1 / 1) / (2 / 4)), "Asian": 0.0}
     for v, x in chef.items():
@@ -352,7 +353,7 @@ def test_visogender_preset_reproduces_their_formula():
     emb = ranked_images([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     opts = preset_options("visogender", k=[2, 3, 5, "all"], queries=["q"])
     assert (opts.absent, opts.pool, opts.attributes) == ("inverse_k", "occupation", ("gender",))
-    df = R.retrieval_bias(table, emb, [one_query_set("doctor")], encoder({"doctor": [1, 0]}), opts)
+    df = R.retrieval_bias(table, emb, [one_query_set("doctor")], encoder({"doctor": [1, 0]}), opts, value_orders=FAIRFACE_ORDERS)
     expected_p = {"man": 4 / 6, "woman": 2 / 6}
     for k in (2, 3, 5):
         top = genders[:k]

@@ -16,6 +16,7 @@ from PIL import Image
 
 from clipfair import synthetic, toy
 from clipfair.data.attributes import AGE_BINS, GENDERS, RACES
+from clipfair.models import toy as mtoy
 
 DEMO = Path(str(files("clipfair") / "demo"))
 
@@ -36,9 +37,9 @@ def _features(out):
 
 
 def test_tokenizer_files_are_clip_format(tmp_path):
-    toy.build_tokenizer(tmp_path, ["a photo of a Southeast Asian woman."])
+    mtoy.build_tokenizer(tmp_path, ["a photo of a Southeast Asian woman."])
     vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
-    alphabet = list(toy.bytes_to_unicode().values())
+    alphabet = list(mtoy.bytes_to_unicode().values())
     assert len(alphabet) == 256
     first = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])[:512]]
     assert first == alphabet + [c + "</w>" for c in alphabet]
@@ -54,7 +55,7 @@ def test_tokenizer_corpus_words_are_single_tokens_and_unseen_text_falls_back(tmp
     from transformers import AutoTokenizer, CLIPTokenizer
 
     corpus = ["a photo of a Southeast Asian woman.", "A photo of an Orangutan", "more than 70 suspicious"]
-    tok = toy.build_tokenizer(tmp_path, corpus)
+    tok = mtoy.build_tokenizer(tmp_path, corpus)
     assert isinstance(tok, CLIPTokenizer)
     for word in ["a", "photo", "of", "southeast", "Asian", "WOMAN", "orangutan", "an", "suspicious", "7", "0"]:
         assert tok.tokenize(word) == [word.lower() + "</w>"], word
@@ -70,16 +71,16 @@ def test_tokenizer_corpus_words_are_single_tokens_and_unseen_text_falls_back(tmp
 
 
 def test_default_corpus_covers_all_taxonomy_prompts(tmp_path):
-    tok = toy.build_tokenizer(tmp_path)
-    words = {w for text in toy.default_corpus() for w in toy._pretokenize(text)}
+    tok = mtoy.build_tokenizer(tmp_path, toy.default_corpus())
+    words = {w for text in toy.default_corpus() for w in mtoy._pretokenize(text)}
     assert {"photo", "southeast", "gorilla", "child", "animal", "woman"} <= words
     for w in words:
         assert len(tok.tokenize(w)) == 1, w
 
 
 def test_learn_bpe_respects_n_merges():
-    assert len(toy.learn_bpe({"photo": 3, "phone": 1}, n_merges=2)) == 2
-    full = toy.learn_bpe({"photo": 3, "phone": 1})
+    assert len(mtoy.learn_bpe({"photo": 3, "phone": 1}, n_merges=2)) == 2
+    full = mtoy.learn_bpe({"photo": 3, "phone": 1})
     assert full[0] == ("h", "o")  # 'ph' and 'ho' both occur 4 times: the smaller pair wins
     assert {"photo</w>", "phone</w>"} <= {a + b for a, b in full}
     assert len(full) == len(set(full)) <= len("photo") + len("phone")
@@ -89,22 +90,22 @@ def test_learn_bpe_respects_n_merges():
 
 
 def test_architectures_have_the_real_shapes():
-    b32 = toy.arch_config("ViT-B/32")
+    b32 = mtoy.arch_config("ViT-B/32")
     assert (b32.vision_config.hidden_size, b32.vision_config.num_hidden_layers, b32.vision_config.patch_size,
             b32.vision_config.image_size) == (768, 12, 32, 224)
     assert (b32.text_config.hidden_size, b32.text_config.num_hidden_layers, b32.projection_dim) == (512, 12, 512)
-    l14 = toy.arch_config("ViT-L/14")
+    l14 = mtoy.arch_config("ViT-L/14")
     v = l14.vision_config
     shape = (v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.patch_size, v.image_size)
     assert shape == (1024, 24, 16, 14, 224)
     assert (l14.text_config.hidden_size, l14.text_config.num_hidden_layers, l14.projection_dim) == (768, 12, 768)
-    assert "tiny" in toy.ARCHITECTURES
+    assert "tiny" in mtoy.ARCHITECTURES
     with pytest.raises(KeyError):
-        toy.arch_config("ViT-Z/99")
+        mtoy.arch_config("ViT-Z/99")
 
 
 def test_tiny_clip_config_overrides():
-    cfg = toy.tiny_clip_config(100, image_size=48, patch_size=16, hidden=32, layers=1, heads=4, projection_dim=8,
+    cfg = mtoy.tiny_clip_config(100, image_size=48, patch_size=16, hidden=32, layers=1, heads=4, projection_dim=8,
                                max_position_embeddings=20, logit_scale_init_value=1.0)
     assert cfg.text_config.vocab_size == 100 and cfg.text_config.max_position_embeddings == 20
     assert (cfg.vision_config.image_size, cfg.vision_config.patch_size) == (48, 16)

@@ -158,7 +158,7 @@ def make_tiny_altclip(folder: Path, seed: int = 0, image_size: int = 32) -> Path
     import sentencepiece as spm
     from transformers import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, XLMRobertaTokenizer
 
-    from clipfair.toy import clip_image_processor
+    from clipfair.models.toy import clip_image_processor
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

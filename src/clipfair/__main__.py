@@ -1,4 +1,7 @@
-"""`python -m clipfair ...` (what `torchrun -m clipfair run ...` starts in every process)."""
+"""`python -m clipfair ...` (what `torchrun -m clipfair run ...` starts in every process).
+
+Layer: cli.
+"""
 
 import sys
 

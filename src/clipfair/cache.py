@@ -1,5 +1,7 @@
 """A content-addressed on-disk store for embeddings.
 
+Layer: run.
+
 Layout: ``<root>/<kind>/<namespace-hash>/`` holds ``meta.json`` (what the namespace is:
 model fingerprint, preprocessing, dtype, ...) and ``chunk-*.npz`` files, each mapping keys
 (sha256 of an image's bytes, or of a prompt string) to float32 embeddings.

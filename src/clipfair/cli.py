@@ -1,5 +1,7 @@
-"""Command line (layer: the edge): `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`,
+"""Command line: `clipfair run` (Hydra app), `clipfair cache`, `clipfair compare`,
 `clipfair collect`.
+
+Layer: cli (the edge).
 
 Hydra and `instantiate` live here only; the core takes typed objects (the config validated by
 :func:`clipfair.schema.validate`) and the analyses composed from the registry
@@ -209,11 +211,6 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
         taxonomies = a.adjust_taxonomies(taxonomies)
     slices = check_run(dataset, taxonomies, _slices(run.slices))  # before the slow model load
     check_analyses(analyses, dataset, taxonomies, slices, None, float(run.confidence))
-    for a in analyses:
-        if a.name == "retrieval_bias":  # the bootstrap's memory, before any image is embedded
-            from .retrieval import check_bootstrap_size
-
-            check_bootstrap_size(a.opts, len(dataset))
     model = instantiate(cfg.model, _convert_="all")
     cache_dir = run.cache.dir if run.cache.enabled else None
     log.info("dataset %s: %d images; model %s (%s, %s); %d taxonomies; analyses: %s", dataset.name, len(dataset),
@@ -357,7 +354,7 @@ def _hydra_run(argv: list[str]) -> None:
 
     from .collect import FAILED_FILE  # why a job stopped, for `clipfair collect`
     from .distributed import DistributedError, from_env
-    from .outputs import RunDirRefused, _own_failed_note
+    from .outputs import RunDirRefused, own_failed_note
     from .record import write_json
 
     register_resolvers()
@@ -366,7 +363,7 @@ def _hydra_run(argv: list[str]) -> None:
     def app(cfg: DictConfig) -> None:
         hc = HydraConfig.get()
         out, info = Path(hc.runtime.output_dir), _hydra_info(hc)
-        if _own_failed_note(out / FAILED_FILE):
+        if own_failed_note(out / FAILED_FILE):
             (out / FAILED_FILE).unlink(missing_ok=True)
         try:
             run_from_config(cfg, out, list(hc.overrides.task), hydra_info=info)

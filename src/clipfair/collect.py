@@ -1,5 +1,7 @@
 """`clipfair collect DIR...`: one table across many runs (a Hydra multirun folder, say).
 
+Layer: run (reads finished run folders).
+
 Finds the run folders under the given folders, keeps the finished ones (``run.json`` plus
 every output it vouches for) and lists the failed (``failed.json``, written by ``clipfair run``
 when a job stops) and unfinished ones (a Hydra job folder without outputs) apart, never mixed
@@ -258,26 +260,32 @@ def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | No
 
 
 def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path) -> Path:
-    from .report import _grouped_bars, _new_figure, _save, _style_axis
+    from .figures import save_figure
+    from .report import grouped_bars, new_figure, style_axis
 
     ticks = ["\n".join(str(g).split("+")) for g in groups]  # one line per value, never split inside a name
-    fig = _new_figure(ticks, len(labels), legend_right=True)
+    fig = new_figure(ticks, len(labels), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
-    _grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels])
-    _style_axis(fig, ax, ticks, ylabel, title + "\n(error bars: Wilson intervals)", len(labels))
+    grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels])
+    style_axis(fig, ax, ticks, ylabel, title + "\n(error bars: Wilson intervals)", len(labels))
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path, *, metric: str = "accuracy",
-                   slices: Sequence[str] = ("race",), taxonomies: Sequence[str] | None = None,
+                   slices: Sequence[str] | None = None, taxonomies: Sequence[str] | None = None,
                    methods: Sequence[str] | None = None, categories: Sequence[str] | None = None,
                    min_n: int = 30, confidence: float = 0.95, base: Path | None = None) -> tuple[Document, list[Path]]:
-    """The cross-run summary as document sections, and the plots it shows (written to ``out_dir``)."""
+    """The cross-run summary as document sections, and the plots it shows (written to ``out_dir``).
+    ``slices``: default the first attribute slice the runs computed (their datasets' declared
+    order, e.g. race for FairFace)."""
     from .pipeline import DISCLAIMER
-    from .report import _safe
+    from .outputs import safe_filename
 
+    if slices is None:
+        present = list(dict.fromkeys(table["slice"].astype(str))) if "slice" in table.columns else []
+        slices = [s for s in present if s != "overall" and "+" not in s][:1]
     base = base or out_dir
     finished = [r for r in runs if r.status == "finished"]
     left_out = [r for r in runs if r.status != "finished"]
@@ -318,7 +326,7 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
             groups = list(dict.fromkeys(sub["group"]))
             cells = {(r.label, r.group): _cell(r, min_n) for r in sub.itertuples(index=False)}
             what = f"{metric}{f' of {cat}' if cat else ''} · {tax} · {meth} by {sl}"
-            name = "collected_" + "_".join(_safe(x) for x in (metric, tax, meth, *([cat] if cat else []), sl)) + ".png"
+            name = "collected_" + "_".join(safe_filename(x) for x in (metric, tax, meth, *([cat] if cat else []), sl)) + ".png"
             ylabel = "accuracy (%)" if metric == "accuracy" else "share of the group's images (%)"
             written.append(_plot(sub, labels, groups, ylabel, what, out_dir / name))
             tables.append(Section(what, [
@@ -379,7 +387,7 @@ def main(argv: Sequence[str]) -> int:
                     help="metric of the runs x groups tables (default accuracy; any metric in the runs' "
                          f"metrics.csv, e.g. {', '.join(sorted(metric_specs()))} or a user analysis's outcome)")
     ap.add_argument("--slice", dest="slices", action="append", default=None,
-                    help="slice of the tables, repeatable (default race)")
+                    help="slice of the tables, repeatable (default: the runs' first attribute slice, e.g. race)")
     ap.add_argument("--taxonomy", dest="taxonomies", action="append", default=None,
                     help="only these taxonomies, repeatable (default all with the metric)")
     ap.add_argument("--method", dest="methods", action="append", default=None, help="only these methods")
@@ -392,7 +400,7 @@ def main(argv: Sequence[str]) -> int:
         raise CollectError(f"--confidence must be between 0 and 1 (exclusive), e.g. 0.95, got {a.confidence}")
     if a.min_n < 1:
         raise CollectError(f"--min-n must be a number of images >= 1, got {a.min_n}")
-    res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices or ["race"], taxonomies=a.taxonomies,
+    res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices, taxonomies=a.taxonomies,
                           methods=a.methods, categories=a.categories, min_n=a.min_n, confidence=a.confidence)
     runs = res["runs"]
     done = [r for r in runs if r.status == "finished"]

@@ -1,5 +1,7 @@
 """Side-by-side comparison of taxonomy variants, with significance tests.
 
+Layer: analyses.
+
 Two variants evaluated on the *same images* are compared image by image: for every group the
 difference in a rate (or accuracy) is tested with McNemar's exact test on the discordant
 images (those the two variants treat differently), with Newcombe's square-and-add interval
@@ -28,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from .document import Document, Figure, Section, Table, Text, to_markdown
-from .metrics import DEFAULT_SLICES, _slice_attrs, _value_order, slice_name
+from .figures import DPI, save_figure
+from .metrics import slice_attrs, slice_name, value_order
 from .stats import (CORRECTION_NAMES, CORRECTIONS, benjamini_hochberg, holm, mcnemar_exact,  # noqa: F401
                     newcombe_diff, newcombe_paired_diff, two_proportion_z)
 from .outputs import read_csv, safe_filename, write_csv
@@ -47,7 +50,7 @@ COMPARISON_COLUMNS = ("baseline", "variant", "metric", "category", "slice", "gro
 def slice_groups(frame: pd.DataFrame, s: Any) -> pd.Series | None:
     """Group label of each row for slice ``s`` (NA where an attribute is missing);
     None when the frame lacks one of the slice's attribute columns."""
-    attrs = _slice_attrs(s)
+    attrs = slice_attrs(s)
     if not attrs:
         return pd.Series("all", index=frame.index, dtype=object)
     if any(a not in frame.columns for a in attrs):
@@ -62,12 +65,14 @@ def slice_groups(frame: pd.DataFrame, s: Any) -> pd.Series | None:
     return label.where(~missing, other=None)
 
 
-def group_order(frame: pd.DataFrame, s: Any, labels: Sequence[str]) -> list[str]:
-    """Groups of a slice in canonical order (e.g. FairFace's race order, age bins ascending)."""
-    attrs = _slice_attrs(s)
+def group_order(frame: pd.DataFrame, s: Any, labels: Sequence[str],
+                orders: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Groups of a slice in the dataset's declared value ``orders`` (e.g. FairFace's race
+    order, age bins ascending); undeclared values sorted."""
+    attrs = slice_attrs(s)
     if not attrs:
         return ["all"]
-    orders = [_value_order(a, frame[a].dropna().astype(str).unique()) for a in attrs]
+    orders = [value_order(a, frame[a].dropna().astype(str).unique(), orders) for a in attrs]
     rank = {}
     import itertools
 
@@ -100,7 +105,7 @@ def _metric_specs(tax_b: pd.DataFrame, tax_v: pd.DataFrame, categories: Mapping[
 
 def _paired_rows(pred: pd.DataFrame, baseline: str, variants: Sequence[str],
                  categories: Mapping[str, Sequence[str]], slices: Sequence[Any],
-                 confidence: float) -> list[dict[str, Any]]:
+                 confidence: float, orders: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     base = pred[pred["taxonomy"] == baseline].set_index("image_id")
     if base.empty:
         raise ValueError(f"baseline taxonomy {baseline!r} not in predictions; have "
@@ -129,7 +134,7 @@ def _paired_rows(pred: pd.DataFrame, baseline: str, variants: Sequence[str],
                 df["a"] = (df["xb"] == 1) & (df["xv"] == 1)
                 agg = df.groupby("g", sort=False).agg(n=("xb", "size"), sb=("xb", "sum"), sv=("xv", "sum"),
                                                       a=("a", "sum"), b=("b", "sum"), c=("c", "sum"))
-                for grp in group_order(bb, s, agg.index.tolist()):
+                for grp in group_order(bb, s, agg.index.tolist(), orders):
                     r = agg.loc[grp]
                     n, a_, b_, c_ = float(r["n"]), float(r["a"]), float(r["b"]), float(r["c"])
                     # variant - baseline: the variant is the "first" proportion of the pair
@@ -144,15 +149,17 @@ def _paired_rows(pred: pd.DataFrame, baseline: str, variants: Sequence[str],
 
 def compare_paired(predictions: pd.DataFrame, baseline: str, variants: Sequence[str],
                    categories: Mapping[str, Sequence[str]] | None = None,
-                   slices: Sequence[Any] = DEFAULT_SLICES, method: str = "zero_shot",
-                   confidence: float = 0.95, correction: str = "holm", alpha: float = 0.05) -> pd.DataFrame:
+                   slices: Sequence[Any] = ("overall",), method: str = "zero_shot",
+                   confidence: float = 0.95, correction: str = "holm", alpha: float = 0.05,
+                   orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Compare each variant taxonomy with ``baseline`` on the same images (McNemar exact).
+    ``slices`` and ``orders``: the dataset's (see :func:`clipfair.metrics.group_metrics`).
 
     Accuracy is compared when both have a target; rates for every category both share.
     diff = variant - baseline with Newcombe's paired square-and-add interval at ``confidence``.
     """
     pred = predictions[predictions["method"] == method] if "method" in predictions else predictions
-    rows = _paired_rows(pred, baseline, variants, categories or {}, slices, confidence)
+    rows = _paired_rows(pred, baseline, variants, categories or {}, slices, confidence, orders)
     return _finish(rows, correction, alpha, confidence)
 
 
@@ -283,7 +290,7 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
         raise ValueError(f"no comparison rows for {metric}/{category}/{slice}")
     variants = [part["baseline"].iloc[0], *dict.fromkeys(part["variant"])]
     groups = list(dict.fromkeys(part["group"]))
-    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) * max(1, len(variants) / 3) + 3.5), 4.8), dpi=120)
+    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) * max(1, len(variants) / 3) + 3.5), 4.8), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     width = 0.8 / len(variants)
@@ -320,9 +327,7 @@ def plot_variant_shift(cmp: pd.DataFrame, metric: str, category: str, slice: str
     ax.grid(axis="y", alpha=0.3)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)
 
 
 def plot_name(metric: str, category: str, slice: str) -> str:
@@ -330,15 +335,17 @@ def plot_name(metric: str, category: str, slice: str) -> str:
     return safe_filename(f"compare_{metric}{'_' + category if category else ''}_{slice}", ".png")
 
 
-def plot_keys(cmp: pd.DataFrame, plot_slices: Sequence[str] = ("race", "age")) -> dict[tuple, str]:
-    """(metric, category, slice) -> plot file name, for the slices that get a plot."""
+def plot_keys(cmp: pd.DataFrame, plot_slices: Sequence[str] | None = None) -> dict[tuple, str]:
+    """(metric, category, slice) -> plot file name, for the slices that get a plot: the
+    dataset's declared ``plot_slices`` (None: every single-attribute slice)."""
     keys = cmp[["metric", "category", "slice"]].drop_duplicates() if len(cmp) else []
     return {(m, c, s): plot_name(m, c, s) for m, c, s in
-            (keys.itertuples(index=False, name=None) if len(cmp) else []) if s in plot_slices}
+            (keys.itertuples(index=False, name=None) if len(cmp) else [])
+            if (s in plot_slices if plot_slices is not None else s != "overall" and "+" not in s)}
 
 
 def write_comparison(cmp: pd.DataFrame, out_dir: Path, correction: str, alpha: float,
-                     plot_slices: Sequence[str] = ("race", "age"), model: str = "") -> list[Path]:
+                     plot_slices: Sequence[str] | None = None, model: str = "") -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "comparison_side_by_side.csv"]
@@ -478,16 +485,35 @@ def _label_runs(runs: Sequence[Run]) -> None:
             r.label = f"{r.label} #{seen[r.label]}"
 
 
+def run_slices_and_orders(run: Run) -> tuple[list[Any], dict[str, list[str]]]:
+    """The slices a finished run computed (as its ``metrics.csv`` lists them) and its
+    dataset's declared value orders (``run.json``'s ``value_orders``; for older runs, the
+    group order of ``metrics.csv``, which follows the declarations)."""
+    met = run.metrics
+    slices: list[Any] = []
+    for name in dict.fromkeys(met["slice"].astype(str)) if "slice" in met else ():
+        attrs = tuple(name.split("+"))
+        slices.append(name if len(attrs) == 1 else attrs)
+    declared = run.record.get("value_orders")
+    if isinstance(declared, dict):
+        return slices, {str(a): [str(v) for v in vs] for a, vs in declared.items()}
+    orders = {name: list(dict.fromkeys(met.loc[met["slice"] == name, "group"].astype(str)))
+              for name in slices if isinstance(name, str) and name != "overall"}
+    return slices, orders
+
+
 def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correction: str = "holm",
                  alpha: float = 0.05, method: str = "zero_shot", confidence: float = 0.95,
-                 slices: Sequence[Any] = DEFAULT_SLICES, allow_different_taxonomies: bool = False) -> pd.DataFrame:
+                 slices: Sequence[Any] | None = None, allow_different_taxonomies: bool = False) -> pd.DataFrame:
     """Compare each taxonomy of the baseline run with the same-named taxonomy of every other
     run. ``baseline``: a run folder (or its label); default the first. Rows are named
     ``<run label>: <taxonomy>``. Runs on the same images (equal dataset fingerprints) are
     compared image by image, others from their counts. One correction over all rows.
     Same-named taxonomies whose classes or prompts differ (run.json) are refused, or with
     ``allow_different_taxonomies`` compared with the row named ``<run label>: <taxonomy>
-    (different classes)`` / ``(different prompts)``."""
+    (different classes)`` / ``(different prompts)``.
+    ``slices``: default the baseline run's; groups follow its declared value orders
+    (:func:`run_slices_and_orders`)."""
     if len(run_dirs) < 2:
         raise CompareError("give at least two run folders to compare")
     runs = [load_run(d) for d in run_dirs]
@@ -500,6 +526,8 @@ def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correcti
                                f"({', '.join(str(r.path) for r in runs)}) or labels ({', '.join(r.label for r in runs)})")
         base = hits[0]
     others = [r for r in runs if r is not base]
+    base_slices, orders = run_slices_and_orders(base)
+    slices = base_slices if slices is None else slices
     rows: list[dict[str, Any]] = []
     paired_any = False
     base_taxes = list(dict.fromkeys(base.predictions["taxonomy"].astype(str)))
@@ -525,7 +553,7 @@ def compare_runs(run_dirs: Sequence[Path], baseline: str | None = None, correcti
                 vp = r.predictions[r.predictions["taxonomy"] == tax].assign(taxonomy=vname)
                 pred = pd.concat([bp, vp], ignore_index=True)
                 pred = pred[pred["method"] == method] if "method" in pred else pred
-                rows += _paired_rows(pred, bname, [vname], {}, slices, confidence)
+                rows += _paired_rows(pred, bname, [vname], {}, slices, confidence, orders)
                 paired_any = True
             else:
                 bm = base.metrics[(base.metrics["taxonomy"] == tax) & (base.metrics["method"] == method)]

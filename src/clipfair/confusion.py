@@ -1,5 +1,7 @@
 """Confusion plots by group, from the long ``confusion.csv`` frame.
 
+Layer: report.
+
 Reads only the frames :func:`clipfair.metrics.confusion` and
 :func:`clipfair.metrics.group_metrics` produce (or their CSV copies); nothing is
 recomputed from predictions. Figures use matplotlib's object API
@@ -23,9 +25,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["confusion_matrix", "plot_confusion", "worst_group", "write_confusion_plots"]
+from .figures import DPI, save_figure
 
-DPI = 120
+__all__ = ["confusion_matrix", "plot_confusion", "worst_group", "write_confusion_plots"]
 
 
 def confusion_matrix(conf: pd.DataFrame, taxonomy: str, method: str, slice: str = "overall",
@@ -90,12 +92,6 @@ def worst_group(metrics: pd.DataFrame, taxonomy: str, method: str) -> tuple[str,
     return str(r["slice"]), str(r["group"])
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
 
@@ -111,7 +107,8 @@ def write_confusion_plots(conf: pd.DataFrame, metrics: pd.DataFrame, out_dir: Pa
         lab = (labels or {}).get(tax)
         stem = f"confusion_{_safe(tax)}_{_safe(meth)}"
         if ((conf["taxonomy"] == tax) & (conf["method"] == meth) & (conf["slice"] == "overall")).any():
-            written.append(_save(plot_confusion(conf, tax, meth, labels=lab), out / f"{stem}_overall.png"))
+            written.append(save_figure(plot_confusion(conf, tax, meth, labels=lab), out / f"{stem}_overall.png",
+                                       tight=False))
         wg = worst_group(metrics, tax, meth)
         if wg is not None:
             sl, grp = wg
@@ -120,5 +117,5 @@ def write_confusion_plots(conf: pd.DataFrame, metrics: pd.DataFrame, out_dir: Pa
                 fig = plot_confusion(conf, tax, meth, sl, grp, lab,
                                      title=f"{tax} · {meth}\nworst group: {sl} = {grp} "
                                            f"(n={int(conf.loc[hit, 'count'].sum())})")
-                written.append(_save(fig, out / f"{stem}_worst.png"))
+                written.append(save_figure(fig, out / f"{stem}_worst.png", tight=False))
     return written

@@ -1,5 +1,7 @@
 """Several processes embedding one dataset: who am I, a barrier, and my share of the rows.
 
+Layer: run.
+
 clipfair uses PyTorch's own launcher and SLURM's, not a scheduler of its own:
 
 * ``torchrun --nproc_per_node=N -m clipfair run ...`` sets ``RANK``, ``WORLD_SIZE``,

@@ -2,6 +2,8 @@
 rendered to Markdown (``summary.md``, ``model_card.md``, ...) and to one self-contained
 HTML page (``report.html``).
 
+Layer: report.
+
 Stages that have something to say (the summary, variant comparison, prompt sensitivity,
 the model card, retrieval bias, ...) build :class:`Section` objects; only this module turns
 them into Markdown or HTML, so a new output format is one renderer here and no stage

@@ -1,5 +1,7 @@
 """Image and text embeddings, computed once and cached by content.
 
+Layer: run.
+
 Images are keyed by the sha256 of their bytes within a namespace of (model fingerprint,
 preprocessing, dtype), so a rerun encodes nothing, a changed image is re-encoded alone, and
 a changed model or preprocessing uses a fresh namespace. Encoding runs in chunks that are
@@ -311,7 +313,7 @@ def plan_preprocessing(dataset: FaceDataset, model: ImageTextModel, keys: Sequen
     return plan
 
 
-def _variant_store(store: EmbeddingStore, extra: dict[str, str]) -> EmbeddingStore:
+def variant_store(store: EmbeddingStore, extra: dict[str, str]) -> EmbeddingStore:
     """The store of the same namespace plus ``extra`` (e.g. a different decoder)."""
     ns = {k: v for k, v in store.namespace.items() if k not in ("cache_version", "kind")}
     return EmbeddingStore(store.root, store.kind, {**ns, **extra}, store.info)
@@ -378,7 +380,7 @@ def embed_images(dataset: FaceDataset, model: ImageTextModel, store: EmbeddingSt
     plan = plan_preprocessing(dataset, model, keys, fast_preprocess=fast_preprocess,
                               fast_decode=fast_decode, gpu_decode=gpu_decode)
     if store is not None and plan.namespace:
-        store = _variant_store(store, plan.namespace)
+        store = variant_store(store, plan.namespace)
     known = {k: None for k in keys if k is not None}
     todo_keys = set(store.missing(known)) if store is not None else set(known)
     cached = sum(1 for k in keys if k is not None and k not in todo_keys)

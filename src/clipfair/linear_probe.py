@@ -1,5 +1,7 @@
 """Linear probes: logistic regression on image features (the CLIP paper's 'LR CLIP').
 
+Layer: analyses.
+
 For a target taxonomy (race, gender, age, ...), fit scikit-learn's multinomial logistic
 regression on the train split's image features and predict the evaluation split.
 Predictions use the same tidy schema as zero-shot (``method = linear_probe``), so every

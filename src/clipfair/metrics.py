@@ -1,5 +1,7 @@
 """Per-group metrics with Wilson confidence intervals, and between-group disparities.
 
+Layer: stats.
+
 Pure functions on pandas DataFrames. The input is the long per-image predictions frame
 (one row per image x taxonomy x method); the output is a long metrics frame with one row
 per taxonomy x method x metric x category x slice x group (see :func:`group_metrics`).
@@ -43,7 +45,6 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 import difflib
 
@@ -51,11 +52,11 @@ from clipfair.analyses.specs import BUILTIN_METRICS
 from clipfair.analyses.specs import direction as spec_direction
 from clipfair.analyses.specs import is_accuracy as spec_is_accuracy
 from clipfair.analyses.specs import is_ranked, kind as spec_kind
-from clipfair.data.attributes import BUILTIN, value_orders
 from clipfair.data.base import SliceError
+from clipfair.stats import (CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z,
+                            welch_diff, wilson_interval)
 
 __all__ = [
-    "DEFAULT_SLICES",
     "METRIC_COLUMNS",
     "DISPARITY_COLUMNS",
     "metric_direction",
@@ -65,22 +66,13 @@ __all__ = [
     "SMALL_GROUP_N",
     "wilson_interval",
     "slice_name",
+    "slice_attrs",
+    "value_order",
     "resolve_slices",
     "group_metrics",
     "confusion",
     "disparities",
 ]
-
-DEFAULT_SLICES: tuple = (
-    "overall",
-    "race",
-    "gender",
-    "age",
-    "race_binary",
-    ("race", "gender"),
-    ("race_binary", "gender"),
-    ("age", "gender"),
-)
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "taxonomy", "method", "metric", "category", "slice", "group",
@@ -97,54 +89,13 @@ METRICS: tuple[str, ...] = ("accuracy", "topk_accuracy", "rate", "label_rate", "
 #: label's share has no declared direction (harm or not), so its groups are not ranked
 UNRANKED_METRICS: frozenset[str] = frozenset(s.name for s in BUILTIN_METRICS if not s.ranked)
 
-#: group order of the built-in FairFace attributes, used when no declared orders are given;
-#: unknown values come after, sorted
-CANONICAL_ORDER: dict[str, tuple[str, ...]] = value_orders(list(BUILTIN.values()))
 
 _REQUIRED = ("taxonomy", "method", "predicted_category")
 
 
-# --------------------------------------------------------------------------- Wilson CI
-
-def wilson_interval(count, n, confidence: float = 0.95):
-    """Wilson score interval for a binomial proportion ``count / n``.
-
-    ``count`` and ``n`` may be scalars (returns a pair of floats) or array-likes
-    (returns a pair of float arrays, broadcast). ``n == 0`` gives ``(nan, nan)``.
-    The critical value is ``z = norm.ppf(1 - (1 - confidence) / 2)``.
-    """
-    if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
-    scalar = np.ndim(count) == 0 and np.ndim(n) == 0
-    k = np.asarray(count, dtype=float)
-    m = np.asarray(n, dtype=float)
-    k, m = np.broadcast_arrays(k, m)
-    bad = (m < 0) | (k < 0) | (k > m)
-    if np.any(bad & ~np.isnan(k) & ~np.isnan(m)):
-        raise ValueError("wilson_interval needs 0 <= count <= n")
-    z = float(norm.ppf(1.0 - (1.0 - float(confidence)) / 2.0))
-    z2 = z * z
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = k / m
-        denom = 1.0 + z2 / m
-        center = (p + z2 / (2.0 * m)) / denom
-        half = z * np.sqrt(p * (1.0 - p) / m + z2 / (4.0 * m * m)) / denom
-        low = np.clip(center - half, 0.0, 1.0)
-        high = np.clip(center + half, 0.0, 1.0)
-    # exact bounds at the edges (the closed form gives them up to rounding)
-    low = np.where(k == 0, 0.0, low)
-    high = np.where(k == m, 1.0, high)
-    empty = ~(m > 0)
-    low = np.where(empty, np.nan, low)
-    high = np.where(empty, np.nan, high)
-    if scalar:
-        return float(low), float(high)
-    return low, high
-
-
 # --------------------------------------------------------------------------- slices
 
-def _slice_attrs(s) -> tuple[str, ...]:
+def slice_attrs(s) -> tuple[str, ...]:
     """Attribute columns of a slice: () for overall."""
     if isinstance(s, str):
         return () if s == "overall" else (s,)
@@ -158,24 +109,29 @@ def _slice_attrs(s) -> tuple[str, ...]:
 
 def slice_name(s) -> str:
     """``"overall"``, ``"race"``, or ``"race+gender"`` for a tuple slice."""
-    attrs = _slice_attrs(s)
+    attrs = slice_attrs(s)
     return "+".join(attrs) if attrs else "overall"
 
 
-def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset") -> list:
-    """The slices to compute. ``"auto"`` (or None): :data:`DEFAULT_SLICES` whose attributes
-    ``available`` has, then every other available attribute on its own. A list: checked,
-    a slice naming an attribute not in ``available`` raises :class:`SliceError` naming
-    the slice and listing the available attributes."""
+def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset", preferred: Sequence = ()) -> list:
+    """The slices to compute. ``"auto"`` (or None): ``"overall"``, then the dataset's
+    ``preferred`` slices (its declaration, :attr:`clipfair.data.base.FaceDataset.default_slices`)
+    whose attributes ``available`` has, then every other available attribute on its own.
+    A list: checked, a slice naming an attribute not in ``available`` raises
+    :class:`SliceError` naming the slice and listing the available attributes."""
     available = list(available)
     if spec is None or (isinstance(spec, str) and spec == "auto"):
-        out = [s for s in DEFAULT_SLICES if all(a in available for a in _slice_attrs(s))]
+        out: list = []
+        for s in ("overall", *preferred):
+            s = s if isinstance(s, str) else tuple(s)
+            if s not in out and all(a in available for a in slice_attrs(s)):
+                out.append(s)
         return out + [a for a in available if a not in out]
     if isinstance(spec, str):
         spec = [spec]
     out = []
     for s in spec:
-        attrs = _slice_attrs(s)
+        attrs = slice_attrs(s)
         twice = sorted({a for a in attrs if attrs.count(a) > 1})
         if twice:
             raise SliceError(f"slice {list(attrs)}: names {', '.join(twice)} twice; an intersection crosses "
@@ -193,12 +149,12 @@ def resolve_slices(spec, available: Sequence[str], dataset: str = "the dataset")
     return out
 
 
-def _value_order(attribute: str, values: Iterable[str],
+def value_order(attribute: str, values: Iterable[str],
                  orders: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """Declared values present first (declared order), then undeclared ones sorted.
-    ``orders``: attribute -> declared values (default: the built-in FairFace orders)."""
+    ``orders``: attribute -> declared values (the dataset's declarations; none: sorted)."""
     present = set(values)
-    canon = tuple((CANONICAL_ORDER if orders is None else orders).get(attribute, ()))
+    canon = tuple((orders or {}).get(attribute, ()))
     known = [v for v in canon if v in present]
     rest = sorted(present.difference(canon))
     return known + rest
@@ -378,7 +334,7 @@ def _worst_rows(cols: dict[str, np.ndarray], small_n: int) -> dict[str, np.ndarr
 def group_metrics(
     predictions: pd.DataFrame,
     categories: Mapping[str, Sequence[str]],
-    slices: Iterable = DEFAULT_SLICES,
+    slices: Iterable = ("overall",),
     confidence: float = 0.95,
     *,
     labels: Mapping[str, Sequence[str]] | None = None,
@@ -397,8 +353,10 @@ def group_metrics(
     category missing from the list is reported after the declared ones (with a warning);
     a taxonomy missing from the mapping gets its observed categories, sorted.
     ``labels``: the same for class labels (default: the observed labels, sorted).
-    ``orders``: attribute -> declared value order (the dataset's declarations; default
-    the built-in FairFace orders). ``topk``: the k of top-k accuracy. ``small_n``: groups
+    ``slices``: the slices to compute (the dataset's, see :func:`resolve_slices`).
+    ``orders``: attribute -> declared value order (the dataset's declarations,
+    :meth:`clipfair.data.base.FaceDataset.value_orders`; none: values sorted). ``topk``: the
+    k of top-k accuracy. ``small_n``: groups
     with fewer images are flagged ``small``.
 
     Returns a frame with columns :data:`METRIC_COLUMNS`. A slice whose attribute columns
@@ -412,7 +370,7 @@ def group_metrics(
     if missing:
         raise ValueError(f"predictions lack column(s) {missing}; have {list(predictions.columns)}")
     slices = list(slices)
-    slice_attrs = [_slice_attrs(s) for s in slices]
+    attrs_per_slice = [slice_attrs(s) for s in slices]
     if len({slice_name(s) for s in slices}) != len(slices):
         raise ValueError(f"duplicate slices in {slices!r}")
     if not 0.0 < float(confidence) < 1.0:
@@ -456,14 +414,14 @@ def group_metrics(
         rank = pd.to_numeric(df["true_rank"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     n_classes = label_items.len if label_items is not None else np.zeros(n_tax, np.int64)
 
-    used_attrs = sorted({a for attrs in slice_attrs for a in attrs if a in df.columns})
+    used_attrs = sorted({a for attrs in attrs_per_slice for a in attrs if a in df.columns})
     attr_cats: dict[str, pd.Categorical] = {
-        a: _factor(df[a], order=lambda vals, a=a: _value_order(a, vals, orders)) for a in used_attrs
+        a: _factor(df[a], order=lambda vals, a=a: value_order(a, vals, orders)) for a in used_attrs
     }
 
     conf = float(confidence)
     pieces: list[dict[str, np.ndarray]] = []
-    for s_idx, (s, attrs) in enumerate(zip(slices, slice_attrs)):
+    for s_idx, (s, attrs) in enumerate(zip(slices, attrs_per_slice)):
         if any(a not in df.columns for a in attrs):
             continue  # dataset lacks this attribute (resolve_slices refuses it earlier)
         name = slice_name(s)
@@ -544,7 +502,7 @@ def group_metrics(
 
 def confusion(
     predictions: pd.DataFrame,
-    slices: Iterable = DEFAULT_SLICES,
+    slices: Iterable = ("overall",),
     *,
     orders: Mapping[str, Sequence[str]] | None = None,
     labels: Mapping[str, Sequence[str]] | None = None,
@@ -564,7 +522,7 @@ def confusion(
     if any(c not in predictions.columns for c in ("taxonomy", "method", "true_label", "predicted_label")):
         return empty
     df = predictions[predictions["true_label"].notna()]
-    slices = [s for s in slices if all(a in df.columns for a in _slice_attrs(s))]
+    slices = [s for s in slices if all(a in df.columns for a in slice_attrs(s))]
     frames = []
     for tax in pd.unique(df["taxonomy"]):
         part = df[df["taxonomy"] == tax]
@@ -579,10 +537,10 @@ def confusion(
         for meth in pd.unique(part["method"]):
             rows = (part["method"] == meth).to_numpy()
             for s in slices:
-                attrs = list(_slice_attrs(s))
+                attrs = list(slice_attrs(s))
                 keys = base[rows].copy()
                 for a in attrs:
-                    keys[a] = _factor(part.loc[rows, a], order=lambda vals, a=a: _value_order(a, vals, orders))
+                    keys[a] = _factor(part.loc[rows, a], order=lambda vals, a=a: value_order(a, vals, orders))
                 counts = (keys.groupby([*attrs, "true_label", "predicted_label"], observed=True, sort=True)
                           .size().rename("count").reset_index())
                 counts = counts[counts["count"] > 0]
@@ -683,8 +641,6 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     ``harms``: taxonomy -> category -> harm (see :func:`metric_direction`).
     ``confidence``: default the metrics frame's ``attrs["confidence"]`` or 0.95.
     """
-    from .stats import CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z, welch_diff
-
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; choose {', '.join(CORRECTIONS)}")
     need = ["taxonomy", "method", "metric", "category", "slice", "group", "n", "value"]

@@ -1,5 +1,7 @@
 """The CLIP paper's FairFace figures and the model card's claims beside this run's values.
 
+Layer: analyses.
+
 Reference figures live in a data file (``references/clip_paper.yaml``) with their source
 (table, row, column, and the paper's words for figures from the text). Each is mapped onto
 clipfair's outputs (taxonomy role, method, metric, slice, group), measured as a count of n
@@ -33,9 +35,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .data.attributes import race_binary
+from .data.attributes import FAIRFACE_ORDERS, FAIRFACE_SLICES, race_binary
 from .document import Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .metrics import DEFAULT_SLICES, group_metrics, wilson_interval
+from .figures import DPI, save_figure
+from .metrics import group_metrics, wilson_interval
 from .outputs import safe_filename, write_csv
 from .yamlio import load_yaml_file
 
@@ -147,13 +150,17 @@ def binary_race_predictions(predictions: pd.DataFrame, race_taxonomy: str) -> pd
 
 
 def race_scoring_metrics(predictions: pd.DataFrame, race_taxonomy: str, slices: Sequence[Any],
-                         confidence: float = 0.95) -> pd.DataFrame:
+                         confidence: float = 0.95,
+                         orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Race accuracy scored White vs Non-White, as metrics rows labelled
-    ``metric = accuracy_race_binary`` (the 7-way scoring is the plain ``accuracy`` rows)."""
+    ``metric = accuracy_race_binary`` (the 7-way scoring is the plain ``accuracy`` rows).
+    ``orders``: the dataset's declared value orders (default FairFace's, whose figures the
+    card reproduces)."""
     bp = binary_race_predictions(predictions, race_taxonomy)
     if bp.empty:
         return bp.iloc[0:0]
-    m = group_metrics(bp, {}, slices=slices, confidence=confidence)
+    m = group_metrics(bp, {}, slices=slices, confidence=confidence,
+                      orders=FAIRFACE_ORDERS if orders is None else orders)
     m = m[m["metric"] == "accuracy"].copy()
     m["metric"] = BINARY_RACE_METRIC
     return m.reset_index(drop=True)
@@ -255,7 +262,7 @@ def _scorings(fig: Mapping[str, Any], opts: ModelCardOptions) -> list[tuple[str,
 
 
 def reproduce(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardOptions,
-              slices: Sequence[Any] = DEFAULT_SLICES) -> pd.DataFrame:
+              slices: Sequence[Any] = FAIRFACE_SLICES) -> pd.DataFrame:
     """Every reference figure and claim beside this run's value, interval and verdict.
     Race accuracy scored White vs Non-White is computed over ``slices`` unless ``metrics``
     already holds it (``metric = accuracy_race_binary``)."""
@@ -639,7 +646,7 @@ def plot_table(card: pd.DataFrame, table: str, path: Path, tolerance: float = 2.
     from matplotlib.figure import Figure as MplFigure
 
     part = card[(card["kind"] == "figure") & (card["table"] == table) & card["primary"].astype(bool)]
-    fig = MplFigure(figsize=(7.2, 5.4), dpi=120)
+    fig = MplFigure(figsize=(7.2, 5.4), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     ref = part["reference"].to_numpy(float)
@@ -669,8 +676,7 @@ def plot_table(card: pd.DataFrame, table: str, path: Path, tolerance: float = 2.
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return save_figure(fig, path, tight=False)
 
 
 def card_title(context: CardContext, opts: ModelCardOptions) -> str:

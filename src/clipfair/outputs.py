@@ -1,6 +1,8 @@
 """Run folders: a run's outputs appear whole or not at all, two runs never mix, and every
 output file name is safe.
 
+Layer: utility (below data; imports no other clipfair module).
+
 * :func:`check_run_dir` (before any work): a folder that already holds another run's
   outputs is refused unless ``overwrite``; a folder that cannot be written is refused.
 * :func:`staged_outputs`: every output is written into a temporary folder beside the run
@@ -193,7 +195,7 @@ def read_manifest(folder: Path | str) -> dict[str, dict[str, Any]] | None:
     return files
 
 
-def _own_failed_note(p: Path) -> bool:
+def own_failed_note(p: Path) -> bool:
     try:
         data = json.loads(p.read_text())
     except (OSError, ValueError):
@@ -205,7 +207,7 @@ def _removable(d: Path, overwrite: bool) -> list[str]:
     """The files an overwrite of ``d`` removes (its earlier run's manifest files, each
     unchanged since written); raises RunDirRefused for a folder holding anything else."""
     entries = _entries(d) if d.is_dir() else []
-    entries = [e for e in entries if not (e == "cli.log" or (e == "failed.json" and _own_failed_note(d / e)))]
+    entries = [e for e in entries if not (e == "cli.log" or (e == "failed.json" and own_failed_note(d / e)))]
     if not entries:
         return []
     manifest = read_manifest(d)

@@ -89,7 +89,7 @@ def harms(taxonomies: Sequence[Taxonomy]) -> dict[str, dict[str, bool]]:
     return {t.name: dict(t.harms) for t in taxonomies}
 
 
-def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = M.DEFAULT_SLICES,
+def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any] = ("overall",),
           confidence: float = 0.95, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
           disparity_correction: str = "holm", *, orders: dict[str, Sequence[str]] | None = None,
           topk: Sequence[int] = (), small_n: int = M.SMALL_GROUP_N,
@@ -127,8 +127,8 @@ def check_run(dataset: FaceDataset, taxonomies: Sequence[Taxonomy], slices: Sequ
     taxonomy file and class)."""
     declared = {a.name: tuple(a.values) for a in dataset.declared}
     for t in taxonomies:
-        check_target(t, declared, f"dataset {dataset.name!r}")
-    return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}")
+        check_target(t, declared, f"dataset {dataset.name!r}", dataset.tolerated_values)
+    return M.resolve_slices(slices, dataset.attributes, f"dataset {dataset.name!r}", dataset.default_slices)
 
 
 def check_analyses(analyses: Sequence[Analysis], dataset: FaceDataset, taxonomies: Sequence[Taxonomy],
@@ -238,6 +238,8 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
               "images_encoded": emb.encoded, "images_from_cache": emb.cached,
               "taxonomies": len(taxonomies), **ctx.counts}
     info["slices"] = [M.slice_name(s) for s in slices]
+    info["value_orders"] = {a: list(v) for a, v in orders.items()}  # the dataset's declared orders
+    info["plot_slices"] = {k: list(v) for k, v in dataset.plot_slices.items()}  # and which slices get plots
     info["analyses"] = [a.describe() for a in analyses]
     ev = Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, confusion=conf,
                     analyses=analyses, context=ctx, outcomes=outcomes)
@@ -334,12 +336,13 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
     return ReportContext(
         title=f"clipfair results: {label}" + (f" on {data.get('name')}" if data.get("name") else ""),
         model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),
-        harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target})
+        harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target},
+        plot_slices=ev.info.get("plot_slices"))
 
 
 def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False,
                   taxonomies: Sequence[Taxonomy] = (), compare: dict[str, Any] | None = None,
-                  slices: Sequence[Any] = M.DEFAULT_SLICES,
+                  slices: Sequence[Any] = ("overall",),
                   model_card_sections: Sequence[Any] = ()) -> list[Path]:
     """predictions.parquet, metrics.csv, disparities.csv, confusion.csv, plots, summary.md,
     report.html, run.json, and every analysis's own files and report sections

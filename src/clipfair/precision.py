@@ -1,5 +1,7 @@
 """Numeric precision audit: does the run's dtype change zero-shot predictions?
 
+Layer: analyses.
+
 On a seeded sample of images (default 256), the image tower encodes the same preprocessed
 pixels twice, at the run's precision and in float32; both sets of embeddings are scored
 against the run's class embeddings. Recorded per taxonomy: how many predictions agree (with

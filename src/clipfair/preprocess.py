@@ -1,5 +1,7 @@
 """Fast image preprocessing that reproduces a model's resize / crop / normalise on uint8 pixels.
 
+Layer: models.
+
 The reference is the checkpoint's own (PIL-backend) processor: resize the shortest edge
 (PIL, the processor's resample filter, bicubic for CLIP), center crop (zero-padding an
 image smaller than the crop), rescale by 1/255 and normalise by mean/std, returning float32
@@ -171,16 +173,6 @@ def _center_crop_chw(img: torch.Tensor, ch: int, cw: int, offset: str = "floor")
         img = torch.nn.functional.pad(img, (lp, nw - w - lp, tp, nh - h - tp))
     top, left = _crop_offset(nh, ch, offset), _crop_offset(nw, cw, offset)
     return img[:, top:top + ch, left:left + cw]
-
-
-def from_processor(image_processor: Any) -> ClipPreprocess | None:
-    """A :class:`ClipPreprocess` equivalent to a transformers ``image_processor``, or None.
-    Kept for callers of the old name: the transformers backend owns this mapping now
-    (:func:`clipfair.models.hf.spec_from_image_processor`); the core asks the model
-    (:meth:`clipfair.models.ImageTextModel.preprocess_spec`)."""
-    from .models.hf import spec_from_image_processor
-
-    return spec_from_image_processor(image_processor)
 
 
 def processor_pixels(image_processor: Any, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""run.json: everything needed to reproduce a run."""
+"""run.json: everything needed to reproduce a run.
+
+Layer: run.
+"""
 
 from __future__ import annotations
 

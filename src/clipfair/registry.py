@@ -1,5 +1,7 @@
 """One small registry pattern for datasets, models and taxonomies.
 
+Layer: utility (below data; imports no other clipfair module).
+
 Lookup errors list what is available; registering a name twice is an error, never a
 silent overwrite.
 """

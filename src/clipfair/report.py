@@ -1,5 +1,7 @@
 """The run's report: ``summary.md`` and ``report.html`` from one document, plus PNG plots.
 
+Layer: report.
+
 Everything here only reads the frames :func:`clipfair.metrics.group_metrics` and
 :func:`clipfair.metrics.disparities` produce (or their CSV copies); no metric is
 recomputed. The report is built as :mod:`clipfair.document` sections; that module renders
@@ -25,8 +27,8 @@ from matplotlib.figure import Figure as MplFigure
 
 from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
 from .analyses.specs import metric_spec
+from .figures import DPI, save_figure
 from .metrics import HIGHER, LOWER, METRIC_COLUMNS, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
-
 from .outputs import safe_filename
 
 __all__ = [
@@ -37,15 +39,9 @@ __all__ = [
     "plot_accuracy",
     "plot_category_rates",
     "write_report",
-    "ACCURACY_PLOT_SLICES",
-    "RATE_PLOT_SLICES",
     "DEMO_BANNER",
 ]
 
-#: slices that get an accuracy plot (when present) and a category-rate plot
-ACCURACY_PLOT_SLICES: tuple[str, ...] = ("race", "gender", "age")
-RATE_PLOT_SLICES: tuple[str, ...] = ("race", "age")
-DPI = 120
 TOP_FINDINGS = 15
 TOP_DISPARITIES = 20
 
@@ -60,7 +56,9 @@ class ReportContext:
     ``header``: (field, value) rows shown at the top; ``model``: a short model label used
     in plot titles; ``harms``: taxonomy -> category -> harm (True: lower is better, False:
     higher is better; missing: neutral); ``n_classes``: taxonomy -> number of classes (the
-    chance line of accuracy plots is 1 / n_classes)."""
+    chance line of accuracy plots is 1 / n_classes); ``plot_slices``: kind (``accuracy``,
+    ``rate``) -> the slices that get a plot, the dataset's declaration
+    (:attr:`clipfair.data.base.FaceDataset.plot_slices`; None: every single-attribute slice)."""
 
     title: str = "clipfair results"
     model: str = ""
@@ -71,6 +69,7 @@ class ReportContext:
     skipped: Mapping[str, int] = field(default_factory=dict)
     harms: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
     n_classes: Mapping[str, int] = field(default_factory=dict)
+    plot_slices: Mapping[str, Sequence[str]] | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -155,6 +154,14 @@ def _is_intersection(slice_name: str) -> bool:
     return "+" in str(slice_name)
 
 
+def _plot_slices(ctx: ReportContext, kind: str, have) -> list[str]:
+    """The slices of ``have`` (in its order) that get a ``kind`` plot (see ReportContext)."""
+    have = list(dict.fromkeys(str(s) for s in have))
+    if ctx.plot_slices is None:
+        return [s for s in have if s != "overall" and not _is_intersection(s)]
+    return [s for s in ctx.plot_slices.get(kind, ()) if s in have]
+
+
 def _metric_title(metric: str) -> str:
     return {"rate": "Predicted categories", "label_rate": "Predicted labels"}.get(metric, metric.replace("_", " "))
 
@@ -181,7 +188,7 @@ def _slot(labels: Sequence[str], n_series: int) -> float:
     return max(0.55 + 0.2 * n_series, longest * _CHAR_IN + 0.25)
 
 
-def _new_figure(labels: Sequence[str], n_series: int = 1, legend_right: bool = False) -> MplFigure:
+def new_figure(labels: Sequence[str], n_series: int = 1, legend_right: bool = False) -> MplFigure:
     """A figure wide enough that every group label fits on its own lines (no label is
     broken inside a name); only past the maximum width are labels rotated instead."""
     width = min(max(4.2, 1.4 + len(labels) * _slot(labels, n_series)), _MAX_WIDTH)
@@ -190,7 +197,7 @@ def _new_figure(labels: Sequence[str], n_series: int = 1, legend_right: bool = F
     return fig
 
 
-def _style_axis(fig: MplFigure, ax, labels: Sequence[str], ylabel: str, title: str, n_series: int = 1) -> None:
+def style_axis(fig: MplFigure, ax, labels: Sequence[str], ylabel: str, title: str, n_series: int = 1) -> None:
     ax.set_ylim(0, 100)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10.5)
@@ -205,13 +212,6 @@ def _style_axis(fig: MplFigure, ax, labels: Sequence[str], ylabel: str, title: s
     ax.set_xlim(-0.6, len(labels) - 0.4)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-
-
-def _save(fig: MplFigure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight", metadata={"Software": None})
-    return path
 
 
 def _errors(values: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
@@ -245,7 +245,7 @@ def _accuracy_figure(metrics: pd.DataFrame, taxonomy: str, method: str, slice: s
     rows = _rows_or_raise(m, metric, taxonomy, method, slice)
     v = rows["value"].to_numpy(dtype=float)
     labels = _tick_labels(list(rows["group"]), list(rows["n"]))
-    fig = _new_figure(labels, legend_right=True)
+    fig = new_figure(labels, legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(rows))
     ax.bar(x, v * 100.0, width=0.65, color="#4C72B0", edgecolor="none", label=metric.replace("_", " "))
@@ -258,8 +258,8 @@ def _accuracy_figure(metrics: pd.DataFrame, taxonomy: str, method: str, slice: s
     if n_classes:
         ax.axhline(100.0 / n_classes, color="#555555", linestyle=":", linewidth=1.2,
                    label=f"chance 1/{n_classes} = {100.0 / n_classes:.1f}%")
-    _style_axis(fig, ax, labels, f"{metric.replace('_', ' ')} (%)",
-                _title(model, taxonomy, method, f"{metric.replace('_', ' ')} by {slice}"))
+    style_axis(fig, ax, labels, f"{metric.replace('_', ' ')} (%)",
+               _title(model, taxonomy, method, f"{metric.replace('_', ' ')} by {slice}"))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
@@ -269,10 +269,10 @@ def plot_accuracy(metrics: pd.DataFrame, taxonomy: str, method: str, slice: str,
                   n_classes: int | None = None) -> Path:
     """Per-group accuracy bars with Wilson CI error bars, n under each group, the overall
     value and the chance line (1 / n_classes) when given; PNG."""
-    return _save(_accuracy_figure(metrics, taxonomy, method, slice, model, n_classes), path)
+    return save_figure(_accuracy_figure(metrics, taxonomy, method, slice, model, n_classes), path)
 
 
-def _grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.DataFrame]]) -> None:
+def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.DataFrame]]) -> None:
     """Bars per group, one colour per series, with interval error bars. Each series is a
     label and its rows (``group``, ``value``, ``ci_low``, ``ci_high``); values in percent."""
     x = np.arange(len(groups))
@@ -303,14 +303,14 @@ def _rates_figure(metrics: pd.DataFrame, taxonomy: str, slice: str,
     groups = _unique(rows["group"])
     n_by_group = rows.drop_duplicates("group").set_index("group")["n"]
     labels = _tick_labels(groups, [n_by_group[g] for g in groups])
-    fig = _new_figure(labels, len(cats), legend_right=True)
+    fig = new_figure(labels, len(cats), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
     suffix = {True: " (harm)", False: "", None: " (neutral)"}
-    _grouped_bars(ax, groups, [(cat + suffix[(harms or {}).get(cat)], rows[rows["category"] == cat])
-                               for cat in cats])
-    _style_axis(fig, ax, labels, "share of group's images (%)",
-                _title(model, taxonomy, method, f"predicted category by {slice} "
-                                                 f"(error bars: Wilson {_confidence_label(m)})"), len(cats))
+    grouped_bars(ax, groups, [(cat + suffix[(harms or {}).get(cat)], rows[rows["category"] == cat])
+                              for cat in cats])
+    style_axis(fig, ax, labels, "share of group's images (%)",
+               _title(model, taxonomy, method, f"predicted category by {slice} "
+                                                f"(error bars: Wilson {_confidence_label(m)})"), len(cats))
     ax.legend(title="category", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
@@ -320,7 +320,7 @@ def plot_category_rates(metrics: pd.DataFrame, taxonomy: str, slice: str, path,
                         categories: Sequence[str] | None = None, method: str = "zero_shot", model: str = "",
                         harms: Mapping[str, bool] | None = None) -> Path:
     """Grouped bars: per group, the share of images put into each category, with CIs; PNG."""
-    return _save(_rates_figure(metrics, taxonomy, slice, categories, method, model, harms=harms), path)
+    return save_figure(_rates_figure(metrics, taxonomy, slice, categories, method, model, harms=harms), path)
 
 
 # --------------------------------------------------------------------------- document
@@ -448,7 +448,7 @@ def _accuracy_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: Report
             if inter:
                 tb.append(Details(f"Intersections ({len(inter)} groups)", [Table(cols, inter, align=al)]))
             for mt in methods:
-                for sl in ACCURACY_PLOT_SLICES:
+                for sl in _plot_slices(ctx, "accuracy", sub["slice"]):
                     img = images.get((metric, tax, mt, sl))
                     if img:
                         tb.append(Figure(img, f"{tax} ({mt}): {metric.replace('_', ' ')} by {sl}"))
@@ -504,7 +504,7 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
                 inter = rows_for(_is_intersection)
                 if inter:
                     sec.append(Details(f"Intersections ({len(inter)} groups)", [Table(cols, inter, align=al)]))
-                for sl in RATE_PLOT_SLICES:
+                for sl in _plot_slices(ctx, "rate", sub["slice"]):
                     img = images.get((metric, tax, meth, sl))
                     if img:
                         sec.append(Figure(img, f"{tax} ({meth}): predicted category by {sl}"))
@@ -601,29 +601,27 @@ def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Pat
         am = acc[acc["metric"] == metric]
         for tax in _unique(am["taxonomy"]):
             for meth in _unique(am.loc[am["taxonomy"] == tax, "method"]):
-                have = set(am.loc[(am["taxonomy"] == tax) & (am["method"] == meth), "slice"])
-                for sl in ACCURACY_PLOT_SLICES:
-                    if sl not in have or metric.startswith(SLICE_SUMMARY_PREFIX):  # one row per slice
+                have = am.loc[(am["taxonomy"] == tax) & (am["method"] == meth), "slice"]
+                for sl in _plot_slices(ctx, "accuracy", have):
+                    if metric.startswith(SLICE_SUMMARY_PREFIX):  # one row per slice
                         continue
                     prefix = "accuracy" if metric == "accuracy" else _safe(metric)
                     name = fname(f"{prefix}_{_safe(tax)}_{_safe(meth)}_{_safe(sl)}")
                     fig = _accuracy_figure(m, tax, meth, sl, ctx.model, ctx.n_classes.get(tax) if metric == "accuracy"
                                            else None, metric)
-                    written.append(_save(fig, out_dir / name))
+                    written.append(save_figure(fig, out_dir / name))
                     images[(metric, tax, meth, sl)] = name
     for metric in _unique(m.loc[_share_mask(m), "metric"]):
         rate = m[m["metric"] == metric]
         for tax in _rate_taxonomies(rate):
             methods = _unique(rate.loc[rate["taxonomy"] == tax, "method"])
             meth = "zero_shot" if "zero_shot" in methods else methods[0]
-            have = set(rate.loc[(rate["taxonomy"] == tax) & (rate["method"] == meth), "slice"])
-            for sl in RATE_PLOT_SLICES:
-                if sl not in have:
-                    continue
+            have = rate.loc[(rate["taxonomy"] == tax) & (rate["method"] == meth), "slice"]
+            for sl in _plot_slices(ctx, "rate", have):
                 prefix = "rates" if metric == "rate" else _safe(metric)
                 name = fname(f"{prefix}_{_safe(tax)}_{_safe(sl)}")
                 fig = _rates_figure(m, tax, sl, None, meth, ctx.model, metric, ctx.harms.get(tax))
-                written.append(_save(fig, out_dir / name))
+                written.append(save_figure(fig, out_dir / name))
                 images[(metric, tax, meth, sl)] = name
     return written, images
 

@@ -1,6 +1,8 @@
 """Retrieval bias: rank a dataset's images for neutral text queries and measure how skewed
 the top k is by each demographic attribute (Geyik et al. 2019, arXiv:1905.01989).
 
+Layer: analyses.
+
 Ranking: images are ordered by cosine similarity between their (L2-normalised) embedding
 and the query's text embedding, highest first; **ties are broken by dataset order** (the
 earlier row ranks higher). Images whose value of an attribute is missing are left out of
@@ -17,7 +19,8 @@ Metrics, per query x attribute x k x desired distribution (``q``):
 - ``ndkl``: (1/Z) sum_{i=1..k} KL(D_top-i || q) / log2(i + 1), Z = sum_{i=1..k} 1/log2(i + 1),
   KL with natural logarithms and 0 log 0 = 0 (the absent convention does not apply);
 - ``bias`` (attributes with exactly two values a, b): Bias@k = (n_a - n_b) / (n_a + n_b) in
-  [-1, 1], a and b in the attribute's canonical order (Male - Female), else sorted order.
+  [-1, 1], a and b in the attribute's declared order (the dataset's declaration, e.g. FairFace's
+  Male - Female), else sorted order.
 
 ``desired``: ``dataset`` (each value's share of the ranked images: demographic parity) or
 ``uniform`` (1 / number of values present: equal representation). ``k`` may be ``all``
@@ -53,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from .registry import Registry
-from .taxonomy import Taxonomy, TaxonomyClass, _locate, _read_yaml, _scalar, check_template
+from .taxonomy import Taxonomy, TaxonomyClass, check_template, locate_file, read_yaml_mapping, scalar_text
 from .yamlio import load_yaml_file
 
 log = logging.getLogger(__name__)
@@ -157,16 +160,16 @@ def _parse_query(raw: Any, where: str) -> Query:
     text = str(text)
     prompts = _strings(raw.get("prompts", [text]), f"{where} ({text})", "prompts")
     pool = raw.get("pool")
-    category = _scalar(raw.get("category", DEFAULT_CATEGORY), where, "category", QuerySetError)
-    return Query(text, tuple(prompts), category, None if pool is None else _scalar(pool, where, "pool", QuerySetError))
+    category = scalar_text(raw.get("category", DEFAULT_CATEGORY), where, "category", QuerySetError)
+    return Query(text, tuple(prompts), category, None if pool is None else scalar_text(pool, where, "pool", QuerySetError))
 
 
 def load_query_set(spec: str | Path) -> QuerySet:
     """A built-in query set by name, or a user's YAML file by path. Errors name the file and
     the entry."""
-    path = (_locate(str(spec), builtins=BUILTINS, kind="query set", error=QuerySetError)
+    path = (locate_file(str(spec), builtins=BUILTINS, kind="query set", error=QuerySetError)
             if not isinstance(spec, Path) else spec.resolve())
-    data = _read_yaml(path, kind="query set", error=QuerySetError, expect="name, templates, queries")
+    data = read_yaml_mapping(path, kind="query set", error=QuerySetError, expect="name, templates, queries")
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise QuerySetError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
@@ -189,7 +192,7 @@ def load_query_set(spec: str | Path) -> QuerySet:
                                 "queries must be unique")
         seen.add(query.text)
         queries.append(query)
-    text = {k: "" if data.get(k) is None else _scalar(data[k], f"{path} ({name})", k, QuerySetError)
+    text = {k: "" if data.get(k) is None else scalar_text(data[k], f"{path} ({name})", k, QuerySetError)
             for k in ("description", "source")}
     return QuerySet(name, tuple(templates), tuple(queries), text["description"], text["source"], str(path))
 
@@ -487,11 +490,9 @@ class _Attr:
         return int((self.codes >= 0).sum())
 
 
-def _value_order(attr: str, present: Iterable[str]) -> list[str]:
-    from .data.attributes import CANONICAL
-
+def _value_order(present: Iterable[str], canon: Sequence[str] | None) -> list[str]:
+    """The declared order ``canon`` when it covers every present value, else sorted."""
     present = sorted({str(v) for v in present})
-    canon = CANONICAL.get(attr)
     if canon and set(present) <= set(canon):
         return [v for v in canon if v in present]
     return present
@@ -579,13 +580,16 @@ MAX_DEFAULT_VALUES = 50
 
 def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets: Sequence[QuerySet],
                    encode: Callable[[Sequence[str]], np.ndarray], options: RetrievalOptions,
-                   attributes: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
+                   attributes: Sequence[str] | None = None, progress: bool = False,
+                   value_orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """The long retrieval table (columns :data:`COLUMNS`) for ``query_sets`` ranked over the
     images of ``table`` (row i = ``image_embeddings[i]``). ``encode`` maps prompt strings to
     text embeddings (the zero-shot stage's cached :class:`clipfair.embed.TextEmbedder`).
     Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones, less
     those with more than :data:`MAX_DEFAULT_VALUES` values: skipped with a warning unless named in
-    ``options.attributes``). ``progress``: a progress bar over the queries."""
+    ``options.attributes``). ``progress``: a progress bar over the queries. ``value_orders``:
+    the attributes' declared value orders (:meth:`clipfair.data.base.FaceDataset.value_orders`;
+    values of an attribute without one, or with undeclared values, are sorted)."""
     from .zeroshot import l2_normalize
 
     if len(table) != len(image_embeddings):
@@ -615,7 +619,7 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
     for pool_no, (pool_value, img_idx, unit_ids) in enumerate(_pools(table, units, options)):
         W = (_boot_counts(len(img_idx), options.bootstrap, np.random.default_rng([options.seed, pool_no]))
              if options.bootstrap else None)
-        pinfo = _pool_attributes(table.iloc[img_idx], attrs, pool_value, W, options)
+        pinfo = _pool_attributes(table.iloc[img_idx], attrs, pool_value, W, options, value_orders)
         whole = pool_value is None
         Xp, inv = (X, inv_norm) if whole else (X[img_idx], inv_norm[img_idx])
         kmax = max([k for k in options.k if k != "all"] or [1])
@@ -638,12 +642,13 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
 
 
 def _pool_attributes(sub: pd.DataFrame, attrs: Sequence[str], pool_value: str | None, W: np.ndarray | None,
-                     options: RetrievalOptions) -> list[_Attr]:
+                     options: RetrievalOptions,
+                     value_orders: Mapping[str, Sequence[str]] | None = None) -> list[_Attr]:
     out = []
     for a in attrs:
         fcodes, uniques = pd.factorize(sub[a], use_na_sentinel=True)  # missing -> -1
         names = [str(v) for v in uniques]
-        values = _value_order(a, names)
+        values = _value_order(names, (value_orders or {}).get(a))
         if len(values) < 2:
             _warn_once(f"retrieval: attribute {a!r} has {len(values)} value(s)"
                        f"{f' in pool {pool_value!r}' if pool_value is not None else ''}; skew is not defined, left out")
@@ -967,7 +972,7 @@ def _heatmap(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .report import DPI, _save
+    from .figures import DPI, save_figure
 
     sel = df[(df.query_set == query_set) & (df.attribute == attribute) & (df.desired == desired) & _k_eq(df, k)
              & ~df["query"].isin([MEAN_ROW, WORST_ROW])]
@@ -1001,7 +1006,7 @@ def _heatmap(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: 
     ax.set_xticklabels(values, rotation=30, ha="right", fontsize=8)
     ax.set_title(f"Skew@{k} by {attribute}: {query_set} (desired: {desired})", fontsize=10)
     fig.colorbar(im, ax=ax, label="Skew@k = ln(share in top k / desired share)", shrink=0.8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _mix(df: pd.DataFrame, query_set: str, query: str, attribute: str, desired: str, k) -> str:
@@ -1040,7 +1045,7 @@ def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
     into ``out_dir`` as ``retrieval_skew_<set>_<attribute>.png``). Reads only ``table``
     (the :func:`retrieval_bias` frame or its CSV)."""
     from .document import Bullets, Figure, Note, Section, Table, Text
-    from .report import _safe
+    from .outputs import safe_filename
 
     out_dir = Path(out_dir)
     o = options.to_dict() if isinstance(options, RetrievalOptions) else dict(options or {})
@@ -1092,7 +1097,7 @@ def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
                          caption=f"Mean and worst over the {n_q} queries (point [interval]); worst = highest "
                                  "MaxSkew / NDKL, Bias farthest from 0."))
         for attr in dict.fromkeys(d["attribute"]):
-            name = f"retrieval_skew_{_safe(qs)}_{_safe(attr)}.png"
+            name = f"retrieval_skew_{safe_filename(qs)}_{safe_filename(attr)}.png"
             if _heatmap(d, qs, attr, desired0, k, out_dir / name) is not None:
                 sub.append(Figure(name, f"Skew@{k} by {attr} for the {qs} queries (desired: {desired0}); "
                                         "grey 'absent' = no image with that value in the top k."))

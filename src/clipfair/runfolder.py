@@ -1,6 +1,8 @@
 """Reading a finished run folder: the one reader of ``run.json`` and ``metrics.csv`` that
 `clipfair compare` and `clipfair collect` share.
 
+Layer: stats (reads the results tables a run wrote).
+
 A folder whose ``run.json`` is not a clipfair record (e.g. another tool's ``{"model":
 "some-model"}``), or whose ``metrics.csv`` is empty, binary or lacks the metric columns, raises
 :class:`RunFolderError` with one line naming the file and what is wrong; the callers skip such a

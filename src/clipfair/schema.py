@@ -1,5 +1,7 @@
 """The typed schema of `clipfair run`'s config, checked before any work.
 
+Layer: run.
+
 One dataclass per config group; its fields are the group's keys with their types and
 defaults (documented in configs/config.yaml), its ``check`` method the value constraints.
 :func:`validate` checks a composed config (a plain dict) against them and raises a one-line

@@ -1,5 +1,7 @@
 """Prompt sensitivity: the same taxonomy under several template sets.
 
+Layer: analyses.
+
 A taxonomy ``t`` evaluated with template set ``s`` is named ``t@s``. For every group the
 spread of its rate/accuracy across sets is reported (min, max, standard deviation). A
 *finding* (which group is worst for a metric in a slice) exists only where a direction is
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .document import Figure, Section, Table, Text
+from .figures import DPI, save_figure
 from .metrics import DEFAULT_DISPARITY_MIN_N, HIGHER, NEUTRAL, is_accuracy_metric, metric_direction
 from .stats import newcombe_diff
 from .taxonomy import Taxonomy, TaxonomyError
@@ -174,7 +177,7 @@ def plot_spread(metrics: pd.DataFrame, taxonomy: str, metric: str, category: str
         raise ValueError(f"no rows for {taxonomy}/{metric}/{category}/{slice}")
     groups = list(dict.fromkeys(m["group"]))
     sets = list(dict.fromkeys(m["template_set"]))
-    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) + 3.0), 4.8), dpi=120)
+    fig = MplFigure(figsize=(max(5.5, 0.9 * len(groups) + 3.0), 4.8), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     for gi, g in enumerate(groups):
@@ -196,16 +199,17 @@ def plot_spread(metrics: pd.DataFrame, taxonomy: str, metric: str, category: str
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="template set", bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)
 
 
 def write_sensitivity(metrics: pd.DataFrame, out_dir: Path, harms: Mapping[str, Mapping[str, bool]] | None = None,
                       confidence: float = 0.95, model: str = "",
-                      min_n: int = DEFAULT_DISPARITY_MIN_N) -> tuple[list[Path], list[Section]]:
-    """sensitivity.csv, sensitivity_findings.csv and spread plots by race and age;
-    returns the paths and the report sections (nothing when no taxonomy had template sets)."""
+                      min_n: int = DEFAULT_DISPARITY_MIN_N,
+                      plot_slices: Sequence[str] | None = None) -> tuple[list[Path], list[Section]]:
+    """sensitivity.csv, sensitivity_findings.csv and spread plots by each of ``plot_slices``
+    (the dataset's declared ones, e.g. FairFace's race and age; None: every single-attribute
+    slice); returns the paths and the report sections (nothing when no taxonomy had
+    template sets)."""
     spr, fnd = spread(metrics), findings(metrics, harms, confidence, min_n)
     if spr.empty:
         return [], []
@@ -213,9 +217,9 @@ def write_sensitivity(metrics: pd.DataFrame, out_dir: Path, harms: Mapping[str, 
     written = [out_dir / "sensitivity.csv", out_dir / "sensitivity_findings.csv"]
     write_csv(spr, written[0])
     write_csv(fnd, written[1], float_format=None)
-    images = []  # a spread plot per taxonomy x method x metric x category, by race and by age
+    images = []  # a spread plot per taxonomy x method x metric x category, by each plotted slice
     for r in spr.drop_duplicates(["taxonomy", "method", "metric", "category", "slice"]).itertuples():
-        if r.slice not in ("race", "age"):
+        if (r.slice not in plot_slices) if plot_slices is not None else (r.slice == "overall" or "+" in r.slice):
             continue
         meth = "" if r.method == "zero_shot" else f"_{r.method}"
         name = safe_filename(f"sensitivity_{r.taxonomy}{meth}_{r.metric}{'_' + r.category if r.category else ''}"

@@ -1,5 +1,7 @@
 """Intervals and tests for differences and ratios of proportions, and multiplicity corrections.
 
+Layer: stats.
+
 Vectorised over numpy arrays (scalars work too). Every interval takes ``confidence``.
 
 - :func:`newcombe_diff`: Newcombe's hybrid score interval for ``p1 - p2`` of two
@@ -21,8 +23,9 @@ from typing import Callable
 import numpy as np
 from scipy.stats import binom, norm
 
-__all__ = ["z_value", "wilson", "newcombe_diff", "newcombe_paired_diff", "katz_ratio", "two_proportion_z",
-           "mcnemar_exact", "holm", "benjamini_hochberg", "CORRECTIONS", "CORRECTION_NAMES", "adjusted_confidence"]
+__all__ = ["z_value", "wilson_interval", "wilson", "newcombe_diff", "welch_diff", "newcombe_paired_diff", "katz_ratio",
+           "two_proportion_z", "mcnemar_exact", "holm", "benjamini_hochberg", "CORRECTIONS", "CORRECTION_NAMES",
+           "adjusted_confidence"]
 
 
 def z_value(confidence: float) -> float:
@@ -31,10 +34,44 @@ def z_value(confidence: float) -> float:
     return float(norm.ppf(0.5 + float(confidence) / 2.0))
 
 
-def wilson(count, n, confidence: float = 0.95):
-    """Wilson score interval as float arrays (``clipfair.metrics.wilson_interval``)."""
-    from .metrics import wilson_interval
+def wilson_interval(count, n, confidence: float = 0.95):
+    """Wilson score interval for a binomial proportion ``count / n``.
 
+    ``count`` and ``n`` may be scalars (returns a pair of floats) or array-likes
+    (returns a pair of float arrays, broadcast). ``n == 0`` gives ``(nan, nan)``.
+    The critical value is ``z = norm.ppf(1 - (1 - confidence) / 2)``.
+    """
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
+    scalar = np.ndim(count) == 0 and np.ndim(n) == 0
+    k = np.asarray(count, dtype=float)
+    m = np.asarray(n, dtype=float)
+    k, m = np.broadcast_arrays(k, m)
+    bad = (m < 0) | (k < 0) | (k > m)
+    if np.any(bad & ~np.isnan(k) & ~np.isnan(m)):
+        raise ValueError("wilson_interval needs 0 <= count <= n")
+    z = float(norm.ppf(1.0 - (1.0 - float(confidence)) / 2.0))
+    z2 = z * z
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = k / m
+        denom = 1.0 + z2 / m
+        center = (p + z2 / (2.0 * m)) / denom
+        half = z * np.sqrt(p * (1.0 - p) / m + z2 / (4.0 * m * m)) / denom
+        low = np.clip(center - half, 0.0, 1.0)
+        high = np.clip(center + half, 0.0, 1.0)
+    # exact bounds at the edges (the closed form gives them up to rounding)
+    low = np.where(k == 0, 0.0, low)
+    high = np.where(k == m, 1.0, high)
+    empty = ~(m > 0)
+    low = np.where(empty, np.nan, low)
+    high = np.where(empty, np.nan, high)
+    if scalar:
+        return float(low), float(high)
+    return low, high
+
+
+def wilson(count, n, confidence: float = 0.95):
+    """Wilson score interval as float arrays (:func:`wilson_interval`)."""
     lo, hi = wilson_interval(np.asarray(count, float), np.asarray(n, float), confidence)
     return np.asarray(lo, float), np.asarray(hi, float)
 

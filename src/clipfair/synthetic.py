@@ -1,5 +1,7 @@
 """Synthetic, stylised FairFace-like faces and a writer for FairFace's official layout.
 
+Layer: data.
+
 The faces are cartoons whose attributes are visually learnable by a tiny model:
 
 * race   -> skin-tone colour and background hue (East Asian / Southeast Asian and

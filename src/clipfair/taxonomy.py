@@ -1,5 +1,7 @@
 """Class taxonomies: label sets with prompt templates, loaded from data-only YAML.
 
+Layer: data.
+
 File format (see README)::
 
     name: fairface_race              # unique; appears in every output
@@ -43,7 +45,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .data.attributes import CANONICAL
 from .registry import Registry, RegistryError
 from .yamlio import YamlError, load_yaml_file
 
@@ -145,8 +146,8 @@ def _builtin_registry() -> Registry[Path]:
 BUILTINS = _builtin_registry()
 
 
-def _read_yaml(path: Path, kind: str = "taxonomy", error: type[ValueError] = TaxonomyError,
-               expect: str = "name, templates, classes") -> dict[str, Any]:
+def read_yaml_mapping(path: Path, kind: str = "taxonomy", error: type[ValueError] = TaxonomyError,
+                      expect: str = "name, templates, classes") -> dict[str, Any]:
     """One data-only YAML mapping; ``kind``/``error``/``expect`` let other YAML data files
     (query sets) share this loader and its messages."""
     try:  # data only, aliases capped, YAML 1.2 booleans (see clipfair.yamlio)
@@ -160,8 +161,8 @@ def _read_yaml(path: Path, kind: str = "taxonomy", error: type[ValueError] = Tax
     return data
 
 
-def _locate(spec: str, relative_to: Path | None = None, builtins: Registry[Path] | None = None,
-            kind: str = "taxonomy", error: type[ValueError] = TaxonomyError) -> Path:
+def locate_file(spec: str, relative_to: Path | None = None, builtins: Registry[Path] | None = None,
+                kind: str = "taxonomy", error: type[ValueError] = TaxonomyError) -> Path:
     """A path (absolute, or relative to the including file / cwd) or a built-in name."""
     builtins = BUILTINS if builtins is None else builtins
     cands = []
@@ -180,7 +181,7 @@ def _locate(spec: str, relative_to: Path | None = None, builtins: Registry[Path]
         "(or give a path to a YAML file)")))
 
 
-def _scalar(value: Any, where: str, key: str, error: type[ValueError] = TaxonomyError) -> str:
+def scalar_text(value: Any, where: str, key: str, error: type[ValueError] = TaxonomyError) -> str:
     """A string, number or date read as text; anything else (a list, a mapping, a boolean,
     null) is an ``error`` naming ``where`` and ``key``, never a repr."""
     if isinstance(value, bool) or value is None or isinstance(value, (list, dict, set, tuple)):
@@ -191,9 +192,9 @@ def _scalar(value: Any, where: str, key: str, error: type[ValueError] = Taxonomy
 
 
 def _scalars(value: Any, where: str, key: str) -> list[str]:
-    """One string or a list of strings (see :func:`_scalar`)."""
+    """One string or a list of strings (see :func:`scalar_text`)."""
     items = value if isinstance(value, list) else [value]
-    return [_scalar(v, where, f"{key}[{i}]" if isinstance(value, list) else key) for i, v in enumerate(items)]
+    return [scalar_text(v, where, f"{key}[{i}]" if isinstance(value, list) else key) for i, v in enumerate(items)]
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -238,12 +239,12 @@ def _parse_classes(raw: Any, path: Path, key: str) -> list[TaxonomyClass]:
         label = c.get("label")
         if label is None or (isinstance(label, str) and label.strip() == ""):
             raise TaxonomyError(f"{where}: 'label' is required and must be a non-empty string")
-        label = _scalar(label, where, "label")
+        label = scalar_text(label, where, "label")
         prompts = c.get("prompts", [label])
         if prompts == [] or isinstance(prompts, dict):
             raise TaxonomyError(f"{where} ({label}): 'prompts' must be a non-empty list of strings")
         prompts = _scalars(prompts, f"{where} ({label})", "prompts")
-        category = _scalar(c.get("category", DEFAULT_CATEGORY), f"{where} ({label})", "category")
+        category = scalar_text(c.get("category", DEFAULT_CATEGORY), f"{where} ({label})", "category")
         matches = c.get("matches", [])
         if isinstance(matches, dict):
             raise TaxonomyError(f"{where} ({label}): 'matches' must be a list of target values")
@@ -285,7 +286,7 @@ def _load_dict(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere:
     if path in stack:
         chain = " -> ".join(str(p) for p in (*stack, path))
         raise TaxonomyError(f"include cycle: {chain}")
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise TaxonomyError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
@@ -293,7 +294,7 @@ def _load_dict(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere:
         inc = data["include"]
         if not isinstance(inc, str):
             raise TaxonomyError(f"{path}: 'include' must be one taxonomy name or path")
-        found = _locate(inc, path.parent)
+        found = locate_file(inc, path.parent)
         _check_include(found, inc, path, (stack or (path,))[0], allow_include_anywhere)
         base = _load_dict(found, (*stack, path), allow_include_anywhere)
         merged = {k: v for k, v in base.items() if k not in ("name", "description")}
@@ -364,12 +365,14 @@ def validate(tax: Taxonomy) -> Taxonomy:
     return tax
 
 
-def check_target(tax: Taxonomy, attributes: Mapping[str, Sequence[str]], dataset: str = "the dataset") -> bool:
+def check_target(tax: Taxonomy, attributes: Mapping[str, Sequence[str]], dataset: str = "the dataset",
+                 tolerated: Mapping[str, Sequence[str]] | None = None) -> bool:
     """Check a target taxonomy against the dataset it is evaluated on (at evaluation time).
 
     ``attributes``: the dataset's attributes -> their declared values (empty: values not
     declared). A class label (or ``matches`` value) must be a declared value of the
-    target, or, for FairFace's race/gender/age, one of FairFace's canonical values (so the
+    target, or one of the values the dataset tolerates (``tolerated``, its declaration
+    :attr:`clipfair.data.base.FaceDataset.tolerated_values`: FairFace's values, so the
     built-in FairFace taxonomies run on datasets with other race values, e.g. UTKFace,
     where such classes are simply never right). Otherwise a TaxonomyError names the file,
     class and allowed values. Without declared values nothing can be checked. Returns
@@ -381,7 +384,7 @@ def check_target(tax: Taxonomy, attributes: Mapping[str, Sequence[str]], dataset
     declared = tuple(attributes[tax.target])
     if not declared:
         return True
-    allowed = set(declared) | set(CANONICAL.get(tax.target, ()))
+    allowed = set(declared) | set((tolerated or {}).get(tax.target, ()))
     for c in tax.classes:
         for v in c.correct_for:
             if v not in allowed:
@@ -397,11 +400,11 @@ def load_taxonomy(spec: str | Path, allow_include_anywhere: bool = False) -> Tax
     """Load a built-in taxonomy by name, or a user's YAML file by path. ``include:`` may
     read only the built-ins and files in the taxonomy's folder tree, unless
     ``allow_include_anywhere`` (or the environment variable CLIPFAIR_ALLOW_INCLUDE_ANYWHERE=1)."""
-    path = _locate(str(spec)) if not isinstance(spec, Path) else spec.resolve()
+    path = locate_file(str(spec)) if not isinstance(spec, Path) else spec.resolve()
     d = _load_dict(path, allow_include_anywhere=allow_include_anywhere)
     if d.get("name") is None or (isinstance(d["name"], str) and not d["name"].strip()):
         raise TaxonomyError(f"{path}: 'name' is required and must be a non-empty string")
-    name = _scalar(d["name"], str(path), "name")
+    name = scalar_text(d["name"], str(path), "name")
     templates = d.get("templates")
     if not isinstance(templates, (str, list)):
         raise TaxonomyError(f"{path} ({name}): 'templates' must be a list of strings containing '{{}}'")
@@ -411,8 +414,8 @@ def load_taxonomy(spec: str | Path, allow_include_anywhere: bool = False) -> Tax
         name=name,
         templates=tuple(templates),
         classes=tuple(d["classes"]),
-        target=None if target is None else _scalar(target, f"{path} ({name})", "target"),
-        description=_scalar(d.get("description", ""), f"{path} ({name})", "description"),
+        target=None if target is None else scalar_text(target, f"{path} ({name})", "target"),
+        description=scalar_text(d.get("description", ""), f"{path} ({name})", "description"),
         source=d["source"],
         harms=tuple(d.get("harms", {}).items()),
     )

@@ -1,5 +1,7 @@
 """The one safe YAML reader for clipfair's data files (taxonomies, query sets, references).
 
+Layer: utility (below data; imports no other clipfair module).
+
 ``yaml.safe_load`` already refuses Python object tags; :func:`load_yaml_file` adds
 
 * a size cap on the document (:data:`MAX_BYTES`), checked before it is read;

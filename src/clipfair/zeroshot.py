@@ -1,5 +1,7 @@
 """Zero-shot classification: class embeddings (prompt ensembling), logits, predictions.
 
+Layer: analyses.
+
 Logits and probabilities follow the model family's own scoring rule
 (:class:`clipfair.models.Scoring`: softmax over ``logit_scale * cos`` for CLIP-style models,
 ``sigmoid(logit_scale * cos + logit_bias)`` for SigLIP)."""

@@ -93,7 +93,8 @@ def outcome_metrics(frame: pd.DataFrame, analysis: Analysis, slices: Sequence[An
                     small_n: int = 30, seed: int = 0) -> pd.DataFrame:
     """Per-group rows (``metrics.csv`` columns + :data:`KEY_COLUMNS` + attribute columns) of an
     analysis's per-unit outcomes, for every slice whose attributes the frame carries."""
-    from ..metrics import METRIC_COLUMNS, wilson_interval
+    from ..metrics import METRIC_COLUMNS
+    from ..stats import wilson_interval
 
     check_outcomes(analysis, frame)
     for spec in analysis.outcomes:

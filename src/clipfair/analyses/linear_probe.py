@@ -41,10 +41,10 @@ class LinearProbe(Analysis):
     def _encoder(self, model: Any, store: Any) -> tuple[Any, Any]:
         if self.features != "pre_projection":
             return model, store
-        from ..embed import _variant_store
+        from ..embed import variant_store
         from ..linear_probe import PreProjectionView
 
-        return PreProjectionView(model), (_variant_store(store, {"features": self.features})
+        return PreProjectionView(model), (variant_store(store, {"features": self.features})
                                           if store is not None else None)
 
     def embed_jobs(self, dataset: Any, model: Any, store: Any) -> list[tuple[Any, Any, Any]]:

@@ -51,7 +51,8 @@ class ModelCard(Analysis):
         from .engine import add_result_columns
 
         # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary
-        extra = race_scoring_metrics(ev.predictions, self.opts.taxonomies["race"], ctx.slices, ctx.confidence)
+        extra = race_scoring_metrics(ev.predictions, self.opts.taxonomies["race"], ctx.slices, ctx.confidence,
+                                     orders=ctx.orders)
         extra = add_result_columns(extra, ctx.table, ctx.slices, analysis=self.name)
         ev.metrics = pd.concat([ev.metrics, extra], ignore_index=True)
 

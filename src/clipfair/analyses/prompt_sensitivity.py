@@ -52,8 +52,10 @@ class PromptSensitivity(Analysis):
         from ..pipeline import harms, timed
         from ..sensitivity import write_sensitivity
 
+        plots = ev.info.get("plot_slices")
+        rate_plots = None if plots is None else plots.get("rate", ())
         with timed(ev.timings, "sensitivity"):
             paths, sections = write_sensitivity(
                 ev.metrics, out_dir, harms=harms(ctx.taxonomies), confidence=ctx.confidence, model=report.model,
-                min_n=int(ev.disparities.attrs.get("min_n", DEFAULT_DISPARITY_MIN_N)))
+                plot_slices=rate_plots, min_n=int(ev.disparities.attrs.get("min_n", DEFAULT_DISPARITY_MIN_N)))
         return Written(paths, sections)

@@ -41,6 +41,10 @@ class RetrievalBias(Analysis):
 
         if self.block and self.opts.confidence != ctx.confidence:
             self.opts = options_from_config({**self.block, "enabled": True}, ctx.confidence)
+        if ctx.dataset is not None:
+            from ..retrieval import check_bootstrap_size
+
+            check_bootstrap_size(self.opts, len(ctx.dataset))
         if ctx.model is None:  # before the model is loaded
             return
         for q in self.query_sets:
@@ -52,7 +56,8 @@ class RetrievalBias(Analysis):
 
         with timed(ctx.timings, "retrieval"):
             self.table = retrieval_bias(ctx.table, ctx.image_embeddings, self.query_sets, ctx.text_embedder,
-                                        self.opts, attributes=ctx.attributes, progress=ctx.progress)
+                                        self.opts, attributes=ctx.attributes, progress=ctx.progress,
+                                        value_orders=ctx.orders)
         ctx.info["retrieval"] = {**self.opts.to_dict(), "query_sets": [
             {"name": q.name, "source": q.source, "fingerprint": q.fingerprint()} for q in self.query_sets]}
         return None

@@ -40,9 +40,13 @@ class VariantComparison(Analysis):
             if n not in names:
                 raise ValueError(f"compare: taxonomy {n!r} is not in this run; taxonomies: {', '.join(names)}")
         confidence = float(ev.metrics.attrs.get("confidence", ctx.confidence))
+        plots = ev.info.get("plot_slices")
+        rate_plots = None if plots is None else plots.get("rate", ())
         with timed(ev.timings, "compare"):
             cmp = compare_paired(ev.predictions, baseline, variants, {t.name: t.categories for t in ctx.taxonomies},
-                                 ctx.slices, correction=self.correction, alpha=self.alpha, confidence=confidence)
-            paths = write_comparison(cmp, out_dir, self.correction, self.alpha, model=report.model)
+                                 ctx.slices, correction=self.correction, alpha=self.alpha, confidence=confidence,
+                                 orders=ev.info.get("value_orders"))
+            paths = write_comparison(cmp, out_dir, self.correction, self.alpha, model=report.model,
+                                     plot_slices=rate_plots)
         return Written(paths, comparison_sections(cmp, self.correction, self.alpha, max_rows=15,
-                                                  images=plot_keys(cmp)))
+                                                  images=plot_keys(cmp, rate_plots)))

@@ -1,10 +1,16 @@
-"""Face datasets: adapters (``load_dataset``), the FaceDataset object and label constants."""
+"""Face datasets: adapters (``load_dataset``), the FaceDataset object and label constants.
+
+Layer: data.
+"""
 
 from .adapters import DATASETS, ON_ERROR, UTKFACE_RACES, HFReader, load_dataset
 from . import counterfactual_layouts  # noqa: F401  (registers social_counterfactuals, pairs)
 from .attributes import (
     AGE_BINS,
     FAIRFACE_ATTRIBUTES,
+    FAIRFACE_ORDERS,
+    FAIRFACE_PLOT_SLICES,
+    FAIRFACE_SLICES,
     RACE_BINARY_ATTRIBUTE,
     Attribute,
     AttributeDeclarationError,
@@ -27,6 +33,9 @@ from .images import ImageError
 __all__ = [
     "AGE_BINS",
     "FAIRFACE_ATTRIBUTES",
+    "FAIRFACE_ORDERS",
+    "FAIRFACE_PLOT_SLICES",
+    "FAIRFACE_SLICES",
     "RACE_BINARY_ATTRIBUTE",
     "Attribute",
     "AttributeDeclarationError",

@@ -1,5 +1,7 @@
 """Dataset adapters: turn FairFace-style sources into :class:`FaceDataset` objects.
 
+Layer: data.
+
 Each adapter is a function registered in :data:`DATASETS` under a short name. It takes
 keyword arguments only (they come straight from the Hydra config group ``dataset``) and
 returns a :class:`FaceDataset` whose table holds a unique string ``image_id``, one
@@ -108,9 +110,9 @@ def _with_missing_values(kwargs: dict[str, Any], spellings: Any, takes_attribute
             isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in spellings):
         raise DatasetError(f"dataset.missing_values must be a list of spellings, e.g. [NaN, N/A, None], "
                            f"got {spellings!r}")
-    from .attributes import _plain
+    from .attributes import plain_data
 
-    attrs = _plain(kwargs.get("attributes"))
+    attrs = plain_data(kwargs.get("attributes"))
     if not takes_attributes or not isinstance(attrs, Mapping):
         return kwargs  # a malformed declaration is the adapter's error to report
     out = {}

@@ -1,5 +1,7 @@
 """Attribute declarations: which columns a dataset's images are described by.
 
+Layer: data.
+
 A dataset declares its attributes as typed objects:
 
 :class:`Attribute`
@@ -323,12 +325,38 @@ def value_orders(declared: Sequence[AnyAttribute]) -> dict[str, tuple[str, ...]]
     return {a.name: tuple(a.values) for a in declared if a.values}
 
 
-def _plain(obj: Any) -> Any:
+#: FairFace's declared value orders (race, gender, age bins ascending, race_binary)
+FAIRFACE_ORDERS: dict[str, tuple[str, ...]] = value_orders(list(BUILTIN.values()))
+#: the slices ``slices: auto`` computes first for a dataset with FairFace's attributes (those
+#: whose attributes the dataset declares; then every other declared attribute on its own):
+#: the overall row, each attribute, and the intersections the CLIP paper reports. Every
+#: built-in layout (FairFace, UTKFace, CSV and Hugging Face datasets) declares this
+#: preference (:attr:`clipfair.data.base.FaceDataset.default_slices`).
+FAIRFACE_SLICES: tuple = (
+    "overall",
+    "race",
+    "gender",
+    "age",
+    "race_binary",
+    ("race", "gender"),
+    ("race_binary", "gender"),
+    ("age", "gender"),
+)
+#: values a target taxonomy may name though a dataset does not have them: FairFace's, so the
+#: built-in FairFace taxonomies run on datasets with other race values (e.g. UTKFace), where
+#: such classes are simply never right (:attr:`clipfair.data.base.FaceDataset.tolerated_values`)
+FAIRFACE_TAXONOMY_VALUES: dict[str, tuple[str, ...]] = dict(CANONICAL)
+#: the single-attribute slices that get a plot, by kind (``accuracy``: accuracy plots, ``rate``:
+#: category-rate, variant-shift and prompt-sensitivity plots); the rest are tables only
+FAIRFACE_PLOT_SLICES: dict[str, tuple[str, ...]] = {"accuracy": ("race", "gender", "age"), "rate": ("race", "age")}
+
+
+def plain_data(obj: Any) -> Any:
     """Hydra's DictConfig / ListConfig as plain dicts and lists."""
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain_data(v) for k, v in obj.items()}
     if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-        return [_plain(v) for v in obj]
+        return [plain_data(v) for v in obj]
     return obj
 
 
@@ -340,7 +368,7 @@ def parse_attributes(spec: Mapping[str, Any] | None) -> list[Attribute]:
     allow_missing}}``. A built-in name (race, gender, age) given only a column keeps its
     canonical values and spellings."""
     out: list[Attribute] = []
-    for name, body in (_plain(spec) or {}).items():
+    for name, body in (plain_data(spec) or {}).items():
         where = f"dataset.attributes.{name}"
         if body is None or isinstance(body, (str, int)):
             column = None if body is None else str(body)
@@ -378,7 +406,7 @@ def parse_derived(spec: Mapping[str, Any] | None) -> list[DerivedAttribute]:
     """Derived attributes from config: ``{name: {from: attribute, groups: {group: [values]},
     other: group name (optional)}}``."""
     out: list[DerivedAttribute] = []
-    for name, body in (_plain(spec) or {}).items():
+    for name, body in (plain_data(spec) or {}).items():
         where = f"dataset.derived.{name}"
         if not isinstance(body, Mapping):
             raise AttributeDeclarationError(f"{where}: must be a mapping with 'from' and 'groups'")

@@ -1,17 +1,23 @@
-"""The dataset object every adapter returns."""
+"""The dataset object every adapter returns.
+
+Layer: data.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import pandas as pd
 from PIL import Image
 
 from .attributes import (
     BUILTIN,
+    FAIRFACE_PLOT_SLICES,
+    FAIRFACE_SLICES,
+    FAIRFACE_TAXONOMY_VALUES,
     RACE_BINARY_ATTRIBUTE,
     AnyAttribute,
     AttributeDeclarationError,
@@ -102,6 +108,14 @@ class FaceDataset:
     #: the rows dropped at load time, by name: {image_id, reason_key, message}
     skipped_items: list[dict[str, str]] = field(default_factory=list)
     declared: tuple[AnyAttribute, ...] = ()
+    #: the slices ``slices: auto`` computes first (those whose attributes are declared), then
+    #: every other declared attribute: the layout's declaration (FairFace's intersections)
+    default_slices: tuple = FAIRFACE_SLICES
+    #: the slices that get plots, by kind (``accuracy``, ``rate``): the layout's declaration
+    plot_slices: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(FAIRFACE_PLOT_SLICES))
+    #: attribute -> values a target taxonomy may name though this dataset lacks them (FairFace's,
+    #: so the built-in FairFace taxonomies run here; see clipfair.taxonomy.check_target)
+    tolerated_values: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(FAIRFACE_TAXONOMY_VALUES))
 
     def __post_init__(self) -> None:
         self.table = self.table.reset_index(drop=True)

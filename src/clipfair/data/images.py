@@ -1,5 +1,7 @@
 """Decoding image bytes into RGB PIL images, with errors that name the file.
 
+Layer: data.
+
 Decoding applies the EXIF orientation (a phone photo stored sideways with orientation 6 is
 turned upright, as every image viewer shows it), in every decode path.
 """

@@ -1,5 +1,7 @@
 """CLIP-style models behind one contract (:class:`ImageTextModel`, see :mod:`.base`).
 
+Layer: models.
+
 ``load_model(loader="hf", ...)``: transformers CLIP / MetaCLIP / SigLIP / SigLIP 2 (:mod:`.hf`);
 ``load_model(loader="open_clip", ...)``: open_clip (:mod:`.open_clip_backend`, needs
 ``pip install clipfair[open_clip]``). Only these backend modules import transformers or open_clip.
@@ -13,7 +15,7 @@ from typing import Any
 
 from .base import (DEFAULT_MAX_PARAMS, MODELS, PICKLE_SUFFIXES, ImageTextModel, ModelError, Pixels, Scoring, TextSettings,
                    resolve_device, resolve_dtype)
-from .hf import FAMILIES, ClipModel, _features, features, load_hf_clip
+from .hf import FAMILIES, ClipModel, features, load_hf_clip
 from . import open_clip_backend  # noqa: F401  (registers the "open_clip" loader; imports open_clip lazily)
 
 
@@ -43,5 +45,5 @@ def load_model(loader: str = "hf", **kwargs: Any) -> ImageTextModel:
 
 
 __all__ = ["FAMILIES", "model_config_keys", "MODELS", "PICKLE_SUFFIXES", "ClipModel", "ImageTextModel", "ModelError", "Pixels",
-           "Scoring", "TextSettings", "_features", "features", "load_hf_clip", "load_model", "resolve_device",
+           "Scoring", "TextSettings", "features", "load_hf_clip", "load_model", "resolve_device",
            "resolve_dtype"]

@@ -1,5 +1,7 @@
 """The backend contract: what the core (embedding, zero-shot, pipeline) needs from a model.
 
+Layer: models.
+
 A model family is one backend module (``hf.py``: transformers CLIP / MetaCLIP / SigLIP /
 SigLIP 2; ``open_clip_backend.py``: open_clip) that returns an :class:`ImageTextModel`.
 Nothing outside the backends imports transformers or open_clip: the core calls only

@@ -1,5 +1,7 @@
 """transformers backend: CLIP (incl. MetaCLIP and CLIP fine-tunes), SigLIP, SigLIP 2, AltCLIP, ALIGN.
 
+Layer: models.
+
 Each family is one row of :data:`FAMILIES`: its scoring rule and its text settings, as its
 authors use them. A checkpoint of another ``model_type`` is refused unless
 ``allow_unknown_family`` is set (then CLIP's settings are tried, and recorded).
@@ -98,9 +100,6 @@ def features(out: Any) -> torch.Tensor:
     if pooled is None:
         raise ModelError(f"model returned {type(out).__name__} without pooler_output")
     return pooled
-
-
-_features = features  # the name toy.py and older code import
 
 
 def _json_hash(obj: Any) -> str:

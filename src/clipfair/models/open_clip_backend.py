@@ -2,6 +2,8 @@
 ``model.name=hf-hub:org/repo`` or ``model.name=local-dir:/folder`` (a folder written by open_clip's
 ``save_for_hf``). Needs ``pip install clipfair[open_clip]`` (open_clip_torch, torchvision).
 
+Layer: models.
+
 open_clip's own pieces are used as they are: its tokenizer (always padded to the model's context
 length; SimpleTokenizer lower-cases, SigLIP / HF tokenizers do what their config says), its
 validation transform (the fast uint8 path is used where that transform is the standard
