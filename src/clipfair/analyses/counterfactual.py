@@ -1,5 +1,7 @@
-"""Counterfactual sets as an analysis (layer: analyses): images that differ in one or two
-attributes (race, gender, physical characteristics) and hold everything else fixed.
+"""Counterfactual sets as an analysis: images that differ in one or two attributes (race,
+gender, physical characteristics) and hold everything else fixed.
+
+Layer: analyses.
 
 The unit is one **set** (``dataset.set_column``; the layouts in
 :mod:`clipfair.data.counterfactual_layouts` declare ``set_id``, ``subject`` and ``varies``).
@@ -474,6 +476,8 @@ def plots(sets: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..figures import save_figure
+
     paths: list[Path] = []
     h = _headline(sets)
     if h is None:
@@ -486,8 +490,7 @@ def plots(sets: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_yticks(np.arange(1, len(groups) + 1), [f"{g[0]} (n={len(g[1])})" for g in groups])
     ax.set_xlabel("delta_p (max - min probability within a set)")
     ax.set_title(f"{tax}: {label}")
-    fig.tight_layout()
-    fig.savefig(out / DELTA_PNG, dpi=100)
+    save_figure(fig, out / DELTA_PNG)
     plt.close(fig)
     paths.append(out / DELTA_PNG)
     t = table[(table["metric"] == "top_member_rate") & (table["taxonomy"] == tax) & (table["subject"] == ALL)
@@ -503,8 +506,7 @@ def plots(sets: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_yticks(y, [f"{a}={b}" for a, b in zip(t["attribute"], t["attribute_value"])])
         ax.set_xlabel("share of sets whose top member has the value")
         ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / TOP_PNG, dpi=100)
+        save_figure(fig, out / TOP_PNG)
         plt.close(fig)
         paths.append(out / TOP_PNG)
     return paths

@@ -457,6 +457,12 @@ def _finish(name: str, frame: pd.DataFrame, image_ids: Sequence[str],
     return ds.with_derived(default).limit(limit)
 
 
+#: public names of the shared machinery, for layouts in other modules of this package
+#: (e.g. :mod:`clipfair.data.counterfactual_layouts`)
+RowIssues = _RowIssues
+finish_dataset = _finish
+
+
 # ---------------------------------------------------------------- CSV (fairface, csv)
 
 

@@ -1,5 +1,7 @@
-"""Counterfactual-set layouts (layer: data): datasets whose images come in sets that differ in
-one or two attributes and hold everything else fixed.
+"""Counterfactual-set layouts: datasets whose images come in sets that differ in one or two
+attributes and hold everything else fixed.
+
+Layer: data.
 
 Every layout declares the attributes ``set_id`` (the set; ``limit`` / ``subset.n`` count sets,
 which stay whole), ``subject`` (what the set depicts, e.g. an occupation), ``varies`` (which
@@ -31,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .adapters import DATASETS, _finish, _RowIssues
+from .adapters import DATASETS, RowIssues, finish_dataset
 from .attributes import Attribute
 from .base import DatasetError, FaceDataset, FileReader
 from .images import DEFAULT_MAX_IMAGE_BYTES, ImageError
@@ -198,13 +200,13 @@ def social_counterfactuals(*, root: str | None = None, limit: int | None = None,
     image_ids = [f"{s}/{i}" for s, i in zip(set_ids, range(len(frame)))]
     declared = [Attribute("set_id", allow_missing=False), Attribute("subject"), Attribute("varies"),
                 *[Attribute(t) for t in types]]
-    issues = _RowIssues(on_error)
+    issues = RowIssues(on_error)
     lab = {"set_id": set_ids.tolist(), "subject": subject, "varies": varies, **labels}
     source = {"adapter": "social_counterfactuals", "root": str(root_path), "shards": [str(f) for f in files],
               "set_column": "set_id"}
     reader = ParquetImageReader([str(f) for f in files], shard_a, group_a, row_a, str(root_path), image_column)
     frame = frame.drop(columns=[c for c in frame.columns if c in lab])
-    return _finish("social_counterfactuals", frame, image_ids, lab, {}, lambda kept: reader.subset(kept), issues,
+    return finish_dataset("social_counterfactuals", frame, image_ids, lab, {}, lambda kept: reader.subset(kept), issues,
                    source, limit, declared)
 
 
@@ -250,8 +252,8 @@ def pairs(*, root: str | None = None, limit: int | None = None, on_error: str = 
                 Attribute("race", values=("Black", "White"), allow_missing=False),
                 Attribute("gender", values=("Male", "Female"), allow_missing=False)]
     paths = [base / f for f in frame["file"]]
-    issues = _RowIssues(on_error)
-    return _finish("pairs", frame.drop(columns=["race", "gender"]), frame["file"].tolist(), lab, {},
+    issues = RowIssues(on_error)
+    return finish_dataset("pairs", frame.drop(columns=["race", "gender"]), frame["file"].tolist(), lab, {},
                    lambda kept: FileReader([paths[i] for i in kept]), issues,
                    {"adapter": "pairs", "root": str(root_path), "set_column": "set_id"}, limit, declared)
 
@@ -323,7 +325,7 @@ def visogender(*, root: str | None = None, images: str | None = None, limit: int
                          "gender_pair": (None if pg is None else "same" if pg == og else "different"),
                          "sector": r.get("Sector", ""), "tsv": tsv.name})
     frame = pd.DataFrame(recs)
-    issues = _RowIssues(on_error)
+    issues = RowIssues(on_error)
     where = [f"{r['tsv']} IDX {r['idx']}" for r in recs]
     missing_rows = [i for i, r in enumerate(recs) if r["idx"] not in on_disk]
     issues.flag(missing_rows, "missing_image",
@@ -344,7 +346,7 @@ def visogender(*, root: str | None = None, images: str | None = None, limit: int
                 Attribute("occupation_gender", values=("masculine", "feminine")),
                 Attribute("participant_gender", values=("masculine", "feminine")),
                 Attribute("gender_pair", values=("same", "different")), Attribute("other")]
-    return _finish("visogender", frame.drop(columns=["occupation", "other", "scene", "occupation_gender",
+    return finish_dataset("visogender", frame.drop(columns=["occupation", "other", "scene", "occupation_gender",
                                                      "participant_gender", "gender_pair"]),
                    frame["idx"].tolist(), lab, {}, lambda kept: FileReader([paths[i] for i in kept]), issues,
                    {"adapter": "visogender", "root": str(root_path), "images": str(img_dir),
