@@ -166,8 +166,10 @@ def test_min_n_lists_small_groups_and_never_compares_them(table):
 
 def test_equal_groups_and_csv_round_trip(table, tmp_path):
     eq = pd.DataFrame([_m("rate", "x", "race", g, 40, 40) for g in "AB"])
-    r = disparities(eq).iloc[0]
-    assert r.difference == 0 and r.p_value == 1.0 and not r.significant
+    d = disparities(eq)  # two groups that tie: nothing to compare (was A vs A, difference 0, p = 1)
+    assert len(d) == 1
+    r = d.iloc[0]
+    assert r.group == "" and r.reference == "" and math.isnan(r.p_value) and not r.significant
     table.to_csv(tmp_path / "m.csv", index=False)
     back = pd.read_csv(tmp_path / "m.csv")
     pd.testing.assert_frame_equal(disparities(back, harms=HARMS), disparities(table, harms=HARMS))
@@ -187,3 +189,25 @@ def test_slice_summary_metrics_are_not_compared(table):
     d = disparities(pd.concat([table, wga], ignore_index=True), harms=HARMS)
     assert "worst_group_accuracy" not in set(d["metric"])
     pd.testing.assert_frame_equal(d, disparities(table, harms=HARMS))
+
+
+def test_all_groups_tie_gives_no_self_pair_and_no_test():
+    """Every group equal (White vs White, difference 0, before): one empty row, never a
+    comparison of a group with itself or with an all-equal rest, and not counted by the correction."""
+    tie = [_m("accuracy", "", "race", g, n, n // 2) for g, n in (("White", 40), ("Black", 60), ("Asian", 80))]
+    tie.append(_m("accuracy", "", "overall", "all", 180, 90))
+    d = disparities(pd.DataFrame(tie))
+    assert len(d) == 1
+    r = d.iloc[0]
+    assert r["group"] == "" and r["reference"] == "" and r["n_groups"] == 3
+    assert math.isnan(r["p_value"]) and math.isnan(r["difference"]) and not r["significant"]
+    assert not (d["group"].astype(str) == d["reference"].astype(str)).any() or (d["group"] == "").all()
+    # beside a real comparison, the tie adds no test: holm over one p-value is the p-value itself
+    real = [_m("accuracy", "", "gender", "A", 50, 40), _m("accuracy", "", "gender", "B", 50, 25)]
+    both = disparities(pd.DataFrame(tie + real))
+    alone = disparities(pd.DataFrame(real))
+    wvb = both[(both["slice"] == "gender") & (both["comparison"] == "worst_vs_best")]
+    assert wvb["p_adjusted"].iloc[0] == pytest.approx(alone["p_adjusted"].iloc[0])
+    assert wvb["p_adjusted"].iloc[0] == pytest.approx(proportions_ztest([25, 40], [50, 50])[1])
+    named = both[both["group"] != ""]
+    assert not (named["group"] == named["reference"]).any()

@@ -2,6 +2,7 @@
 scorings, age bands, and the experiment end to end."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -445,3 +446,88 @@ def test_card_flags_a_probe_that_did_not_converge_and_shows_the_precision_audit(
     assert "did not converge for fairface_race (run.json" in md and "fairface_gender" not in md.split("did not")[1][:40]
     assert "1e-06…1e+06, 15 candidates, refined to 1/8 decade" in md
     assert "250 of 256" in md and "`bfloat16`" in md
+
+
+def test_two_sample_verdict_when_the_papers_sample_size_is_known(tmp_path):
+    """53% of 1,500 against the paper's 50% of 1,500: the one-sample rule (paper's value exact)
+    says differs, the two-sample interval (both sides' uncertainty) says consistent."""
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    from clipfair.model_card import ModelCardError, two_sample_verdict
+
+    p = gender_preds({("White", "Male"): (1500, 795)})
+    met = group_metrics(p, {"G": ["gender"]}, slices=["race_binary"])
+    exact = fig("one", "T", "gender", "accuracy", "race_binary", "White", 50.0, method="linear_probe")
+    known = {**exact, "id": "two", "table": "U", "paper_n": 1500}
+    card = reproduce(p, met, opts(write_refs(tmp_path, [exact, known]))).set_index("id")
+    one, two = card.loc["one"], card.loc["two"]
+    lo, hi = wilson_interval(795, 1500, 0.95)
+    assert 100 * lo > 50.0 and one["verdict"] == "differs"  # today's rule, kept where n is unknown
+    assert math.isnan(one["paper_n"])
+    assert two["verdict"] == "consistent" and two["paper_n"] == 1500
+    bad = write_refs(tmp_path, [{**known, "paper_n": "many"}])
+    with pytest.raises(ModelCardError, match=r"figures\[0\] \(two\): paper_n must be a number"):
+        read_references(bad)
+    # the two-sample interval is Newcombe's hybrid score interval (statsmodels' 'newcomb')
+    dlo, dhi = confint_proportions_2indep(795, 1500, 750, 1500, method="newcomb", compare="diff")
+    assert (two["diff_low"], two["diff_high"]) == pytest.approx((100 * dlo, 100 * dhi))
+    assert two["diff_low"] < 0 < two["diff_high"]
+    # a difference beyond both sides' uncertainty still differs
+    assert two_sample_verdict(870, 1500, 50.0, 50.0, 50.0, 1500, 0.95)[0] == "differs"
+    # the rounding range counts: 'approximately 50%' (resolution 1) meets a difference interval ending at -0.4
+    assert two_sample_verdict(750 - 15, 1500, 50.0, 49.5, 50.5, 100000, 0.95)[0] == "consistent"
+
+
+def test_about_claim_inside_a_wide_interval_is_inconclusive(tmp_path):
+    from clipfair.model_card import approx_verdict, claim_precision
+
+    claim = {"id": "about93", "text": "accuracy about 93%", "method": "linear_probe", "taxonomy": "gender",
+             "metric": "accuracy", "slice": "overall", "check": "approx", "group": "all", "value": 93.0,
+             "resolution": 1}
+    refs = write_refs(tmp_path, claims=[claim])
+
+    def judged(n, k):
+        p = gender_preds({("White", "Male"): (n, k)})
+        met = group_metrics(p, {"G": ["gender"]}, slices=["overall"])
+        return reproduce(p, met, opts(refs)).set_index("id").loc["about93"]
+
+    row = judged(10, 9)  # 90% [59.6-98.2]: contains 93 but cannot tell 93 from 91 or 95
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((59.6, 98.2), abs=0.05)
+    assert row["verdict"] == "inconclusive" and "wider than the claim's precision band 92-94%" in row["note"]
+    assert judged(20000, 18600)["verdict"] == "reproduced"  # 93.0% [92.6-93.3]
+    assert judged(20000, 18000)["verdict"] == "not reproduced"  # 90.0%, interval misses 92.5-93.5
+    assert judged(10, 2)["verdict"] == "not reproduced"  # wide, but conclusive: far below
+    assert claim_precision({"value": 93.0, "resolution": 1}) == 1 and claim_precision({"value": 93.5}) == 0.1
+    assert approx_verdict(92.0, 94.0, 93.0, 1.0) == "reproduced"  # width 2 = the band: precise enough
+    assert approx_verdict(92.0, 94.1, 93.0, 1.0) == "inconclusive"
+
+
+def test_probe_departures_and_convergence_text_read_the_final_fit(tmp_path):
+    from clipfair.document import Document, to_markdown
+    from clipfair.model_card import CardContext, card_sections
+
+    p = preds_frame()
+    met = group_metrics(p, {"R": ["race"], "D": ["human", "non_human", "crime_related"]})
+    o = opts(write_refs(tmp_path, [fig("w", "T", "race", "accuracy", "race_binary", "White", 50.0)]))
+    common = {"features": "pre_projection", "Cs": [1e-6, 1e6], "refine_steps_per_decade": 8, "n_candidates": 15,
+              "holdout": 0.2, "holdout_rows": 17349, "seed": 0, "max_iter": 1000, "solver": "torch",
+              "device": "cpu", "tol": 1e-4, "sweep_rows": 20000, "n_train": 86744}
+    # the final fit converged; one trial fit of the search stopped at max_iter (the old card said
+    # "did not converge" here while its table said "yes")
+    probe = {"fairface_age": {**common, "C": 0.2306, "C_sweep": 1.0, "converged": True, "n_iter": 40,
+                              "sweep_not_converged": [1e6]}}
+    md = to_markdown(Document("card", card_sections(reproduce(p, met, o), o, CardContext(linear_probe=probe))))
+    assert "did not converge" not in md
+    assert "Trial fits of the C search stopped at probe.max_iter for fairface_age (1 of 15)" in md
+    assert "every final fit converged" in md
+    assert "Departures from the paper's stated probe protocol" in md
+    for words in ("solver: full-batch L-BFGS in torch", "C chosen on a stratified 20% of train held out",
+                  "C search capped at 20,000 of the 69,395 remaining train rows",
+                  "C rescaled for the final fit on all 86744 train rows: 1 x sweep rows / train rows = 0.231"):
+        assert words in md, words
+    # the paper's own settings are not departures
+    assert "max_iter 1000" not in md and "features: pre_projection" not in md and "C search 1e-06" not in md
+    # the final fit not converged: the warning names it, from the same field the table shows
+    probe["fairface_age"]["converged"] = False
+    md = to_markdown(Document("card", card_sections(reproduce(p, met, o), o, CardContext(linear_probe=probe))))
+    assert "The final fit did not converge for fairface_age" in md and "**no** (40 iterations)" in md

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .analyses.base import HIGHER, LOWER, NEUTRAL
+from .analyses.specs import HIGHER, LOWER, NEUTRAL
 from .analyses.specs import metric_spec, metric_specs
 from .metrics import METRIC_COLUMNS
 from .outputs import write_csv

@@ -2,8 +2,12 @@
 
 Layer: analyses.
 
-For a target taxonomy (race, gender, age, ...), fit scikit-learn's multinomial logistic
-regression on the train split's image features and predict the evaluation split.
+For a target taxonomy (race, gender, age, ...), fit multinomial logistic regression (L2,
+scikit-learn's objective) on the train split's image features and predict the evaluation split.
+``probe.solver``: ``torch`` (default) minimises it by full-batch L-BFGS in torch on the run's
+device (CUDA when present, else CPU threads), float32 features standardised once, warm starts
+along the C path; ``sklearn`` is scikit-learn's LogisticRegression itself, the reference the
+torch solver is tested against (tests/test_probe_torch.py).
 Predictions use the same tidy schema as zero-shot (``method = linear_probe``), so every
 slice and interval comes for free.
 
@@ -162,19 +166,129 @@ def refine_search(score: Callable[[float], float], coarse: Sequence[float],
     return best, dict(sorted(scores.items()))
 
 
+SOLVERS = ("torch", "sklearn")
+
+
+def probe_device(device: str | None = None) -> str:
+    """The torch solver's device: ``device`` if given, else CUDA when present, else the CPU
+    (torch's threads)."""
+    if device:
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _TorchLogistic:
+    """scikit-learn's L2 logistic regression, fitted by full-batch L-BFGS in torch.
+
+    The objective is exactly scikit-learn's (``lbfgs``, multinomial for 3+ classes, one
+    weight vector for 2): ``C * sum(log-loss) + 0.5 * ||W||^2``, intercept unpenalised, here
+    divided by ``C * n`` as scikit-learn does before handing it to L-BFGS. Features are
+    standardised once (float32, on ``device``) and the weights optimised in standardised
+    coordinates with the penalty carried over (``0.5 * sum((W / sd)^2)``), so the optimum is
+    the raw-feature optimum, only better conditioned. L-BFGS uses a strong-Wolfe line search;
+    a fit has converged when the largest gradient entry is at most ``tol`` or the float32 loss
+    stops changing (scipy's ``ftol`` rule, which scikit-learn also counts as converged) before
+    ``max_iter`` iterations."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, classes: np.ndarray, device: str,
+                 tol: float, max_iter: int) -> None:
+        import torch
+
+        self.torch, self.device, self.tol, self.max_iter = torch, device, float(tol), int(max_iter)
+        Xt = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32), device=device)
+        self.mu = Xt.mean(0)
+        sd = Xt.std(0, unbiased=False)
+        self.sd = torch.where(sd > 1e-12, sd, torch.ones_like(sd))
+        self.Z = (Xt - self.mu) / self.sd  # standardised once
+        del Xt
+        self.inv_var = 1.0 / self.sd ** 2
+        self.classes = classes
+        self.binary = len(classes) == 2
+        codes = np.searchsorted(classes, y)
+        self.y = torch.as_tensor(codes, device=device)
+        self.k = 1 if self.binary else len(classes)
+
+    def rows(self, idx: np.ndarray) -> tuple[Any, Any]:
+        t = self.torch.as_tensor(idx, device=self.device)
+        return self.Z.index_select(0, t), self.y.index_select(0, t)
+
+    def fit(self, Z: Any, y: Any, C: float, init: tuple[Any, Any] | None = None) -> tuple[tuple[Any, Any], int, bool]:
+        torch = self.torch
+        F = torch.nn.functional
+        n, d = Z.shape
+        W = torch.zeros(d, self.k, device=self.device) if init is None else init[0].clone()
+        b = torch.zeros(self.k, device=self.device) if init is None else init[1].clone()
+        W.requires_grad_(True)
+        b.requires_grad_(True)
+        lam = 1.0 / (float(C) * n)
+        target = y.to(Z.dtype) if self.binary else y
+        max_eval = self.max_iter * 5 // 4 + 1
+        opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=self.max_iter, max_eval=max_eval,
+                                tolerance_grad=self.tol, tolerance_change=1e-12, history_size=20,
+                                line_search_fn="strong_wolfe")
+
+        def closure() -> Any:
+            opt.zero_grad()
+            logits = torch.addmm(b, Z, W)
+            if self.binary:
+                loss = F.binary_cross_entropy_with_logits(logits[:, 0], target)
+            else:
+                loss = F.cross_entropy(logits, target)
+            loss = loss + 0.5 * lam * (self.inv_var[:, None] * W * W).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        state = opt.state[opt._params[0]]
+        n_iter = int(state.get("n_iter", 0))
+        evals = int(state.get("func_evals", 0))
+        converged = n_iter < self.max_iter and evals < max_eval
+        return (W.detach(), b.detach()), n_iter, bool(converged)
+
+    def predict_codes(self, params: tuple[Any, Any], Z: Any) -> Any:
+        with self.torch.no_grad():
+            logits = self.torch.addmm(params[1], Z, params[0])
+            return (logits[:, 0] > 0).long() if self.binary else logits.argmax(1)
+
+    def accuracy(self, params: tuple[Any, Any], Z: Any, y: Any) -> float:
+        return float((self.predict_codes(params, Z) == y).double().mean().item())
+
+    def to_sklearn(self, params: tuple[Any, Any], C: float, n_iter: int) -> LogisticRegression:
+        """The fit as a fitted scikit-learn estimator on the raw features (float64)."""
+        W, b = (p.double() for p in params)
+        sd, mu = self.sd.double(), self.mu.double()
+        coef = W / sd[:, None]  # raw-feature weights
+        intercept = b - mu @ coef
+        clf = LogisticRegression(C=C, max_iter=self.max_iter, tol=self.tol)
+        clf.classes_ = self.classes
+        clf.coef_ = coef.T.cpu().numpy()
+        clf.intercept_ = intercept.cpu().numpy()
+        clf.n_features_in_ = int(coef.shape[0])
+        clf.n_iter_ = np.array([n_iter], dtype=np.int32)
+        return clf
+
+
 def fit_probe(taxonomy: Taxonomy, train_embeddings: np.ndarray, train_truth: Sequence[Any], *,
               Cs: Sequence[float] = DEFAULT_CS, refine_steps_per_decade: int = DEFAULT_STEPS_PER_DECADE,
               holdout: float = 0.2, seed: int = 0, max_iter: int = 1000,
               sweep_max_train: int | None = 20000, normalize: bool = True,
-              features: str = "projected") -> ProbeFit:
+              features: str = "projected", solver: str = "torch", device: str | None = None,
+              tol: float = 1e-4) -> ProbeFit:
     """Fit a probe for ``taxonomy.target``; C chosen on a seeded, stratified held-out part of
     train (see the module docstring). ``sweep_max_train`` caps the rows each candidate C is
     fitted on (stratified); the final fit uses all of train with C rescaled to its size.
-    ``normalize``: L2-normalise features (the projected embeddings); ``features`` is recorded."""
+    ``normalize``: L2-normalise features (the projected embeddings); ``features`` is recorded.
+    ``solver``: ``torch`` (full-batch L-BFGS on ``device``, default CUDA when present, else
+    the CPU; see :class:`_TorchLogistic`) or ``sklearn`` (scikit-learn's LogisticRegression,
+    the reference). Both minimise the same objective and warm-start along the C path."""
     if taxonomy.target is None:
         raise ValueError(f"taxonomy {taxonomy.name!r} has no target; a linear probe needs one")
     if features not in FEATURES:
         raise ValueError(f"probe.features must be one of {', '.join(FEATURES)}, got {features!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"probe.solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     t0 = time.perf_counter()
     y = probe_labels(taxonomy, train_truth)
     keep = np.array([v is not None for v in y])
@@ -189,25 +303,56 @@ def fit_probe(taxonomy: Taxonomy, train_embeddings: np.ndarray, train_truth: Seq
     if sweep_max_train is not None and len(tr) > sweep_max_train:
         sub, _, _ = _split(y[tr], int(sweep_max_train), seed)
         tr = tr[sub]
-    sweep = LogisticRegression(max_iter=max_iter, tol=1e-4, warm_start=True)
-    solutions: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     not_converged: list[float] = []
+    solutions: dict[float, Any] = {}
 
-    def score(C: float) -> float:
-        if solutions:  # warm start from the nearest C already fitted
-            near = min(solutions, key=lambda c: abs(math.log10(c) - math.log10(C)))
-            sweep.coef_, sweep.intercept_ = (a.copy() for a in solutions[near])
-        _, ok = _fit(sweep.set_params(C=C), X[tr], y[tr])
-        if not ok:
-            not_converged.append(C)
-        solutions[C] = (sweep.coef_.copy(), sweep.intercept_.copy())
-        return float((sweep.predict(X[hold]) == y[hold]).mean())
+    def nearest(C: float) -> float | None:
+        if not solutions:
+            return None
+        return min(solutions, key=lambda c: abs(math.log10(c) - math.log10(C)))
 
+    dev = None
+    if solver == "torch":
+        dev = probe_device(device)
+        lr = _TorchLogistic(X, y, np.unique(y), dev, tol, max_iter)
+        Ztr, ytr = lr.rows(tr)
+        Zho, yho = lr.rows(hold)
+
+        def score(C: float) -> float:
+            near = nearest(C)  # warm start from the nearest C already fitted
+            params, _, ok = lr.fit(Ztr, ytr, C, None if near is None else solutions[near])
+            if not ok:
+                not_converged.append(C)
+            solutions[C] = params
+            return lr.accuracy(params, Zho, yho)
+    else:
+        sweep = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
+
+        def score(C: float) -> float:
+            near = nearest(C)
+            if near is not None:  # warm start from the nearest C already fitted
+                sweep.coef_, sweep.intercept_ = (a.copy() for a in solutions[near])
+            _, ok = _fit(sweep.set_params(C=C), X[tr], y[tr])
+            if not ok:
+                not_converged.append(C)
+            solutions[C] = (sweep.coef_.copy(), sweep.intercept_.copy())
+            return float((sweep.predict(X[hold]) == y[hold]).mean())
+
+    t_sweep = time.perf_counter()
     best, scores = refine_search(score, Cs, refine_steps_per_decade)
+    sweep_secs = time.perf_counter() - t_sweep
     C_final = best * len(tr) / len(y)  # the same regularisation per row on all of train
-    final, converged = _fit(LogisticRegression(C=C_final, max_iter=max_iter, tol=1e-4), X, y)
+    t_final = time.perf_counter()
+    if solver == "torch":
+        # the same per-row regularisation: the sweep's solution at the chosen C is a warm start
+        params, n_iter, converged = lr.fit(lr.Z, lr.y, C_final, solutions[best])
+        final = lr.to_sklearn(params, C_final, n_iter)
+        del lr, Ztr, Zho
+    else:
+        final, converged = _fit(LogisticRegression(C=C_final, max_iter=max_iter, tol=tol), X, y)
+        n_iter = int(np.max(final.n_iter_))
+    final_secs = time.perf_counter() - t_final
     secs = time.perf_counter() - t0
-    n_iter = int(np.max(final.n_iter_))
     if not converged or not_converged:
         what = [] if converged else [f"the final fit (C={C_final:.3g}, {n_iter} iterations)"]
         if not_converged:
@@ -215,15 +360,18 @@ def fit_probe(taxonomy: Taxonomy, train_embeddings: np.ndarray, train_truth: Seq
         warnings.warn(f"linear probe {taxonomy.name}: the solver did not converge for {' and '.join(what)} "
                       f"within max_iter={max_iter}; raise probe.max_iter (recorded in run.json)",
                       ConvergenceWarning, stacklevel=2)
-    log.info("linear probe %s (%s features): C=%g on %d sweep rows -> %g on %d rows (held-out accuracy %.3f), "
-             "%.1fs", taxonomy.name, features, best, len(tr), C_final, len(y), scores[best], secs)
+    log.info("linear probe %s (%s features, %s solver): C=%g on %d sweep rows -> %g on %d rows "
+             "(held-out accuracy %.3f), %.1fs", taxonomy.name, features, solver, best, len(tr), C_final,
+             len(y), scores[best], secs)
     return ProbeFit(taxonomy, C_final, scores, final, int(len(y)), secs,
                     {"features": features, "normalized": bool(normalize), "C_sweep": best,
                      "holdout": holdout, "stratified": stratified, "seed": seed,
                      "Cs": sorted(float(c) for c in Cs), "refine_steps_per_decade": int(refine_steps_per_decade),
                      "n_candidates": len(scores), "sweep_rows": int(len(tr)), "holdout_rows": int(len(hold)),
                      "n_iter": n_iter, "max_iter": int(max_iter), "converged": bool(converged),
-                     "sweep_not_converged": sorted(not_converged)},
+                     "sweep_not_converged": sorted(not_converged), "solver": solver,
+                     **({"device": dev} if dev else {}), "tol": float(tol),
+                     "sweep_seconds": round(sweep_secs, 3), "final_seconds": round(final_secs, 3)},
                     normalize=normalize)
 
 

@@ -636,8 +636,10 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     ``bh``) over every row of the table; ``adj_ci_*``: the difference's interval at the
     multiplicity-adjusted level (:func:`clipfair.stats.adjusted_confidence`);
     ``significant``: adjusted p < 1 - confidence and the adjusted interval excludes 0.
-    Keys with fewer than two comparable groups keep one ``worst_vs_best`` /
-    ``highest_vs_lowest`` row with empty numbers, so their small groups stay listed.
+    Keys with fewer than two comparable groups, or whose groups all tie, keep one
+    ``worst_vs_best`` / ``highest_vs_lowest`` row with empty group, reference and numbers (so
+    their small groups stay listed): a group is never compared with itself, and such rows
+    are not tests, so the correction runs over the comparisons actually made.
     ``harms``: taxonomy -> category -> harm (see :func:`metric_direction`).
     ``confidence``: default the metrics frame's ``attrs["confidence"]`` or 0.95.
     """
@@ -687,7 +689,9 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
                 "slice": sl, "n_groups": len(ok),
                 "too_small": "; ".join(f"{g} (n={int(n)})" for g, n in zip(small["group"], small["n"]))}
         v = ok["value"].to_numpy(float)
-        if len(ok) < 2:
+        if len(ok) < 2 or bool(np.all(v == v[0])):
+            # nothing to compare: one group, or every group ties (no self-pair, no group-vs-all-equal
+            # rows; the correction runs over the comparisons actually made)
             rows.append({**base, "comparison": HIGHEST_VS_LOWEST if direction == NEUTRAL else WORST_VS_BEST,
                          "group": "", "reference": ""})
             continue

@@ -9,6 +9,11 @@ with a Wilson interval, and given an interval-aware verdict:
 
 ``consistent``
     the paper's value (read at its stated resolution) lies inside the reproduced interval;
+    where the reference file gives the paper's own sample size (``paper_n``), the paper's
+    value is a count too and the verdict reads the two-sample (Newcombe) interval of the
+    difference instead: consistent when it meets the value's rounding range
+    (:func:`two_sample_verdict`); where ``paper_n`` is not given, the paper's value is
+    treated as exact (the one-sample rule) and the card says so;
 ``differs``
     the interval excludes it; the difference and its interval are given;
 ``not measured``
@@ -18,7 +23,11 @@ Intervals for verdicts are Bonferroni-adjusted over the measured cells of each r
 table, so that "Table 6 differs" is a family-wise statement, and the headline counts tables,
 not cells. The tolerance option is an additional practical-equivalence margin, reported in
 its own column. Claims (thresholds, ranks) are checked as stated: a threshold is never
-widened, and a rank is ``inconclusive`` where the ranked groups' intervals overlap.
+widened, and a rank is ``inconclusive`` where the ranked groups' intervals overlap. An
+approximate claim ("about 93%", resolution r) is read as x ± r/2 and needs a precise enough
+measurement: ``not reproduced`` when the interval misses x ± r/2, ``inconclusive`` when the
+interval is wider than the claim's precision band x ± r (:func:`approx_verdict`), else
+``reproduced``.
 
 Everything the card says is built as :mod:`clipfair.document` sections
 (:func:`card_sections`) and rendered to ``model_card.md`` / ``model_card.html`` by
@@ -40,6 +49,7 @@ from .document import Bullets, Details, Document, Figure, Note, Section, Table, 
 from .figures import DPI, save_figure
 from .metrics import group_metrics, wilson_interval
 from .outputs import safe_filename, write_csv
+from .stats import newcombe_diff
 from .yamlio import load_yaml_file
 
 ROLES = ("race", "gender", "age", "denigration", "denigration_child")
@@ -51,7 +61,7 @@ CLAIM_VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not measured"
 _JUDGED = ("adj_confidence", "adj_ci_low", "adj_ci_high", "difference", "diff_low", "diff_high", "verdict",
            "equivalence")
 CARD_COLUMNS = ("kind", "id", "table", "row", "column", "scoring", "primary", "method", "taxonomy", "metric",
-                "slice", "group", "reference", "reference_low", "reference_high", "paper_interval", "quote",
+                "slice", "group", "reference", "reference_low", "reference_high", "paper_interval", "paper_n", "quote",
                 "reproduced", "count", "n", "ci_low", "ci_high", "adj_confidence", "adj_ci_low", "adj_ci_high",
                 "difference", "diff_low", "diff_high", "verdict", "tolerance", "equivalence", "note")
 
@@ -114,6 +124,10 @@ def read_references(path: str | Path | None = None) -> References:
             raise ModelCardError(f"{p}: figures[{i}] lacks {missing}")
         if f["id"] in seen:
             raise ModelCardError(f"{p}: duplicate reference id {f['id']!r}")
+        pn = f.get("paper_n")
+        if pn is not None and not (isinstance(pn, (int, float)) and not isinstance(pn, bool) and pn >= 1):
+            raise ModelCardError(f"{p}: figures[{i}] ({f['id']}): paper_n must be a number of images >= 1 "
+                                 f"(or left out where the paper does not state it), got {pn!r}")
         seen.add(f["id"])
     claims = list(data.get("model_card_claims", []))
     for i, c in enumerate(claims):
@@ -240,6 +254,48 @@ def verdict(lo: float, hi: float, ref_low: float, ref_high: float) -> str:
     return "consistent" if lo <= ref_high and hi >= ref_low else "differs"
 
 
+def two_sample_verdict(count: float, n: float, reference: float, ref_low: float, ref_high: float,
+                       paper_n: float, confidence: float) -> tuple[str, float, float]:
+    """The paper's value as a count of ``paper_n`` images too: (verdict, low, high) of the
+    Newcombe hybrid score interval for ``this run - paper`` in points. ``consistent`` when that
+    interval meets the paper value's rounding range (``ref_low - reference`` ...
+    ``ref_high - reference``), else ``differs``. Both samples' uncertainty counts: with 1,500
+    images on each side, 53% against the paper's 50% is consistent here although the one-sample
+    rule (the paper's 50% taken as exact) calls it ``differs``."""
+    if not n or n != n or not paper_n or paper_n != paper_n:
+        return "not measured", np.nan, np.nan
+    x2 = float(np.clip(round(reference / 100 * paper_n), 0, paper_n))
+    lo, hi = newcombe_diff(count, n, x2, paper_n, confidence)
+    lo, hi = 100 * float(lo), 100 * float(hi)
+    ok = lo <= ref_high - reference and hi >= ref_low - reference
+    return ("consistent" if ok else "differs"), lo, hi
+
+
+def claim_precision(spec: Mapping[str, Any]) -> float:
+    """The precision, in points, an approximate claim is stated to: its ``resolution`` when
+    the reference gives one ('about 93%' stated to the whole point: 1), else the unit of the
+    value's last printed digit (93 -> 1, 93.5 -> 0.1)."""
+    r = float(spec.get("resolution", 0) or 0)
+    if r > 0:
+        return r
+    text = f"{float(spec['value']):g}"
+    return 10.0 ** -(len(text.split(".")[1]) if "." in text else 0)
+
+
+def approx_verdict(lo: float, hi: float, value: float, precision: float) -> str:
+    """'About ``value``%' against this run's interval [lo, hi]: ``not reproduced`` when the
+    interval misses value ± precision/2 (the claim as read), ``inconclusive`` when it meets it
+    but is wider than the claim's precision band value ± precision (it cannot tell 'about 93%'
+    from 91% or 95%: e.g. 9 of 10 correct, interval 59.6-98.2), else ``reproduced``."""
+    if lo != lo or hi != hi:
+        return "not measured"
+    if hi < value - precision / 2 or lo > value + precision / 2:
+        return "not reproduced"
+    if hi - lo > 2 * precision:
+        return "inconclusive"
+    return "reproduced"
+
+
 def equivalence(diff_low: float, diff_high: float, tolerance: float) -> str:
     """Practical equivalence at ``tolerance`` points: ``within`` when the whole difference
     interval lies inside ±tolerance, ``beyond`` when it lies wholly outside, else
@@ -288,13 +344,15 @@ def reproduce(predictions: pd.DataFrame, metrics: pd.DataFrame, opts: ModelCardO
             v = 100 * count / n if n else np.nan
             lo, hi = _interval(count, n, opts.confidence) if n else (np.nan, np.nan)
             pi = f.get("paper_interval")
+            pn = f.get("paper_n")
             rows.append({"kind": "figure", "id": f["id"], "table": f["table"], "row": f["row"],
                          "column": f["column"], "scoring": scoring, "primary": primary, "method": f["method"],
                          "taxonomy": tax or f["taxonomy"],
                          "metric": metric if not f.get("categories") else "rate:" + "+".join(f["categories"]),
                          "slice": f["slice"], "group": f["group"], "reference": float(f["value"]),
                          "reference_low": ref_low, "reference_high": ref_high,
-                         "paper_interval": f"{pi[0]:g}-{pi[1]:g}" if pi else "", "quote": f.get("quote", ""),
+                         "paper_interval": f"{pi[0]:g}-{pi[1]:g}" if pi else "",
+                         "paper_n": float(pn) if pn else np.nan, "quote": f.get("quote", ""),
                          "reproduced": v, "count": count, "n": n, "ci_low": lo, "ci_high": hi,
                          "tolerance": opts.tolerance_pp,
                          "note": f.get("note") or bands.get(f["slice"], "")})
@@ -322,10 +380,17 @@ def _adjust_and_judge(card: pd.DataFrame, opts: ModelCardOptions) -> pd.DataFram
         for i, r in measured.iterrows():
             lo, hi = _interval(r["count"], r["n"], level)
             card.loc[i, ["adj_confidence", "adj_ci_low", "adj_ci_high"]] = [level, lo, hi]
-            card.loc[i, "verdict"] = verdict(lo, hi, r["reference_low"], r["reference_high"])
             card.loc[i, "difference"] = r["reproduced"] - r["reference"]
-            card.loc[i, ["diff_low", "diff_high"]] = [lo - r["reference"], hi - r["reference"]]
-            card.loc[i, "equivalence"] = equivalence(lo - r["reference"], hi - r["reference"], opts.tolerance_pp)
+            pn = r.get("paper_n", np.nan)
+            if pn == pn and pn and pn > 0:  # the paper's sample size is known: both sides' uncertainty
+                v, dlo, dhi = two_sample_verdict(r["count"], r["n"], r["reference"], r["reference_low"],
+                                                 r["reference_high"], pn, level)
+            else:  # unknown: the paper's value taken as exact (the one-sample rule)
+                v = verdict(lo, hi, r["reference_low"], r["reference_high"])
+                dlo, dhi = lo - r["reference"], hi - r["reference"]
+            card.loc[i, "verdict"] = v
+            card.loc[i, ["diff_low", "diff_high"]] = [dlo, dhi]
+            card.loc[i, "equivalence"] = equivalence(dlo, dhi, opts.tolerance_pp)
     return card
 
 
@@ -388,13 +453,17 @@ def _claim(predictions: pd.DataFrame, metrics: pd.DataFrame, refs: References, r
         return {**base, "reproduced": np.nan, "n": 0, "verdict": "not measured", "note": f"no group {who}"}
     r = g.loc[who]
     lo1, hi1 = _interval(r["count"], r["n"], opts.confidence)
-    ref_low, ref_high = _reference_range(c)
-    ok = verdict(lo1, hi1, ref_low, ref_high) == "consistent"
+    prec = claim_precision(c)
+    ref_low, ref_high = x - prec / 2, x + prec / 2
+    status = approx_verdict(lo1, hi1, x, prec)
+    why = {"inconclusive": f"; the interval is wider than the claim's precision band {x - prec:g}-{x + prec:g}%",
+           "not reproduced": "; the interval misses it"}.get(status, "")
     return {**base, "reproduced": float(r["value"]), "count": float(r["count"]), "n": int(r["n"]),
             "ci_low": lo1, "ci_high": hi1, "reference_low": ref_low, "reference_high": ref_high,
-            "difference": float(r["value"]) - x, "verdict": "reproduced" if ok else "not reproduced",
+            "difference": float(r["value"]) - x, "verdict": status,
             "note": f"'about {x:g}%' read as {ref_low:g}-{ref_high:g}%; "
-                    f"{100 * opts.confidence:g}% interval {lo1:.1f}-{hi1:.1f}"}
+                    f"{100 * opts.confidence:g}% interval {lo1:.1f}-{hi1:.1f}{why}; "
+                    "the paper's sample size for it is not stated (its value taken as exact)"}
 
 
 def rank_verdict(groups: pd.DataFrame, who: str, highest: bool = True) -> tuple[str, str]:
@@ -499,12 +568,21 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
              f"**not measured**: no images for it here. Verdicts use intervals Bonferroni-adjusted over the "
              f"measured cells of each table (level 1 - {1 - opts.confidence:g}/m), so a table that differs is "
              f"a family-wise finding; the cells show the {conf} interval."),
+        Text("The paper's own figures are measurements too. Where its sample size is known (the *paper n* "
+             "shown beside the value, from the reference file's `paper_n`), the verdict reads the two-sample "
+             "(Newcombe) interval of the difference, which counts both sides' uncertainty: consistent when it "
+             "meets the value's rounding range. Where the paper's sample size is not stated (most cells: the "
+             "sizes of its groups were never published), its value is treated as exact (the one-sample rule "
+             "above), which calls a difference sooner than a two-sample comparison would."),
         Text(f"Practical equivalence (`model_card.tolerance_pp` = {opts.tolerance_pp:g} points, an additional "
              f"margin, not part of the verdict): *within* when the whole difference interval lies inside "
              f"±{opts.tolerance_pp:g}, *beyond* when wholly outside, else *undetermined*."),
         Text("Claims are checked as stated: a threshold ('above 96%') is reproduced only when every group's "
              "interval lies beyond it and not reproduced when some group's interval lies on the wrong side; a "
-             "rank ('highest') is **inconclusive** where the ranked groups' intervals overlap. The tolerance "
+             "rank ('highest') is **inconclusive** where the ranked groups' intervals overlap. An approximate "
+             "claim ('about 93%', stated to the whole point) is read as 92.5-93.5: **not reproduced** when the "
+             "interval misses that, **inconclusive** when the interval is wider than the claim's own "
+             "precision band (93 ± 1 point, i.e. wider than 2 points), else **reproduced**. The tolerance "
              "never widens a claim."),
     ]
     tv = _table_verdicts(card)
@@ -547,6 +625,9 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
         rows = []
         for r in part.itertuples():
             ref = _f(r.reference) + (f" (paper: {r.paper_interval}, level not stated)" if r.paper_interval else "")
+            pn = getattr(r, "paper_n", np.nan)
+            if pn == pn and pn:
+                ref += f" (paper n={int(pn):,}: two-sample)"
             if r.reference_high - r.reference_low > 0:
                 ref += f" (≈, read as {r.reference_low:g}-{r.reference_high:g})"
             here = f"{_f(r.reproduced)} [{_f(r.ci_low)}-{_f(r.ci_high)}]" if r.n else "–"
@@ -589,32 +670,88 @@ def card_sections(card: pd.DataFrame, opts: ModelCardOptions, context: CardConte
     return sections
 
 
+#: the paper's probe protocol where it is stated (appendix A.3): scikit-learn's L-BFGS, 1,000
+#: iterations, L2 strength swept over 1e-6 ... 1e6 on validation sets (refined: 8 steps per decade)
+PAPER_PROBE = {"max_iter": 1000, "Cs": (1e-6, 1e6), "refine_steps_per_decade": 8, "features": "pre_projection"}
+
+
+def probe_departures(f: Mapping[str, Any]) -> list[str]:
+    """Every choice of one probe fit (run.json's ``linear_probe`` entry) that the paper does
+    not state, named as a departure from it."""
+    out = []
+    solver = f.get("solver", "sklearn")
+    if solver == "torch":
+        out.append(f"solver: full-batch L-BFGS in torch on {f.get('device', 'the run device')} (float32, "
+                   f"features standardised, scikit-learn's objective, tol {f.get('tol', 1e-4):g}); the paper used "
+                   "scikit-learn's L-BFGS (tests/test_probe_torch.py: same C and predictions on fixtures)")
+    else:
+        out.append("solver: scikit-learn's LogisticRegression (L-BFGS), as the paper; its settings beyond "
+                   f"max_iter (tol {f.get('tol', 1e-4):g}, warm starts along the C path) are not stated there")
+    hold = f.get("holdout")
+    where = f"a stratified {100 * float(hold):g}% of train" if hold is not None else "a part of train"
+    out.append(f"C chosen on {where} held out ({f.get('holdout_rows', '?')} rows, seed {f.get('seed', '?')}); "
+               "the paper chose it on validation sets it does not describe further")
+    n_train, rows, hold_rows = f.get("n_train"), f.get("sweep_rows"), f.get("holdout_rows")
+    if isinstance(n_train, int) and isinstance(rows, int) and isinstance(hold_rows, int) \
+            and rows < n_train - hold_rows:
+        out.append(f"C search capped at {rows:,} of the {n_train - hold_rows:,} remaining train rows "
+                   "(probe.sweep_max_train, stratified)")
+    if f.get("C_sweep") is not None and f.get("C") != f.get("C_sweep"):
+        out.append(f"C rescaled for the final fit on all {n_train if n_train is not None else '?'} train rows: "
+                   f"{f['C_sweep']:.3g} x sweep rows / train rows = {f['C']:.3g} (the same regularisation per "
+                   "row; the paper does not say how it refit)")
+    cs = f.get("Cs") or []
+    k = int(f.get("refine_steps_per_decade", 0) or 0)
+    if cs and (min(cs) > PAPER_PROBE["Cs"][0] or max(cs) < PAPER_PROBE["Cs"][1]
+               or k < PAPER_PROBE["refine_steps_per_decade"]):
+        out.append(f"C search {min(cs):.0e}…{max(cs):.0e}" + (f" refined to 1/{k} decade" if k else ", grid only")
+                   + " (the paper: 1e-06…1e+06, 8 steps per decade)")
+    if f.get("features") and f.get("features") != PAPER_PROBE["features"]:
+        out.append(f"features: {f['features']} (the paper: before the projection)")
+    if f.get("max_iter") is not None and int(f["max_iter"]) != PAPER_PROBE["max_iter"]:
+        out.append(f"max_iter {f['max_iter']} (the paper: 1,000)")
+    return out
+
+
 def _probe_sections(info: Mapping[str, Any]) -> list[Section]:
     fits = {k: v for k, v in (info or {}).items() if isinstance(v, dict) and "C" in v}
     if not fits:
         return []
-    rows, warn = [], []
+    rows, warn, trials = [], [], []
     for name, f in fits.items():
-        conv = f.get("converged", True)
+        conv = bool(f.get("converged", True))  # the final fit's flag: the table and the text read it
         cs, k = f.get("Cs") or [f["C"]], int(f.get("refine_steps_per_decade", 0) or 0)
         search = (f"{min(cs):.0e}…{max(cs):.0e}, {f.get('n_candidates', len(cs))} candidates"
                   + (f", refined to 1/{k} decade" if k else ", grid only"))
-        rows.append([name, f.get("features", "?"), search, f"{f['C']:.3g}", f"{f.get('C_sweep', f['C']):.3g}",
-                     f.get("sweep_rows", "?"), f.get("n_train", "?"),
+        rows.append([name, f.get("features", "?"), f.get("solver", "sklearn"), search, f"{f['C']:.3g}",
+                     f"{f.get('C_sweep', f['C']):.3g}", f.get("sweep_rows", "?"), f.get("n_train", "?"),
                      "yes" if conv else f"**no** ({f.get('n_iter', '?')} iterations)"])
-        if not conv or f.get("sweep_not_converged"):
+        if not conv:
             warn.append(name)
+        if f.get("sweep_not_converged"):
+            trials.append(f"{name} ({len(f['sweep_not_converged'])} of {f.get('n_candidates', '?')})")
     blocks: list[Any] = [
         Text("Logistic regression on image features (the paper's 'LR CLIP'): *pre_projection* = the image "
              "tower's output before the projection, unnormalised (the paper's appendix A.3); *projected* = the "
              "zero-shot embeddings, L2-normalised. C is chosen on a stratified held-out part of train, then "
              "rescaled to the final fit's size (C_final = C_sweep × sweep rows / train rows, since "
-             "scikit-learn's C multiplies the summed loss)."),
-        Table(["taxonomy", "features", "C search", "C (final)", "C (sweep)", "sweep rows", "train rows",
-               "converged"], rows, align="lllrrrrl")]
+             "scikit-learn's C multiplies the summed loss). *converged* is the final fit's."),
+        Table(["taxonomy", "features", "solver", "C search", "C (final)", "C (sweep)", "sweep rows", "train rows",
+               "converged"], rows, align="llllrrrrl")]
+    if trials:
+        blocks.append(Note("Trial fits of the C search stopped at probe.max_iter for " + ", ".join(trials)
+                           + "; they only rank candidate C values (run.json: sweep_not_converged)"
+                           + ("" if warn else "; every final fit converged") + "."))
     if warn:
-        blocks.insert(0, Note(f"The solver did not converge for {', '.join(warn)} (run.json: linear_probe); "
+        blocks.insert(0, Note(f"The final fit did not converge for {', '.join(warn)} (run.json: linear_probe); "
                               "raise probe.max_iter before trusting these probes.", "warning"))
+    deps = {name: probe_departures(f) for name, f in fits.items()}
+    common = [d for d in next(iter(deps.values())) if all(d in v for v in deps.values())]
+    items = [f"**all probes**: {d}" for d in common]
+    items += [f"**{name}**: {d}" for name, v in deps.items() for d in v if d not in common]
+    if items:
+        blocks += [Text("**Departures from the paper's stated probe protocol** (choices it does not state, or "
+                        "states otherwise):"), Bullets(items)]
     return [Section("Linear probe", blocks)]
 
 

@@ -87,6 +87,7 @@ class ProbeConfig:
     sweep_max_train: int | None = 20000
     features: Literal["projected", "pre_projection"] = "projected"
     refine_steps_per_decade: int = 0
+    solver: Literal["torch", "sklearn"] = "torch"
 
     def check(self, at: str) -> None:
         _check_seed(self.seed, f"{at}.seed")

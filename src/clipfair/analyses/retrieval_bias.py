@@ -1,6 +1,9 @@
-"""Retrieval bias (layer: analyses): rank the evaluation images for each neutral query and measure
+"""Retrieval bias: rank the evaluation images for each neutral query and measure
 how skewed the top k is (:mod:`clipfair.retrieval`: Skew@k, MaxSkew, MinSkew, NDKL, Bias@K with
-bootstrap intervals); writes retrieval.csv, retrieval.md and heat maps."""
+bootstrap intervals); writes retrieval.csv, retrieval.md and heat maps.
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 
@@ -51,10 +54,9 @@ class RetrievalBias(Analysis):
             check_prompt_lengths(q.as_taxonomy(), ctx.model.token_count, ctx.model.context_length)
 
     def run(self, ctx: RunContext) -> None:
-        from ..pipeline import timed
         from ..retrieval import retrieval_bias
 
-        with timed(ctx.timings, "retrieval"):
+        with ctx.timed("retrieval"):
             self.table = retrieval_bias(ctx.table, ctx.image_embeddings, self.query_sets, ctx.text_embedder,
                                         self.opts, attributes=ctx.attributes, progress=ctx.progress,
                                         value_orders=ctx.orders)
@@ -66,13 +68,12 @@ class RetrievalBias(Analysis):
         return {"retrieval": self.table} if self.table is not None else {}
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
-        from ..pipeline import timed
         from ..report import header_blocks
         from ..retrieval import retrieval_sections, write_retrieval
 
         if self.table is None:
             return Written()
-        with timed(ev.timings, "retrieval_report"):
+        with ctx.timed("retrieval_report"):
             sections = retrieval_sections(self.table, out_dir, ev.info.get("retrieval"))
             paths = write_retrieval(self.table, out_dir, ev.info.get("retrieval"), intro=header_blocks(report),
                                     sections=sections)
