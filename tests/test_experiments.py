@@ -22,7 +22,8 @@ FILES = {"compare_denigration": ["comparison.csv"], "compare_race": ["comparison
          "model_card": ["model_card.csv", "model_card.md"], "prompt_sensitivity": ["sensitivity.csv"],
          "retrieval_bias": ["retrieval.csv", "retrieval.md"],
          "counterfactual": ["counterfactual.csv", "counterfactual_sets.parquet"],
-         "visogender": ["counterfactual.csv", "counterfactual_sets.parquet"]}
+         "visogender": ["counterfactual.csv", "counterfactual_sets.parquet"],
+         "association": ["associations.csv", "markedness.csv", "associations_forest.png"]}
 
 
 def _dataset_overrides(experiment: str, tmp_path: Path) -> list[str]:

@@ -373,9 +373,14 @@ def write_collected(dirs: Sequence[Path | str], out_dir: Path | str | None = Non
     base = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
     write_csv(table, out / "collected.csv")
     doc, plots = build_document(table, runs, out, base=base, **options)
+    from .analyses.association import collected_outputs  # runs that wrote associations.csv
+
+    extra, sections = collected_outputs(runs, base, out)
+    doc.sections.extend(sections)
     (out / "collected.md").write_text(to_markdown(doc))
     (out / "collected.html").write_text(to_html(doc, base_dir=out))
-    return {"paths": [out / "collected.csv", out / "collected.md", out / "collected.html", *plots], "runs": runs}
+    return {"paths": [out / "collected.csv", out / "collected.md", out / "collected.html", *plots, *extra],
+            "runs": runs}
 
 
 def main(argv: Sequence[str]) -> int:
