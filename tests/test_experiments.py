@@ -13,7 +13,7 @@ import pytest
 import clipfair.configs
 
 EXPERIMENTS = sorted(p.stem for p in (Path(clipfair.configs.__file__).parent / "experiment").glob("*.yaml"))
-TINY = ["dataset=demo", "model=demo", "progress=false", "dataset.limit=60", "probe.train_limit=120",
+TINY = ["model=demo", "progress=false", "probe.train_limit=120",
         "probe.Cs=[1.0]", "probe.refine_steps_per_decade=0", "probe.features=projected",
         "retrieval.bootstrap.B=10", "retrieval.queries=[clip_denigration_words]", "retrieval.k=[5]",
         "precision_audit.n=8", "disparity_min_n=10"]
@@ -21,7 +21,22 @@ TINY = ["dataset=demo", "model=demo", "progress=false", "dataset.limit=60", "pro
 FILES = {"compare_denigration": ["comparison.csv"], "compare_race": ["comparison.csv"],
          "model_card": ["model_card.csv", "model_card.md"], "prompt_sensitivity": ["sensitivity.csv"],
          "retrieval_bias": ["retrieval.csv", "retrieval.md"],
+         "counterfactual": ["counterfactual.csv", "counterfactual_sets.parquet"],
+         "visogender": ["counterfactual.csv", "counterfactual_sets.parquet"],
          "association": ["associations.csv", "markedness.csv", "associations_forest.png"]}
+
+
+def _dataset_overrides(experiment: str, tmp_path: Path) -> list[str]:
+    """The tiny demo slice, or a tiny fixture of the experiment's own dataset layout."""
+    if experiment == "counterfactual":
+        from test_counterfactual import make_pairs
+
+        return ["dataset=pairs", f"dataset.root={make_pairs(tmp_path / 'pairs')}"]
+    if experiment == "visogender":
+        from test_counterfactual import make_visogender
+
+        return ["dataset=visogender", f"dataset.root={make_visogender(tmp_path / 'vg')}"]
+    return ["dataset=demo", "dataset.limit=60"]
 
 
 def test_every_experiment_is_listed():
@@ -33,7 +48,8 @@ def test_every_experiment_is_listed():
 def test_experiment_runs_on_a_tiny_fixture(experiment, tmp_path, compose):
     from clipfair.cli import run_from_config
 
-    overrides = [f"experiment={experiment}", *TINY, f"cache.dir={tmp_path / 'cache'}"]
+    overrides = [f"experiment={experiment}", *_dataset_overrides(experiment, tmp_path), *TINY,
+                 f"cache.dir={tmp_path / 'cache'}"]
     out = tmp_path / "run"
     run_from_config(compose(overrides), out, overrides)
     for f in ["metrics.csv", "disparities.csv", "summary.md", "report.html", "run.json", *FILES[experiment]]:

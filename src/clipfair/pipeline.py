@@ -1,4 +1,6 @@
-"""The one place that wires the stages together (layer: run).
+"""The one place that wires the stages together.
+
+Layer: run.
 
 dataset -> image embeddings (cached, once) -> the configured analyses (composed from the
 registry, :mod:`clipfair.analyses`; this module names none of them) -> one results table
@@ -33,7 +35,7 @@ from .sanity import verdict as sanity_verdict
 from .taxonomy import Taxonomy, check_target
 from .analyses import Analysis, RunContext, build_analysis, get_analysis
 from .analyses import compose
-from .analyses.engine import add_result_columns, outcome_metrics
+from .analyses.engine import add_result_columns, analysis_sections, outcome_metrics
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +203,8 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     ctx = RunContext(table, emb.embeddings, attributes=dataset.attributes, orders=orders, encode_text=texts,
                      config=config, confidence=confidence, seed=seed, progress=progress, slices=slices,
                      model=model, dataset=dataset, taxonomies=taxonomies, info=info, timings=timings,
-                     services={"embed": lambda ds, encoder=None, store=None: embed_images(
-                         ds, model if encoder is None else encoder, store, **embed_kw),
-                               "image_store": lambda: image_store})
+                     services={"embed": lambda ds, encoder=None, variant=None: embed_images(
+                         ds, model if encoder is None else encoder, _store_for(image_store, variant), **embed_kw)})
     ctx.indices = emb.indices
     ctx.skipped.update(dataset.skipped)
     prediction_frames: list[pd.DataFrame] = []
@@ -257,6 +258,15 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     return ev
 
 
+def _store_for(store: Any, variant: dict[str, Any] | None) -> Any:
+    """The image store of a cache variant (e.g. pre-projection features), or the run's own."""
+    if variant is None or store is None:
+        return store
+    from .embed import variant_store
+
+    return variant_store(store, variant)
+
+
 def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | str | None, dist: Dist, *,
                 analyses: Sequence[Analysis] = (), probe_train: FaceDataset | None = None,
                 probe_features: str = "projected",
@@ -280,7 +290,7 @@ def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | s
         analyses.append(build_analysis("linear_probe", {"train": probe_train, "features": probe_features}))
     jobs: list[tuple[FaceDataset, Any, Any]] = [(dataset, model, image_store)]
     for a in analyses:
-        jobs += a.embed_jobs(dataset, model, image_store)
+        jobs += [(ds, enc, _store_for(image_store, variant)) for ds, enc, variant in a.embed_jobs(dataset, model)]
     bs = int(batch_size or model.batch_size)
     done: list[dict[str, Any]] = []
     for ds, encoder, store in jobs:
@@ -395,6 +405,8 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     sections: list[Any] = []
     html_only: list[Section] = []  # sections with a file of their own, also shown in report.html
     for a in analyses:  # before the report: report.html shows their plots and sections
+        if a.outcomes:  # the core's section of the declared outcomes (groups, intervals, disparities)
+            sections += analysis_sections(a, ev.metrics, ev.disparities)
         w = a.write(out, ev, run_ctx, ctx)
         written += w.paths
         sections += w.sections

@@ -1,5 +1,7 @@
 """Sanity gates before any finding (issue 21, build 1), and which disparities are findings (build 2).
 
+Layer: stats.
+
 A model that does not work has nothing to report about groups: its differences are noise. Per
 target taxonomy and method, :func:`chance_gates` tests overall accuracy against **chance = the
 most common right class's share** of the evaluated images (the accuracy of always answering that

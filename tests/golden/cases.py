@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 COMMON = ["progress=false", "dataset.limit=120", "precision_audit.n=16"]
-PROBE = ["probe.enabled=true", "probe.train_limit=240", "probe.Cs=[0.1,10.0]"]
+PROBE = ["probe.enabled=true", "probe.train_limit=240", "probe.Cs=[0.1,10.0]", "probe.solver=sklearn"]
 RETRIEVAL = ["retrieval.enabled=true", "retrieval.queries=[clip_denigration_words]", "retrieval.k=[5,all]",
              "retrieval.bootstrap.B=20"]
 
@@ -23,7 +23,7 @@ CASES: dict[str, list[str]] = {
     "compare_race": ["experiment=compare_race"],
     # the model card (with its probe on projected features)
     "model_card": ["experiment=model_card", "dataset=demo", "model=demo", "probe.features=projected",
-                   "probe.train_limit=240", "probe.Cs=[0.1,10.0]", "probe.refine_steps_per_decade=1",
+                   "probe.train_limit=240", "probe.Cs=[0.1,10.0]", "probe.refine_steps_per_decade=1", "probe.solver=sklearn",
                    "model_card.race_accuracy=binary"],
 }
 

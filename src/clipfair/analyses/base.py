@@ -1,4 +1,6 @@
-"""The analysis contract (layer: analyses; depends on nothing above it).
+"""The analysis contract.
+
+Layer: analyses.
 
 An *analysis* is one kind of evaluation (zero-shot classification, linear probe, retrieval bias,
 a user's own ...). It declares what it needs (:class:`Needs`) and the outcomes it measures
@@ -16,67 +18,8 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-HIGHER, LOWER, NEUTRAL = "higher_is_better", "lower_is_better", "neutral"
-DIRECTIONS = (HIGHER, LOWER, NEUTRAL)
-PROPORTION, MEAN = "proportion", "mean"
-KINDS = (PROPORTION, MEAN)
-#: interval methods of a mean outcome's per-group rows
-MEAN_INTERVALS = ("t", "bootstrap")
-
-
-class AnalysisError(ValueError):
-    """A misdeclared or misbehaving analysis (one line naming the analysis and what to fix)."""
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One measured quantity.
-
-    ``direction``: which value is better for a group (``higher_is_better``, ``lower_is_better``,
-    ``neutral``: groups are compared highest vs lowest, never ranked as worse or better).
-    ``kind``: ``proportion`` (0/1 per unit; Wilson intervals per group, Newcombe intervals of
-    differences) or ``mean`` (a real number per unit; per-group interval by ``interval``, ``t``
-    or ``bootstrap``; Welch intervals of differences).
-    ``direction_from_harm``: the direction is the taxonomy's ``harm`` declaration of the row's
-    category (a harm: lower is better; declared not a harm: higher is better; undeclared:
-    ``direction``), as for the built-in ``rate``.
-    ``ranked``: False leaves the metric out of disparities (e.g. ``label_rate``, or a summary
-    of a slice such as ``worst_group_accuracy``).
-    """
-
-    name: str
-    direction: str
-    kind: str
-    description: str = ""
-    interval: str = ""  # proportion: "wilson"; mean: "t" (default) or "bootstrap"
-    direction_from_harm: bool = False
-    ranked: bool = True
-    #: an accuracy-like metric (report's accuracy sections, compare's accuracy rows)
-    accuracy: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise AnalysisError(f"MetricSpec needs a non-empty name, got {self.name!r}")
-        if self.direction not in DIRECTIONS:
-            raise AnalysisError(f"metric {self.name!r}: direction must be one of {', '.join(DIRECTIONS)}, "
-                                f"got {self.direction!r}")
-        if self.kind not in KINDS:
-            raise AnalysisError(f"metric {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.kind == MEAN and self.interval not in ("", *MEAN_INTERVALS):
-            raise AnalysisError(f"metric {self.name!r}: a mean's interval is one of {', '.join(MEAN_INTERVALS)}, "
-                                f"got {self.interval!r}")
-        if self.kind == PROPORTION and self.interval not in ("", "wilson"):
-            raise AnalysisError(f"metric {self.name!r}: a proportion's interval is wilson, got {self.interval!r}")
-        if not self.interval:
-            object.__setattr__(self, "interval", "wilson" if self.kind == PROPORTION else "t")
-
-    def resolve_direction(self, category: str = "", harms: Mapping[str, bool | None] | None = None) -> str:
-        """The direction of one row: the declared harm of ``category`` when the spec says so."""
-        if self.direction_from_harm:
-            h = (harms or {}).get(category)
-            if h is not None:
-                return LOWER if h else HIGHER
-        return self.direction
+from .specs import (DIRECTIONS, HIGHER, KINDS, LOWER, MEAN, MEAN_INTERVALS, NEUTRAL, PROPORTION,  # noqa: F401
+                    AnalysisError, MetricSpec)
 
 
 @dataclass(frozen=True)
@@ -159,6 +102,21 @@ class RunContext:
                             dtype=np.float32)
         return np.stack([self._text_cache[t] for t in texts])
 
+    def timed(self, stage: str) -> Any:
+        """A context manager adding the wall time of a stage to run.json's timings."""
+        import time
+        from contextlib import contextmanager
+
+        @contextmanager
+        def cm():
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 4)
+
+        return cm()
+
     def get_shared(self, key: str, compute: Callable[[], Any]) -> Any:
         """A shared input, computed once per run by the first analysis that asks for it."""
         if key not in self.shared:
@@ -220,9 +178,10 @@ class Analysis:
         """Checks before any image is encoded (``ctx.table`` and ``ctx.image_embeddings`` are
         not there yet): raise a one-line error for a configuration that cannot run."""
 
-    def embed_jobs(self, dataset: Any, model: Any, store: Any) -> list[tuple[Any, Any, Any]]:
-        """``(dataset, encoder, store)`` that this analysis will encode beyond the evaluation
-        split's projected embeddings (a multi-process run embeds them in shards first)."""
+    def embed_jobs(self, dataset: Any, model: Any) -> list[tuple[Any, Any, Any]]:
+        """``(dataset, encoder, cache variant or None)`` that this analysis will encode beyond the
+        evaluation split's projected embeddings (a multi-process run embeds them in shards first;
+        :meth:`RunContext.service` ``("embed")(dataset, encoder, variant)`` encodes them in a run)."""
         return []
 
     def finish(self, ev: Any, ctx: "RunContext") -> None:
@@ -231,17 +190,16 @@ class Analysis:
 
     def write(self, out_dir: Path, ev: Any, ctx: "RunContext", report: Any) -> "Written":
         """Write this analysis's files into ``out_dir`` and return them with its report sections.
-        Default: :meth:`tables` as ``<name>.csv`` and the generic section of its outcomes."""
+        Default: :meth:`tables` as ``<name>.csv`` and :meth:`report_sections` (the core adds the
+        generic section of its declared outcomes itself)."""
         from ..outputs import write_csv
-        from .engine import analysis_sections
 
         paths = []
         for name, df in self.tables().items():
             path = Path(out_dir) / f"{name}.csv"
             write_csv(df, path)
             paths.append(path)
-        sections = [*analysis_sections(self, ev.metrics, ev.disparities), *self.report_sections(ev)]
-        return Written(paths, sections)
+        return Written(paths, list(self.report_sections(ev)))
 
     def run(self, ctx: RunContext) -> pd.DataFrame | None:
         """Per-unit outcomes: the unit column, the attribute columns it carries and one column per

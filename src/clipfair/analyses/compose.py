@@ -1,8 +1,11 @@
-"""Composing a run's analyses from its config (layer: analyses): the ``analyses:`` mapping
+"""Composing a run's analyses from its config: the ``analyses:`` mapping
 (``{name: {...options}}``, each with ``_target_`` allowed) and today's shorthand keys
 (``probe.enabled``, ``retrieval.enabled``, ``model_card``, ``template_sets``, ``compare``,
 ``precision_audit``), in one order: classification first (its predictions are scored together),
-then the analyses that read other analyses' results."""
+then the analyses that read other analyses' results.
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 

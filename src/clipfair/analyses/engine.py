@@ -1,4 +1,4 @@
-"""The one engine (layer: results): per-unit outcomes + :class:`MetricSpec` -> per-group rows of
+"""The one engine: per-unit outcomes + :class:`MetricSpec` -> per-group rows of
 the one long results table (``metrics.csv``), with intervals stated per row.
 
 Proportions (0/1 per unit): Wilson score intervals (``count`` = units with 1). Means (a real number
@@ -8,6 +8,8 @@ deviation, which :func:`clipfair.metrics.disparities` uses for Welch's differenc
 interval. Every row carries the results-model key columns (:data:`KEY_COLUMNS`) and one column
 per sliced attribute holding the group's value (the display name ``White+Male`` in ``group`` is
 derived from those values, never parsed).
+
+Layer: analyses.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
-"""Linear probes (layer: analyses): a logistic regression per target taxonomy on the train split's
+"""Linear probes: a logistic regression per target taxonomy on the train split's
 image features (projected, or the image tower's output before the projection), predicting the
-evaluation images (method ``linear_probe``; rows of predictions.parquet)."""
+evaluation images (method ``linear_probe``; rows of predictions.parquet).
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 
@@ -38,20 +41,19 @@ class LinearProbe(Analysis):
             raise ValueError(f"probe.features must be one of {', '.join(FEATURES)}, got {features!r}")
         self.train, self.features, self.fit_options = train, str(features), dict(options)
 
-    def _encoder(self, model: Any, store: Any) -> tuple[Any, Any]:
+    def _encoder(self, model: Any) -> tuple[Any, dict[str, Any] | None]:
+        """The encoder of the probe's features and its cache variant (None: the run's own)."""
         if self.features != "pre_projection":
-            return model, store
-        from ..embed import variant_store
+            return model, None
         from ..linear_probe import PreProjectionView
 
-        return PreProjectionView(model), (variant_store(store, {"features": self.features})
-                                          if store is not None else None)
+        return PreProjectionView(model), {"features": self.features}
 
-    def embed_jobs(self, dataset: Any, model: Any, store: Any) -> list[tuple[Any, Any, Any]]:
+    def embed_jobs(self, dataset: Any, model: Any) -> list[tuple[Any, Any, Any]]:
         if self.features == "pre_projection":
-            view, fstore = self._encoder(model, store)
-            return [(dataset, view, fstore), (self.train, view, fstore)]
-        return [(self.train, model, store)]
+            view, variant = self._encoder(model)
+            return [(dataset, view, variant), (self.train, view, variant)]
+        return [(self.train, model, None)]
 
     def check(self, ctx: RunContext) -> None:
         if not [t for t in ctx.taxonomies if t.target]:
@@ -59,22 +61,21 @@ class LinearProbe(Analysis):
 
     def run(self, ctx: RunContext) -> pd.DataFrame:
         from ..linear_probe import fit_probe, probe_predictions
-        from ..pipeline import timed
 
         targets = [t for t in ctx.taxonomies if t.target]
-        encoder, fstore = self._encoder(ctx.model, ctx.service("image_store")())
+        encoder, variant = self._encoder(ctx.model)
         embed = ctx.service("embed")
         eval_feats = ctx.image_embeddings
         if self.features == "pre_projection":
-            with timed(ctx.timings, "embed_eval_pre_projection"):
-                eemb = embed(ctx.dataset, encoder, fstore)
+            with ctx.timed("embed_eval_pre_projection"):
+                eemb = embed(ctx.dataset, encoder, variant)
             pos = {int(i): j for j, i in enumerate(eemb.indices)}
             eval_feats = eemb.embeddings[[pos[int(i)] for i in ctx.indices]]
-        with timed(ctx.timings, "embed_train"):
-            temb = embed(self.train, encoder, fstore)
+        with ctx.timed("embed_train"):
+            temb = embed(self.train, encoder, variant)
         ttable = self.train.table.iloc[temb.indices].reset_index(drop=True)
         frames, info = [], {"n_train_images": int(len(temb.indices)), "features": self.features}
-        with timed(ctx.timings, "linear_probe"):
+        with ctx.timed("linear_probe"):
             for t in targets:
                 if t.target not in ttable.columns or t.target not in ctx.table.columns:
                     log.warning("linear probe for %s skipped: the dataset has no %r column", t.name, t.target)

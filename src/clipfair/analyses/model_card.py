@@ -1,6 +1,9 @@
-"""The model card reproduction (layer: analyses): the CLIP paper's / model card's FairFace tables
+"""The model card reproduction: the CLIP paper's / model card's FairFace tables
 and claims reproduced from this run's metrics, with verdicts (:mod:`clipfair.model_card`:
-model_card.csv, model_card.md, plots; a section of report.html)."""
+model_card.csv, model_card.md, plots; a section of report.html).
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 

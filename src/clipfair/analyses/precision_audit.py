@@ -1,5 +1,8 @@
-"""The precision audit (layer: analyses): zero-shot predictions at the run's dtype against float32
-on a seeded sample of images (:mod:`clipfair.precision`); recorded in run.json and on the model card."""
+"""The precision audit: zero-shot predictions at the run's dtype against float32
+on a seeded sample of images (:mod:`clipfair.precision`); recorded in run.json and on the model card.
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 

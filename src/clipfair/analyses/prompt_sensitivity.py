@@ -1,6 +1,9 @@
-"""Prompt sensitivity (layer: analyses): each listed taxonomy evaluated under its own templates and
+"""Prompt sensitivity: each listed taxonomy evaluated under its own templates and
 under every template set (variants named ``taxonomy@set``), and the spread of each group's figure
-across the sets (:mod:`clipfair.sensitivity`: sensitivity.csv, findings and plots)."""
+across the sets (:mod:`clipfair.sensitivity`: sensitivity.csv, findings and plots).
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 
@@ -49,13 +52,12 @@ class PromptSensitivity(Analysis):
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
         from ..metrics import DEFAULT_DISPARITY_MIN_N
-        from ..pipeline import harms, timed
         from ..sensitivity import write_sensitivity
 
         plots = ev.info.get("plot_slices")
         rate_plots = None if plots is None else plots.get("rate", ())
-        with timed(ev.timings, "sensitivity"):
+        with ctx.timed("sensitivity"):
             paths, sections = write_sensitivity(
-                ev.metrics, out_dir, harms=harms(ctx.taxonomies), confidence=ctx.confidence, model=report.model,
+                ev.metrics, out_dir, harms={t.name: dict(t.harms) for t in ctx.taxonomies}, confidence=ctx.confidence, model=report.model,
                 plot_slices=rate_plots, min_n=int(ev.disparities.attrs.get("min_n", DEFAULT_DISPARITY_MIN_N)))
         return Written(paths, sections)

@@ -1,6 +1,9 @@
-"""The analysis registry (layer: analyses): names -> :class:`~clipfair.analyses.base.Analysis`
+"""The analysis registry: names -> :class:`~clipfair.analyses.base.Analysis`
 subclasses. Built-in analyses register when their module is first imported (lazily, like the
-model backends); a user's class is named by its import path (config ``_target_``)."""
+model backends); a user's class is named by its import path (config ``_target_``).
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Retrieval bias (layer: analyses): rank the evaluation images for each neutral query and measure
-how skewed the top k is (:mod:`clipfair.retrieval`: Skew@k, MaxSkew, MinSkew, NDKL, Bias@K, each
-beside its null of no association with an adjusted test); writes retrieval.csv, retrieval.md and
-heat maps."""
+"""Retrieval bias: rank the evaluation images for each neutral query and measure how skewed
+the top k is (:mod:`clipfair.retrieval`: Skew@k, MaxSkew, MinSkew, NDKL, Bias@K, each beside its
+null of no association with an adjusted test); writes retrieval.csv, retrieval.md and heat maps.
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 
@@ -54,13 +56,12 @@ class RetrievalBias(Analysis):
             check_prompt_lengths(q.as_taxonomy(), ctx.model.token_count, ctx.model.context_length)
 
     def run(self, ctx: RunContext) -> None:
-        from ..pipeline import timed
         from ..retrieval import retrieval_bias
 
         correction = getattr(ctx.config, "disparity_correction", None)  # the run's, for the tests' adjustment
         if correction and str(correction) != self.opts.correction:
             self.opts = replace(self.opts, correction=str(correction))
-        with timed(ctx.timings, "retrieval"):
+        with ctx.timed("retrieval"):
             self.table = retrieval_bias(ctx.table, ctx.image_embeddings, self.query_sets, ctx.text_embedder,
                                         self.opts, attributes=ctx.attributes, orders=ctx.orders,
                                         progress=bool(ctx.progress))
@@ -72,13 +73,12 @@ class RetrievalBias(Analysis):
         return {"retrieval": self.table} if self.table is not None else {}
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
-        from ..pipeline import timed
         from ..report import header_blocks
         from ..retrieval import retrieval_sections, write_retrieval
 
         if self.table is None:
             return Written()
-        with timed(ev.timings, "retrieval_report"):
+        with ctx.timed("retrieval_report"):
             sections = retrieval_sections(self.table, out_dir, ev.info.get("retrieval"))
             paths = write_retrieval(self.table, out_dir, ev.info.get("retrieval"), intro=header_blocks(report),
                                     sections=sections)

@@ -1,16 +1,82 @@
-"""The one metric registry (layer: analyses/results model): a :class:`MetricSpec` for every
+"""The one metric registry: a :class:`MetricSpec` for every
 metric a run can write. Direction, kind and interval method of a metric come from here, never
 from its name; disparities, compare, collect, sensitivity and the report read it.
 
 A user analysis's outcomes are registered when the analysis runs (:func:`register_metric`);
 the same name declared twice with different specs is an error.
+
+Layer: stats (the results model; imports nothing of clipfair).
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from .base import HIGHER, LOWER, MEAN, NEUTRAL, PROPORTION, AnalysisError, MetricSpec
+from dataclasses import dataclass
+
+HIGHER, LOWER, NEUTRAL = "higher_is_better", "lower_is_better", "neutral"
+DIRECTIONS = (HIGHER, LOWER, NEUTRAL)
+PROPORTION, MEAN = "proportion", "mean"
+KINDS = (PROPORTION, MEAN)
+#: interval methods of a mean outcome's per-group rows
+MEAN_INTERVALS = ("t", "bootstrap")
+
+
+class AnalysisError(ValueError):
+    """A misdeclared or misbehaving analysis (one line naming the analysis and what to fix)."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One measured quantity.
+
+    ``direction``: which value is better for a group (``higher_is_better``, ``lower_is_better``,
+    ``neutral``: groups are compared highest vs lowest, never ranked as worse or better).
+    ``kind``: ``proportion`` (0/1 per unit; Wilson intervals per group, Newcombe intervals of
+    differences) or ``mean`` (a real number per unit; per-group interval by ``interval``, ``t``
+    or ``bootstrap``; Welch intervals of differences).
+    ``direction_from_harm``: the direction is the taxonomy's ``harm`` declaration of the row's
+    category (a harm: lower is better; declared not a harm: higher is better; undeclared:
+    ``direction``), as for the built-in ``rate``.
+    ``ranked``: False leaves the metric out of disparities (e.g. ``label_rate``, or a summary
+    of a slice such as ``worst_group_accuracy``).
+    """
+
+    name: str
+    direction: str
+    kind: str
+    description: str = ""
+    interval: str = ""  # proportion: "wilson"; mean: "t" (default) or "bootstrap"
+    direction_from_harm: bool = False
+    ranked: bool = True
+    #: an accuracy-like metric (report's accuracy sections, compare's accuracy rows)
+    accuracy: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise AnalysisError(f"MetricSpec needs a non-empty name, got {self.name!r}")
+        if self.direction not in DIRECTIONS:
+            raise AnalysisError(f"metric {self.name!r}: direction must be one of {', '.join(DIRECTIONS)}, "
+                                f"got {self.direction!r}")
+        if self.kind not in KINDS:
+            raise AnalysisError(f"metric {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind == MEAN and self.interval not in ("", *MEAN_INTERVALS):
+            raise AnalysisError(f"metric {self.name!r}: a mean's interval is one of {', '.join(MEAN_INTERVALS)}, "
+                                f"got {self.interval!r}")
+        if self.kind == PROPORTION and self.interval not in ("", "wilson"):
+            raise AnalysisError(f"metric {self.name!r}: a proportion's interval is wilson, got {self.interval!r}")
+        if not self.interval:
+            object.__setattr__(self, "interval", "wilson" if self.kind == PROPORTION else "t")
+
+    def resolve_direction(self, category: str = "", harms: Mapping[str, bool | None] | None = None) -> str:
+        """The direction of one row: the declared harm of ``category`` when the spec says so."""
+        if self.direction_from_harm:
+            h = (harms or {}).get(category)
+            if h is not None:
+                return LOWER if h else HIGHER
+        return self.direction
+
+
 
 BUILTIN_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("accuracy", HIGHER, PROPORTION, "share of a group's images classified correctly", accuracy=True),

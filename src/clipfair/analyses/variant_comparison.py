@@ -1,5 +1,8 @@
-"""Variant comparison (layer: analyses): taxonomy variants of one run compared image by image with
-the baseline (:mod:`clipfair.compare`: paired differences, McNemar tests, comparison.* files)."""
+"""Variant comparison: taxonomy variants of one run compared image by image with
+the baseline (:mod:`clipfair.compare`: paired differences, McNemar tests, comparison.* files).
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +34,6 @@ class VariantComparison(Analysis):
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
         from ..compare import compare_paired, comparison_sections, plot_keys, write_comparison
-        from ..pipeline import timed
 
         names = [t.name for t in ctx.taxonomies]
         baseline = self.baseline or names[0]
@@ -42,7 +44,7 @@ class VariantComparison(Analysis):
         confidence = float(ev.metrics.attrs.get("confidence", ctx.confidence))
         plots = ev.info.get("plot_slices")
         rate_plots = None if plots is None else plots.get("rate", ())
-        with timed(ev.timings, "compare"):
+        with ctx.timed("compare"):
             cmp = compare_paired(ev.predictions, baseline, variants, {t.name: t.categories for t in ctx.taxonomies},
                                  ctx.slices, correction=self.correction, alpha=self.alpha, confidence=confidence,
                                  orders=ev.info.get("value_orders"))

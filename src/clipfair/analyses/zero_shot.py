@@ -1,6 +1,9 @@
-"""Zero-shot classification (layer: analyses): every taxonomy of the run scored on the shared
+"""Zero-shot classification: every taxonomy of the run scored on the shared
 image embeddings by the model family's own rule; rows of predictions.parquet, scored by the
-core's classification metrics (accuracy, top-k, rates, label rates, worst-group accuracy)."""
+core's classification metrics (accuracy, top-k, rates, label rates, worst-group accuracy).
+
+Layer: analyses.
+"""
 
 from __future__ import annotations
 

@@ -462,6 +462,12 @@ def _finish(name: str, frame: pd.DataFrame, image_ids: Sequence[str],
     return ds.with_derived(default).limit(limit)
 
 
+#: public names of the shared machinery, for layouts in other modules of this package
+#: (e.g. :mod:`clipfair.data.counterfactual_layouts`)
+RowIssues = _RowIssues
+finish_dataset = _finish
+
+
 # ---------------------------------------------------------------- CSV (fairface, csv)
 
 
@@ -593,8 +599,14 @@ def csv_file(*, path: str | None = None, root: str | None = None, image_column: 
              age_column: str | None = "age", id_column: str | None = None,
              attributes: Mapping[str, Any] | None = None,
              limit: int | None = None, on_error: str = "raise",
-             allow_outside_root: bool = False, age_years: bool = False) -> FaceDataset:
+             allow_outside_root: bool = False, age_years: bool = False,
+             set_column: str | None = None, subject_column: str | None = None) -> FaceDataset:
     """Any CSV with an image-path column and attribute columns.
+
+    ``set_column`` (optional): the column naming each image's counterfactual set (the
+    attribute ``set_id``; ``limit`` / ``subset.n`` then count sets, which stay whole), and
+    ``subject_column`` its subject (the attribute ``subject``, e.g. an occupation); see
+    :mod:`clipfair.analyses.counterfactual`.
 
     Image paths are relative to ``root`` (default: the CSV's folder). ``race_column``,
     ``gender_column``, ``age_column`` declare FairFace's attributes (canonical values;
@@ -608,6 +620,11 @@ def csv_file(*, path: str | None = None, root: str | None = None, image_column: 
     csv_path = Path(str(path)).expanduser()
     root_path = Path(str(root)).expanduser() if root else csv_path.parent
     builtin = {"race": race_column, "gender": gender_column, "age": age_column}
+    attributes = dict(attributes or {})
+    if set_column:
+        attributes["set_id"] = {"column": str(set_column), "allow_missing": False}
+    if subject_column:
+        attributes["subject"] = str(subject_column)
     declared = _declare(builtin, attributes, f"CSV {csv_path}")
     return _from_label_csv(
         "csv", csv_path, root=root_path, image_column=image_column, declared=declared,
@@ -616,7 +633,8 @@ def csv_file(*, path: str | None = None, root: str | None = None, image_column: 
         source={"adapter": "csv", "path": str(csv_path), "root": str(root_path),
                 "image_column": image_column, "id_column": id_column,
                 **{f"{a}_column": c for a, c in builtin.items()},
-                "attributes": {a.name: a.source_column for a in declared}, "age_years": age_years},
+                "attributes": {a.name: a.source_column for a in declared}, "age_years": age_years,
+                **({"set_column": "set_id"} if set_column else {})},
         missing_hint="check dataset.path",
         column_hint="set dataset.image_column / race_column / gender_column / age_column / "
                     "id_column to the CSV's column names (null for an absent attribute)")

@@ -204,10 +204,23 @@ class FaceDataset:
         """The first n rows (all rows when n is None)."""
         if n is None or n >= len(self):
             return self
-        idx = list(range(int(n)))
+        sets = self._sets()
+        if sets is not None:  # counterfactual sets stay whole: n counts sets
+            keep = set(pd.unique(sets)[:int(n)])
+            idx = [i for i, s in enumerate(sets) if s in keep]
+        else:
+            idx = list(range(int(n)))
         return replace(self, table=self.table.iloc[idx].copy(), reader=self.reader.subset(idx),
                        source={**self.source, "limit": int(n)}, skipped=dict(self.skipped),
                        skipped_items=list(self.skipped_items))
+
+    def _sets(self) -> "np.ndarray | None":
+        """The set id of each row when the dataset is made of counterfactual sets (its source
+        names a ``set_column`` the table has), else None."""
+        col = self.source.get("set_column")
+        if not col or col not in self.table.columns:
+            return None
+        return self.table[col].astype(str).to_numpy()
 
     def sample(self, n: int | None, seed: int = 0) -> "FaceDataset":
         """A seeded random subset of n rows, kept in dataset order (all rows when n is None)."""
@@ -215,7 +228,15 @@ class FaceDataset:
             return self
         import numpy as np
 
-        idx = sorted(np.random.default_rng(seed).choice(len(self), size=int(n), replace=False).tolist())
+        sets = self._sets()
+        if sets is not None:  # counterfactual sets stay whole: n counts sets
+            ids = pd.unique(sets)
+            if n >= len(ids):
+                return self
+            keep = set(ids[np.random.default_rng(seed).choice(len(ids), size=int(n), replace=False)])
+            idx = [i for i, s in enumerate(sets) if s in keep]
+        else:
+            idx = sorted(np.random.default_rng(seed).choice(len(self), size=int(n), replace=False).tolist())
         return replace(self, table=self.table.iloc[idx].copy(), reader=self.reader.subset(idx),
                        source={**self.source, "subset": {"n": int(n), "seed": int(seed)}},
                        skipped=dict(self.skipped), skipped_items=list(self.skipped_items))
