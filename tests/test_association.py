@@ -518,6 +518,24 @@ def test_experiment_association_runs_end_to_end(compose, tiny_model_dir, fairfac
     assert rec["association"]["variant"].startswith("ghate2025") and rec["association"]["images_used"]
 
 
+def test_experiment_association_text_only_encodes_no_image(compose, tiny_model_dir, fairface_root, tmp_path):
+    """`clipfair run experiment=association` with text-only tests reads and encodes no dataset
+    image (the analysis declares needs.image_embeddings = "none"); the image cache stays empty."""
+    import json
+
+    from clipfair.cli import run_from_config
+
+    cfg = compose(["experiment=association", f"model.name_or_path={tiny_model_dir}", "model.device=cpu",
+                   f"dataset.root={fairface_root}", f"cache.dir={tmp_path / 'cache'}", "progress=false",
+                   "analyses.association.tests=[flowers_insects,career_family]", "analyses.association.bootstrap=20"])
+    out = tmp_path / "run"
+    run_from_config(cfg, out)
+    counts = json.loads((out / "run.json").read_text())["counts"]
+    assert counts["images_encoded"] == 0 and counts["images_from_cache"] == 0
+    assert not list((tmp_path / "cache").rglob("image/**/*.npz"))
+    assert list(pd.read_csv(out / "associations.csv").test) == ["flowers_insects", "career_family"]
+
+
 def test_cli_bad_association_test_is_one_line(tmp_path, capsys):
     from clipfair.cli import main
 

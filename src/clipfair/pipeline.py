@@ -193,8 +193,13 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     # the same embedding settings for every split and feature kind an analysis encodes
     embed_kw = dict(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
                     on_error=on_error, progress=progress, stats=stats, **(embed_options or {}))
+    need_images = any(a.needs.image_embeddings != "none" for a in analyses)
     with timed(timings, "embed_images"):
-        emb: ImageEmbeddings = embed_images(dataset, model, image_store, **embed_kw)
+        if need_images:
+            emb: ImageEmbeddings = embed_images(dataset, model, image_store, **embed_kw)
+        else:  # e.g. text-only association tests: no image is read or encoded
+            emb = ImageEmbeddings(np.arange(len(dataset)), np.zeros((len(dataset), 0), np.float32),
+                                  info={"skipped": "no analysis of this run reads image embeddings"})
     table = dataset.table.iloc[emb.indices].reset_index(drop=True)
     texts = TextEmbedder(model, text_store, stats)
     orders = dataset.value_orders()
