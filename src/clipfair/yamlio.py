@@ -40,13 +40,15 @@ class YamlError(ValueError):
     """A YAML data file that is too large, malformed, or an alias bomb."""
 
 
-class YamlInt(int):
-    """An int read from a data file that remembers its source text (``str()`` gives it)."""
+class _SourceText:
+    """A number read from a data file that remembers its source text (``str()`` gives it);
+    ``_base`` is the number type it is."""
 
+    _base: type
     text: str
 
-    def __new__(cls, value: int, text: str) -> "YamlInt":
-        obj = super().__new__(cls, value)
+    def __new__(cls, value: Any, text: str) -> Any:
+        obj = cls._base.__new__(cls, value)
         obj.text = text
         return obj
 
@@ -54,28 +56,22 @@ class YamlInt(int):
         return self.text
 
     def __getnewargs__(self) -> tuple:  # pickle and deepcopy keep the text
-        return (int(self), self.text)
+        return (self._base(self), self.text)
 
-    __format__ = lambda self, spec: self.text if not spec else int.__format__(int(self), spec)  # noqa: E731
+    def __format__(self, spec: str) -> str:
+        return self.text if not spec else self._base.__format__(self._base(self), spec)
 
 
-class YamlFloat(float):
-    """A float read from a data file that remembers its source text (``str()`` gives it)."""
+class YamlInt(_SourceText, int):
+    """An int read from a data file that remembers its source text."""
 
-    text: str
+    _base = int
 
-    def __new__(cls, value: float, text: str) -> "YamlFloat":
-        obj = super().__new__(cls, value)
-        obj.text = text
-        return obj
 
-    def __str__(self) -> str:
-        return self.text
+class YamlFloat(_SourceText, float):
+    """A float read from a data file that remembers its source text."""
 
-    def __getnewargs__(self) -> tuple:  # pickle and deepcopy keep the text
-        return (float(self), self.text)
-
-    __format__ = lambda self, spec: self.text if not spec else float.__format__(float(self), spec)  # noqa: E731
+    _base = float
 
 
 class _DataLoader(yaml.SafeLoader):
