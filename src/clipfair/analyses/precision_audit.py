@@ -23,10 +23,17 @@ class PrecisionAudit(Analysis):
         super().__init__(n=n, seed=seed)
         self.n, self.seed = int(n), int(seed)
 
+    def check(self, ctx: RunContext) -> None:
+        if not ctx.taxonomies:  # e.g. text-only association tests: no image embedding needed for it
+            self.needs = Needs(image_embeddings="none", splits=("eval",), text=False)
+
     def run(self, ctx: RunContext) -> None:
         from ..precision import run_precision_audit
         from ..zeroshot import class_embeddings
 
+        if not ctx.taxonomies:
+            ctx.info["precision"] = {"skipped": "the run has no taxonomies: no zero-shot predictions to audit"}
+            return None
         ctx.info["precision"] = run_precision_audit(
             ctx.dataset, ctx.model, ctx.indices,
             lambda: {t.name: class_embeddings(t, ctx.text_embedder).weights for t in ctx.taxonomies},
