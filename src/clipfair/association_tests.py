@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from . import weat as W
-from .registry import Registry
+from .registry import yaml_files
 from .stats import holm
 from .taxonomy import (ALLOW_INCLUDE_ENV, TaxonomyError, builtin_dir as taxonomy_dir, check_template, locate_file,
                        read_yaml_mapping, scalar_text)
@@ -141,14 +141,7 @@ def builtin_dir() -> Path:
     return Path(str(importlib.resources.files("clipfair") / "associations"))
 
 
-def _builtin_registry() -> Registry[Path]:
-    reg: Registry[Path] = Registry("association test")
-    for p in sorted(builtin_dir().glob("*.yaml")):
-        reg.add(p.stem, p)
-    return reg
-
-
-BUILTINS = _builtin_registry()
+BUILTINS = yaml_files("association test", builtin_dir())
 
 
 def builtin_names() -> list[str]:

@@ -8,6 +8,7 @@ silent overwrite.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -53,3 +54,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def yaml_files(kind: str, folder: Path) -> Registry[Path]:
+    """A registry of the ``*.yaml`` files of ``folder`` by file stem (built-in taxonomies,
+    query sets, association tests)."""
+    reg: Registry[Path] = Registry(kind)
+    for p in sorted(Path(folder).glob("*.yaml")):
+        reg.add(p.stem, p)
+    return reg

@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .registry import Registry
+from .registry import yaml_files
 from .taxonomy import Taxonomy, TaxonomyClass, check_template, locate_file, read_yaml_mapping, scalar_text
 from .yamlio import load_yaml_file
 
@@ -130,14 +130,7 @@ def builtin_dir() -> Path:
     return Path(str(importlib.resources.files("clipfair") / "queries"))
 
 
-def _builtin_registry() -> Registry[Path]:
-    reg: Registry[Path] = Registry("query set")
-    for p in sorted(builtin_dir().glob("*.yaml")):
-        reg.add(p.stem, p)
-    return reg
-
-
-BUILTINS = _builtin_registry()
+BUILTINS = yaml_files("query set", builtin_dir())
 
 
 def _strings(raw: Any, where: str, what: str) -> list[str]:

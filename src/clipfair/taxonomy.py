@@ -50,7 +50,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .registry import Registry, RegistryError
+from .registry import Registry, RegistryError, yaml_files
 from .yamlio import YamlError, load_yaml_file
 
 log = logging.getLogger(__name__)
@@ -152,14 +152,7 @@ def builtin_dir() -> Path:
     return Path(str(importlib.resources.files("clipfair") / "taxonomies"))
 
 
-def _builtin_registry() -> Registry[Path]:
-    reg: Registry[Path] = Registry("taxonomy")
-    for p in sorted(builtin_dir().glob("*.yaml")):
-        reg.add(p.stem, p)
-    return reg
-
-
-BUILTINS = _builtin_registry()
+BUILTINS = yaml_files("taxonomy", builtin_dir())
 
 
 def read_yaml_mapping(path: Path, kind: str = "taxonomy", error: type[ValueError] = TaxonomyError,
