@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,9 +151,11 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, tiny_model_dir, fairface
                   & (met["metric"] == "accuracy") & (met["slice"] == "overall")]["value"].item()
     assert f"{100 * overall:.1f}%" in summary
     assert "not for surveillance" in summary.lower() or "Not for surveillance" in summary
-    pngs = sorted(out.glob("*.png"))
-    assert any("accuracy_fairface_gender" in p.name for p in pngs)
-    assert any("rates_clip_denigration" in p.name for p in pngs)
+    pngs = sorted(out.glob("*.png"))  # confusion matrices
+    svgs = sorted(out.glob("*.svg"))  # the report's compact figures
+    assert any("confusion_fairface_gender" in p.name for p in pngs)
+    assert "accuracy_fairface_gender.svg" in {p.name for p in svgs}
+    assert "rates_clip_denigration.svg" in {p.name for p in svgs}
     for p in pngs:
         with Image.open(p) as im:
             assert im.size[0] > 200 and im.size[1] > 150
@@ -162,7 +165,9 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, tiny_model_dir, fairface
     # the header names the model and the run; report.html is one self-contained page
     assert str(tiny_model_dir) in summary and "80 evaluated" in summary
     page = (out / "report.html").read_text()
-    assert "<img src=\"data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("<script>")[0]
+    body = page.split("<body>")[1].split("<script>")[0]
+    body = re.sub(r"xmlns(:xlink)?=%22http://www\.w3\.org/[\w/]+%22", "", body)  # SVG's namespace names
+    assert "<img src=\"data:image/svg+xml," in page and "http" not in body
 
     # a rerun with the same model and data encodes no image (the cache is shared)
     out2 = tmp_path / "run2"

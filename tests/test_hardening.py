@@ -310,7 +310,7 @@ def test_5_markdown_outputs_render_no_html_images_or_links_from_user_strings(hos
         assert "href=\"javascript" not in html and "ev.il" not in "".join(
             part.split(">")[0] for part in html.split("<img")[1:]), p.name
         for tag in html.split("<img")[1:]:  # only the run's own figures are images
-            assert tag.split('src="')[1].split('"')[0].endswith(".png") and "://" not in tag.split('"')[1], p.name
+            assert tag.split('src="')[1].split('"')[0].endswith((".png", ".svg")) and "://" not in tag.split('"')[1], p.name
     assert "&lt;script&gt;" in render((hostile_run / "summary.md").read_text())
     assert "&lt;script&gt;" in render((hostile_run / "retrieval.md").read_text())
 

@@ -356,7 +356,7 @@ def test_model_card_experiment_end_to_end(tmp_path, tiny_model_dir, fairface_roo
     assert "<h2>Model card reproduction</h2>" in page and "<h3>Caveats</h3>" in page
     other = page.split("<h2>Other plots</h2>")[1] if "<h2>Other plots</h2>" in page else ""
     assert "model card" not in other and "model_card" not in other  # the card's plots sit in its section
-    assert page.count('<img src="data:image/png;base64,') == len(list(out.glob("*.png")))
+    assert page.count('<img src="data:image/png;base64,') == len(list(out.glob("model_card_*.png")))
     # the age-band figures are metrics.csv's age_band_clip7 rows, and match the per-image predictions
     pred = pd.read_parquet(out / "predictions.parquet")
     den = pred[(pred["taxonomy"] == "clip_denigration") & (pred["method"] == "zero_shot")]

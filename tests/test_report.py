@@ -306,14 +306,15 @@ def test_plot_missing_combination_raises(hand_metrics, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def _check_png(path):
-    with Image.open(path) as im:
-        assert im.format == "PNG"
-        w, h = im.size
-        assert w >= 300 and h >= 200
-        arr = np.asarray(im.convert("RGB"))
-    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 20  # not blank
-    return w, h
+def _check_svg(path):
+    """A figure as SVG: parses as XML, text kept as text, drawn (paths), no editor metadata."""
+    import xml.etree.ElementTree as ET
+
+    text = path.read_text(encoding="utf-8")
+    root = ET.fromstring(text)
+    assert root.tag.endswith("svg") and "<path" in text and "<text" in text
+    assert "<metadata" not in text and "\n" not in text.strip()
+    return root
 
 
 def test_write_report(hand_metrics, tmp_path):
@@ -322,24 +323,20 @@ def test_write_report(hand_metrics, tmp_path):
     Image.new("RGB", (320, 240), "white").save(out / "model_card_table_3.png")  # another stage's plot
     paths = write_report(hand_metrics, disparities(hand_metrics, min_n=1), out, _ctx())
     names = [p.name for p in paths]
-    expected_plots = [
-        "accuracy_fairface_race_zero_shot_race.png",
-        "accuracy_fairface_race_zero_shot_gender.png",
-        "accuracy_fairface_race_linear_probe_race.png",
-        "accuracy_fairface_race_linear_probe_gender.png",
-        "rates_denig_race.png",
-    ]
+    # one compact figure per taxonomy (a panel per attribute sliced), not one per slice and method
+    expected_plots = ["accuracy_fairface_race.svg", "rates_denig.svg"]
     assert names == expected_plots + ["summary.md", "report.html"]
     for p in paths[:-2]:
-        _check_png(p)
+        _check_svg(p)
     md = (out / "summary.md").read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert sorted(links) == sorted(expected_plots)
-    assert md.index("accuracy_fairface_race_zero_shot_race.png") > md.index("### fairface_race")
+    assert md.index("accuracy_fairface_race.svg") > md.index("### fairface_race")
     html = (out / "report.html").read_text(encoding="utf-8")
-    # everything summary.md says, plus every plot in the folder, embedded
-    assert html.count('<img src="data:image/png;base64,') == len(expected_plots) + 1
-    assert "Other plots" in html and "model card table 3" in html
+    # everything summary.md says, its figures embedded; every other plot in the folder linked, not embedded
+    assert html.count('<img src="data:image/svg+xml,') == len(expected_plots)
+    assert "data:image/png" not in html
+    assert "Other plots" in html and '<a href="model_card_table_3.png">model card table 3</a>' in html
     for heading in re.findall(r"^#+ (.+)$", md, flags=re.M):
         assert heading.replace("&", "&amp;") in html
 
@@ -348,8 +345,8 @@ def test_write_report_sanitises_names(hand_metrics, tmp_path):
     m = hand_metrics[hand_metrics["taxonomy"] == "denig"].copy()
     m["taxonomy"] = "my probe/v2"
     paths = write_report(m, disparities(m), tmp_path)
-    assert [p.name for p in paths] == ["rates_my_probe_v2_race.png", "summary.md", "report.html"]
-    _check_png(paths[0])
+    assert [p.name for p in paths] == ["rates_my_probe_v2.svg", "summary.md", "report.html"]
+    _check_svg(paths[0])
 
 
 def test_a_run_without_taxonomies_still_gets_its_report(tmp_path):

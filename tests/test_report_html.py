@@ -114,8 +114,8 @@ def report_dir(tmp_path_factory) -> Path:
 def test_report_html_renders_in_chromium(chromium, report_dir, tmp_path):
     page = report_dir / "report.html"
     html = page.read_text(encoding="utf-8")
-    n_png = len(list(report_dir.glob("*.png")))
-    assert n_png >= 4 and html.count('<img src="data:image/png;base64,') == n_png  # every plot, embedded
+    n_png = len(list(report_dir.glob("*.svg")))  # the report's figures are SVG
+    assert n_png >= 4 and html.count('<img src="data:image/svg+xml,') == n_png  # every plot, embedded
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing from the network
     probe = tmp_path / "probe.html"
     probe.write_text(html.replace("</body>", PROBE, 1), encoding="utf-8")

@@ -366,8 +366,7 @@ def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[
         model=label, header=header, demo=demo, disclaimer=DISCLAIMER, skipped=dict(ev.skipped),
         harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies if t.target},
         sanity=ev.info.get("sanity") or {},
-        label_categories={t.name: {c.label: c.category for c in t.classes} for t in taxonomies},
-        plot_slices=ev.info.get("plot_slices"))
+        label_categories={t.name: {c.label: c.category for c in t.classes} for t in taxonomies})
 
 
 def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], demo: bool = False,

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
 from .analyses.specs import metric_spec
@@ -56,9 +58,8 @@ class ReportContext:
     ``header``: (field, value) rows shown at the top; ``model``: a short model label used
     in plot titles; ``harms``: taxonomy -> category -> harm (True: lower is better, False:
     higher is better; missing: neutral); ``n_classes``: taxonomy -> number of classes (the
-    chance line of accuracy plots is 1 / n_classes); ``plot_slices``: kind (``accuracy``,
-    ``rate``) -> the slices that get a plot, the dataset's declaration
-    (:attr:`clipfair.data.base.FaceDataset.plot_slices`; None: every single-attribute slice)."""
+    chance line of accuracy plots is 1 / n_classes). The report's figures have a panel for every
+    attribute sliced (the dataset's own and derived ones too), groups in the declared order."""
 
     title: str = "clipfair results"
     model: str = ""
@@ -74,7 +75,6 @@ class ReportContext:
     #: taxonomy -> class label -> its category (label tables and plots name each label's category
     #: and the category's declared direction)
     label_categories: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    plot_slices: Mapping[str, Sequence[str]] | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -157,14 +157,6 @@ def _select(metrics: pd.DataFrame, **eq) -> pd.DataFrame:
 
 def _is_intersection(slice_name: str) -> bool:
     return "+" in str(slice_name)
-
-
-def _plot_slices(ctx: ReportContext, kind: str, have) -> list[str]:
-    """The slices of ``have`` (in its order) that get a ``kind`` plot (see ReportContext)."""
-    have = list(dict.fromkeys(str(s) for s in have))
-    if ctx.plot_slices is None:
-        return [s for s in have if s != "overall" and not _is_intersection(s)]
-    return [s for s in ctx.plot_slices.get(kind, ()) if s in have]
 
 
 def _metric_title(metric: str) -> str:
@@ -361,6 +353,361 @@ def plot_category_rates(metrics: pd.DataFrame, taxonomy: str, slice: str, path,
     return save_figure(_rates_figure(metrics, taxonomy, slice, categories, method, model, harms=harms), path)
 
 
+# --------------------------------------------------------------------------- compact figures (the report's)
+#
+# The report shows per taxonomy ONE figure of small multiples (one panel per attribute sliced, its
+# groups in the dataset's declared order: the order of metrics.csv's rows, never sorted as strings),
+# points with interval bars, methods side by side; intersections of two attributes as one heat map
+# per taxonomy and metric; a target taxonomy's label shares as one heat map. Every figure carries the
+# data it was drawn from in ``fig.panel_data`` (panel key -> frame), so a test can read back what is
+# drawn. Written as SVG (text kept as text: small, sharp, fast).
+
+METHOD_COLORS = {"zero_shot": "#4C72B0", "linear_probe": "#DD8452"}
+_GROUP_IN = 0.34  # inches per group in a panel
+_PANEL_PAD_IN = 0.45
+_MAX_COMPACT_W = 15.0
+
+
+def _method_color(method: str, i: int) -> str:
+    return METHOD_COLORS.get(method, f"C{(i + 2) % 10}")
+
+
+def _single_slices(frame: pd.DataFrame) -> list[str]:
+    """The single-attribute slices of ``frame`` in its row order (every declared attribute,
+    the user's own and derived ones too), without ``overall`` and intersections."""
+    return [s for s in _unique(frame["slice"].astype(str)) if s != "overall" and not _is_intersection(s)]
+
+
+def _tick_text(g, n) -> str:
+    return f"{g} ({int(n)})" if not pd.isna(n) else str(g)
+
+
+def _panels_grid(widths: Sequence[int], n_rows: int, longest: int, row_h: float = 1.9):
+    """A figure and a grid of ``n_rows`` x ``len(widths)`` panels, each as wide as its number of
+    groups, with fixed margins (room for rotated group labels of ``longest`` characters below the
+    bottom row): no layout pass, so a figure is drawn once for its size and once to the file."""
+    cols = [_GROUP_IN * max(2, k) for k in widths]
+    gap, left, right, top = 0.3, 0.6, 0.15, 0.8
+    bottom = 0.25 + 0.034 * longest
+    w = left + sum(cols) + gap * (len(cols) - 1) + right
+    scale = min(1.0, (_MAX_COMPACT_W - left - right - gap * (len(cols) - 1)) / sum(cols))
+    cols = [c * scale for c in cols]
+    w = max(4.5, left + sum(cols) + gap * (len(cols) - 1) + right)
+    h = top + n_rows * row_h + (n_rows - 1) * 0.25 + bottom
+    fig = MplFigure(figsize=(w, h), dpi=DPI)
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(n_rows, len(cols), width_ratios=cols, left=left / w, right=1 - right / w,
+                          bottom=bottom / h, top=1 - top / h, wspace=gap / (sum(cols) / len(cols)),
+                          hspace=0.25 / row_h)
+    return fig, gs
+
+
+def _panel_axis(ax, groups: Sequence[str], ns: Sequence, title: str, ylabel: str, xlabels: bool = True,
+                ylabels: bool = True) -> None:
+    ax.set_xticks(np.arange(len(groups)))
+    if xlabels:
+        ax.set_xticklabels([_tick_text(g, n) for g, n in zip(groups, ns)],
+                           rotation=40, ha="right", rotation_mode="anchor", fontsize=7)
+    else:
+        ax.set_xticklabels([])
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylim(0, 100)
+    ax.set_yticks([0, 25, 50, 75, 100])
+    if ylabels:
+        ax.tick_params(axis="y", labelsize=7)
+    else:
+        ax.set_yticklabels([])
+    ax.yaxis.grid(True, color="#e5e5e5", linewidth=0.6)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title, fontsize=8.5)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=7.5)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _points(ax, x, rows: pd.DataFrame, color, label: str, marker: str = "o") -> None:
+    """Points (in percent) with their intervals as vertical lines: all intervals of a series one
+    path (small SVG)."""
+    v = rows["value"].to_numpy(dtype=float) * 100.0
+    lo = rows["ci_low"].to_numpy(dtype=float) * 100.0
+    hi = rows["ci_high"].to_numpy(dtype=float) * 100.0
+    x = np.asarray(x, dtype=float)
+    ax.plot(np.repeat(x, 3), np.column_stack([lo, hi, np.full_like(lo, np.nan)]).ravel(), color=color,
+            linewidth=1.0, solid_capstyle="butt")
+    ax.plot(x, v, linestyle="none", marker=marker, ms=3.6, color=color, label=label)
+
+
+def accuracy_panels(metrics: pd.DataFrame, taxonomy: str) -> dict[tuple[str, str], pd.DataFrame]:
+    """(metric, slice) -> rows (method, group, n, value, ci_low, ci_high) of one taxonomy's accuracy-like
+    metrics by every single-attribute slice, groups in metrics.csv's order (the declared order)."""
+    m = _clean(metrics)
+    acc = m[_acc_mask(m) & (m["taxonomy"] == taxonomy).to_numpy(dtype=bool)]
+    acc = acc[~acc["metric"].astype(str).str.startswith(SLICE_SUMMARY_PREFIX)]
+    out: dict[tuple[str, str], pd.DataFrame] = {}
+    for metric in _unique(acc["metric"]):
+        am = acc[acc["metric"] == metric]
+        for sl in _single_slices(am):
+            out[(metric, sl)] = am.loc[am["slice"].astype(str) == sl,
+                                       ["method", "group", "n", "value", "ci_low", "ci_high"]].reset_index(drop=True)
+    return out
+
+
+def accuracy_compact_figure(metrics: pd.DataFrame, taxonomy: str, model: str = "",
+                            n_classes: int | None = None) -> MplFigure:
+    """One taxonomy's accuracies: a row of panels per accuracy-like metric, a panel per attribute
+    sliced, a point and its interval per group and method (methods side by side); the chance line
+    (1 / n_classes) on plain accuracy."""
+    panels = accuracy_panels(metrics, taxonomy)
+    if not panels:
+        raise ValueError(f"no accuracy rows by an attribute for taxonomy {taxonomy!r}")
+    mets = _unique(k[0] for k in panels)
+    slices = _unique(k[1] for k in panels)
+    groups = {sl: _unique(g for k, f in panels.items() if k[1] == sl for g in f["group"]) for sl in slices}
+    longest = max(len(_tick_text(g, n)) for f in panels.values() for g, n in zip(f["group"], f["n"]))
+    fig, gs = _panels_grid([len(groups[s]) for s in slices], len(mets), longest)
+    methods = _unique(mt for f in panels.values() for mt in f["method"])
+    for i, metric in enumerate(mets):
+        for j, sl in enumerate(slices):
+            ax = fig.add_subplot(gs[i, j])
+            f = panels.get((metric, sl))
+            gr = groups[sl]
+            if f is None or f.empty:
+                ax.set_axis_off()
+                continue
+            off = 0.26 if len(methods) > 1 else 0.0
+            for k, mt in enumerate(methods):
+                r = f[f["method"] == mt].drop_duplicates("group").set_index("group").reindex(gr)
+                x = np.arange(len(gr)) + (k - (len(methods) - 1) / 2) * off
+                _points(ax, x, r, _method_color(mt, k), mt.replace("_", " "))
+            if metric == "accuracy" and n_classes:
+                ax.axhline(100.0 / n_classes, color="#666666", linestyle=":", linewidth=1.0)
+            ns = f.drop_duplicates("group").set_index("group")["n"].reindex(gr)
+            _panel_axis(ax, gr, list(ns), sl if i == 0 else "",
+                        f"{metric.replace('_', ' ')} (%)" if j == 0 else "", xlabels=i == len(mets) - 1,
+                        ylabels=j == 0)
+    handles = [Line2D([], [], color=_method_color(mt, k), marker="o", ms=4, lw=1, label=mt.replace("_", " "))
+               for k, mt in enumerate(methods)]
+    if n_classes and "accuracy" in mets:
+        handles.append(Line2D([], [], color="#666666", linestyle=":", label=f"chance 1/{n_classes}"))
+    _title_and_legend(fig, f"{(model + ': ') if model else ''}{taxonomy}: accuracy (%) by group (n) "
+                           f"with Wilson {_confidence_label(_clean(metrics))}", handles)
+    fig.panel_data = panels
+    return fig
+
+
+def rate_panels(metrics: pd.DataFrame, taxonomy: str, metric: str = "rate",
+                method: str | None = None) -> dict[str, pd.DataFrame]:
+    """slice -> rows (category, group, n, value, ci_low, ci_high) of one taxonomy's category shares
+    by every single-attribute slice (``method``: zero-shot where present), in metrics.csv's order."""
+    m = _clean(metrics)
+    r = m[(m["metric"] == metric).to_numpy(dtype=bool) & (m["taxonomy"] == taxonomy).to_numpy(dtype=bool)]
+    if r.empty:
+        return {}
+    methods = _unique(r["method"])
+    method = method or ("zero_shot" if "zero_shot" in methods else methods[0])
+    r = r[r["method"] == method]
+    return {sl: r.loc[r["slice"].astype(str) == sl, ["category", "group", "n", "value", "ci_low", "ci_high"]]
+            .reset_index(drop=True) for sl in _single_slices(r)}
+
+
+def rates_compact_figure(metrics: pd.DataFrame, taxonomy: str, model: str = "",
+                         harms: Mapping[str, bool] | None = None, metric: str = "rate") -> MplFigure:
+    """One taxonomy's category shares: a panel per attribute sliced, per group a point and interval
+    per category (categories side by side; a declared harm drawn as a square and named "(harm)")."""
+    panels = rate_panels(metrics, taxonomy, metric)
+    if not panels:
+        raise ValueError(f"no {metric} rows by an attribute for taxonomy {taxonomy!r}")
+    slices = list(panels)
+    cats = _unique(c for f in panels.values() for c in f["category"])
+    colors = series_colors(len(cats))
+    groups = {sl: _unique(panels[sl]["group"]) for sl in slices}
+    longest = max(len(_tick_text(g, n)) for f in panels.values() for g, n in zip(f["group"], f["n"]))
+    fig, gs = _panels_grid([len(groups[s]) for s in slices], 1, longest, row_h=2.3)
+    harms = harms or {}
+    names = [c + {True: " (harm)", False: "", None: " (neutral)"}[harms.get(c)] for c in cats]
+    step = min(0.8 / max(1, len(cats)), 0.22)
+    for j, sl in enumerate(slices):
+        ax = fig.add_subplot(gs[0, j])
+        f, gr = panels[sl], groups[sl]
+        for k, (c, name) in enumerate(zip(cats, names)):
+            r = f[f["category"] == c].drop_duplicates("group").set_index("group").reindex(gr)
+            x = np.arange(len(gr)) + (k - (len(cats) - 1) / 2) * step
+            _points(ax, x, r, colors[k], name, marker="s" if harms.get(c) else "o")
+        ns = f.drop_duplicates("group").set_index("group")["n"].reindex(gr)
+        _panel_axis(ax, gr, list(ns), sl, "share of images (%)" if j == 0 else "", ylabels=j == 0)
+    handles = [Line2D([], [], color=colors[k], marker="s" if harms.get(c) else "o", ms=4, lw=1, label=name)
+               for k, (c, name) in enumerate(zip(cats, names))]
+    _title_and_legend(fig, f"{(model + ': ') if model else ''}{taxonomy}: share (%) of each group's images "
+                           f"predicted into each category, by group (n), with Wilson "
+                           f"{_confidence_label(_clean(metrics))}", handles)
+    fig.panel_data = panels
+    return fig
+
+
+def _split_pair(group: str, slice: str, row: pd.Series | None = None) -> tuple[str, str]:
+    """An intersection group's two values: from the attribute columns where they rebuild the
+    group's name, else the name split at its first ``+``."""
+    a, b = str(slice).split("+", 1)
+    if row is not None and a in row.index and b in row.index and not pd.isna(row[a]) and not pd.isna(row[b]):
+        va, vb = str(row[a]), str(row[b])
+        if f"{va}+{vb}" == str(group):
+            return va, vb
+    parts = str(group).split("+")
+    na = len(a.split("+"))
+    return "+".join(parts[:na]), "+".join(parts[na:])
+
+
+def intersection_grid(metrics: pd.DataFrame, taxonomy: str, metric: str, method: str, slice: str,
+                      category: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(values, n): one intersection slice ``A+B`` as two frames, rows the values of A and columns
+    the values of B in metrics.csv's (declared) order; a missing cell is NaN."""
+    m = _clean(metrics)
+    rows = _select(m, taxonomy=taxonomy, metric=metric, method=method, slice=slice)
+    rows = rows[rows["category"].astype(str) == str(category)]
+    if rows.empty:
+        raise ValueError(f"no {metric} rows for {taxonomy!r} ({method}) by {slice!r}")
+    pairs = [_split_pair(g, slice, r) for g, (_, r) in zip(rows["group"], rows.iterrows())]
+    ra, cb = _unique(p[0] for p in pairs), _unique(p[1] for p in pairs)
+    values = pd.DataFrame(np.nan, index=ra, columns=cb)
+    ns = pd.DataFrame(np.nan, index=ra, columns=cb)
+    for (a, b), v, n in zip(pairs, rows["value"].astype(float), rows["n"].astype(float)):
+        values.loc[a, b] = v
+        ns.loc[a, b] = n
+    return values, ns
+
+
+def _heat(ax, values: pd.DataFrame, ns: pd.DataFrame | None, min_n: int, title: str, cmap: str = "viridis",
+          fontsize: float = 6.5, annotate: bool = True):
+    """A heat map of shares in percent, each cell annotated with its value (and n when given); a
+    cell of fewer than ``min_n`` images is hatched and its value marked ``*``."""
+    v = values.to_numpy(dtype=float) * 100.0
+    im = ax.imshow(np.ma.masked_invalid(v), cmap=cmap, vmin=0, vmax=100, aspect="auto", interpolation="nearest")
+    for (i, j), x in np.ndenumerate(v):
+        if np.isnan(x) or not annotate:
+            continue
+        n = None if ns is None else ns.iat[i, j]
+        tiny = n is not None and not pd.isna(n) and int(n) < min_n
+        txt = f"{x:.0f}" + ("*" if tiny else "") + (f"\nn={int(n)}" if n is not None and not pd.isna(n) else "")
+        ax.text(j, i, txt, ha="center", va="center", fontsize=fontsize, color="white" if x < 60 else "black")
+        if tiny:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#d62728",
+                                   linewidth=0.0))
+    ax.set_xticks(np.arange(values.shape[1]))
+    ax.set_xticklabels([str(c) for c in values.columns], rotation=40, ha="right", rotation_mode="anchor",
+                       fontsize=7)
+    ax.set_yticks(np.arange(values.shape[0]))
+    ax.set_yticklabels([str(r) for r in values.index], fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return im
+
+
+def _heat_layout(panels: Sequence[tuple[int, int]], ncol: int, row_chars: int, col_chars: int,
+                 cell_w: float = 0.5, cell_h: float = 0.34):
+    """A figure for heat-map panels of (rows, columns) cells, ``ncol`` panels a row, fixed margins
+    for row labels of ``row_chars`` and rotated column labels of ``col_chars`` characters, and an
+    axis for the colour bar at the right; no layout pass."""
+    nrow = -(-len(panels) // ncol)
+    pw = cell_w * max(c for _, c in panels)
+    ph = cell_h * max(r for r, _ in panels)
+    left = 0.15 + 0.055 * row_chars
+    below = 0.35 + 0.034 * col_chars
+    top, cbar = 0.55, 0.9
+    w = ncol * (left + pw) + cbar
+    h = top + nrow * (ph + below + 0.25)
+    fig = MplFigure(figsize=(w, h), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = []
+    for i, (r, c) in enumerate(panels):
+        row, col = divmod(i, ncol)
+        x0 = col * (left + pw) + left
+        y0 = h - top - row * (ph + 0.25 + below) - 0.25 - cell_h * r  # panels of a row top-aligned
+        axes.append(fig.add_axes((x0 / w, y0 / h, cell_w * c / w, cell_h * r / h)))
+    cax = fig.add_axes(((w - cbar + 0.15) / w, (h - top - ph) / h, 0.12 / w, ph / h))
+    return fig, axes, cax
+
+
+def _title_and_legend(fig: MplFigure, title: str, handles: Sequence = ()) -> None:
+    """The figure's title at its top left and, below it, a one-line legend (fixed positions)."""
+    h = fig.get_figheight()
+    fig.text(0.01, 1 - 0.08 / h, title, fontsize=9, ha="left", va="top")
+    if handles:
+        fig.legend(handles=list(handles), loc="upper left", bbox_to_anchor=(0.0, 1 - 0.26 / h),
+                   ncol=len(handles), fontsize=7.5, frameon=False, handlelength=1.5, columnspacing=1.2)
+
+
+def intersection_figure(metrics: pd.DataFrame, taxonomy: str, metric: str, min_n: int = 0, model: str = "",
+                        categories: Sequence[str] | None = None) -> MplFigure | None:
+    """One heat map figure per taxonomy and metric: a panel per intersection slice of two
+    attributes (of the zero-shot method where present; for a share, per category: ``categories``,
+    default every one), each cell the group's value with its n; cells of fewer than ``min_n``
+    images hatched and marked ``*``. None when the taxonomy has no such rows of ``metric``."""
+    m = _clean(metrics)
+    rows = m[(m["metric"] == metric).to_numpy(dtype=bool) & (m["taxonomy"] == taxonomy).to_numpy(dtype=bool)]
+    inter = [s for s in _unique(rows["slice"].astype(str)) if _is_intersection(s) and s.count("+") == 1]
+    if not inter:
+        return None
+    methods = _unique(rows["method"])
+    mt = "zero_shot" if "zero_shot" in methods else methods[0]
+    if is_accuracy_metric(metric):
+        keys = [(sl, mt, "") for sl in inter if ((rows["slice"] == sl) & (rows["method"] == mt)).any()]
+    else:
+        cats = [c for c in (categories if categories is not None else _unique(rows["category"]))
+                if c in set(rows["category"])]
+        keys = [(sl, mt, c) for c in cats for sl in inter]
+    if not keys:
+        return None
+    grids = {k: intersection_grid(m, taxonomy, metric, k[1], k[0], k[2]) for k in keys}
+    ncol = min(len(keys), len(inter))
+    row_chars = max(len(str(x)) for v, _ in grids.values() for x in v.index)
+    col_chars = max(len(str(x)) for v, _ in grids.values() for x in v.columns)
+    fig, axes, cax = _heat_layout([v.shape for v, _ in grids.values()], ncol, row_chars, col_chars)
+    im = None
+    for ax, k in zip(axes, keys):
+        values, ns = grids[k]
+        what = "" if is_accuracy_metric(metric) else f": {k[2]}"
+        im = _heat(ax, values, ns, min_n, f"{k[0].replace('+', ' × ')}{what}",
+                   cmap="viridis" if is_accuracy_metric(metric) else "magma")
+    fig.colorbar(im, cax=cax).ax.tick_params(labelsize=7)
+    tiny = f"; hatched and *: fewer than {min_n} images" if min_n else ""
+    _title_and_legend(fig, f"{(model + ': ') if model else ''}{taxonomy} ({mt.replace('_', ' ')}): "
+                           f"{metric.replace('_', ' ')} (%) of intersections (cell: value, n{tiny})")
+    fig.panel_data = grids
+    return fig
+
+
+def label_heatmap_figure(metrics: pd.DataFrame, taxonomy: str, model: str = "",
+                         harms: Mapping[str, bool] | None = None,
+                         label_categories: Mapping[str, str] | None = None) -> MplFigure:
+    """A taxonomy's label shares as one heat map: a row per class label (with its category and
+    direction), a column per group of every attribute sliced (n in brackets), the colour the share
+    of the group's images predicted as the label (values in the table beside it); a description of
+    how the classifier answers, never a disparity."""
+    panels = rate_panels(metrics, taxonomy, "label_rate")
+    if not panels:
+        raise ValueError(f"no label_rate rows by an attribute for taxonomy {taxonomy!r}")
+    labels = _unique(c for f in panels.values() for c in f["category"])
+    cols, values = [], {}
+    for sl, f in panels.items():
+        for g in _unique(f["group"]):
+            sub = f[f["group"] == g]
+            key = f"{sl}: {_tick_text(g, sub['n'].iloc[0])}"
+            cols.append(key)
+            values[key] = sub.drop_duplicates("category").set_index("category")["value"]
+    grid = pd.DataFrame({c: values[c].reindex(labels) for c in cols}, index=labels)
+    grid.index = [label_heading(lab, label_categories, harms) for lab in labels]
+    fig, (ax,), cax = _heat_layout([grid.shape], 1, max(len(x) for x in grid.index),
+                                   max(len(x) for x in grid.columns), cell_w=0.24, cell_h=0.17)
+    im = _heat(ax, grid, None, 0, "", cmap="magma", annotate=False)
+    fig.colorbar(im, cax=cax).ax.tick_params(labelsize=7)
+    _title_and_legend(fig, f"{(model + ': ') if model else ''}{taxonomy}: share (%) of each group's images "
+                           "predicted as each label; a description, not a disparity")
+    fig.panel_data = {"label_rate": grid}
+    return fig
+
+
 # --------------------------------------------------------------------------- document
 
 def header_blocks(ctx: ReportContext) -> list[Block]:
@@ -436,7 +783,7 @@ def _distinct_findings(sig: pd.DataFrame) -> pd.DataFrame:
 
 
 FOREST_MAX = 15
-FOREST_PNG = "findings_forest.png"
+FOREST_SVG = "findings_forest.svg"
 
 
 def forest_figure(findings: pd.DataFrame, model: str = "") -> MplFigure:
@@ -550,6 +897,7 @@ def _accuracy_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: Report
         return []
     ci = _confidence_label(m)
     out = []
+    drawn: set[str] = set()
     for metric in _unique(acc["metric"]):
         am = acc[acc["metric"] == metric]
         blocks: list[Block] = [Text(
@@ -583,14 +931,16 @@ def _accuracy_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: Report
             if k:
                 tb.append(Text(f"{k} classes: chance is {100.0 / k:.1f}%."))
             tb.append(Table(cols, rows_for(lambda s: not _is_intersection(s)), align=al))
+            img = images.get(("accuracy", tax))
+            if img and tax not in drawn:  # one figure per taxonomy: every accuracy-like metric's row of panels
+                drawn.add(tax)
+                tb.append(Figure(img, f"{tax}: accuracy by every attribute sliced (panels), methods side by side"))
             inter = rows_for(_is_intersection)
             if inter:
-                tb.append(Details(f"Intersections ({len(inter)} groups)", [Table(cols, inter, align=al)]))
-            for mt in methods:
-                for sl in _plot_slices(ctx, "accuracy", sub["slice"]):
-                    img = images.get((metric, tax, mt, sl))
-                    if img:
-                        tb.append(Figure(img, f"{tax} ({mt}): {metric.replace('_', ' ')} by {sl}"))
+                heat = images.get(("intersections", metric, tax))
+                tb.append(Details(f"Intersections ({len(inter)} groups)", [
+                    *([Figure(heat, f"{tax}: {metric.replace('_', ' ')} of intersections")] if heat else []),
+                    Table(cols, inter, align=al)]))
             blocks.append(Section(f"{tax}", tb))
         out.append(Section("Accuracy" if metric == "accuracy" else metric.replace("_", " ").capitalize(), blocks))
     return out
@@ -646,14 +996,19 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
 
                 title = f"{tax} ({meth})"
                 sec: list[Block] = [Table(cols, rows_for(lambda s: not _is_intersection(s)), align=al)]
+                plotted = meth == _plotted_method(rate, tax)
+                img = images.get((metric, tax)) if plotted else None
+                if img:
+                    sec.append(Figure(img, f"{tax} ({meth}): predicted "
+                                           f"{'label' if metric == 'label_rate' else 'category'} by every "
+                                           "attribute sliced"))
                 inter = rows_for(_is_intersection)
                 if inter:
-                    sec.append(Details(f"Intersections ({len(inter)} groups)", [Table(cols, inter, align=al)]))
-                for sl in _plot_slices(ctx, "rate", sub["slice"]):
-                    img = images.get((metric, tax, meth, sl))
-                    if img:
-                        sec.append(Figure(img, f"{tax} ({meth}): predicted "
-                                               f"{'label' if metric == 'label_rate' else 'category'} by {sl}"))
+                    heat = images.get(("intersections", metric, tax)) if plotted else None
+                    sec.append(Details(f"Intersections ({len(inter)} groups)", [
+                        *([Figure(heat, f"{tax} ({meth}): {metric.replace('_', ' ')} of intersections")]
+                          if heat else []),
+                        Table(cols, inter, align=al)]))
                 tb.append(Section(title, sec))
             blocks += tb
         out.append(Section(_metric_title(metric), blocks))
@@ -736,51 +1091,60 @@ def summary_markdown(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: Repo
     return to_markdown(summary_document(metrics, disparities, ctx))
 
 
+def _plotted_method(rate: pd.DataFrame, taxonomy: str) -> str:
+    """The method whose shares a taxonomy's figure shows: zero-shot where present."""
+    methods = _unique(rate.loc[rate["taxonomy"] == taxonomy, "method"])
+    return "zero_shot" if "zero_shot" in methods else (methods[0] if methods else "")
+
+
 def _plots(m: pd.DataFrame, out_dir: Path, ctx: ReportContext) -> tuple[list[Path], dict[tuple, str]]:
+    """The report's compact figures (SVG): per taxonomy one figure of its accuracies (a panel per
+    attribute sliced), one of its category shares or a heat map of its label shares, and a heat map
+    of its intersections per metric. ``images`` keys: ("accuracy", taxonomy), (metric, taxonomy),
+    ("intersections", metric, taxonomy)."""
     written: list[Path] = []
     images: dict[tuple, str] = {}
     used: set[str] = set()
 
-    def fname(stem: str) -> str:
-        name, i = f"{stem}.png", 2
+    def save(fig, stem: str, key: tuple) -> None:
+        name, i = f"{stem}.svg", 2
         while name in used:  # two taxonomies whose names sanitise alike
-            name, i = f"{stem}_{i}.png", i + 1
+            name, i = f"{stem}_{i}.svg", i + 1
         used.add(name)
-        return name
+        written.append(save_figure(fig, out_dir / name))
+        images[key] = name
 
+    min_n = ctx.min_n
     acc = m[_acc_mask(m)]
-    for metric in _unique(acc["metric"]):
-        am = acc[acc["metric"] == metric]
-        for tax in _unique(am["taxonomy"]):
-            for meth in _unique(am.loc[am["taxonomy"] == tax, "method"]):
-                have = am.loc[(am["taxonomy"] == tax) & (am["method"] == meth), "slice"]
-                for sl in _plot_slices(ctx, "accuracy", have):
-                    if metric.startswith(SLICE_SUMMARY_PREFIX):  # one row per slice
-                        continue
-                    prefix = "accuracy" if metric == "accuracy" else _safe(metric)
-                    name = fname(f"{prefix}_{_safe(tax)}_{_safe(meth)}_{_safe(sl)}")
-                    fig = _accuracy_figure(m, tax, meth, sl, ctx.model, ctx.n_classes.get(tax) if metric == "accuracy"
-                                           else None, metric)
-                    written.append(save_figure(fig, out_dir / name))
-                    images[(metric, tax, meth, sl)] = name
+    for tax in _unique(acc["taxonomy"]):
+        if accuracy_panels(acc, tax):
+            save(accuracy_compact_figure(m, tax, ctx.model, ctx.n_classes.get(tax)), f"accuracy_{_safe(tax)}",
+                 ("accuracy", tax))
+        fig = intersection_figure(m, tax, "accuracy", min_n, ctx.model)
+        if fig is not None:
+            save(fig, f"intersections_{_safe(tax)}_accuracy", ("intersections", "accuracy", tax))
     for metric in _unique(m.loc[_share_mask(m), "metric"]):
         rate = m[m["metric"] == metric]
         for tax in _rate_taxonomies(rate):
-            methods = _unique(rate.loc[rate["taxonomy"] == tax, "method"])
-            meth = "zero_shot" if "zero_shot" in methods else methods[0]
-            have = rate.loc[(rate["taxonomy"] == tax) & (rate["method"] == meth), "slice"]
-            for sl in _plot_slices(ctx, "rate", have):
-                prefix = "rates" if metric == "rate" else _safe(metric)
-                name = fname(f"{prefix}_{_safe(tax)}_{_safe(sl)}")
-                fig = _rates_figure(m, tax, sl, None, meth, ctx.model, metric, ctx.harms.get(tax),
-                                    ctx.label_categories.get(tax))
-                written.append(save_figure(fig, out_dir / name))
-                images[(metric, tax, meth, sl)] = name
+            if not rate_panels(rate, tax, metric, _plotted_method(rate, tax)):
+                continue
+            harms = ctx.harms.get(tax) or {}
+            if metric == "label_rate":
+                save(label_heatmap_figure(m, tax, ctx.model, harms, ctx.label_categories.get(tax)),
+                     f"label_rate_{_safe(tax)}", (metric, tax))
+                continue
+            prefix = "rates" if metric == "rate" else _safe(metric)
+            save(rates_compact_figure(m, tax, ctx.model, harms, metric), f"{prefix}_{_safe(tax)}", (metric, tax))
+            harmful = [c for c, h in harms.items() if h]
+            fig = intersection_figure(m, tax, metric, min_n, ctx.model, harmful or None)
+            if fig is not None:
+                save(fig, f"intersections_{_safe(tax)}_{_safe(metric)}", ("intersections", metric, tax))
     return written, images
 
 
 def _other_plots(doc: Document, out_dir: Path) -> Section | None:
-    """Every PNG in ``out_dir`` the document does not show yet (model card, ...)."""
+    """Every plot in ``out_dir`` the document does not show yet (confusion matrices, ...), as links
+    to the files beside the page (embedded they would make it megabytes)."""
     shown: set[str] = set()
 
     def walk(blocks):
@@ -791,10 +1155,12 @@ def _other_plots(doc: Document, out_dir: Path) -> Section | None:
                 walk(b.blocks)
 
     walk(doc.sections)
-    rest = sorted(p.name for p in out_dir.glob("*.png") if p.name not in shown)
+    rest = sorted(p.name for p in [*out_dir.glob("*.png"), *out_dir.glob("*.svg")] if p.name not in shown)
     if not rest:
         return None
-    return Section("Other plots", [Figure(n, n[:-4].replace("_", " ")) for n in rest])
+    return Section("Other plots", [
+        Text(f"{len(rest)} more plot(s), files beside this page (open each in the browser):"),
+        Bullets([f"[{n.rsplit('.', 1)[0].replace('_', ' ')}]({n})" for n in rest])])
 
 
 def write_report(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir, ctx: ReportContext | None = None,
@@ -802,12 +1168,13 @@ def write_report(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir, ctx:
     """Write the plots, ``summary.md`` and ``report.html`` into ``out_dir``; return the
     written paths (plots in the order written, then ``summary.md``, ``report.html``).
 
-    Plots: ``accuracy_<taxonomy>_<method>_<slice>.png`` for every taxonomy with a target,
-    every method and the slices race, gender, age that are present; and
-    ``rates_<taxonomy>_<slice>.png`` by race and by age for every taxonomy with more than
-    one category. ``extra_sections`` go into both files (comparison, prompt sensitivity);
+    Plots (SVG, see :func:`_plots`): ``accuracy_<taxonomy>.svg`` (a panel per attribute sliced, methods
+    side by side) for every taxonomy with a target; ``rates_<taxonomy>.svg`` for every taxonomy with
+    more than one category; ``label_rate_<taxonomy>.svg`` (a heat map of label shares);
+    ``intersections_<taxonomy>_<metric>.svg`` (heat maps of two-attribute slices);
+    ``findings_forest.svg``. ``extra_sections`` go into both files (comparison, prompt sensitivity);
     ``html_sections`` into ``report.html`` only (the model card, which has its own
-    ``model_card.md``). ``report.html`` also shows every other PNG in ``out_dir``.
+    ``model_card.md``). ``report.html`` also links every other plot in ``out_dir``.
     """
     ctx = ctx or ReportContext()
     out_dir = Path(out_dir)
@@ -820,8 +1187,8 @@ def write_report(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir, ctx:
         everything, _ = noise_keys(ctx.sanity)
         found = _distinct_findings(finding_rows(_clean(disparities)))
         if not everything and len(found):
-            written.append(save_figure(forest_figure(found, ctx.model), out_dir / FOREST_PNG))
-            images[("forest",)] = FOREST_PNG
+            written.append(save_figure(forest_figure(found, ctx.model), out_dir / FOREST_SVG))
+            images[("forest",)] = FOREST_SVG
     doc = summary_document(m, disparities, ctx, images, extra_sections)
     summary = out_dir / "summary.md"
     summary.write_text(to_markdown(doc), encoding="utf-8")
