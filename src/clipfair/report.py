@@ -382,47 +382,57 @@ def _tick_text(g, n) -> str:
     return f"{g} ({int(n)})" if not pd.isna(n) else str(g)
 
 
-def _panels_grid(widths: Sequence[int], n_rows: int, longest: int, row_h: float = 1.9):
-    """A figure and a grid of ``n_rows`` x ``len(widths)`` panels, each as wide as its number of
-    groups, with fixed margins (room for rotated group labels of ``longest`` characters below the
-    bottom row): no layout pass, so a figure is drawn once for its size and once to the file."""
-    cols = [_GROUP_IN * max(2, k) for k in widths]
-    gap, left, right, top = 0.3, 0.6, 0.15, 0.8
-    bottom = 0.25 + 0.034 * longest
-    w = left + sum(cols) + gap * (len(cols) - 1) + right
-    scale = min(1.0, (_MAX_COMPACT_W - left - right - gap * (len(cols) - 1)) / sum(cols))
-    cols = [c * scale for c in cols]
-    w = max(4.5, left + sum(cols) + gap * (len(cols) - 1) + right)
-    h = top + n_rows * row_h + (n_rows - 1) * 0.25 + bottom
+def _block_positions(groups: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
+    """x positions of each attribute's groups, the attributes side by side with a one-slot gap."""
+    out, pos = {}, 0
+    for sl, gr in groups.items():
+        out[sl] = pos + np.arange(len(gr), dtype=float)
+        pos += len(gr) + 1
+    return out
+
+
+def _blocks_figure(groups: Mapping[str, Sequence[str]], n_rows: int, longest: int, row_h: float = 1.9):
+    """A figure with ``n_rows`` axes, one above the other, each holding a block (a panel) per attribute
+    sliced, as wide as its number of groups; fixed margins (room for rotated group labels of
+    ``longest`` characters below the bottom row). One axes per row instead of one per panel, and no
+    layout pass: a figure is drawn once for its size and once to the file."""
+    slots = sum(len(g) for g in groups.values()) + len(groups) - 1
+    left, right, top = 0.6, 0.15, 0.85
+    bottom = 0.3 + 0.04 * longest
+    inner = min(_MAX_COMPACT_W - left - right, max(3.2, _GROUP_IN * (slots + 1.2)))
+    w = left + inner + right
+    h = top + n_rows * row_h + (n_rows - 1) * 0.2 + bottom
     fig = MplFigure(figsize=(w, h), dpi=DPI)
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(n_rows, len(cols), width_ratios=cols, left=left / w, right=1 - right / w,
-                          bottom=bottom / h, top=1 - top / h, wspace=gap / (sum(cols) / len(cols)),
-                          hspace=0.25 / row_h)
-    return fig, gs
+    axes = [fig.add_axes((left / w, (bottom + (n_rows - 1 - i) * (row_h + 0.2)) / h, inner / w, row_h / h))
+            for i in range(n_rows)]
+    return fig, axes
 
 
-def _panel_axis(ax, groups: Sequence[str], ns: Sequence, title: str, ylabel: str, xlabels: bool = True,
-                ylabels: bool = True) -> None:
-    ax.set_xticks(np.arange(len(groups)))
+def _blocks_axis(ax, groups: Mapping[str, Sequence[str]], ns: Mapping[str, Sequence], ylabel: str,
+                 titles: bool, xlabels: bool) -> None:
+    """One row: group ticks (with n) of every block, a faint line between blocks, each block's
+    attribute named above it (``titles``), percent from 0 to 100."""
+    pos = _block_positions(groups)
+    ticks = np.concatenate(list(pos.values()))
+    ax.set_xticks(ticks)
     if xlabels:
-        ax.set_xticklabels([_tick_text(g, n) for g, n in zip(groups, ns)],
+        ax.set_xticklabels([_tick_text(g, n) for sl in groups for g, n in zip(groups[sl], ns[sl])],
                            rotation=40, ha="right", rotation_mode="anchor", fontsize=7)
     else:
         ax.set_xticklabels([])
-    ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_ylim(0, 100)
+    ax.set_xlim(-0.6, ticks[-1] + 0.6)
+    ax.set_ylim(-2, 104)  # room for a point at 0 or 100
     ax.set_yticks([0, 25, 50, 75, 100])
-    if ylabels:
-        ax.tick_params(axis="y", labelsize=7)
-    else:
-        ax.set_yticklabels([])
+    ax.tick_params(axis="y", labelsize=7)
     ax.yaxis.grid(True, color="#e5e5e5", linewidth=0.6)
     ax.set_axisbelow(True)
-    if title:
-        ax.set_title(title, fontsize=8.5)
-    if ylabel:
-        ax.set_ylabel(ylabel, fontsize=7.5)
+    ax.set_ylabel(ylabel, fontsize=7.5)
+    for sl, x in list(pos.items())[:-1]:
+        ax.axvline(x[-1] + 1, color="#bbbbbb", linewidth=0.8)
+    if titles:
+        for sl, x in pos.items():
+            ax.text((x[0] + x[-1]) / 2, 106, sl, ha="center", va="bottom", fontsize=8.5)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
@@ -466,27 +476,28 @@ def accuracy_compact_figure(metrics: pd.DataFrame, taxonomy: str, model: str = "
     slices = _unique(k[1] for k in panels)
     groups = {sl: _unique(g for k, f in panels.items() if k[1] == sl for g in f["group"]) for sl in slices}
     longest = max(len(_tick_text(g, n)) for f in panels.values() for g, n in zip(f["group"], f["n"]))
-    fig, gs = _panels_grid([len(groups[s]) for s in slices], len(mets), longest)
+    fig, axes = _blocks_figure(groups, len(mets), longest)
     methods = _unique(mt for f in panels.values() for mt in f["method"])
-    for i, metric in enumerate(mets):
-        for j, sl in enumerate(slices):
-            ax = fig.add_subplot(gs[i, j])
-            f = panels.get((metric, sl))
-            gr = groups[sl]
-            if f is None or f.empty:
-                ax.set_axis_off()
-                continue
-            off = 0.26 if len(methods) > 1 else 0.0
-            for k, mt in enumerate(methods):
-                r = f[f["method"] == mt].drop_duplicates("group").set_index("group").reindex(gr)
-                x = np.arange(len(gr)) + (k - (len(methods) - 1) / 2) * off
-                _points(ax, x, r, _method_color(mt, k), mt.replace("_", " "))
-            if metric == "accuracy" and n_classes:
-                ax.axhline(100.0 / n_classes, color="#666666", linestyle=":", linewidth=1.0)
-            ns = f.drop_duplicates("group").set_index("group")["n"].reindex(gr)
-            _panel_axis(ax, gr, list(ns), sl if i == 0 else "",
-                        f"{metric.replace('_', ' ')} (%)" if j == 0 else "", xlabels=i == len(mets) - 1,
-                        ylabels=j == 0)
+    pos = _block_positions(groups)
+    off = 0.26 if len(methods) > 1 else 0.0
+    ns = {}
+    for sl in slices:
+        f = pd.concat([panels[k] for k in panels if k[1] == sl]).drop_duplicates("group").set_index("group")
+        ns[sl] = list(f["n"].reindex(groups[sl]))
+    for i, (metric, ax) in enumerate(zip(mets, axes)):
+        for k, mt in enumerate(methods):
+            xs, rows = [], []
+            for sl in slices:
+                f = panels.get((metric, sl))
+                if f is None:
+                    continue
+                rows.append(f[f["method"] == mt].drop_duplicates("group").set_index("group").reindex(groups[sl]))
+                xs.append(pos[sl] + (k - (len(methods) - 1) / 2) * off)
+            if rows:
+                _points(ax, np.concatenate(xs), pd.concat(rows), _method_color(mt, k), mt.replace("_", " "))
+        if metric == "accuracy" and n_classes:
+            ax.axhline(100.0 / n_classes, color="#666666", linestyle=":", linewidth=1.0)
+        _blocks_axis(ax, groups, ns, f"{metric.replace('_', ' ')} (%)", titles=i == 0, xlabels=i == len(mets) - 1)
     handles = [Line2D([], [], color=_method_color(mt, k), marker="o", ms=4, lw=1, label=mt.replace("_", " "))
                for k, mt in enumerate(methods)]
     if n_classes and "accuracy" in mets:
@@ -524,19 +535,18 @@ def rates_compact_figure(metrics: pd.DataFrame, taxonomy: str, model: str = "",
     colors = series_colors(len(cats))
     groups = {sl: _unique(panels[sl]["group"]) for sl in slices}
     longest = max(len(_tick_text(g, n)) for f in panels.values() for g, n in zip(f["group"], f["n"]))
-    fig, gs = _panels_grid([len(groups[s]) for s in slices], 1, longest, row_h=2.3)
+    fig, (ax,) = _blocks_figure(groups, 1, longest, row_h=2.3)
     harms = harms or {}
     names = [c + {True: " (harm)", False: "", None: " (neutral)"}[harms.get(c)] for c in cats]
     step = min(0.8 / max(1, len(cats)), 0.22)
-    for j, sl in enumerate(slices):
-        ax = fig.add_subplot(gs[0, j])
-        f, gr = panels[sl], groups[sl]
-        for k, (c, name) in enumerate(zip(cats, names)):
-            r = f[f["category"] == c].drop_duplicates("group").set_index("group").reindex(gr)
-            x = np.arange(len(gr)) + (k - (len(cats) - 1) / 2) * step
-            _points(ax, x, r, colors[k], name, marker="s" if harms.get(c) else "o")
-        ns = f.drop_duplicates("group").set_index("group")["n"].reindex(gr)
-        _panel_axis(ax, gr, list(ns), sl, "share of images (%)" if j == 0 else "", ylabels=j == 0)
+    pos = _block_positions(groups)
+    for k, (c, name) in enumerate(zip(cats, names)):
+        rows = [panels[sl][panels[sl]["category"] == c].drop_duplicates("group").set_index("group")
+                .reindex(groups[sl]) for sl in slices]
+        xs = [pos[sl] + (k - (len(cats) - 1) / 2) * step for sl in slices]
+        _points(ax, np.concatenate(xs), pd.concat(rows), colors[k], name, marker="s" if harms.get(c) else "o")
+    ns = {sl: list(panels[sl].drop_duplicates("group").set_index("group")["n"].reindex(groups[sl])) for sl in slices}
+    _blocks_axis(ax, groups, ns, "share of images (%)", titles=True, xlabels=True)
     handles = [Line2D([], [], color=colors[k], marker="s" if harms.get(c) else "o", ms=4, lw=1, label=name)
                for k, (c, name) in enumerate(zip(cats, names))]
     _title_and_legend(fig, f"{(model + ': ') if model else ''}{taxonomy}: share (%) of each group's images "
@@ -614,7 +624,7 @@ def _heat_layout(panels: Sequence[tuple[int, int]], ncol: int, row_chars: int, c
     ph = cell_h * max(r for r, _ in panels)
     left = 0.15 + 0.055 * row_chars
     below = 0.35 + 0.034 * col_chars
-    top, cbar = 0.55, 0.9
+    top, cbar = 0.55, 1.1
     w = ncol * (left + pw) + cbar
     h = top + nrow * (ph + below + 0.25)
     fig = MplFigure(figsize=(w, h), dpi=DPI)
@@ -625,7 +635,7 @@ def _heat_layout(panels: Sequence[tuple[int, int]], ncol: int, row_chars: int, c
         x0 = col * (left + pw) + left
         y0 = h - top - row * (ph + 0.25 + below) - 0.25 - cell_h * r  # panels of a row top-aligned
         axes.append(fig.add_axes((x0 / w, y0 / h, cell_w * c / w, cell_h * r / h)))
-    cax = fig.add_axes(((w - cbar + 0.15) / w, (h - top - ph) / h, 0.12 / w, ph / h))
+    cax = fig.add_axes(((w - cbar + 0.4) / w, (h - top - 0.25 - ph) / h, 0.12 / w, ph / h))
     return fig, axes, cax
 
 
