@@ -118,10 +118,11 @@ def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray
             hit = np.array([a is not None and a == p for a, p in zip(alt, df["predicted_label"])], dtype=bool)
             has = df["correct"].notna().to_numpy()
             df.loc[hit & has, "correct"] = True
-            r2 = true_ranks(probs, alt, taxonomy.labels)
-            use = has & ~pd.isna(r2).to_numpy() & (r2.fillna(10 ** 9).to_numpy() < df["true_rank"].fillna(10 ** 9)
-                                                    .to_numpy())
-            df.loc[use, "true_rank"] = r2[use]
+            r2 = np.asarray(true_ranks(probs, alt, taxonomy.labels).fillna(10 ** 9), dtype=np.int64)
+            r1 = np.asarray(df["true_rank"].fillna(10 ** 9), dtype=np.int64)
+            better = has & (r2 < r1)
+            df["true_rank"] = pd.array(np.where(better, r2, r1), dtype="Int64")
+            df.loc[df["true_rank"] >= 10 ** 9, "true_rank"] = pd.NA
     else:
         df["true_label"] = pd.array([None] * len(df), dtype="object")
         df["correct"] = pd.array([None] * len(df), dtype="boolean")
