@@ -23,7 +23,8 @@ FILES = {"compare_denigration": ["comparison.csv"], "compare_race": ["comparison
          "retrieval_bias": ["retrieval.csv", "retrieval.md"],
          "counterfactual": ["counterfactual.csv", "counterfactual_sets.parquet"],
          "visogender": ["counterfactual.csv", "counterfactual_sets.parquet"],
-         "association": ["associations.csv", "markedness.csv", "associations_forest.png"]}
+         "association": ["associations.csv", "markedness.csv", "associations_forest.png"],
+         "facet": ["facet_recall.csv"]}
 
 
 def _dataset_overrides(experiment: str, tmp_path: Path) -> list[str]:
@@ -36,6 +37,10 @@ def _dataset_overrides(experiment: str, tmp_path: Path) -> list[str]:
         from test_counterfactual import make_visogender
 
         return ["dataset=visogender", f"dataset.root={make_visogender(tmp_path / 'vg')}"]
+    if experiment == "facet":
+        from fixtures_facet import make_facet
+
+        return ["dataset=facet", f"dataset.root={make_facet(tmp_path / 'facet')}", "analyses.facet.min_n=3"]
     return ["dataset=demo", "dataset.limit=60"]
 
 

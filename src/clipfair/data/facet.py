@@ -56,7 +56,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .adapters import DATASETS, RowIssues, _match_columns, _read_csv, finish_dataset
+from .adapters import DATASETS, RowIssues, finish_dataset, match_columns, read_label_csv
 from .attributes import Attribute, LabelError
 from .base import DatasetError, FaceDataset
 from .images import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image, read_image_file
@@ -348,11 +348,11 @@ def facet(*, root: str | None = None, images: str | None = None, crop: str = "pe
         raise DatasetError(f"dataset.min_annotators must be a whole number >= 1, got {min_annotators!r}")
     root_path = Path(str(root)).expanduser()
     csv = root_path / "annotations" / "annotations.csv"
-    frame = _read_csv(csv, "dataset.root must hold annotations/annotations.csv (FACET's layout)")
+    frame = read_label_csv(csv, "dataset.root must hold annotations/annotations.csv (FACET's layout)")
     count_cols = [f"{prefix}_{suffix}" for prefix, vals in MAJORITY.values() for _, suffix in vals] + \
                  [f"{prefix}_na" for prefix, _ in MAJORITY.values()] + list(SKIN_COLUMNS)
     wanted = {c: c for c in ("person_id", "filename", "class1", "bounding_box", *count_cols)}
-    actual = _match_columns(list(frame.columns), wanted, f"FACET annotations {csv}",
+    actual = match_columns(list(frame.columns), wanted, f"FACET annotations {csv}",
                             "this is not FACET's annotations.csv")
     frame = frame.rename(columns={v: k for k, v in actual.items()})
     has_class2 = "class2" in frame.columns
