@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from clipfair.data import DatasetError, load_dataset
+from clipfair.data.facet import missing_counts
 from fixtures_facet import LIGHTING, make_facet, person_rows, write_facet
 
 MAJ = {"gender_presentation": ("gender_presentation", {"masc": "masculine", "fem": "feminine",
@@ -72,12 +73,12 @@ def test_attribute_rules_match_an_independent_pandas_computation(facet_root, rul
         exp = expected_majority(df, prefix, names)
         pd.testing.assert_series_equal(got[attr].reset_index(drop=True).astype(object),
                                        exp.reset_index(drop=True).astype(object), check_names=False)
-        assert sum(ds.source["facet"]["missing"][attr].values()) == int(exp.isna().sum())
+        assert sum(missing_counts(ds.table)[attr].values()) == int(exp.isna().sum())
     skin = expected_skin(df, rule, min_annotators)
     pd.testing.assert_series_equal(got["skin_tone"].reset_index(drop=True).astype(object),
                                    skin.reset_index(drop=True).astype(object), check_names=False)
-    assert sum(ds.source["facet"]["missing"]["skin_tone"].values()) == int(skin.isna().sum())
-    assert ds.source["facet"]["skin_tone_rule"] == rule
+    assert sum(missing_counts(ds.table)["skin_tone"].values()) == int(skin.isna().sum())
+    assert ds.source["skin_tone_rule"] == rule and ds.source["min_annotators"] == min_annotators
     # declared orders for every attribute
     orders = ds.value_orders()
     assert orders["gender_presentation"] == ("masculine", "feminine", "non-binary")
@@ -118,7 +119,7 @@ def test_known_answers_of_the_rules(tmp_path):
     assert _vals(t10["skin_tone"]) == ["3", "4", "7", None, "5", "1"]
     ta = load_dataset("facet", root=str(root), skin_tone_rule="monk_argmax")
     assert _vals(ta.table["skin_tone"]) == [None, None, "6", None, "5", "1"]
-    assert ta.source["facet"]["missing"]["skin_tone"] == {"no_votes": 1, "tie": 2}
+    assert missing_counts(ta.table)["skin_tone"] == {"no_votes": 1, "tie": 2}
     t2 = load_dataset("facet", root=str(root), min_annotators=2).table
     assert _vals(t2["skin_tone"]) == ["1-3", "4-6", "7-10", None, None, None]
 

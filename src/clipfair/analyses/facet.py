@@ -165,15 +165,15 @@ class Facet(Analysis):
         return None
 
     def finish(self, ev: Any, ctx: RunContext) -> None:
-        from ..data.facet import missing_counts
+        from ..data.facet import missing_counts, rules
 
         tax = self._target(ctx.taxonomies)
         correction = self.correction or str(getattr(ctx.config, "disparity_correction", None) or "holm")
         attrs = self._attributes(list(ctx.attributes))
         self.table = recall_gaps(ev.metrics, tax.name, attrs, ctx.orders, self.min_n, ctx.confidence, correction)
-        source = dict(getattr(ctx.dataset, "source", {}) or {}).get("facet") or {}
+        source = dict(getattr(ctx.dataset, "source", {}) or {})
         table = ctx.table if ctx.table is not None else pd.DataFrame()
-        self.info = {**{k: v for k, v in source.items() if k != "missing"},
+        self.info = {**(rules(source) if source.get("adapter") == "facet" else {}),
                      "taxonomy": tax.name, "also_correct": getattr(tax, "also_correct", None),
                      "min_n": self.min_n, "correction": correction, "attributes": attrs,
                      "comparisons": int(self.table["compared"].sum()) if len(self.table) else 0,
@@ -226,8 +226,9 @@ def plot_gaps(table: pd.DataFrame, path: Path, top: int) -> Path | None:
     from ..figures import save_figure
 
     parts = [largest(table, a, top) for a in attrs]
-    fig, axes = plt.subplots(len(attrs), 1, figsize=(7, sum(0.9 + 0.3 * len(p) for p in parts) + 0.5),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(attrs), 1, figsize=(7.5, sum(1.3 + 0.3 * len(p) for p in parts) + 0.5),
+                             squeeze=False, constrained_layout=True,
+                             gridspec_kw={"height_ratios": [1.3 + 0.3 * len(p) for p in parts]})
     for ax, a, p in zip(axes[:, 0], attrs, parts):
         y = np.arange(len(p))[::-1]
         v = p["difference"].to_numpy(float)
@@ -237,6 +238,8 @@ def plot_gaps(table: pd.DataFrame, path: Path, top: int) -> Path | None:
         ax.scatter(v[sig], y[sig], color="C3", zorder=3, label="significant (adjusted)")
         ax.scatter(v[~sig], y[~sig], facecolors="white", edgecolors="C0", zorder=3, label="not significant")
         ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_ylim(-0.7, len(p) - 0.3)
         ax.set_yticks(y, [f"{c}: {g} - {r} (n={n}/{rn})" for c, g, r, n, rn in
                           zip(p["class1"], p["group"], p["reference"], p["n"], p["reference_n"])], fontsize=8)
         ax.set_title(f"recall gap by {a}", fontsize=9)
@@ -295,12 +298,13 @@ def section(table: pd.DataFrame, info: dict[str, Any], confidence: float, top: i
                            "nothing is compared (see facet_recall.csv for the group sizes).", "warning"))
     for a in dict.fromkeys(compared["attribute"]) if len(compared) else []:
         p = largest(table, a, top)
-        blocks.append(Table(["class", "group", "recall (n)", "reference", "recall (n)", "difference [CI]",
-                             "p adj.", "significant"],
+        blocks.append(Table(["class", "group", "recall (n)", "reference", "recall (n)", f"difference [{conf} CI]",
+                             "adjusted CI", "p adj.", "significant"],
                             [[md(r.class1), md(r.group), f"{_pct(r.recall)} ({r.n})", md(r.reference),
                               f"{_pct(r.reference_recall)} ({r.reference_n})",
-                              f"{_pct(r.difference)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]", f"{r.p_adjusted:.2g}",
-                              "yes" if r.significant else ""] for r in p.itertuples()], align="llrlrrrc",
+                              f"{_pct(r.difference)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]",
+                              f"[{_pct(r.adj_ci_low)}, {_pct(r.adj_ci_high)}]", f"{r.p_adjusted:.2g}",
+                              "yes" if r.significant else ""] for r in p.itertuples()], align="llrlrrrrc",
                             caption=f"{md(a)}: the classes with the largest recall gaps"))
     if has_png:
         blocks.append(Figure(PNG, "Largest per-class recall gaps with multiplicity-adjusted intervals",

@@ -35,8 +35,9 @@ middle / older), ``lighting`` (underexposed / dimly lit / well lit / overexposed
     that rounded level itself; ``monk_argmax`` the level with the most votes (a tie is
     missing). A person with fewer than ``min_annotators`` tone votes has no skin tone.
 
-The rule, the thresholds and the missing counts are in ``FaceDataset.source["facet"]``
-(run.json's dataset record) and the FACET report section.
+The rule and the thresholds are in ``FaceDataset.source`` (run.json's dataset record); the rules
+in words (:func:`rules`) and the missing counts (:func:`missing_counts`, from the
+``<attribute>_missing_reason`` columns) in run.json's ``facet`` and the FACET report section.
 """
 
 from __future__ import annotations
@@ -436,15 +437,9 @@ def facet(*, root: str | None = None, images: str | None = None, crop: str = "pe
         rest["class2"] = labels["class2"]
     for name, why in reasons.items():  # why each missing value is missing, person by person
         rest[missing_column(name)] = why
-    info = {"crop": crop, "crop_margin": margin, "skin_tone_rule": skin_tone_rule,
-            "skin_tone_rule_text": SKIN_TONE_RULES[skin_tone_rule], "min_annotators": int(min_annotators),
-            "majority_rule": "the value with the most annotator votes; a tie for the most, the most votes for "
-                             "'na', or no votes: missing",
-            "class2_rule": "a prediction equal to the person's class2 (a second class some persons have) counts "
-                           "as correct, as one equal to class1",
-            "images": [str(d) for d in dirs]}
-    source = {"adapter": "facet", "root": str(root_path), "csv": str(csv), "crop": crop, "crop_margin": margin,
-              "skin_tone_rule": skin_tone_rule, "min_annotators": int(min_annotators), "facet": info}
+    source = {"adapter": "facet", "root": str(root_path), "csv": str(csv), "images": ", ".join(str(d) for d in dirs),
+              "crop": crop, "crop_margin": margin, "skin_tone_rule": skin_tone_rule,
+              "min_annotators": int(min_annotators)}
     reader_paths = [p if p is not None else Path(str(n)) for p, n in zip(paths, frame["filename"])]
     use_boxes = boxes if crop == "person" else [None] * len(boxes)
 
@@ -457,12 +452,26 @@ def facet(*, root: str | None = None, images: str | None = None, crop: str = "pe
     ds.default_slices = FACET_SLICES
     ds.plot_slices = dict(FACET_PLOT_SLICES)
     ds.tolerated_values = {}
-    info["missing"] = missing_counts(ds.table)  # over the persons kept (after skips and limit)
-    for a, why in info["missing"].items():
+    for a, why in missing_counts(ds.table).items():  # over the persons kept (after skips and limit)
         if why:
             log.info("dataset 'facet': %s missing for %d persons (%s)", a, sum(why.values()),
                      ", ".join(f"{k}={v}" for k, v in sorted(why.items())))
     return ds
+
+
+#: the rules, in words (run.json and the report)
+MAJORITY_RULE = ("the value with the most annotator votes; a tie for the most, the most votes for 'na', or no "
+                 "votes: missing")
+CLASS2_RULE = ("a prediction equal to the person's class2 (a second class some persons have) counts as correct, "
+               "as one equal to class1")
+
+
+def rules(source: dict[str, Any]) -> dict[str, Any]:
+    """The rules a FACET dataset was read with (from its ``source``), in words."""
+    rule = source.get("skin_tone_rule", "monk_3")
+    return {"crop": source.get("crop"), "crop_margin": source.get("crop_margin"), "skin_tone_rule": rule,
+            "skin_tone_rule_text": SKIN_TONE_RULES.get(rule, ""), "min_annotators": source.get("min_annotators"),
+            "majority_rule": MAJORITY_RULE, "class2_rule": CLASS2_RULE}
 
 
 def missing_column(attribute: str) -> str:
