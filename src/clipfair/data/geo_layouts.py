@@ -64,6 +64,13 @@ WDS_FIELDS: dict[str, tuple[str, ...]] = {
 }
 #: GeoDE's six regions (Ramaswamy et al., 2023), the declared order when a dataset's regions are these
 GEODE_REGIONS: tuple[str, ...] = ("Africa", "Americas", "EastAsia", "Europe", "SouthEastAsia", "WestAsia")
+#: GeoDE's 40 objects in its published order (the built-in taxonomy geode_classes has these labels)
+GEODE_OBJECTS: tuple[str, ...] = (
+    "bag", "hand soap", "dustbin", "toothbrush", "toothpaste toothpowder", "hairbrush comb", "chair", "hat",
+    "light fixture", "light switch", "plate of food", "spices", "stove", "cooking pot", "cleaning equipment",
+    "lighter", "medicine", "candle", "toy", "jug", "streetlight lantern", "front door", "tree", "house", "backyard",
+    "truck", "waste container", "car", "fence", "road sign", "dog", "wheelbarrow", "religious building", "stall",
+    "boat", "monument", "flag", "bus", "storefront", "bicycle")
 _IMAGE_EXT = ("webp", "png", "jpg", "jpeg")
 LAYOUTS = ("auto", "wds", "csv")
 
@@ -389,6 +396,8 @@ def _load_geo(benchmark: str, *, root: str | None, layout: str, csv: str | None,
         country = [country_map.get(v, v) if v is not None else None for v in country]
     labels: dict[str, list[Any]] = {"object": objects}
     class_order = tuple(dict.fromkeys(class_names)) if files else _order(objects)
+    if benchmark == "geode" and set(class_order) <= set(GEODE_OBJECTS):
+        class_order = GEODE_OBJECTS  # so the built-in geode_classes runs on a part of GeoDE too
     declared: list[Attribute] = [Attribute("object", values=class_order, allow_missing=False)]
     if benchmark == "dollar_street":
         assert income is not None
