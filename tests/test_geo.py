@@ -232,3 +232,32 @@ def test_geode_figures_equal_a_pandas_groupby(tmp_path, compose):
     assert fig.loc["acc_avg", "value"] == pytest.approx(pred["hit"].mean(), abs=1e-6)
     assert fig.loc["acc_wg", "value"] == pytest.approx(g["mean"].min(), abs=1e-6)
     assert not math.isnan(fig.loc["acc_avg", "ci_low"])
+
+
+def test_hostile_shards_are_refused_on_one_line(tmp_path):
+    """A compressed or damaged tar, an oversized metadata member and member names that climb out
+    of the folder: one-line errors, and nothing is extracted to disk (images are read by offset)."""
+    import io
+
+    root = tmp_path / "w"
+    (root / "test").mkdir(parents=True)
+    (root / "classnames.txt").write_text("a\nb\n")
+    (root / "test" / "0.tar").write_bytes(b"not a tar at all" * 50)
+    with pytest.raises(DatasetError, match="cannot read shard") as e:
+        load_dataset("geode", root=str(root))
+    assert "\n" not in str(e.value)
+    with tarfile.open(root / "test" / "0.tar", "w") as tf:
+        for name, data in (("../../evil.png", gf._png(np.random.default_rng(0))), ("../../evil.cls", b"1"),
+                           ("../../evil.npy", gf._npy([0, 3]))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    ds = load_dataset("geode", root=str(root))
+    assert ds.table["object"].tolist() == ["b"] and ds.load_image(0).size == (12, 12)
+    assert not (tmp_path / "evil.png").exists()
+    with tarfile.open(root / "test" / "0.tar", "w") as tf:
+        info = tarfile.TarInfo("s0.cls")
+        info.size = 2 << 20
+        tf.addfile(info, io.BytesIO(b"1" * info.size))
+    with pytest.raises(DatasetError, match="not a datacomp shard"):
+        load_dataset("geode", root=str(root))

@@ -73,6 +73,8 @@ GEODE_OBJECTS: tuple[str, ...] = (
     "boat", "monument", "flag", "bus", "storefront", "bicycle")
 _IMAGE_EXT = ("webp", "png", "jpg", "jpeg")
 LAYOUTS = ("auto", "wds", "csv")
+#: the largest .cls / .npy member read at load time (a real one is a few bytes)
+MAX_META_BYTES = 1 << 20
 
 
 # ------------------------------------------------------------------------ webdataset shards
@@ -163,10 +165,12 @@ def read_wds(files: Sequence[Path]) -> tuple[pd.DataFrame, np.ndarray, np.ndarra
                     s = samples[key]
                     if ext in _IMAGE_EXT and "image" not in s:
                         s["image"] = (m.offset_data, m.size, m.name)
-                    elif ext == "cls":
-                        s["cls"] = tf.extractfile(m).read()  # type: ignore[union-attr]
-                    elif ext == "npy":
-                        s["npy"] = tf.extractfile(m).read()  # type: ignore[union-attr]
+                    elif ext in ("cls", "npy"):
+                        if m.size > MAX_META_BYTES:
+                            raise DatasetError(f"shard {path}: member {m.name} is {m.size} bytes; a .{ext} "
+                                               f"member holds a class index or a short metadata vector (at most "
+                                               f"{MAX_META_BYTES} bytes read); this is not a datacomp shard")
+                        s[ext] = tf.extractfile(m).read()  # type: ignore[union-attr]
         except (tarfile.TarError, OSError) as e:
             raise DatasetError(f"cannot read shard {path}: {str(e)[:200]}; download it again") from None
         for key in order:
