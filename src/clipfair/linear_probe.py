@@ -334,6 +334,7 @@ def fit_probe(taxonomy: Taxonomy, train_embeddings: np.ndarray, train_truth: Seq
         tr = tr[sub]
     not_converged: list[float] = []
     solutions: dict[float, Any] = {}
+    sweep_iters: list[int] = []  # L-BFGS iterations of each sweep fit, in fitting order
 
     def nearest(C: float) -> float | None:
         if not solutions:
@@ -349,7 +350,8 @@ def fit_probe(taxonomy: Taxonomy, train_embeddings: np.ndarray, train_truth: Seq
 
         def score(C: float) -> float:
             near = nearest(C)  # warm start from the nearest C already fitted
-            params, _, ok = lr.fit(Ztr, ytr, C, None if near is None else solutions[near])
+            params, it, ok = lr.fit(Ztr, ytr, C, None if near is None else solutions[near])
+            sweep_iters.append(it)
             if not ok:
                 not_converged.append(C)
             solutions[C] = params
@@ -362,6 +364,7 @@ def fit_probe(taxonomy: Taxonomy, train_embeddings: np.ndarray, train_truth: Seq
             if near is not None:  # warm start from the nearest C already fitted
                 sweep.coef_, sweep.intercept_ = (a.copy() for a in solutions[near])
             _, ok = _fit(sweep.set_params(C=C), X[tr], y[tr])
+            sweep_iters.append(int(np.max(sweep.n_iter_)))
             if not ok:
                 not_converged.append(C)
             solutions[C] = (sweep.coef_.copy(), sweep.intercept_.copy())
@@ -397,7 +400,7 @@ def fit_probe(taxonomy: Taxonomy, train_embeddings: np.ndarray, train_truth: Seq
                      "holdout": holdout, "stratified": stratified, "seed": seed,
                      "Cs": sorted(float(c) for c in Cs), "refine_steps_per_decade": int(refine_steps_per_decade),
                      "n_candidates": len(scores), "sweep_rows": int(len(tr)), "holdout_rows": int(len(hold)),
-                     "n_iter": n_iter, "max_iter": int(max_iter), "converged": bool(converged),
+                     "n_iter": n_iter, "sweep_n_iter": int(sum(sweep_iters)), "max_iter": int(max_iter), "converged": bool(converged),
                      "sweep_not_converged": sorted(not_converged), "solver": solver,
                      **({"device": dev} if dev else {}), "tol": float(tol),
                      "sweep_seconds": round(sweep_secs, 3), "final_seconds": round(final_secs, 3)},
