@@ -23,7 +23,8 @@ FILES = {"compare_denigration": ["comparison.csv"], "compare_race": ["comparison
          "retrieval_bias": ["retrieval.csv", "retrieval.md"],
          "counterfactual": ["counterfactual.csv", "counterfactual_sets.parquet"],
          "visogender": ["counterfactual.csv", "counterfactual_sets.parquet"],
-         "association": ["associations.csv", "markedness.csv", "associations_forest.png"]}
+         "association": ["associations.csv", "markedness.csv", "associations_forest.png"],
+         "dollar_street": ["datacomp_geo.csv", "predictions.parquet"], "geode": ["datacomp_geo.csv", "predictions.parquet"]}
 
 
 def _dataset_overrides(experiment: str, tmp_path: Path) -> list[str]:
@@ -36,6 +37,16 @@ def _dataset_overrides(experiment: str, tmp_path: Path) -> list[str]:
         from test_counterfactual import make_visogender
 
         return ["dataset=visogender", f"dataset.root={make_visogender(tmp_path / 'vg')}"]
+    if experiment == "dollar_street":
+        import geo_fixtures as gf
+
+        root = gf.make_ds_wds(tmp_path / "ds")
+        gf.write_taxonomy(root, gf.DS_CLASSES, "dollar_street_classes")
+        return [f"dataset.root={root}"]
+    if experiment == "geode":
+        import geo_fixtures as gf
+
+        return [f"dataset.root={gf.make_geode_csv(tmp_path / 'geode')}"]
     return ["dataset=demo", "dataset.limit=60"]
 
 
