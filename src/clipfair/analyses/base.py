@@ -215,6 +215,16 @@ class Analysis:
         """Optional extra report blocks (:mod:`clipfair.document` sections)."""
         return []
 
+    @classmethod
+    def collect(cls, runs: Sequence[Any], base: Path, out_dir: Path) -> tuple[list[Path], list[Any]]:
+        """For ``clipfair collect``: this analysis's tables across runs. ``runs``: the finished run
+        folders whose ``run.json`` records this analysis (each with ``path``, ``label``, ``model``,
+        ``dataset``, ``record``: :class:`clipfair.collect.RunFolder`); ``base``: the folder run paths
+        are shown relative to; ``out_dir``: where to write. Returns the files written and report
+        sections (:mod:`clipfair.document`) appended to ``collected.md`` / ``collected.html``.
+        Default: nothing (the core already collects every analysis's ``metrics.csv`` rows)."""
+        return [], []
+
     def describe(self) -> dict[str, Any]:
         """What run.json records about this analysis."""
         return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}",

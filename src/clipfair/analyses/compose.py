@@ -96,4 +96,26 @@ def legacy(taxonomies: Sequence[Any], *, probe_train: Any = None, probe_options:
     return build(e)
 
 
-__all__ = ["ORDER", "build", "entries", "legacy", "shorthand_entries"]
+def classification_predictions(ctx: Any) -> Any:
+    """Zero-shot predictions of ``ctx.taxonomies`` (the zero-shot analysis run directly on a
+    :class:`~clipfair.analyses.RunContext`): :func:`clipfair.pipeline.predict_taxonomies`."""
+    return build_analysis("zero_shot", {}).run(ctx)
+
+
+def probe(train: Any, features: str = "projected") -> Analysis:
+    """A linear probe on ``train`` (the keyword spelling of :func:`clipfair.pipeline.embed_shard`)."""
+    return build_analysis("linear_probe", {"train": train, "features": features})
+
+
+def output_analyses(analyses: Sequence[Analysis] | None, compare: Mapping[str, Any] | None = None) -> list[Analysis]:
+    """The analyses whose files :func:`clipfair.pipeline.write_outputs` writes: the run's (for an
+    Evaluation built by hand, prompt sensitivity), with a variant comparison from the keyword
+    spelling ``compare`` when the run has none."""
+    out = list(analyses) if analyses is not None else [build_analysis("prompt_sensitivity", {})]
+    if compare and not any(a.name == "variant_comparison" for a in out):
+        out.insert(0, build_analysis("variant_comparison", dict(compare)))
+    return out
+
+
+__all__ = ["ORDER", "build", "classification_predictions", "entries", "legacy", "output_analyses", "probe",
+           "shorthand_entries"]
