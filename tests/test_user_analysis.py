@@ -82,6 +82,13 @@ def test_user_analysis_gets_rows_disparities_report_and_collect(user_run, tmp_pa
     assert set(mine["slice"]) == {"overall", "gender", "race"}
     # the classification rows are still there, with their own analysis
     assert set(met.loc[met["taxonomy"] == "fairface_gender", "analysis"]) == {"zero_shot"}
+    # the key column scoring: accuracies score one class among the taxonomy's n; elsewhere empty
+    from clipfair.taxonomy import load_taxonomies
+
+    n_classes = len(load_taxonomies(["fairface_gender"])[0].classes)
+    acc = met[met["metric"].isin(["accuracy", "worst_group_accuracy"])]
+    assert len(acc) and (acc["scoring"] == f"{n_classes}-way").all()
+    assert met.loc[~met["metric"].isin(["accuracy", "worst_group_accuracy", "topk_accuracy"]), "scoring"].isna().all()
     # means: t interval per group, stated in the interval column
     for g, part in units.groupby("gender"):
         row = mine[(mine["metric"] == "affinity") & (mine["slice"] == "gender") & (mine["group"] == g)].iloc[0]

@@ -232,7 +232,7 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
         met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n, disparity_correction,
                           orders=orders, topk=topk, small_n=small_group_n, extra=extra)
         met = add_result_columns(met, table, slices, analysis={a.method or a.name: a.name for a in analyses},
-                                 harms=harms(taxonomies))
+                                 harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies})
         if len(met) and topk:  # the k of top-k rows, from the configured k (the category names it for display)
             ks = {f"top-{int(k)}": int(k) for k in topk}
             met["k"] = [ks.get(c) if m == "topk_accuracy" else None for m, c in zip(met["metric"], met["category"])]
@@ -252,6 +252,7 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
               "images_encoded": emb.encoded, "images_from_cache": emb.cached,
               "taxonomies": len(taxonomies), **ctx.counts}
     info["slices"] = [M.slice_name(s) for s in slices]
+    info["slice_attributes"] = {M.slice_name(s): list(M.slice_attrs(s)) for s in slices}  # names are display only
     info["value_orders"] = {a: list(v) for a, v in orders.items()}  # the dataset's declared orders
     info["plot_slices"] = {k: list(v) for k, v in dataset.plot_slices.items()}  # and which slices get plots
     info["analyses"] = [a.describe() for a in analyses]
