@@ -53,9 +53,9 @@ def _slices(raw: Any) -> list[Any] | str:
 
 def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
     """The bundled toy model runs only on the demo data, unless chosen on purpose."""
-    from .schema import ConfigError
+    from .schema import ConfigError, loader_argument
 
-    if (plain.get("model") or {}).get("loader", "hf") != "hf":  # e.g. open_clip: the toy is an hf folder
+    if loader_argument(plain.get("model") or {}, "loader") != "hf":  # e.g. open_clip: the toy is an hf folder
         return
     model = str((plain.get("model") or {}).get("name_or_path", ""))
     if not model or Path(model).expanduser().resolve() != (demo_dir() / "model").resolve():
@@ -195,6 +195,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     from .outputs import staged_outputs
     from .pipeline import check_analyses, check_run, embed_shard, evaluate, write_outputs
     from .record import build_record
+    from .schema import loader_argument
     from .taxonomy import load_taxonomies
 
     run = check_config(cfg, overrides)
@@ -219,7 +220,10 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     embed_options = {"fast_preprocess": run.embed.fast_preprocess, "fast_decode": run.embed.fast_decode,
                      "gpu_decode": run.embed.gpu_decode, "compile": bool(run.embed.compile)}
     embed_settings = dict(num_workers=run.embed.num_workers, chunk_size=int(run.embed.chunk_size),
-                          on_error=str(cfg.dataset.get("on_error", "raise")), progress=bool(run.progress))
+                          progress=bool(run.progress))
+    on_error = loader_argument(run.dataset, "on_error")  # decoding errors as the dataset's loader treats them
+    if on_error is not None:
+        embed_settings["on_error"] = str(on_error)
     shards = None
     if dist.enabled:  # every rank embeds its shard into the shared cache; rank 0 goes on
         mine = embed_shard(dataset, model, cache_dir, dist, analyses=analyses, **embed_settings, **embed_options)
