@@ -210,3 +210,36 @@ def test_collect_finds_each_recorded_analysis_once_and_skips_unimportable(tmp_pa
     assert found[zs] == [0, 2]  # recorded by name (its path did not import), and the older run
     assert len(found) >= len(BUILTIN_MODULES) + 1  # the older run is offered to every built-in
     assert "not_there.Gone" in caplog.text and "no_such_module" not in caplog.text
+
+
+def test_run_inputs_reach_every_analysis_that_declares_them(tmp_path, monkeypatch):
+    """The CLI builds run-level inputs (a train split, the run's confidence, ...) by name; compose
+    hands each analysis the ones its ``run_inputs`` declares (a user's class too), never by the
+    analysis's name, and builds no input nobody declares."""
+    from clipfair.analyses import compose, get_analysis
+
+    (tmp_path / "needy_mod.py").write_text(textwrap.dedent('''
+        from clipfair.analyses import Analysis
+
+        class Needy(Analysis):
+            name = "needy"
+            run_inputs = ("confidence", "train")
+
+            def __init__(self, confidence=None, train=None, level=1):
+                super().__init__(level=level)
+                self.confidence, self.train = confidence, train
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    asked = []
+
+    def never(opts):
+        asked.append(opts)
+        raise AssertionError("an input no analysis declares was built")
+
+    built = compose.build({"needy": {"_target_": "needy_mod.Needy", "level": 2}, "zero_shot": {}},
+                          inputs={"confidence": lambda o: 0.9, "train": lambda o: ("train split", o["level"]),
+                                  "image_subset": never})
+    needy = next(a for a in built if a.name == "needy")
+    assert (needy.confidence, needy.train) == (0.9, ("train split", 2))
+    assert [a.name for a in built] == ["zero_shot", "needy"] and not asked
+    assert get_analysis("linear_probe").run_inputs == ("train",)

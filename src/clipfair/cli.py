@@ -84,30 +84,25 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> "RunConfig":
 
 def _analyses(cfg: DictConfig, run: Any, dataset: Any) -> list[Any]:
     """The run's analyses, composed from the registry (clipfair.analyses.compose): the
-    ``analyses:`` mapping and today's shorthand keys. Run-level inputs an analysis takes as an
-    object are built here, at the edge: a linear probe's train split (Hydra instantiate)."""
+    ``analyses:`` mapping and today's shorthand keys. Run-level inputs an analysis declares
+    (``Analysis.run_inputs``) are built here, at the edge: a train split (Hydra instantiate), the
+    run's confidence, how the images were chosen."""
     from hydra.utils import instantiate
 
     from .analyses import compose
 
-    def probe_train(opts: dict[str, Any]) -> dict[str, Any]:
-        if "train" in opts:
-            return opts
+    def train(opts: dict[str, Any]) -> Any:
+        if opts.get("train") is not None:
+            return opts["train"]
         if run.probe.train_dataset:
-            train = instantiate(cfg.probe.train_dataset, _convert_="all")
-        else:
-            train = instantiate(cfg.dataset, split=run.probe.train_split, limit=run.probe.train_limit,
-                                _convert_="all")
-        return {**opts, "train": train}
+            return instantiate(cfg.probe.train_dataset, _convert_="all")
+        return instantiate(cfg.dataset, split=run.probe.train_split, limit=run.probe.train_limit, _convert_="all")
 
     subset = run.subset
-
-    def card(opts: dict[str, Any]) -> dict[str, Any]:
-        return {**opts, "confidence": float(run.confidence),
-                "image_subset": (f"seeded random {subset.n} (seed {subset.seed})" if subset.n is not None
-                                 else f"all {len(dataset)} images")}
-
-    return compose.build(compose.entries(run), extra={"linear_probe": probe_train, "model_card": card})
+    inputs = {"train": train, "confidence": lambda opts: float(run.confidence),
+              "image_subset": lambda opts: (f"seeded random {subset.n} (seed {subset.seed})" if subset.n is not None
+                                            else f"all {len(dataset)} images")}
+    return compose.build(compose.entries(run), inputs=inputs)
 
 
 def results_places(cfg: Any) -> list[tuple[str, Any, bool]]:

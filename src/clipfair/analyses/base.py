@@ -164,6 +164,11 @@ class Analysis:
     predictions: ClassVar[bool] = False
     #: exception types this analysis raises for a user's mistake (the CLI prints them on one line)
     errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: run-level inputs built at the CLI edge and passed as keyword options (see
+    #: :func:`clipfair.analyses.compose.build`): ``train`` (the train split, a FaceDataset built from
+    #: ``probe.train_split`` / ``probe.train_dataset``), ``confidence`` (the run's), ``image_subset``
+    #: (how the evaluated images were chosen, in words)
+    run_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from .base import Analysis, AnalysisError
-from .registry import build_analysis
+from .registry import build_analysis, get_analysis
 
 #: the order built-in analyses run in; user analyses come after, in config order
 ORDER = ("zero_shot", "linear_probe", "precision_audit", "retrieval_bias", "variant_comparison",
@@ -67,15 +67,21 @@ def entries(cfg: Any) -> dict[str, dict[str, Any]]:
 
 
 def build(entries_: Mapping[str, Mapping[str, Any]],
-          extra: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None) -> list[Analysis]:
-    """The analyses of ``entries_`` in run order; ``extra[name](options)`` adds run-level inputs
-    to an entry's options (e.g. the probe's train split, built at the CLI edge)."""
+          inputs: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None) -> list[Analysis]:
+    """The analyses of ``entries_`` in run order. ``inputs``: run-level inputs built at the CLI
+    edge, by name (e.g. ``train``: the probe's train split): each analysis class gets those its
+    :attr:`~clipfair.analyses.Analysis.run_inputs` names, as the option of that name
+    (``inputs[name](options)`` gives its value; it sees the entry's options)."""
     keys = [k for k in ORDER if k in entries_] + [k for k in entries_ if k not in ORDER]
     built = []
     for key in keys:
         opts = dict(entries_[key])
-        if extra and key in extra:
-            opts = extra[key](opts)
+        if inputs:
+            target = opts.get("_target_")
+            cls = get_analysis(str(target) if target else key)
+            for name in cls.run_inputs:
+                if name in inputs:
+                    opts[name] = inputs[name](opts)
         built.append(build_analysis(key, opts))
     return built
 

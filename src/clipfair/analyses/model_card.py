@@ -24,6 +24,7 @@ class ModelCard(Analysis):
     name = "model_card"
     errors = (ModelCardError,)
     needs = Needs(image_embeddings="none", splits=(), text=False)
+    run_inputs = ("confidence", "image_subset")
 
     def __init__(self, image_subset: str = "", confidence: float | None = None, **block: Any) -> None:
         """``block``: the ``model_card:`` config keys (taxonomies, race_accuracy, rate_denominator,
