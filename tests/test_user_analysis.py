@@ -200,7 +200,11 @@ def test_collect_finds_each_recorded_analysis_once_and_skips_unimportable(tmp_pa
     records = [{"analyses": [{"name": "hooked", "class": "hook_mod.Hooked"},
                              {"name": "zero_shot", "class": "no_such_module.ZeroShot"}]},
                {"analyses": [{"name": "gone", "class": "not_there.Gone"}, {"name": "hooked", "class": "hook_mod.Hooked"}]},
-               {"model": {}}]
+               {"model": {}},
+               {"analyses": [{"name": "zen", "class": "this.Zen"}]}]  # a standard module is never imported
+    import sys
+
+    had_this = "this" in sys.modules
     with caplog.at_level(logging.WARNING):
         found = dict((c.__qualname__, which) for c, which in recorded_analyses(records))
     assert found["Hooked"] == [0, 1]
@@ -210,6 +214,7 @@ def test_collect_finds_each_recorded_analysis_once_and_skips_unimportable(tmp_pa
     assert found[zs] == [0, 2]  # recorded by name (its path did not import), and the older run
     assert len(found) >= len(BUILTIN_MODULES) + 1  # the older run is offered to every built-in
     assert "not_there.Gone" in caplog.text and "no_such_module" not in caplog.text
+    assert "zen" in caplog.text and ("this" in sys.modules) == had_this
 
 
 def test_run_inputs_reach_every_analysis_that_declares_them(tmp_path, monkeypatch):

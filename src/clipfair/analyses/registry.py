@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..registry import Registry, RegistryError
@@ -103,6 +104,8 @@ def recorded_analyses(records: Sequence[Mapping[str, Any]]) -> list[tuple[type[A
             if not isinstance(entry, Mapping):
                 continue
             name, path = str(entry.get("name") or ""), str(entry.get("class") or "")
+            if path.split(".")[0] in sys.stdlib_module_names:  # a run.json is data: never import e.g. antigravity
+                path = ""
             cls = None
             for how, lookup in ((path, import_path), (name, get_analysis)):
                 if not how:
