@@ -229,6 +229,7 @@ def test_collect_tabulates_a_retrieval_metric_across_runs(runs, tmp_path):
         assert f"| {label} | {float(row['value'].iloc[0]):.4g} (n={n}) |" in sec
     assert "(mean over queries)" in md and "k=all" not in md and "desired=uniform" not in md
     assert "%" not in sec  # a mean on its own scale, not a percentage
+    assert "Cells without an interval: none: resampled rankings repeat images" in sec  # MaxSkew: says why
     # the classification rows are collected as before
     acc = table[(table["metric"] == "accuracy") & (table["taxonomy"] == "fairface_gender")]
     assert set(acc["label"]) == {"dataset.limit=80", "dataset.limit=60"} and (acc["analysis"] == "zero_shot").all()

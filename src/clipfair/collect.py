@@ -348,6 +348,12 @@ def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, 
     ax = fig.add_subplot(1, 1, 1)
     grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels], scale=scale)
     style_axis(fig, ax, ticks, ylabel, title + f"\n(error bars: {how})", len(labels))
+    if scale != 100.0:  # a mean on its own scale: the axis spans the values and their intervals (and 0)
+        v = pd.to_numeric(pd.concat([sub["value"], sub["ci_low"], sub["ci_high"]]), errors="coerce").to_numpy(float)
+        v = v[np.isfinite(v)] * scale
+        lo, hi = min(0.0, float(v.min(initial=0.0))), max(0.0, float(v.max(initial=0.0)))
+        pad = 0.05 * (hi - lo) or 1.0
+        ax.set_ylim(lo - (pad if lo < 0 else 0.0), hi + pad)
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -429,6 +435,11 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
             how = (spec.interval if spec is not None and mean else "Wilson") + " intervals"
             blocks: list[Any] = [Table(["run", *groups], [[lab, *(cells.get((lab, g), "–") for g in groups)]
                                                           for lab in labels], align="l" + "r" * len(groups))]
+            if "interval_method" in sub.columns and sub["ci_low"].isna().any():  # why a cell has no interval
+                why = [str(x) for x in dict.fromkeys(sub.loc[sub["ci_low"].isna(), "interval_method"].dropna())
+                       if str(x)]
+                if why:
+                    blocks.append(Text("Cells without an interval: " + "; ".join(why) + "."))
             finite = np.isfinite(pd.to_numeric(sub["value"], errors="coerce").to_numpy(float))
             if not mean or finite.all():  # a -inf skew (a value absent from the top k) is not drawn
                 ylabel = ("accuracy (%)" if metric == "accuracy" else metric if mean
