@@ -263,3 +263,17 @@ def test_compare_reads_runs_with_retrieval_rows(runs):
     acc = met[(met["analysis"] == "zero_shot") & (met["metric"] == "accuracy") & (met["slice"] == "overall")]
     assert float(row["baseline_value"]) == pytest.approx(float(acc["value"].iloc[0]), abs=1e-6)
     assert not math.isnan(float(row["diff"]))
+
+
+def test_a_retrieval_metric_without_a_spec_stays_out_of_the_results_table(caplog):
+    from clipfair.analyses.retrieval_bias import result_rows
+
+    base = dict(query_set="s", query="q", category="c", attribute="gender", attribute_value=np.nan, k=5,
+                value=0.3, ci_low=0.1, ci_high=0.5, n_images=40, desired_share=np.nan, desired="dataset",
+                absent="neg_inf", pool="", prompts="ensemble", interval_low=0.1, interval_high=0.5)
+    ret = pd.DataFrame([{**base, "metric": "ndkl"}, {**base, "metric": "not_registered_skew"}])
+    with caplog.at_level("WARNING"):
+        rows = result_rows(ret, None, ["gender"])
+    assert rows["metric"].tolist() == ["ndkl"] and rows["group"].tolist() == ["all"]
+    assert "not_registered_skew have no MetricSpec" in caplog.text
+    assert (rows["ci_low"].iloc[0], rows["spread_high"].iloc[0], rows["n"].iloc[0]) == (0.1, 0.5, 40)

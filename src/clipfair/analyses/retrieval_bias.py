@@ -7,6 +7,7 @@ Layer: analyses.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +18,8 @@ import pandas as pd
 from ..retrieval import RetrievalError
 from .base import Analysis, Needs, RunContext, Written
 from .registry import register_analysis
+
+log = logging.getLogger(__name__)
 
 
 @register_analysis
@@ -100,7 +103,7 @@ class RetrievalBias(Analysis):
 #: desired distribution and conventions, and its test of no association (issue 21)
 CARRIED = ("desired", "desired_share", "absent", "pool", "prompts", "null_mean", "excess", "p_value", "p_adjusted",
            "significant", "p_method", "interval_method")
-#: the summary rows of a query set (retrieval.MEAN_ROW, retrieval.WORST_ROW) keep their query names
+#: the group of a figure of a whole attribute (MaxSkew, MinSkew, NDKL)
 SUMMARY_GROUP = "all"
 
 
@@ -129,7 +132,14 @@ def result_rows(retrieval: pd.DataFrame, table: pd.DataFrame | None,
     specs (a tuple of names: an intersection)."""
     from ..retrieval import COLUMNS, TINY_EXPECTED
 
+    from .specs import metric_spec
+
     df = retrieval.copy()
+    unknown = sorted({str(m) for m in df["metric"] if metric_spec(str(m)) is None}) if len(df) else []
+    if unknown:  # a metric without a declared direction is not put in the results table unlabelled
+        log.warning("retrieval: metric(s) %s have no MetricSpec (clipfair.analyses.specs); they are in "
+                    "retrieval.csv but left out of metrics.csv", ", ".join(unknown))
+        df = df[~df["metric"].astype(str).isin(unknown)]
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = pd.Series([np.nan] * len(df), index=df.index, dtype=object)
