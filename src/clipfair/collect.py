@@ -414,12 +414,17 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
     mean = spec is not None and spec.kind == "mean"
     kcols = _row_keys(table)
     chosen = _keep_keys(table, keys)
+    # per taxonomy / method / category, the key columns whose values differ between its rows of the
+    # metric (e.g. retrieval's query, k, desired; not a template set or a top-k's k, said by the names)
+    of_metric = table[table["metric"] == metric]
+    varying = {key: [c for c in kcols if _key_text(part, c).nunique() > 1]
+               for key, part in of_metric.groupby(["taxonomy", "method", "category"], sort=False, dropna=False)}
     for tax, meth, cat, *kvals in _selections(chosen, metric, taxonomies, methods, categories):
         keyed = chosen
         for c, v in zip(kcols, kvals):
             keyed = keyed[_key_text(keyed, c) == v]
-        named = [f"{c}={v}" for c, v in zip(kcols, kvals)  # the keys not already said by taxonomy / category
-                 if v != "" and not (c == "k" and cat == f"top-{v}") and not (c == "query_set" and v == tax)]
+        named = [f"{c}={v}" for c, v in zip(kcols, kvals)  # the keys that tell this table from its siblings
+                 if v != "" and c in varying.get((tax, meth, cat), ())]
         for sl in slices:
             sub = keyed[(keyed["metric"] == metric) & (keyed["taxonomy"] == tax) & (keyed["method"] == meth)
                         & (keyed["category"] == cat) & (keyed["slice"] == sl)]
