@@ -26,6 +26,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "variant_comparison": "clipfair.analyses.variant_comparison",
     "precision_audit": "clipfair.analyses.precision_audit",
     "model_card": "clipfair.analyses.model_card",
+    "datacomp_geo": "clipfair.analyses.datacomp_geo",
 }
 
 
