@@ -558,6 +558,10 @@ def run_slices_and_orders(run: Run) -> tuple[list[Any], dict[str, list[str]]]:
     met = run.metrics
     recorded = run.record.get("slice_attributes")
     recorded = recorded if isinstance(recorded, Mapping) else {}
+    # the results model (issue 20, part 3): only the rows of the methods compare reads (the
+    # predictions'); other analyses' rows (e.g. retrieval_bias, keyed by query) name no slice of them
+    if "method" in met.columns and "method" in run.predictions.columns and len(run.predictions):
+        met = met[met["method"].isin(set(run.predictions["method"].astype(str)))]
     slices: list[Any] = []
     for name in dict.fromkeys(met["slice"].astype(str)) if "slice" in met else ():
         # the slice's attributes as run.json records them; older runs: split from the name

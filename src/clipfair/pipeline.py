@@ -35,7 +35,7 @@ from .sanity import verdict as sanity_verdict
 from .taxonomy import Taxonomy, check_target
 from .analyses import Analysis, RunContext
 from .analyses import compose
-from .analyses.engine import add_result_columns, analysis_sections, outcome_metrics
+from .analyses.engine import add_result_columns, analysis_rows, analysis_sections, append_rows, outcome_metrics
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,10 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
             ks = {f"top-{int(k)}": int(k) for k in topk}
             met["k"] = [ks.get(c) if m == "topk_accuracy" else None for m, c in zip(met["metric"], met["category"])]
             met["k"] = met["k"].astype("Int64")
+        # rows analyses computed themselves (retrieval bias: its own intervals and tests), after the
+        # disparities: the same table, keyed by columns, not compared again
+        met = append_rows(met, [analysis_rows(a, r, small_group_n) for a in analyses
+                                if (r := a.result_rows(ctx)) is not None])
         met.attrs["confidence"] = float(confidence)
         conf = confusion(preds, taxonomies, slices, orders)
         # sanity gates before any finding: accuracy vs chance per target taxonomy, random weights

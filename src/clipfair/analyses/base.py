@@ -216,6 +216,19 @@ class Analysis:
         """Extra long tables this analysis writes (``<name>.csv``), after :meth:`run`."""
         return {}
 
+    def result_rows(self, ctx: RunContext) -> pd.DataFrame | None:
+        """Optional, after :meth:`run`: per-group rows this analysis computed itself (with its own
+        intervals and tests) for the one results table (``metrics.csv``), beside the core's rows.
+        Each row has the ``metrics.csv`` columns (``taxonomy``, ``method``, ``metric``: a
+        registered :class:`MetricSpec`, ``category``, ``slice``, ``group``, ``n``, ``count``,
+        ``value``, ``ci_low``, ``ci_high``), the key columns that apply (``k``, ``query_set``,
+        ``query``, ...: :data:`clipfair.analyses.specs.ROW_KEYS`) and one column per sliced
+        attribute holding the group's value; the core fills ``analysis`` and, from the metric
+        registry, ``direction`` / ``kind`` / ``interval``
+        (:func:`clipfair.analyses.engine.analysis_rows`). These rows are not compared again in
+        ``disparities.csv`` (register their metrics with ``ranked=False``). None: no rows."""
+        return None
+
     def report_sections(self, results: Any) -> list[Any]:
         """Optional extra report blocks (:mod:`clipfair.document` sections)."""
         return []

@@ -216,6 +216,67 @@ def add_result_columns(met: pd.DataFrame, table: pd.DataFrame | None, slices: Se
     return out
 
 
+def analysis_rows(analysis: Analysis, rows: pd.DataFrame, small_n: int = 30) -> pd.DataFrame:
+    """An analysis's own per-group rows (:meth:`~clipfair.analyses.Analysis.result_rows`) as rows
+    of the results table: ``analysis`` is the analysis's name; ``direction``, ``kind`` and
+    ``interval`` come from the metric registry (every metric must be registered: a one-line
+    :class:`AnalysisError` otherwise); ``small`` also flags groups of fewer than ``small_n``
+    units (``n``). Columns keep the order of :func:`outcome_metrics`'s rows."""
+    from ..metrics import METRIC_COLUMNS
+
+    who = f"analysis {analysis.name!r}"
+    if not isinstance(rows, pd.DataFrame):
+        raise AnalysisError(f"{who}: result_rows() must return a pandas DataFrame or None, got {type(rows).__name__}")
+    need = ("taxonomy", "method", "metric", "slice", "group", "n", "value", "ci_low", "ci_high")
+    missing = [c for c in need if c not in rows.columns]
+    if missing:
+        raise AnalysisError(f"{who}: result_rows() lacks column(s) {', '.join(missing)}")
+    out = rows.copy()
+    unknown = sorted({str(m) for m in out["metric"] if metric_spec(str(m)) is None})
+    if unknown:
+        raise AnalysisError(f"{who}: result_rows() has metric(s) {', '.join(unknown)} that no MetricSpec declares; "
+                            "register them (clipfair.analyses.specs.register_metric) or list them in outcomes")
+    specs = [metric_spec(str(m)) for m in out["metric"]]
+    out["analysis"] = analysis.name
+    out["direction"] = [x.direction for x in specs]
+    out["kind"] = [x.kind for x in specs]
+    out["interval"] = [x.interval for x in specs]
+    if "sd" not in out.columns:
+        out["sd"] = np.nan
+    if "count" not in out.columns:
+        out["count"] = np.nan
+    if "category" not in out.columns:
+        out["category"] = ""
+    few = out["n"].to_numpy(float) < int(small_n)
+    out["small"] = (out["small"].fillna(False).astype(bool).to_numpy() | few) if "small" in out.columns else few
+    cols = [*METRIC_COLUMNS, *KEY_COLUMNS]
+    return out[cols + [c for c in out.columns if c not in cols]].reset_index(drop=True)
+
+
+def append_rows(met: pd.DataFrame, extra: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """``met`` with ``extra`` rows (:func:`analysis_rows`) below it: ``met``'s columns keep their
+    place, order and every value; new columns follow (empty in ``met``'s rows)."""
+    extra = [e for e in extra if e is not None and len(e)]
+    if not extra:
+        return met
+    attrs = dict(met.attrs)
+    met = met.copy()
+    extra = [e.copy() for e in extra]
+    for c in met.columns:  # integer columns (n, count) stay integers, never 1.23457e+06 floats in the CSV
+        if pd.api.types.is_integer_dtype(met[c]) and not pd.api.types.is_bool_dtype(met[c]):
+            vals = [pd.to_numeric(e[c], errors="coerce") for e in extra if c in e.columns]
+            if all(v.notna().eq(e[c].notna()).all() and (v.dropna() % 1 == 0).all()
+                   for v, e in zip(vals, [e for e in extra if c in e.columns])):
+                met[c] = met[c].astype("Int64")
+                for e in extra:
+                    if c in e.columns:
+                        e[c] = pd.to_numeric(e[c], errors="coerce").astype("Int64")
+    out = pd.concat([met, *extra], ignore_index=True)
+    out = out[[*met.columns, *[c for c in out.columns if c not in met.columns]]]
+    out.attrs.update(attrs)
+    return out
+
+
 def attribute_columns(met: pd.DataFrame, base: Sequence[str]) -> list[str]:
     """The per-attribute group value columns of a results table (those after the key columns)."""
     return [c for c in met.columns if c not in base and c not in KEY_COLUMNS and c not in OPTIONAL_KEYS]
@@ -264,5 +325,5 @@ def analysis_sections(analysis: Analysis, met: pd.DataFrame, disp: pd.DataFrame 
     return [Section(f"Analysis: {analysis.name}", blocks)]
 
 
-__all__ = ["KEY_COLUMNS", "OPTIONAL_KEYS", "add_result_columns", "analysis_sections", "attribute_columns",
+__all__ = ["KEY_COLUMNS", "OPTIONAL_KEYS", "add_result_columns", "analysis_rows", "append_rows", "analysis_sections", "attribute_columns",
            "check_outcomes", "mean_interval", "outcome_metrics"]
