@@ -344,6 +344,8 @@ def test_experiment_counterfactual_end_to_end_through_the_cli(tmp_path, monkeypa
     assert set(ms["attribute"]) == {"race", "gender", "race+gender"} and set(ms["metric"]) == {"max_skew@4"}
     assert np.allclose(ms["value"], 0) and (ms.loc[ms["subject"] != "all", "p_value"] == 1).all()
     assert "Pooled rankings" in summary and run["counterfactual"]["retrieval"]["rankings"] == 3
+    rt = pd.read_csv(out / "counterfactual_retrieval.csv")
+    assert {"max_skew", "ndkl", "share"} <= set(rt["metric"]) and set(rt["query"]) == set(sets["subject"])
 
 
 def test_a_dataset_without_sets_is_one_line(tmp_path, monkeypatch, capsys):

@@ -49,6 +49,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..retrieval import RetrievalError
 from .base import HIGHER, LOWER, MEAN, NEUTRAL, PROPORTION, Analysis, MetricSpec, Needs, RunContext
 from .registry import register_analysis
 from .specs import register_all
@@ -91,7 +92,7 @@ class Counterfactual(Analysis):
     outcomes = []  # set-level measures: counterfactual.csv (the metrics are in the registry)
     unit = "set_id"
     needs = Needs(image_embeddings="projected", text=True)
-    errors = (CounterfactualError,)
+    errors = (CounterfactualError, RetrievalError)
 
     def __init__(self, set_column: str = "set_id", subject_column: str = "subject", varies_column: str = "varies",
                  subject_taxonomy: bool = True, subject_templates: Sequence[str] = ("a photo of a {}.",),
@@ -239,6 +240,9 @@ class Counterfactual(Analysis):
         sets.to_parquet(tmp, index=False)
         tmp.replace(out / "counterfactual_sets.parquet")
         paths.append(out / "counterfactual_sets.parquet")
+        if self.retrieval is not None and len(self.retrieval):
+            write_csv(self.retrieval, out / "counterfactual_retrieval.csv")
+            paths.append(out / "counterfactual_retrieval.csv")
         if self.mode == "captions":
             return Written(paths, [caption_section(self.table, self.sets, self.confidence, self.small_sets)])
         paths += plots(self.sets, self.table, out)
@@ -530,7 +534,8 @@ def section(table: pd.DataFrame, sets: pd.DataFrame, out: Path, confidence: floa
             blocks.append(Figure(name, cap, cap))
     blocks.append(Bullets(["counterfactual.csv: every row (overall, per varies, per subject) with n_sets and "
                            "direction", "counterfactual_sets.parquet: one row per set and label (members, scores, "
-                           "top labels)"]))
+                           "top labels)", "counterfactual_retrieval.csv: every pooled ranking's retrieval rows (shares, "
+                           "skews, MaxSkew, NDKL) with their tests"]))
     return Section("Counterfactual sets", blocks, anchor="counterfactual")
 
 
