@@ -281,6 +281,19 @@ def test_a_favoured_value_is_found_and_identical_sets_favour_nobody():
                 & (a.table["varies"] == "all") & (a.table["attribute_value"] == "Black")].iloc[0]
     assert r["favoured"] == "favoured" and r["value"] > 0.8 and r["expected"] == pytest.approx(0.5)
     assert r["diff_low"] > 0 and r["ci_low"] > 0.5
+    # the report leads with the largest within-set effect and the most favoured value, in words
+    from clipfair.analyses.counterfactual import section
+    from clipfair.document import Document, to_markdown
+
+    text = to_markdown(Document("t", [section(a.table, a.sets, Path("/nonexistent"), 0.95, 10, 5)]))
+    big = a.table[(a.table["metric"] == "delta_p") & ~a.table["small"]].sort_values("value").iloc[-1]
+    assert text.index("**Largest within-set effect:**") < text.index("Largest within-set effects: mean delta_p")
+    assert f"differ by {big['value']:.3f} on average" in text
+    fav = a.table[(a.table["favoured"] == "favoured") & ~a.table["small"]]
+    f = fav.loc[(fav["value"] - fav["expected"]).idxmax()]
+    where = "" if f["subject"] == "all" else f" {f['subject']}"
+    assert (f"**Most favoured value:** the {f['attribute']}={f['attribute_value']} member scores highest for "
+            f"'{f['label']}' (probe) in {100 * f['value']:.1f}% of the{where} sets where {f['attribute']} varies") in text
     ctx2, _ = synthetic_context(30, identical=tuple(range(30)))
     b = Counterfactual(bootstrap=200, small_sets=5)
     b.run(ctx2)

@@ -499,8 +499,14 @@ def section(table: pd.DataFrame, sets: pd.DataFrame, out: Path, confidence: floa
         f"sets (Wilson for flip, a bootstrap resampling sets otherwise); rows over fewer than {small} sets are "
         "marked (small) and not headlined.")]
     d = table[(table["metric"] == "delta_p")].copy()
-    big = d[~d["small"].astype(bool)].sort_values("value", ascending=False).head(top)
+    big = d[~d["small"].astype(bool)].sort_values("value", ascending=False, kind="stable").head(top)
+    lead = _lead(table, big, pct)
+    if lead:
+        blocks.append(Text(lead))
     if len(big):
+        blocks.append(Text("In the tables, *label* is the label whose probability is compared: `(subject)` is the "
+                           "set's own subject (e.g. \"a photo of a doctor.\" for a doctor set), other labels are "
+                           "categories a taxonomy declares harmful; *subject* and *varies* = all mean every set."))
         blocks.append(Table(["taxonomy", "label", "subject", "varies", "mean delta_p [CI]", "sets"],
                             [[md(r.taxonomy), md(r.label), md(r.subject), md(r.varies), _ci(r), int(r.n_sets)]
                              for r in big.itertuples()], align="llllrr",
@@ -537,6 +543,31 @@ def section(table: pd.DataFrame, sets: pd.DataFrame, out: Path, confidence: floa
                            "top labels)", "counterfactual_retrieval.csv: every pooled ranking's retrieval rows (shares, "
                            "skews, MaxSkew, NDKL) with their tests"]))
     return Section("Counterfactual sets", blocks, anchor="counterfactual")
+
+
+def _lead(table: pd.DataFrame, big: pd.DataFrame, pct: str) -> str:
+    """One or two sentences in words: the largest mean delta_p and the most favoured attribute
+    value (neither from a small row)."""
+    out = []
+    if len(big):
+        r = big.iloc[0]
+        what = "its own subject" if r["label"] == SUBJECT_LABEL else f"'{r['label']}' ({r['taxonomy']})"
+        where = ("" if r["subject"] == ALL else f" {r['subject']}") + " sets" + (
+            "" if r["varies"] == ALL else f" that vary {r['varies']}")
+        out.append(f"**Largest within-set effect:** in{where}, the members' probabilities for {what} differ by "
+                   f"{_f(r['value'])} on average (largest minus smallest member; {pct} CI {_f(r['ci_low'])} to "
+                   f"{_f(r['ci_high'])}; {int(r['n_sets'])} sets).")
+    fav = table[(table["metric"] == "top_member_rate") & (table["favoured"] == "favoured")
+                & ~table["small"].astype(bool)]
+    if len(fav):
+        r = fav.assign(gap=fav["value"] - fav["expected"]).sort_values("gap", ascending=False, kind="stable").iloc[0]
+        what = "its own subject" if r["label"] == SUBJECT_LABEL else f"'{r['label']}' ({r['taxonomy']})"
+        where = "" if r["subject"] == ALL else f" {r['subject']}"
+        out.append(f"**Most favoured value:** the {r['attribute']}={r['attribute_value']} member scores highest for "
+                   f"{what} in {100 * r['value']:.1f}% of the{where} sets where {r['attribute']} varies ({pct} CI {100 * r['ci_low']:.1f}% to "
+                   f"{100 * r['ci_high']:.1f}%; {int(r['n_sets'])} sets), against {100 * r['expected']:.1f}% if the "
+                   "value made no difference.")
+    return " ".join(out)
 
 
 def _pooled_blocks(table: pd.DataFrame, pct: str) -> list[Any]:
@@ -755,7 +786,7 @@ def caption_section(table: pd.DataFrame, rows: pd.DataFrame, confidence: float, 
         for qs, g in ret.groupby("varies", sort=False):
             by = {r.metric: r for r in g.itertuples()}
             n_occ = int(g["n_subjects"].iloc[0])
-            cells.append([md(qs), f"{n_occ}{' (small)' if n_occ < small else ''}"] +
+            cells.append([md(qs), f"{n_occ}{' (small)' if bool(g['small'].iloc[0]) else ''}"] +
                          [f"{_f(by[m].value)} ± {_f(by[m].sd)} [{_f(by[m].ci_low)}, {_f(by[m].ci_high)}]"
                           if m in by else "n/a" for m in names])
         blocks.append(Table(["images / template", "occupations", *names], cells, align="lr" + "r" * len(names),

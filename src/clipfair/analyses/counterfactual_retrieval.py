@@ -44,6 +44,8 @@ POOL = "_cf_pool"
 VG_METRICS = (("bias", 5, "bias@5"), ("bias", 10, "bias@10"), ("max_skew", 5, "max_skew@5"),
               ("max_skew", 10, "max_skew@10"), ("ndkl", "all", "ndkl"))
 NEUTRAL_PRONOUN = "their"
+#: a mean over fewer subjects (occupations) than this is marked small
+MIN_SUBJECTS = 5
 
 
 class _Opts:
@@ -183,7 +185,7 @@ def set_retrieval(table: pd.DataFrame, emb: np.ndarray, encode: Callable, *, att
         lo, hi = _boot_mean(x, opts.bootstrap or 1000, confidence, rng)
         rows.append({**base, "subject": "all", "varies": varies, "attribute": attr, "metric": f"max_skew@{k}",
                      "value": float(np.nanmean(x)), "ci_low": lo, "ci_high": hi, "n_sets": int(g["sets"].sum()),
-                     "small": int(g["sets"].sum()) < small, "k": k, "n_images": int(g["n_images"].sum()),
+                     "small": int(g["sets"].sum()) < small or len(g) < MIN_SUBJECTS, "k": k, "n_images": int(g["n_images"].sum()),
                      "null_mean": float(np.nanmean(g["null_mean"].to_numpy(float))), "p_value": np.nan,
                      "p_adjusted": np.nan, "significant": False,
                      "p_method": f"none: the mean over {len(g)} subjects (their own tests decide findings); "
@@ -291,7 +293,7 @@ def caption_retrieval(table: pd.DataFrame, emb: np.ndarray, encode: Callable, *,
             x = g[name].to_numpy(float)
             lo, hi = _boot_mean(x, opts.bootstrap or 1000, confidence, rng)
             rows.append({**base, "subject": "all", "varies": qs_name, "metric": name, "value": float(np.mean(x)),
-                         "ci_low": lo, "ci_high": hi, "n_sets": int(len(g)), "small": len(g) < small,
+                         "ci_low": lo, "ci_high": hi, "n_sets": int(len(g)), "small": len(g) < MIN_SUBJECTS,
                          "direction": "neutral" if name.startswith("bias") else "lower_is_better", "k": str(k),
                          "n_images": int(g["n"].sum()), "null_mean": np.nan, "p_value": np.nan,
                          "p_adjusted": np.nan, "significant": False,
