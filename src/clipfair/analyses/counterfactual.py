@@ -197,8 +197,8 @@ class Counterfactual(Analysis):
         o = self.retrieval_opts
         return {"k": o.k, "bootstrap": o.bootstrap, "permutations": o.permutations,
                 "preset": "visogender" if self.mode == "captions" else "social_counterfactuals",
-                "rankings": int(self.retrieval["query"].nunique()) if self.retrieval is not None
-                and len(self.retrieval) else 0}
+                "rankings": int(self.retrieval[["query_set", "query"]].drop_duplicates().shape[0])
+                if self.retrieval is not None and len(self.retrieval) else 0}
 
     def _targets(self, ctx: RunContext) -> list["Target"]:
         from ..zeroshot import class_embeddings

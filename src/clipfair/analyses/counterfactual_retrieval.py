@@ -182,7 +182,7 @@ def set_retrieval(table: pd.DataFrame, emb: np.ndarray, encode: Callable, *, att
     rng = np.random.default_rng([seed, 23])
     for (varies, attr, k), g in ms.groupby(["query_set", "attribute", ms["k"].astype(str)], sort=True):
         x = g["value"].to_numpy(float)
-        lo, hi = _boot_mean(x, opts.bootstrap or 1000, confidence, rng)
+        lo, hi = _boot_mean(x, opts.bootstrap, confidence, rng)
         rows.append({**base, "subject": "all", "varies": varies, "attribute": attr, "metric": f"max_skew@{k}",
                      "value": float(np.nanmean(x)), "ci_low": lo, "ci_high": hi, "n_sets": int(g["sets"].sum()),
                      "small": int(g["sets"].sum()) < small or len(g) < MIN_SUBJECTS, "k": k, "n_images": int(g["n_images"].sum()),
@@ -291,7 +291,7 @@ def caption_retrieval(table: pd.DataFrame, emb: np.ndarray, encode: Callable, *,
     for qs_name, g in P.groupby("query_set", sort=False):
         for _, k, name in VG_METRICS:
             x = g[name].to_numpy(float)
-            lo, hi = _boot_mean(x, opts.bootstrap or 1000, confidence, rng)
+            lo, hi = _boot_mean(x, opts.bootstrap, confidence, rng)
             rows.append({**base, "subject": "all", "varies": qs_name, "metric": name, "value": float(np.mean(x)),
                          "ci_low": lo, "ci_high": hi, "n_sets": int(len(g)), "small": len(g) < MIN_SUBJECTS,
                          "direction": "neutral" if name.startswith("bias") else "lower_is_better", "k": str(k),
