@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from .analyses import recorded_analyses
 from .analyses.specs import is_ranked, metric_spec, metric_specs
 from .metrics import METRIC_COLUMNS, SLICE_SUMMARY_PREFIX
 from .outputs import write_csv
@@ -418,10 +419,12 @@ def write_collected(dirs: Sequence[Path | str], out_dir: Path | str | None = Non
     base = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
     write_csv(table, out / "collected.csv")
     doc, plots = build_document(table, runs, out, base=base, **options)
-    from .analyses.association import collected_outputs  # runs that wrote associations.csv
-
-    extra, sections = collected_outputs(runs, base, out)
-    doc.sections.extend(sections)
+    extra: list[Path] = []
+    finished = [r for r in runs if r.status == "finished"]
+    for cls, which in recorded_analyses([r.record for r in finished]):  # each analysis's own collect hook
+        files, sections = cls.collect([finished[i] for i in which], base, out)
+        extra += list(files)
+        doc.sections.extend(sections)
     (out / "collected.md").write_text(to_markdown(doc))
     (out / "collected.html").write_text(to_html(doc, base_dir=out))
     return {"paths": [out / "collected.csv", out / "collected.md", out / "collected.html", *plots, *extra],

@@ -164,6 +164,11 @@ class Analysis:
     predictions: ClassVar[bool] = False
     #: exception types this analysis raises for a user's mistake (the CLI prints them on one line)
     errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: run-level inputs built at the CLI edge and passed as keyword options (see
+    #: :func:`clipfair.analyses.compose.build`): ``train`` (the train split, a FaceDataset built from
+    #: ``probe.train_split`` / ``probe.train_dataset``), ``confidence`` (the run's), ``image_subset``
+    #: (how the evaluated images were chosen, in words)
+    run_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)
@@ -214,6 +219,16 @@ class Analysis:
     def report_sections(self, results: Any) -> list[Any]:
         """Optional extra report blocks (:mod:`clipfair.document` sections)."""
         return []
+
+    @classmethod
+    def collect(cls, runs: Sequence[Any], base: Path, out_dir: Path) -> tuple[list[Path], list[Any]]:
+        """For ``clipfair collect``: this analysis's tables across runs. ``runs``: the finished run
+        folders whose ``run.json`` records this analysis (each with ``path``, ``label``, ``model``,
+        ``dataset``, ``record``: :class:`clipfair.collect.RunFolder`); ``base``: the folder run paths
+        are shown relative to; ``out_dir``: where to write. Returns the files written and report
+        sections (:mod:`clipfair.document`) appended to ``collected.md`` / ``collected.html``.
+        Default: nothing (the core already collects every analysis's ``metrics.csv`` rows)."""
+        return [], []
 
     def describe(self) -> dict[str, Any]:
         """What run.json records about this analysis."""

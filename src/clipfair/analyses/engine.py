@@ -22,7 +22,7 @@ from scipy import stats as st
 
 from .base import MEAN, PROPORTION, Analysis, AnalysisError, MetricSpec
 from .specs import direction as spec_direction
-from .specs import metric_spec, register_metric
+from .specs import is_accuracy, metric_spec, register_metric
 
 #: results-model columns added after clipfair.metrics.METRIC_COLUMNS (existing columns keep their place)
 KEY_COLUMNS: tuple[str, ...] = ("analysis", "direction", "kind", "interval", "sd")
@@ -155,12 +155,16 @@ def outcome_metrics(frame: pd.DataFrame, analysis: Analysis, slices: Sequence[An
 
 def add_result_columns(met: pd.DataFrame, table: pd.DataFrame | None, slices: Sequence[Any], *,
                        analysis: Mapping[str, str] | str = "",
-                       harms: Mapping[str, Mapping[str, bool | None]] | None = None) -> pd.DataFrame:
+                       harms: Mapping[str, Mapping[str, bool | None]] | None = None,
+                       n_classes: Mapping[str, int] | None = None) -> pd.DataFrame:
     """The results-model key columns of rows made by another engine (the classification
     metrics): ``analysis`` (from the method), ``direction`` / ``kind`` / ``interval`` from the
-    metric registry (a rate's direction: the taxonomy's harm declaration of its category), and
-    each sliced attribute's value, looked up from the values in ``table`` (the display name is
-    built from them, never split)."""
+    metric registry (a rate's direction: the taxonomy's harm declaration of its category),
+    ``scoring`` (with ``n_classes``, taxonomy -> number of classes: how an accuracy row scores a
+    prediction against the annotation, ``<n>-way``: right when the one class chosen among the
+    taxonomy's n is right; empty where no prediction is scored against a truth, e.g. a rate),
+    and each sliced attribute's value, looked up from the values in ``table`` (the display name
+    is built from them, never split)."""
     out = met.copy()
     harms = harms or {}
 
@@ -187,6 +191,12 @@ def add_result_columns(met: pd.DataFrame, table: pd.DataFrame | None, slices: Se
             out.loc[rows, col] = [get(metric_spec(m)) if metric_spec(m) else "" for m in out.loc[rows, "metric"]]
     if "sd" not in out.columns:
         out["sd"] = np.nan
+    if n_classes is not None:
+        rows = todo("scoring")
+        if rows.any():
+            part = out.loc[rows]
+            out.loc[rows, "scoring"] = [f"{int(n_classes[t])}-way" if is_accuracy(m) and t in n_classes else ""
+                                        for t, m in zip(part["taxonomy"], part["metric"])]
     if table is not None:
         for s in slices:
             attrs = slice_attrs(s)
