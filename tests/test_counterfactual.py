@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,7 @@ def _encoder(dim: int):
     def enc(texts):
         out = []
         for t in texts:
-            r = np.random.default_rng(abs(hash(t)) % (2 ** 32))
+            r = np.random.default_rng(zlib.crc32(t.encode('utf-8')))  # the same in every process
             out.append(r.normal(size=dim))
         return np.asarray(out, np.float32)
     return enc
