@@ -71,13 +71,19 @@ def test_every_model_config_composes(hydra_compose, option):
 
 
 @pytest.mark.parametrize("option", group_files("experiment"))
-def test_every_experiment_composes_and_names_valid_taxonomies(hydra_compose, option):
+def test_every_experiment_composes_and_names_valid_taxonomies(hydra_compose, option, tmp_path):
     from omegaconf import OmegaConf
 
     from clipfair.sensitivity import expand_template_sets
     from clipfair.taxonomy import load_taxonomies
 
-    cfg = OmegaConf.to_container(hydra_compose([f"experiment={option}"]), resolve=True)
+    extra = []
+    if option == "dollar_street":  # its taxonomy is written from the data's classnames.txt into dataset.root
+        import geo_fixtures as gf
+
+        gf.write_taxonomy(tmp_path, gf.DS_CLASSES, "dollar_street_classes")
+        extra = [f"dataset.root={tmp_path}"]
+    cfg = OmegaConf.to_container(hydra_compose([f"experiment={option}", *extra]), resolve=True)
     if not cfg["taxonomies"] and (cfg.get("retrieval") or {}).get("enabled"):  # retrieval on its own
         from clipfair.retrieval import load_query_sets, options_from_config
 

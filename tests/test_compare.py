@@ -213,8 +213,8 @@ def test_template_set_expansion_and_spread():
     vals = {"default": (0.1, 0.3), "s1": (0.2, 0.5), "s2": (0.05, 0.4)}
     for s, (va, vb) in vals.items():
         for g, v in (("A", va), ("B", vb)):
-            rows.append({"taxonomy": f"t@{s}", "method": "zero_shot", "metric": "rate", "category": "c",
-                         "slice": "race", "group": g, "value": v})
+            rows.append({"taxonomy": f"t@{s}", "variant_of": "t", "template_set": s, "method": "zero_shot",
+                         "metric": "rate", "category": "c", "slice": "race", "group": g, "value": v})
     spr = spread(pd.DataFrame(rows))
     a = spr[spr["group"] == "A"].iloc[0]
     assert (a["min"], a["max"], a["min_set"], a["max_set"]) == (0.05, 0.2, "s2", "s1")
@@ -234,8 +234,9 @@ def _sens_rows(values: dict) -> pd.DataFrame:
     rows = []
     for (cat, s), by_group in values.items():
         for g, k in by_group.items():
-            rows.append({"taxonomy": f"t@{s}", "method": "zero_shot", "metric": "rate", "category": cat,
-                         "slice": "race", "group": g, "n": 100, "count": k, "value": k / 100})
+            rows.append({"taxonomy": f"t@{s}", "variant_of": "t", "template_set": s, "method": "zero_shot",
+                         "metric": "rate", "category": cat, "slice": "race", "group": g, "n": 100, "count": k,
+                         "value": k / 100})
     return pd.DataFrame(rows)
 
 

@@ -64,3 +64,45 @@ def test_an_unknown_analysis_is_one_line_listing_the_available(compose):
 
     with pytest.raises(RegistryError, match="unknown analysis 'nope'; available: .*linear_probe.*zero_shot"):
         build_analysis("nope", {})
+
+
+def test_loader_arguments_the_cli_reads_default_to_the_loaders_own():
+    """cli.py reads ``dataset.on_error`` (image decoding) and ``model.loader`` through the loader's
+    signature, never a literal fallback of its own (it had ``on_error`` 'raise' for every dataset,
+    while utkface's loader skips by default)."""
+    import inspect
+
+    from clipfair.data import DATASETS
+    from clipfair.models import load_model
+    from clipfair.schema import loader_argument
+
+    utk = {"_target_": "clipfair.data.load_dataset", "name": "utkface"}
+    assert loader_argument(utk, "on_error") == inspect.signature(DATASETS.get("utkface")).parameters[
+        "on_error"].default == "skip"
+    assert loader_argument({**utk, "on_error": "raise"}, "on_error") == "raise"  # configured wins
+    assert loader_argument({"_target_": "clipfair.data.load_dataset", "name": "fairface"}, "on_error") == "raise"
+    assert loader_argument({"_target_": "no.such.loader"}, "on_error") is None
+    model = {"_target_": "clipfair.models.load_model", "name_or_path": "x"}
+    assert loader_argument(model, "loader") == inspect.signature(load_model).parameters["loader"].default
+    assert loader_argument({**model, "loader": "open_clip"}, "loader") == "open_clip"
+
+
+def test_cli_has_no_literal_fallback_for_a_config_value():
+    """No ``x.get("key", <literal>)`` in cli.py other than an empty one ("" / None / {} / []) or a
+    display placeholder ("?"): a default belongs to the schema, config.yaml or the loader's signature."""
+    import ast
+    from pathlib import Path
+
+    import clipfair.cli
+
+    tree = ast.parse(Path(clipfair.cli.__file__).read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                and len(node.args) == 2 and isinstance(node.args[0], ast.Constant)):
+            d = node.args[1]
+            empty = (isinstance(d, ast.Constant) and d.value in ("", None, "?")) or (
+                isinstance(d, (ast.Dict, ast.List, ast.Tuple)) and not (getattr(d, "keys", None) or getattr(d, "elts", None)))
+            if not empty:
+                found.append(f"cli.py:{node.lineno} .get({node.args[0].value!r}, {ast.unparse(d)})")
+    assert found == []

@@ -23,7 +23,9 @@ FILES = {"compare_denigration": ["comparison.csv"], "compare_race": ["comparison
          "retrieval_bias": ["retrieval.csv", "retrieval.md"],
          "counterfactual": ["counterfactual.csv", "counterfactual_sets.parquet"],
          "visogender": ["counterfactual.csv", "counterfactual_sets.parquet"],
-         "association": ["associations.csv", "markedness.csv", "associations_forest.png"]}
+         "association": ["associations.csv", "markedness.csv", "associations_forest.png"],
+         "dollar_street": ["datacomp_geo.csv", "predictions.parquet"], "geode": ["datacomp_geo.csv", "predictions.parquet"],
+         "facet": ["facet_recall.csv"]}
 
 
 def _dataset_overrides(experiment: str, tmp_path: Path) -> list[str]:
@@ -36,6 +38,20 @@ def _dataset_overrides(experiment: str, tmp_path: Path) -> list[str]:
         from test_counterfactual import make_visogender
 
         return ["dataset=visogender", f"dataset.root={make_visogender(tmp_path / 'vg')}"]
+    if experiment == "facet":
+        from fixtures_facet import make_facet
+
+        return ["dataset=facet", f"dataset.root={make_facet(tmp_path / 'facet')}", "analyses.facet.min_n=3"]
+    if experiment == "dollar_street":
+        import geo_fixtures as gf
+
+        root = gf.make_ds_wds(tmp_path / "ds")
+        gf.write_taxonomy(root, gf.DS_CLASSES, "dollar_street_classes")
+        return [f"dataset.root={root}"]
+    if experiment == "geode":
+        import geo_fixtures as gf
+
+        return [f"dataset.root={gf.make_geode_csv(tmp_path / 'geode')}"]
     return ["dataset=demo", "dataset.limit=60"]
 
 

@@ -222,3 +222,39 @@ def test_no_module_imports_from_a_higher_layer():
               for mod, target, _n, line, _f, _e in ROWS
               if mod in layer and target in layer and LAYERS.index(layer[target]) > LAYERS.index(layer[mod])]
     assert upward == []
+
+
+#: the analyses package's public contract (base class, registry, metric registry, outcome engine,
+#: composition); every other module in clipfair/analyses/ is one analysis
+ANALYSES_CONTRACT = frozenset({"clipfair.analyses", "clipfair.analyses.base", "clipfair.analyses.registry",
+                               "clipfair.analyses.specs", "clipfair.analyses.engine", "clipfair.analyses.compose"})
+#: the hub modules that must name no analysis: they reach analyses through the contract only
+HUBS = ("clipfair.collect", "clipfair.report", "clipfair.pipeline", "clipfair.cli", "clipfair.compare",
+        "clipfair.sensitivity", "clipfair.outputs", "clipfair.runfolder")
+
+
+def _analysis_imports(rows, modules, hubs):
+    specific = {m for m in modules if m.startswith("clipfair.analyses.") and m not in ANALYSES_CONTRACT}
+    return [f"{mod}:{line} imports {target}" for mod, target, _n, line, _f, _e in rows
+            if mod in hubs and target in specific]
+
+
+def test_hubs_import_no_specific_analysis_module(tmp_path):
+    """collect / report / pipeline / cli / compare (and the run-folder readers) import nothing from
+    ``clipfair.analyses.<one analysis>``: only the package's contract and registry (an analysis's
+    collect output comes through :meth:`clipfair.analyses.Analysis.collect`)."""
+    assert set(HUBS) <= set(MODULES)
+    assert {"clipfair.analyses.zero_shot", "clipfair.analyses.association"} <= set(MODULES)
+    assert _analysis_imports(ROWS, MODULES, HUBS) == []
+    # the check can fail: a hub importing one analysis, at module level or inside a function
+    pkg = tmp_path / PKG
+    (pkg / "analyses").mkdir(parents=True)
+    for f in ("__init__.py", "analyses/__init__.py", "analyses/registry.py", "analyses/association.py"):
+        (pkg / f).write_text("")
+    (pkg / "collect.py").write_text("from .analyses import registry\n"
+                                    "def f():\n    from .analyses.association import x\n")
+    (pkg / "cli.py").write_text("import clipfair.analyses.association\n")
+    planted = _modules(pkg)
+    assert _analysis_imports(_imports(planted), planted, HUBS) == [
+        "clipfair.cli:1 imports clipfair.analyses.association",
+        "clipfair.collect:3 imports clipfair.analyses.association"]

@@ -337,6 +337,16 @@ def test_model_card_experiment_end_to_end(tmp_path, tiny_model_dir, fairface_roo
     # both race scorings in metrics.csv, labelled by metric
     race = met[(met["taxonomy"] == "fairface_race") & (met["slice"] == "race_binary")]
     assert {"accuracy", BINARY_RACE_METRIC} <= set(race["metric"])
+    # ... and by the key column scoring, with model_card.csv's labels (FairFace race: 7 classes)
+    from clipfair.model_card import SCORING_LABELS
+    from clipfair.taxonomy import load_taxonomies
+
+    assert len(load_taxonomies(["fairface_race"])[0].classes) == 7
+    by_metric = race.groupby("metric")["scoring"].agg(set)
+    assert by_metric["accuracy"] == {SCORING_LABELS["7way"]} and by_metric[BINARY_RACE_METRIC] == {
+        SCORING_LABELS["binary"]}
+    assert set(card.loc[card["metric"] == BINARY_RACE_METRIC, "scoring"]) <= {SCORING_LABELS["binary"]}
+    assert met.loc[met["metric"].isin(["rate", "label_rate"]), "scoring"].isna().all()  # no truth: no scoring
     md = (out / "model_card.md").read_text()
     assert "comparison, not a reproduction" in md
     assert "## Table 3: accuracy on the images labelled White only" in md

@@ -31,6 +31,9 @@ def test_write_outputs_one_document_with_comparison_and_sensitivity(tmp_path):
     preds = pd.concat(frames, ignore_index=True)
     taxa = [_tax("probe@default"), _tax("probe@s1"), _tax("probe@s2")]
     met, disp = score(preds, taxa, ["overall", "race"])
+    # the results model's key columns of template-set variants (set by the prompt sensitivity analysis)
+    met["variant_of"], met["template_set"] = "probe", met["taxonomy"].map(
+        {"probe@default": "default", "probe@s1": "s1", "probe@s2": "s2"})
     ev = Evaluation(preds, met, disp, counts={"images_evaluated": n}, skipped={})
     record = {"created": "2026-01-01T00:00:00+00:00", "packages": {"clipfair": "9.9"},
               "model": {"name_or_path": "org/clip-x", "family": "open_clip", "scoring": "softmax", "dtype": "bf16"},

@@ -41,6 +41,15 @@ class PromptAffinity(Analysis):
         if self.save_to:
             out.to_csv(self.save_to, index=False)
         return out
+
+    @classmethod
+    def collect(cls, runs, base, out_dir):
+        """clipfair collect's hook: one row per run that recorded this analysis."""
+        from clipfair.document import Section, Text
+
+        path = out_dir / "collected_affinity_runs.csv"
+        pd.DataFrame({"label": [r.label for r in runs], "model": [r.model for r in runs]}).to_csv(path, index=False)
+        return [path], [Section("Affinity across runs", [Text(f"{len(runs)} run(s) measured affinity.")])]
 '''
 
 
@@ -73,6 +82,13 @@ def test_user_analysis_gets_rows_disparities_report_and_collect(user_run, tmp_pa
     assert set(mine["slice"]) == {"overall", "gender", "race"}
     # the classification rows are still there, with their own analysis
     assert set(met.loc[met["taxonomy"] == "fairface_gender", "analysis"]) == {"zero_shot"}
+    # the key column scoring: accuracies score one class among the taxonomy's n; elsewhere empty
+    from clipfair.taxonomy import load_taxonomies
+
+    n_classes = len(load_taxonomies(["fairface_gender"])[0].classes)
+    acc = met[met["metric"].isin(["accuracy", "worst_group_accuracy"])]
+    assert len(acc) and (acc["scoring"] == f"{n_classes}-way").all()
+    assert met.loc[~met["metric"].isin(["accuracy", "worst_group_accuracy", "topk_accuracy"]), "scoring"].isna().all()
     # means: t interval per group, stated in the interval column
     for g, part in units.groupby("gender"):
         row = mine[(mine["metric"] == "affinity") & (mine["slice"] == "gender") & (mine["group"] == g)].iloc[0]
@@ -125,7 +141,14 @@ def test_user_analysis_gets_rows_disparities_report_and_collect(user_run, tmp_pa
     col = pd.read_csv(res["paths"][0], keep_default_na=False, na_values=[""])
     rows = col[(col["analysis"] == "affinity") & (col["metric"] == "affinity")]
     assert len(rows) == len(mine[mine["metric"] == "affinity"])
-    assert "affinity across runs" in (tmp_path / "collected" / "collected.md").read_text()
+    md = (tmp_path / "collected" / "collected.md").read_text()
+    assert "affinity across runs" in md
+    # the analysis's own collect hook (Analysis.collect): its file and its section, no edit to clipfair
+    hooked = tmp_path / "collected" / "collected_affinity_runs.csv"
+    assert hooked in res["paths"]
+    assert len(pd.read_csv(hooked)) == 1
+    assert "Affinity across runs" in md and "1 run(s) measured affinity." in md
+    assert "Affinity across runs" in (tmp_path / "collected" / "collected.html").read_text()
 
 
 def test_a_contract_breach_is_one_line_naming_the_analysis(tmp_path, monkeypatch, compose):
@@ -155,3 +178,73 @@ def test_a_contract_breach_is_one_line_naming_the_analysis(tmp_path, monkeypatch
         from clipfair.analyses import MetricSpec
 
         MetricSpec("x", "higher_is_better", "ratio")
+
+
+def test_collect_finds_each_recorded_analysis_once_and_skips_unimportable(tmp_path, monkeypatch, caplog):
+    """clipfair collect calls the collect hook of the analyses each run's run.json records (by
+    import path, else by registered name), with the runs that recorded it; a class that cannot
+    be imported is left out with a warning; a run.json without ``analyses`` (an older run)
+    offers its run to every built-in analysis."""
+    import logging
+
+    from clipfair.analyses import recorded_analyses
+    from clipfair.analyses.registry import BUILTIN_MODULES
+
+    (tmp_path / "hook_mod.py").write_text(textwrap.dedent('''
+        from clipfair.analyses import Analysis
+
+        class Hooked(Analysis):
+            name = "hooked"
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    records = [{"analyses": [{"name": "hooked", "class": "hook_mod.Hooked"},
+                             {"name": "zero_shot", "class": "no_such_module.ZeroShot"}]},
+               {"analyses": [{"name": "gone", "class": "not_there.Gone"}, {"name": "hooked", "class": "hook_mod.Hooked"}]},
+               {"model": {}},
+               {"analyses": [{"name": "zen", "class": "this.Zen"}]}]  # a standard module is never imported
+    import sys
+
+    had_this = "this" in sys.modules
+    with caplog.at_level(logging.WARNING):
+        found = dict((c.__qualname__, which) for c, which in recorded_analyses(records))
+    assert found["Hooked"] == [0, 1]
+    from clipfair.analyses import get_analysis
+
+    zs = get_analysis("zero_shot").__qualname__
+    assert found[zs] == [0, 2]  # recorded by name (its path did not import), and the older run
+    assert len(found) >= len(BUILTIN_MODULES) + 1  # the older run is offered to every built-in
+    assert "not_there.Gone" in caplog.text and "no_such_module" not in caplog.text
+    assert "zen" in caplog.text and ("this" in sys.modules) == had_this
+
+
+def test_run_inputs_reach_every_analysis_that_declares_them(tmp_path, monkeypatch):
+    """The CLI builds run-level inputs (a train split, the run's confidence, ...) by name; compose
+    hands each analysis the ones its ``run_inputs`` declares (a user's class too), never by the
+    analysis's name, and builds no input nobody declares."""
+    from clipfair.analyses import compose, get_analysis
+
+    (tmp_path / "needy_mod.py").write_text(textwrap.dedent('''
+        from clipfair.analyses import Analysis
+
+        class Needy(Analysis):
+            name = "needy"
+            run_inputs = ("confidence", "train")
+
+            def __init__(self, confidence=None, train=None, level=1):
+                super().__init__(level=level)
+                self.confidence, self.train = confidence, train
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    asked = []
+
+    def never(opts):
+        asked.append(opts)
+        raise AssertionError("an input no analysis declares was built")
+
+    built = compose.build({"needy": {"_target_": "needy_mod.Needy", "level": 2}, "zero_shot": {}},
+                          inputs={"confidence": lambda o: 0.9, "train": lambda o: ("train split", o["level"]),
+                                  "image_subset": never})
+    needy = next(a for a in built if a.name == "needy")
+    assert (needy.confidence, needy.train) == (0.9, ("train split", 2))
+    assert [a.name for a in built] == ["zero_shot", "needy"] and not asked
+    assert get_analysis("linear_probe").run_inputs == ("train",)

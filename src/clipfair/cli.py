@@ -53,9 +53,9 @@ def _slices(raw: Any) -> list[Any] | str:
 
 def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
     """The bundled toy model runs only on the demo data, unless chosen on purpose."""
-    from .schema import ConfigError
+    from .schema import ConfigError, loader_argument
 
-    if (plain.get("model") or {}).get("loader", "hf") != "hf":  # e.g. open_clip: the toy is an hf folder
+    if loader_argument(plain.get("model") or {}, "loader") != "hf":  # e.g. open_clip: the toy is an hf folder
         return
     model = str((plain.get("model") or {}).get("name_or_path", ""))
     if not model or Path(model).expanduser().resolve() != (demo_dir() / "model").resolve():
@@ -84,30 +84,25 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> "RunConfig":
 
 def _analyses(cfg: DictConfig, run: Any, dataset: Any) -> list[Any]:
     """The run's analyses, composed from the registry (clipfair.analyses.compose): the
-    ``analyses:`` mapping and today's shorthand keys. Run-level inputs an analysis takes as an
-    object are built here, at the edge: a linear probe's train split (Hydra instantiate)."""
+    ``analyses:`` mapping and today's shorthand keys. Run-level inputs an analysis declares
+    (``Analysis.run_inputs``) are built here, at the edge: a train split (Hydra instantiate), the
+    run's confidence, how the images were chosen."""
     from hydra.utils import instantiate
 
     from .analyses import compose
 
-    def probe_train(opts: dict[str, Any]) -> dict[str, Any]:
-        if "train" in opts:
-            return opts
+    def train(opts: dict[str, Any]) -> Any:
+        if opts.get("train") is not None:
+            return opts["train"]
         if run.probe.train_dataset:
-            train = instantiate(cfg.probe.train_dataset, _convert_="all")
-        else:
-            train = instantiate(cfg.dataset, split=run.probe.train_split, limit=run.probe.train_limit,
-                                _convert_="all")
-        return {**opts, "train": train}
+            return instantiate(cfg.probe.train_dataset, _convert_="all")
+        return instantiate(cfg.dataset, split=run.probe.train_split, limit=run.probe.train_limit, _convert_="all")
 
     subset = run.subset
-
-    def card(opts: dict[str, Any]) -> dict[str, Any]:
-        return {**opts, "confidence": float(run.confidence),
-                "image_subset": (f"seeded random {subset.n} (seed {subset.seed})" if subset.n is not None
-                                 else f"all {len(dataset)} images")}
-
-    return compose.build(compose.entries(run), extra={"linear_probe": probe_train, "model_card": card})
+    inputs = {"train": train, "confidence": lambda opts: float(run.confidence),
+              "image_subset": lambda opts: (f"seeded random {subset.n} (seed {subset.seed})" if subset.n is not None
+                                            else f"all {len(dataset)} images")}
+    return compose.build(compose.entries(run), inputs=inputs)
 
 
 def results_places(cfg: Any) -> list[tuple[str, Any, bool]]:
@@ -195,6 +190,7 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     from .outputs import staged_outputs
     from .pipeline import check_analyses, check_run, embed_shard, evaluate, write_outputs
     from .record import build_record
+    from .schema import loader_argument
     from .taxonomy import load_taxonomies
 
     run = check_config(cfg, overrides)
@@ -219,7 +215,10 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     embed_options = {"fast_preprocess": run.embed.fast_preprocess, "fast_decode": run.embed.fast_decode,
                      "gpu_decode": run.embed.gpu_decode, "compile": bool(run.embed.compile)}
     embed_settings = dict(num_workers=run.embed.num_workers, chunk_size=int(run.embed.chunk_size),
-                          on_error=str(cfg.dataset.get("on_error", "raise")), progress=bool(run.progress))
+                          progress=bool(run.progress))
+    on_error = loader_argument(run.dataset, "on_error")  # decoding errors as the dataset's loader treats them
+    if on_error is not None:
+        embed_settings["on_error"] = str(on_error)
     shards = None
     if dist.enabled:  # every rank embeds its shard into the shared cache; rank 0 goes on
         mine = embed_shard(dataset, model, cache_dir, dist, analyses=analyses, **embed_settings, **embed_options)

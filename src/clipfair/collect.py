@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .analyses.specs import is_ranked, metric_spec, metric_specs
+from .analyses import recorded_analyses
+from .analyses.specs import ROW_KEYS, is_ranked, metric_spec, metric_specs
 from .metrics import METRIC_COLUMNS, SLICE_SUMMARY_PREFIX
 from .outputs import write_csv
 from .runfolder import RunFolderError, read_metrics, read_record
@@ -283,14 +284,50 @@ def _pct(x: float) -> str:
     return "–" if pd.isna(x) else f"{100 * float(x):.1f}%"
 
 
-def _cell(r: Any, min_n: int) -> str:
+def _cell(r: Any, min_n: int, mean: bool = False) -> str:
     flag = " †" if int(r.n) < min_n else ""
+    if mean:  # a mean outcome (e.g. retrieval's skew): its own scale, not a percentage
+        num = lambda x: "–" if pd.isna(x) else f"{float(x):.4g}"  # noqa: E731
+        ci = "" if pd.isna(r.ci_low) else f" [{num(r.ci_low)}, {num(r.ci_high)}]"
+        return f"{num(r.value)}{ci} (n={int(r.n)}){flag}"
     ci = "" if pd.isna(r.ci_low) else f" [{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}]"
     return f"{_pct(r.value)}{ci} (n={int(r.n)}){flag}"
 
 
+# ---- the results model's key columns (issue 20, part 3): rows of one table are keyed by taxonomy,
+# method, category and every key column that applies (k, query_set, query, desired, ...), read as
+# columns, never split from a string
+
+def _row_keys(table: pd.DataFrame) -> list[str]:
+    """The key columns of ``table`` beyond taxonomy / method / category (:data:`ROW_KEYS`)."""
+    return [c for c in ROW_KEYS if c in table.columns]
+
+
+def _key_text(table: pd.DataFrame, col: str) -> pd.Series:
+    """A key column as text ('' where it does not apply; integers without a decimal point)."""
+    v = table[col]
+    num = pd.to_numeric(v, errors="coerce")
+    whole = num.notna() & (num % 1 == 0)
+    out = v.astype(object).where(v.notna(), "").astype(str)
+    return out.where(~whole, num.where(whole, 0).astype("int64").astype(str))
+
+
+def _keep_keys(table: pd.DataFrame, keys: Sequence[str] | None) -> pd.DataFrame:
+    """Rows whose key columns have the given values (``keys``: ``COLUMN=VALUE`` strings)."""
+    for kv in keys or ():
+        col, sep, val = str(kv).partition("=")
+        if not sep or col not in ROW_KEYS:
+            raise CollectError(f"--key {kv!r}: give COLUMN=VALUE with COLUMN one of {', '.join(ROW_KEYS)}, "
+                               "e.g. --key k=5 --key desired=dataset")
+        if col not in table.columns:
+            raise CollectError(f"--key {kv!r}: no collected run has a {col} column")
+        table = table[_key_text(table, col) == val]
+    return table
+
+
 def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | None,
-                methods: Sequence[str] | None, categories: Sequence[str] | None) -> list[tuple[str, str, str]]:
+                methods: Sequence[str] | None, categories: Sequence[str] | None) -> list[tuple[str, ...]]:
+    """(taxonomy, method, category, *key column values) of the tables to build."""
     t = table[table["metric"] == metric]
     if taxonomies:
         t = t[t["taxonomy"].isin(taxonomies)]
@@ -298,18 +335,26 @@ def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | No
         t = t[t["method"].isin(methods)]
     if categories:
         t = t[t["category"].isin(categories)]
-    return list(dict.fromkeys(zip(t["taxonomy"], t["method"], t["category"])))
+    keys = [_key_text(t, c) for c in _row_keys(t)]
+    return list(dict.fromkeys(zip(t["taxonomy"], t["method"], t["category"], *keys)))
 
 
-def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path) -> Path:
+def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path,
+          scale: float = 100.0, how: str = "Wilson intervals") -> Path:
     from .figures import save_figure
     from .report import grouped_bars, new_figure, style_axis
 
     ticks = ["\n".join(str(g).split("+")) for g in groups]  # one line per value, never split inside a name
     fig = new_figure(ticks, len(labels), legend_right=True)
     ax = fig.add_subplot(1, 1, 1)
-    grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels])
-    style_axis(fig, ax, ticks, ylabel, title + "\n(error bars: Wilson intervals)", len(labels))
+    grouped_bars(ax, groups, [(lab, sub[sub["label"] == lab]) for lab in labels], scale=scale)
+    style_axis(fig, ax, ticks, ylabel, title + f"\n(error bars: {how})", len(labels))
+    if scale != 100.0:  # a mean on its own scale: the axis spans the values and their intervals (and 0)
+        v = pd.to_numeric(pd.concat([sub["value"], sub["ci_low"], sub["ci_high"]]), errors="coerce").to_numpy(float)
+        v = v[np.isfinite(v)] * scale
+        lo, hi = min(0.0, float(v.min(initial=0.0))), max(0.0, float(v.max(initial=0.0)))
+        pad = 0.05 * (hi - lo) or 1.0
+        ax.set_ylim(lo - (pad if lo < 0 else 0.0), hi + pad)
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -318,7 +363,8 @@ def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, 
 def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path, *, metric: str = "accuracy",
                    slices: Sequence[str] | None = None, taxonomies: Sequence[str] | None = None,
                    methods: Sequence[str] | None = None, categories: Sequence[str] | None = None,
-                   min_n: int = 30, confidence: float = 0.95, base: Path | None = None) -> tuple[Document, list[Path]]:
+                   min_n: int = 30, confidence: float = 0.95, base: Path | None = None,
+                   keys: Sequence[str] | None = None) -> tuple[Document, list[Path]]:
     """The cross-run summary as document sections, and the plots it shows (written to ``out_dir``).
     ``slices``: default the first attribute slice the runs computed (their datasets' declared
     order, e.g. race for FairFace)."""
@@ -365,23 +411,49 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
     written: list[Path] = []
     tables: list[Any] = [Text(f"Rows: runs; columns: groups. † marks a group of fewer than {min_n} images "
                               "(shown, never headlined).")]
-    for tax, meth, cat in _selections(table, metric, taxonomies, methods, categories):
+    spec = metric_spec(metric)
+    mean = spec is not None and spec.kind == "mean"
+    kcols = _row_keys(table)
+    chosen = _keep_keys(table, keys)
+    # per taxonomy / method / category, the key columns whose values differ between its rows of the
+    # metric (e.g. retrieval's query, k, desired; not a template set or a top-k's k, said by the names)
+    of_metric = table[table["metric"] == metric]
+    varying = {key: [c for c in kcols if _key_text(part, c).nunique() > 1]
+               for key, part in of_metric.groupby(["taxonomy", "method", "category"], sort=False, dropna=False)}
+    for tax, meth, cat, *kvals in _selections(chosen, metric, taxonomies, methods, categories):
+        keyed = chosen
+        for c, v in zip(kcols, kvals):
+            keyed = keyed[_key_text(keyed, c) == v]
+        named = [f"{c}={v}" for c, v in zip(kcols, kvals)  # the keys that tell this table from its siblings
+                 if v != "" and c in varying.get((tax, meth, cat), ())]
         for sl in slices:
-            sub = table[(table["metric"] == metric) & (table["taxonomy"] == tax) & (table["method"] == meth)
-                        & (table["category"] == cat) & (table["slice"] == sl)]
+            sub = keyed[(keyed["metric"] == metric) & (keyed["taxonomy"] == tax) & (keyed["method"] == meth)
+                        & (keyed["category"] == cat) & (keyed["slice"] == sl)]
             if sub.empty:
                 continue
             labels = list(dict.fromkeys(sub["label"]))
             groups = list(dict.fromkeys(sub["group"]))
-            cells = {(r.label, r.group): _cell(r, min_n) for r in sub.itertuples(index=False)}
-            what = f"{metric}{f' of {cat}' if cat else ''} · {tax} · {meth} by {sl}"
-            name = "collected_" + "_".join(safe_filename(x) for x in (metric, tax, meth, *([cat] if cat else []), sl)) + ".png"
-            ylabel = "accuracy (%)" if metric == "accuracy" else "share of the group's images (%)"
-            written.append(_plot(sub, labels, groups, ylabel, what, out_dir / name))
-            tables.append(Section(what, [
-                Table(["run", *groups], [[lab, *(cells.get((lab, g), "–") for g in groups)] for lab in labels],
-                      align="l" + "r" * len(groups)),
-                Figure(name, f"{what}, every run (Wilson intervals)")]))
+            cells = {(r.label, r.group): _cell(r, min_n, mean) for r in sub.itertuples(index=False)}
+            what = (f"{metric}{f' of {cat}' if cat else ''} · {tax} · {meth} by {sl}"
+                    + (f" ({', '.join(named)})" if named else ""))
+            name = "collected_" + "_".join(safe_filename(x) for x in (metric, tax, meth, *([cat] if cat else []),
+                                                                      *named, sl)) + ".png"
+            how = (spec.interval if spec is not None and mean else "Wilson") + " intervals"
+            blocks: list[Any] = [Table(["run", *groups], [[lab, *(cells.get((lab, g), "–") for g in groups)]
+                                                          for lab in labels], align="l" + "r" * len(groups))]
+            if "interval_method" in sub.columns and sub["ci_low"].isna().any():  # why a cell has no interval
+                why = [str(x) for x in dict.fromkeys(sub.loc[sub["ci_low"].isna(), "interval_method"].dropna())
+                       if str(x)]
+                if why:
+                    blocks.append(Text("Cells without an interval: " + "; ".join(why) + "."))
+            finite = np.isfinite(pd.to_numeric(sub["value"], errors="coerce").to_numpy(float))
+            if not mean or finite.all():  # a -inf skew (a value absent from the top k) is not drawn
+                ylabel = ("accuracy (%)" if metric == "accuracy" else metric if mean
+                          else "share of the group's images (%)")
+                written.append(_plot(sub, labels, groups, ylabel, what, out_dir / name, scale=1.0 if mean else 100.0,
+                                     how=how))
+                blocks.append(Figure(name, f"{what}, every run ({how})"))
+            tables.append(Section(what, blocks))
     if len(tables) == 1:
         tables.append(Text(f"No {metric} rows for the chosen taxonomies, methods and slices ({', '.join(slices)})."))
     sections.append(Section(f"{metric} across runs", tables))
@@ -418,10 +490,12 @@ def write_collected(dirs: Sequence[Path | str], out_dir: Path | str | None = Non
     base = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
     write_csv(table, out / "collected.csv")
     doc, plots = build_document(table, runs, out, base=base, **options)
-    from .analyses.association import collected_outputs  # runs that wrote associations.csv
-
-    extra, sections = collected_outputs(runs, base, out)
-    doc.sections.extend(sections)
+    extra: list[Path] = []
+    finished = [r for r in runs if r.status == "finished"]
+    for cls, which in recorded_analyses([r.record for r in finished]):  # each analysis's own collect hook
+        files, sections = cls.collect([finished[i] for i in which], base, out)
+        extra += list(files)
+        doc.sections.extend(sections)
     (out / "collected.md").write_text(to_markdown(doc))
     (out / "collected.html").write_text(to_html(doc, base_dir=out))
     return {"paths": [out / "collected.csv", out / "collected.md", out / "collected.html", *plots, *extra],
@@ -443,6 +517,10 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--method", dest="methods", action="append", default=None, help="only these methods")
     ap.add_argument("--category", dest="categories", action="append", default=None,
                     help="with --metric rate: only these categories")
+    ap.add_argument("--key", dest="keys", action="append", default=None, metavar="COLUMN=VALUE",
+                    help="only rows whose key column has this value, repeatable (columns: "
+                         f"{', '.join(ROW_KEYS)}; e.g. --metric max_skew --key k=5 --key desired=dataset "
+                         "--key 'query=(mean over queries)')")
     ap.add_argument("--min-n", type=int, default=30, help="smallest group headlined or compared (default 30)")
     ap.add_argument("--confidence", type=float, default=0.95, help="level of the gap intervals (default 0.95)")
     a = ap.parse_args(list(argv))
@@ -451,7 +529,8 @@ def main(argv: Sequence[str]) -> int:
     if a.min_n < 1:
         raise CollectError(f"--min-n must be a number of images >= 1, got {a.min_n}")
     res = write_collected(a.dirs, a.out, metric=a.metric, slices=a.slices, taxonomies=a.taxonomies,
-                          methods=a.methods, categories=a.categories, min_n=a.min_n, confidence=a.confidence)
+                          methods=a.methods, categories=a.categories, min_n=a.min_n, confidence=a.confidence,
+                          keys=a.keys)
     runs = res["runs"]
     done = [r for r in runs if r.status == "finished"]
     print(f"collected {len(done)} finished run(s) into {res['paths'][0]}")

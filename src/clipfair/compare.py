@@ -427,20 +427,40 @@ class Run:
     def fingerprint(self) -> Any:
         return (self.record.get("dataset") or {}).get("fingerprint")
 
+    @property
+    def template_sets(self) -> dict[str, Any]:
+        """The run's template sets (run.json's config): taxonomy -> set name -> templates."""
+        sets = (self.record.get("config") or {}).get("template_sets")
+        return {str(k): v for k, v in sets.items() if isinstance(v, Mapping)} if isinstance(sets, Mapping) else {}
+
+    @property
+    def variants(self) -> dict[str, tuple[str, str]]:
+        """Template-set variant name -> (taxonomy, template set): from metrics.csv's key columns
+        ``variant_of`` / ``template_set``, else built from the recorded sets (never split from the name)."""
+        from .sensitivity import variant_name
+
+        out = {variant_name(t, s): (t, str(s)) for t, sets in self.template_sets.items() for s in ["default", *sets]}
+        m = self.metrics
+        if "variant_of" in m.columns and "template_set" in m.columns:
+            keys = m[["taxonomy", "variant_of", "template_set"]].astype(object).where(m[["taxonomy", "variant_of",
+                                                                                          "template_set"]].notna(), "")
+            for tax, base, tset in keys.drop_duplicates().itertuples(index=False, name=None):
+                if str(base) and str(tset):
+                    out[str(tax)] = (str(base), str(tset))
+        return out
+
     def taxonomy_spec(self, name: str) -> dict[str, Any] | None:
         """What a taxonomy of this run asked: its classes (label, prompts, category) and its
         templates, from run.json (a template-set variant ``name@set``: the base taxonomy's
         classes with the set's templates); None when run.json does not record it."""
-        from .sensitivity import SEP
-
         recs = {str(t.get("name")): t for t in (self.record.get("taxonomies") or []) if isinstance(t, Mapping)}
-        base, _, tset = name.partition(SEP)
+        base, tset = self.variants.get(name, (name, ""))
         rec = recs.get(name) or (recs.get(base) if tset else None)
         if rec is None or not isinstance(rec.get("classes"), list):
             return None
         templates = rec.get("templates")
         if rec is not recs.get(name) and tset != "default":
-            sets = ((self.record.get("config") or {}).get("template_sets") or {}).get(base) or {}
+            sets = self.template_sets.get(base) or {}
             templates = sets.get(tset)
             templates = [templates] if isinstance(templates, str) else templates
         classes = [(str(c.get("label")), [str(p) for p in c.get("prompts") or []], str(c.get("category")))
@@ -536,10 +556,17 @@ def run_slices_and_orders(run: Run) -> tuple[list[Any], dict[str, list[str]]]:
     dataset's declared value orders (``run.json``'s ``value_orders``; for older runs, the
     group order of ``metrics.csv``, which follows the declarations)."""
     met = run.metrics
+    recorded = run.record.get("slice_attributes")
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    # the results model (issue 20, part 3): only the rows of the methods compare reads (the
+    # predictions'); other analyses' rows (e.g. retrieval_bias, keyed by query) name no slice of them
+    if "method" in met.columns and "method" in run.predictions.columns and len(run.predictions):
+        met = met[met["method"].isin(set(run.predictions["method"].astype(str)))]
     slices: list[Any] = []
     for name in dict.fromkeys(met["slice"].astype(str)) if "slice" in met else ():
-        attrs = tuple(name.split("+"))
-        slices.append(name if len(attrs) == 1 else attrs)
+        # the slice's attributes as run.json records them; older runs: split from the name
+        attrs = tuple(map(str, recorded[name])) if isinstance(recorded.get(name), list) else tuple(name.split("+"))
+        slices.append(name if len(attrs) <= 1 else attrs)
     declared = run.record.get("value_orders")
     if isinstance(declared, dict):
         return slices, {str(a): [str(v) for v in vs] for a, vs in declared.items()}

@@ -33,9 +33,9 @@ from .record import write_json
 from .sanity import annotate_findings, chance_gates
 from .sanity import verdict as sanity_verdict
 from .taxonomy import Taxonomy, check_target
-from .analyses import Analysis, RunContext, build_analysis, get_analysis
+from .analyses import Analysis, RunContext
 from .analyses import compose
-from .analyses.engine import add_result_columns, analysis_sections, outcome_metrics
+from .analyses.engine import add_result_columns, analysis_rows, analysis_sections, append_rows, outcome_metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def predict_taxonomies(table: pd.DataFrame, image_embeddings: np.ndarray, taxono
     by the model family's own rule (the ``zero_shot`` analysis, called directly)."""
     ctx = RunContext(table, image_embeddings, attributes=attributes, encode_text=encode_texts,
                      taxonomies=taxonomies, model=_Scored(scoring))
-    return get_analysis("zero_shot")().run(ctx)
+    return compose.classification_predictions(ctx)
 
 
 @dataclass
@@ -232,11 +232,15 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
         met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n, disparity_correction,
                           orders=orders, topk=topk, small_n=small_group_n, extra=extra)
         met = add_result_columns(met, table, slices, analysis={a.method or a.name: a.name for a in analyses},
-                                 harms=harms(taxonomies))
+                                 harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies})
         if len(met) and topk:  # the k of top-k rows, from the configured k (the category names it for display)
             ks = {f"top-{int(k)}": int(k) for k in topk}
             met["k"] = [ks.get(c) if m == "topk_accuracy" else None for m, c in zip(met["metric"], met["category"])]
             met["k"] = met["k"].astype("Int64")
+        # rows analyses computed themselves (retrieval bias: its own intervals and tests), after the
+        # disparities: the same table, keyed by columns, not compared again
+        met = append_rows(met, [analysis_rows(a, r, small_group_n) for a in analyses
+                                if (r := a.result_rows(ctx)) is not None])
         met.attrs["confidence"] = float(confidence)
         conf = confusion(preds, taxonomies, slices, orders)
         # sanity gates before any finding: accuracy vs chance per target taxonomy, random weights
@@ -252,6 +256,7 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
               "images_encoded": emb.encoded, "images_from_cache": emb.cached,
               "taxonomies": len(taxonomies), **ctx.counts}
     info["slices"] = [M.slice_name(s) for s in slices]
+    info["slice_attributes"] = {M.slice_name(s): list(M.slice_attrs(s)) for s in slices}  # names are display only
     info["value_orders"] = {a: list(v) for a, v in orders.items()}  # the dataset's declared orders
     info["plot_slices"] = {k: list(v) for k, v in dataset.plot_slices.items()}  # and which slices get plots
     info["analyses"] = [a.describe() for a in analyses]
@@ -292,7 +297,7 @@ def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | s
     image_store, _ = open_stores(model, cache_dir)
     analyses = list(analyses)
     if probe_train is not None:
-        analyses.append(build_analysis("linear_probe", {"train": probe_train, "features": probe_features}))
+        analyses.append(compose.probe(probe_train, probe_features))
     jobs: list[tuple[FaceDataset, Any, Any]] = [(dataset, model, image_store)]
     for a in analyses:
         jobs += [(ds, enc, _store_for(image_store, variant)) for ds, enc, variant in a.embed_jobs(dataset, model)]
@@ -398,9 +403,7 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
         write_csv(df, out / name)
         written.append(out / name)
     ctx = report_context(ev, record, taxonomies, demo)
-    analyses = list(ev.analyses) if ev.analyses is not None else [build_analysis("prompt_sensitivity", {})]
-    if compare and not any(a.name == "variant_comparison" for a in analyses):
-        analyses.insert(0, build_analysis("variant_comparison", dict(compare)))
+    analyses = compose.output_analyses(ev.analyses, compare)
     run_ctx = ev.context or RunContext(None, np.zeros((0, 0), np.float32), attributes=[],
                                        confidence=float(ev.metrics.attrs.get("confidence", 0.95)), slices=slices,
                                        taxonomies=taxonomies)

@@ -296,9 +296,10 @@ def label_heading(label: str, taxonomy_labels: Mapping[str, str] | None, harms: 
     return f"{label} ({cat}, {_harm_word((harms or {}).get(cat))})"
 
 
-def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.DataFrame]]) -> None:
+def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.DataFrame]], scale: float = 100.0) -> None:
     """Bars per group, one colour per series (:func:`series_colors`), with interval error bars.
-    Each series is a label and its rows (``group``, ``value``, ``ci_low``, ``ci_high``); values in percent."""
+    Each series is a label and its rows (``group``, ``value``, ``ci_low``, ``ci_high``); values
+    times ``scale`` (default: proportions in percent; 1 for a mean's own scale)."""
     x = np.arange(len(groups))
     width = 0.8 / len(series)
     colors = series_colors(len(series))
@@ -306,10 +307,10 @@ def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, pd.DataF
         r = rows.set_index("group").reindex(groups)
         v = r["value"].to_numpy(dtype=float)
         pos = x - 0.4 + width * (i + 0.5)
-        ax.bar(pos, np.nan_to_num(v) * 100.0, width=width * 0.95, color=colors[i], label=label,
+        ax.bar(pos, np.nan_to_num(v) * scale, width=width * 0.95, color=colors[i], label=label,
                edgecolor="none")
-        ax.errorbar(pos, np.nan_to_num(v) * 100.0,
-                    yerr=_errors(v, r["ci_low"].to_numpy(float), r["ci_high"].to_numpy(float)),
+        ax.errorbar(pos, np.nan_to_num(v) * scale,
+                    yerr=_errors(v, r["ci_low"].to_numpy(float), r["ci_high"].to_numpy(float)) * (scale / 100.0),
                     fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
 
 

@@ -332,9 +332,37 @@ def loader_for(values: Mapping[str, Any]) -> Callable[..., Any] | None:
     if target == "clipfair.models.load_model":
         from .models import MODELS
 
-        loader = values.get("loader", "hf")
+        from .models import load_model
+
+        loader = values.get("loader") or signature_default(load_model, "loader")
         return MODELS.get(loader) if loader in MODELS else None
     return _target(target) if isinstance(target, str) else None
+
+
+def signature_default(fn: Callable[..., Any] | None, key: str) -> Any:
+    """The default of ``fn``'s keyword ``key`` (None: no such keyword, or no default): a loader's
+    defaults are defined once, in its signature."""
+    if fn is None:
+        return None
+    try:
+        p = inspect.signature(fn).parameters.get(key)
+    except (TypeError, ValueError):
+        return None
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
+def loader_argument(values: Mapping[str, Any], key: str) -> Any:
+    """A ``dataset`` / ``model`` group's value of the loader argument ``key``: as configured, else
+    the default of the loader it names (:func:`loader_for`; ``loader``: :func:`clipfair.models.load_model`'s),
+    else None. The CLI reads loader arguments it also needs itself (e.g. ``on_error`` for
+    decoding images) through this, never with a literal fallback of its own."""
+    if values.get(key) is not None:
+        return values[key]
+    if key == "loader" and values.get("_target_") == "clipfair.models.load_model":
+        from .models import load_model
+
+        return signature_default(load_model, "loader")
+    return signature_default(loader_for(values), key)
 
 
 def _check_loader_group(group: str, values: Any, common: Mapping[str, type],

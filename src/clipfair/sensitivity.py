@@ -2,7 +2,8 @@
 
 Layer: analyses.
 
-A taxonomy ``t`` evaluated with template set ``s`` is named ``t@s``. For every group the
+A taxonomy ``t`` evaluated with template set ``s`` is named ``t@s`` (a display name: its rows carry
+``t`` and ``s`` in the key columns ``variant_of`` and ``template_set``). For every group the
 spread of its rate/accuracy across sets is reported (min, max, standard deviation). A
 *finding* (which group is worst for a metric in a slice) exists only where a direction is
 declared (accuracy, or a category the taxonomy declares a harm or not); it is **robust**
@@ -55,7 +56,7 @@ def expand_template_sets(taxonomies: Sequence[Taxonomy],
         if "default" in sets:
             raise TaxonomyError(f"template set name 'default' is reserved for {t.name}'s own templates")
         seen: dict[frozenset, str] = {frozenset(t.templates): "default (the taxonomy's own templates)"}
-        out.append(t.with_templates(t.templates, name=f"{t.name}{SEP}default"))
+        out.append(t.with_templates(t.templates, name=variant_name(t.name, "default")))
         for set_name, templates in sets.items():
             if isinstance(templates, str):
                 templates = [templates]
@@ -65,16 +66,35 @@ def expand_template_sets(taxonomies: Sequence[Taxonomy],
                     f"template_sets.{t.name}.{set_name}: the same templates as set {seen[key]}; "
                     "remove it or change its templates (identical sets would count one result twice)")
             seen[key] = repr(set_name)
-            out.append(t.with_templates(list(templates), name=f"{t.name}{SEP}{set_name}"))
+            out.append(t.with_templates(list(templates), name=variant_name(t.name, set_name)))
+    made: set[str] = set()
+    for t in out:  # e.g. taxonomy 'a@b' with set 'c' and taxonomy 'a' with set 'b@c'
+        if t.name in made:
+            raise TaxonomyError(f"template_sets: two taxonomies of this run would both be named {t.name!r}; "
+                                f"rename a taxonomy or a template set (a {SEP!r} in a name can do this)")
+        made.add(t.name)
     return out
 
 
+def variant_name(taxonomy: str, template_set: str) -> str:
+    """The display name of ``taxonomy`` under ``template_set`` (``t@s``): built from the two
+    values, never split again (the rows carry them in ``variant_of`` / ``template_set``)."""
+    return f"{taxonomy}{SEP}{template_set}"
+
+
+def _text(col: pd.Series) -> pd.Series:
+    return col.astype(object).where(col.notna(), "").astype(str)
+
+
 def _split(frame: pd.DataFrame) -> pd.DataFrame:
-    parts = frame["taxonomy"].astype(str).str.split(SEP, n=1, expand=True)
-    if parts.shape[1] < 2:
-        return frame.iloc[0:0].assign(base=[], template_set=[])
-    frame = frame.assign(base=parts[0], template_set=parts[1])
-    frame = frame[frame["template_set"].notna()]
+    """The rows of template-set variants, with their base taxonomy in ``base`` and their set in
+    ``template_set``, read from the key columns ``variant_of`` and ``template_set`` (set by the
+    prompt sensitivity analysis); a table without them has no variants."""
+    if "template_set" not in frame.columns or "variant_of" not in frame.columns or frame.empty:
+        return frame.iloc[0:0].assign(base=pd.Series(dtype=object), template_set=pd.Series(dtype=object))
+    tset, base = _text(frame["template_set"]), _text(frame["variant_of"])
+    keep = ((tset != "") & (base != "")).to_numpy()
+    frame = frame.assign(base=base, template_set=tset)[keep]
     if "category" in frame.columns:
         frame = frame.assign(category=frame["category"].astype(object).where(frame["category"].notna(), ""))
     return frame
@@ -112,7 +132,8 @@ def findings(metrics: pd.DataFrame, harms: Mapping[str, Mapping[str, bool]] | No
     rows = []
     for key, part in m.groupby(["base", "method", "metric", "category", "slice"], sort=False):
         base, meth, metric, cat, sl = key
-        declared = harms.get(base) or next((h for k, h in harms.items() if k.split(SEP, 1)[0] == base), None)
+        declared = harms.get(base) or next((harms[t] for t in dict.fromkeys(part["taxonomy"].astype(str))
+                                            if t in harms), None)
         direction = metric_direction(metric, cat, declared)
         if direction == NEUTRAL:
             continue

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 #: set to 1 to let ``include:`` read taxonomy files outside the including file's folder tree
 ALLOW_INCLUDE_ENV = "CLIPFAIR_ALLOW_INCLUDE_ANYWHERE"
 
-TOP_KEYS = {"name", "description", "templates", "target", "classes", "include",
+TOP_KEYS = {"name", "description", "templates", "target", "also_correct", "classes", "include",
             "add_classes", "remove_classes", "categories", "findings"}
 CATEGORY_KEYS = {"harm"}
 CLASS_KEYS = {"label", "prompts", "category", "matches"}
@@ -98,6 +98,9 @@ class Taxonomy:
     #: empty: those declared ``harm: true``. A category routed on purpose (e.g. ``child``) does
     #: not turn its complement (``human``) into a harm: only these rates become findings.
     finding_categories: tuple[str, ...] = ()
+    #: an attribute holding a second correct answer (e.g. FACET's ``class2``): a prediction that
+    #: is right for that value counts as correct too, as one right for the target's value
+    also_correct: str | None = None
 
     @property
     def findings(self) -> tuple[str, ...]:
@@ -134,6 +137,8 @@ class Taxonomy:
         d: dict[str, Any] = {"name": self.name, "templates": list(self.templates)}
         if self.target:
             d["target"] = self.target
+        if self.also_correct:
+            d["also_correct"] = self.also_correct
         d["classes"] = [{"label": c.label, "prompts": list(c.prompts), "category": c.category,
                          **({"matches": list(c.matches)} if c.matches else {})} for c in self.classes]
         if self.harms:
@@ -321,7 +326,7 @@ def _load_dict(path: Path, stack: tuple[Path, ...] = (), allow_include_anywhere:
         _check_include(found, inc, path, (stack or (path,))[0], allow_include_anywhere)
         base = _load_dict(found, (*stack, path), allow_include_anywhere)
         merged = {k: v for k, v in base.items() if k not in ("name", "description")}
-        for k in ("name", "description", "templates", "target"):
+        for k in ("name", "description", "templates", "target", "also_correct"):
             if k in data:
                 merged[k] = data[k]
         if "classes" in data:
@@ -391,6 +396,8 @@ def validate(tax: Taxonomy) -> Taxonomy:
                 claimed[v] = c.label
     elif any(c.matches for c in tax.classes):
         raise TaxonomyError(f"{where} ({tax.name}): 'matches' needs a 'target'")
+    if tax.also_correct is not None and (not tax.target or not str(tax.also_correct).strip()):
+        raise TaxonomyError(f"{where} ({tax.name}): 'also_correct' must name an attribute and needs a 'target'")
     return tax
 
 
@@ -448,6 +455,8 @@ def load_taxonomy(spec: str | Path, allow_include_anywhere: bool = False) -> Tax
         source=d["source"],
         harms=tuple(d.get("harms", {}).items()),
         finding_categories=tuple(d.get("findings") or ()),
+        also_correct=(None if d.get("also_correct") is None
+                      else scalar_text(d["also_correct"], f"{path} ({name})", "also_correct")),
     )
     validate(tax)
     if len(tax.classes) == 1:

@@ -111,6 +111,18 @@ def predictions_frame(table: pd.DataFrame, taxonomy: Taxonomy, probs: np.ndarray
         df["correct"] = pd.array([None if right.get(t) is None else bool(right[t] == p)
                                   for t, p in zip(truth, df["predicted_label"])], dtype="boolean")
         df["true_rank"] = true_ranks(probs, [right.get(t) for t in truth], taxonomy.labels)
+        second = getattr(taxonomy, "also_correct", None)
+        if second and second in table.columns:
+            # a second correct answer (e.g. FACET's class2): right as well; the rank is the better one
+            alt = [right.get(v) if isinstance(v, str) else None for v in table[second].to_numpy(dtype=object)]
+            hit = np.array([a is not None and a == p for a, p in zip(alt, df["predicted_label"])], dtype=bool)
+            has = df["correct"].notna().to_numpy()
+            df.loc[hit & has, "correct"] = True
+            r2 = np.asarray(true_ranks(probs, alt, taxonomy.labels).fillna(10 ** 9), dtype=np.int64)
+            r1 = np.asarray(df["true_rank"].fillna(10 ** 9), dtype=np.int64)
+            better = has & (r2 < r1)
+            df["true_rank"] = pd.array(np.where(better, r2, r1), dtype="Int64")
+            df.loc[df["true_rank"] >= 10 ** 9, "true_rank"] = pd.NA
     else:
         df["true_label"] = pd.array([None] * len(df), dtype="object")
         df["correct"] = pd.array([None] * len(df), dtype="boolean")

@@ -11,7 +11,8 @@ Layer: analyses.
 
 from .base import (DIRECTIONS, HIGHER, KINDS, LOWER, MEAN, NEUTRAL, PROPORTION, Analysis, AnalysisError,
                    MetricSpec, Needs, RunContext, Written)
-from .registry import available, build_analysis, get_analysis, register_analysis
+from .registry import available, build_analysis, get_analysis, recorded_analyses, register_analysis
 
 __all__ = ["Analysis", "AnalysisError", "DIRECTIONS", "HIGHER", "KINDS", "LOWER", "MEAN", "MetricSpec", "NEUTRAL",
-           "Needs", "PROPORTION", "RunContext", "Written", "available", "build_analysis", "get_analysis", "register_analysis"]
+           "Needs", "PROPORTION", "RunContext", "Written", "available", "build_analysis", "get_analysis",
+           "recorded_analyses", "register_analysis"]

@@ -66,6 +66,11 @@ class AssociationAnalysis(Analysis):
         self.outcome: Outcome | None = None
         self._out_dir: Path | None = None
 
+    @classmethod
+    def collect(cls, runs: Sequence[Any], base: Path, out_dir: Path) -> tuple[list[Path], list[Any]]:
+        """``clipfair collect``: :func:`collected_outputs`."""
+        return collected_outputs(runs, base, out_dir)
+
     def run(self, ctx: RunContext) -> None:
         st = settings_from(self.options, confidence=ctx.confidence, seed=ctx.seed)
         self._out_dir = ctx.out_dir

@@ -164,6 +164,11 @@ class Analysis:
     predictions: ClassVar[bool] = False
     #: exception types this analysis raises for a user's mistake (the CLI prints them on one line)
     errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: run-level inputs built at the CLI edge and passed as keyword options (see
+    #: :func:`clipfair.analyses.compose.build`): ``train`` (the train split, a FaceDataset built from
+    #: ``probe.train_split`` / ``probe.train_dataset``), ``confidence`` (the run's), ``image_subset``
+    #: (how the evaluated images were chosen, in words)
+    run_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)
@@ -211,9 +216,32 @@ class Analysis:
         """Extra long tables this analysis writes (``<name>.csv``), after :meth:`run`."""
         return {}
 
+    def result_rows(self, ctx: RunContext) -> pd.DataFrame | None:
+        """Optional, after :meth:`run`: per-group rows this analysis computed itself (with its own
+        intervals and tests) for the one results table (``metrics.csv``), beside the core's rows.
+        Each row has the ``metrics.csv`` columns (``taxonomy``, ``method``, ``metric``: a
+        registered :class:`MetricSpec`, ``category``, ``slice``, ``group``, ``n``, ``count``,
+        ``value``, ``ci_low``, ``ci_high``), the key columns that apply (``k``, ``query_set``,
+        ``query``, ...: :data:`clipfair.analyses.specs.ROW_KEYS`) and one column per sliced
+        attribute holding the group's value; the core fills ``analysis`` and, from the metric
+        registry, ``direction`` / ``kind`` / ``interval``
+        (:func:`clipfair.analyses.engine.analysis_rows`). These rows are not compared again in
+        ``disparities.csv`` (register their metrics with ``ranked=False``). None: no rows."""
+        return None
+
     def report_sections(self, results: Any) -> list[Any]:
         """Optional extra report blocks (:mod:`clipfair.document` sections)."""
         return []
+
+    @classmethod
+    def collect(cls, runs: Sequence[Any], base: Path, out_dir: Path) -> tuple[list[Path], list[Any]]:
+        """For ``clipfair collect``: this analysis's tables across runs. ``runs``: the finished run
+        folders whose ``run.json`` records this analysis (each with ``path``, ``label``, ``model``,
+        ``dataset``, ``record``: :class:`clipfair.collect.RunFolder`); ``base``: the folder run paths
+        are shown relative to; ``out_dir``: where to write. Returns the files written and report
+        sections (:mod:`clipfair.document`) appended to ``collected.md`` / ``collected.html``.
+        Default: nothing (the core already collects every analysis's ``metrics.csv`` rows)."""
+        return [], []
 
     def describe(self) -> dict[str, Any]:
         """What run.json records about this analysis."""

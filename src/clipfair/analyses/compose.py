@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from .base import Analysis, AnalysisError
-from .registry import build_analysis
+from .registry import build_analysis, get_analysis
 
 #: the order built-in analyses run in; user analyses come after, in config order
 ORDER = ("zero_shot", "linear_probe", "precision_audit", "retrieval_bias", "variant_comparison",
@@ -67,15 +67,21 @@ def entries(cfg: Any) -> dict[str, dict[str, Any]]:
 
 
 def build(entries_: Mapping[str, Mapping[str, Any]],
-          extra: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None) -> list[Analysis]:
-    """The analyses of ``entries_`` in run order; ``extra[name](options)`` adds run-level inputs
-    to an entry's options (e.g. the probe's train split, built at the CLI edge)."""
+          inputs: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None) -> list[Analysis]:
+    """The analyses of ``entries_`` in run order. ``inputs``: run-level inputs built at the CLI
+    edge, by name (e.g. ``train``: the probe's train split): each analysis class gets those its
+    :attr:`~clipfair.analyses.Analysis.run_inputs` names, as the option of that name
+    (``inputs[name](options)`` gives its value; it sees the entry's options)."""
     keys = [k for k in ORDER if k in entries_] + [k for k in entries_ if k not in ORDER]
     built = []
     for key in keys:
         opts = dict(entries_[key])
-        if extra and key in extra:
-            opts = extra[key](opts)
+        if inputs:
+            target = opts.get("_target_")
+            cls = get_analysis(str(target) if target else key)
+            for name in cls.run_inputs:
+                if name in inputs:
+                    opts[name] = inputs[name](opts)
         built.append(build_analysis(key, opts))
     return built
 
@@ -96,4 +102,26 @@ def legacy(taxonomies: Sequence[Any], *, probe_train: Any = None, probe_options:
     return build(e)
 
 
-__all__ = ["ORDER", "build", "entries", "legacy", "shorthand_entries"]
+def classification_predictions(ctx: Any) -> Any:
+    """Zero-shot predictions of ``ctx.taxonomies`` (the zero-shot analysis run directly on a
+    :class:`~clipfair.analyses.RunContext`): :func:`clipfair.pipeline.predict_taxonomies`."""
+    return build_analysis("zero_shot", {}).run(ctx)
+
+
+def probe(train: Any, features: str = "projected") -> Analysis:
+    """A linear probe on ``train`` (the keyword spelling of :func:`clipfair.pipeline.embed_shard`)."""
+    return build_analysis("linear_probe", {"train": train, "features": features})
+
+
+def output_analyses(analyses: Sequence[Analysis] | None, compare: Mapping[str, Any] | None = None) -> list[Analysis]:
+    """The analyses whose files :func:`clipfair.pipeline.write_outputs` writes: the run's (for an
+    Evaluation built by hand, prompt sensitivity), with a variant comparison from the keyword
+    spelling ``compare`` when the run has none."""
+    out = list(analyses) if analyses is not None else [build_analysis("prompt_sensitivity", {})]
+    if compare and not any(a.name == "variant_comparison" for a in out):
+        out.insert(0, build_analysis("variant_comparison", dict(compare)))
+    return out
+
+
+__all__ = ["ORDER", "build", "classification_predictions", "entries", "legacy", "output_analyses", "probe",
+           "shorthand_entries"]

@@ -22,7 +22,7 @@ from scipy import stats as st
 
 from .base import MEAN, PROPORTION, Analysis, AnalysisError, MetricSpec
 from .specs import direction as spec_direction
-from .specs import metric_spec, register_metric
+from .specs import is_accuracy, metric_spec, register_metric
 
 #: results-model columns added after clipfair.metrics.METRIC_COLUMNS (existing columns keep their place)
 KEY_COLUMNS: tuple[str, ...] = ("analysis", "direction", "kind", "interval", "sd")
@@ -155,12 +155,16 @@ def outcome_metrics(frame: pd.DataFrame, analysis: Analysis, slices: Sequence[An
 
 def add_result_columns(met: pd.DataFrame, table: pd.DataFrame | None, slices: Sequence[Any], *,
                        analysis: Mapping[str, str] | str = "",
-                       harms: Mapping[str, Mapping[str, bool | None]] | None = None) -> pd.DataFrame:
+                       harms: Mapping[str, Mapping[str, bool | None]] | None = None,
+                       n_classes: Mapping[str, int] | None = None) -> pd.DataFrame:
     """The results-model key columns of rows made by another engine (the classification
     metrics): ``analysis`` (from the method), ``direction`` / ``kind`` / ``interval`` from the
-    metric registry (a rate's direction: the taxonomy's harm declaration of its category), and
-    each sliced attribute's value, looked up from the values in ``table`` (the display name is
-    built from them, never split)."""
+    metric registry (a rate's direction: the taxonomy's harm declaration of its category),
+    ``scoring`` (with ``n_classes``, taxonomy -> number of classes: how an accuracy row scores a
+    prediction against the annotation, ``<n>-way``: right when the one class chosen among the
+    taxonomy's n is right; empty where no prediction is scored against a truth, e.g. a rate),
+    and each sliced attribute's value, looked up from the values in ``table`` (the display name
+    is built from them, never split)."""
     out = met.copy()
     harms = harms or {}
 
@@ -187,6 +191,12 @@ def add_result_columns(met: pd.DataFrame, table: pd.DataFrame | None, slices: Se
             out.loc[rows, col] = [get(metric_spec(m)) if metric_spec(m) else "" for m in out.loc[rows, "metric"]]
     if "sd" not in out.columns:
         out["sd"] = np.nan
+    if n_classes is not None:
+        rows = todo("scoring")
+        if rows.any():
+            part = out.loc[rows]
+            out.loc[rows, "scoring"] = [f"{int(n_classes[t])}-way" if is_accuracy(m) and t in n_classes else ""
+                                        for t, m in zip(part["taxonomy"], part["metric"])]
     if table is not None:
         for s in slices:
             attrs = slice_attrs(s)
@@ -203,6 +213,67 @@ def add_result_columns(met: pd.DataFrame, table: pd.DataFrame | None, slices: Se
                 if a not in out.columns:
                     out[a] = ""
                 out.loc[rows, a] = [f[j] if f is not None else "" for f in found]
+    return out
+
+
+def analysis_rows(analysis: Analysis, rows: pd.DataFrame, small_n: int = 30) -> pd.DataFrame:
+    """An analysis's own per-group rows (:meth:`~clipfair.analyses.Analysis.result_rows`) as rows
+    of the results table: ``analysis`` is the analysis's name; ``direction``, ``kind`` and
+    ``interval`` come from the metric registry (every metric must be registered: a one-line
+    :class:`AnalysisError` otherwise); ``small`` also flags groups of fewer than ``small_n``
+    units (``n``). Columns keep the order of :func:`outcome_metrics`'s rows."""
+    from ..metrics import METRIC_COLUMNS
+
+    who = f"analysis {analysis.name!r}"
+    if not isinstance(rows, pd.DataFrame):
+        raise AnalysisError(f"{who}: result_rows() must return a pandas DataFrame or None, got {type(rows).__name__}")
+    need = ("taxonomy", "method", "metric", "slice", "group", "n", "value", "ci_low", "ci_high")
+    missing = [c for c in need if c not in rows.columns]
+    if missing:
+        raise AnalysisError(f"{who}: result_rows() lacks column(s) {', '.join(missing)}")
+    out = rows.copy()
+    unknown = sorted({str(m) for m in out["metric"] if metric_spec(str(m)) is None})
+    if unknown:
+        raise AnalysisError(f"{who}: result_rows() has metric(s) {', '.join(unknown)} that no MetricSpec declares; "
+                            "register them (clipfair.analyses.specs.register_metric) or list them in outcomes")
+    specs = [metric_spec(str(m)) for m in out["metric"]]
+    out["analysis"] = analysis.name
+    out["direction"] = [x.direction for x in specs]
+    out["kind"] = [x.kind for x in specs]
+    out["interval"] = [x.interval for x in specs]
+    if "sd" not in out.columns:
+        out["sd"] = np.nan
+    if "count" not in out.columns:
+        out["count"] = np.nan
+    if "category" not in out.columns:
+        out["category"] = ""
+    few = out["n"].to_numpy(float) < int(small_n)
+    out["small"] = (out["small"].fillna(False).astype(bool).to_numpy() | few) if "small" in out.columns else few
+    cols = [*METRIC_COLUMNS, *KEY_COLUMNS]
+    return out[cols + [c for c in out.columns if c not in cols]].reset_index(drop=True)
+
+
+def append_rows(met: pd.DataFrame, extra: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """``met`` with ``extra`` rows (:func:`analysis_rows`) below it: ``met``'s columns keep their
+    place, order and every value; new columns follow (empty in ``met``'s rows)."""
+    extra = [e for e in extra if e is not None and len(e)]
+    if not extra:
+        return met
+    attrs = dict(met.attrs)
+    met = met.copy()
+    extra = [e.copy() for e in extra]
+    for c in met.columns:  # integer columns (n, count) stay integers, never 1.23457e+06 floats in the CSV
+        if pd.api.types.is_integer_dtype(met[c]) and not pd.api.types.is_bool_dtype(met[c]):
+            vals = [pd.to_numeric(e[c], errors="coerce") for e in extra if c in e.columns]
+            if all(v.notna().eq(e[c].notna()).all() and (v.dropna() % 1 == 0).all()
+                   for v, e in zip(vals, [e for e in extra if c in e.columns])):
+                met[c] = met[c].astype("Int64")
+                for e in extra:
+                    if c in e.columns:
+                        e[c] = pd.to_numeric(e[c], errors="coerce").astype("Int64")
+    out = pd.concat([met, *extra], ignore_index=True)
+    out = out[[*met.columns, *[c for c in out.columns if c not in met.columns]]]
+    out.attrs.update(attrs)
     return out
 
 
@@ -254,5 +325,5 @@ def analysis_sections(analysis: Analysis, met: pd.DataFrame, disp: pd.DataFrame 
     return [Section(f"Analysis: {analysis.name}", blocks)]
 
 
-__all__ = ["KEY_COLUMNS", "OPTIONAL_KEYS", "add_result_columns", "analysis_sections", "attribute_columns",
+__all__ = ["KEY_COLUMNS", "OPTIONAL_KEYS", "add_result_columns", "analysis_rows", "append_rows", "analysis_sections", "attribute_columns",
            "check_outcomes", "mean_interval", "outcome_metrics"]

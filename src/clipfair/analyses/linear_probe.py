@@ -26,6 +26,7 @@ class LinearProbe(Analysis):
     method = "linear_probe"
     predictions = True
     needs = Needs(image_embeddings="projected", splits=("eval", "train"), text=False)
+    run_inputs = ("train",)
 
     def __init__(self, train: Any = None, features: str = "projected", **options: Any) -> None:
         """``train``: the training split (a :class:`clipfair.data.base.FaceDataset`, built at the

@@ -24,6 +24,7 @@ class ModelCard(Analysis):
     name = "model_card"
     errors = (ModelCardError,)
     needs = Needs(image_embeddings="none", splits=(), text=False)
+    run_inputs = ("confidence", "image_subset")
 
     def __init__(self, image_subset: str = "", confidence: float | None = None, **block: Any) -> None:
         """``block``: the ``model_card:`` config keys (taxonomies, race_accuracy, rate_denominator,
@@ -50,12 +51,14 @@ class ModelCard(Analysis):
         return None
 
     def finish(self, ev: Any, ctx: RunContext) -> None:
-        from ..model_card import race_scoring_metrics
+        from ..model_card import SCORING_LABELS, race_scoring_metrics
         from .engine import add_result_columns
 
-        # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary
+        # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary, told apart by
+        # the key column scoring (the labels of model_card.csv's scoring column)
         extra = race_scoring_metrics(ev.predictions, self.opts.taxonomies["race"], ctx.slices, ctx.confidence,
                                      orders=ctx.orders)
+        extra["scoring"] = SCORING_LABELS["binary"]
         extra = add_result_columns(extra, ctx.table, ctx.slices, analysis=self.name)
         ev.metrics = pd.concat([ev.metrics, extra], ignore_index=True)
 

@@ -32,9 +32,9 @@ class PromptSensitivity(Analysis):
             return taxonomies
         out = expand_template_sets(taxonomies, self.template_sets)
         # variant name -> (taxonomy, template set): the names are built from the values, never split
-        from ..sensitivity import SEP
+        from ..sensitivity import variant_name
 
-        self.variants = {f"{t.name}{SEP}{set_name}": (t.name, set_name) for t in taxonomies
+        self.variants = {variant_name(t.name, set_name): (t.name, set_name) for t in taxonomies
                          if t.name in self.template_sets for set_name in ["default", *self.template_sets[t.name]]}
         return out
 

@@ -8,10 +8,14 @@ Layer: analyses.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, TypeVar
+import logging
+import sys
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..registry import Registry, RegistryError
 from .base import Analysis, AnalysisError
+
+log = logging.getLogger(__name__)
 
 A = TypeVar("A", bound=type)
 
@@ -26,6 +30,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "variant_comparison": "clipfair.analyses.variant_comparison",
     "precision_audit": "clipfair.analyses.precision_audit",
     "model_card": "clipfair.analyses.model_card",
+    "datacomp_geo": "clipfair.analyses.datacomp_geo",
 }
 
 
@@ -83,6 +88,48 @@ def get_analysis(name: str) -> type[Analysis]:
                         "_target_: my_module.MyAnalysis")
 
 
+def recorded_analyses(records: Sequence[Mapping[str, Any]]) -> list[tuple[type[Analysis], list[int]]]:
+    """The analysis classes that finished runs recorded (``run.json``'s ``analyses``: name and
+    class), each with the indices of the records that list it, in order of first appearance.
+    A class is found at its recorded import path, else by its registered name; one that cannot
+    be imported here (a user's module not on the path) is left out with a warning. A record
+    without ``analyses`` (an older run) lists every built-in analysis (their collect hooks look
+    for their own files)."""
+    found: dict[type[Analysis], list[int]] = {}
+    missing: dict[str, None] = {}
+    for i, rec in enumerate(records):
+        entries = rec.get("analyses") if isinstance(rec, Mapping) else None
+        if not isinstance(entries, list):  # a run from before run.json recorded its analyses
+            entries = [{"name": n, "builtin": True} for n in sorted({*BUILTIN_MODULES, *_package_modules()})]
+        for entry in entries:
+            if not isinstance(entry, Mapping):
+                continue
+            name, path = str(entry.get("name") or ""), str(entry.get("class") or "")
+            if path.split(".")[0] in sys.stdlib_module_names:  # a run.json is data: never import e.g. antigravity
+                path = ""
+            cls = None
+            for how, lookup in ((path, import_path), (name, get_analysis)):
+                if not how:
+                    continue
+                try:
+                    c = lookup(how)
+                except (AnalysisError, RegistryError):
+                    continue
+                if isinstance(c, type) and issubclass(c, Analysis):
+                    cls = c
+                    break
+            if cls is None:
+                if not entry.get("builtin"):
+                    missing[path or name] = None
+                continue
+            if i not in found.setdefault(cls, []):
+                found[cls].append(i)
+    for what in missing:
+        log.warning("analysis %s recorded in a run cannot be imported here; its collect output is left out "
+                    "(put its module on PYTHONPATH)", what)
+    return list(found.items())
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """The user-error types of every built-in and registered analysis (and AnalysisError)."""
     for name in {*BUILTIN_MODULES, *_package_modules()}:
@@ -124,4 +171,4 @@ def build_analysis(key: str, options: dict[str, Any] | None) -> Analysis:
 
 
 __all__ = ["ANALYSES", "BUILTIN_MODULES", "available", "user_errors", "build_analysis", "get_analysis", "import_path",
-           "register_analysis"]
+           "recorded_analyses", "register_analysis"]

@@ -91,16 +91,28 @@ BUILTIN_METRICS: tuple[MetricSpec, ...] = (
                direction_from_harm=True),
     MetricSpec("label_rate", NEUTRAL, PROPORTION, "share of a group's images given a class label",
                direction_from_harm=True, ranked=False),
-    # retrieval bias (clipfair.retrieval): per query, bootstrap intervals over images
-    MetricSpec("share", NEUTRAL, MEAN, "a value's share of the top k", interval="bootstrap"),
-    MetricSpec("skew", NEUTRAL, MEAN, "log of a value's share of the top k over its desired share",
-               interval="bootstrap"),
-    MetricSpec("max_skew", LOWER, MEAN, "the largest skew over an attribute's values", interval="bootstrap"),
-    MetricSpec("min_skew", HIGHER, MEAN, "the smallest skew over an attribute's values", interval="bootstrap"),
-    MetricSpec("ndkl", LOWER, MEAN, "normalised discounted KL divergence of the ranking", interval="bootstrap"),
-    MetricSpec("bias", LOWER, MEAN, "Bias@K: share gap of the two values of a binary attribute",
-               interval="bootstrap"),
+    # retrieval bias (clipfair.retrieval): per query set x query x attribute (x value) x k x desired
+    # distribution; its rows in metrics.csv carry retrieval's own tests of no association
+    # (null_mean, p_value, p_adjusted, significant), so the disparities engine leaves them out
+    # (ranked=False). Intervals: the image bootstrap (percentile; the query bootstrap for a query
+    # set's mean), where retrieval.csv's interval_method does not say "none: ...".
+    MetricSpec("share", NEUTRAL, MEAN, "a value's share of the top k", interval="bootstrap", ranked=False),
+    MetricSpec("skew", NEUTRAL, MEAN, "Skew@k: log of a value's share of the top k over its desired share",
+               interval="bootstrap", ranked=False),
+    MetricSpec("max_skew", LOWER, MEAN, "MaxSkew@k: the largest skew over an attribute's values",
+               interval="bootstrap", ranked=False),
+    MetricSpec("min_skew", HIGHER, MEAN, "MinSkew@k: the smallest skew over an attribute's values",
+               interval="bootstrap", ranked=False),
+    MetricSpec("ndkl", LOWER, MEAN, "NDKL: normalised discounted KL divergence of the ranking from the desired "
+               "distribution", interval="bootstrap", ranked=False),
+    # signed in [-1, 1] (first value minus second, in the declared order): neither end is better
+    MetricSpec("bias", NEUTRAL, MEAN, "Bias@K: (n_a - n_b) / (n_a + n_b) of the two values of a binary attribute "
+               "in the top k", interval="bootstrap", ranked=False),
 )
+
+#: key columns of the results table beyond taxonomy / method / metric / category / slice / group,
+#: filled where they apply (empty elsewhere): readers key rows by them, never by splitting a string
+ROW_KEYS: tuple[str, ...] = ("variant", "template_set", "scoring", "k", "query_set", "query", "desired")
 
 _METRICS: dict[str, MetricSpec] = {}
 
@@ -154,5 +166,5 @@ def register_all(specs: Iterable[MetricSpec]) -> None:
         register_metric(s)
 
 
-__all__ = ["BUILTIN_METRICS", "direction", "is_accuracy", "is_ranked", "kind", "metric_spec", "metric_specs",
+__all__ = ["BUILTIN_METRICS", "ROW_KEYS", "direction", "is_accuracy", "is_ranked", "kind", "metric_spec", "metric_specs",
            "register_all", "register_metric"]

@@ -5,6 +5,8 @@ Layer: data.
 
 from .adapters import DATASETS, ON_ERROR, UTKFACE_RACES, HFReader, load_dataset
 from . import counterfactual_layouts  # noqa: F401  (registers social_counterfactuals, pairs)
+from . import facet  # noqa: F401  (registers facet)
+from . import geo_layouts  # noqa: F401  (registers dollar_street, geode)
 from .attributes import (
     AGE_BINS,
     FAIRFACE_ATTRIBUTES,

@@ -954,3 +954,9 @@ def hf(*, path: str = "HuggingFaceM4/FairFace", config: str | None = "0.25",
     return _finish("hf", frame, image_ids, labels, sources,
                    lambda kept: HFReader.from_dataset(ds, image_col, path, split, kept),
                    issues, source, limit, declared)
+
+
+#: public names of the CSV machinery, for layouts in other modules of this package
+#: (e.g. :mod:`clipfair.data.facet`)
+read_label_csv = _read_csv
+match_columns = _match_columns

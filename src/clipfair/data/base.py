@@ -244,12 +244,22 @@ class FaceDataset:
     def duplicate_contents(self, keys: Sequence[str | None]) -> list[list[str]]:
         """Groups of image ids whose files have equal content (``keys[i]``: a hash of image
         i's bytes, None where unreadable): one image listed under several names."""
-        groups: dict[str, list[str]] = {}
+        groups: dict[str, list[int]] = {}
         ids = self.table["image_id"].astype(str).tolist()
         for i, k in enumerate(keys):
             if k is not None:
-                groups.setdefault(k, []).append(ids[i])
-        return [g for g in groups.values() if len(g) > 1]
+                groups.setdefault(k, []).append(i)
+        # rows that read one shared source file whole by design (e.g. FACET's persons with
+        # crop=image: ``reader.shared_source(i)``) are not duplicates by mistake
+        shared = getattr(self.reader, "shared_source", None)
+
+        def by_design(rows: list[int]) -> bool:
+            if shared is None:
+                return False
+            srcs = {shared(i) for i in rows}
+            return len(srcs) == 1 and None not in srcs
+
+        return [[ids[i] for i in g] for g in groups.values() if len(g) > 1 and not by_design(g)]
 
     def fingerprint(self) -> str:
         """Hash of the image list and labels (cheap: reads no image content)."""
