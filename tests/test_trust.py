@@ -434,3 +434,27 @@ def test_demo_key_findings_name_the_planted_biases_first(demo_run):
                for x in top), top
     # no artefact: neither the complement of a routed category nor a category without a direction
     assert not any("rate of human" in x or "rate of child" in x or "label_rate" in x for x in items)
+
+
+def test_first_screen_leads_with_findings_when_the_model_works_and_with_the_gate_when_not(demo_run, tmp_path):
+    """The first screen answers what differs, for whom, how much and how sure: a working model's
+    report opens with its key findings (the passed gate follows); the contents list is folded."""
+    html = (demo_run / "report.html").read_text()
+    body = html.split("<body>")[1]
+    assert body.index(">Key findings<") < body.index(">Does the model work")
+    assert "<nav class=\"toc\"><details><summary>Contents</summary>" in body
+    # a model at chance: the gate leads, before the findings
+    from clipfair.report import ReportContext, write_report
+
+    rng = np.random.default_rng(1)
+    n = 400
+    race = rng.choice(["A", "B"], n)
+    truth = rng.choice(["x", "y", "z"], n).tolist()
+    pred = [("x" if r == "A" else "y") for r in race]
+    p = _preds("tax", truth, pred).assign(race=race, predicted_category="class")
+    m = group_metrics(p, {"tax": ["class"]}, slices=["overall", "race"])
+    s = verdict(chance_gates(p, {"tax": 3}))
+    d = annotate_findings(disparities(m, min_n=10), {}, s)
+    write_report(m, d, tmp_path, ReportContext(title="t", sanity=s))
+    body = (tmp_path / "report.html").read_text().split("<body>")[1]
+    assert body.index(">Does the model work") < body.index(">Key findings<")

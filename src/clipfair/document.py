@@ -369,7 +369,8 @@ def to_html(doc: Document, base_dir: Path | str | None = None, toc: bool = True)
     nav = ""
     if toc and len([e for e in entries if e[0] == 2]) > 1:
         items = "".join(f'<li><a href="#{html.escape(s)}">{inline_html(t)}</a></li>' for lv, s, t in entries if lv == 2)
-        nav = f'<nav class="toc"><strong>Contents</strong><ul>{items}</ul></nav>'
+        # folded, one line: the first screen is for the findings
+        nav = f'<nav class="toc"><details><summary>Contents</summary><ul>{items}</ul></details></nav>'
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{html.escape(doc.title)}</title><style>{_CSS}</style></head><body>",

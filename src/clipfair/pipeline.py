@@ -39,9 +39,9 @@ from .analyses.engine import add_result_columns, analysis_rows, analysis_section
 
 log = logging.getLogger(__name__)
 
-DISCLAIMER = ("clipfair measures how a model's outputs differ across demographic groups of a face "
-              "dataset. It is not for surveillance, face recognition or identifying people; prompts "
-              "are English only.")
+DISCLAIMER = ("clipfair measures how a model's outputs differ across groups of a dataset's images "
+              "(people's perceived demographics, or where and at what income an image was taken). It is "
+              "not for surveillance, face recognition or identifying people; prompts are English only.")
 
 
 @dataclass

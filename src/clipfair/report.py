@@ -914,7 +914,7 @@ def _accuracy_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: Report
         blocks: list[Block] = [Text(
             f"Cells: {metric.replace('_', ' ')} [Wilson {ci}] per method, side by side; n = the group's images with a "
             "target label; (small): too few images to compare with other groups (see below). Covers the images whose label a class of the taxonomy matches. Cannot show: whether "
-            "the dataset's labels (annotators' perceptions) are right, or why a group is misclassified.")]
+            "the dataset's labels (for people: annotators' perceptions) are right, or why a group is misclassified.")]
         for tax in _unique(am["taxonomy"]):
             sub = am[am["taxonomy"] == tax]
             methods = _unique(sub["method"])
@@ -1085,10 +1085,13 @@ def summary_document(metrics: pd.DataFrame, disparities: pd.DataFrame, ctx: Repo
     images = images or {}
     sections: list[Section] = []
     gate = sanity_section(ctx.sanity)
-    if gate is not None:
-        sections.append(gate)
-    if len(d):
-        sections.append(_findings_section(d, ctx, images))
+    findings = _findings_section(d, ctx, images) if len(d) else None
+    # the first screen: what differs, for whom, how much, how sure, and whether the model works.
+    # A failed gate leads (its banner is already at the top); a passed one follows the findings.
+    failed = bool((ctx.sanity or {}).get("banner"))
+    for sec in ([gate, findings] if failed else [findings, gate]):
+        if sec is not None:
+            sections.append(sec)
     rest = [*_accuracy_sections(m, images, ctx), *_rate_sections(m, images, ctx), *_disparity_sections(d),
             *extra_sections]
     for sec in rest:  # report.html: everything after the findings is folded (summary.md is unchanged)
