@@ -353,7 +353,7 @@ def test_a_smaller_min_n_compares_more_pairs():
 def test_experiment_facet_runs_through_the_cli(facet_root, tmp_path):
     out = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "clipfair", "run", "experiment=facet", f"dataset.root={facet_root}",
-                          "model=demo", "progress=false", "analyses.facet.min_n=3", "precision_audit.n=8",
+                          "model=demo", "progress=false", "analyses.facet.min_n=3", "disparity_min_n=3", "precision_audit.n=8",
                           f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -377,7 +377,7 @@ def test_experiment_facet_runs_through_the_cli(facet_root, tmp_path):
     # the core's disparities never compare groups of different classes
     disp = pd.read_csv(out / "disparities.csv", keep_default_na=False, na_values=[""])
     assert not (disp["slice"] == "class1").any()
-    by_class = disp[disp["slice"].str.startswith("class1+") & (disp["group"] != "")]
+    by_class = disp[disp["slice"].str.startswith("class1+") & disp["group"].notna()]
     assert len(by_class)
     for r in by_class.itertuples():
         ref = r.reference if r.comparison == "to_overall" else r.reference.split("+")[0]
