@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,7 @@ def _encoder(dim: int):
     def enc(texts):
         out = []
         for t in texts:
-            r = np.random.default_rng(abs(hash(t)) % (2 ** 32))
+            r = np.random.default_rng(zlib.crc32(t.encode('utf-8')))  # the same in every process
             out.append(r.normal(size=dim))
         return np.asarray(out, np.float32)
     return enc
@@ -281,6 +282,19 @@ def test_a_favoured_value_is_found_and_identical_sets_favour_nobody():
                 & (a.table["varies"] == "all") & (a.table["attribute_value"] == "Black")].iloc[0]
     assert r["favoured"] == "favoured" and r["value"] > 0.8 and r["expected"] == pytest.approx(0.5)
     assert r["diff_low"] > 0 and r["ci_low"] > 0.5
+    # the report leads with the largest within-set effect and the most favoured value, in words
+    from clipfair.analyses.counterfactual import section
+    from clipfair.document import Document, to_markdown
+
+    text = to_markdown(Document("t", [section(a.table, a.sets, Path("/nonexistent"), 0.95, 10, 5)]))
+    big = a.table[(a.table["metric"] == "delta_p") & ~a.table["small"]].sort_values("value").iloc[-1]
+    assert text.index("**Largest within-set effect:**") < text.index("Largest within-set effects: mean delta_p")
+    assert f"differ by {big['value']:.3f} on average" in text
+    fav = a.table[(a.table["favoured"] == "favoured") & ~a.table["small"]]
+    f = fav.loc[(fav["value"] - fav["expected"]).idxmax()]
+    where = "" if f["subject"] == "all" else f" {f['subject']}"
+    assert (f"**Most favoured value:** the {f['attribute']}={f['attribute_value']} member scores highest for "
+            f"'{f['label']}' (probe) in {100 * f['value']:.1f}% of the{where} sets where {f['attribute']} varies") in text
     ctx2, _ = synthetic_context(30, identical=tuple(range(30)))
     b = Counterfactual(bootstrap=200, small_sets=5)
     b.run(ctx2)
@@ -290,14 +304,23 @@ def test_a_favoured_value_is_found_and_identical_sets_favour_nobody():
 
 
 def test_ten_thousand_sets_from_cached_embeddings_time():
+    import os
+
     ctx, _ = synthetic_context(10_000, dim=64, identical=())
     t0 = time.perf_counter()
-    a = Counterfactual(bootstrap=1000, small_sets=30)   # the default number of bootstrap replicates
+    a = Counterfactual(bootstrap=1000, small_sets=30, retrieval={"enabled": False})  # the default replicates
     a.run(ctx)
-    elapsed = time.perf_counter() - t0
-    print(f"\n10,000 counterfactual sets ({len(ctx.table)} images, 3 targets, 1000 bootstrap replicates): {elapsed:.1f} s")
+    within = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    b = Counterfactual(bootstrap=1000, small_sets=30)   # and the pooled rankings (the default retrieval block)
+    b.run(ctx)
+    both = time.perf_counter() - t0
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n10,000 counterfactual sets ({len(ctx.table)} images, 3 targets, 1000 bootstrap replicates): "
+          f"within-set measures {within:.1f} s; with the pooled rankings {both:.1f} s "
+          f"({ctx.table['subject'].nunique() * 2} rankings); load average {load:.1f} on {os.cpu_count()} CPUs")
     assert a.sets["set_id"].nunique() == 10_000
-    assert elapsed < 120
+    assert within < 120 and both < 240
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -330,6 +353,13 @@ def test_experiment_counterfactual_end_to_end_through_the_cli(tmp_path, monkeypa
     assert run["counterfactual"]["sets"] == 3 and run["counterfactual"]["bootstrap"] == 100
     preds = pd.read_parquet(out / "predictions.parquet")
     assert "set_id" in preds.columns   # the per-image rows carry their set
+    # pooled rankings: one per scenario (each a set of 4: K = groups = 4, the whole pool, MaxSkew 0)
+    ms = table[table["metric"].astype(str).str.startswith("max_skew@")]
+    assert set(ms["attribute"]) == {"race", "gender", "race+gender"} and set(ms["metric"]) == {"max_skew@4"}
+    assert np.allclose(ms["value"], 0) and (ms.loc[ms["subject"] != "all", "p_value"] == 1).all()
+    assert "Pooled rankings" in summary and run["counterfactual"]["retrieval"]["rankings"] == 3
+    rt = pd.read_csv(out / "counterfactual_retrieval.csv")
+    assert {"max_skew", "ndkl", "share"} <= set(rt["metric"]) and set(rt["query"]) == set(sets["subject"])
 
 
 def test_a_dataset_without_sets_is_one_line(tmp_path, monkeypatch, capsys):
@@ -448,5 +478,199 @@ def test_experiment_visogender_end_to_end(tmp_path, monkeypatch):
                f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"])
     assert rc in (0, None)
     table = pd.read_csv(out / "counterfactual.csv")
-    assert {"resolution_accuracy", "ra_gap"} <= set(table["metric"])
-    assert "Counterfactual caption sets (VisoGender)" in (out / "summary.md").read_text()
+    assert {"resolution_accuracy", "ra_gap", "bias@5", "bias@10", "max_skew@5", "max_skew@10", "ndkl"} <= set(
+        table["metric"])
+    summary = (out / "summary.md").read_text()
+    assert "Counterfactual caption sets (VisoGender)" in summary and "Retrieval bias: mean ± SD" in summary
+
+
+# ---------------------------------------------------------------------------- pooled rankings (issue 23)
+
+def _independent_max_skew(ctx: RunContext, k_of, templates=("a photo of a {}.",)) -> pd.DataFrame:
+    """MaxSkew@K of each subject x varies ranking, computed here: the subject's query embedding,
+    cosine scores, a stable descending sort, shares against the pool's own shares, absent -> 0."""
+    enc = ctx.text_embedder
+    t = ctx.table.reset_index(drop=True)
+    rows = []
+    for (s, v), g in t.groupby(["subject", "varies"]):
+        q = _norm(enc([tpl.format(s) for tpl in templates]).astype(np.float64))
+        q = _norm(q.mean(0))
+        sc = ctx.image_embeddings[g.index.to_numpy()].astype(np.float64) @ q
+        ranked = g.iloc[np.argsort(-sc, kind="stable")]
+        varied = [a for a in ("race", "gender") if g[a].dropna().nunique() > 1]
+        specs = [(a,) for a in varied] + ([tuple(varied)] if len(varied) > 1 else [])
+        for spec in specs:
+            r = ranked.dropna(subset=list(spec))
+            lab = r[list(spec)].astype(str).agg("+".join, axis=1)
+            share = lab.value_counts(normalize=True)
+            for k in k_of(g, varied):
+                top = lab.iloc[:k].value_counts()
+                skews = [np.log(top[val] / k / share[val]) if val in top.index else 0.0 for val in share.index]
+                rows.append({"subject": s, "varies": v, "attribute": "+".join(spec), "k": str(k),
+                             "max_skew": max(skews), "sets": g["set_id"].nunique()})
+    return pd.DataFrame(rows)
+
+
+def test_pooled_max_skew_per_subject_equals_an_independent_ranking():
+    from statsmodels.stats.multitest import multipletests
+
+    ctx, _ = synthetic_context(24, identical=())
+    a = Counterfactual(bootstrap=50, small_sets=5, retrieval={"k": [3, "groups"], "bootstrap": 300,
+                                                                "permutations": 300})
+    a.run(ctx)
+    got = a.table[a.table["metric"].astype(str).str.startswith("max_skew@")]
+    groups = lambda g, varied: sorted({3, g[varied].drop_duplicates().shape[0]})  # noqa: E731
+    want = _independent_max_skew(ctx, groups)
+    per = got[got["subject"] != "all"]
+    assert len(per) == len(want)
+    m = per.merge(want, on=["subject", "varies", "attribute", "k"], validate="one_to_one")
+    assert len(m) == len(want) > 0
+    assert np.allclose(m["value"], m["max_skew"], atol=1e-9)
+    assert (m["n_sets"] == m["sets"]).all() and (m["metric"] == "max_skew@" + m["k"]).all()
+    # the race-gender pools measure race, gender and their intersection; the gender pools gender only
+    assert set(per.loc[per["varies"] == "race-gender", "attribute"]) == {"race", "gender", "race+gender"}
+    assert set(per.loc[per["varies"] == "gender", "attribute"]) == {"gender"}
+    assert set(per.loc[per["varies"] == "gender", "k"]) == {"2", "3"}   # groups = 2 there
+    # every subject row has its test, adjusted (Holm) over all subject rows at once
+    assert per["p_value"].between(0, 1).all()
+    assert np.allclose(per["p_adjusted"], multipletests(per["p_value"], method="holm")[1])
+    assert (per["significant"] == (per["p_adjusted"] < 0.05)).all()
+    # the mean over subjects, its SD (ddof 1) and a bootstrap interval around it
+    mean = got[got["subject"] == "all"]
+    for r in mean.itertuples():
+        x = want[(want["varies"] == r.varies) & (want["attribute"] == r.attribute) & (want["k"] == r.k)]["max_skew"]
+        assert r.value == pytest.approx(x.mean()) and r.sd == pytest.approx(x.std(ddof=1))
+        assert r.n_subjects == len(x) and r.ci_low <= r.value <= r.ci_high
+    assert a.retrieval is not None and {"max_skew", "ndkl", "share"} <= set(a.retrieval["metric"])
+
+
+def test_pooled_max_skew_finds_a_planted_skew_and_off_turns_it_off():
+    """Female members pushed towards 'a photo of a doctor.': the doctor ranking's top K is all
+    female, MaxSkew@K by gender = ln 2 and its test survives the adjustment."""
+    ctx, _ = synthetic_context(120, identical=())
+    doc = _norm(ctx.text_embedder(["a photo of a doctor."]))[0]
+    emb = ctx.image_embeddings.copy()
+    f = ((ctx.table["gender"] == "Female") & (ctx.table["subject"] == "doctor")).to_numpy()
+    emb[f] = _norm(emb[f] + 6.0 * doc)
+    ctx.image_embeddings = emb
+    a = Counterfactual(bootstrap=0, small_sets=5, retrieval={"k": [20], "permutations": 200})
+    a.run(ctx)
+    r = a.table[(a.table["metric"] == "max_skew@20") & (a.table["subject"] == "doctor")
+                & (a.table["attribute"] == "gender")].iloc[0]
+    assert r["value"] == pytest.approx(np.log(2)) and r["significant"] and r["p_adjusted"] < 0.05
+    b = Counterfactual(bootstrap=0, small_sets=5, retrieval={"enabled": False})
+    b.run(ctx)
+    assert not b.table["metric"].astype(str).str.startswith("max_skew").any() and b.retrieval is None
+
+
+def test_retrieval_block_errors_are_one_line():
+    from clipfair.analyses.counterfactual import CounterfactualError
+
+    with pytest.raises(CounterfactualError, match="retrieval.k"):
+        Counterfactual(retrieval={"k": [0]})
+    with pytest.raises(CounterfactualError, match="unknown key"):
+        Counterfactual(retrieval={"K": 3})
+
+
+def port_calculate_retrieval_bias(results: dict) -> dict:
+    """oxai/visogender src/metrics.py calculate_retrieval_bias (diff_gender=False), ported as
+    written there (commit 12e1515; the bias_count lines, which assume 20 images in a fixed order,
+    are left out)."""
+    bias_dict = {}
+    for occupation in results:
+        logits = results[occupation]["logits_list"]
+        genders = results[occupation]["occ_genders"]
+        rank = [p[0] for p in sorted(enumerate(logits), key=lambda p: p[1], reverse=True)]
+        skews = {}
+        discounted_kl = 0.0
+        normalization = 0.0
+        for k in range(1, 1 + len(rank)):
+            skews[f"skew@{k}"] = {}
+            kl_divergence = 0.0
+            for gender in set(genders):
+                expected_p = sum([g == gender for g in genders]) / len(genders)
+                actual_p = sum([genders[i] == gender for i in rank[:k]]) / k
+                skew = np.log(actual_p if actual_p != 0 else 1 / k) - np.log(expected_p)
+                skews[f"skew@{k}"][gender] = skew
+                if actual_p != 0:
+                    kl_divergence += actual_p * (np.log(actual_p) - np.log(expected_p))
+            skews[f"maxskew@{k}"] = max(skews[f"skew@{k}"].values())
+            skews[f"minskew@{k}"] = min(skews[f"skew@{k}"].values())
+            discounted_kl += kl_divergence / np.log2(k + 1)
+            normalization += 1 / np.log2(k + 1)
+            categories = ["masculine", "feminine"]
+            men_count = sum([genders[i] == categories[0] for i in rank[:k]])
+            women_count = sum([genders[i] == categories[1] for i in rank[:k]])
+            if men_count + women_count == 0:
+                skews[f"bias@{k}"] = 0
+            else:
+                skews[f"bias@{k}"] = (men_count - women_count) / (men_count + women_count)
+        skews["ndkl"] = discounted_kl / normalization
+        bias_dict[occupation] = skews
+    return bias_dict
+
+
+def test_visogender_retrieval_equals_a_port_of_their_metrics(tmp_path):
+    root = make_visogender(tmp_path, n_op=36, n_oo=36, missing=0)
+    ds = load_dataset("visogender", root=str(root))
+    table = ds.table.copy()
+    # one occupation's one-person images all perceived masculine: their code still reports it
+    one_chef = (table["scene"] == "one-person") & (table["subject"] == "chef")
+    table.loc[one_chef, "occupation_gender"] = "masculine"
+    dim = 32
+    enc = _encoder(dim)
+    emb = _norm(np.random.default_rng(4).normal(size=(len(table), dim)).astype(np.float32))
+    ctx = RunContext(table, emb, attributes=ds.attributes, encode_text=enc, model=_Model(), dataset=ds)
+    a = Counterfactual(small_sets=5, retrieval={"bootstrap": 200, "permutations": 200})
+    a.run(ctx)
+    got = a.table[a.table["label"] == "retrieval"]
+    names = {"bias@5": "bias@5", "bias@10": "bias@10", "max_skew@5": "maxskew@5", "max_skew@10": "maxskew@10",
+             "ndkl": "ndkl"}
+    templates = {"two-person/occupation_first": ("two-person", "The {o} and their {x}"),
+                 "two-person/participant_first": ("two-person", "The {x} and their {o}"),
+                 "one-person/occupation_first": ("one-person", "The {o} and their {x}")}
+    for qs, (scene, tpl) in templates.items():
+        results = {}
+        for occ, g in table[table["scene"] == scene].groupby("subject"):
+            q = _norm(enc([tpl.format(o=occ, x=g["other"].iloc[0])])[0])
+            results[occ] = {"logits_list": list(emb[g.index.to_numpy()] @ q),
+                            "occ_genders": g["occupation_gender"].tolist()}
+        theirs = port_calculate_retrieval_bias(results)
+        for ours, their in names.items():
+            for occ, vals in theirs.items():
+                r = got[(got["varies"] == qs) & (got["subject"] == occ) & (got["metric"] == ours)]
+                assert len(r) == 1 and r["value"].iloc[0] == pytest.approx(vals[their], abs=1e-9), (qs, occ, ours)
+            # summary_stats.py: mean and SD (ddof=1) over occupations
+            stats = [theirs[o][their] for o in theirs]
+            m = got[(got["varies"] == qs) & (got["subject"] == "all") & (got["metric"] == ours)].iloc[0]
+            assert m["value"] == pytest.approx(np.mean(stats)) and m["sd"] == pytest.approx(np.std(stats, ddof=1))
+            assert m["n_subjects"] == len(stats)
+    chef = got[(got["varies"] == "one-person/occupation_first") & (got["subject"] == "chef")].set_index("metric")
+    assert chef.loc["bias@5", "value"] == 1 and chef.loc["max_skew@5", "value"] == 0
+    assert chef["p_value"].isna().all()       # one gender: no test
+    tested = got[(got["subject"] != "all") & got["p_value"].notna()]
+    assert len(tested) == 5 * (3 * 3 - 1)
+    # the retrieval code's own values agree with VisoGender's for every tested occupation
+    rt = a.retrieval
+    for r in tested.itertuples():
+        metric, k = (r.metric.split("@") + ["all"])[:2]
+        x = rt[(rt["query"] == r.query) & (rt["metric"] == metric) & (rt["k"].astype(str) == k)
+               & (rt["desired"] == "dataset")]
+        assert x["value"].iloc[0] == pytest.approx(r.value)
+
+
+def test_visogender_metrics_on_a_hand_built_ranking():
+    from clipfair.analyses.counterfactual_retrieval import visogender_metrics
+
+    # ranked: F F M M M M (scores descending); the occupation is 4/6 masculine
+    g = ["masculine", "feminine", "masculine", "feminine", "masculine", "masculine"]
+    s = [0.5, 0.9, 0.4, 0.8, 0.3, 0.2]
+    v = visogender_metrics(g, s)
+    assert v["bias@5"] == pytest.approx((3 - 2) / 5)
+    assert v["bias@10"] == pytest.approx((4 - 2) / 6)          # K past the list: the whole list
+    assert v["max_skew@5"] == pytest.approx(np.log(0.4 / (1 / 3)))
+    kl = [np.log(3), np.log(3), np.log(2) / 3, 0.5 * np.log(1.125), 0.6 * np.log(0.9) + 0.4 * np.log(1.2), 0.0]
+    disc = [1 / np.log2(i + 2) for i in range(6)]
+    assert v["ndkl"] == pytest.approx(sum(a * b for a, b in zip(kl, disc)) / sum(disc))
+    one = visogender_metrics(["feminine"] * 4, [4, 3, 2, 1])
+    assert one == {"bias@5": -1.0, "bias@10": -1.0, "max_skew@5": 0.0, "max_skew@10": 0.0, "ndkl": 0.0}

@@ -28,19 +28,28 @@ All by the attribute that varies (``varies``), by subject, and overall. Outputs:
 its members' attributes, scores and top labels), two plots and a report section that leads
 with the largest within-set effects.
 
-Not done here: the pooled-ranking MaxSkew@K of the retrieval code (run ``retrieval.preset=
-social_counterfactuals`` beside it) and VisoGender's caption sets.
+Pooled rankings (``retrieval``, on by default): per subject and kind of set, MaxSkew@K of the
+ranking of all the subject's images for its neutral query, with the retrieval code's test of no
+association (SocialCounterfactuals' conventions); for caption sets, VisoGender's retrieval Bias@K /
+MaxSkew@K / NDKL, mean and SD over occupations. See :mod:`clipfair.analyses.counterfactual_retrieval`;
+the rows join ``counterfactual.csv`` (with the columns :data:`RETRIEVAL_COLUMNS`).
+
+Per-set rows stay in ``counterfactual_sets.parquet`` rather than ``predictions.parquet``: the latter is
+one row per image x taxonomy x method, and ``compare``, ``sanity`` and the metrics read every row of it
+as an image's prediction; its image rows carry ``set_id`` (and ``subject``, ``varies``), so the sets
+join back to them.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..retrieval import RetrievalError
 from .base import HIGHER, LOWER, MEAN, NEUTRAL, PROPORTION, Analysis, MetricSpec, Needs, RunContext
 from .registry import register_analysis
 from .specs import register_all
@@ -83,15 +92,23 @@ class Counterfactual(Analysis):
     outcomes = []  # set-level measures: counterfactual.csv (the metrics are in the registry)
     unit = "set_id"
     needs = Needs(image_embeddings="projected", text=True)
-    errors = (CounterfactualError,)
+    errors = (CounterfactualError, RetrievalError)
 
     def __init__(self, set_column: str = "set_id", subject_column: str = "subject", varies_column: str = "varies",
                  subject_taxonomy: bool = True, subject_templates: Sequence[str] = ("a photo of a {}.",),
                  bootstrap: int = 1000, small_sets: int = 30, top: int = 10, seed: int | None = None,
-                 sets: str = "auto") -> None:
+                 sets: str = "auto", retrieval: Mapping[str, Any] | None = None) -> None:
+        from .counterfactual_retrieval import parse_options
+
         super().__init__(set_column=set_column, subject_column=subject_column, varies_column=varies_column,
                          subject_taxonomy=subject_taxonomy, subject_templates=list(subject_templates),
-                         bootstrap=bootstrap, small_sets=small_sets, top=top, seed=seed, sets=sets)
+                         bootstrap=bootstrap, small_sets=small_sets, top=top, seed=seed, sets=sets,
+                         retrieval=dict(retrieval or {}))
+        try:
+            self.retrieval_opts = parse_options(retrieval)
+        except ValueError as e:
+            raise CounterfactualError(str(e)) from None
+        self.retrieval: pd.DataFrame | None = None  # the joined retrieval table (every metric, with tests)
         if sets not in ("auto", "images", "captions"):
             raise CounterfactualError(f"analyses.counterfactual.sets must be auto, images or captions, got {sets!r}")
         self.mode = sets
@@ -135,6 +152,16 @@ class Counterfactual(Analysis):
             self.sets = caption_rows(ctx)
             self.table = caption_summary(self.sets, ctx.confidence, self.small_sets)
             ctx.info["counterfactual"] = {"caption_sets": int(len(ctx.table)), "rows": int(len(self.sets))}
+            if self.retrieval_opts.enabled:
+                from .counterfactual_retrieval import caption_retrieval
+
+                with ctx.timed("counterfactual_retrieval"):
+                    rows, self.retrieval = caption_retrieval(
+                        ctx.table, ctx.image_embeddings, ctx.encode_text, opts=self.retrieval_opts,
+                        confidence=ctx.confidence, correction=_correction(ctx), seed=seed, orders=ctx.orders,
+                        small=self.small_sets)
+                self.table = _join(self.table, rows)
+                ctx.info["counterfactual"]["retrieval"] = self._retrieval_info()
             return None
         self.mode = "images"
         attrs = [a for a in ctx.attributes if a not in (self.set_column, self.subject_column, self.varies_column,
@@ -147,7 +174,31 @@ class Counterfactual(Analysis):
         ctx.info["counterfactual"] = {"sets": int(self.image_scores["set_id"].nunique()),
                                       "images": int(len(ctx.table)), "attributes": attrs,
                                       "bootstrap": self.bootstrap, "seed": seed}
+        if self.retrieval_opts.enabled and self.subject_column in ctx.table.columns:
+            from .counterfactual_retrieval import set_retrieval
+
+            t = ctx.table.reset_index(drop=True)
+            t = pd.DataFrame({"set_id": t[self.set_column].astype(str),
+                              "subject": t[self.subject_column].astype(object).where(t[self.subject_column].notna(),
+                                                                                     "").astype(str),
+                              "varies": self.image_scores.drop_duplicates("image_id").set_index("image_id")
+                              .loc[t["image_id"].astype(str), "varies"].to_numpy(),
+                              **{a: t[a] for a in attrs}})
+            with ctx.timed("counterfactual_retrieval"):
+                rows, self.retrieval = set_retrieval(
+                    t, np.asarray(ctx.image_embeddings), ctx.encode_text, attrs=attrs,
+                    templates=self.subject_templates, opts=self.retrieval_opts, confidence=ctx.confidence,
+                    correction=_correction(ctx), seed=seed, orders=ctx.orders, small=self.small_sets)
+            self.table = _join(self.table, rows)
+            ctx.info["counterfactual"]["retrieval"] = self._retrieval_info()
         return None
+
+    def _retrieval_info(self) -> dict[str, Any]:
+        o = self.retrieval_opts
+        return {"k": o.k, "bootstrap": o.bootstrap, "permutations": o.permutations,
+                "preset": "visogender" if self.mode == "captions" else "social_counterfactuals",
+                "rankings": int(self.retrieval[["query_set", "query"]].drop_duplicates().shape[0])
+                if self.retrieval is not None and len(self.retrieval) else 0}
 
     def _targets(self, ctx: RunContext) -> list["Target"]:
         from ..zeroshot import class_embeddings
@@ -189,6 +240,9 @@ class Counterfactual(Analysis):
         sets.to_parquet(tmp, index=False)
         tmp.replace(out / "counterfactual_sets.parquet")
         paths.append(out / "counterfactual_sets.parquet")
+        if self.retrieval is not None and len(self.retrieval):
+            write_csv(self.retrieval, out / "counterfactual_retrieval.csv")
+            paths.append(out / "counterfactual_retrieval.csv")
         if self.mode == "captions":
             return Written(paths, [caption_section(self.table, self.sets, self.confidence, self.small_sets)])
         paths += plots(self.sets, self.table, out)
@@ -198,6 +252,30 @@ class Counterfactual(Analysis):
         d = super().describe()
         d["metrics"] = [m.name for m in METRICS]
         return d
+
+
+def _correction(ctx: RunContext) -> str:
+    """The run's disparity_correction (holm | bh), for the retrieval tests' adjustment."""
+    c = getattr(ctx.config, "disparity_correction", None)
+    return str(c) if c in ("holm", "bh") else "holm"
+
+
+#: counterfactual.csv's columns after :data:`COLUMNS` when the pooled-ranking rows are there
+RETRIEVAL_COLUMNS = ["k", "n_images", "null_mean", "p_value", "p_adjusted", "significant", "p_method", "sd",
+                     "n_subjects", "query"]
+
+
+def _join(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """The within-set rows and the pooled-ranking rows in one long table (the latter's extra
+    columns empty on the former)."""
+    if rows is None or not len(rows):
+        return table
+    out = pd.concat([table, rows], ignore_index=True)
+    for c in RETRIEVAL_COLUMNS:
+        if c not in out.columns:
+            out[c] = np.nan
+    out["favoured"] = out["favoured"].fillna("")
+    return out[COLUMNS + RETRIEVAL_COLUMNS]
 
 
 class Target:
@@ -421,8 +499,14 @@ def section(table: pd.DataFrame, sets: pd.DataFrame, out: Path, confidence: floa
         f"sets (Wilson for flip, a bootstrap resampling sets otherwise); rows over fewer than {small} sets are "
         "marked (small) and not headlined.")]
     d = table[(table["metric"] == "delta_p")].copy()
-    big = d[~d["small"].astype(bool)].sort_values("value", ascending=False).head(top)
+    big = d[~d["small"].astype(bool)].sort_values("value", ascending=False, kind="stable").head(top)
+    lead = _lead(table, big, pct)
+    if lead:
+        blocks.append(Text(lead))
     if len(big):
+        blocks.append(Text("In the tables, *label* is the label whose probability is compared: `(subject)` is the "
+                           "set's own subject (e.g. \"a photo of a doctor.\" for a doctor set), other labels are "
+                           "categories a taxonomy declares harmful; *subject* and *varies* = all mean every set."))
         blocks.append(Table(["taxonomy", "label", "subject", "varies", "mean delta_p [CI]", "sets"],
                             [[md(r.taxonomy), md(r.label), md(r.subject), md(r.varies), _ci(r), int(r.n_sets)]
                              for r in big.itertuples()], align="llllrr",
@@ -449,14 +533,75 @@ def section(table: pd.DataFrame, sets: pd.DataFrame, out: Path, confidence: floa
                             [[md(r.taxonomy), md(r.varies), _ci(r) + (" (small)" if r.small else ""), int(r.n_sets)]
                              for r in fl.itertuples()], align="llrr",
                             caption="Share of sets whose members get different top labels"))
+    blocks += _pooled_blocks(table, pct)
     for name, cap in ((DELTA_PNG, "delta_p per set, by the attribute that varies"),
                       (TOP_PNG, "top_member_rate per attribute value (with intervals) against its share (x)")):
         if (out / name).is_file():
             blocks.append(Figure(name, cap, cap))
     blocks.append(Bullets(["counterfactual.csv: every row (overall, per varies, per subject) with n_sets and "
                            "direction", "counterfactual_sets.parquet: one row per set and label (members, scores, "
-                           "top labels)"]))
+                           "top labels)", "counterfactual_retrieval.csv: every pooled ranking's retrieval rows (shares, "
+                           "skews, MaxSkew, NDKL) with their tests"]))
     return Section("Counterfactual sets", blocks, anchor="counterfactual")
+
+
+def _lead(table: pd.DataFrame, big: pd.DataFrame, pct: str) -> str:
+    """One or two sentences in words: the largest mean delta_p and the most favoured attribute
+    value (neither from a small row)."""
+    out = []
+    if len(big):
+        r = big.iloc[0]
+        what = "its own subject" if r["label"] == SUBJECT_LABEL else f"'{r['label']}' ({r['taxonomy']})"
+        where = ("" if r["subject"] == ALL else f" {r['subject']}") + " sets" + (
+            "" if r["varies"] == ALL else f" that vary {r['varies']}")
+        out.append(f"**Largest within-set effect:** in{where}, the members' probabilities for {what} differ by "
+                   f"{_f(r['value'])} on average (largest minus smallest member; {pct} CI {_f(r['ci_low'])} to "
+                   f"{_f(r['ci_high'])}; {int(r['n_sets'])} sets).")
+    fav = table[(table["metric"] == "top_member_rate") & (table["favoured"] == "favoured")
+                & ~table["small"].astype(bool)]
+    if len(fav):
+        r = fav.assign(gap=fav["value"] - fav["expected"]).sort_values("gap", ascending=False, kind="stable").iloc[0]
+        what = "its own subject" if r["label"] == SUBJECT_LABEL else f"'{r['label']}' ({r['taxonomy']})"
+        where = "" if r["subject"] == ALL else f" {r['subject']}"
+        out.append(f"**Most favoured value:** the {r['attribute']}={r['attribute_value']} member scores highest for "
+                   f"{what} in {100 * r['value']:.1f}% of the{where} sets where {r['attribute']} varies ({pct} CI {100 * r['ci_low']:.1f}% to "
+                   f"{100 * r['ci_high']:.1f}%; {int(r['n_sets'])} sets), against {100 * r['expected']:.1f}% if the "
+                   "value made no difference.")
+    return " ".join(out)
+
+
+def _pooled_blocks(table: pd.DataFrame, pct: str) -> list[Any]:
+    """The pooled-ranking MaxSkew@K rows: the mean over subjects per kind of set, attribute and K,
+    and the subjects whose test of no association survives the adjustment."""
+    from ..document import Table, Text, inline_markdown as md
+
+    if "k" not in table.columns:
+        return []
+    ms = table[table["metric"].astype(str).str.startswith("max_skew@") & (table["taxonomy"] == SUBJECT_TAXONOMY)]
+    if not len(ms):
+        return []
+    mean = ms[ms["subject"] == ALL]
+    per = ms[ms["subject"] != ALL]
+    sig = per[per["significant"].astype(bool)]
+    out: list[Any] = [Text(
+        "**Pooled rankings** (SocialCounterfactuals' MaxSkew@K): for each subject and kind of set, all the "
+        "subject's images ranked by similarity to its neutral query (\"a photo of a doctor.\"); MaxSkew@K is the "
+        "largest log-ratio of an attribute value's share of the top K to its share of the ranked images (0 = "
+        "the top K mirrors the pool; an absent value counts 0). Each subject's value is tested against random "
+        "rankings of the same images (the null mean is what chance gives), adjusted over all subjects; "
+        f"{len(sig)} of {len(per)} subject rows differ from chance after adjustment.")]
+    out.append(Table(["varies", "attribute", "K", f"mean MaxSkew@K [{pct} CI]", "SD", "null mean", "subjects",
+                      "sets"],
+                     [[md(r.varies), md(r.attribute), str(r.k), _ci(r) + (" (small)" if r.small else ""), _f(r.sd),
+                       _f(r.null_mean), int(r.n_subjects), int(r.n_sets)] for r in mean.itertuples()],
+                     align="llrrrrrr", caption="Mean over subjects of MaxSkew@K (bootstrap over subjects)"))
+    if len(sig):
+        top = sig.sort_values("value", ascending=False).head(10)
+        out.append(Table(["subject", "varies", "attribute", "K", "MaxSkew@K", "null mean", "p (adjusted)", "sets"],
+                         [[md(r.subject), md(r.varies), md(r.attribute), str(r.k), _f(r.value), _f(r.null_mean),
+                           _f(r.p_adjusted, 4), int(r.n_sets)] for r in top.itertuples()], align="llllrrrr",
+                         caption="Subjects whose pooled ranking is skewed beyond chance (largest first)"))
+    return out
 
 
 def _headline(sets: pd.DataFrame) -> tuple[str, str] | None:
@@ -609,8 +754,7 @@ def caption_section(table: pd.DataFrame, rows: pd.DataFrame, confidence: float, 
         "that differ only in the pronoun (\"The doctor and his / her / their patient\"). **Resolution accuracy** is "
         "the share of images whose caption with the pronoun of the referent's perceived gender scores highest "
         f"(\"their\" counts as wrong), per perceived gender with {pct} Wilson intervals; the **gap** RA_masculine - "
-        f"RA_feminine has a Newcombe interval. Groups with fewer than {small} images per gender are marked (small). "
-        "Not measured here: VisoGender's retrieval Bias@K / MaxSkew@K / NDKL.")]
+        f"RA_feminine has a Newcombe interval. Groups with fewer than {small} images per gender are marked (small).")]
     gap = table[table["metric"] == RA_GAP].copy()
     ra = table[table["metric"] == "resolution_accuracy"]
     if len(gap):
@@ -625,4 +769,26 @@ def caption_section(table: pd.DataFrame, rows: pd.DataFrame, confidence: float, 
                           _ci(r) + (" (small)" if r.small else "")])
         blocks.append(Table(["template", "images", "RA masculine [CI]", "RA feminine [CI]", "gap m - f [CI]"], cells,
                             align="llrrr", caption="Resolution accuracy by perceived gender, largest gap first"))
+    ret = table[(table["label"] == "retrieval") & (table["subject"] == ALL)] if "sd" in table.columns else table[:0]
+    if len(ret):
+        per = table[(table["label"] == "retrieval") & (table["subject"] != ALL) & table["p_value"].notna()]
+        sig = per[per["significant"].astype(bool)]
+        blocks.append(Text(
+            "**Retrieval** (VisoGender's Bias@K, MaxSkew@K, NDKL): each occupation's own images ranked by the "
+            "neutral caption (\"The doctor and their patient\"), by the occupation's perceived gender. Bias@K = "
+            "(masculine - feminine) / (masculine + feminine) in the top K (> 0: masculine images ranked first); "
+            "MaxSkew@K and NDKL measure how far the top of the ranking departs from the occupation's own gender "
+            f"mix (0 = none). Mean and SD over occupations as VisoGender reports them, with a {pct} bootstrap "
+            f"interval over occupations; {len(sig)} of {len(per)} per-occupation tests differ from random rankings "
+            "after adjustment."))
+        names = [m for m in ("bias@5", "bias@10", "max_skew@5", "max_skew@10", "ndkl") if m in set(ret["metric"])]
+        cells = []
+        for qs, g in ret.groupby("varies", sort=False):
+            by = {r.metric: r for r in g.itertuples()}
+            n_occ = int(g["n_subjects"].iloc[0])
+            cells.append([md(qs), f"{n_occ}{' (small)' if bool(g['small'].iloc[0]) else ''}"] +
+                         [f"{_f(by[m].value)} ± {_f(by[m].sd)} [{_f(by[m].ci_low)}, {_f(by[m].ci_high)}]"
+                          if m in by else "n/a" for m in names])
+        blocks.append(Table(["images / template", "occupations", *names], cells, align="lr" + "r" * len(names),
+                            caption="Retrieval bias: mean ± SD over occupations [CI of the mean]"))
     return Section("Counterfactual caption sets (VisoGender)", blocks, anchor="counterfactual-captions")
