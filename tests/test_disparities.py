@@ -211,3 +211,77 @@ def test_all_groups_tie_gives_no_self_pair_and_no_test():
     assert wvb["p_adjusted"].iloc[0] == pytest.approx(proportions_ztest([25, 40], [50, 50])[1])
     named = both[both["group"] != ""]
     assert not (named["group"] == named["reference"]).any()
+
+
+# ------------------------------------------------------------------ stratum attributes (FACET's class1)
+
+def _strata_table() -> pd.DataFrame:
+    return pd.DataFrame([
+        _m("accuracy", "", "overall", "all", 400, 200),
+        _m("accuracy", "", "class1", "nurse", 200, 150),
+        _m("accuracy", "", "class1", "lawman", 200, 50),
+        # within nurse: fem 0.85 vs masc 0.65; within lawman: fem 0.2 vs masc 0.3; across classes the
+        # spread (0.85 vs 0.2) would be the largest, and meaningless
+        _m("accuracy", "", "class1+gender", "nurse+fem", 100, 85),
+        _m("accuracy", "", "class1+gender", "nurse+masc", 100, 65),
+        _m("accuracy", "", "class1+gender", "lawman+fem", 100, 20),
+        _m("accuracy", "", "class1+gender", "lawman+masc", 100, 30),
+        _m("accuracy", "", "class1+gender", "lawman+nb", 4, 1),     # too small at min_n=30
+        _m("accuracy", "", "gender", "fem", 200, 105),
+        _m("accuracy", "", "gender", "masc", 200, 95),
+    ])
+
+
+def _stratum(label: str) -> str:
+    return str(label).split("+")[0]
+
+
+def test_strata_compare_within_a_stratum_only():
+    t = _strata_table()
+    d = disparities(t, strata=("class1",))
+    sl = d[d["slice"] == "class1+gender"]
+    made = sl[sl["group"] != ""]
+    assert len(made) == 4  # worst_vs_best and to_overall for each class
+    for r in made.itertuples():  # never a group of one class against another class
+        ref = r.reference
+        assert _stratum(r.group) == (ref if r.comparison == "to_overall" else _stratum(ref)), r
+    wvb = made[made["comparison"] == "worst_vs_best"].set_index("reference")
+    assert wvb.loc["nurse+fem", "group"] == "nurse+masc"
+    assert wvb.loc["lawman+masc", "group"] == "lawman+fem"
+    assert wvb.loc["nurse+fem", "difference"] == pytest.approx(0.65 - 0.85)
+    # to_overall: against the class's own row (nurse 150/200), rest = the class minus the group
+    to = made[made["comparison"] == "to_overall"].set_index("reference")
+    assert to.loc["nurse", "reference_value"] == pytest.approx(0.75)
+    assert to.loc["nurse", "reference_n"] == 200
+    g = to.loc["nurse", "group"]
+    x, n = (85, 100) if g == "nurse+fem" else (65, 100)
+    z, p = proportions_ztest([x, 150 - x], [n, 200 - n])
+    assert to.loc["nurse", "p_value"] == pytest.approx(p, rel=1e-6)
+    assert "lawman+nb (n=4)" in sl.loc[sl["reference"].str.startswith("lawman"), "too_small"].iloc[0]
+    # the slice of strata only gets no rows: nurse vs lawman is not a gap between groups
+    assert not (d["slice"] == "class1").any()
+    # the plain slice is compared as before
+    assert (d[d["slice"] == "gender"]["group"] != "").sum() == 2
+    # the correction runs over the comparisons made: 4 within-class tests + 2 gender tests
+    tested = d["p_value"].notna()
+    assert tested.sum() == 6
+    assert np.allclose(d.loc[tested, "p_adjusted"], multipletests(d.loc[tested, "p_value"], method="holm")[1])
+
+
+def test_without_strata_the_same_frame_compares_across_classes():
+    d = disparities(_strata_table())  # the old behaviour: the test above can fail
+    r = _row(d, "accuracy", "", "class1+gender", "worst_vs_best")
+    assert _stratum(r["group"]) != _stratum(r["reference"])
+
+
+def test_strata_prefer_attribute_columns_and_omit_a_missing_stratum_row():
+    t = _strata_table()
+    t = t[t["slice"] != "class1"].copy()  # no per-class rows: to_overall is left out
+    t["class1"] = [_stratum(g) if s == "class1+gender" else "" for s, g in zip(t["slice"], t["group"])]
+    t.loc[t["slice"] == "class1+gender", "group"] = t.loc[t["slice"] == "class1+gender", "group"].str.replace(
+        "+", " & ", regex=False)  # labels that do not split: the column tells the class
+    d = disparities(t, strata=("class1",))
+    sl = d[(d["slice"] == "class1+gender") & (d["group"] != "")]
+    assert set(sl["comparison"]) == {"worst_vs_best"} and len(sl) == 2
+    for r in sl.itertuples():
+        assert r.group.split(" & ")[0] == r.reference.split(" & ")[0]

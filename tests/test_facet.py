@@ -275,6 +275,27 @@ def _synthetic_metrics(min_slices=("class1", "gender_presentation")):
     return preds, met, orders
 
 
+def test_core_disparities_of_the_facet_layout_stay_within_a_class():
+    from clipfair.data.facet import FACET_STRATA
+    from clipfair.pipeline import score
+    from clipfair.taxonomy import load_taxonomy
+
+    preds, _, orders = _synthetic_metrics()
+    slices = ["overall", "class1", ("class1", "gender_presentation")]
+    met, disp = score(preds, [load_taxonomy("facet_classes")], slices, 0.95, 30, "holm", orders=orders,
+                      strata=FACET_STRATA)
+    assert not (disp["slice"] == "class1").any()
+    made = disp[(disp["slice"] == "class1+gender_presentation") & (disp["group"] != "")]
+    assert len(made) and set(made["comparison"]) >= {"worst_vs_best", "to_overall"}
+    for r in made.itertuples():
+        ref = r.reference if r.comparison == "to_overall" else r.reference.split("+")[0]
+        assert r.group.split("+")[0] == ref, r
+    # to_overall's reference is the class's own row of the metrics table
+    acc = met[(met["metric"] == "accuracy") & (met["slice"] == "class1")].set_index("group")
+    for r in made[(made["comparison"] == "to_overall") & (made["metric"] == "accuracy")].itertuples():
+        assert (r.reference_n, r.reference_value) == (acc.loc[r.reference, "n"], acc.loc[r.reference, "value"])
+
+
 @pytest.mark.parametrize("correction", ["holm", "bh"])
 def test_recall_gaps_match_pandas_and_statsmodels(correction):
     from statsmodels.stats.multitest import multipletests
@@ -332,7 +353,7 @@ def test_a_smaller_min_n_compares_more_pairs():
 def test_experiment_facet_runs_through_the_cli(facet_root, tmp_path):
     out = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "clipfair", "run", "experiment=facet", f"dataset.root={facet_root}",
-                          "model=demo", "progress=false", "analyses.facet.min_n=3", "precision_audit.n=8",
+                          "model=demo", "progress=false", "analyses.facet.min_n=3", "disparity_min_n=3", "precision_audit.n=8",
                           f"cache.dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -353,7 +374,16 @@ def test_experiment_facet_runs_through_the_cli(facet_root, tmp_path):
         assert len(sub) and (sub["compared"] == ((sub["n"] >= 3) & (sub["reference_n"] >= 3))).all()
         for r in sub.itertuples():
             assert (r.n, r.x) == tuple(g.loc[(r.class1, r.group)][["count", "sum"]])
+    # the core's disparities never compare groups of different classes
+    disp = pd.read_csv(out / "disparities.csv", keep_default_na=False, na_values=[""])
+    assert not (disp["slice"] == "class1").any()
+    by_class = disp[disp["slice"].str.startswith("class1+") & disp["group"].notna()]
+    assert len(by_class)
+    for r in by_class.itertuples():
+        ref = r.reference if r.comparison == "to_overall" else r.reference.split("+")[0]
+        assert r.group.split("+")[0] == ref, r
     run = json.loads((out / "run.json").read_text())
+    assert run["strata"] == ["class1", "class2"]
     assert run["facet"]["skin_tone_rule"] == "monk_3" and run["facet"]["min_n"] == 3
     assert run["facet"]["missing_among_evaluated"]["gender_presentation"]
     summary = (out / "summary.md").read_text()

@@ -611,9 +611,32 @@ def _empty_disparities() -> pd.DataFrame:
     return df
 
 
+
+def _stratum_values(part: pd.DataFrame, attrs: list[str], at: list[int]) -> list[tuple[str, ...] | None]:
+    """Each row's stratum value (the values of the stratum attributes ``attrs[at]``): the frame's
+    attribute columns where filled, else the group label split on ``+`` when it has one piece per
+    attribute; None when neither tells."""
+    out: list[tuple[str, ...] | None] = []
+    for pos in range(len(part)):
+        row = part.iloc[pos]
+        vals: list[str] | None = []
+        for i in at:
+            a = attrs[i]
+            v = row[a] if a in part.columns else None
+            if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) == "":
+                pieces = str(row["group"]).split("+")
+                if len(pieces) != len(attrs):
+                    vals = None
+                    break
+                v = pieces[i]
+            vals.append(str(v))
+        out.append(tuple(vals) if vals is not None else None)
+    return out
+
 def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
                 harms: Mapping[str, Mapping[str, bool | None]] | None = None,
-                confidence: float | None = None, correction: str = "holm") -> pd.DataFrame:
+                confidence: float | None = None, correction: str = "holm",
+                strata: Sequence[str] = ()) -> pd.DataFrame:
     """Differences and ratios between groups, with intervals and adjusted p-values.
 
     Per taxonomy x method x metric x category x slice (not ``overall``), over the groups
@@ -642,6 +665,19 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     are not tests, so the correction runs over the comparisons actually made.
     ``harms``: taxonomy -> category -> harm (see :func:`metric_direction`).
     ``confidence``: default the metrics frame's ``attrs["confidence"]`` or 0.95.
+
+    ``strata``: the dataset's *stratum attributes* (:attr:`clipfair.data.base.FaceDataset.strata`,
+    e.g. FACET's ``class1``): a slice that names one is a per-stratum breakdown, and groups of
+    different strata are never compared (``nurse+fem`` vs ``lawman+masc`` says nothing about
+    gender). In such a slice the rows above are made within each stratum value (the groups that
+    share it, e.g. every ``nurse+...`` group), one set per stratum, in the frame's order; ``to_overall``
+    then compares with the stratum's own row (slice = the stratum attributes, e.g. ``class1``,
+    group ``nurse``; ``reference`` names it) and is left out when the frame lacks that row. A
+    slice made of stratum attributes only (e.g. ``class1``) gets no rows at all: each group is a
+    stratum of its own. A group's stratum value comes from the frame's attribute column when it
+    has one, else from the group label split on ``+``; a group whose value cannot be told is
+    listed in ``too_small`` as ``group (n=.., stratum unknown)``, never compared. The correction
+    runs over the comparisons actually made, so these slices add only within-stratum tests.
     """
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; choose {', '.join(CORRECTIONS)}")
@@ -675,26 +711,30 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     overall = {tuple(k): (float(r["n"]), float(r["count"]), float(r["value"]), float(r["sd"]))
                for k, r in zip(m.loc[m["slice"] == "overall", keys].itertuples(index=False, name=None),
                                m.loc[m["slice"] == "overall", ["n", "count", "value", "sd"]].to_dict("records"))}
+    strata = tuple(strata or ())
+    # each stratum's own row (slice = stratum attributes only): the reference of to_overall within it
+    stratum_rows = {}
+    if strata:
+        only = m["slice"].astype(str).map(lambda x: x != "overall" and all(a in strata for a in x.split("+")))
+        for k, r in zip(m.loc[only, keys + ["slice", "group"]].itertuples(index=False, name=None),
+                        m.loc[only, ["n", "count", "value", "sd"]].to_dict("records")):
+            stratum_rows[tuple(k)] = (float(r["n"]), float(r["count"]), float(r["value"]), float(r["sd"]))
     m = m[m["slice"] != "overall"]
     rows: list[dict] = []
-    for key, part in m.groupby(keys + ["slice"], sort=False, dropna=False):
-        tax, meth, metric, cat, sl = key
-        given = row_direction.loc[part.index[0]] if row_direction is not None else None
-        direction = (str(given) if isinstance(given, str) and given
-                     else metric_direction(metric, cat, harms.get(tax)))
-        mean_kind = part["kind"].iloc[0] == "mean"
+
+    def compare(part: pd.DataFrame, base: dict, direction: str, mean_kind: bool, o, ref_label: str,
+                unknown: str = "") -> None:
         ok = part[part["n"] >= min_n]
         small = part[part["n"] < min_n]
-        base = {"taxonomy": tax, "method": meth, "metric": metric, "category": cat, "direction": direction,
-                "slice": sl, "n_groups": len(ok),
-                "too_small": "; ".join(f"{g} (n={int(n)})" for g, n in zip(small["group"], small["n"]))}
+        too_small = "; ".join(f"{g} (n={int(n)})" for g, n in zip(small["group"], small["n"]))
+        base = {**base, "n_groups": len(ok), "too_small": "; ".join(x for x in (too_small, unknown) if x)}
         v = ok["value"].to_numpy(float)
         if len(ok) < 2 or bool(np.all(v == v[0])):
             # nothing to compare: one group, or every group ties (no self-pair, no group-vs-all-equal
             # rows; the correction runs over the comparisons actually made)
             rows.append({**base, "comparison": HIGHEST_VS_LOWEST if direction == NEUTRAL else WORST_VS_BEST,
                          "group": "", "reference": ""})
-            continue
+            return
         i_hi, i_lo = int(np.argmax(v)), int(np.argmin(v))
         if direction == NEUTRAL:
             comp, a, b = HIGHEST_VS_LOWEST, i_hi, i_lo
@@ -707,7 +747,6 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
                      "value": ra["value"], "reference": rb["group"], "reference_n": rb["n"],
                      "rx": rb["count"], "reference_value": rb["value"], "kind": "mean" if mean_kind else "proportion",
                      "sd1": ra["sd"], "sd2": rb["sd"]})
-        o = overall.get((tax, meth, metric, cat))
         if o is not None:
             on, ox, ov, osd = o
             far = int(np.argmax(np.abs(v - ov)))
@@ -720,14 +759,43 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
                 rest_mean = rest_x / rest_n
                 rest_var = max((ss - rest_n * rest_mean ** 2) / (rest_n - 1), 0.0)
                 rows.append({**base, "comparison": TO_OVERALL, "group": rf["group"], "n": rf["n"],
-                             "x": rf["count"], "value": rf["value"], "reference": "overall",
+                             "x": rf["count"], "value": rf["value"], "reference": ref_label,
                              "reference_n": on, "rx": ox, "reference_value": ov, "rest_n": rest_n,
                              "rest_x": rest_x, "kind": "mean", "sd1": s1, "sd2": np.sqrt(rest_var)})
             elif not mean_kind and rest_n > 0 and 0 <= rest_x <= rest_n:
                 rows.append({**base, "comparison": TO_OVERALL, "group": rf["group"], "n": rf["n"],
-                             "x": rf["count"], "value": rf["value"], "reference": "overall",
+                             "x": rf["count"], "value": rf["value"], "reference": ref_label,
                              "reference_n": on, "rx": ox, "reference_value": ov,
                              "rest_n": rest_n, "rest_x": rest_x, "kind": "proportion"})
+
+    for key, part in m.groupby(keys + ["slice"], sort=False, dropna=False):
+        tax, meth, metric, cat, sl = key
+        given = row_direction.loc[part.index[0]] if row_direction is not None else None
+        direction = (str(given) if isinstance(given, str) and given
+                     else metric_direction(metric, cat, harms.get(tax)))
+        mean_kind = part["kind"].iloc[0] == "mean"
+        base = {"taxonomy": tax, "method": meth, "metric": metric, "category": cat, "direction": direction,
+                "slice": sl}
+        attrs = str(sl).split("+")
+        at = [i for i, a in enumerate(attrs) if a in strata]
+        if not at:
+            compare(part, base, direction, mean_kind, overall.get((tax, meth, metric, cat)), "overall")
+            continue
+        if len(at) == len(attrs):
+            continue  # a slice of strata only: every group is a stratum of its own, nothing to compare
+        labels = _stratum_values(part, attrs, at)
+        unknown = "; ".join(f"{g} (n={int(n)}, stratum unknown)"
+                            for g, n, lab in zip(part["group"], part["n"], labels) if lab is None)
+        stratum_slice = "+".join(attrs[i] for i in at)
+        seen: dict[tuple, list[int]] = {}
+        for j, lab in enumerate(labels):
+            if lab is not None:
+                seen.setdefault(lab, []).append(j)
+        for lab, idx in seen.items():
+            ref = "+".join(lab)
+            compare(part.iloc[idx], base, direction, mean_kind,
+                    stratum_rows.get((tax, meth, metric, cat, stratum_slice, ref)), ref, unknown)
+            unknown = ""  # listed once per key
     if not rows:
         out = _empty_disparities()  # the reading rules still travel (the report header quotes min_n)
         out.attrs.update(confidence=float(confidence), correction=correction, min_n=int(min_n))

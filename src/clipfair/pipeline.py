@@ -97,13 +97,14 @@ def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Seq
           confidence: float = 0.95, disparity_min_n: int = M.DEFAULT_DISPARITY_MIN_N,
           disparity_correction: str = "holm", *, orders: dict[str, Sequence[str]] | None = None,
           topk: Sequence[int] = (), small_n: int = M.SMALL_GROUP_N,
-          extra: Sequence[pd.DataFrame] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+          extra: Sequence[pd.DataFrame] = (), strata: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group metrics of the classification predictions, and disparities over groups with at
     least ``disparity_min_n`` images (directions from the metric registry and the taxonomies'
     declarations, p-values adjusted over the whole table). ``extra``: per-group rows of other
     analyses (:func:`clipfair.analyses.engine.outcome_metrics`), in the same table and the same
     adjustment. ``orders``: the dataset's declared value orders; ``topk``, ``small_n``: see
-    group_metrics."""
+    group_metrics; ``strata``: the dataset's stratum attributes (compared within a stratum only,
+    see :func:`clipfair.metrics.disparities`)."""
     cats = {t.name: t.categories for t in taxonomies}
     met = M.group_metrics(predictions, cats, slices=slices, confidence=confidence,
                           labels={t.name: t.labels for t in taxonomies}, orders=orders, topk=topk,
@@ -112,7 +113,7 @@ def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Seq
         met = pd.concat([met, *[e for e in extra if len(e)]], ignore_index=True)
         met.attrs["confidence"] = float(confidence)
     return met, M.disparities(met, min_n=disparity_min_n, harms=harms(taxonomies), confidence=confidence,
-                              correction=disparity_correction)
+                              correction=disparity_correction, strata=strata)
 
 
 def confusion(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Sequence[Any],
@@ -230,7 +231,8 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
         extra = [outcome_metrics(outcomes[a.name], a, slices, orders=orders, confidence=confidence,
                                  small_n=small_group_n, seed=seed) for a in analyses if a.name in outcomes]
         met, disp = score(preds, taxonomies, slices, confidence, disparity_min_n, disparity_correction,
-                          orders=orders, topk=topk, small_n=small_group_n, extra=extra)
+                          orders=orders, topk=topk, small_n=small_group_n, extra=extra,
+                          strata=dataset.strata)
         met = add_result_columns(met, table, slices, analysis={a.method or a.name: a.name for a in analyses},
                                  harms=harms(taxonomies), n_classes={t.name: len(t.classes) for t in taxonomies})
         if len(met) and topk:  # the k of top-k rows, from the configured k (the category names it for display)
@@ -259,6 +261,7 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     info["slice_attributes"] = {M.slice_name(s): list(M.slice_attrs(s)) for s in slices}  # names are display only
     info["value_orders"] = {a: list(v) for a, v in orders.items()}  # the dataset's declared orders
     info["plot_slices"] = {k: list(v) for k, v in dataset.plot_slices.items()}  # and which slices get plots
+    info["strata"] = list(dataset.strata)  # slices naming these are compared within a stratum only
     info["analyses"] = [a.describe() for a in analyses]
     ev = Evaluation(preds, met, disp, timings, skipped, counts, emb.errors, info, confusion=conf,
                     analyses=analyses, context=ctx, outcomes=outcomes)

@@ -743,7 +743,7 @@ def header_blocks(ctx: ReportContext) -> list[Block]:
 def _finding_text(r) -> str:
     where = f"**{r.taxonomy} · {r.method} · {r.metric}{f' of {r.category}' if r.category else ''} by {r.slice}**"
     if r.comparison == TO_OVERALL:
-        what = (f"{r.group} {_pct(r.value)} (n={int(r.n)}) vs overall {_pct(r.reference_value)} "
+        what = (f"{r.group} {_pct(r.value)} (n={int(r.n)}) vs {r.reference or 'overall'} {_pct(r.reference_value)} "
                 f"(n={int(r.reference_n)})")
     else:
         a, b = ("worst", "best") if r.direction != NEUTRAL else ("highest", "lowest")

@@ -100,6 +100,9 @@ _BOX_KEYS = ("x", "y", "width", "height")
 FACET_SLICES: tuple = ("overall", "class1", "gender_presentation", "skin_tone", "age_presentation", "lighting",
                        ("class1", "gender_presentation"), ("class1", "skin_tone"), ("class1", "age_presentation"),
                        ("class1", "lighting"))
+#: the stratum attributes: ``class1+gender_presentation`` is recall per class by group, compared
+#: within a class only (see clipfair.metrics.disparities)
+FACET_STRATA: tuple[str, ...] = ("class1", "class2")
 FACET_PLOT_SLICES: dict[str, tuple[str, ...]] = {
     "accuracy": ("gender_presentation", "skin_tone", "age_presentation", "lighting"),
     "rate": ("gender_presentation", "skin_tone")}
@@ -451,6 +454,7 @@ def facet(*, root: str | None = None, images: str | None = None, crop: str = "pe
                         limit, declared)
     ds.default_slices = FACET_SLICES
     ds.plot_slices = dict(FACET_PLOT_SLICES)
+    ds.strata = FACET_STRATA
     ds.tolerated_values = {}
     for a, why in missing_counts(ds.table).items():  # over the persons kept (after skips and limit)
         if why:
