@@ -14,7 +14,7 @@ Prints, per device (CPU, and the GPU where there is one) and dtype:
 * DataLoader workers 0/1/2;
 * peak RSS of ``embed_images`` on 1k vs 20k small images (one subprocess each).
 
-Models have random weights (``clipfair.toy.make_tiny_clip(arch=...)``, never downloaded),
+Models have random weights (``clipfair.run.toy.make_tiny_clip(arch=...)``, never downloaded),
 so zero-shot "agreement" measures numerical sensitivity, not accuracy on real data.
 
     .venv/bin/python scripts/bench.py --arch ViT-B/32 --n-images 256 --out scripts/bench_results_cpu.txt
@@ -59,7 +59,7 @@ def make_jpegs(folder: Path, n: int, size: int, seed: int = 0, distinct: int = 6
     import pandas as pd
 
     from clipfair.data.base import FaceDataset, FileReader
-    from clipfair.synthetic import render_face
+    from clipfair.data.synthetic import render_face
     from clipfair.data.attributes import RACES, GENDERS, AGE_BINS
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def machine() -> list[str]:
         isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags.split()]
     except (OSError, subprocess.SubprocessError):
         isa = []
-    from clipfair.embed import available_cpus
+    from clipfair.run.embed import available_cpus
 
     lines = [f"cpu: {model}; {available_cpus()} cores available (os.cpu_count={os.cpu_count()}); "
              f"ISA: {', '.join(isa) or '?'}; torch cpu capability {torch.backends.cpu.get_cpu_capability()}",
@@ -135,7 +135,7 @@ def model_only(model, pixels: list, cpu: list | None = None) -> float:
 def pipeline(ds, model, cpu: list | None = None, split: list | None = None, **kw) -> tuple[float, object]:
     """Images/s of embed_images end to end (no cache); appends CPU-seconds per image to
     ``cpu`` and (ms/img inside encode_pixels, ms/img elsewhere) to ``split``."""
-    from clipfair.embed import embed_images
+    from clipfair.run.embed import embed_images
 
     inside = [0.0]
     real = model.encode_pixels
@@ -166,8 +166,8 @@ def cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def zero_shot_agreement(model_a, emb_a, model_b, emb_b, taxonomies) -> dict[str, float]:
-    from clipfair.embed import TextEmbedder
-    from clipfair.zeroshot import class_embeddings, zero_shot_logits
+    from clipfair.run.embed import TextEmbedder
+    from clipfair.methods.zeroshot import class_embeddings, zero_shot_logits
 
     out = {}
     for t in taxonomies:
@@ -179,7 +179,7 @@ def zero_shot_agreement(model_a, emb_a, model_b, emb_b, taxonomies) -> dict[str,
 
 def decode_only(ds, model, n: int) -> dict[str, float]:
     """Single-process images/s of reading + decoding + preprocessing, per path."""
-    from clipfair.embed import _Decoded
+    from clipfair.run.embed import _Decoded
     from clipfair.models.hf import spec_from_image_processor
 
     spec = spec_from_image_processor(model.image_processor)
@@ -200,10 +200,10 @@ def memory_child(n: int, image_size: int, arch: str, workdir: Path) -> dict:
     """Runs in a subprocess: peak RSS of embed_images on n small JPEGs (with a store)."""
     import torch
 
-    from clipfair.cache import EmbeddingStore
-    from clipfair.embed import embed_images, image_namespace
+    from clipfair.run.cache import EmbeddingStore
+    from clipfair.run.embed import embed_images, image_namespace
     from clipfair.models import load_hf_clip
-    from clipfair.toy import make_tiny_clip
+    from clipfair.run.toy import make_tiny_clip
 
     torch.set_num_threads(1)
     mdir = workdir / f"model-{arch.replace('/', '_')}"
@@ -294,12 +294,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from clipfair.embed import resolve_num_workers
+    from clipfair.run.embed import resolve_num_workers
     from clipfair.models import load_hf_clip
     from clipfair.models.hf import spec_from_image_processor
-    from clipfair.preprocess import compare_draft
-    from clipfair.taxonomy import load_taxonomies
-    from clipfair.toy import make_tiny_clip
+    from clipfair.models.preprocess import compare_draft
+    from clipfair.data.taxonomy import load_taxonomies
+    from clipfair.run.toy import make_tiny_clip
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -26,7 +26,7 @@ import pandas as pd
 from clipfair.analyses import RunContext
 from clipfair.analyses.counterfactual import Counterfactual
 from clipfair.models.base import Scoring
-from clipfair.taxonomy import Taxonomy, TaxonomyClass
+from clipfair.data.taxonomy import Taxonomy, TaxonomyClass
 
 RACES = ["Asian", "Black", "Indian", "Latino", "Middle Eastern", "White", "Other"]
 GENDERS = ["Male", "Female"]

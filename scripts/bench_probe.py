@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipfair.cache import atomic_write_bytes
-from clipfair.linear_probe import fit_probe, probe_device
-from clipfair.taxonomy import load_taxonomy
+from clipfair.run.cache import atomic_write_bytes
+from clipfair.methods.linear_probe import fit_probe, probe_device
+from clipfair.data.taxonomy import load_taxonomy
 
 MODEL_CARD_CS = (1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6)  # configs/experiment/model_card.yaml
 TARGETS = ("fairface_gender", "fairface_race", "fairface_age")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: retrieval bias over cached image embeddings (clipfair.retrieval).
+"""Benchmark: retrieval bias over cached image embeddings (clipfair.methods.retrieval).
 
 Prints, measured in one run on this machine: the wall time and the peak traced memory
 (tracemalloc, which sees numpy's allocations) of Skew@k / MaxSkew / MinSkew / NDKL / Bias@K
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from clipfair.data.attributes import AGE_BINS, GENDERS, RACES
-from clipfair.retrieval import Query, QuerySet, RetrievalOptions, retrieval_bias
+from clipfair.methods.retrieval import Query, QuerySet, RetrievalOptions, retrieval_bias
 
 
 def timed_run(table, emb, qs, encode, opts) -> tuple[float, float, int]:

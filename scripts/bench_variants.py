@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from clipfair.data import load_dataset
-from clipfair.embed import EmbedStats
+from clipfair.run.embed import EmbedStats
 from clipfair.models import load_model
-from clipfair.pipeline import evaluate
-from clipfair.synthetic import write_fairface_layout
-from clipfair.taxonomy import load_taxonomy
-from clipfair.toy import make_tiny_clip
+from clipfair.run.pipeline import evaluate
+from clipfair.data.synthetic import write_fairface_layout
+from clipfair.data.taxonomy import load_taxonomy
+from clipfair.run.toy import make_tiny_clip
 
 TEMPLATE_PARTS = ["a photo of {}.", "a picture of {}.", "an image of {}.", "a close-up photo of {}.",
                   "a portrait of {}.", "a cropped photo of {}.", "a blurry photo of {}.", "a bright photo of {}.",

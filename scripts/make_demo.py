@@ -99,11 +99,11 @@ and thread count; about 1 minute on 2 idle CPU cores, several minutes when they 
 with exactly FairFace's columns `file,age,gender,race,service_test` (`file` is
 `train/1.jpg`, `val/1.jpg`, ... 1-indexed; `service_test` is a random True/False), and the
 {a.size}x{a.size} JPEGs (quality {a.quality}) in `train/` and `val/`. Made by
-`clipfair.synthetic.write_fairface_layout(root, {a.n_train}, {a.n_val}, seed={a.seed}, size={a.size})`.
+`clipfair.data.synthetic.write_fairface_layout(root, {a.n_train}, {a.n_val}, seed={a.seed}, size={a.size})`.
 
 Each attribute has FairFace-like proportions (all 7 races, 2 genders and 9 age bins
 occur in both splits) and is drawn independently of the others. The drawing
-(`clipfair.synthetic.render_face`) encodes them as arbitrary cartoon cues:
+(`clipfair.data.synthetic.render_face`) encodes them as arbitrary cartoon cues:
 
 * race -> skin colour and background hue; East Asian / Southeast Asian and
   Latino_Hispanic / Middle Eastern are drawn close to each other on purpose;
@@ -132,8 +132,8 @@ model, processor = AutoModel.from_pretrained(path), AutoProcessor.from_pretraine
 * tokenizer: CLIP-format byte-level BPE (`vocab.json`, `merges.txt`) learned by
   `clipfair.models.toy.build_tokenizer` from the built-in taxonomy prompts and the training
   captions (each such word is one token; other text falls back to bytes);
-* initialised with seed {a.seed} (`clipfair.toy.make_tiny_clip`) and trained by
-  `clipfair.toy.train_toy_clip` for {a.epochs} epochs ({train['steps']} steps, batch 128,
+* initialised with seed {a.seed} (`clipfair.run.toy.make_tiny_clip`) and trained by
+  `clipfair.run.toy.train_toy_clip` for {a.epochs} epochs ({train['steps']} steps, batch 128,
   AdamW, lr 2e-3, cosine) with a symmetric InfoNCE loss and the learnable logit scale
   (identical captions in a batch are merged into one text). Final epoch loss
   {train['losses'][-1]:.3f}, logit scale {train['logit_scale']:.1f}.
@@ -160,12 +160,12 @@ accuracy, for two reasons. First, a symmetric swap below 0.5 leaves the majority
 correct, so the best possible classifier is unchanged and only its confidence drops. Second,
 the tiny model learns one shared hair -> gender cue across groups. So the demo uses a
 one-sided swap: {g} women are captioned as men with probability {swap.get('Female', 0):g}. Both
-forms are available (`clipfair.toy.train_toy_clip(gender_swap_p=0.3)` or
+forms are available (`clipfair.run.toy.train_toy_clip(gender_swap_p=0.3)` or
 `{{"Female": 0.9}}`; `scripts/make_demo.py --gender-swap-female-p/--gender-swap-male-p`).
 
 ## The toy's zero-shot results on `fairface/val` ({rep['n']} faces)
 
-Computed by `clipfair.toy.zero_shot_report` (cosine of image and prompt embeddings,
+Computed by `clipfair.run.toy.zero_shot_report` (cosine of image and prompt embeddings,
 prompts from the built-in taxonomies):
 
 | task | accuracy | chance |
@@ -209,7 +209,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    from clipfair import synthetic, toy
+    from clipfair.data import synthetic
+    from clipfair.run import toy
 
     t0 = time.perf_counter()
     out: Path = a.out

@@ -19,7 +19,7 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from clipfair.toy import make_tiny_clip
+    from clipfair.run.toy import make_tiny_clip
 
     return make_tiny_clip(tmp_path_factory.mktemp("models") / "tiny", seed=0)
 
@@ -27,7 +27,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fairface_root(tmp_path_factory) -> Path:
     """A synthetic dataset in FairFace's official layout (train 120, val 80 images)."""
-    from clipfair.synthetic import write_fairface_layout
+    from clipfair.data.synthetic import write_fairface_layout
 
     root = tmp_path_factory.mktemp("fairface")
     write_fairface_layout(root, n_train=120, n_val=80, seed=1, size=32)

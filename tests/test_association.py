@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from clipfair import weat as W
-from clipfair.association_tests import (AssociationError, Settings, load_test,
+from clipfair.stats import weat as W
+from clipfair.methods.association_tests import (AssociationError, Settings, load_test,
                                         load_tests, run_tests, settings_from)
 
 
@@ -375,7 +375,7 @@ def _ctx(table, E, enc, tmp_path):
 def test_analysis_registers_writes_tables_and_report(tmp_path):
     from clipfair.analyses import build_analysis, get_analysis
     from clipfair.analyses.association import AssociationAnalysis, forest_order
-    from clipfair.document import Document, Figure, to_markdown
+    from clipfair.report.document import Document, Figure, to_markdown
 
     assert get_analysis("association") is AssociationAnalysis
     rng = np.random.default_rng(12)
@@ -433,13 +433,13 @@ def test_collect_gives_d_per_model(tmp_path):
         write_association(out, run)
         # the files `clipfair collect` needs to call a folder a finished run
         pd.DataFrame(columns=["taxonomy"]).to_parquet(run / "predictions.parquet")
-        from clipfair.metrics import METRIC_COLUMNS
+        from clipfair.stats.metrics import METRIC_COLUMNS
         pd.DataFrame(columns=METRIC_COLUMNS).to_csv(run / "metrics.csv", index=False)
         pd.DataFrame(columns=["taxonomy"]).to_csv(run / "disparities.csv", index=False)
         (run / "run.json").write_text(json.dumps({"model": {"name_or_path": model}, "dataset": {"name": "d"},
                                                   "outputs": ["predictions.parquet", "metrics.csv",
                                                               "disparities.csv", "associations.csv"]}))
-    from clipfair.collect import collect
+    from clipfair.run.collect import collect
 
     c = collect_associations(collect([tmp_path])[1], tmp_path.resolve())
     assert len(c) == 4
@@ -449,7 +449,7 @@ def test_collect_gives_d_per_model(tmp_path):
         sub = c[c.label == lab].set_index("test")
         assert piv.loc["career_family", lab] == pytest.approx(sub.loc["career_family", "effect_size"])
     # clipfair collect writes them beside collected.csv, with a section of d per run
-    from clipfair.collect import write_collected
+    from clipfair.run.collect import write_collected
 
     res = write_collected([tmp_path], tmp_path / "out")
     wide = pd.read_csv(tmp_path / "out" / "collected_associations_d.csv", index_col=0)
@@ -460,7 +460,7 @@ def test_collect_gives_d_per_model(tmp_path):
 
 
 def test_run_association_on_a_tiny_model_encodes_images_only_when_needed(tiny_model_dir, fairface_root, tmp_path):
-    from clipfair.association_run import run_association
+    from clipfair.run.association_run import run_association
     from clipfair.data import load_dataset
     from clipfair.models import load_model
 
@@ -554,9 +554,9 @@ def test_image_sets_from_a_csv_or_a_folder(tiny_model_dir, fairface_root, tmp_pa
     run's model; d equals a WEAT on those images' embeddings computed directly."""
     import shutil
 
-    from clipfair.association_run import run_association
+    from clipfair.run.association_run import run_association
     from clipfair.data import load_dataset
-    from clipfair.embed import embed_images
+    from clipfair.run.embed import embed_images
     from clipfair.models import load_model
 
     imgs = sorted((fairface_root / "val").glob("*.jpg"))[:12]
@@ -581,11 +581,11 @@ def test_image_sets_from_a_csv_or_a_folder(tiny_model_dir, fairface_root, tmp_pa
     assert not r["images_encoded"]            # the run's own dataset images were not needed
     row = r["outcome"].associations.iloc[0]
     assert (row.n_x, row.n_y) == (5, 7)
-    from clipfair.association_tests import image_set_dataset
+    from clipfair.methods.association_tests import image_set_dataset
 
     X = embed_images(image_set_dataset(t.x), model, None, progress=False).embeddings
     Y = embed_images(image_set_dataset(t.y), model, None, progress=False).embeddings
-    from clipfair.embed import TextEmbedder
+    from clipfair.run.embed import TextEmbedder
 
     enc = TextEmbedder(model, None)
     direct = W.weat(X, Y, enc(t.a.texts()), enc(t.b.texts()), bootstrap=0)
@@ -598,7 +598,7 @@ def test_image_sets_from_a_csv_or_a_folder(tiny_model_dir, fairface_root, tmp_pa
 
 def test_text_cells_are_guarded_against_spreadsheet_formulas(tmp_path):
     from clipfair.analyses.association import write_association
-    from clipfair.outputs import read_csv
+    from clipfair.utility.outputs import read_csv
 
     t = tmp_path / "f.yaml"
     t.write_text("name: f\nkind: sc_weat\ntargets: {x: {name: p, words: ['=HYPERLINK(1)', 'plain']}}\n"

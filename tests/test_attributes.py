@@ -14,9 +14,9 @@ import pytest
 
 from clipfair.data import SliceError, load_dataset
 from clipfair.data.attributes import FAIRFACE_TAXONOMY_VALUES
-from clipfair.metrics import CONFUSION_COLUMNS, METRIC_COLUMNS
-from clipfair.pipeline import evaluate, write_outputs
-from clipfair.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, check_target, load_taxonomy
+from clipfair.stats.metrics import CONFUSION_COLUMNS, METRIC_COLUMNS
+from clipfair.run.pipeline import evaluate, write_outputs
+from clipfair.data.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, check_target, load_taxonomy
 from fixtures_datasets import MONK_VALUES, REGIONS, make_custom_csv
 from handmodel import hand_clip
 

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 from clipfair.data import load_dataset
-from clipfair.embed import embed_images, text_namespace
+from clipfair.run.embed import embed_images, text_namespace
 from clipfair.models import ModelError, TextSettings, load_model
-from clipfair.pipeline import evaluate
-from clipfair.taxonomy import load_taxonomies
-from clipfair.zeroshot import class_embeddings, l2_normalize, zero_shot_logits
+from clipfair.run.pipeline import evaluate
+from clipfair.data.taxonomy import load_taxonomies
+from clipfair.methods.zeroshot import class_embeddings, l2_normalize, zero_shot_logits
 
 from tiny_families import (make_tiny_align, make_tiny_altclip, make_tiny_bert, make_tiny_siglip, make_tiny_siglip2,
                            make_tiny_vit)
@@ -334,7 +334,7 @@ def test_model_configs_compose_for_every_family():
         from omegaconf import OmegaConf
 
         from clipfair.cli import _require_model
-        from clipfair.schema import ConfigError, validate
+        from clipfair.run.schema import ConfigError, validate
 
         over = ["model.loader=open_clip", "model.name=ViT-B-32", "model.pretrained=laion2b_s34b_b79k"]
         cfg = compose(config_name="config", overrides=over)

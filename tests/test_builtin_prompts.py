@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from clipfair.taxonomy import builtin_dir, load_taxonomy
+from clipfair.data.taxonomy import builtin_dir, load_taxonomy
 
 BUILTINS = sorted(p.stem for p in builtin_dir().glob("*.yaml"))
 VOWEL_SOUND = re.compile(r"\ba ([AEIOUaeiou]\w*)")  # "a East Asian", "a Indian", "a orangutan"

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipfair.cache import EmbeddingStore, list_entries
+from clipfair.run.cache import EmbeddingStore, list_entries
 from clipfair.cli import main
 from clipfair.data import load_dataset
-from clipfair.embed import EmbedStats
+from clipfair.run.embed import EmbedStats
 from clipfair.models import load_model
-from clipfair.pipeline import evaluate
-from clipfair.taxonomy import load_taxonomy
+from clipfair.run.pipeline import evaluate
+from clipfair.data.taxonomy import load_taxonomy
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_changed_image_bytes_reencode_exactly_those_images(data, tiny_model_dir,
 
 
 def test_model_or_preprocessing_change_invalidates(data, tiny_model_dir, tmp_path):
-    from clipfair.toy import make_tiny_clip
+    from clipfair.run.toy import make_tiny_clip
 
     cache = tmp_path / "cache"
     base = load_model(name_or_path=str(tiny_model_dir), device="cpu", dtype="float32")

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from clipfair.cli import main, register_resolvers
-from clipfair.metrics import METRIC_COLUMNS
+from clipfair.stats.metrics import METRIC_COLUMNS
 import clipfair.configs
 
 CONFIGS = Path(clipfair.configs.__file__).parent
@@ -74,8 +74,8 @@ def test_every_model_config_composes(hydra_compose, option):
 def test_every_experiment_composes_and_names_valid_taxonomies(hydra_compose, option, tmp_path):
     from omegaconf import OmegaConf
 
-    from clipfair.sensitivity import expand_template_sets
-    from clipfair.taxonomy import load_taxonomies
+    from clipfair.methods.sensitivity import expand_template_sets
+    from clipfair.data.taxonomy import load_taxonomies
 
     extra = []
     if option == "dollar_street":  # its taxonomy is written from the data's classnames.txt into dataset.root
@@ -85,7 +85,7 @@ def test_every_experiment_composes_and_names_valid_taxonomies(hydra_compose, opt
         extra = [f"dataset.root={tmp_path}"]
     cfg = OmegaConf.to_container(hydra_compose([f"experiment={option}", *extra]), resolve=True)
     if not cfg["taxonomies"] and (cfg.get("retrieval") or {}).get("enabled"):  # retrieval on its own
-        from clipfair.retrieval import load_query_sets, options_from_config
+        from clipfair.methods.retrieval import load_query_sets, options_from_config
 
         assert load_query_sets(options_from_config(cfg["retrieval"]).queries)
         return

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from clipfair.compare import (CompareError, benjamini_hochberg, compare_paired, compare_runs, holm, mcnemar_exact,
+from clipfair.methods.compare import (CompareError, benjamini_hochberg, compare_paired, compare_runs, holm, mcnemar_exact,
                               side_by_side, two_proportion_z, write_comparison)
-from clipfair.sensitivity import expand_template_sets, findings, spread
-from clipfair.stats import newcombe_diff, newcombe_paired_diff
-from clipfair.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError
+from clipfair.methods.sensitivity import expand_template_sets, findings, spread
+from clipfair.stats.inference import newcombe_diff, newcombe_paired_diff
+from clipfair.data.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError
 
 
 def test_mcnemar_exact_matches_binomial_test():
@@ -96,7 +96,7 @@ def test_compare_runs_paired_and_unpaired(tmp_path):
     assert set(unpaired["test"]) == {"two_proportion_z"}
     row = unpaired.query("group == 'A'").iloc[0]
     assert row["p_value"] == pytest.approx(two_proportion_z(100, 100, 40, 100))
-    from clipfair.outputs import OutputError
+    from clipfair.utility.outputs import OutputError
 
     with pytest.raises(OutputError, match="predictions.parquet"):
         compare_runs([tmp_path / "r1", tmp_path])
@@ -273,7 +273,7 @@ def test_builtin_prompt_sensitivity_sets_are_all_distinct():
 
     import yaml
 
-    from clipfair.taxonomy import load_taxonomies
+    from clipfair.data.taxonomy import load_taxonomies
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "experiment" / "prompt_sensitivity.yaml")
                          .read_text())

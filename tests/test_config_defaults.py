@@ -1,5 +1,5 @@
 """Issue 20, part 5: defaults are defined once. configs/config.yaml states every default the typed
-schema (clipfair.schema) has, with the same value, so the two cannot drift (ProbeConfig.Cs once did);
+schema (clipfair.run.schema) has, with the same value, so the two cannot drift (ProbeConfig.Cs once did);
 and the composed analyses read the typed config."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _defaults(cls) -> dict:
 def test_config_yaml_states_the_schema_defaults(compose):
     from omegaconf import OmegaConf
 
-    from clipfair.schema import RunConfig
+    from clipfair.run.schema import RunConfig
 
     cfg = OmegaConf.to_container(compose([]), resolve=False)
     defaults = _defaults(RunConfig)
@@ -48,7 +48,7 @@ def test_the_probe_options_come_from_the_typed_config(compose):
     from omegaconf import OmegaConf
 
     from clipfair.analyses import compose as C
-    from clipfair.schema import validate
+    from clipfair.run.schema import validate
 
     run = validate(OmegaConf.to_container(compose(["probe.enabled=true", "probe.Cs=[0.5]",
                                                    "+analyses.precision_audit=null"]), resolve=True))
@@ -60,7 +60,7 @@ def test_the_probe_options_come_from_the_typed_config(compose):
 
 def test_an_unknown_analysis_is_one_line_listing_the_available(compose):
     from clipfair.analyses import build_analysis
-    from clipfair.registry import RegistryError
+    from clipfair.utility.registry import RegistryError
 
     with pytest.raises(RegistryError, match="unknown analysis 'nope'; available: .*linear_probe.*zero_shot"):
         build_analysis("nope", {})
@@ -74,7 +74,7 @@ def test_loader_arguments_the_cli_reads_default_to_the_loaders_own():
 
     from clipfair.data import DATASETS
     from clipfair.models import load_model
-    from clipfair.schema import loader_argument
+    from clipfair.run.schema import loader_argument
 
     utk = {"_target_": "clipfair.data.load_dataset", "name": "utkface"}
     assert loader_argument(utk, "on_error") == inspect.signature(DATASETS.get("utkface")).parameters[

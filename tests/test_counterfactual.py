@@ -21,7 +21,7 @@ from clipfair.analyses import RunContext
 from clipfair.analyses.counterfactual import SUBJECT_LABEL, Counterfactual
 from clipfair.data import DatasetError, load_dataset
 from clipfair.models.base import Scoring
-from clipfair.taxonomy import Taxonomy, TaxonomyClass
+from clipfair.data.taxonomy import Taxonomy, TaxonomyClass
 
 
 def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -284,7 +284,7 @@ def test_a_favoured_value_is_found_and_identical_sets_favour_nobody():
     assert r["diff_low"] > 0 and r["ci_low"] > 0.5
     # the report leads with the largest within-set effect and the most favoured value, in words
     from clipfair.analyses.counterfactual import section
-    from clipfair.document import Document, to_markdown
+    from clipfair.report.document import Document, to_markdown
 
     text = to_markdown(Document("t", [section(a.table, a.sets, Path("/nonexistent"), 0.95, 10, 5)]))
     big = a.table[(a.table["metric"] == "delta_p") & ~a.table["small"]].sort_values("value").iloc[-1]

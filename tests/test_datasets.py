@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from clipfair.data import DATASETS, DatasetError, FaceDataset, HFReader, ImageError, load_dataset
-from clipfair.registry import RegistryError
+from clipfair.utility.registry import RegistryError
 from fixtures_datasets import (
     BLUE,
     GREEN,

@@ -11,9 +11,9 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from clipfair.metrics import (DISPARITY_COLUMNS, HIGHER, LOWER, NEUTRAL, disparities, group_metrics,
+from clipfair.stats.metrics import (DISPARITY_COLUMNS, HIGHER, LOWER, NEUTRAL, disparities, group_metrics,
                               metric_direction)
-from clipfair.stats import newcombe_diff, newcombe_paired_diff
+from clipfair.stats.inference import newcombe_diff, newcombe_paired_diff
 
 
 def _m(metric, category, slice_, group, n, count, taxonomy="T"):

@@ -8,7 +8,7 @@ import re
 import pytest
 from PIL import Image
 
-from clipfair.document import (Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html,
+from clipfair.report.document import (Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html,
                                to_markdown)
 
 

@@ -151,8 +151,8 @@ def test_person_crop_is_the_box_clipped_to_the_image(facet_root):
 def test_the_cache_keys_on_the_crop(facet_root, tmp_path):
     from handmodel import hand_clip
 
-    from clipfair.cache import EmbeddingStore
-    from clipfair.embed import embed_images, image_namespace
+    from clipfair.run.cache import EmbeddingStore
+    from clipfair.run.embed import embed_images, image_namespace
 
     model = hand_clip()
     store = EmbeddingStore(tmp_path / "cache", "image", image_namespace(model))
@@ -225,8 +225,8 @@ def test_bad_options_are_one_line_errors(facet_root):
 
 
 def test_a_prediction_equal_to_class2_counts_as_correct():
-    from clipfair.taxonomy import load_taxonomy
-    from clipfair.zeroshot import predictions_frame
+    from clipfair.data.taxonomy import load_taxonomy
+    from clipfair.methods.zeroshot import predictions_frame
 
     tax = load_taxonomy("facet_classes")
     assert len(tax.classes) == 52 and tax.target == "class1" and tax.also_correct == "class2"
@@ -252,8 +252,8 @@ def test_a_prediction_equal_to_class2_counts_as_correct():
 def _synthetic_metrics(min_slices=("class1", "gender_presentation")):
     """Classification rows scored by the core from random predictions with group-dependent accuracy."""
     from clipfair.analyses.engine import add_result_columns
-    from clipfair.pipeline import score
-    from clipfair.taxonomy import load_taxonomy
+    from clipfair.run.pipeline import score
+    from clipfair.data.taxonomy import load_taxonomy
 
     rng = np.random.default_rng(3)
     tax = load_taxonomy("facet_classes")
@@ -277,8 +277,8 @@ def _synthetic_metrics(min_slices=("class1", "gender_presentation")):
 
 def test_core_disparities_of_the_facet_layout_stay_within_a_class():
     from clipfair.data.facet import FACET_STRATA
-    from clipfair.pipeline import score
-    from clipfair.taxonomy import load_taxonomy
+    from clipfair.run.pipeline import score
+    from clipfair.data.taxonomy import load_taxonomy
 
     preds, _, orders = _synthetic_metrics()
     slices = ["overall", "class1", ("class1", "gender_presentation")]

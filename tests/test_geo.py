@@ -106,7 +106,7 @@ def test_bad_data_names_the_place(tmp_path):
 def test_taxonomy_from_classnames(tmp_path):
     import yaml
 
-    from clipfair.taxonomy import load_taxonomy
+    from clipfair.data.taxonomy import load_taxonomy
 
     root = gf.make_ds_wds(tmp_path / "ds", n=4)
     path = tmp_path / "t.yaml"
@@ -121,8 +121,8 @@ def test_taxonomy_from_classnames(tmp_path):
 
 def _clipfair_figures(ds, taxonomy, logits, benchmark, group_by, min_n=10):
     from clipfair.analyses.datacomp_geo import datacomp_figures
-    from clipfair.pipeline import score
-    from clipfair.zeroshot import predictions_frame, softmax
+    from clipfair.run.pipeline import score
+    from clipfair.methods.zeroshot import predictions_frame, softmax
 
     pred = predictions_frame(ds.table, taxonomy, softmax(logits), "zero_shot", ds.attributes, logits=logits)
     met, dis = score(pred, [taxonomy], ["overall", group_by], orders=ds.value_orders(), topk=[5],
@@ -141,7 +141,7 @@ def test_port_of_datacomp_agrees_on_the_same_logits(tmp_path, benchmark):
     group). clipfair adds n, Wilson intervals, small-group flags and the worst-vs-best
     difference, which datacomp lacks.
     """
-    from clipfair.taxonomy import load_taxonomy
+    from clipfair.data.taxonomy import load_taxonomy
 
     if benchmark == "dollar_street":
         root, classes, field, prefix = gf.make_ds_wds(tmp_path / "d", n=64), gf.DS_CLASSES, "income_ds", "acc_top5"

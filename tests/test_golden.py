@@ -16,7 +16,7 @@ from cases import CASES, run_case  # noqa: E402
 
 
 def read(path: Path) -> pd.DataFrame:
-    from clipfair.outputs import read_csv  # recorded with write_csv's CSV-injection quoting
+    from clipfair.utility.outputs import read_csv  # recorded with write_csv's CSV-injection quoting
 
     return read_csv(path, dtype=str, keep_default_na=False)
 
@@ -31,7 +31,7 @@ def test_outputs_equal_the_recorded_ones(case, tmp_path):
         name = gz.name[: -len(".gz")]
         old = read(gz)
         assert (out / name).exists(), f"{case}: {name} is no longer written"
-        from clipfair.outputs import read_csv  # undoes the CSV-injection quoting of text cells (main, f7adab4)
+        from clipfair.utility.outputs import read_csv  # undoes the CSV-injection quoting of text cells (main, f7adab4)
 
         new = read_csv(out / name, dtype=str, keep_default_na=False)
         if name == "metrics.csv" and "analysis" in new.columns:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from clipfair.data import DatasetError, load_dataset
-from clipfair.schema import ConfigError
+from clipfair.run.schema import ConfigError
 
 from fixtures_datasets import write_image, write_text, RED
 
@@ -21,8 +21,8 @@ from fixtures_datasets import write_image, write_text, RED
 
 def test_7_an_attribute_named_like_any_prediction_column_is_refused_at_load(tmp_path):
     from clipfair.data.attributes import PREDICTION_COLUMNS
-    from clipfair.zeroshot import predictions_frame
-    from clipfair.taxonomy import Taxonomy, TaxonomyClass
+    from clipfair.methods.zeroshot import predictions_frame
+    from clipfair.data.taxonomy import Taxonomy, TaxonomyClass
     import numpy as np
 
     # the reserved list is exactly the columns predictions_frame writes (independent of the list)
@@ -60,9 +60,9 @@ AS_WRITTEN = ["010", "0x1F", "1:30", "1_000", "1.50", "2024-01-01", "0o17", "+5"
 
 
 def test_10_numbers_and_dates_in_data_files_keep_the_text_as_written(tmp_path):
-    from clipfair.retrieval import load_query_set
-    from clipfair.taxonomy import load_taxonomy
-    from clipfair.yamlio import loads
+    from clipfair.methods.retrieval import load_query_set
+    from clipfair.data.taxonomy import load_taxonomy
+    from clipfair.utility.yamlio import loads
 
     items = ", ".join(AS_WRITTEN)
     tax = tmp_path / "t.yaml"
@@ -148,7 +148,7 @@ PROMPTS = ["a photo of a White man.", "A photo of a Black woman.", "a photo of a
 def test_12_siglip2_prompts_are_canonicalised_as_open_clip_does(tmp_path):
     from clipfair.models import load_model
     from clipfair.models.base import canonicalize_text
-    from clipfair.taxonomy import load_taxonomy
+    from clipfair.data.taxonomy import load_taxonomy
 
     from tiny_families import make_tiny_siglip, make_tiny_siglip2
 
@@ -195,8 +195,8 @@ def _run_with_taxonomy(d, taxonomy, model="m"):
 
 def test_8_compare_refuses_same_named_taxonomies_with_different_classes_or_prompts(tmp_path, capsys):
     from clipfair.cli import main
-    from clipfair.compare import CompareError, compare_runs
-    from clipfair.taxonomy import Taxonomy, TaxonomyClass
+    from clipfair.methods.compare import CompareError, compare_runs
+    from clipfair.data.taxonomy import Taxonomy, TaxonomyClass
 
     races = ["White", "Black", "East Asian", "Indian", "Latino_Hispanic", "Middle Eastern", "Southeast Asian"]
     seven = Taxonomy("fixture_race", ("a photo of a {} person.",), tuple(TaxonomyClass(r, (r,), r) for r in races))
@@ -282,7 +282,7 @@ def hostile_run(tmp_path_factory):
 def test_5_markdown_outputs_render_no_html_images_or_links_from_user_strings(hostile_run):
     from markdown_it import MarkdownIt
 
-    from clipfair.document import Document, Figure, Section, Table, Text, inline_markdown, to_markdown
+    from clipfair.report.document import Document, Figure, Section, Table, Text, inline_markdown, to_markdown
 
     render = MarkdownIt("commonmark").render  # raw HTML allowed, as CommonMark specifies
     hostile = [SCRIPT, IMG, MD_IMG, JS_LINK, "[x]: javascript:alert(1)\n\n[x]", "<javascript:alert(1)>",
@@ -331,9 +331,9 @@ def _formula_cells(path):
 
 
 def test_6_csv_text_cells_never_start_a_formula_and_clipfair_reads_them_back(hostile_run):
-    from clipfair.collect import _read_metrics
-    from clipfair.compare import load_run
-    from clipfair.outputs import read_csv
+    from clipfair.run.collect import _read_metrics
+    from clipfair.methods.compare import load_run
+    from clipfair.utility.outputs import read_csv
 
     csvs = sorted(hostile_run.glob("*.csv"))
     assert {"metrics.csv", "retrieval.csv"} <= {p.name for p in csvs}

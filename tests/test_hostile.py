@@ -26,9 +26,9 @@ from PIL import Image
 from clipfair.data import DatasetError, FaceDataset, FileReader, ImageError, load_dataset
 from clipfair.data.images import decode_image
 from clipfair.models import ModelError, load_model
-from clipfair.outputs import OutputError, safe_filename
-from clipfair.schema import ConfigError
-from clipfair.taxonomy import TaxonomyError, load_taxonomy
+from clipfair.utility.outputs import OutputError, safe_filename
+from clipfair.run.schema import ConfigError
+from clipfair.data.taxonomy import TaxonomyError, load_taxonomy
 
 from fixtures_datasets import FAIRFACE_HEADER, PALETTE, write_image
 
@@ -93,7 +93,7 @@ def test_1_yaml_alias_bomb_is_refused_under_a_memory_limit(tmp_path):
     code = textwrap.dedent(f"""
         import resource, sys, time
         resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
-        from clipfair.taxonomy import TaxonomyError, load_taxonomy
+        from clipfair.data.taxonomy import TaxonomyError, load_taxonomy
         for site in {BOMB_SITES!r}:
             t0 = time.time()
             try:
@@ -276,7 +276,7 @@ def test_6_one_image_under_several_spellings_is_one_image(tmp_path):
 
 
 def test_6_duplicate_contents_are_reported(tmp_path, caplog):
-    from clipfair.embed import embed_images
+    from clipfair.run.embed import embed_images
 
     from handmodel import hand_clip
 
@@ -314,7 +314,7 @@ def _exif_jpeg(img: Image.Image, orientation: int) -> bytes:
 
 
 def test_8_exif_orientation_is_applied_in_every_decode_path(tmp_path):
-    from clipfair.embed import embed_images
+    from clipfair.run.embed import embed_images
 
     stored = Image.new("RGB", (64, 32), (220, 30, 30))
     stored.paste((30, 30, 220), (32, 0, 64, 32))  # left red, right blue, as stored
@@ -352,7 +352,7 @@ def test_9_slash_in_a_category_name_with_template_sets_gives_safe_file_names(run
 
 
 def test_10_disk_full_in_the_cache_names_the_path(tmp_path, monkeypatch):
-    from clipfair import cache
+    from clipfair.run import cache
     from clipfair.cli import _user_error
 
     def no_space(fd):
@@ -367,8 +367,8 @@ def test_10_disk_full_in_the_cache_names_the_path(tmp_path, monkeypatch):
 
 
 def test_10_cache_folder_not_writable_runs_without_the_cache(tmp_path, caplog):
-    from clipfair.pipeline import evaluate
-    from clipfair.taxonomy import load_taxonomies
+    from clipfair.run.pipeline import evaluate
+    from clipfair.data.taxonomy import load_taxonomies
 
     from handmodel import hand_clip
 
@@ -433,7 +433,7 @@ def test_10_results_folder_not_writable_is_one_line(tmp_path, capsys):
     err = one_line_error(capsys)
     assert err.startswith("clipfair: error: cannot create the results folder") and "hydra.run.dir" in err
     # the staging folder beside a run folder that cannot be written: the same, from our side
-    from clipfair.outputs import check_run_dir
+    from clipfair.utility.outputs import check_run_dir
 
     with pytest.raises(OutputError, match="cannot be written"):
         check_run_dir(tmp_path / "afile" / "run")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipfair.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError
+from clipfair.data.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError
 
 TAX = "occ@v2:a+b"          # a taxonomy name with every separator
 SET = "s@1+x:y"             # a template set name with every separator
@@ -36,7 +36,7 @@ def _predictions(names: list[str], n: int = 300) -> pd.DataFrame:
 
 def test_prompt_sensitivity_keys_variants_by_columns_end_to_end(tmp_path):
     from clipfair.analyses import build_analysis
-    from clipfair.pipeline import Evaluation, score, write_outputs
+    from clipfair.run.pipeline import Evaluation, score, write_outputs
 
     ps = build_analysis("prompt_sensitivity", {"template_sets": {TAX: {SET: ["the {}!"]}}})
     taxa = ps.adjust_taxonomies([_tax(TAX), _tax(SOLO)])
@@ -50,7 +50,7 @@ def test_prompt_sensitivity_keys_variants_by_columns_end_to_end(tmp_path):
     assert (ev.metrics.loc[ev.metrics["taxonomy"] == SOLO, "template_set"] == "").all()
     write_outputs(ev, tmp_path, {"model": {"name_or_path": "m"}}, taxonomies=taxa, slices=["overall", "race"])
 
-    from clipfair.outputs import read_csv
+    from clipfair.utility.outputs import read_csv
 
     spr = read_csv(tmp_path / "sensitivity.csv", keep_default_na=False)
     assert set(spr["taxonomy"]) == {TAX}  # the base taxonomy whole; the plain taxonomy has no variants
@@ -64,14 +64,14 @@ def test_prompt_sensitivity_keys_variants_by_columns_end_to_end(tmp_path):
 
 
 def test_variant_names_that_would_collide_are_refused():
-    from clipfair.sensitivity import expand_template_sets
+    from clipfair.methods.sensitivity import expand_template_sets
 
     with pytest.raises(TaxonomyError, match="would both be named 'a@b@c'"):
         expand_template_sets([_tax("a@b"), _tax("a")], {"a@b": {"c": ["the {}."]}, "a": {"b@c": ["an {}."]}})
 
 
 def test_compare_reads_variants_and_slices_from_the_record_not_the_names(tmp_path):
-    from clipfair.compare import Run, run_slices_and_orders
+    from clipfair.methods.compare import Run, run_slices_and_orders
 
     met = pd.DataFrame({"taxonomy": [f"{TAX}@{SET}", f"{TAX}@default", SOLO, SOLO],
                         "variant_of": [TAX, TAX, "", ""], "template_set": [SET, "default", "", ""],

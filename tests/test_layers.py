@@ -6,7 +6,7 @@
 - no module imports another module's private name (``from .x import _y``);
 - only ``clipfair/models/`` imports transformers or open_clip;
 - every module's docstring names its layer and it imports nothing from a higher layer;
-- one function saves every figure (:func:`clipfair.figures.save_figure`).
+- one function saves every figure (:func:`clipfair.report.figures.save_figure`).
 """
 
 from __future__ import annotations
@@ -138,11 +138,11 @@ def test_the_graph_builder_finds_a_planted_cycle_and_private_import(tmp_path):
 
 
 def test_the_graph_covers_the_package():
-    assert {"clipfair.metrics", "clipfair.stats", "clipfair.models.base", "clipfair.preprocess",
+    assert {"clipfair.stats.metrics", "clipfair.stats.inference", "clipfair.models.base", "clipfair.models.preprocess",
             "clipfair.cli"} <= set(MODULES)
     edges = _graph(ROWS, MODULES, True)
-    assert "clipfair.stats" in edges["clipfair.metrics"]  # metrics builds on stats, not the reverse
-    assert "clipfair.pipeline" in edges["clipfair.cli"]  # function-level imports are seen
+    assert "clipfair.stats.inference" in edges["clipfair.stats.metrics"]  # metrics builds on stats, not the reverse
+    assert "clipfair.run.pipeline" in edges["clipfair.cli"]  # function-level imports are seen
 
 
 def test_no_module_level_import_cycle():
@@ -169,20 +169,20 @@ def test_only_models_imports_transformers_or_open_clip():
 
 
 def test_one_function_saves_every_figure():
-    """``.savefig(`` is called in clipfair/figures.py only (every writer calls save_figure)."""
+    """``.savefig(`` is called in clipfair/report/figures.py only (every writer calls save_figure)."""
     callers = []
     for mod, py in MODULES.items():
         for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in ("savefig", "print_figure", "print_png"):
                 callers.append(f"{mod}:{node.lineno}")
-    assert [c.split(":")[0] for c in callers] == ["clipfair.figures"], callers
+    assert [c.split(":")[0] for c in callers] == ["clipfair.report.figures"], callers
 
 
 def test_save_figure_writes_a_reproducible_png(tmp_path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from clipfair.figures import DPI, save_figure
+    from clipfair.report.figures import DPI, save_figure
 
     def draw():
         fig = Figure(figsize=(2, 1), dpi=DPI)
@@ -203,7 +203,7 @@ def test_save_figure_writes_a_reproducible_png(tmp_path):
 
 
 #: the layers, bottom up (see the docstring of clipfair/__init__.py)
-LAYERS = ("utility", "data", "models", "stats", "report", "analyses", "run", "cli")
+LAYERS = ("utility", "data", "models", "stats", "report", "methods", "analyses", "run", "cli")
 
 
 def _layer(py: Path) -> str | None:
@@ -227,10 +227,10 @@ def test_no_module_imports_from_a_higher_layer():
 #: the analyses package's public contract (base class, registry, metric registry, outcome engine,
 #: composition); every other module in clipfair/analyses/ is one analysis
 ANALYSES_CONTRACT = frozenset({"clipfair.analyses", "clipfair.analyses.base", "clipfair.analyses.registry",
-                               "clipfair.analyses.specs", "clipfair.analyses.engine", "clipfair.analyses.compose"})
+                               "clipfair.stats.specs", "clipfair.analyses.engine", "clipfair.analyses.compose"})
 #: the hub modules that must name no analysis: they reach analyses through the contract only
-HUBS = ("clipfair.collect", "clipfair.report", "clipfair.pipeline", "clipfair.cli", "clipfair.compare",
-        "clipfair.sensitivity", "clipfair.outputs", "clipfair.runfolder")
+HUBS = ("clipfair.run.collect", "clipfair.report.render", "clipfair.run.pipeline", "clipfair.cli", "clipfair.methods.compare",
+        "clipfair.methods.sensitivity", "clipfair.utility.outputs", "clipfair.stats.runfolder")
 
 
 def _analysis_imports(rows, modules, hubs):
@@ -249,12 +249,41 @@ def test_hubs_import_no_specific_analysis_module(tmp_path):
     # the check can fail: a hub importing one analysis, at module level or inside a function
     pkg = tmp_path / PKG
     (pkg / "analyses").mkdir(parents=True)
-    for f in ("__init__.py", "analyses/__init__.py", "analyses/registry.py", "analyses/association.py"):
+    (pkg / "run").mkdir()
+    for f in ("__init__.py", "analyses/__init__.py", "analyses/registry.py", "analyses/association.py",
+              "run/__init__.py"):
         (pkg / f).write_text("")
-    (pkg / "collect.py").write_text("from .analyses import registry\n"
-                                    "def f():\n    from .analyses.association import x\n")
+    (pkg / "run" / "collect.py").write_text("from ..analyses import registry\n"
+                                            "def f():\n    from ..analyses.association import x\n")
     (pkg / "cli.py").write_text("import clipfair.analyses.association\n")
     planted = _modules(pkg)
     assert _analysis_imports(_imports(planted), planted, HUBS) == [
         "clipfair.cli:1 imports clipfair.analyses.association",
-        "clipfair.collect:3 imports clipfair.analyses.association"]
+        "clipfair.run.collect:3 imports clipfair.analyses.association"]
+
+
+def test_folders_show_the_layers():
+    """Every module lives in the folder named after its layer (``clipfair/<layer>/``); only the
+    command line (``clipfair/cli.py``, ``__main__.py``) sits at the top of the package."""
+    wrong = []
+    for mod, py in MODULES.items():
+        if mod == PKG:
+            continue
+        parts = mod.split(".")
+        folder = parts[1] if (len(parts) > 2 or py.name == "__init__.py") else "cli"
+        if _layer(py) != folder:
+            wrong.append(f"{py.relative_to(SRC.parent)} says layer {_layer(py)}")
+    assert wrong == []
+    assert {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()} >= set(LAYERS) - {"cli"}
+
+
+def test_pyproject_ships_every_package():
+    """A non-editable install carries every folder of the package (pyproject lists them by hand)."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    listed = set(tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(p.relative_to(SRC.parent).parts) for p in SRC.rglob("*") if (p / "__init__.py").is_file()}
+    found.add(PKG)
+    assert found - listed == set()

@@ -8,8 +8,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from clipfair.linear_probe import fit_probe, probe_labels, probe_predictions, refine_search
-from clipfair.taxonomy import load_taxonomy
+from clipfair.methods.linear_probe import fit_probe, probe_labels, probe_predictions, refine_search
+from clipfair.data.taxonomy import load_taxonomy
 
 
 def clusters(n, rng, labels, dim=16, spread=1.2):
@@ -91,7 +91,7 @@ def test_nonconvergence_is_flagged_and_warned_not_silenced(solver):
 def test_feature_option_changes_features_as_stated(tmp_path, tiny_model_dir, fairface_root):
     from clipfair.data import load_dataset
     from clipfair.models import load_model
-    from clipfair.pipeline import evaluate
+    from clipfair.run.pipeline import evaluate
 
     model = load_model("hf", name_or_path=str(tiny_model_dir), device="cpu", dtype="float32")
     ds = load_dataset("fairface", root=str(fairface_root), split="val", limit=40)
@@ -123,7 +123,7 @@ def test_feature_option_changes_features_as_stated(tmp_path, tiny_model_dir, fai
 
 def test_pre_projection_needs_a_backend_that_exposes_it(tmp_path):
     from clipfair.models import ModelError
-    from clipfair.pipeline import evaluate
+    from clipfair.run.pipeline import evaluate
 
     from handmodel import hand_clip
     from test_zeroshot import colour_dataset
@@ -145,7 +145,7 @@ def test_probe_labels_follow_matches_and_need_a_target():
 
 
 def test_probe_for_a_target_the_dataset_lacks_is_skipped_not_a_crash(tmp_path):
-    from clipfair.pipeline import evaluate
+    from clipfair.run.pipeline import evaluate
 
     from handmodel import hand_clip
     from test_zeroshot import colour_dataset

@@ -1,4 +1,4 @@
-"""Tests of clipfair.metrics: per-group metrics and Wilson intervals."""
+"""Tests of clipfair.stats.metrics: per-group metrics and Wilson intervals."""
 
 from __future__ import annotations
 
@@ -14,21 +14,21 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score
 
 from clipfair.data.attributes import AGE_BINS, FAIRFACE_ORDERS, FAIRFACE_SLICES, GENDERS, RACES
-from clipfair.metrics import (
+from clipfair.stats.metrics import (
     METRIC_COLUMNS,
     disparities,
     slice_name,
     value_order,
     wilson_interval,
 )
-from clipfair.metrics import group_metrics as _group_metrics
+from clipfair.stats.metrics import group_metrics as _group_metrics
 
 #: these tests use FairFace's attributes: its declared slice preference and value orders
 DEFAULT_SLICES = FAIRFACE_SLICES
 
 
 def group_metrics(predictions, categories, slices=FAIRFACE_SLICES, *args, orders=FAIRFACE_ORDERS, **kwargs):
-    """clipfair.metrics.group_metrics with FairFace's declarations (what a FairFace dataset passes)."""
+    """clipfair.stats.metrics.group_metrics with FairFace's declarations (what a FairFace dataset passes)."""
     return _group_metrics(predictions, categories, slices, *args, orders=orders, **kwargs)
 
 CATEGORIES = {
@@ -451,9 +451,9 @@ def test_group_metrics_ci_uses_confidence(preds):
 # --------------------------------------------------------------------------- any attribute
 
 from clipfair.data import SliceError  # noqa: E402
-from clipfair.metrics import CONFUSION_COLUMNS, confusion, resolve_slices  # noqa: E402
-from clipfair.zeroshot import predictions_frame  # noqa: E402
-from clipfair.taxonomy import Taxonomy, TaxonomyClass  # noqa: E402
+from clipfair.stats.metrics import CONFUSION_COLUMNS, confusion, resolve_slices  # noqa: E402
+from clipfair.methods.zeroshot import predictions_frame  # noqa: E402
+from clipfair.data.taxonomy import Taxonomy, TaxonomyClass  # noqa: E402
 
 TONES = tuple(str(k) for k in range(1, 11))          # declared order; as text it sorts 1, 10, 2
 REGIONS = ("Europe", "Africa", "Asia", "Americas")   # declared order, not alphabetical
@@ -604,7 +604,7 @@ def test_confusion_sums_to_n_and_diagonal_is_accuracy():
 
 
 def test_confusion_maps_values_onto_classes_with_matches():
-    from clipfair.taxonomy import load_taxonomy
+    from clipfair.data.taxonomy import load_taxonomy
 
     race4 = load_taxonomy("fairface_race4")
     table = pd.DataFrame({"image_id": list("abcde"),

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from clipfair.data.attributes import FAIRFACE_ORDERS, FAIRFACE_SLICES, RACES
-from clipfair.metrics import group_metrics as _group_metrics
-from clipfair.metrics import wilson_interval
-from clipfair.model_card import (BINARY_RACE_METRIC, ModelCardOptions, binary_race_predictions, equivalence,
+from clipfair.stats.metrics import group_metrics as _group_metrics
+from clipfair.stats.metrics import wilson_interval
+from clipfair.methods.model_card import (BINARY_RACE_METRIC, ModelCardOptions, binary_race_predictions, equivalence,
                                  padding_statement, race_scoring_metrics, rank_verdict,
                                  read_references, reproduce, verdict)
 
@@ -20,7 +20,7 @@ from test_cli import CONFIGS, run_cli
 
 
 def group_metrics(predictions, categories, slices=FAIRFACE_SLICES, *args, orders=FAIRFACE_ORDERS, **kwargs):
-    """clipfair.metrics.group_metrics with FairFace's declarations (what a FairFace run passes)."""
+    """clipfair.stats.metrics.group_metrics with FairFace's declarations (what a FairFace run passes)."""
     return _group_metrics(predictions, categories, slices, *args, orders=orders, **kwargs)
 
 
@@ -280,7 +280,7 @@ def test_age_band_figures_read_the_derived_slice_of_metrics():
 
 def test_a_card_without_the_derived_age_bands_is_a_one_line_error():
     from clipfair.cli import _user_error
-    from clipfair.model_card import ModelCardError, check_slices
+    from clipfair.methods.model_card import ModelCardError, check_slices
 
     p, _ = band_preds(n=50)
     met = group_metrics(p, {"D": ["human", "crime_related", "non_human"]}, slices=["overall", "age"])
@@ -338,8 +338,8 @@ def test_model_card_experiment_end_to_end(tmp_path, tiny_model_dir, fairface_roo
     race = met[(met["taxonomy"] == "fairface_race") & (met["slice"] == "race_binary")]
     assert {"accuracy", BINARY_RACE_METRIC} <= set(race["metric"])
     # ... and by the key column scoring, with model_card.csv's labels (FairFace race: 7 classes)
-    from clipfair.model_card import SCORING_LABELS
-    from clipfair.taxonomy import load_taxonomies
+    from clipfair.methods.model_card import SCORING_LABELS
+    from clipfair.data.taxonomy import load_taxonomies
 
     assert len(load_taxonomies(["fairface_race"])[0].classes) == 7
     by_metric = race.groupby("metric")["scoring"].agg(set)
@@ -389,8 +389,8 @@ def test_model_card_experiment_end_to_end(tmp_path, tiny_model_dir, fairface_roo
 
 
 def test_headline_counts_tables_not_cells(tmp_path):
-    from clipfair.document import Document, to_markdown
-    from clipfair.model_card import CardContext, card_sections
+    from clipfair.report.document import Document, to_markdown
+    from clipfair.methods.model_card import CardContext, card_sections
 
     p = preds_frame()
     met = group_metrics(p, {"R": ["race"], "D": ["human", "non_human", "crime_related"]})
@@ -410,7 +410,7 @@ def test_headline_counts_tables_not_cells(tmp_path):
 
 
 def test_binary_race_rows_are_a_declared_metric():
-    from clipfair.metrics import disparities
+    from clipfair.stats.metrics import disparities
 
     p = preds_frame()
     rows = race_scoring_metrics(p, "R", ["race_binary", "race"])
@@ -423,7 +423,7 @@ def test_binary_race_rows_are_a_declared_metric():
 
 def test_bad_model_card_options_are_user_errors(tmp_path):
     from clipfair.cli import _user_error
-    from clipfair.model_card import ModelCardError
+    from clipfair.methods.model_card import ModelCardError
 
     with pytest.raises(ModelCardError, match="rate_denominator must be group or flagged") as e:
         ModelCardOptions(rate_denominator="all")
@@ -436,8 +436,8 @@ def test_bad_model_card_options_are_user_errors(tmp_path):
 
 
 def test_card_flags_a_probe_that_did_not_converge_and_shows_the_precision_audit(tmp_path):
-    from clipfair.document import Document, to_markdown
-    from clipfair.model_card import CardContext, card_sections
+    from clipfair.report.document import Document, to_markdown
+    from clipfair.methods.model_card import CardContext, card_sections
 
     p = preds_frame()
     met = group_metrics(p, {"R": ["race"], "D": ["human", "non_human", "crime_related"]})
@@ -463,7 +463,7 @@ def test_two_sample_verdict_when_the_papers_sample_size_is_known(tmp_path):
     says differs, the two-sample interval (both sides' uncertainty) says consistent."""
     from statsmodels.stats.proportion import confint_proportions_2indep
 
-    from clipfair.model_card import ModelCardError, two_sample_verdict
+    from clipfair.methods.model_card import ModelCardError, two_sample_verdict
 
     p = gender_preds({("White", "Male"): (1500, 795)})
     met = group_metrics(p, {"G": ["gender"]}, slices=["race_binary"])
@@ -489,7 +489,7 @@ def test_two_sample_verdict_when_the_papers_sample_size_is_known(tmp_path):
 
 
 def test_about_claim_inside_a_wide_interval_is_inconclusive(tmp_path):
-    from clipfair.model_card import approx_verdict, claim_precision
+    from clipfair.methods.model_card import approx_verdict, claim_precision
 
     claim = {"id": "about93", "text": "accuracy about 93%", "method": "linear_probe", "taxonomy": "gender",
              "metric": "accuracy", "slice": "overall", "check": "approx", "group": "all", "value": 93.0,
@@ -513,8 +513,8 @@ def test_about_claim_inside_a_wide_interval_is_inconclusive(tmp_path):
 
 
 def test_probe_departures_and_convergence_text_read_the_final_fit(tmp_path):
-    from clipfair.document import Document, to_markdown
-    from clipfair.model_card import CardContext, card_sections
+    from clipfair.report.document import Document, to_markdown
+    from clipfair.methods.model_card import CardContext, card_sections
 
     p = preds_frame()
     met = group_metrics(p, {"R": ["race"], "D": ["human", "non_human", "crime_related"]})

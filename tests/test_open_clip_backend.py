@@ -23,12 +23,12 @@ except Exception as e:  # noqa: BLE001 - not installed, or torchvision does not 
     pytest.skip(f"open_clip unavailable ({type(e).__name__}); run in .venv-openclip", allow_module_level=True)
 
 from clipfair.data import load_dataset
-from clipfair.embed import embed_images
+from clipfair.run.embed import embed_images
 from clipfair.models import ModelError, load_model
-from clipfair.pipeline import evaluate
-from clipfair.preprocess import ClipPreprocess
-from clipfair.taxonomy import load_taxonomies
-from clipfair.zeroshot import class_embeddings, l2_normalize, zero_shot_logits
+from clipfair.run.pipeline import evaluate
+from clipfair.models.preprocess import ClipPreprocess
+from clipfair.data.taxonomy import load_taxonomies
+from clipfair.methods.zeroshot import class_embeddings, l2_normalize, zero_shot_logits
 
 pytestmark = pytest.mark.open_clip
 

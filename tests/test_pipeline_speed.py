@@ -17,15 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-import clipfair.embed as E
-from clipfair.cache import EmbeddingStore
+import clipfair.run.embed as E
+from clipfair.run.cache import EmbeddingStore
 from clipfair.data.base import FaceDataset, FileReader
-from clipfair.embed import EmbedStats, auto_num_workers, embed_images, image_namespace, plan_preprocessing
+from clipfair.run.embed import EmbedStats, auto_num_workers, embed_images, image_namespace, plan_preprocessing
 from clipfair.models import load_hf_clip
 from clipfair.models.hf import spec_from_image_processor
-from clipfair.preprocess import (DRAFT_TOLERANCE_MEAN_LEVELS, DRAFT_TOLERANCE_P99_LEVELS, EXACT_TOLERANCE,
+from clipfair.models.preprocess import (DRAFT_TOLERANCE_MEAN_LEVELS, DRAFT_TOLERANCE_P99_LEVELS, EXACT_TOLERANCE,
                                  compare_draft, processor_pixels)
-from clipfair.synthetic import render_face
+from clipfair.data.synthetic import render_face
 from clipfair.models.toy import clip_image_processor
 
 
@@ -70,7 +70,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from clipfair.toy import make_tiny_clip
+    from clipfair.run.toy import make_tiny_clip
 
     d = make_tiny_clip(tmp_path_factory.mktemp("speed-models") / "tiny", seed=0)
     return load_hf_clip(str(d), device="cpu", dtype="float32", batch_size=16)

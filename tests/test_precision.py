@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipfair.metrics import wilson_interval
-from clipfair.precision import audit_embeddings, audit_precision, run_precision_audit, top2_margins
+from clipfair.stats.metrics import wilson_interval
+from clipfair.methods.precision import audit_embeddings, audit_precision, run_precision_audit, top2_margins
 
 from handmodel import hand_clip
 
@@ -70,8 +70,8 @@ def test_hook_skips_float32_runs_and_samples_with_a_seed(tmp_path):
 def test_pipeline_hook_on_a_bfloat16_hf_model(tiny_model_dir, fairface_root):
     from clipfair.data import load_dataset
     from clipfair.models import load_model
-    from clipfair.pipeline import evaluate
-    from clipfair.taxonomy import load_taxonomy
+    from clipfair.run.pipeline import evaluate
+    from clipfair.data.taxonomy import load_taxonomy
 
     model = load_model("hf", name_or_path=str(tiny_model_dir), device="cpu", dtype="bfloat16")
     ds = load_dataset("fairface", root=str(fairface_root), split="val", limit=20)

@@ -7,9 +7,9 @@ import torch
 from scipy.special import logsumexp
 from sklearn.linear_model import LogisticRegression
 
-from clipfair import linear_probe
-from clipfair.linear_probe import fit_probe
-from clipfair.taxonomy import load_taxonomy
+from clipfair.methods import linear_probe
+from clipfair.methods.linear_probe import fit_probe
+from clipfair.data.taxonomy import load_taxonomy
 
 
 def planted(n, labels, rng, dim=24, signal=0.35):

@@ -1,4 +1,4 @@
-"""Tests of clipfair.report: summary.md / report.html from one document, and the PNG plots."""
+"""Tests of clipfair.report.render: summary.md / report.html from one document, and the PNG plots."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipfair.document import Details, Table, to_markdown
-from clipfair.metrics import METRIC_COLUMNS, disparities, group_metrics
-from clipfair.report import (
+from clipfair.report.document import Details, Table, to_markdown
+from clipfair.stats.metrics import METRIC_COLUMNS, disparities, group_metrics
+from clipfair.report.render import (
     ReportContext,
     _accuracy_figure,
     _rates_figure,

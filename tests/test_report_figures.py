@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipfair.figures import save_figure
-from clipfair.metrics import disparities, group_metrics
-from clipfair.outputs import read_csv, write_csv
-from clipfair.report import (
+from clipfair.report.figures import save_figure
+from clipfair.stats.metrics import disparities, group_metrics
+from clipfair.utility.outputs import read_csv, write_csv
+from clipfair.report.render import (
     ReportContext,
     accuracy_compact_figure,
     intersection_figure,
@@ -36,8 +36,8 @@ def test_a_custom_numeric_attribute_and_its_derived_band_get_panels_in_declared_
     """A CSV dataset's own skin_tone column (1..10) and a band derived from it, through evaluate, the
     written metrics.csv and the report: each gets its panel, groups 1, 2, ..., 10 (never 1, 10, 2)."""
     from clipfair.data import load_dataset
-    from clipfair.pipeline import evaluate, write_outputs
-    from clipfair.taxonomy import Taxonomy, TaxonomyClass
+    from clipfair.run.pipeline import evaluate, write_outputs
+    from clipfair.data.taxonomy import Taxonomy, TaxonomyClass
     from fixtures_datasets import MONK_VALUES, REGIONS, make_custom_csv
     from handmodel import hand_clip
 

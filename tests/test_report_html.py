@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipfair.metrics import disparities, group_metrics
-from clipfair.report import ReportContext, write_report
+from clipfair.stats.metrics import disparities, group_metrics
+from clipfair.report.render import ReportContext, write_report
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from clipfair.pipeline import Evaluation, score, write_outputs
-from clipfair.taxonomy import Taxonomy, TaxonomyClass
+from clipfair.run.pipeline import Evaluation, score, write_outputs
+from clipfair.data.taxonomy import Taxonomy, TaxonomyClass
 
 
 def _tax(name: str) -> Taxonomy:

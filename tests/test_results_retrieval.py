@@ -43,7 +43,7 @@ RACES = ["White", "White", "White", "Black", "White", "Black", "Indian", "Black"
 
 
 def test_result_rows_of_a_hand_ranking():
-    from clipfair import retrieval as R
+    from clipfair.methods import retrieval as R
     from clipfair.analyses import get_analysis
     from clipfair.analyses.engine import analysis_rows
     from clipfair.analyses.retrieval_bias import result_rows
@@ -116,20 +116,20 @@ def runs(tmp_path_factory) -> Path:
 
 
 def _metrics(folder: Path) -> pd.DataFrame:
-    from clipfair.outputs import read_csv
+    from clipfair.utility.outputs import read_csv
 
     return read_csv(folder / "metrics.csv", keep_default_na=False, na_values=[""], dtype={"k": str})
 
 
 def _retrieval(folder: Path) -> pd.DataFrame:
-    from clipfair.outputs import read_csv
+    from clipfair.utility.outputs import read_csv
 
     return read_csv(folder / "retrieval.csv", keep_default_na=False, na_values=[""], dtype={"k": str})
 
 
 @pytest.mark.slow
 def test_metrics_rows_equal_retrieval_csv_for_the_same_keys(runs):
-    from clipfair.analyses.specs import metric_spec
+    from clipfair.stats.specs import metric_spec
 
     run = runs / "0"
     met, ret = _metrics(run), _retrieval(run)
@@ -198,7 +198,7 @@ def test_metrics_rows_equal_retrieval_csv_for_the_same_keys(runs):
 
 @pytest.mark.slow
 def test_collect_tabulates_a_retrieval_metric_across_runs(runs, tmp_path):
-    from clipfair.collect import main as collect_main
+    from clipfair.run.collect import main as collect_main
 
     out = tmp_path / "collected"
     assert collect_main([str(runs), "--out", str(out), "--metric", "max_skew", "--key", "k=5",
@@ -237,7 +237,7 @@ def test_collect_tabulates_a_retrieval_metric_across_runs(runs, tmp_path):
 
 @pytest.mark.slow
 def test_collect_bad_key_is_a_one_line_error(runs, tmp_path):
-    from clipfair.collect import CollectError, write_collected
+    from clipfair.run.collect import CollectError, write_collected
 
     with pytest.raises(CollectError, match="COLUMN=VALUE with COLUMN one of"):
         write_collected([runs], tmp_path / "c", metric="share", keys=["colour=red"])
@@ -245,7 +245,7 @@ def test_collect_bad_key_is_a_one_line_error(runs, tmp_path):
 
 @pytest.mark.slow
 def test_compare_reads_runs_with_retrieval_rows(runs):
-    from clipfair.compare import compare_runs, run_slices_and_orders, load_run
+    from clipfair.methods.compare import compare_runs, run_slices_and_orders, load_run
 
     cmp = compare_runs([runs / "0", runs / "1"])
     assert set(cmp["taxonomy"]) == {"fairface_gender"}

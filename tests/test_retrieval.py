@@ -1,4 +1,4 @@
-"""Retrieval bias (clipfair.retrieval): hand-built embedding sets whose rankings are known by
+"""Retrieval bias (clipfair.methods.retrieval): hand-built embedding sets whose rankings are known by
 construction, checked against an independent, loop-by-loop computation of each paper's
 formula and against numbers worked out by hand."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipfair import retrieval as R
+from clipfair.methods import retrieval as R
 from clipfair.data.attributes import FAIRFACE_ORDERS
-from clipfair.retrieval import Query, QuerySet, RetrievalOptions
+from clipfair.methods.retrieval import Query, QuerySet, RetrievalOptions
 
 
 # --------------------------------------------------------------------------- helpers
@@ -476,7 +476,7 @@ def test_cli_bad_retrieval_option_is_a_user_error(tmp_path):
 
 
 def test_sections_render_through_the_report_model(hand, tmp_path):
-    from clipfair.document import Document, Section, to_html, to_markdown
+    from clipfair.report.document import Document, Section, to_html, to_markdown
 
     labels = GENDERS * 4
     table = pd.DataFrame({"image_id": [f"i{j}" for j in range(40)], "gender": labels, "race": RACES * 4})

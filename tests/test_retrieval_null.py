@@ -15,8 +15,8 @@ from clipfair.data.attributes import FAIRFACE_ORDERS
 import pytest
 from scipy import stats
 
-from clipfair import retrieval as R
-from clipfair.retrieval import Query, QuerySet, RetrievalOptions
+from clipfair.methods import retrieval as R
+from clipfair.methods.retrieval import Query, QuerySet, RetrievalOptions
 
 
 def ranked_images(scores) -> np.ndarray:
@@ -364,7 +364,7 @@ def planted():
 def test_report_findings_come_from_the_adjusted_test_and_heat_maps_mark_cells(tmp_path):
     import re
 
-    from clipfair.document import Document, to_markdown
+    from clipfair.report.document import Document, to_markdown
 
     table, emb, vec = planted()
     opts = RetrievalOptions(k=(40,), attributes=("gender", "race"), bootstrap=100, permutations=200)
@@ -393,7 +393,7 @@ def test_report_findings_come_from_the_adjusted_test_and_heat_maps_mark_cells(tm
 
 
 def test_sections_read_a_table_written_before_the_null_columns(tmp_path):
-    from clipfair.document import Document, to_markdown
+    from clipfair.report.document import Document, to_markdown
 
     table, emb, vec = planted()
     opts = RetrievalOptions(k=(40,), attributes=("gender",), bootstrap=20, permutations=0)
@@ -403,7 +403,7 @@ def test_sections_read_a_table_written_before_the_null_columns(tmp_path):
 
 
 def test_visogender_sd_over_occupations_beside_the_mean(tmp_path):
-    from clipfair.document import Document, to_markdown
+    from clipfair.report.document import Document, to_markdown
 
     rng = np.random.default_rng(6)
     occs = ["doctor", "nurse", "pilot", "chef"]
@@ -434,8 +434,8 @@ def test_social_counterfactuals_preset_cites_their_code_and_conventions():
 
 def test_report_header_has_no_question_mark_for_a_retrieval_run():
     """Defect 9: a retrieval-only run's header said 'groups of at least ? images'."""
-    from clipfair import metrics as M
-    from clipfair.pipeline import Evaluation, report_context, score
+    from clipfair.stats import metrics as M
+    from clipfair.run.pipeline import Evaluation, report_context, score
 
     preds = pd.DataFrame(columns=["image_id", "taxonomy", "method", "predicted_label", "predicted_category",
                                   "score", "logit", "true_label", "correct", "true_rank", "race"])
@@ -475,7 +475,7 @@ def test_cli_intersection_unnormalised_and_null_columns(tmp_path, tiny_model_dir
 
 
 def test_report_warns_when_permutations_cannot_reach_holm(tmp_path):
-    from clipfair.document import Document, to_markdown
+    from clipfair.report.document import Document, to_markdown
 
     table, emb, vec = planted()
     vec = {**vec, **{f"x{i}": np.random.default_rng(i).normal(size=3).tolist() for i in range(4)}}

@@ -38,14 +38,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from clipfair.cache import EmbeddingStore, _digest
+from clipfair.run.cache import EmbeddingStore, _digest
 from clipfair.data import (AGE_BINS, GENDERS, RACES, DatasetError, FaceDataset, FileReader,
                            ImageError, LabelError, load_dataset, normalize_value)
 from clipfair.data.images import decode_image
-from clipfair.embed import embed_images
+from clipfair.run.embed import embed_images
 from clipfair.models import ModelError, load_hf_clip, load_model
-from clipfair.pipeline import evaluate, write_outputs
-from clipfair.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, load_taxonomies, load_taxonomy
+from clipfair.run.pipeline import evaluate, write_outputs
+from clipfair.data.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError, load_taxonomies, load_taxonomy
 
 from fixtures_datasets import PALETTE, close_to, image_bytes, write_fairface_split, write_image
 from handmodel import hand_clip
@@ -569,7 +569,7 @@ def test_damaged_cache_chunk_is_recomputed_with_warning(tmp_path, tiny, fairface
     chunks = sorted((tmp_path / "cache").glob("image/*/chunk-*.npz"))
     assert len(chunks) == 3
     DAMAGE[damage](chunks[1])
-    with caplog.at_level(logging.WARNING, logger="clipfair.cache"):
+    with caplog.at_level(logging.WARNING, logger="clipfair.run.cache"):
         second = evaluate(ds, tiny, taxa, **kw)
     assert f"cache chunk {chunks[1]} is damaged" in caplog.text
     assert (second.counts["images_encoded"], second.counts["images_from_cache"]) == (4, 8)
@@ -713,7 +713,7 @@ def test_remote_code_is_off_by_default(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("tag", ["!!python/object/apply:pathlib.Path.touch", "!!python/name:os.system",
-                                 "!!python/object:clipfair.taxonomy.Taxonomy"])
+                                 "!!python/object:clipfair.data.taxonomy.Taxonomy"])
 def test_taxonomy_yaml_holds_data_only(tmp_path, tag):
     marker = tmp_path / "PWNED"
     path = tmp_path / "evil.yaml"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clipfair.outputs import RunDirRefused
+from clipfair.utility.outputs import RunDirRefused
 
 from fixtures_datasets import FAIRFACE_HEADER, PALETTE, write_image
 
@@ -149,7 +149,7 @@ def test_2_overwrite_never_deletes_a_users_files_and_a_refusal_writes_nothing(tm
 
 def test_2_overwrite_removes_exactly_the_manifest_files(finished, tmp_path, capsys):
     from clipfair.cli import run_from_config
-    from clipfair.outputs import read_manifest
+    from clipfair.utility.outputs import read_manifest
 
     cfg, out_a = finished
     manifest = read_manifest(out_a)
@@ -198,7 +198,7 @@ def test_2_overwrite_removes_exactly_the_manifest_files(finished, tmp_path, caps
 def test_3_cache_clear_removes_only_marked_entries(tmp_path, capsys):
     import numpy as np
 
-    from clipfair.cache import MARKER, EmbeddingStore, list_entries
+    from clipfair.run.cache import MARKER, EmbeddingStore, list_entries
     from clipfair.cli import main
 
     project = tmp_path / "project"
@@ -241,7 +241,7 @@ def test_3_cache_clear_removes_only_marked_entries(tmp_path, capsys):
 def test_13_bad_seeds_slices_and_bootstrap_are_one_line_before_any_work(compose, tmp_path, monkeypatch,
                                                                         override, message):
     from clipfair import cli
-    from clipfair.schema import ConfigError
+    from clipfair.run.schema import ConfigError
 
     monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ConfigError) as e:
@@ -252,8 +252,8 @@ def test_13_bad_seeds_slices_and_bootstrap_are_one_line_before_any_work(compose,
 
 def test_13_bootstrap_memory_and_repeated_slices_outside_the_schema():
     from clipfair.data.base import SliceError
-    from clipfair.metrics import resolve_slices
-    from clipfair.retrieval import RetrievalOptions, RetrievalError, check_bootstrap_size
+    from clipfair.stats.metrics import resolve_slices
+    from clipfair.methods.retrieval import RetrievalOptions, RetrievalError, check_bootstrap_size
 
     check_bootstrap_size(RetrievalOptions(bootstrap=1000), 1_000_000)  # 1 GB: allowed
     with pytest.raises(RetrievalError) as e:
@@ -313,7 +313,7 @@ def test_14_compare_skips_foreign_runs_and_refuses_a_missing_method(finished, tm
 # ============================================================================ smaller points
 
 def test_15_rank_not_below_world_size_is_refused_at_start(tmp_path, monkeypatch, capsys):
-    from clipfair.distributed import DistributedError, from_env
+    from clipfair.run.distributed import DistributedError, from_env
 
     with pytest.raises(DistributedError) as e:
         from_env({"RANK": "3", "WORLD_SIZE": "2"})
@@ -355,7 +355,7 @@ def test_16_failed_overwrite_leaves_an_intact_run_without_failed_json(finished, 
 
 
 def test_16_leftovers_of_dead_runs_are_removed_at_the_next_run(tmp_path):
-    import clipfair.outputs as O
+    import clipfair.utility.outputs as O
     from clipfair.cli import _remove_dead_scratch
 
     dead, alive = _dead_pid(), os.getppid()
@@ -385,8 +385,8 @@ def test_16_leftovers_of_dead_runs_are_removed_at_the_next_run(tmp_path):
 def test_17_retrieval_skips_attributes_with_many_values_unless_named_and_shows_progress(caplog, capsys):
     import numpy as np
 
-    import clipfair.retrieval as R
-    from clipfair.retrieval import Query, QuerySet, RetrievalOptions
+    import clipfair.methods.retrieval as R
+    from clipfair.methods.retrieval import Query, QuerySet, RetrievalOptions
 
     n = 120
     rng = np.random.default_rng(0)
@@ -398,7 +398,7 @@ def test_17_retrieval_skips_attributes_with_many_values_unless_named_and_shows_p
     def encode(texts):
         return np.array([[1.0, 0.0, 0.0, 0.0]] * len(texts), dtype=np.float32)
 
-    with caplog.at_level(logging.WARNING, logger="clipfair.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="clipfair.methods.retrieval"):
         df = R.retrieval_bias(table, emb, [qs], encode, RetrievalOptions(k=(10,), bootstrap=0),
                               attributes=["person", "gender"], progress=True)
     assert set(df["attribute"]) == {"gender"}
@@ -451,8 +451,8 @@ def test_18_unquoted_non_ascii_path_gets_a_hint_and_the_quoted_form_works(tmp_pa
 
 
 def test_18_a_long_prompt_is_shortened_in_the_message(tmp_path):
-    from clipfair.taxonomy import TaxonomyError, load_taxonomy
-    from clipfair.zeroshot import check_prompt_lengths
+    from clipfair.data.taxonomy import TaxonomyError, load_taxonomy
+    from clipfair.methods.zeroshot import check_prompt_lengths
 
     long = " ".join(f"word{i}" for i in range(300))
     p = tmp_path / "long.yaml"

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipfair.cache import _digest
+from clipfair.run.cache import _digest
 from clipfair.cli import main
-from clipfair.collect import LABEL_COLUMNS, collect, largest_disparities, write_collected
-from clipfair.stats import newcombe_diff
-from clipfair.distributed import DistributedError, choose_backend, from_env, first_host, shard_indices
-from clipfair.metrics import METRIC_COLUMNS, wilson_interval
+from clipfair.run.collect import LABEL_COLUMNS, collect, largest_disparities, write_collected
+from clipfair.stats.inference import newcombe_diff
+from clipfair.run.distributed import DistributedError, choose_backend, from_env, first_host, shard_indices
+from clipfair.stats.metrics import METRIC_COLUMNS, wilson_interval
 
 CLI = [sys.executable, "-m", "clipfair"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -82,11 +82,11 @@ def test_shards_of_every_rank_fill_the_cache_rank_0_needs(tmp_path, tiny_model_d
     """The ranks' shards (run one after the other here) leave rank 0 nothing to encode: the
     evaluation split, and the probe's train split with the features the probe uses."""
     from clipfair.data import load_dataset
-    from clipfair.distributed import Dist
-    from clipfair.embed import EmbedStats
+    from clipfair.run.distributed import Dist
+    from clipfair.run.embed import EmbedStats
     from clipfair.models import load_model
-    from clipfair.pipeline import embed_shard, evaluate
-    from clipfair.taxonomy import load_taxonomies
+    from clipfair.run.pipeline import embed_shard, evaluate
+    from clipfair.data.taxonomy import load_taxonomies
 
     model = load_model(name_or_path=str(tiny_model_dir), device="cpu", batch_size=4)
     ds = load_dataset("fairface", root=str(fairface_root), limit=14)
@@ -160,7 +160,7 @@ def test_torchrun_two_processes_give_the_predictions_of_one(tmp_path, tiny_model
 
 @pytest.mark.slow
 def test_joblib_sweep_with_a_failing_job_then_collect(tmp_path, tiny_model_dir, fairface_root, capsys):
-    from clipfair.toy import make_tiny_clip
+    from clipfair.run.toy import make_tiny_clip
 
     other = make_tiny_clip(tmp_path / "models" / "tiny_b", seed=1)
     sweep = tmp_path / "sweep"
@@ -223,8 +223,8 @@ def test_submitit_local_sweep_runs_through_submitits_executor(tmp_path, tiny_mod
 def _job(cache: str, model_dir: str, root: str, out: str, barrier) -> None:
     from clipfair.data import load_dataset
     from clipfair.models import load_model
-    from clipfair.pipeline import evaluate
-    from clipfair.taxonomy import load_taxonomies
+    from clipfair.run.pipeline import evaluate
+    from clipfair.data.taxonomy import load_taxonomies
 
     ds = load_dataset("fairface", root=root, limit=24)
     model = load_model(name_or_path=model_dir, device="cpu")
@@ -260,8 +260,8 @@ def test_two_concurrent_jobs_on_one_cache_leave_no_corrupt_entry(tmp_path, tiny_
     # a third job finds every image in the cache and predicts the same
     from clipfair.data import load_dataset
     from clipfair.models import load_model
-    from clipfair.pipeline import evaluate
-    from clipfair.taxonomy import load_taxonomies
+    from clipfair.run.pipeline import evaluate
+    from clipfair.data.taxonomy import load_taxonomies
 
     ev = evaluate(load_dataset("fairface", root=str(fairface_root), limit=24),
                   load_model(name_or_path=str(tiny_model_dir), device="cpu"), load_taxonomies(["fairface_gender"]),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from clipfair.taxonomy import BUILTINS, TaxonomyError, load_taxonomies, load_taxonomy
+from clipfair.data.taxonomy import BUILTINS, TaxonomyError, load_taxonomies, load_taxonomy
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

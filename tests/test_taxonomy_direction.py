@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipfair.taxonomy import TaxonomyError, load_taxonomies, load_taxonomy
+from clipfair.data.taxonomy import TaxonomyError, load_taxonomies, load_taxonomy
 
 
 def test_builtin_directions():

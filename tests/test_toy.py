@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipfair import synthetic, toy
+from clipfair.data import synthetic
+from clipfair.run import toy
 from clipfair.data.attributes import AGE_BINS, GENDERS, RACES
 from clipfair.models import toy as mtoy
 

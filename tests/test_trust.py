@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipfair.metrics import METRIC_COLUMNS, disparities, group_metrics, wilson_interval
-from clipfair.sanity import AT_CHANCE_NOTE, annotate_findings, chance_gates, verdict
+from clipfair.stats.metrics import METRIC_COLUMNS, disparities, group_metrics, wilson_interval
+from clipfair.stats.sanity import AT_CHANCE_NOTE, annotate_findings, chance_gates, verdict
 
 
 # --------------------------------------------------------------------------- defect 1: sanity gates
@@ -57,7 +57,7 @@ def test_chance_gate_is_wilson_at_the_bonferroni_level_against_the_majority_shar
 
 
 def test_a_model_at_chance_gets_a_banner_and_its_differences_are_noise(tmp_path):
-    from clipfair.report import ReportContext, write_report
+    from clipfair.report.render import ReportContext, write_report
 
     rng = np.random.default_rng(1)
     n = 400
@@ -86,7 +86,7 @@ def test_a_model_at_chance_gets_a_banner_and_its_differences_are_noise(tmp_path)
 def test_model_card_leads_with_the_banner(tmp_path):
     from test_model_card import fig, opts, preds_frame, write_refs
 
-    from clipfair.model_card import CardContext, write_model_card
+    from clipfair.methods.model_card import CardContext, write_model_card
 
     p = preds_frame()
     met = group_metrics(p, {"R": ["race"], "D": ["human", "non_human", "crime_related"]})
@@ -104,7 +104,7 @@ def test_model_card_leads_with_the_banner(tmp_path):
 
 
 def test_collect_leads_with_the_banner(tmp_path):
-    from clipfair.collect import write_collected
+    from clipfair.run.collect import write_collected
 
     rows = [("fairface_gender", "zero_shot", "accuracy", "", "race", g, 100, k) for g, k in (("A", 95), ("B", 50))]
     met = pd.DataFrame(rows, columns=["taxonomy", "method", "metric", "category", "slice", "group", "n", "count"])
@@ -192,8 +192,8 @@ def test_random_tiny_model_run_leads_with_the_banner(tmp_path, tiny_model_dir, f
 # --------------------------------------------------------------------------- defect 2: compare
 
 def test_compare_two_runs_renders_the_csv_values_under_the_right_headers(tmp_path):
-    from clipfair.compare import comparison_sections, compare_runs, side_by_side, write_comparison
-    from clipfair.document import Document, to_markdown
+    from clipfair.methods.compare import comparison_sections, compare_runs, side_by_side, write_comparison
+    from clipfair.report.document import Document, to_markdown
 
     def run(folder: Path, model: str, acc: dict) -> Path:
         folder.mkdir(parents=True)
@@ -217,7 +217,7 @@ def test_compare_two_runs_renders_the_csv_values_under_the_right_headers(tmp_pat
                                         "fairface_gender": {"White": (97, 100), "Black": (92, 100)}})
     b = run(tmp_path / "b", "model-b", {"fairface_race": {"White": (70, 100), "Black": (55, 100)},
                                         "fairface_gender": {"White": (99, 100), "Black": (90, 100)}})
-    from clipfair import outputs
+    from clipfair.utility import outputs
 
     orig = outputs.require_finished_run
     outputs.require_finished_run = lambda d: None
@@ -251,7 +251,7 @@ def test_compare_two_runs_renders_the_csv_values_under_the_right_headers(tmp_pat
 # --------------------------------------------------------------------------- defect 3: collect
 
 def test_collect_never_headlines_a_target_taxonomys_label_rate(tmp_path):
-    from clipfair.collect import candidate_rows, largest_disparities
+    from clipfair.run.collect import candidate_rows, largest_disparities
 
     rows = [("run", "fixture_race", "zero_shot", "label_rate", "White", "race", g, 100, k)
             for g, k in (("White", 98), ("Black", 0))]
@@ -270,7 +270,7 @@ def test_collect_never_headlines_a_target_taxonomys_label_rate(tmp_path):
 # --------------------------------------------------------------------------- defect 4: routed categories
 
 def test_a_category_routed_on_purpose_does_not_make_its_complement_a_finding():
-    from clipfair.taxonomy import load_taxonomy
+    from clipfair.data.taxonomy import load_taxonomy
 
     child = load_taxonomy("clip_denigration_child")
     assert child.findings == ("non_human", "crime_related")
@@ -293,8 +293,8 @@ def test_a_category_routed_on_purpose_does_not_make_its_complement_a_finding():
 # --------------------------------------------------------------------------- defect 6: labels
 
 def test_label_tables_and_plots_name_category_and_direction():
-    from clipfair.report import ReportContext, _rates_figure, summary_markdown
-    from clipfair.taxonomy import load_taxonomy
+    from clipfair.report.render import ReportContext, _rates_figure, summary_markdown
+    from clipfair.data.taxonomy import load_taxonomy
 
     tax = load_taxonomy("clip_denigration")
     rng = np.random.default_rng(4)
@@ -361,7 +361,7 @@ def test_retrieval_queries_without_enabled_run_retrieval_with_a_warning(caplog):
     import logging
 
     from clipfair.analyses.compose import shorthand_entries
-    from clipfair.schema import RetrievalConfig
+    from clipfair.run.schema import RetrievalConfig
 
     class Cfg:
         taxonomies: list = []
@@ -379,7 +379,7 @@ def test_retrieval_queries_without_enabled_run_retrieval_with_a_warning(caplog):
 
 
 def test_vs_overall_is_explained_in_the_report():
-    from clipfair.report import summary_markdown
+    from clipfair.report.render import summary_markdown
 
     rng = np.random.default_rng(5)
     n = 300
@@ -396,7 +396,7 @@ def test_vs_overall_is_explained_in_the_report():
 def test_model_card_cells_show_the_interval_their_verdict_used(tmp_path):
     from test_model_card import fig, opts, preds_frame, write_refs
 
-    from clipfair.model_card import CardContext, write_model_card
+    from clipfair.methods.model_card import CardContext, write_model_card
 
     p = preds_frame()
     met = group_metrics(p, {"R": ["race"], "D": ["human", "non_human", "crime_related"]})
@@ -444,7 +444,7 @@ def test_first_screen_leads_with_findings_when_the_model_works_and_with_the_gate
     assert body.index(">Key findings<") < body.index(">Does the model work")
     assert "<nav class=\"toc\"><details><summary>Contents</summary>" in body
     # a model at chance: the gate leads, before the findings
-    from clipfair.report import ReportContext, write_report
+    from clipfair.report.render import ReportContext, write_report
 
     rng = np.random.default_rng(1)
     n = 400

@@ -45,7 +45,7 @@ class PromptAffinity(Analysis):
     @classmethod
     def collect(cls, runs, base, out_dir):
         """clipfair collect's hook: one row per run that recorded this analysis."""
-        from clipfair.document import Section, Text
+        from clipfair.report.document import Section, Text
 
         path = out_dir / "collected_affinity_runs.csv"
         pd.DataFrame({"label": [r.label for r in runs], "model": [r.model for r in runs]}).to_csv(path, index=False)
@@ -83,7 +83,7 @@ def test_user_analysis_gets_rows_disparities_report_and_collect(user_run, tmp_pa
     # the classification rows are still there, with their own analysis
     assert set(met.loc[met["taxonomy"] == "fairface_gender", "analysis"]) == {"zero_shot"}
     # the key column scoring: accuracies score one class among the taxonomy's n; elsewhere empty
-    from clipfair.taxonomy import load_taxonomies
+    from clipfair.data.taxonomy import load_taxonomies
 
     n_classes = len(load_taxonomies(["fairface_gender"])[0].classes)
     acc = met[met["metric"].isin(["accuracy", "worst_group_accuracy"])]
@@ -125,7 +125,7 @@ def test_user_analysis_gets_rows_disparities_report_and_collect(user_run, tmp_pa
     assert p["direction"] == "lower_is_better" and p["value"] >= p["reference_value"]
     # one adjustment over the whole table: the user's rows are among the classification rows
     tested = disp[disp["p_value"].notna()]
-    from clipfair.stats import holm
+    from clipfair.stats.inference import holm
 
     assert np.allclose(tested["p_adjusted"].to_numpy(float), holm(tested["p_value"].to_numpy(float)))
 
@@ -135,7 +135,7 @@ def test_user_analysis_gets_rows_disparities_report_and_collect(user_run, tmp_pa
     assert "Analysis: affinity" in (out / "report.html").read_text()
 
     # collect rows
-    from clipfair.collect import write_collected
+    from clipfair.run.collect import write_collected
 
     res = write_collected([out.parent], tmp_path / "collected", metric="affinity", slices=["gender"])
     col = pd.read_csv(res["paths"][0], keep_default_na=False, na_values=[""])

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from clipfair.data.base import FaceDataset, FileReader
-from clipfair.embed import EmbedStats, embed_images
-from clipfair.pipeline import evaluate
-from clipfair.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError
-from clipfair.zeroshot import class_embeddings, softmax, zero_shot_logits
+from clipfair.run.embed import EmbedStats, embed_images
+from clipfair.run.pipeline import evaluate
+from clipfair.data.taxonomy import Taxonomy, TaxonomyClass, TaxonomyError
+from clipfair.methods.zeroshot import class_embeddings, softmax, zero_shot_logits
 
 from handmodel import colour_image, hand_clip
 
@@ -105,7 +105,7 @@ def test_prompt_longer_than_context_is_refused(tmp_path):
 def test_embed_images_uses_store_and_skips_nothing_on_rerun(tmp_path):
     specs = [(COLOURS[c], "White", "Male") for c in ("red", "green", "blue")]
     ds = colour_dataset(tmp_path, specs)
-    from clipfair.embed import open_stores
+    from clipfair.run.embed import open_stores
 
     model = hand_clip()
     store, _ = open_stores(model, tmp_path / "cache")
@@ -118,9 +118,9 @@ def test_embed_images_uses_store_and_skips_nothing_on_rerun(tmp_path):
 def test_values_no_class_matches_stay_out_of_accuracy():
     """fairface_race4: 'Asian' is right for East/Southeast Asian; Latino_Hispanic and
     Middle Eastern images have no right class, so they count in rates, not in accuracy."""
-    from clipfair.metrics import group_metrics
-    from clipfair.taxonomy import load_taxonomy
-    from clipfair.zeroshot import predictions_frame
+    from clipfair.stats.metrics import group_metrics
+    from clipfair.data.taxonomy import load_taxonomy
+    from clipfair.methods.zeroshot import predictions_frame
 
     race4 = load_taxonomy("fairface_race4")
     table = pd.DataFrame({"image_id": list("abcd"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from clipfair.toy import default_corpus
+from clipfair.run.toy import default_corpus
 
 TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 CONTEXT = 32

@@ -4,7 +4,7 @@
 Layer: cli (the edge).
 
 Hydra and `instantiate` live here only; the core takes typed objects (the config validated by
-:func:`clipfair.schema.validate`) and the analyses composed from the registry
+:func:`clipfair.run.schema.validate`) and the analyses composed from the registry
 (:mod:`clipfair.analyses.compose`); this module names no analysis.
 """
 
@@ -53,7 +53,7 @@ def _slices(raw: Any) -> list[Any] | str:
 
 def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
     """The bundled toy model runs only on the demo data, unless chosen on purpose."""
-    from .schema import ConfigError, loader_argument
+    from .run.schema import ConfigError, loader_argument
 
     if loader_argument(plain.get("model") or {}, "loader") != "hf":  # e.g. open_clip: the toy is an hf folder
         return
@@ -72,9 +72,9 @@ def _require_model(plain: dict[str, Any], overrides: Sequence[str]) -> None:
 
 
 def check_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> "RunConfig":
-    """Validate the whole config against the typed schema (clipfair.schema) before any work;
+    """Validate the whole config against the typed schema (clipfair.run.schema) before any work;
     returns the typed config, which is what the core receives."""
-    from .schema import validate
+    from .run.schema import validate
 
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     run = validate(plain, sorted(OmegaConf.missing_keys(cfg)))
@@ -131,8 +131,8 @@ def results_places(cfg: Any) -> list[tuple[str, Any, bool]]:
 
 def check_results_folder(cfg: Any, out_dir: Path | str, write_probe: bool = True) -> None:
     """Before any work: the results folder is in an allowed place and holds nothing but an
-    earlier run's recorded outputs (replaced only with overwrite=true); see clipfair.outputs."""
-    from .outputs import check_location, check_run_dir
+    earlier run's recorded outputs (replaced only with overwrite=true); see clipfair.utility.outputs."""
+    from .utility.outputs import check_location, check_run_dir
 
     check_location(out_dir, results_places(cfg))
     check_run_dir(out_dir, bool(OmegaConf.select(cfg, "overwrite", default=False)), write_probe=write_probe)
@@ -160,7 +160,7 @@ class RunDirCheck(_HydraCallback):  # type: ignore[misc,valid-type]
     job starts)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from .outputs import OutputError
+        from .utility.outputs import OutputError
 
         try:
             check_results_folder(config, str(config.hydra.run.dir), write_probe=False)
@@ -168,7 +168,7 @@ class RunDirCheck(_HydraCallback):  # type: ignore[misc,valid-type]
             raise _Refused(e) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from .outputs import OutputError, check_location
+        from .utility.outputs import OutputError, check_location
 
         try:
             check_location(str(config.hydra.sweep.dir), results_places(config))
@@ -186,12 +186,12 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (
     the others return without writing anything."""
     from hydra.utils import instantiate
 
-    from . import distributed
-    from .outputs import staged_outputs
-    from .pipeline import check_analyses, check_run, embed_shard, evaluate, write_outputs
-    from .record import build_record
-    from .schema import loader_argument
-    from .taxonomy import load_taxonomies
+    from .run import distributed
+    from .utility.outputs import staged_outputs
+    from .run.pipeline import check_analyses, check_run, embed_shard, evaluate, write_outputs
+    from .run.record import build_record
+    from .run.schema import loader_argument
+    from .data.taxonomy import load_taxonomies
 
     run = check_config(cfg, overrides)
     check_results_folder(cfg, out_dir)
@@ -260,12 +260,12 @@ def _user_error(e: BaseException) -> BaseException | None:
     from .data.base import DatasetError
     from .data.images import ImageError
     from .models import ModelError
-    from .outputs import OutputError, os_error_message
-    from .registry import RegistryError
-    from .schema import ConfigError
-    from .taxonomy import TaxonomyError
+    from .utility.outputs import OutputError, os_error_message
+    from .utility.registry import RegistryError
+    from .run.schema import ConfigError
+    from .data.taxonomy import TaxonomyError
 
-    from .distributed import DistributedError
+    from .run.distributed import DistributedError
 
     from .analyses.registry import user_errors
 
@@ -305,7 +305,7 @@ INTERRUPTED = ("clipfair: interrupted; image embeddings finished so far are cach
 def _hydra_error(e: Exception) -> str:
     """One line for an error Hydra raises while composing the config (a misspelt key gets a
     'did you mean')."""
-    from .schema import unknown_key
+    from .run.schema import unknown_key
 
     c = e.__cause__
     key, parent = getattr(c, "key", None), getattr(c, "parent_node", None)
@@ -333,7 +333,7 @@ def _remove_dead_scratch(tmp: Path) -> None:
     import re
     import shutil
 
-    from .outputs import pid_alive
+    from .utility.outputs import pid_alive
 
     try:
         children = list(tmp.iterdir())
@@ -351,10 +351,10 @@ def _hydra_run(argv: list[str]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .collect import FAILED_FILE  # why a job stopped, for `clipfair collect`
-    from .distributed import DistributedError, from_env
-    from .outputs import RunDirRefused, own_failed_note
-    from .record import write_json
+    from .run.collect import FAILED_FILE  # why a job stopped, for `clipfair collect`
+    from .run.distributed import DistributedError, from_env
+    from .utility.outputs import RunDirRefused, own_failed_note
+    from .run.record import write_json
 
     register_resolvers()
 
@@ -438,7 +438,7 @@ def _hydra_run(argv: list[str]) -> None:
 
 
 def _cache_cmd(argv: list[str]) -> int:
-    from .cache import clear, default_cache_dir, list_entries
+    from .run.cache import clear, default_cache_dir, list_entries
 
     p = argparse.ArgumentParser(prog="clipfair cache", description="List or clear cached embeddings.")
     p.add_argument("action", choices=["list", "clear"])
@@ -467,7 +467,7 @@ def _cache_cmd(argv: list[str]) -> int:
 
 
 #: the commands beside `run` and `cache`: name -> module with main(argv)
-COMMANDS = {"compare": "clipfair.compare", "collect": "clipfair.collect"}
+COMMANDS = {"compare": "clipfair.methods.compare", "collect": "clipfair.run.collect"}
 
 USAGE = """usage: clipfair <command> [args]
 

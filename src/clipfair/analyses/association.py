@@ -33,9 +33,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..association_tests import (COLUMNS, MARKEDNESS_COLUMNS, AssociationError, Outcome, image_set_dataset,
+from ..methods.association_tests import (COLUMNS, MARKEDNESS_COLUMNS, AssociationError, Outcome, image_set_dataset,
                                  load_tests, run_tests, settings_from)
-from ..outputs import read_csv, write_csv
+from ..utility.outputs import read_csv, write_csv
 from .base import Analysis, Needs, RunContext
 from .registry import register_analysis
 
@@ -187,7 +187,7 @@ def forest_plot(df: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     ax.grid(axis="x", alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    from ..figures import save_figure
+    from ..report.figures import save_figure
 
     path = save_figure(fig, path)
     plt.close(fig)
@@ -196,7 +196,7 @@ def forest_plot(df: pd.DataFrame, path: Path, title: str = "") -> Path | None:
 
 def association_sections(outcome: Outcome, out_dir: Path | None) -> list[Any]:
     """The report section: conventions, the forest plot, the table and markedness."""
-    from ..document import Bullets, Figure, Note, Section, Table, Text
+    from ..report.document import Bullets, Figure, Note, Section, Table, Text
 
     a = outcome.associations
     blocks: list[Any] = []
@@ -268,7 +268,7 @@ def write_association(outcome: Outcome, out_dir: Path | str) -> list[Path]:
 def collect_associations(runs: Sequence[Any], base: Path | str) -> pd.DataFrame:
     """The ``associations.csv`` of every finished run in one long table, each row labelled by
     its run (``run``, ``label``, ``model``, ``dataset``). ``runs``: ``clipfair collect``'s run
-    folders (:func:`clipfair.collect.collect`; each with path, status, label, model, dataset);
+    folders (:func:`clipfair.run.collect.collect`; each with path, status, label, model, dataset);
     ``base``: the folder run paths are shown relative to. Pivot with :func:`d_by_model`."""
     base = Path(base)
     frames = []
@@ -294,7 +294,7 @@ def collected_outputs(runs: Sequence[Any], base: Path | str, out_dir: Path | str
     ``collected_associations.csv`` (every row, labelled by run) and
     ``collected_associations_d.csv`` (tests x runs of d) into ``out_dir`` and return them with a
     report section; else nothing."""
-    from ..document import Section, Table, Text
+    from ..report.document import Section, Table, Text
 
     c = collect_associations(runs, base)
     if c.empty:

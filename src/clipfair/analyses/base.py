@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .specs import (DIRECTIONS, HIGHER, KINDS, LOWER, MEAN, MEAN_INTERVALS, NEUTRAL, PROPORTION,  # noqa: F401
+from ..stats.specs import (DIRECTIONS, HIGHER, KINDS, LOWER, MEAN, MEAN_INTERVALS, NEUTRAL, PROPORTION,  # noqa: F401
                     AnalysisError, MetricSpec)
 
 
@@ -45,7 +45,7 @@ class RunContext:
     ``image_embeddings``: L2-normalised, rows aligned with ``table``; ``attributes`` the
     declared attributes and ``orders`` their value orders; ``encode_text(texts)`` the
     L2-normalised text embeddings of the run's model (cached). ``config`` is the typed run
-    config (:class:`clipfair.schema.RunConfig`) where the run has one; ``confidence``,
+    config (:class:`clipfair.run.schema.RunConfig`) where the run has one; ``confidence``,
     ``seed``, ``out_dir``, ``progress`` as configured. ``shared`` holds inputs computed once
     per run and used by several analyses (e.g. zero-shot predictions): read them through
     :meth:`get_shared`.
@@ -197,7 +197,7 @@ class Analysis:
         """Write this analysis's files into ``out_dir`` and return them with its report sections.
         Default: :meth:`tables` as ``<name>.csv`` and :meth:`report_sections` (the core adds the
         generic section of its declared outcomes itself)."""
-        from ..outputs import write_csv
+        from ..utility.outputs import write_csv
 
         paths = []
         for name, df in self.tables().items():
@@ -222,7 +222,7 @@ class Analysis:
         Each row has the ``metrics.csv`` columns (``taxonomy``, ``method``, ``metric``: a
         registered :class:`MetricSpec`, ``category``, ``slice``, ``group``, ``n``, ``count``,
         ``value``, ``ci_low``, ``ci_high``), the key columns that apply (``k``, ``query_set``,
-        ``query``, ...: :data:`clipfair.analyses.specs.ROW_KEYS`) and one column per sliced
+        ``query``, ...: :data:`clipfair.stats.specs.ROW_KEYS`) and one column per sliced
         attribute holding the group's value; the core fills ``analysis`` and, from the metric
         registry, ``direction`` / ``kind`` / ``interval``
         (:func:`clipfair.analyses.engine.analysis_rows`). These rows are not compared again in
@@ -230,16 +230,16 @@ class Analysis:
         return None
 
     def report_sections(self, results: Any) -> list[Any]:
-        """Optional extra report blocks (:mod:`clipfair.document` sections)."""
+        """Optional extra report blocks (:mod:`clipfair.report.document` sections)."""
         return []
 
     @classmethod
     def collect(cls, runs: Sequence[Any], base: Path, out_dir: Path) -> tuple[list[Path], list[Any]]:
         """For ``clipfair collect``: this analysis's tables across runs. ``runs``: the finished run
         folders whose ``run.json`` records this analysis (each with ``path``, ``label``, ``model``,
-        ``dataset``, ``record``: :class:`clipfair.collect.RunFolder`); ``base``: the folder run paths
+        ``dataset``, ``record``: :class:`clipfair.run.collect.RunFolder`); ``base``: the folder run paths
         are shown relative to; ``out_dir``: where to write. Returns the files written and report
-        sections (:mod:`clipfair.document`) appended to ``collected.md`` / ``collected.html``.
+        sections (:mod:`clipfair.report.document`) appended to ``collected.md`` / ``collected.html``.
         Default: nothing (the core already collects every analysis's ``metrics.csv`` rows)."""
         return [], []
 

@@ -23,7 +23,7 @@ PROBE_RUN_KEYS = ("enabled", "train_split", "train_dataset", "train_limit")
 
 
 def shorthand_entries(cfg: Any) -> dict[str, dict[str, Any]]:
-    """``analyses:`` entries spelt by today's keys of the typed config (:class:`clipfair.schema.RunConfig`)."""
+    """``analyses:`` entries spelt by today's keys of the typed config (:class:`clipfair.run.schema.RunConfig`)."""
     from dataclasses import asdict
 
     out: dict[str, dict[str, Any]] = {}
@@ -89,7 +89,7 @@ def build(entries_: Mapping[str, Mapping[str, Any]],
 def legacy(taxonomies: Sequence[Any], *, probe_train: Any = None, probe_options: Mapping[str, Any] | None = None,
            retrieval: Any = None, query_sets: Sequence[Any] = (),
            precision_audit: Mapping[str, Any] | None = None) -> list[Analysis]:
-    """The analyses of :func:`clipfair.pipeline.evaluate`'s keyword spelling (zero-shot always;
+    """The analyses of :func:`clipfair.run.pipeline.evaluate`'s keyword spelling (zero-shot always;
     a linear probe with ``probe_train``; retrieval with ``retrieval`` options; the precision audit)."""
     e: dict[str, dict[str, Any]] = {"zero_shot": {}}
     if probe_train is not None:
@@ -104,17 +104,17 @@ def legacy(taxonomies: Sequence[Any], *, probe_train: Any = None, probe_options:
 
 def classification_predictions(ctx: Any) -> Any:
     """Zero-shot predictions of ``ctx.taxonomies`` (the zero-shot analysis run directly on a
-    :class:`~clipfair.analyses.RunContext`): :func:`clipfair.pipeline.predict_taxonomies`."""
+    :class:`~clipfair.analyses.RunContext`): :func:`clipfair.run.pipeline.predict_taxonomies`."""
     return build_analysis("zero_shot", {}).run(ctx)
 
 
 def probe(train: Any, features: str = "projected") -> Analysis:
-    """A linear probe on ``train`` (the keyword spelling of :func:`clipfair.pipeline.embed_shard`)."""
+    """A linear probe on ``train`` (the keyword spelling of :func:`clipfair.run.pipeline.embed_shard`)."""
     return build_analysis("linear_probe", {"train": train, "features": features})
 
 
 def output_analyses(analyses: Sequence[Analysis] | None, compare: Mapping[str, Any] | None = None) -> list[Analysis]:
-    """The analyses whose files :func:`clipfair.pipeline.write_outputs` writes: the run's (for an
+    """The analyses whose files :func:`clipfair.run.pipeline.write_outputs` writes: the run's (for an
     Evaluation built by hand, prompt sensitivity), with a variant comparison from the keyword
     spelling ``compare`` when the run has none."""
     out = list(analyses) if analyses is not None else [build_analysis("prompt_sensitivity", {})]

@@ -49,10 +49,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..retrieval import RetrievalError
+from ..methods.retrieval import RetrievalError
 from .base import HIGHER, LOWER, MEAN, NEUTRAL, PROPORTION, Analysis, MetricSpec, Needs, RunContext
 from .registry import register_analysis
-from .specs import register_all
+from ..stats.specs import register_all
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class Counterfactual(Analysis):
                 if self.retrieval is not None and len(self.retrieval) else 0}
 
     def _targets(self, ctx: RunContext) -> list["Target"]:
-        from ..zeroshot import class_embeddings
+        from ..methods.zeroshot import class_embeddings
 
         out: list[Target] = []
         for t in ctx.taxonomies:
@@ -226,7 +226,7 @@ class Counterfactual(Analysis):
         return {} if self.table is None else {"counterfactual": self.table}
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Any:
-        from ..outputs import write_csv
+        from ..utility.outputs import write_csv
         from .base import Written
 
         if self.table is None or self.sets is None:
@@ -411,7 +411,7 @@ def summarise(sets: pd.DataFrame, attrs: Sequence[str], *, confidence: float = 0
               seed: int = 0, small: int = 30) -> pd.DataFrame:
     """The long ``counterfactual.csv`` table from :func:`set_rows`: for every taxonomy x target
     label, overall (subject and varies ``all``), per ``varies`` and per subject."""
-    from ..metrics import wilson_interval
+    from ..stats.metrics import wilson_interval
 
     rng = np.random.default_rng(seed)
     alpha = (1 - confidence) / 2
@@ -486,7 +486,7 @@ def _ci(r: Any) -> str:
 
 
 def section(table: pd.DataFrame, sets: pd.DataFrame, out: Path, confidence: float, top: int, small: int) -> Any:
-    from ..document import Bullets, Figure, Note, Section, Table, Text, inline_markdown as md
+    from ..report.document import Bullets, Figure, Note, Section, Table, Text, inline_markdown as md
 
     pct = f"{100 * confidence:g}%"
     n_sets = int(sets["set_id"].nunique())
@@ -573,7 +573,7 @@ def _lead(table: pd.DataFrame, big: pd.DataFrame, pct: str) -> str:
 def _pooled_blocks(table: pd.DataFrame, pct: str) -> list[Any]:
     """The pooled-ranking MaxSkew@K rows: the mean over subjects per kind of set, attribute and K,
     and the subjects whose test of no association survives the adjustment."""
-    from ..document import Table, Text, inline_markdown as md
+    from ..report.document import Table, Text, inline_markdown as md
 
     if "k" not in table.columns:
         return []
@@ -621,7 +621,7 @@ def plots(sets: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..figures import save_figure
+    from ..report.figures import save_figure
 
     paths: list[Path] = []
     h = _headline(sets)
@@ -706,8 +706,8 @@ def caption_rows(ctx: RunContext) -> pd.DataFrame:
 def caption_summary(rows: pd.DataFrame, confidence: float = 0.95, small: int = 30) -> pd.DataFrame:
     """Resolution accuracy per perceived gender (Wilson) and RA_m - RA_f (Newcombe), for every
     template (and both) x image group (all, one-person, two-person, same and different gender)."""
-    from ..metrics import wilson_interval
-    from ..stats import newcombe_diff
+    from ..stats.metrics import wilson_interval
+    from ..stats.inference import newcombe_diff
 
     out: list[dict[str, Any]] = []
     if not len(rows):
@@ -746,7 +746,7 @@ def caption_summary(rows: pd.DataFrame, confidence: float = 0.95, small: int = 3
 
 
 def caption_section(table: pd.DataFrame, rows: pd.DataFrame, confidence: float, small: int) -> Any:
-    from ..document import Section, Table, Text, inline_markdown as md
+    from ..report.document import Section, Table, Text, inline_markdown as md
 
     pct = f"{100 * confidence:g}%"
     blocks: list[Any] = [Text(

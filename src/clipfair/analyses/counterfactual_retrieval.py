@@ -1,4 +1,4 @@
-"""Pooled-ranking retrieval measures of counterfactual sets, through :mod:`clipfair.retrieval`.
+"""Pooled-ranking retrieval measures of counterfactual sets, through :mod:`clipfair.methods.retrieval`.
 
 Layer: analyses (used by :mod:`clipfair.analyses.counterfactual`).
 
@@ -55,7 +55,7 @@ class _Opts:
     ``permutations`` (label shuffles of the null where it is not exact)."""
 
     def __init__(self, block: Mapping[str, Any] | None) -> None:
-        from ..retrieval import RetrievalError
+        from ..methods.retrieval import RetrievalError
 
         b = dict(block or {})
         unknown = set(b) - {"enabled", "k", "bootstrap", "permutations"}
@@ -81,7 +81,7 @@ def parse_options(block: Mapping[str, Any] | None) -> _Opts:
 
 def _options(preset: str, confidence: float, correction: str, seed: int, bootstrap: int, permutations: int,
              **over: Any):
-    from ..retrieval import options_from_config
+    from ..methods.retrieval import options_from_config
 
     o = options_from_config({"enabled": True, "preset": preset, "queries": [], "permutations": permutations,
                              "bootstrap": {"B": bootstrap, "seed": seed}}, confidence, correction=correction)
@@ -92,7 +92,7 @@ def _one_pool(table: pd.DataFrame, emb: np.ndarray, encode: Callable, query_set:
               prompts: Sequence[str], templates: Sequence[str], pool: str, options: Any,
               orders: Mapping[str, Sequence[str]] | None) -> pd.DataFrame:
     """The retrieval table of one query ranking the images whose pool column is ``pool``."""
-    from ..retrieval import Query, QuerySet, retrieval_bias
+    from ..methods.retrieval import Query, QuerySet, retrieval_bias
 
     idx = np.flatnonzero((table[POOL] == pool).to_numpy())
     qs = QuerySet(query_set, tuple(templates), (Query(query, tuple(prompts), pool=pool),))
@@ -104,7 +104,7 @@ def readjust(df: pd.DataFrame, correction: str, confidence: float, families: Map
     """p_adjusted / significant recomputed over the rows of several retrieval tables joined:
     each family (name -> the metrics whose per-query rows with a p-value are its tests, each row
     one test) adjusted with the run's correction, as one retrieval run adjusts its own."""
-    from ..stats import CORRECTIONS
+    from ..stats.inference import CORRECTIONS
 
     out = df.copy()
     out["p_adjusted"] = np.nan
@@ -141,7 +141,7 @@ def set_retrieval(table: pd.DataFrame, emb: np.ndarray, encode: Callable, *, att
     ``counterfactual.csv`` (:data:`clipfair.analyses.counterfactual.COLUMNS` plus ``k``,
     ``n_images``, ``null_mean``, ``p_value``, ``p_adjusted``, ``significant``, ``p_method``) and
     the joined retrieval table (every metric, p-values adjusted over all rankings)."""
-    from ..retrieval import COLUMNS as RCOLUMNS
+    from ..methods.retrieval import COLUMNS as RCOLUMNS
 
     t = table.reset_index(drop=True)
     have = t["subject"].astype(str).str.len() > 0
@@ -155,7 +155,7 @@ def set_retrieval(table: pd.DataFrame, emb: np.ndarray, encode: Callable, *, att
         specs: list[Any] = list(varied) + ([tuple(varied)] if len(varied) > 1 else [])
         groups = int(g[list(varied)].dropna().astype(str).drop_duplicates().shape[0])
         ks = sorted({groups if k == "groups" else k for k in opts.k}, key=lambda k: (k == "all", k if k != "all" else 0))
-        # no image bootstrap: MaxSkew has no image-bootstrap interval (clipfair.retrieval.I_NONE_STAT)
+        # no image bootstrap: MaxSkew has no image-bootstrap interval (clipfair.methods.retrieval.I_NONE_STAT)
         o = _options("social_counterfactuals", confidence, correction, seed, 0, opts.permutations,
                      attributes=tuple(specs), pool=POOL, k=tuple(ks), prompts="ensemble")
         pool = str(subject) + SEP + str(varies)
@@ -203,11 +203,11 @@ VG_QUERIES = (("two-person/occupation_first", "two-person", "The {occupation} an
 
 
 def visogender_metrics(genders: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
-    """VisoGender's per-occupation values computed with :func:`clipfair.retrieval.ranked_metrics`
+    """VisoGender's per-occupation values computed with :func:`clipfair.methods.retrieval.ranked_metrics`
     (ranking by score, ties by order; desired = the list's own shares; absent 1/K; values
     masculine, feminine). For an occupation with one perceived gender: MaxSkew 0, NDKL 0,
     Bias +-1, as their code gives."""
-    from ..retrieval import ranked_metrics
+    from ..methods.retrieval import ranked_metrics
 
     g = np.asarray([str(x) for x in genders], dtype=object)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")

@@ -150,8 +150,8 @@ class DatacompGeo(Analysis):
         return None
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
-        from ..document import Note, Section, Table
-        from ..outputs import write_csv
+        from ..report.document import Note, Section, Table
+        from ..utility.outputs import write_csv
 
         tax, sl = self._pick(ctx)
         self.table = datacomp_figures(ev.metrics, ev.disparities, self.benchmark, tax, sl)

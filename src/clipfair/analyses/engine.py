@@ -4,7 +4,7 @@ the one long results table (``metrics.csv``), with intervals stated per row.
 Proportions (0/1 per unit): Wilson score intervals (``count`` = units with 1). Means (a real number
 per unit): a t interval (``mean ± t(n-1) · sd/√n``) or a percentile bootstrap over units, as the
 spec states (``interval`` column); ``count`` is empty and ``sd`` holds the group's standard
-deviation, which :func:`clipfair.metrics.disparities` uses for Welch's difference-of-means
+deviation, which :func:`clipfair.stats.metrics.disparities` uses for Welch's difference-of-means
 interval. Every row carries the results-model key columns (:data:`KEY_COLUMNS`) and one column
 per sliced attribute holding the group's value (the display name ``White+Male`` in ``group`` is
 derived from those values, never parsed).
@@ -21,10 +21,10 @@ import pandas as pd
 from scipy import stats as st
 
 from .base import MEAN, PROPORTION, Analysis, AnalysisError, MetricSpec
-from .specs import direction as spec_direction
-from .specs import is_accuracy, metric_spec, register_metric
+from ..stats.specs import direction as spec_direction
+from ..stats.specs import is_accuracy, metric_spec, register_metric
 
-#: results-model columns added after clipfair.metrics.METRIC_COLUMNS (existing columns keep their place)
+#: results-model columns added after clipfair.stats.metrics.METRIC_COLUMNS (existing columns keep their place)
 KEY_COLUMNS: tuple[str, ...] = ("analysis", "direction", "kind", "interval", "sd")
 #: key columns of analyses that have them (filled where they apply, else empty)
 OPTIONAL_KEYS: tuple[str, ...] = ("variant", "template_set", "scoring", "k", "query_set", "query")
@@ -95,8 +95,8 @@ def outcome_metrics(frame: pd.DataFrame, analysis: Analysis, slices: Sequence[An
                     small_n: int = 30, seed: int = 0) -> pd.DataFrame:
     """Per-group rows (``metrics.csv`` columns + :data:`KEY_COLUMNS` + attribute columns) of an
     analysis's per-unit outcomes, for every slice whose attributes the frame carries."""
-    from ..metrics import METRIC_COLUMNS
-    from ..stats import wilson_interval
+    from ..stats.metrics import METRIC_COLUMNS
+    from ..stats.inference import wilson_interval
 
     check_outcomes(analysis, frame)
     for spec in analysis.outcomes:
@@ -222,7 +222,7 @@ def analysis_rows(analysis: Analysis, rows: pd.DataFrame, small_n: int = 30) -> 
     ``interval`` come from the metric registry (every metric must be registered: a one-line
     :class:`AnalysisError` otherwise); ``small`` also flags groups of fewer than ``small_n``
     units (``n``). Columns keep the order of :func:`outcome_metrics`'s rows."""
-    from ..metrics import METRIC_COLUMNS
+    from ..stats.metrics import METRIC_COLUMNS
 
     who = f"analysis {analysis.name!r}"
     if not isinstance(rows, pd.DataFrame):
@@ -235,7 +235,7 @@ def analysis_rows(analysis: Analysis, rows: pd.DataFrame, small_n: int = 30) -> 
     unknown = sorted({str(m) for m in out["metric"] if metric_spec(str(m)) is None})
     if unknown:
         raise AnalysisError(f"{who}: result_rows() has metric(s) {', '.join(unknown)} that no MetricSpec declares; "
-                            "register them (clipfair.analyses.specs.register_metric) or list them in outcomes")
+                            "register them (clipfair.stats.specs.register_metric) or list them in outcomes")
     specs = [metric_spec(str(m)) for m in out["metric"]]
     out["analysis"] = analysis.name
     out["direction"] = [x.direction for x in specs]
@@ -286,7 +286,7 @@ def analysis_sections(analysis: Analysis, met: pd.DataFrame, disp: pd.DataFrame 
                       max_rows: int = 60) -> list[Any]:
     """A generic report section of one analysis: per outcome, every group's value with its
     interval and n, and its disparities rows (worst vs best, or highest vs lowest)."""
-    from ..document import Section, Table, Text
+    from ..report.document import Section, Table, Text
 
     rows = met[met["analysis"] == analysis.name] if "analysis" in met.columns else met.iloc[0:0]
     if rows.empty:

@@ -53,7 +53,7 @@ def recall_gaps(metrics: pd.DataFrame, taxonomy: str, attributes: Sequence[str],
     """The per-class recall comparisons (see the module docstring) from ``metrics`` rows:
     metric ``accuracy`` of ``taxonomy`` in slices ``class1+<attribute>``, whose attribute
     columns hold each group's values."""
-    from ..stats import CORRECTIONS, adjusted_confidence, newcombe_diff, two_proportion_z
+    from ..stats.inference import CORRECTIONS, adjusted_confidence, newcombe_diff, two_proportion_z
 
     if correction not in CORRECTIONS:
         raise FacetError(f"analysis facet: correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
@@ -151,7 +151,7 @@ class Facet(Analysis):
             raise FacetError(f"analysis facet: dataset {getattr(ctx.dataset, 'name', '?')!r} has no {CLASS!r} "
                              "attribute; use dataset=facet")
         self._target(ctx.taxonomies)
-        from ..metrics import slice_name
+        from ..stats.metrics import slice_name
 
         have = {slice_name(s) for s in ctx.slices}
         need = [f"{CLASS}+{a}" for a in self._attributes(declared)]
@@ -189,7 +189,7 @@ class Facet(Analysis):
         return {} if self.table is None else {"facet_recall": self.table}
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
-        from ..outputs import write_csv
+        from ..utility.outputs import write_csv
 
         if self.table is None:
             return Written()
@@ -223,7 +223,7 @@ def plot_gaps(table: pd.DataFrame, path: Path, top: int) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..figures import save_figure
+    from ..report.figures import save_figure
 
     parts = [largest(table, a, top) for a in attrs]
     fig, axes = plt.subplots(len(attrs), 1, figsize=(7.5, sum(1.3 + 0.3 * len(p) for p in parts) + 0.5),
@@ -255,7 +255,7 @@ def _pct(v: Any) -> str:
 
 
 def section(table: pd.DataFrame, info: dict[str, Any], confidence: float, top: int, has_png: bool) -> Any:
-    from ..document import Bullets, Figure, Note, Section, Table, Text, inline_markdown as md
+    from ..report.document import Bullets, Figure, Note, Section, Table, Text, inline_markdown as md
 
     conf = f"{100 * confidence:g}%"
     adj = table.attrs.get("adjusted_confidence")

@@ -31,9 +31,9 @@ class LinearProbe(Analysis):
     def __init__(self, train: Any = None, features: str = "projected", **options: Any) -> None:
         """``train``: the training split (a :class:`clipfair.data.base.FaceDataset`, built at the
         CLI edge from ``probe.train_split`` / ``probe.train_dataset``); ``features``: projected or
-        pre_projection; the rest: :func:`clipfair.linear_probe.fit_probe`'s options (Cs, holdout,
+        pre_projection; the rest: :func:`clipfair.methods.linear_probe.fit_probe`'s options (Cs, holdout,
         seed, max_iter, sweep_max_train, refine_steps_per_decade)."""
-        from ..linear_probe import FEATURES
+        from ..methods.linear_probe import FEATURES
 
         super().__init__(features=features, **options)
         if train is None:
@@ -46,7 +46,7 @@ class LinearProbe(Analysis):
         """The encoder of the probe's features and its cache variant (None: the run's own)."""
         if self.features != "pre_projection":
             return model, None
-        from ..linear_probe import PreProjectionView
+        from ..methods.linear_probe import PreProjectionView
 
         return PreProjectionView(model), {"features": self.features}
 
@@ -61,7 +61,7 @@ class LinearProbe(Analysis):
             raise ValueError("linear probe requested but no taxonomy has a target (e.g. fairface_race)")
 
     def run(self, ctx: RunContext) -> pd.DataFrame:
-        from ..linear_probe import fit_probe, probe_predictions
+        from ..methods.linear_probe import fit_probe, probe_predictions
 
         targets = [t for t in ctx.taxonomies if t.target]
         encoder, variant = self._encoder(ctx.model)

@@ -1,5 +1,5 @@
 """The model card reproduction: the CLIP paper's / model card's FairFace tables
-and claims reproduced from this run's metrics, with verdicts (:mod:`clipfair.model_card`:
+and claims reproduced from this run's metrics, with verdicts (:mod:`clipfair.methods.model_card`:
 model_card.csv, model_card.md, plots; a section of report.html).
 
 Layer: analyses.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..model_card import ModelCardError
+from ..methods.model_card import ModelCardError
 from .base import Analysis, Needs, RunContext, Written
 from .registry import register_analysis
 
@@ -30,7 +30,7 @@ class ModelCard(Analysis):
         """``block``: the ``model_card:`` config keys (taxonomies, race_accuracy, rate_denominator,
         tolerance_pp, references); ``image_subset``: how the evaluated images were chosen (the CLI
         states it from ``subset``)."""
-        from ..model_card import ModelCardOptions, read_references
+        from ..methods.model_card import ModelCardOptions, read_references
 
         super().__init__(**block)
         self.block = dict(block)
@@ -41,7 +41,7 @@ class ModelCard(Analysis):
     def check(self, ctx: RunContext) -> None:
         from dataclasses import replace
 
-        from ..model_card import check_slices
+        from ..methods.model_card import check_slices
 
         if self.opts.confidence != ctx.confidence:
             self.opts = replace(self.opts, confidence=ctx.confidence)
@@ -51,7 +51,7 @@ class ModelCard(Analysis):
         return None
 
     def finish(self, ev: Any, ctx: RunContext) -> None:
-        from ..model_card import SCORING_LABELS, race_scoring_metrics
+        from ..methods.model_card import SCORING_LABELS, race_scoring_metrics
         from .engine import add_result_columns
 
         # both race scorings in metrics.csv: accuracy (7-way) and accuracy_race_binary, told apart by
@@ -63,8 +63,8 @@ class ModelCard(Analysis):
         ev.metrics = pd.concat([ev.metrics, extra], ignore_index=True)
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
-        from ..document import Section
-        from ..model_card import CardContext, padding_statement, write_model_card
+        from ..report.document import Section
+        from ..methods.model_card import CardContext, padding_statement, write_model_card
 
         ds, model = ctx.dataset, ctx.model
         context = CardContext(

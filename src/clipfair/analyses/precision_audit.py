@@ -1,5 +1,5 @@
 """The precision audit: zero-shot predictions at the run's dtype against float32
-on a seeded sample of images (:mod:`clipfair.precision`); recorded in run.json and on the model card.
+on a seeded sample of images (:mod:`clipfair.methods.precision`); recorded in run.json and on the model card.
 
 Layer: analyses.
 """
@@ -28,8 +28,8 @@ class PrecisionAudit(Analysis):
             self.needs = Needs(image_embeddings="none", splits=("eval",), text=False)
 
     def run(self, ctx: RunContext) -> None:
-        from ..precision import run_precision_audit
-        from ..zeroshot import class_embeddings
+        from ..methods.precision import run_precision_audit
+        from ..methods.zeroshot import class_embeddings
 
         if not ctx.taxonomies:
             ctx.info["precision"] = {"skipped": "the run has no taxonomies: no zero-shot predictions to audit"}

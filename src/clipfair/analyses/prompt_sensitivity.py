@@ -1,6 +1,6 @@
 """Prompt sensitivity: each listed taxonomy evaluated under its own templates and
 under every template set (variants named ``taxonomy@set``), and the spread of each group's figure
-across the sets (:mod:`clipfair.sensitivity`: sensitivity.csv, findings and plots).
+across the sets (:mod:`clipfair.methods.sensitivity`: sensitivity.csv, findings and plots).
 
 Layer: analyses.
 """
@@ -26,13 +26,13 @@ class PromptSensitivity(Analysis):
         self.template_sets = dict(template_sets or {})
 
     def adjust_taxonomies(self, taxonomies: list[Any]) -> list[Any]:
-        from ..sensitivity import expand_template_sets
+        from ..methods.sensitivity import expand_template_sets
 
         if not self.template_sets:
             return taxonomies
         out = expand_template_sets(taxonomies, self.template_sets)
         # variant name -> (taxonomy, template set): the names are built from the values, never split
-        from ..sensitivity import variant_name
+        from ..methods.sensitivity import variant_name
 
         self.variants = {variant_name(t.name, set_name): (t.name, set_name) for t in taxonomies
                          if t.name in self.template_sets for set_name in ["default", *self.template_sets[t.name]]}
@@ -51,8 +51,8 @@ class PromptSensitivity(Analysis):
         ev.metrics["template_set"] = [variants.get(t, ("", ""))[1] for t in tax]
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
-        from ..metrics import DEFAULT_DISPARITY_MIN_N
-        from ..sensitivity import write_sensitivity
+        from ..stats.metrics import DEFAULT_DISPARITY_MIN_N
+        from ..methods.sensitivity import write_sensitivity
 
         plots = ev.info.get("plot_slices")
         rate_plots = None if plots is None else plots.get("rate", ())

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from ..registry import Registry, RegistryError
+from ..utility.registry import Registry, RegistryError
 from .base import Analysis, AnalysisError
 
 log = logging.getLogger(__name__)

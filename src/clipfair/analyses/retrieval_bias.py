@@ -1,5 +1,5 @@
 """Retrieval bias: rank the evaluation images for each neutral query and measure how skewed
-the top k is (:mod:`clipfair.retrieval`: Skew@k, MaxSkew, MinSkew, NDKL, Bias@K, each beside its
+the top k is (:mod:`clipfair.methods.retrieval`: Skew@k, MaxSkew, MinSkew, NDKL, Bias@K, each beside its
 null of no association with an adjusted test); writes retrieval.csv, retrieval.md and heat maps.
 
 Layer: analyses.
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..retrieval import RetrievalError
+from ..methods.retrieval import RetrievalError
 from .base import Analysis, Needs, RunContext, Written
 from .registry import register_analysis
 
@@ -33,8 +33,8 @@ class RetrievalBias(Analysis):
     def __init__(self, options: Any = None, query_sets: Sequence[Any] | None = None, **block: Any) -> None:
         """Either the ``retrieval:`` config block's keys (queries, k, attributes, desired, absent,
         prompts, pool, bootstrap, chunk_size, preset), or ready ``options``
-        (:class:`clipfair.retrieval.RetrievalOptions`) and ``query_sets``."""
-        from ..retrieval import load_query_sets, options_from_config
+        (:class:`clipfair.methods.retrieval.RetrievalOptions`) and ``query_sets``."""
+        from ..methods.retrieval import load_query_sets, options_from_config
 
         super().__init__(**block)
         self.block = {k: v for k, v in block.items() if k != "enabled"}
@@ -44,14 +44,14 @@ class RetrievalBias(Analysis):
         self.table: pd.DataFrame | None = None
 
     def check(self, ctx: RunContext) -> None:
-        from ..retrieval import options_from_config
-        from ..zeroshot import check_prompt_lengths
+        from ..methods.retrieval import options_from_config
+        from ..methods.zeroshot import check_prompt_lengths
 
         if self.block and self.opts.confidence != ctx.confidence:
             self.opts = options_from_config({**self.block, "enabled": True}, ctx.confidence,
                                             correction=self.opts.correction)
         if ctx.dataset is not None:
-            from ..retrieval import check_bootstrap_size
+            from ..methods.retrieval import check_bootstrap_size
 
             check_bootstrap_size(self.opts, len(ctx.dataset))
         if ctx.model is None:  # before the model is loaded
@@ -60,7 +60,7 @@ class RetrievalBias(Analysis):
             check_prompt_lengths(q.as_taxonomy(), ctx.model.token_count, ctx.model.context_length)
 
     def run(self, ctx: RunContext) -> None:
-        from ..retrieval import retrieval_bias
+        from ..methods.retrieval import retrieval_bias
 
         correction = getattr(ctx.config, "disparity_correction", None)  # the run's, for the tests' adjustment
         if correction and str(correction) != self.opts.correction:
@@ -84,8 +84,8 @@ class RetrievalBias(Analysis):
         return result_rows(self.table, ctx.table, specs, name=self.name)
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
-        from ..report import header_blocks
-        from ..retrieval import retrieval_sections, write_retrieval
+        from ..report.render import header_blocks
+        from ..methods.retrieval import retrieval_sections, write_retrieval
 
         if self.table is None:
             return Written()
@@ -127,17 +127,17 @@ def result_rows(retrieval: pd.DataFrame, table: pd.DataFrame | None,
     ``interval_low`` / ``interval_high``; empty where its ``interval_method`` says ``none: ...``);
     ``spread_low`` / ``spread_high``: retrieval.csv's ``ci_low`` / ``ci_high`` (the bootstrap
     percentile spread, always); ``small``: a value expected fewer than
-    :data:`clipfair.retrieval.TINY_EXPECTED` times in the top k (share / skew rows, as the
+    :data:`clipfair.methods.retrieval.TINY_EXPECTED` times in the top k (share / skew rows, as the
     retrieval report flags it). Plus :data:`CARRIED`. ``attributes``: the measured attribute
     specs (a tuple of names: an intersection)."""
-    from ..retrieval import COLUMNS, TINY_EXPECTED
+    from ..methods.retrieval import COLUMNS, TINY_EXPECTED
 
-    from .specs import metric_spec
+    from ..stats.specs import metric_spec
 
     df = retrieval.copy()
     unknown = sorted({str(m) for m in df["metric"] if metric_spec(str(m)) is None}) if len(df) else []
     if unknown:  # a metric without a declared direction is not put in the results table unlabelled
-        log.warning("retrieval: metric(s) %s have no MetricSpec (clipfair.analyses.specs); they are in "
+        log.warning("retrieval: metric(s) %s have no MetricSpec (clipfair.stats.specs); they are in "
                     "retrieval.csv but left out of metrics.csv", ", ".join(unknown))
         df = df[~df["metric"].astype(str).isin(unknown)]
     for c in COLUMNS:

@@ -1,5 +1,5 @@
 """Variant comparison: taxonomy variants of one run compared image by image with
-the baseline (:mod:`clipfair.compare`: paired differences, McNemar tests, comparison.* files).
+the baseline (:mod:`clipfair.methods.compare`: paired differences, McNemar tests, comparison.* files).
 
 Layer: analyses.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..compare import CompareError
+from ..methods.compare import CompareError
 from .base import Analysis, Needs, RunContext, Written
 from .registry import register_analysis
 
@@ -33,7 +33,7 @@ class VariantComparison(Analysis):
         return None
 
     def write(self, out_dir: Path, ev: Any, ctx: RunContext, report: Any) -> Written:
-        from ..compare import compare_paired, comparison_sections, plot_keys, write_comparison
+        from ..methods.compare import compare_paired, comparison_sections, plot_keys, write_comparison
 
         names = [t.name for t in ctx.taxonomies]
         baseline = self.baseline or names[0]

@@ -30,7 +30,7 @@ class ZeroShot(Analysis):
     needs = Needs(image_embeddings="projected", splits=("eval",), text=True)
 
     def check(self, ctx: RunContext) -> None:
-        from ..zeroshot import check_prompt_lengths
+        from ..methods.zeroshot import check_prompt_lengths
 
         if ctx.model is None:  # before the model is loaded: nothing to check yet
             return
@@ -41,7 +41,7 @@ class ZeroShot(Analysis):
                             "without accuracy", t.name, ctx.dataset.name, t.target, ", ".join(ctx.dataset.attributes))
 
     def run(self, ctx: RunContext) -> pd.DataFrame:
-        from ..zeroshot import class_embeddings, zero_shot_predictions
+        from ..methods.zeroshot import class_embeddings, zero_shot_predictions
 
         if not ctx.taxonomies:  # e.g. a retrieval-only run
             return pd.DataFrame(columns=[*PREDICTION_COLUMNS, *ctx.attributes])

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..registry import Registry
+from ..utility.registry import Registry
 from .attributes import (
     AGE_ATTRIBUTE,
     BUILTIN,

@@ -115,10 +115,10 @@ class FaceDataset:
     plot_slices: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(FAIRFACE_PLOT_SLICES))
     #: stratum attributes: a slice naming one is a per-stratum breakdown (FACET's per-class recall
     #: by group), whose groups the core disparities compare only within a stratum value
-    #: (:func:`clipfair.metrics.disparities`); the layout's declaration
+    #: (:func:`clipfair.stats.metrics.disparities`); the layout's declaration
     strata: tuple[str, ...] = ()
     #: attribute -> values a target taxonomy may name though this dataset lacks them (FairFace's,
-    #: so the built-in FairFace taxonomies run here; see clipfair.taxonomy.check_target)
+    #: so the built-in FairFace taxonomies run here; see clipfair.data.taxonomy.check_target)
     tolerated_values: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(FAIRFACE_TAXONOMY_VALUES))
 
     def __post_init__(self) -> None:

@@ -101,7 +101,7 @@ FACET_SLICES: tuple = ("overall", "class1", "gender_presentation", "skin_tone", 
                        ("class1", "gender_presentation"), ("class1", "skin_tone"), ("class1", "age_presentation"),
                        ("class1", "lighting"))
 #: the stratum attributes: ``class1+gender_presentation`` is recall per class by group, compared
-#: within a class only (see clipfair.metrics.disparities)
+#: within a class only (see clipfair.stats.metrics.disparities)
 FACET_STRATA: tuple[str, ...] = ("class1", "class2")
 FACET_PLOT_SLICES: dict[str, tuple[str, ...]] = {
     "accuracy": ("gender_presentation", "skin_tone", "age_presentation", "lighting"),

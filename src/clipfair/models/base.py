@@ -8,7 +8,7 @@ Nothing outside the backends imports transformers or open_clip: the core calls o
 
 * :meth:`ImageTextModel.preprocess` (reference preprocessing: PIL images -> pixels) and
   :meth:`ImageTextModel.preprocess_spec` (the same as a resize / crop / mean-std
-  :class:`~clipfair.preprocess.ClipPreprocess` for the fast uint8 path, or None);
+  :class:`~clipfair.models.preprocess.ClipPreprocess` for the fast uint8 path, or None);
 * :meth:`ImageTextModel.encode_pixels` (image tower in the run's dtype) and
   :meth:`ImageTextModel.encode_texts` (the family's own tokenization; text tower in float32);
 * :attr:`ImageTextModel.scoring` (softmax over ``logit_scale * cos`` for CLIP-style models,
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..preprocess import ClipPreprocess
-from ..registry import Registry
+from .preprocess import ClipPreprocess
+from ..utility.registry import Registry
 
 log = logging.getLogger(__name__)
 

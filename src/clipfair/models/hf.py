@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..preprocess import ClipPreprocess
+from .preprocess import ClipPreprocess
 from .base import (DEFAULT_MAX_PARAMS, MODELS, PICKLE_SUFFIXES, ImageTextModel, ModelError, Pixels, Scoring,
                    TextSettings, canonicalize_text, check_parameter_count, check_path_kind, safetensors_numel, hash_file, resolve_device, resolve_dtype, split_precision)
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from ..preprocess import ClipPreprocess
+from .preprocess import ClipPreprocess
 from .base import (MODELS, ImageTextModel, ModelError, Pixels, Scoring, TextSettings, check_path_kind,
                    resolve_device, resolve_dtype, split_precision)
 

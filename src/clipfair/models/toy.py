@@ -1,5 +1,5 @@
 """Tiny CLIP checkpoints built fully offline (tokenizer, config, random init)
-and their contrastive training loop. The transformers side of :mod:`clipfair.toy`.
+and their contrastive training loop. The transformers side of :mod:`clipfair.run.toy`.
 
 Layer: models.
 
@@ -10,7 +10,7 @@ merges were learned from a given corpus and a randomly initialised (seeded) mode
 :func:`train_contrastive` trains such a model on given images and a caption sampler.
 
 What the toy world is (its captions, its corpus, its planted biases, the FairFace-layout
-training data) lives in :mod:`clipfair.toy`; this module knows none of it.
+training data) lives in :mod:`clipfair.run.toy`; this module knows none of it.
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def make_tiny_clip(
 
     ``image_size`` defaults to the architecture's (32 for "tiny", 224 for the real
     shapes). ``corpus``: the texts the tokenizer's merges are learned from
-    (:func:`clipfair.toy.make_tiny_clip` passes the taxonomy prompts and toy captions). Loads with
+    (:func:`clipfair.run.toy.make_tiny_clip` passes the taxonomy prompts and toy captions). Loads with
     ``AutoModel.from_pretrained(save_dir)`` / ``AutoProcessor.from_pretrained(save_dir)``.
     """
     import torch

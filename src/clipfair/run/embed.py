@@ -32,10 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .cache import EmbeddingStore, sha256_hex
-from .data.base import FaceDataset
-from .data.images import ImageError, decode_image, has_exif_rotation
-from .models.base import ImageTextModel, Pixels
-from .preprocess import EXACT_TOLERANCE, ClipPreprocess, compare_draft, draft_within_tolerance, max_abs_diff
+from ..data.base import FaceDataset
+from ..data.images import ImageError, decode_image, has_exif_rotation
+from ..models.base import ImageTextModel, Pixels
+from ..models.preprocess import EXACT_TOLERANCE, ClipPreprocess, compare_draft, draft_within_tolerance, max_abs_diff
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _sample_rows(keys: Sequence[str | None], n: int) -> list[int]:
 def plan_preprocessing(dataset: FaceDataset, model: ImageTextModel, keys: Sequence[str | None], *,
                        fast_preprocess: bool | str = "auto", fast_decode: bool | str = "auto",
                        gpu_decode: bool | str = False, sample: int = 8) -> _Plan:
-    """Choose the fast paths that reproduce the model's processor (see :mod:`clipfair.preprocess`).
+    """Choose the fast paths that reproduce the model's processor (see :mod:`clipfair.models.preprocess`).
 
     * fast preprocessing (uint8 resize/crop, normalise per batch on the device): used when the
       model states its preprocessing as a :class:`ClipPreprocess` (``model.preprocess_spec()``)

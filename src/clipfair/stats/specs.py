@@ -91,7 +91,7 @@ BUILTIN_METRICS: tuple[MetricSpec, ...] = (
                direction_from_harm=True),
     MetricSpec("label_rate", NEUTRAL, PROPORTION, "share of a group's images given a class label",
                direction_from_harm=True, ranked=False),
-    # retrieval bias (clipfair.retrieval): per query set x query x attribute (x value) x k x desired
+    # retrieval bias (clipfair.methods.retrieval): per query set x query x attribute (x value) x k x desired
     # distribution; its rows in metrics.csv carry retrieval's own tests of no association
     # (null_mean, p_value, p_adjusted, significant), so the disparities engine leaves them out
     # (ranked=False). Intervals: the image bootstrap (percentile; the query bootstrap for a query

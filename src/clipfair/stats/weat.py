@@ -332,7 +332,7 @@ def markedness(image_embeddings: Any, groups: Sequence[Any], prompt_embeddings: 
     (Wilson), n_group_total, design; ``attrs['p_homogeneity']``: chi-square test of equal
     shares across groups (NaN when it cannot be computed).
     """
-    from .stats import wilson
+    from .inference import wilson
 
     E = normalise(image_embeddings)
     P = normalise(prompt_embeddings)

@@ -1,6 +1,6 @@
 """Numeric precision audit: does the run's dtype change zero-shot predictions?
 
-Layer: analyses.
+Layer: methods.
 
 On a seeded sample of images (default 256), the image tower encodes the same preprocessed
 pixels twice, at the run's precision and in float32; both sets of embeddings are scored
@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .metrics import wilson_interval
+from ..stats.metrics import wilson_interval
 from .zeroshot import l2_normalize
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from .outputs import OutputError, read_csv
+from ..utility.outputs import OutputError, read_csv
 
 __all__ = ["RunFolderError", "read_record", "read_metrics"]
 
@@ -50,7 +50,7 @@ def read_record(folder: Path | str) -> dict[str, Any]:
 
 def read_metrics(folder: Path | str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """``folder``/metrics.csv (text as text, empty numeric cells missing), checked to hold
-    ``columns`` (default: clipfair.metrics.METRIC_COLUMNS)."""
+    ``columns`` (default: clipfair.stats.metrics.METRIC_COLUMNS)."""
     from .metrics import METRIC_COLUMNS
 
     p = Path(folder) / "metrics.csv"

@@ -7,7 +7,7 @@ The model side (tokenizer, config, random init, the contrastive training loop) i
 :mod:`clipfair.models.toy`, the only place that touches transformers. Here
 :func:`make_tiny_clip` builds such a model with a tokenizer learned from the built-in
 taxonomy prompts plus the toy training captions, and :func:`train_toy_clip` trains it on
-the synthetic FairFace-layout faces of :mod:`clipfair.synthetic`, with two deliberately
+the synthetic FairFace-layout faces of :mod:`clipfair.data.synthetic`, with two deliberately
 planted biases (see :func:`toy_caption`). The result is a *toy*: it says nothing about any
 real model.
 """
@@ -125,19 +125,19 @@ def all_toy_captions() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
-# taxonomies (the harness's own loader, clipfair.taxonomy)
+# taxonomies (the harness's own loader, clipfair.data.taxonomy)
 # ---------------------------------------------------------------------------------------
 
 
 def _builtin_taxonomy_files() -> list[Path]:
-    from .taxonomy import builtin_dir
+    from ..data.taxonomy import builtin_dir
 
     return sorted(Path(builtin_dir()).glob("*.yaml"))
 
 
 def taxonomy_classes(name: str) -> tuple[list[str], list[list[str]]]:
     """(labels, texts per label) of a taxonomy: each class's templates x prompts."""
-    from .taxonomy import load_taxonomy
+    from ..data.taxonomy import load_taxonomy
 
     tax = load_taxonomy(name)
     return tax.labels, tax.class_texts()
@@ -145,7 +145,7 @@ def taxonomy_classes(name: str) -> tuple[list[str], list[list[str]]]:
 
 def taxonomy_categories(name: str) -> dict[str, str]:
     """label -> category ('human', 'non_human', 'crime_related', 'child', ...)."""
-    from .taxonomy import load_taxonomy
+    from ..data.taxonomy import load_taxonomy
 
     return {c.label: c.category for c in load_taxonomy(name).classes}
 
@@ -153,7 +153,7 @@ def taxonomy_categories(name: str) -> dict[str, str]:
 def taxonomy_corpus() -> list[str]:
     """Every prompt text (templates x prompts) and class label of every built-in
     taxonomy, in a stable order."""
-    from .taxonomy import load_taxonomy
+    from ..data.taxonomy import load_taxonomy
 
     out: list[str] = []
     for f in _builtin_taxonomy_files():
@@ -193,7 +193,7 @@ def make_tiny_clip(
     """:func:`clipfair.models.toy.make_tiny_clip` with the tokenizer learned from
     ``corpus``, by default :func:`default_corpus` (every built-in taxonomy prompt and toy
     caption is then a few tokens). Returns the model directory."""
-    from .models.toy import make_tiny_clip as build
+    from ..models.toy import make_tiny_clip as build
 
     return build(save_dir, seed=seed, image_size=image_size,
                  corpus=default_corpus() if corpus is None else corpus, arch=arch)
@@ -222,10 +222,10 @@ def zero_shot_report(model_dir: str | Path, data_root: str | Path, split: str = 
     planted-effect numbers: the share of 0-2 / 3-9 faces classified into a non-human
     class by the ``clip_denigration`` probe and by ``clip_denigration_child``.
     """
-    from .data import load_dataset
-    from .models import load_model
+    from ..data import load_dataset
+    from ..models import load_model
     from .pipeline import evaluate
-    from .taxonomy import load_taxonomies
+    from ..data.taxonomy import load_taxonomies
 
     names = ["fairface_race", "fairface_gender", "fairface_age", "clip_denigration", "clip_denigration_child"]
     ds = load_dataset("fairface", root=str(data_root), split=split)
@@ -304,7 +304,7 @@ def train_toy_clip(
     """
     import pandas as pd
 
-    from .models.toy import train_contrastive
+    from ..models.toy import train_contrastive
 
     data_root = Path(data_root)
     if captions_fn is None:

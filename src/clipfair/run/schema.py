@@ -326,13 +326,13 @@ def loader_for(values: Mapping[str, Any]) -> Callable[..., Any] | None:
     """The function whose keyword arguments the rest of a ``dataset`` / ``model`` group is."""
     target = values.get("_target_")
     if target == "clipfair.data.load_dataset":
-        from .data import DATASETS
+        from ..data import DATASETS
 
         return DATASETS.get(values["name"]) if values.get("name") in DATASETS else None
     if target == "clipfair.models.load_model":
-        from .models import MODELS
+        from ..models import MODELS
 
-        from .models import load_model
+        from ..models import load_model
 
         loader = values.get("loader") or signature_default(load_model, "loader")
         return MODELS.get(loader) if loader in MODELS else None
@@ -359,7 +359,7 @@ def loader_argument(values: Mapping[str, Any], key: str) -> Any:
     if values.get(key) is not None:
         return values[key]
     if key == "loader" and values.get("_target_") == "clipfair.models.load_model":
-        from .models import load_model
+        from ..models import load_model
 
         return signature_default(load_model, "loader")
     return signature_default(loader_for(values), key)
@@ -400,7 +400,7 @@ def validate(cfg: Mapping[str, Any], missing: list[str] | tuple[str, ...] = ()) 
                           f"{example.get(key, key + '=...')}")
     run = _check_group(RunConfig, {k: v for k, v in cfg.items() if k != "hydra"}, "")
     _check_loader_group("dataset", cfg["dataset"], DATASET_KEYS, DATASET_EXTRA)
-    from .models import model_config_keys
+    from ..models import model_config_keys
 
     # the model group's keys are shared by every loader (each ignores the ones it does not take)
     _check_loader_group("model", cfg["model"], MODEL_KEYS, model_config_keys())

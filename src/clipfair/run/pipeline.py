@@ -21,21 +21,21 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from . import metrics as M
+from ..stats import metrics as M
 from .cache import unwritable_reason
-from .data.base import FaceDataset
-from .data.images import ImageError
+from ..data.base import FaceDataset
+from ..data.images import ImageError
 from .distributed import Dist, DistributedError, shard_indices
 from .embed import EmbedStats, ImageEmbeddings, TextEmbedder, embed_images, open_stores
-from .models import ImageTextModel, Scoring
-from .outputs import write_csv
+from ..models import ImageTextModel, Scoring
+from ..utility.outputs import write_csv
 from .record import write_json
-from .sanity import annotate_findings, chance_gates
-from .sanity import verdict as sanity_verdict
-from .taxonomy import Taxonomy, check_target
-from .analyses import Analysis, RunContext
-from .analyses import compose
-from .analyses.engine import add_result_columns, analysis_rows, analysis_sections, append_rows, outcome_metrics
+from ..stats.sanity import annotate_findings, chance_gates
+from ..stats.sanity import verdict as sanity_verdict
+from ..data.taxonomy import Taxonomy, check_target
+from ..analyses import Analysis, RunContext
+from ..analyses import compose
+from ..analyses.engine import add_result_columns, analysis_rows, analysis_sections, append_rows, outcome_metrics
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def score(predictions: pd.DataFrame, taxonomies: Sequence[Taxonomy], slices: Seq
     analyses (:func:`clipfair.analyses.engine.outcome_metrics`), in the same table and the same
     adjustment. ``orders``: the dataset's declared value orders; ``topk``, ``small_n``: see
     group_metrics; ``strata``: the dataset's stratum attributes (compared within a stratum only,
-    see :func:`clipfair.metrics.disparities`)."""
+    see :func:`clipfair.stats.metrics.disparities`)."""
     cats = {t.name: t.categories for t in taxonomies}
     met = M.group_metrics(predictions, cats, slices=slices, confidence=confidence,
                           labels={t.name: t.labels for t in taxonomies}, orders=orders, topk=topk,
@@ -169,10 +169,10 @@ def evaluate(dataset: FaceDataset, model: ImageTextModel, taxonomies: Sequence[T
     linear probe when a ``probe_train`` split is given (``probe_options``), retrieval bias of
     ``query_sets`` when ``retrieval`` options are given, the precision audit with
     ``precision_audit`` (``{n, seed}``).
-    ``slices``: a list, or "auto" (see :func:`clipfair.metrics.resolve_slices`); a slice
+    ``slices``: a list, or "auto" (see :func:`clipfair.stats.metrics.resolve_slices`); a slice
     naming an attribute the dataset lacks is an error. ``topk``: k of top-k accuracy;
     ``small_group_n``: groups with fewer images are flagged ``small``.
-    ``embed_options``: more keyword arguments of :func:`clipfair.embed.embed_images`
+    ``embed_options``: more keyword arguments of :func:`clipfair.run.embed.embed_images`
     (fast_preprocess, fast_decode, gpu_decode, compile). ``config``: the typed run config."""
     if analyses is None:
         analyses = compose.legacy(taxonomies, probe_train=probe_train, probe_options=probe_options,
@@ -286,12 +286,12 @@ def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | s
                 batch_size: int | None = None, **embed_kw: Any) -> dict[str, Any]:
     """The sharding hook of a multi-process run: this process encodes its share of every
     split the run's analyses will need (whole batches, round-robin:
-    :func:`clipfair.distributed.shard_indices`) into the shared content-addressed cache: the
+    :func:`clipfair.run.distributed.shard_indices`) into the shared content-addressed cache: the
     evaluation split and each analysis's :meth:`~clipfair.analyses.Analysis.embed_jobs` (e.g. a
     linear probe's train split, pre-projection features). After a barrier, rank 0 runs
     :func:`evaluate`, which then finds every embedding in the cache. ``probe_train`` /
     ``probe_features``: the keyword spelling of a linear probe's jobs. ``embed_kw``: the keyword
-    arguments of :func:`clipfair.embed.embed_images`. Returns what this rank did."""
+    arguments of :func:`clipfair.run.embed.embed_images`. Returns what this rank did."""
     why = "the cache is off" if cache_dir is None else unwritable_reason(cache_dir)
     if why is not None:
         raise DistributedError(
@@ -327,8 +327,8 @@ def embed_shard(dataset: FaceDataset, model: ImageTextModel, cache_dir: Path | s
 def report_context(ev: Evaluation, record: dict[str, Any], taxonomies: Sequence[Taxonomy] = (),
                    demo: bool = False) -> "ReportContext":
     """The report's header and reading rules from run.json's record and the taxonomies."""
-    from . import __version__
-    from .report import ReportContext
+    from .. import __version__
+    from ..report.render import ReportContext
 
     model = record.get("model") or {}
     data = record.get("dataset") or {}
@@ -389,9 +389,9 @@ def write_outputs(ev: Evaluation, out_dir: Path | str, record: dict[str, Any], d
     ``compare``: the keyword spelling of the variant comparison (for an Evaluation whose
     analyses do not include it); ``model_card_sections``: report sections shown in report.html
     only, under one heading. Plots already in ``out_dir`` are shown in ``report.html`` too."""
-    from .confusion import write_confusion_plots
-    from .document import Section
-    from .report import write_report
+    from ..report.confusion import write_confusion_plots
+    from ..report.document import Section
+    from ..report.render import write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

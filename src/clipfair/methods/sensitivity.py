@@ -1,6 +1,6 @@
 """Prompt sensitivity: the same taxonomy under several template sets.
 
-Layer: analyses.
+Layer: methods.
 
 A taxonomy ``t`` evaluated with template set ``s`` is named ``t@s`` (a display name: its rows carry
 ``t`` and ``s`` in the key columns ``variant_of`` and ``template_set``). For every group the
@@ -20,12 +20,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .document import Figure, Section, Table, Text
-from .figures import DPI, save_figure
-from .metrics import DEFAULT_DISPARITY_MIN_N, HIGHER, NEUTRAL, is_accuracy_metric, metric_direction
-from .stats import newcombe_diff
-from .taxonomy import Taxonomy, TaxonomyError
-from .outputs import safe_filename, write_csv
+from ..report.document import Figure, Section, Table, Text
+from ..report.figures import DPI, save_figure
+from ..stats.metrics import DEFAULT_DISPARITY_MIN_N, HIGHER, NEUTRAL, is_accuracy_metric, metric_direction
+from ..stats.inference import newcombe_diff
+from ..data.taxonomy import Taxonomy, TaxonomyError
+from ..utility.outputs import safe_filename, write_csv
 
 SEP = "@"
 SPREAD_COLUMNS = ("taxonomy", "method", "metric", "category", "slice", "group", "n_sets",

@@ -1,6 +1,6 @@
 """Side-by-side comparison of taxonomy variants, with significance tests.
 
-Layer: analyses.
+Layer: methods.
 
 Two variants evaluated on the *same images* are compared image by image: for every group the
 difference in a rate (or accuracy) is tested with McNemar's exact test on the discordant
@@ -29,12 +29,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .document import Document, Figure, Section, Table, Text, to_markdown
-from .figures import DPI, save_figure
-from .metrics import slice_attrs, slice_name, value_order
-from .stats import (CORRECTION_NAMES, CORRECTIONS, benjamini_hochberg, holm, mcnemar_exact,  # noqa: F401
+from ..report.document import Document, Figure, Section, Table, Text, to_markdown
+from ..report.figures import DPI, save_figure
+from ..stats.metrics import slice_attrs, slice_name, value_order
+from ..stats.inference import (CORRECTION_NAMES, CORRECTIONS, benjamini_hochberg, holm, mcnemar_exact,  # noqa: F401
                     newcombe_diff, newcombe_paired_diff, two_proportion_z)
-from .outputs import read_csv, safe_filename, write_csv
+from ..utility.outputs import read_csv, safe_filename, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def compare_paired(predictions: pd.DataFrame, baseline: str, variants: Sequence[
                    confidence: float = 0.95, correction: str = "holm", alpha: float = 0.05,
                    orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Compare each variant taxonomy with ``baseline`` on the same images (McNemar exact).
-    ``slices`` and ``orders``: the dataset's (see :func:`clipfair.metrics.group_metrics`).
+    ``slices`` and ``orders``: the dataset's (see :func:`clipfair.stats.metrics.group_metrics`).
 
     Accuracy is compared when both have a target; rates for every category both share.
     diff = variant - baseline with Newcombe's paired square-and-add interval at ``confidence``.
@@ -492,10 +492,10 @@ COMPARE_COLUMNS = ("taxonomy", "method", "metric", "category", "slice", "group",
 
 def load_run(run_dir: Path | str) -> Run:
     """A finished run folder (its outputs are moved in only when all are written);
-    :class:`clipfair.outputs.OutputError` otherwise."""
-    from .outputs import require_finished_run
+    :class:`clipfair.utility.outputs.OutputError` otherwise."""
+    from ..utility.outputs import require_finished_run
 
-    from .runfolder import read_metrics, read_record
+    from ..stats.runfolder import read_metrics, read_record
 
     run_dir = Path(run_dir)
     require_finished_run(run_dir)
@@ -513,8 +513,8 @@ def readable_runs(run_dirs: Sequence[Path], method: str = "zero_shot") -> list[P
     """The run folders that `compare` can read, each other one skipped with a one-line
     warning naming it and why (CompareError when fewer than two are left). A run without
     results of ``method`` (e.g. linear_probe without probe.enabled) is an error."""
-    from .outputs import require_finished_run
-    from .runfolder import RunFolderError, read_metrics, read_record
+    from ..utility.outputs import require_finished_run
+    from ..stats.runfolder import RunFolderError, read_metrics, read_record
 
     good, skipped = [], []
     for d in map(Path, run_dirs):

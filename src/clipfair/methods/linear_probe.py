@@ -1,6 +1,6 @@
 """Linear probes: logistic regression on image features (the CLIP paper's 'LR CLIP').
 
-Layer: analyses.
+Layer: methods.
 
 For a target taxonomy (race, gender, age, ...), fit multinomial logistic regression (L2,
 scikit-learn's objective) on the train split's image features and predict the evaluation split.
@@ -48,7 +48,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from .taxonomy import Taxonomy
+from ..data.taxonomy import Taxonomy
 from .zeroshot import l2_normalize, predictions_frame
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The CLIP paper's FairFace figures and the model card's claims beside this run's values.
 
-Layer: analyses.
+Layer: methods.
 
 Reference figures live in a data file (``references/clip_paper.yaml``) with their source
 (table, row, column, and the paper's words for figures from the text). Each is mapped onto
@@ -29,9 +29,9 @@ measurement: ``not reproduced`` when the interval misses x ± r/2, ``inconclusiv
 interval is wider than the claim's precision band x ± r (:func:`approx_verdict`), else
 ``reproduced``.
 
-Everything the card says is built as :mod:`clipfair.document` sections
+Everything the card says is built as :mod:`clipfair.report.document` sections
 (:func:`card_sections`) and rendered to ``model_card.md`` / ``model_card.html`` by
-:mod:`clipfair.document`; ``report.html`` can include the same sections.
+:mod:`clipfair.report.document`; ``report.html`` can include the same sections.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .data.attributes import FAIRFACE_ORDERS, FAIRFACE_SLICES, race_binary
-from .document import Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .figures import DPI, save_figure
-from .metrics import group_metrics, wilson_interval
-from .outputs import safe_filename, write_csv
-from .stats import newcombe_diff
-from .yamlio import load_yaml_file
+from ..data.attributes import FAIRFACE_ORDERS, FAIRFACE_SLICES, race_binary
+from ..report.document import Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from ..report.figures import DPI, save_figure
+from ..stats.metrics import group_metrics, wilson_interval
+from ..utility.outputs import safe_filename, write_csv
+from ..stats.inference import newcombe_diff
+from ..utility.yamlio import load_yaml_file
 
 ROLES = ("race", "gender", "age", "denigration", "denigration_child")
 #: metric name of race accuracy scored White vs Non-White (metrics.csv and the card)

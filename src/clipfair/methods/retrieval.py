@@ -1,7 +1,7 @@
 """Retrieval bias: rank a dataset's images for neutral text queries and measure how skewed
 the top k is by each demographic attribute (Geyik et al. 2019, arXiv:1905.01989).
 
-Layer: analyses.
+Layer: methods.
 
 Ranking: images are ordered by cosine similarity between their (L2-normalised) embedding
 and the query's text embedding, highest first; **ties are broken by dataset order** (the
@@ -55,9 +55,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .registry import yaml_files
-from .taxonomy import Taxonomy, TaxonomyClass, check_template, locate_file, read_yaml_mapping, scalar_text
-from .yamlio import load_yaml_file
+from ..utility.registry import yaml_files
+from ..data.taxonomy import Taxonomy, TaxonomyClass, check_template, locate_file, read_yaml_mapping, scalar_text
+from ..utility.yamlio import load_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class QuerySet:
 
     def as_taxonomy(self, templates: Sequence[str] | None = None) -> Taxonomy:
         """The queries as taxonomy classes, so prompt-length checks and prompt ensembling are
-        the zero-shot stage's own (:func:`clipfair.zeroshot.class_embeddings`)."""
+        the zero-shot stage's own (:func:`clipfair.methods.zeroshot.class_embeddings`)."""
         return Taxonomy(self.name, tuple(templates or self.templates),
                         tuple(TaxonomyClass(q.text, q.prompts, q.category) for q in self.queries),
                         source=self.source)
@@ -173,7 +173,7 @@ def load_query_set(spec: str | Path) -> QuerySet:
         raise QuerySetError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
     name = data.get("name")
     if isinstance(name, (int, float)) and not isinstance(name, bool):
-        name = str(name)  # the text as written (clipfair.yamlio)
+        name = str(name)  # the text as written (clipfair.utility.yamlio)
     if not isinstance(name, str) or not name.strip():
         raise QuerySetError(f"{path}: 'name' is required and must be a non-empty string")
     templates = _strings(data.get("templates"), f"{path} ({name})", "templates")
@@ -615,7 +615,7 @@ def retrieval_bias(table: pd.DataFrame, image_embeddings: np.ndarray, query_sets
                    orders: Mapping[str, Sequence[str]] | None = None, progress: bool = False) -> pd.DataFrame:
     """The long retrieval table (columns :data:`COLUMNS`) for ``query_sets`` ranked over the
     images of ``table`` (row i = ``image_embeddings[i]``). ``encode`` maps prompt strings to
-    text embeddings (the zero-shot stage's cached :class:`clipfair.embed.TextEmbedder`).
+    text embeddings (the zero-shot stage's cached :class:`clipfair.run.embed.TextEmbedder`).
     Attributes: ``options.attributes``, else ``attributes`` (the dataset's declared ones, less
     those with more than :data:`MAX_DEFAULT_VALUES` values: skipped with a warning unless named in
     ``options.attributes``); an entry that is a tuple of names is their intersection (values
@@ -1026,8 +1026,8 @@ def _worst_kind(metric: str) -> str:
     """How a set's worst query is chosen, from the metric registry's direction: ``min`` for a
     higher-is-better metric (MinSkew), ``max`` for a lower-is-better one (MaxSkew, NDKL);
     Bias@K, whose harm is distance from 0 either way, ``absmax``."""
-    from .analyses.base import HIGHER
-    from .analyses.specs import direction
+    from ..stats.specs import HIGHER
+    from ..stats.specs import direction
 
     if metric == "bias":
         return "absmax"
@@ -1091,7 +1091,7 @@ def _heatmap(df: pd.DataFrame, query_set: str, attribute: str, desired: str, k: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .figures import DPI, save_figure
+    from ..report.figures import DPI, save_figure
 
     data = heat_data(df, query_set, attribute, desired, k, max_rows)
     if data is None:
@@ -1207,11 +1207,11 @@ def _conventions(df: pd.DataFrame, options: Mapping[str, Any] | None) -> list[st
 def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
                        options: RetrievalOptions | Mapping[str, Any] | None = None,
                        max_queries: int = 10) -> list["Section"]:  # noqa: F821
-    """The retrieval-bias report as :mod:`clipfair.document` sections (heat maps are written
+    """The retrieval-bias report as :mod:`clipfair.report.document` sections (heat maps are written
     into ``out_dir`` as ``retrieval_skew_<set>_<attribute>.png``). Reads only ``table``
     (the :func:`retrieval_bias` frame or its CSV)."""
-    from .document import Bullets, Figure, Note, Section, Table, Text
-    from .outputs import safe_filename
+    from ..report.document import Bullets, Figure, Note, Section, Table, Text
+    from ..utility.outputs import safe_filename
 
     out_dir = Path(out_dir)
     o = options.to_dict() if isinstance(options, RetrievalOptions) else dict(options or {})
@@ -1283,7 +1283,7 @@ def retrieval_sections(table: pd.DataFrame, out_dir: Path | str,
 
 
 def _most_skewed(d: pd.DataFrame, qs: str, attr: str, desired: str, k, max_queries: int):
-    from .document import Table, Text
+    from ..report.document import Table, Text
 
     sel = d[(d.attribute == attr) & (d.desired == desired) & _k_eq(d, k) & ~d["query"].isin([MEAN_ROW, WORST_ROW])]
     skew = sel[sel.metric == "skew"].copy()
@@ -1314,9 +1314,9 @@ def _most_skewed(d: pd.DataFrame, qs: str, attr: str, desired: str, k, max_queri
 
 
 def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list[Any]:
-    from .document import Table
+    from ..report.document import Table
 
-    from .document import Note
+    from ..report.document import Note
 
     rows, missing = [], []
     per_q = df[~df["query"].isin([MEAN_ROW, WORST_ROW])]
@@ -1347,7 +1347,7 @@ def _headline_table(df: pd.DataFrame, headline: Sequence[Sequence[Any]]) -> list
 def _permutation_floor_note(df: pd.DataFrame, o: Mapping[str, Any]):
     """A warning when Holm's first threshold is below the smallest p that B label shuffles can
     give (1 / (B + 1)): then no permutation-tested row can be a finding."""
-    from .document import Note
+    from ..report.document import Note
 
     if "p_method" not in df.columns or o.get("correction", "holm") != "holm":
         return None
@@ -1389,8 +1389,8 @@ def write_retrieval(table: pd.DataFrame, out_dir: Path | str,
                     intro: Sequence[Any] = (), sections: Sequence[Any] | None = None) -> list[Path]:
     """``retrieval.csv`` (the long table), ``retrieval.md`` and its heat maps. ``sections``: the
     :func:`retrieval_sections` of ``table`` when the caller already built them (for report.html)."""
-    from .document import Document, to_markdown
-    from .outputs import write_csv
+    from ..report.document import Document, to_markdown
+    from ..utility.outputs import write_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1612,9 +1612,9 @@ def _add_null_columns(df: pd.DataFrame, acc: "_Accumulator") -> pd.DataFrame:
     adjusted with the run's correction within each family (count tests; MaxSkew; MinSkew;
     NDKL), each test counted once. Mean rows: the mean of their queries' null means, no test;
     worst rows: neither. Vectorised per (pool, attribute, k)."""
-    from .analyses.base import HIGHER
-    from .analyses.specs import direction
-    from .stats import CORRECTIONS
+    from ..stats.specs import HIGHER
+    from ..stats.specs import direction
+    from ..stats.inference import CORRECTIONS
 
     o = acc.o
     nrow = len(df)

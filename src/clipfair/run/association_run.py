@@ -15,9 +15,9 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .analyses.association import FOREST_PNG, AssociationAnalysis, write_association
-from .analyses.base import RunContext
-from .association_tests import AssociationError
+from ..analyses.association import FOREST_PNG, AssociationAnalysis, write_association
+from ..analyses.base import RunContext
+from ..methods.association_tests import AssociationError
 
 __all__ = ["run_association"]
 
@@ -53,7 +53,7 @@ def run_association(dataset: Any, model: Any, out_dir: Path | str, options: Mapp
     only when a test uses images. Writes ``associations.csv``, ``markedness.csv`` (when any)
     and ``associations.md`` (with the forest plot) into ``out_dir``; returns
     ``{"paths", "outcome", "images_encoded", "info"}``."""
-    from .document import Document, to_markdown
+    from ..report.document import Document, to_markdown
     from .embed import TextEmbedder, embed_images, open_stores
 
     analysis = AssociationAnalysis(**dict(options or {}))

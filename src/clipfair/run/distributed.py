@@ -14,7 +14,7 @@ clipfair uses PyTorch's own launcher and SLURM's, not a scheduler of its own:
 With one process (the default) nothing here touches ``torch.distributed``. With more, the
 process group (gloo on CPU, NCCL when CUDA is available) is created once per process and is
 used only for a barrier: the embeddings themselves travel through the shared
-content-addressed cache (:mod:`clipfair.cache`).
+content-addressed cache (:mod:`clipfair.run.cache`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .analyses.specs import is_accuracy, metric_spec
+from .specs import is_accuracy, metric_spec
 
 AT_CHANCE_NOTE = "model at chance: differences are noise"
 NOT_A_HARM_NOTE = "rate of a category not declared a harm for findings: described, not a finding"

@@ -50,8 +50,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .registry import Registry, RegistryError, yaml_files
-from .yamlio import YamlError, load_yaml_file
+from ..utility.registry import Registry, RegistryError, yaml_files
+from ..utility.yamlio import YamlError, load_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def read_yaml_mapping(path: Path, kind: str = "taxonomy", error: type[ValueError
                       expect: str = "name, templates, classes") -> dict[str, Any]:
     """One data-only YAML mapping; ``kind``/``error``/``expect`` let other YAML data files
     (query sets) share this loader and its messages."""
-    try:  # data only, aliases capped, YAML 1.2 booleans (see clipfair.yamlio)
+    try:  # data only, aliases capped, YAML 1.2 booleans (see clipfair.utility.yamlio)
         data = load_yaml_file(path)
     except FileNotFoundError:
         raise error(f"{path}: {kind} file not found") from None

@@ -1,6 +1,6 @@
 """Zero-shot classification: class embeddings (prompt ensembling), logits, predictions.
 
-Layer: analyses.
+Layer: methods.
 
 Logits and probabilities follow the model family's own scoring rule
 (:class:`clipfair.models.Scoring`: softmax over ``logit_scale * cos`` for CLIP-style models,
@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .data.attributes import PREDICTION_COLUMNS
-from .models.base import Scoring
-from .taxonomy import Taxonomy, TaxonomyError
+from ..data.attributes import PREDICTION_COLUMNS
+from ..models.base import Scoring
+from ..data.taxonomy import Taxonomy, TaxonomyError
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
 

@@ -193,7 +193,7 @@ def compare_draft(spec: ClipPreprocess, encoded: Sequence[bytes]) -> dict[str, f
     pixels, the max, and ``reduced``: how many images draft mode actually decoded smaller
     (it is a no-op for non-JPEGs and images less than twice the target size).
     """
-    from .data.images import ImageError, decode_image
+    from ..data.images import ImageError, decode_image
 
     diffs, reduced = [], 0
     size = spec.draft_size()

@@ -11,7 +11,7 @@ runs, all read from ``run.json``. Writes
 * ``collected.csv``: the run label columns (:data:`LABEL_COLUMNS`) + every ``metrics.csv`` column;
 * ``collected.md`` / ``collected.html``: the runs, the runs left out, runs x groups tables of a
   chosen metric (value, Wilson interval, n) and each run's largest disparity with a
-  multiplicity-adjusted interval for the gap (built as :mod:`clipfair.document` sections);
+  multiplicity-adjusted interval for the gap (built as :mod:`clipfair.report.document` sections);
 * ``collected_<metric>_<taxonomy>_<method>[_<category>]_<slice>.png``: the tables as plots.
 
 Only the files a run wrote are read; no metric is recomputed except the gap's interval.
@@ -29,14 +29,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .analyses import recorded_analyses
-from .analyses.specs import ROW_KEYS, is_ranked, metric_spec, metric_specs
-from .metrics import METRIC_COLUMNS, SLICE_SUMMARY_PREFIX
-from .outputs import write_csv
-from .runfolder import RunFolderError, read_metrics, read_record
-from .sanity import AT_CHANCE_NOTE
-from .stats import newcombe_diff
+from ..report.document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from ..analyses import recorded_analyses
+from ..stats.specs import ROW_KEYS, is_ranked, metric_spec, metric_specs
+from ..stats.metrics import METRIC_COLUMNS, SLICE_SUMMARY_PREFIX
+from ..utility.outputs import write_csv
+from ..stats.runfolder import RunFolderError, read_metrics, read_record
+from ..stats.sanity import AT_CHANCE_NOTE
+from ..stats.inference import newcombe_diff
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _hydra_overrides(folder: Path) -> list[str]:
-    from .yamlio import YamlError, load_yaml_file
+    from ..utility.yamlio import YamlError, load_yaml_file
 
     try:
         data = load_yaml_file(folder / ".hydra" / "overrides.yaml")
@@ -341,8 +341,8 @@ def _selections(table: pd.DataFrame, metric: str, taxonomies: Sequence[str] | No
 
 def _plot(sub: pd.DataFrame, labels: list[str], groups: list[str], ylabel: str, title: str, path: Path,
           scale: float = 100.0, how: str = "Wilson intervals") -> Path:
-    from .figures import save_figure
-    from .report import grouped_bars, new_figure, style_axis
+    from ..report.figures import save_figure
+    from ..report.render import grouped_bars, new_figure, style_axis
 
     ticks = ["\n".join(str(g).split("+")) for g in groups]  # one line per value, never split inside a name
     fig = new_figure(ticks, len(labels), legend_right=True)
@@ -369,7 +369,7 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
     ``slices``: default the first attribute slice the runs computed (their datasets' declared
     order, e.g. race for FairFace)."""
     from .pipeline import DISCLAIMER
-    from .outputs import safe_filename
+    from ..utility.outputs import safe_filename
 
     if slices is None:
         present = list(dict.fromkeys(table["slice"].astype(str))) if "slice" in table.columns else []

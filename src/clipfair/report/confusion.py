@@ -2,10 +2,10 @@
 
 Layer: report.
 
-Reads only the frames :func:`clipfair.metrics.confusion` and
-:func:`clipfair.metrics.group_metrics` produce (or their CSV copies); nothing is
+Reads only the frames :func:`clipfair.stats.metrics.confusion` and
+:func:`clipfair.stats.metrics.group_metrics` produce (or their CSV copies); nothing is
 recomputed from predictions. Figures use matplotlib's object API
-(``matplotlib.figure.Figure`` on the Agg canvas), like :mod:`clipfair.report`, so the
+(``matplotlib.figure.Figure`` on the Agg canvas), like :mod:`clipfair.report.render`, so the
 report can embed them.
 
 Each plot is one taxonomy x method x group: rows are the right class (``true_label``),

@@ -48,12 +48,12 @@ import pandas as pd
 
 import difflib
 
-from clipfair.analyses.specs import BUILTIN_METRICS
-from clipfair.analyses.specs import direction as spec_direction
-from clipfair.analyses.specs import is_accuracy as spec_is_accuracy
-from clipfair.analyses.specs import is_ranked, kind as spec_kind
+from clipfair.stats.specs import BUILTIN_METRICS
+from clipfair.stats.specs import direction as spec_direction
+from clipfair.stats.specs import is_accuracy as spec_is_accuracy
+from clipfair.stats.specs import is_ranked, kind as spec_kind
 from clipfair.data.base import SliceError
-from clipfair.stats import (CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z,
+from clipfair.stats.inference import (CORRECTIONS, adjusted_confidence, katz_ratio, newcombe_diff, two_proportion_z,
                             welch_diff, wilson_interval)
 
 __all__ = [
@@ -577,7 +577,7 @@ WORST_VS_BEST, HIGHEST_VS_LOWEST, TO_OVERALL = "worst_vs_best", "highest_vs_lowe
 DEFAULT_DISPARITY_MIN_N = 30
 #: the metrics whose direction does not depend on a declaration (True: higher is better);
 #: a rate's direction is the taxonomy's ``harm`` declaration of its category. Derived from the
-#: metric registry (:mod:`clipfair.analyses.specs`), kept for readers of this name.
+#: metric registry (:mod:`clipfair.stats.specs`), kept for readers of this name.
 HIGHER_IS_BETTER: dict[str, bool] = {s.name: s.direction == HIGHER for s in BUILTIN_METRICS
                                      if s.kind == "proportion" and s.ranked}
 #: metrics that already summarise a slice in one row (e.g. ``worst_group_accuracy``): no
@@ -657,7 +657,7 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
     ``ratio = value / reference_value`` with the Katz log interval (NaN when a count is 0);
     ``p_value``: pooled two-proportion z-test; ``p_adjusted``: ``correction`` (``holm`` or
     ``bh``) over every row of the table; ``adj_ci_*``: the difference's interval at the
-    multiplicity-adjusted level (:func:`clipfair.stats.adjusted_confidence`);
+    multiplicity-adjusted level (:func:`clipfair.stats.inference.adjusted_confidence`);
     ``significant``: adjusted p < 1 - confidence and the adjusted interval excludes 0.
     Keys with fewer than two comparable groups, or whose groups all tie, keep one
     ``worst_vs_best`` / ``highest_vs_lowest`` row with empty group, reference and numbers (so

@@ -1,6 +1,6 @@
 """Association test definitions (YAML data) and a runner that needs no CLI.
 
-Layer: analyses.
+Layer: methods.
 
 A test file (built-ins in ``clipfair/associations/``; see the README)::
 
@@ -41,10 +41,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import weat as W
-from .registry import yaml_files
-from .stats import holm
-from .taxonomy import (ALLOW_INCLUDE_ENV, TaxonomyError, builtin_dir as taxonomy_dir, check_template, locate_file,
+from ..stats import weat as W
+from ..utility.registry import yaml_files
+from ..stats.inference import holm
+from ..data.taxonomy import (ALLOW_INCLUDE_ENV, TaxonomyError, builtin_dir as taxonomy_dir, check_template, locate_file,
                        read_yaml_mapping, scalar_text)
 
 log = logging.getLogger(__name__)
@@ -415,8 +415,8 @@ def image_set_dataset(s: ItemSet) -> Any:
     """The images of a CSV or folder set as a :class:`clipfair.data.FaceDataset` (no attributes)."""
     import tempfile
 
-    from .data import load_dataset
-    from .data.base import DatasetError
+    from ..data import load_dataset
+    from ..data.base import DatasetError
 
     exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
     try:

@@ -2,9 +2,9 @@
 
 Layer: report.
 
-Everything here only reads the frames :func:`clipfair.metrics.group_metrics` and
-:func:`clipfair.metrics.disparities` produce (or their CSV copies); no metric is
-recomputed. The report is built as :mod:`clipfair.document` sections; that module renders
+Everything here only reads the frames :func:`clipfair.stats.metrics.group_metrics` and
+:func:`clipfair.stats.metrics.disparities` produce (or their CSV copies); no metric is
+recomputed. The report is built as :mod:`clipfair.report.document` sections; that module renders
 them to Markdown and to one self-contained HTML page. Plots use matplotlib's object API
 (``matplotlib.figure.Figure`` on the Agg canvas): no window, no pyplot global state.
 
@@ -28,10 +28,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from .document import Block, Bullets, Details, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
-from .analyses.specs import metric_spec
+from ..stats.specs import metric_spec
 from .figures import DPI, save_figure
-from .metrics import HIGHER, LOWER, METRIC_COLUMNS, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
-from .outputs import safe_filename
+from ..stats.metrics import HIGHER, LOWER, METRIC_COLUMNS, NEUTRAL, SLICE_SUMMARY_PREFIX, TO_OVERALL, is_accuracy_metric
+from ..utility.outputs import safe_filename
 
 __all__ = [
     "ReportContext",
@@ -70,7 +70,7 @@ class ReportContext:
     skipped: Mapping[str, int] = field(default_factory=dict)
     harms: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
     n_classes: Mapping[str, int] = field(default_factory=dict)
-    #: run.json's ``sanity`` record (:func:`clipfair.sanity.verdict`): its banner leads every document
+    #: run.json's ``sanity`` record (:func:`clipfair.stats.sanity.verdict`): its banner leads every document
     sanity: Mapping = field(default_factory=dict)
     #: taxonomy -> class label -> its category (label tables and plots name each label's category
     #: and the category's declared direction)
@@ -763,7 +763,7 @@ def _distinct_findings(sig: pd.DataFrame) -> pd.DataFrame:
     group-vs-overall row when its worst-vs-best (or highest-vs-lowest) row is already a finding,
     and the mirror image of a finding (the same two groups and size in a complementary
     category)."""
-    from .analyses.specs import metric_spec
+    from ..stats.specs import metric_spec
 
     if sig.empty:
         return sig
@@ -832,7 +832,7 @@ def forest_figure(findings: pd.DataFrame, model: str = "") -> MplFigure:
 
 def sanity_section(sanity: Mapping | None) -> Section | None:
     """"Does the model work?": overall accuracy per target taxonomy and method against chance."""
-    from .sanity import CHANCE_RULE
+    from ..stats.sanity import CHANCE_RULE
 
     gates = list((sanity or {}).get("gates") or [])
     rw = (sanity or {}).get("random_weights")
@@ -859,7 +859,7 @@ def sanity_section(sanity: Mapping | None) -> Section | None:
 
 def _findings_section(disp: pd.DataFrame, ctx: ReportContext | None = None,
                       images: Mapping[tuple, str] | None = None) -> Section:
-    from .sanity import AT_CHANCE_NOTE, finding_rows, noise_keys
+    from ..stats.sanity import AT_CHANCE_NOTE, finding_rows, noise_keys
 
     conf = _confidence(disp) or 0.95
     corr = {"holm": "Holm-Bonferroni", "bh": "Benjamini-Hochberg"}.get(disp.attrs.get("correction", "holm"),
@@ -1196,7 +1196,7 @@ def write_report(metrics: pd.DataFrame, disparities: pd.DataFrame, out_dir, ctx:
     m = _clean(metrics)
     written, images = _plots(m, out_dir, ctx)
     if len(disparities) and "comparison" in disparities.columns:
-        from .sanity import finding_rows, noise_keys
+        from ..stats.sanity import finding_rows, noise_keys
 
         everything, _ = noise_keys(ctx.sanity)
         found = _distinct_findings(finding_rows(_clean(disparities)))

@@ -1,0 +1,4 @@
+"""The report model (sections rendered to Markdown and HTML), figures and confusion tables.
+
+Layer: report.
+"""
