@@ -217,3 +217,28 @@ def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path, overrides, 
     assert res.returncode == 2
     assert f"clipfair: error: {message}" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_a_dataset_config_of_ones_own_and_mappings_on_the_command_line(tmp_path, capsys):
+    """The README's recipe: a dataset config in a folder outside the repository, named with
+    --config-dir, that starts from csv.yaml; mappings added on the command line with a leading +."""
+    import yaml
+
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "mine.yaml").write_text(
+        "defaults:\n  - csv\n  - _self_\npath: /data/mine.csv\nattributes: {skin_tone: monk, region: country}\n")
+    rc = main(["run", "--config-dir", str(tmp_path), "dataset=mine",
+               "+dataset.derived={tone_band: {from: skin_tone, groups: {light: ['1', '2', '3']}, other: darker}}",
+               "--cfg", "job"])
+    out = capsys.readouterr().out
+    assert rc in (0, None)
+    ds = yaml.safe_load(out)["dataset"]
+    assert ds["name"] == "csv" and ds["path"] == "/data/mine.csv" and ds["image_column"] == "file"
+    assert ds["attributes"] == {"skin_tone": "monk", "region": "country"}
+    assert ds["derived"] == {"tone_band": {"from": "skin_tone", "groups": {"light": ["1", "2", "3"]}, "other": "darker"}}
+    # without the +, a one-line error that says how
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "dataset=csv", "dataset.path=x.csv", "dataset.derived={b: {from: race, groups: {}}}", "--cfg", "job"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2
+    assert "leading +" in (captured.err + captured.out)
