@@ -397,3 +397,28 @@ def test_experiment_facet_bad_root_is_a_one_line_cli_error(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
     assert "clipfair: error: label CSV not found" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_collect_largest_disparity_stays_within_a_class():
+    """collect's "largest disparity per run" (computed from metrics.csv) compares groups of one
+    class only in a run whose dataset declares strata (run.json ``strata``): across classes the
+    gap would be 90 points (nurse+fem vs lawman+masc), within a class it is 20 (lawman)."""
+    import pandas as pd
+    import pytest
+
+    from clipfair.run.collect import largest_disparities
+
+    rows = [("run", "facet_classes", "zero_shot", "accuracy", "", "class1+gender_presentation", f"{c}+{g}", c, g, 100, k)
+            for c, g, k in (("nurse", "fem", 95), ("nurse", "masc", 90), ("lawman", "fem", 5), ("lawman", "masc", 25))]
+    rows += [("run", "facet_classes", "zero_shot", "accuracy", "", "class1", c, c, None, 200, k)
+             for c, k in (("nurse", 185), ("lawman", 30))]
+    t = pd.DataFrame(rows, columns=["label", "taxonomy", "method", "metric", "category", "slice", "group", "class1",
+                                    "gender_presentation", "n", "count"])
+    t["value"] = t["count"] / t["n"]
+    across = largest_disparities(t, 30)
+    assert across["gap"].item() == pytest.approx(0.90)  # without strata: nurse+fem vs lawman+fem, across classes
+    within = largest_disparities(t, 30, strata={"run": ["class1", "class2"]})
+    assert len(within) == 1
+    d = within.iloc[0]
+    assert (d["high_group"], d["low_group"]) == ("lawman+masc", "lawman+fem")
+    assert d["gap"] == pytest.approx(0.20) and d["pairs"] == 2  # one pair per class, no class-vs-class pair

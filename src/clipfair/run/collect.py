@@ -88,6 +88,13 @@ class RunFolder:
         f = self.record.get("findings")
         return {str(k): [str(c) for c in v] for k, v in f.items()} if isinstance(f, dict) else {}
 
+    @property
+    def strata(self) -> list[str]:
+        """The dataset's stratum attributes (run.json; e.g. FACET's class1): groups of different
+        strata are never compared."""
+        s = self.record.get("strata")
+        return [str(a) for a in s] if isinstance(s, list) else []
+
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -242,16 +249,29 @@ def candidate_rows(table: pd.DataFrame, findings: dict[str, dict[str, list[str]]
     return pd.Series(out, index=table.index, dtype=bool)
 
 
+def _stratum_key(run: pd.DataFrame, strata: Sequence[str]) -> pd.Series:
+    """Each row's stratum (the values of the stratum attributes its slice names, from the results
+    table's attribute columns); '' for a slice that names none."""
+    present = [a for a in strata if a in run.columns]
+    if not present:
+        return pd.Series("", index=run.index, dtype=object)
+    vals = run[present].astype(object).where(run[present].notna(), "").astype(str)
+    return vals.agg("\x1f".join, axis=1)
+
+
 def largest_disparities(table: pd.DataFrame, min_n: int = 30, confidence: float = 0.95,
                         findings: dict[str, dict[str, list[str]]] | None = None,
-                        noise: set[str] | None = None) -> pd.DataFrame:
+                        noise: set[str] | None = None,
+                        strata: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Per run, the largest gap between two groups of one slice (the overall slice left out;
     groups with at least ``min_n`` images) among the rows that may give a finding
     (:func:`candidate_rows`), with Newcombe's interval for the gap at a Bonferroni-adjusted
     level: the gap was picked from every pair of groups those rows offer, so the level is
     ``1 - (1 - confidence) / pairs``. ``finding`` is true when that interval excludes zero and
     the run's model passed its sanity gates (``noise``: labels of runs that did not; their
-    ``note`` says so)."""
+    ``note`` says so). ``strata``: run label -> the dataset's stratum attributes (run.json): in a
+    slice that names one (FACET's ``class1+gender_presentation``) only groups of the same stratum
+    are compared, and a slice of stratum attributes alone (``class1``) gives no gap."""
     cols = ["label", *DISPARITY_KEYS, "high_group", "high_value", "high_n", "low_group", "low_value", "low_n",
             "gap", "gap_ci_low", "gap_ci_high", "pairs", "adjusted_confidence", "finding", "note"]
     out = []
@@ -259,8 +279,18 @@ def largest_disparities(table: pd.DataFrame, min_n: int = 30, confidence: float 
     t = table[(table["slice"] != "overall") & (table["n"] >= min_n) & table["value"].notna()
               & table["count"].notna()]
     t = t[candidate_rows(t, findings)] if len(t) else t
+    strata = strata or {}
     for label, run in t.groupby("label", sort=False):
-        g = run.groupby(DISPARITY_KEYS, sort=False)
+        own = [str(a) for a in strata.get(str(label), ())]
+        if own:  # slice attribute names never hold '+' (the data layer refuses them)
+            only = run["slice"].astype(str).map(lambda sl: set(sl.split("+")) <= set(own))
+            run = run[~only]
+            run = run.assign(_stratum=_stratum_key(run, own))
+        else:
+            run = run.assign(_stratum="")
+        if run.empty:
+            continue
+        g = run.groupby([*DISPARITY_KEYS, "_stratum"], sort=False)
         sizes = g.size()
         pairs = int((sizes * (sizes - 1) // 2).sum())
         if pairs == 0:
@@ -459,7 +489,7 @@ def build_document(table: pd.DataFrame, runs: Sequence[RunFolder], out_dir: Path
     sections.append(Section(f"{metric} across runs", tables))
 
     disp = largest_disparities(table, min_n, confidence, findings={r.label: r.findings for r in finished},
-                               noise={r.label for r in broken})
+                               noise={r.label for r in broken}, strata={r.label: r.strata for r in finished})
     rows = [[d.label, f"{d.metric}{f' of {d.category}' if d.category else ''} · {d.taxonomy} · {d.method}", d.slice,
              f"{d.high_group} {_pct(d.high_value)} (n={d.high_n})", f"{d.low_group} {_pct(d.low_value)} (n={d.low_n})",
              f"{100 * d.gap:.1f} [{100 * d.gap_ci_low:.1f}, {100 * d.gap_ci_high:.1f}]",

@@ -633,6 +633,7 @@ def _stratum_values(part: pd.DataFrame, attrs: list[str], at: list[int]) -> list
         out.append(tuple(vals) if vals is not None else None)
     return out
 
+
 def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
                 harms: Mapping[str, Mapping[str, bool | None]] | None = None,
                 confidence: float | None = None, correction: str = "holm",
