@@ -39,6 +39,25 @@ class ImageReader(Protocol):
     def subset(self, indices: Sequence[int]) -> "ImageReader": ...
 
 
+def read_file(path: Path, max_bytes: int | None, where: str | None = None, roots: str = "dataset.root") -> bytes:
+    """The bytes of the image file ``path`` (refused from its size above ``max_bytes``); a file
+    that cannot be read is an :class:`ImageError` naming ``where`` (default: the path) and what to
+    check (``roots``: the config keys that place the file)."""
+    where = str(path) if where is None else where
+    try:
+        return read_image_file(path, max_bytes)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(where, "file not found", f"check {roots}, or set dataset.on_error=skip") from None
+    except IsADirectoryError:
+        raise ImageError(where, "is a directory, not an image file",
+                         "check the image paths, or set dataset.on_error=skip") from None
+    except (OSError, ValueError) as e:  # permissions, over-long names, NUL bytes, I/O errors
+        raise ImageError(where, f"cannot read the file ({type(e).__name__}: {e})",
+                         "check the path and its permissions, or set dataset.on_error=skip") from None
+
+
 @dataclass
 class FileReader:
     """Images stored as files; ``paths[i]`` is the file of row i. A file larger than
@@ -48,21 +67,7 @@ class FileReader:
     max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES
 
     def read(self, i: int) -> bytes:
-        p = self.paths[i]
-        try:
-            return read_image_file(p, self.max_bytes)
-        except ImageError:
-            raise
-        except FileNotFoundError:
-            raise ImageError(str(p), "file not found",
-                             "check dataset.root, or set dataset.on_error=skip") from None
-        except IsADirectoryError:
-            raise ImageError(str(p), "is a directory, not an image file",
-                             "check the image paths, or set dataset.on_error=skip") from None
-        except (OSError, ValueError) as e:  # permissions, over-long names, NUL bytes, I/O errors
-            raise ImageError(str(p), f"cannot read the file ({type(e).__name__}: {e})",
-                             "check the path and its permissions, or set dataset.on_error=skip"
-                             ) from None
+        return read_file(self.paths[i], self.max_bytes)
 
     def describe(self, i: int) -> str:
         return str(self.paths[i])

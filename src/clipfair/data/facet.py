@@ -59,8 +59,8 @@ import pandas as pd
 
 from .adapters import DATASETS, RowIssues, finish_dataset, match_columns, read_label_csv
 from .attributes import Attribute, LabelError
-from .base import DatasetError, FaceDataset
-from .images import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image, read_image_file
+from .base import DatasetError, FaceDataset, read_file
+from .images import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -230,17 +230,7 @@ class CropReader:
         return {**self.__dict__, "_decoded": None, "_lock": None}
 
     def _raw(self, i: int) -> bytes:
-        p = self.paths[i]
-        try:
-            return read_image_file(p, self.max_bytes)
-        except ImageError:
-            raise
-        except FileNotFoundError:
-            raise ImageError(self.describe(i), "file not found",
-                             "check dataset.root / dataset.images, or set dataset.on_error=skip") from None
-        except OSError as e:
-            raise ImageError(self.describe(i), f"cannot read the file ({type(e).__name__}: {e})",
-                             "check the path and its permissions, or set dataset.on_error=skip") from None
+        return read_file(self.paths[i], self.max_bytes, self.describe(i), "dataset.root / dataset.images")
 
     def _image(self, i: int) -> Any:
         if self._lock is None:
