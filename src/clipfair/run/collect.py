@@ -29,10 +29,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..report.document import Bullets, Document, Figure, Note, Section, Table, Text, to_html, to_markdown
+from ..report.document import Document, Figure, Note, Section, Table, Text, to_html, to_markdown
 from ..analyses import recorded_analyses
 from ..stats.specs import ROW_KEYS, is_ranked, metric_spec, metric_specs
-from ..stats.metrics import METRIC_COLUMNS, SLICE_SUMMARY_PREFIX
+from ..stats.metrics import METRIC_COLUMNS, SLICE_SUMMARY_PREFIX, stratum_values
 from ..utility.outputs import write_csv
 from ..stats.runfolder import RunFolderError, read_metrics, read_record
 from ..stats.sanity import AT_CHANCE_NOTE
@@ -250,13 +250,16 @@ def candidate_rows(table: pd.DataFrame, findings: dict[str, dict[str, list[str]]
 
 
 def _stratum_key(run: pd.DataFrame, strata: Sequence[str]) -> pd.Series:
-    """Each row's stratum (the values of the stratum attributes its slice names, from the results
-    table's attribute columns); '' for a slice that names none."""
-    present = [a for a in strata if a in run.columns]
-    if not present:
-        return pd.Series("", index=run.index, dtype=object)
-    vals = run[present].astype(object).where(run[present].notna(), "").astype(str)
-    return vals.agg("\x1f".join, axis=1)
+    """Each row's stratum, as :func:`clipfair.stats.metrics.disparities` finds it
+    (:func:`~clipfair.stats.metrics.stratum_values`): '' for a slice that names no stratum
+    attribute, None where the stratum cannot be told (such rows are never compared)."""
+    key = pd.Series("", index=run.index, dtype=object)
+    for sl, part in run.groupby("slice", sort=False):
+        attrs = str(sl).split("+")
+        at = [i for i, a in enumerate(attrs) if a in strata]
+        if at:
+            key.loc[part.index] = [None if v is None else "\x1f".join(v) for v in stratum_values(part, attrs, at)]
+    return key
 
 
 def largest_disparities(table: pd.DataFrame, min_n: int = 30, confidence: float = 0.95,

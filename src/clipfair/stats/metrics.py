@@ -612,7 +612,7 @@ def _empty_disparities() -> pd.DataFrame:
 
 
 
-def _stratum_values(part: pd.DataFrame, attrs: list[str], at: list[int]) -> list[tuple[str, ...] | None]:
+def stratum_values(part: pd.DataFrame, attrs: list[str], at: list[int]) -> list[tuple[str, ...] | None]:
     """Each row's stratum value (the values of the stratum attributes ``attrs[at]``): the frame's
     attribute columns where filled, else the group label split on ``+`` when it has one piece per
     attribute; None when neither tells."""
@@ -784,7 +784,7 @@ def disparities(metrics: pd.DataFrame, min_n: int = DEFAULT_DISPARITY_MIN_N,
             continue
         if len(at) == len(attrs):
             continue  # a slice of strata only: every group is a stratum of its own, nothing to compare
-        labels = _stratum_values(part, attrs, at)
+        labels = stratum_values(part, attrs, at)
         unknown = "; ".join(f"{g} (n={int(n)}, stratum unknown)"
                             for g, n, lab in zip(part["group"], part["n"], labels) if lab is None)
         stratum_slice = "+".join(attrs[i] for i in at)
