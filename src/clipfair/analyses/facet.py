@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..stats.inference import CORRECTIONS
 from .base import Analysis, AnalysisError, Needs, RunContext, Written
 from .registry import register_analysis
 
@@ -53,7 +54,7 @@ def recall_gaps(metrics: pd.DataFrame, taxonomy: str, attributes: Sequence[str],
     """The per-class recall comparisons (see the module docstring) from ``metrics`` rows:
     metric ``accuracy`` of ``taxonomy`` in slices ``class1+<attribute>``, whose attribute
     columns hold each group's values."""
-    from ..stats.inference import CORRECTIONS, adjusted_confidence, newcombe_diff, two_proportion_z
+    from ..stats.inference import adjusted_confidence, newcombe_diff, two_proportion_z
 
     if correction not in CORRECTIONS:
         raise FacetError(f"analysis facet: correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
@@ -120,8 +121,8 @@ class Facet(Analysis):
                          taxonomy=taxonomy, correction=correction, top=top)
         if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < 1:
             raise FacetError(f"analyses.facet.min_n must be a whole number >= 1, got {min_n!r}")
-        if correction is not None and correction not in ("holm", "bh"):
-            raise FacetError(f"analyses.facet.correction must be holm or bh (null: the run's "
+        if correction is not None and correction not in CORRECTIONS:
+            raise FacetError(f"analyses.facet.correction must be {' or '.join(CORRECTIONS)} (null: the run's "
                              f"disparity_correction), got {correction!r}")
         self.min_n, self.top = int(min_n), int(top)
         self.attributes = None if attributes is None else [str(a) for a in attributes]
@@ -261,7 +262,7 @@ def section(table: pd.DataFrame, info: dict[str, Any], confidence: float, top: i
     adj = table.attrs.get("adjusted_confidence")
     corr = {"holm": "Holm", "bh": "Benjamini-Hochberg"}.get(info.get("correction", "holm"), "Holm")
     rules = [
-        f"Unit: one annotated person (FACET's person_id), evaluated on "
+        "Unit: one annotated person (FACET's person_id), evaluated on "
         + ("the person's bounding box" + (f" widened by {info.get('crop_margin'):g} of its size on each side"
                                          if info.get("crop_margin") else "") + ", clipped to the image"
            if info.get("crop") == "person" else "the whole image (every person of an image shares its embedding)")

@@ -15,7 +15,6 @@ ending in ``accuracy``) get accuracy tables and plots; every other metric (``rat
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -973,7 +972,7 @@ def _rate_sections(m: pd.DataFrame, images: Mapping[tuple, str], ctx: ReportCont
         if not taxes:
             continue
         blocks: list[Block] = [Text(
-            f"Cells: share of the group's images predicted into each "
+            "Cells: share of the group's images predicted into each "
             + ("class label, headed by the label's category and that category's declared direction (harm, not a "
                "harm, neutral); a description of how the classifier answers, never a disparity"
                if metric == "label_rate" else "category") + f" [Wilson {ci}]; n = the group's "
